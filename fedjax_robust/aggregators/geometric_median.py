@@ -1,0 +1,152 @@
+"""Geometric median by the smoothed Weiszfeld algorithm (RFA)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from fedjax_robust.aggregators import base
+
+
+class WeiszfeldResult(NamedTuple):
+  median: jax.Array          # [d]
+  num_iterations: jax.Array  # int32 scalar: Weiszfeld updates done (secure averages after z_0)
+  objective: jax.Array       # Σ_i α_i ‖median − x_i‖ over the finite rows
+
+
+def _iterate(distances, step_norm, combine, alpha, *, nu, maxiter, ftol, gtol, start,
+             start_iteration):
+  """Smoothed Weiszfeld updates of an iterate z held in some representation.
+
+  `distances(z) -> [n]` gives ‖z − x_i‖, `step_norm(z, new_z)` gives ‖z − new_z‖ and
+  `combine(beta)` gives the representation of Σβ_i x_i / Σβ_i. Returns the final iterate, the
+  total number of updates (counted from `start_iteration`) and the objective.
+  """
+  total_weight = jnp.sum(alpha)
+  d0 = distances(start)
+  inf = jnp.array(jnp.inf, alpha.dtype)
+  init = (start, d0, alpha @ d0, inf, inf, start_iteration)
+
+  def keep_going(carry):
+    _, _, obj, prev_obj, grad_norm, it = carry
+    improving = prev_obj - obj > ftol * prev_obj
+    return (it < maxiter) & (improving | (grad_norm > gtol * total_weight))
+
+  def step(carry):
+    z, dist, obj, _, _, it = carry
+    beta = alpha / jnp.maximum(dist, nu)
+    new_z = combine(beta)
+    # ∇ of the smoothed objective at z: Σ β_i (z − x_i) = (Σ β_i)(z − new_z), free to get here.
+    grad_norm = jnp.sum(beta) * step_norm(z, new_z)
+    new_dist = distances(new_z)
+    return new_z, new_dist, alpha @ new_dist, obj, grad_norm, it + 1
+
+  z, _, obj, _, _, it = lax.while_loop(keep_going, step, init)
+  return z, it, obj
+
+
+def _safe_exponent(dtype, d: int) -> int:
+  """E such that a `[d]` vector with entries below 2^E has a sum of squares below float max."""
+  return int(np.floor(np.log2(np.sqrt(float(jnp.finfo(dtype).max) / (4 * d))))) - 1
+
+
+def _power_of_two_scale(largest: jax.Array, safe_exponent: int) -> jax.Array:
+  """2^-k, k >= 0 smallest with largest·2^-k < 2^safe_exponent (exact: a power of two)."""
+  k = jnp.ceil(jnp.log2(jnp.where(largest > 0, largest, 1.0))) - safe_exponent
+  return jnp.ldexp(jnp.ones_like(largest), -jnp.maximum(k, 0).astype(jnp.int32))
+
+
+def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None, nu: float = 1e-6,
+              maxiter: int = 100, ftol: float = 1e-10, gtol: float = 1e-4) -> WeiszfeldResult:
+  """Geometric median argmin_z Σ_i α_i ‖z − x_i‖ by smoothed Weiszfeld iterations.
+
+    z_0 = Σ α_i x_i / Σ α_i,   β_i = α_i / max(‖z_t − x_i‖, ν),   z_{t+1} = Σ β_i x_i / Σ β_i,
+
+  stopping after `maxiter` updates, or once both the objective's relative decrease is below `ftol`
+  and the smoothed gradient is small, ‖Σ_i β_i (z_t − x_i)‖ ≤ gtol · Σ_i α_i (it equals
+  Σβ_i·‖z_t − z_{t+1}‖, so it costs nothing). The gradient test is our addition to RFA's
+  objective test: with a far outlier (e.g. a 1e20 row) the objective is dominated by that row's
+  distance and its relative decrease falls below ftol while z is still far from the honest
+  points; the normalized gradient is scale free. Its error on z is about gtol × the spread of
+  the points (measured: 1.2e-4 at gtol=1e-4, 6e-4 for the objective test alone).
+
+  Weiszfeld (1937); Pillutla, Kakade, Harchaoui, "Robust aggregation for federated learning",
+  IEEE TSP 2022 (RFA: 3–5 iterations; `maxiter=1` is their one-step variant). Each update is one
+  secure average in RFA, so `num_iterations` is its communication cost beyond z_0.
+
+  Algorithm, in two phases with the same updates and stopping rule:
+  1. in the coordinates c of the iterate z = Σ c_j x_j (every iterate is a convex combination of
+     the rows), with ‖z − x_i‖² = cᵀGc − 2(Gc)_i + G_ii from the Gram matrix G of the rows
+     centred at `base.median_norm_row`: one `[n, d] × [d, n]` product, then O(n²) per update;
+  2. from the phase-1 point, exact updates on `[n, d]` (two passes each) until the rule stops
+     again: they remove the Gram form's cancellation error (about sqrt(eps) × spread when z is
+     close to a row), usually in one or two updates.
+
+  Non-finite input: a row with a NaN or ±inf entry is treated as infinitely far (β_i = 0) and is
+  left out of z_0, so it cannot poison the result while any finite row remains. Huge finite rows
+  (up to the float maximum) are exact: each exact distance ‖x_i − z‖ is computed on
+  (x_i − z)·2^-k_i, with the power of two k_i >= 0 chosen from max(max|x_i|, max|z|) so that
+  squares cannot overflow (k_i = 0 for ordinary rows, so this is free); phase 1 uses one such
+  scale for all rows, which may lose the small rows' precision, and phase 2 restores it. A row
+  whose distance itself exceeds the float range (e.g. entries 3e38 in d=7) counts as infinitely
+  far, like an inf row.
+
+  Args:
+    updates: `[n, d]`.
+    weights: optional client weights α `[n]` (e.g. sample counts); uniform by default.
+    nu: smoothing ν > 0 (avoids division by zero at a data point).
+    maxiter: static cap on the number of updates.
+    ftol: relative objective decrease under which the iteration may stop.
+    gtol: normalized gradient norm under which the iteration may stop.
+  """
+  n, _ = base.check_updates(updates, "geometric_median")
+  finite = base.finite_rows(updates)
+  alpha = jnp.ones((n,), updates.dtype) if weights is None else weights.astype(updates.dtype)
+  alpha = jnp.where(finite, alpha, 0.0)
+  x = base.zero_nonfinite_rows(updates, finite)
+  safe_exponent = _safe_exponent(x.dtype, x.shape[1])
+  options = dict(nu=nu, maxiter=maxiter, ftol=ftol, gtol=gtol)
+  row_max = jnp.max(jnp.abs(x), axis=1)
+
+  # Phase 1: Gram coordinates, on the rows times one power of two (distances in those units).
+  scale = _power_of_two_scale(jnp.max(row_max), safe_exponent)
+  xc = (x - base.median_norm_row(x, finite)) * scale
+  gram = xc @ xc.T
+  sq = jnp.diagonal(gram)
+
+  def gram_distances(c):
+    gc = gram @ c
+    return jnp.sqrt(jnp.maximum(c @ gc - 2 * gc + sq, 0.0))
+
+  def gram_step_norm(c, new_c):
+    delta = c - new_c
+    return jnp.sqrt(jnp.maximum(delta @ gram @ delta, 0.0))
+
+  c, it, _ = _iterate(gram_distances, gram_step_norm, lambda b: b / jnp.sum(b), alpha,
+                      start=alpha / jnp.sum(alpha), start_iteration=jnp.array(0, jnp.int32),
+                      **dict(options, nu=nu * scale))
+
+  # Phase 2: exact updates from the phase-1 point, each row scaled by its own power of two.
+  def exact_distances(z):
+    row_scale = _power_of_two_scale(jnp.maximum(row_max, jnp.max(jnp.abs(z))), safe_exponent)
+    diff = (x - z) * row_scale[:, None]
+    return jnp.sqrt(jnp.sum(diff * diff, axis=-1)) / row_scale
+
+  def step_norm(z, new_z):
+    delta = z - new_z
+    step_scale = _power_of_two_scale(jnp.max(jnp.abs(delta)), safe_exponent)
+    return jnp.linalg.norm(delta * step_scale) / step_scale
+
+  z, it, obj = _iterate(exact_distances, step_norm, lambda b: base.weighted_average(x, b), alpha,
+                        start=base.weighted_average(x, c), start_iteration=it, **options)
+  return WeiszfeldResult(z, it, obj)
+
+
+def geometric_median(updates: jax.Array, *, weights: jax.Array | None = None, nu: float = 1e-6,
+                     maxiter: int = 100, ftol: float = 1e-10, gtol: float = 1e-4) -> jax.Array:
+  """The geometric median `[d]` of the rows; see `weiszfeld` for the algorithm and options."""
+  return weiszfeld(updates, weights=weights, nu=nu, maxiter=maxiter, ftol=ftol, gtol=gtol).median

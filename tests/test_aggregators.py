@@ -1,0 +1,279 @@
+"""Aggregation rules against plain NumPy references, their properties, and non-finite input."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_robust import aggregators as agg
+from fedjax_robust.aggregators import order_statistics
+
+SHAPES = [(5, 1), (10, 3), (11, 5), (25, 5), (40, 12)]  # (n, f) with n > 2f
+D = 7
+
+
+# ----------------------------------------------------------------------- NumPy references
+def np_trimmed_mean(x, f):
+  s = np.sort(x.astype(np.float64), axis=0)
+  return s[f:len(x) - f].mean(axis=0)
+
+
+def np_weiszfeld(x, weights=None, nu=1e-6, iters=4000):
+  x = x.astype(np.float64)
+  w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
+  z = w @ x / w.sum()
+  for _ in range(iters):
+    beta = w / np.maximum(np.linalg.norm(x - z, axis=1), nu)
+    z = beta @ x / beta.sum()
+  return z
+
+
+def np_nnm(x, f):
+  x = x.astype(np.float64)
+  dist = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+  return np.stack([x[np.argsort(dist[i], kind="stable")[:len(x) - f]].mean(0)
+                   for i in range(len(x))])
+
+
+def data(rng, n, d=D, shift=0.0):
+  return (rng.normal(size=(n, d)) + shift).astype(np.float32)
+
+
+# ----------------------------------------------------------------------- exact values
+@pytest.mark.parametrize("n,f", SHAPES)
+def test_mean_matches_numpy(rng, n, f):
+  x = data(rng, n)
+  w = rng.uniform(0.5, 2, size=n).astype(np.float32)
+  np.testing.assert_allclose(agg.mean(x), x.astype(np.float64).mean(0), atol=1e-5)
+  np.testing.assert_allclose(agg.mean(x, weights=w), w @ x.astype(np.float64) / w.sum(),
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("n,f", SHAPES)
+def test_coordinate_median_matches_numpy(rng, n, f):
+  for m in (n, n + 1):  # odd and even counts
+    x = data(rng, m)
+    np.testing.assert_allclose(agg.coordinate_median(x), np.median(x, axis=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("n,f", SHAPES)
+def test_trimmed_mean_matches_numpy(rng, n, f):
+  x = data(rng, n)
+  np.testing.assert_allclose(agg.trimmed_mean(x, f=f), np_trimmed_mean(x, f), atol=1e-5)
+
+
+def test_trimmed_mean_with_f_zero_is_the_mean(rng):
+  x = data(rng, 9)
+  np.testing.assert_allclose(agg.trimmed_mean(x, f=0), x.mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("n,f", SHAPES)
+def test_geometric_median_matches_numpy_weiszfeld(rng, n, f):
+  x = data(rng, n, shift=3.0)
+  w = rng.uniform(0.5, 2, size=n)
+  for weights in (None, w):
+    expected = np_weiszfeld(x, weights)
+    got = agg.weiszfeld(x, weights=None if weights is None else jnp.asarray(weights, jnp.float32),
+                        gtol=1e-7)
+    spread = np.abs(x - expected).max()
+    np.testing.assert_allclose(got.median, expected, atol=1e-4 * spread)
+    assert 1 <= int(got.num_iterations) <= 100
+
+
+def test_geometric_median_minimizes_the_objective(rng):
+  x = data(rng, 15, d=3)
+  z = np.asarray(agg.geometric_median(x), np.float64)
+  objective = lambda p: np.linalg.norm(x - p, axis=1).sum()
+  for _ in range(200):  # no nearby point does better
+    assert objective(z) <= objective(z + 1e-2 * rng.normal(size=3)) + 1e-6
+
+
+def test_geometric_median_of_collinear_points_is_their_median(rng):
+  direction = rng.normal(size=(1, 20))
+  t = rng.normal(size=(11, 1))
+  x = (t * direction + 3.0).astype(np.float32)
+  expected = np.median(t) * direction[0] + 3.0
+  np.testing.assert_allclose(agg.geometric_median(x), expected, atol=1e-5)
+
+
+def test_geometric_median_iteration_cap_and_one_step(rng):
+  x = data(rng, 10)
+  assert int(agg.weiszfeld(x, maxiter=1).num_iterations) == 1
+  # One step from the mean equals one Weiszfeld update computed by hand.
+  z0 = x.astype(np.float64).mean(0)
+  beta = 1 / np.linalg.norm(x - z0, axis=1)
+  np.testing.assert_allclose(agg.geometric_median(x, maxiter=1), beta @ x / beta.sum(), atol=1e-5)
+  np.testing.assert_allclose(agg.geometric_median(x, maxiter=0), z0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,f", SHAPES)
+def test_nnm_matches_its_definition(rng, n, f):
+  x = data(rng, n)
+  np.testing.assert_allclose(agg.nearest_neighbor_mixing(x, f=f), np_nnm(x, f), atol=1e-5)
+
+
+def test_nnm_with_f_zero_replaces_every_row_by_the_mean(rng):
+  x = data(rng, 8)
+  np.testing.assert_allclose(agg.nearest_neighbor_mixing(x, f=0),
+                             np.broadcast_to(x.mean(0), x.shape), atol=1e-5)
+
+
+def test_pairwise_distances_match_numpy_with_a_large_common_offset(rng):
+  x = data(rng, 12, d=50) * 1e-3 + 100.0  # spread 1e-3 on top of a common vector of norm 700
+  expected = ((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1)
+  np.testing.assert_allclose(agg.pairwise_squared_distances(x), expected, rtol=2e-3, atol=1e-9)
+
+
+def test_chain_applies_stages_in_order(rng):
+  x = data(rng, 11)
+  expected = np_trimmed_mean(np_nnm(x, 2).astype(np.float32), 2)
+  np.testing.assert_allclose(agg.get("nnm+trimmed_mean", f=2)(x), expected, atol=1e-5)
+  np.testing.assert_allclose(
+      agg.get("nearest_neighbor_mixing+trimmed_mean", f=2)(x), expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------- properties
+RULES = ["mean", "coordinate_median", "trimmed_mean", "geometric_median", "nnm+trimmed_mean",
+         "nnm+geometric_median", "nnm+coordinate_median"]
+TIGHT = {"geometric_median": {"gtol": 1e-7}}  # properties of the rule, not of its stopping rule
+
+
+@pytest.mark.parametrize("spec", RULES)
+def test_permutation_invariance_and_translation_equivariance(rng, spec):
+  x = data(rng, 11)
+  rule = agg.get(spec, f=3, options=TIGHT)
+  out = np.asarray(rule(x))
+  np.testing.assert_allclose(rule(x[rng.permutation(11)]), out, atol=2e-5)
+  shift = rng.normal(size=D).astype(np.float32) * 5
+  np.testing.assert_allclose(rule(x + shift), out + shift, atol=5e-5)
+
+
+@pytest.mark.parametrize("spec", ["coordinate_median", "trimmed_mean", "geometric_median"])
+def test_output_stays_in_the_honest_box(rng, spec):
+  """With f outliers far away, these rules stay within the coordinate range of the honest rows."""
+  honest = data(rng, 15)
+  x = np.concatenate([honest, np.full((4, D), 50.0, np.float32)])
+  out = np.asarray(agg.get(spec, f=4, options=TIGHT)(x))
+  assert np.all(out >= honest.min(0) - 1e-5) and np.all(out <= honest.max(0) + 1e-5)
+
+
+# ----------------------------------------------------------------------- non-finite input
+def poisoned(honest, kinds):
+  rows = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "huge": 1e30, "large": 1e20}
+  return np.concatenate([honest, np.stack([np.full(D, rows[k], np.float32) for k in kinds])])
+
+
+@pytest.mark.parametrize("kinds", [("nan",), ("inf", "-inf"), ("nan", "inf", "huge"), ("large",)])
+def test_coordinatewise_rules_drop_nonfinite_rows(rng, kinds):
+  honest = data(rng, 12)
+  f = len(kinds)
+  x = poisoned(honest, kinds)
+  # NaN sorts above +inf; both behave as "the largest values", exactly like finite huge values.
+  stand_in = np.where(np.isnan(x) | (x == np.inf), 1e35, np.where(x == -np.inf, -1e35, x))
+  np.testing.assert_allclose(agg.trimmed_mean(x, f=f), np_trimmed_mean(stand_in, f), atol=1e-5)
+  np.testing.assert_allclose(agg.coordinate_median(x), np.median(stand_in, 0), atol=1e-6)
+
+
+@pytest.mark.parametrize("kinds", [("nan",), ("inf", "-inf"), ("nan", "inf", "-inf")])
+def test_geometric_median_ignores_nonfinite_rows(rng, kinds):
+  honest = data(rng, 12)
+  np.testing.assert_allclose(agg.geometric_median(poisoned(honest, kinds), gtol=1e-7),
+                             agg.geometric_median(honest, gtol=1e-7), atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [1e20, 1e30])
+def test_geometric_median_with_huge_finite_rows(rng, value):
+  """Huge rows neither overflow nor stall the stopping rule; the result is the GM of all rows."""
+  honest = data(rng, 12)
+  x = np.concatenate([honest, np.full((3, D), value, np.float32)])
+  got = np.asarray(agg.geometric_median(x))
+  # The far rows pull with unit weight each, like a point at infinity in direction (1, ..., 1).
+  far = np.concatenate([honest, np.full((3, D), 1e12)])
+  np.testing.assert_allclose(got, np_weiszfeld(far), atol=1e-3)
+
+
+def test_geometric_median_treats_rows_at_unrepresentable_distance_as_infinite(rng):
+  """‖x_i − z‖ = √7·3e38 exceeds the float32 range: the row counts as infinitely far, like inf."""
+  honest = data(rng, 12)
+  x = np.concatenate([honest, np.full((3, D), 3e38, np.float32)])
+  np.testing.assert_allclose(agg.geometric_median(x, gtol=1e-7),
+                             agg.geometric_median(honest, gtol=1e-7), atol=1e-5)
+
+
+@pytest.mark.parametrize("kinds", [("nan",), ("inf", "huge"), ("nan", "-inf", "large")])
+def test_nnm_never_mixes_a_finite_row_with_a_nonfinite_one(rng, kinds):
+  honest = data(rng, 12)
+  x = poisoned(honest, kinds)
+  f = len(kinds)
+  out = np.asarray(agg.nearest_neighbor_mixing(x, f=f))
+  far = np.concatenate([honest, 1e6 + np.arange(f * D, dtype=np.float32).reshape(f, D)])
+  np.testing.assert_allclose(out[:12], np_nnm(far, f)[:12], atol=1e-5)
+  assert np.all(np.isnan(out[12:]) | (np.abs(out[12:]) > 1e10))
+  for spec in ("nnm+trimmed_mean", "nnm+geometric_median", "nnm+coordinate_median"):
+    assert np.all(np.isfinite(agg.get(spec, f=f)(x))), spec
+
+
+def test_mean_is_poisoned_by_design(rng):
+  assert np.all(np.isnan(agg.mean(poisoned(data(rng, 5), ("nan",)))))
+
+
+# ----------------------------------------------------------------------- batching
+@pytest.mark.parametrize("spec", RULES)
+def test_vmap_over_samples_matches_unbatched(rng, spec):
+  x = rng.normal(size=(4, 11, D)).astype(np.float32)
+  x[1, 0] = np.nan  # one sample with a poisoned row
+  rule = agg.get(spec, f=3, options=TIGHT)
+  key = jax.random.key(0)
+  batched = jax.jit(jax.vmap(lambda u: rule.apply(u, (), key)[0]))(x)
+  for s in range(4):
+    np.testing.assert_allclose(batched[s], rule(x[s]), atol=1e-5, equal_nan=True)
+
+
+# ----------------------------------------------------------------------- sorting
+@pytest.mark.parametrize("n", range(1, 13))
+def test_batcher_network_sorts_every_zero_one_input(n):
+  """The 0-1 principle: a comparator network sorting all 2^n binary inputs sorts everything."""
+  pairs = order_statistics.batcher_network(n)
+  for bits in itertools.product((0, 1), repeat=n):
+    v = list(bits)
+    for a, b in pairs:
+      if v[a] > v[b]:
+        v[a], v[b] = v[b], v[a]
+    assert v == sorted(bits)
+
+
+@pytest.mark.parametrize("n", [2, 3, 17, 64, 100, 101])
+def test_sort_clients_matches_numpy_with_special_values(rng, n):
+  """n=101 takes the jnp.sort path on CPU, the others the network."""
+  x = rng.normal(size=(n, 9)).astype(np.float32)
+  x[0, :3] = [np.nan, np.inf, -np.inf]
+  x[-1, 3:6] = [-0.0, np.nan, 3e38]
+  got = np.asarray(order_statistics.sort_clients(jnp.asarray(x)))
+  np.testing.assert_array_equal(got, np.sort(x, axis=0))
+
+
+# ----------------------------------------------------------------------- registry errors
+def test_unknown_aggregator_names_the_allowed_ones():
+  with pytest.raises(ValueError, match=r"unknown aggregator 'krumm'.*trimmed_mean"):
+    agg.get("krumm", f=1)
+
+
+def test_spec_must_end_with_a_rule_and_chain_only_preaggregators():
+  with pytest.raises(ValueError, match="must end with a rule"):
+    agg.get("trimmed_mean+nnm", f=1)
+  with pytest.raises(ValueError, match="only pre-aggregators"):
+    agg.get("mean+trimmed_mean", f=1)
+
+
+def test_unknown_option_is_an_error():
+  with pytest.raises(ValueError, match=r"unknown option.*'maxiters'.*maxiter"):
+    agg.get("geometric_median", f=1, options={"geometric_median": {"maxiters": 3}})
+
+
+def test_too_few_clients_for_f_is_an_error(rng):
+  with pytest.raises(ValueError, match=r"trimmed_mean: needs n >= 7 clients for f=3, got n=6"):
+    agg.trimmed_mean(data(rng, 6), f=3)
+  with pytest.raises(ValueError, match="non-negative"):
+    agg.get("mean", f=-1)
