@@ -1,0 +1,75 @@
+"""Federated data: a source, a partition over clients, and the stacked `[n, m_max, ...]` arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_robust.data.partition import PARTITIONERS
+from fedjax_robust.data.sources import Dataset
+from fedjax_robust.data.sources import DatasetUnavailableError
+from fedjax_robust.data.sources import SOURCES
+from fedjax_robust.data.stacking import ClientData
+from fedjax_robust.data.stacking import stack_clients
+from fedjax_robust.data.stacking import valid_mask
+from fedjax_robust.data.synthetic import make_synthetic
+
+NAMES = sorted([*SOURCES, "synthetic"])
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedData:
+  """Training data stacked per client, and a global test set for test accuracy."""
+  name: str
+  train: ClientData
+  test_x: jax.Array
+  test_y: jax.Array
+  num_classes: int
+
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    return tuple(self.train.x.shape[2:])
+
+
+def check_name(name: str) -> None:
+  if name not in NAMES:
+    raise ValueError(f"unknown data set {name!r}; available: {', '.join(NAMES)} "
+                     "(only 'digits' and 'synthetic' work offline without preparation).")
+
+
+def check_partition(partition: str) -> None:
+  if partition not in PARTITIONERS:
+    raise ValueError(f"unknown partition {partition!r}; available: {', '.join(PARTITIONERS)}.")
+
+
+def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: float = 1.0,
+         shards_per_client: int = 2, gamma: float = 0.5, min_size: int = 1,
+         test_fraction: float = 0.2, data_dir: str | None = None, seed: int = 0,
+         synthetic_examples_per_client: int = 100, synthetic_dim: int = 60,
+         synthetic_num_classes: int = 10, synthetic_alpha: float = 1.0,
+         synthetic_beta: float = 1.0) -> FederatedData:
+  """Loads a data set and distributes its training split over `num_clients` clients.
+
+  `synthetic` is generated per client (its heterogeneity comes from `synthetic_alpha/beta`, not
+  from `partition`); every other source is partitioned by `partition` with its options.
+  """
+  check_name(name)
+  check_partition(partition)
+  if name == "synthetic":
+    xs, ys, test_x, test_y = make_synthetic(
+        num_clients, examples_per_client=synthetic_examples_per_client, dim=synthetic_dim,
+        num_classes=synthetic_num_classes, alpha=synthetic_alpha, beta=synthetic_beta,
+        test_fraction=test_fraction, seed=seed)
+    return FederatedData(name, stack_clients(xs, ys), jnp.asarray(test_x), jnp.asarray(test_y),
+                         synthetic_num_classes)
+  source = SOURCES[name](test_fraction=test_fraction, seed=seed, data_dir=data_dir)
+  options = {"dirichlet": {"alpha": alpha}, "shards": {"shards_per_client": shards_per_client},
+             "gamma_similarity": {"gamma": gamma}, "iid": {}}[partition]
+  parts = PARTITIONERS[partition](source.y_train, num_clients, np.random.default_rng(seed),
+                                  min_size=min_size, **options)
+  train = stack_clients([source.x_train[p] for p in parts], [source.y_train[p] for p in parts])
+  return FederatedData(name, train, jnp.asarray(source.x_test), jnp.asarray(source.y_test),
+                       source.num_classes)

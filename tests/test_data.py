@@ -1,0 +1,132 @@
+"""Sources, partitioners and stacking: counts, skew, padding, tfds through mock_data."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from fedjax_robust import data
+from fedjax_robust.data import partition
+
+
+def labels_for(rng, num=2000, classes=10):
+  return rng.integers(0, classes, size=num)
+
+
+def assert_exact_cover(parts, num):
+  joined = np.concatenate(parts)
+  assert len(joined) == num and len(np.unique(joined)) == num  # disjoint and complete
+
+
+def label_skew(labels, parts, classes=10):
+  """Mean total-variation distance between each client's label law and the global one."""
+  glob = np.bincount(labels, minlength=classes) / len(labels)
+  return np.mean([0.5 * np.abs(np.bincount(labels[p], minlength=classes) / len(p) - glob).sum()
+                  for p in parts])
+
+
+@pytest.mark.parametrize("name,opts", [("iid", {}), ("dirichlet", {"alpha": 0.5}),
+                                       ("shards", {"shards_per_client": 2}),
+                                       ("gamma_similarity", {"gamma": 0.3})])
+def test_partitions_cover_every_example_once(rng, name, opts):
+  labels = labels_for(rng)
+  parts = partition.PARTITIONERS[name](labels, 20, np.random.default_rng(0), min_size=5, **opts)
+  assert len(parts) == 20
+  assert_exact_cover(parts, len(labels))
+  assert min(len(p) for p in parts) >= 5
+
+
+def test_iid_sizes_are_equal(rng):
+  parts = partition.iid(labels_for(rng, 1003), 10, np.random.default_rng(0))
+  assert {len(p) for p in parts} == {100, 101}
+
+
+def test_dirichlet_skew_decreases_with_alpha(rng):
+  labels = labels_for(rng, 5000)
+  skew = {a: label_skew(labels, partition.dirichlet(labels, 20, np.random.default_rng(0), alpha=a))
+          for a in (0.05, 1.0, 1000.0)}
+  assert skew[0.05] > 0.6 > skew[1.0] > 0.2 > 0.05 > skew[1000.0]
+
+
+def test_dirichlet_min_size_is_enforced_or_explained(rng):
+  labels = labels_for(rng, 1000)
+  parts = partition.dirichlet(labels, 10, np.random.default_rng(0), alpha=0.3, min_size=30)
+  assert min(len(p) for p in parts) >= 30
+  with pytest.raises(ValueError, match=r"no Dirichlet\(alpha=0.01\) partition .* min_size=90"):
+    partition.dirichlet(labels, 10, np.random.default_rng(0), alpha=0.01, min_size=90)
+
+
+def test_shards_and_sorted_split_see_few_classes(rng):
+  labels = np.repeat(np.arange(10), 200)
+  for parts in (partition.shards(labels, 20, np.random.default_rng(0), shards_per_client=2),
+                partition.gamma_similarity(labels, 20, np.random.default_rng(0), gamma=0.0)):
+    assert max(len(np.unique(labels[p])) for p in parts) <= 2
+  iid_like = partition.gamma_similarity(labels, 20, np.random.default_rng(0), gamma=1.0)
+  assert label_skew(labels, iid_like) < 0.15
+
+
+def test_partition_errors(rng):
+  labels = labels_for(rng, 100)
+  with pytest.raises(ValueError, match="min_size=20"):
+    partition.iid(labels, 10, np.random.default_rng(0), min_size=20)
+  with pytest.raises(ValueError, match="alpha must be > 0"):
+    partition.dirichlet(labels, 10, np.random.default_rng(0), alpha=0.0)
+  with pytest.raises(ValueError, match=r"gamma must lie in \[0, 1\]"):
+    partition.gamma_similarity(labels, 10, np.random.default_rng(0), gamma=2.0)
+
+
+def test_stacking_pads_with_zeros_and_counts():
+  xs = [np.ones((3, 2, 2, 1)), 2 * np.ones((1, 2, 2, 1))]
+  ys = [np.array([1, 2, 3]), np.array([4])]
+  stacked = data.stack_clients(xs, ys)
+  assert stacked.x.shape == (2, 3, 2, 2, 1)
+  np.testing.assert_array_equal(stacked.counts, [3, 1])
+  np.testing.assert_array_equal(stacked.y, [[1, 2, 3], [4, 0, 0]])
+  assert float(jnp.abs(stacked.x[1, 1:]).sum()) == 0.0
+  np.testing.assert_array_equal(data.valid_mask(stacked.counts, 3),
+                                [[True, True, True], [True, False, False]])
+
+
+def test_digits_is_offline_and_stratified():
+  fed = data.load("digits", num_clients=10, partition="iid", test_fraction=0.2)
+  assert fed.num_classes == 10 and fed.input_shape == (8, 8, 1)
+  assert int(fed.train.counts.sum()) + fed.test_y.shape[0] == 1797
+  assert 0.0 <= float(fed.train.x.min()) and float(fed.train.x.max()) <= 1.0
+  test_share = np.bincount(np.asarray(fed.test_y), minlength=10) / fed.test_y.shape[0]
+  np.testing.assert_allclose(test_share, 0.1, atol=0.01)
+
+
+def test_synthetic_heterogeneity_is_a_parameter():
+  def skew(alpha, beta):
+    fed = data.load("synthetic", num_clients=10, synthetic_alpha=alpha, synthetic_beta=beta,
+                    synthetic_examples_per_client=400)
+    y = np.asarray(fed.train.y)
+    parts = [np.arange(i * y.shape[1], i * y.shape[1] + int(c))
+             for i, c in enumerate(np.asarray(fed.train.counts))]
+    return label_skew(y.reshape(-1), parts)
+  assert skew(0.0, 0.0) < 0.1 < skew(2.0, 2.0)
+
+
+@pytest.mark.parametrize("name,shape,classes", [("mnist", (28, 28, 1), 10),
+                                                ("cifar10", (32, 32, 3), 10)])
+def test_tfds_loading_through_mock_data(name, shape, classes):
+  with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_CODE):
+    fed = data.load(name, num_clients=4, partition="iid")
+  assert fed.num_classes == classes
+  assert fed.train.x.shape == (4, 15, *shape)
+  assert fed.test_x.shape == (60, *shape)
+  assert 0.0 <= float(fed.train.x.min()) and float(fed.train.x.max()) <= 1.0
+
+
+def test_tfds_dataset_not_on_disk_gives_a_clear_error(tmp_path):
+  with pytest.raises(data.DatasetUnavailableError,
+                     match=r"'mnist'.*not available under .*cannot download.*'digits'"):
+    data.load("mnist", num_clients=4, data_dir=str(tmp_path))
+
+
+def test_unknown_data_set_and_partition():
+  with pytest.raises(ValueError, match=r"unknown data set 'mnsit'; available: .*digits.*mnist"):
+    data.load("mnsit", num_clients=4)
+  with pytest.raises(ValueError, match=r"unknown partition 'dirichlett'"):
+    data.load("digits", num_clients=4, partition="dirichlett")
