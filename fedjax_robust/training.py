@@ -1,0 +1,177 @@
+"""Robust federated training as pure functions: a round, a run of rounds, a batch of runs.
+
+One round, for one draw of the honest set (mask `honest [n]`):
+
+  1. every client starts from the global model θ and runs K local SGD steps on minibatches of its
+     own data with worker momentum m_i ← β m_i + (1 − β) g_i, θ_i ← θ_i − η m_i (RESAM,
+     Farhadkhani et al. ICML 2022; ByzFL's D-SGD), vmapped over the client axis; Byzantine
+     clients under a data-poisoning attack train on their poisoned labels;
+  2. updates u_i = θ − θ_i^K are stacked into `[n, d]` (for K = 1: u_i = η m_i);
+  3. a model-poisoning attack replaces the Byzantine rows;
+  4. the robust aggregator reduces `[n, d] -> [d]`;
+  5. the server treats the aggregate as a (pseudo-)gradient for an optax optimizer
+     (SGD with learning rate 1 applies θ ← θ − F(u)).
+
+`run_rounds` scans rounds; `jax.vmap` of it over `[S, n]` masks and `[S]` keys runs S complete
+trainings in one compiled program. Every random draw derives from the sample key by
+`fold_in(key, round)`, so a sample's numbers do not depend on the batch it runs in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from fedjax_robust import models as models_lib
+from fedjax_robust.aggregators import Aggregator
+from fedjax_robust.attacks import Attack
+from fedjax_robust.data import ClientData
+from fedjax_robust.data import valid_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalTraining:
+  """Client-side hyperparameters (static)."""
+  local_steps: int = 1        # K local SGD steps per round
+  batch_size: int = 32        # examples per step, drawn with replacement; <= 0: all local data
+  lr: float = 0.1             # η
+  momentum: float = 0.9       # β of worker momentum (0: plain SGD)
+
+  def __post_init__(self):
+    if self.local_steps < 1:
+      raise ValueError(f"local_steps must be >= 1, got {self.local_steps}.")
+    if not 0 <= self.momentum < 1:
+      raise ValueError(f"client momentum must lie in [0, 1), got {self.momentum}.")
+
+
+class RunState(NamedTuple):
+  params: jax.Array            # [d] flattened global model
+  server_opt_state: Any
+  momentum: jax.Array          # [n, d] worker momentum
+  aggregator_state: Any
+  round: jax.Array             # int32 rounds done
+
+
+@dataclasses.dataclass(frozen=True)
+class Simulator:
+  """One robust-FL algorithm: model, local training, attack, aggregator and server optimizer."""
+  model: models_lib.Model
+  aggregator: Aggregator
+  attack: Attack
+  local: LocalTraining
+  server_optimizer: optax.GradientTransformation
+  num_clients: int
+
+  def __post_init__(self):
+    shapes = jax.eval_shape(self.model.init, jax.random.key(0))
+    flat, unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+    object.__setattr__(self, "_unravel", unravel)
+    object.__setattr__(self, "num_params", flat.size)
+
+  def logits(self, params: jax.Array, x: jax.Array) -> jax.Array:
+    return self.model.apply(self._unravel(params), x)
+
+  def init(self, key: jax.Array) -> RunState:
+    params, _ = ravel_pytree(self.model.init(key))
+    return RunState(params, self.server_optimizer.init(params),
+                    jnp.zeros((self.num_clients, params.size), params.dtype),
+                    self.aggregator.init(params.size), jnp.array(0, jnp.int32))
+
+  def _loss(self, params, x, y, weights):
+    return models_lib.masked_cross_entropy(self.logits(params, x), y, weights)
+
+  @staticmethod
+  def _without_padding(x, y, valid):
+    """Padding zeroed before the model sees it: masking only the loss would still let NaN or
+    huge padding into gradients (0 · NaN = NaN)."""
+    keep = valid.reshape(valid.shape + (1,) * (x.ndim - valid.ndim))
+    return jnp.where(keep, x, 0.0), jnp.where(valid, y, 0)
+
+  def local_update(self, params, momentum, x, y, count, key, byzantine):
+    """K local steps of one client; returns (update θ − θ_K `[d]`, new momentum `[d]`)."""
+    if self.attack.poison_labels is not None:
+      y = jnp.where(byzantine, self.attack.poison_labels(y), y)
+    cfg = self.local
+
+    def gradient(p, k):
+      if cfg.batch_size <= 0:
+        valid = jnp.arange(x.shape[0]) < count
+        return jax.grad(self._loss)(p, *self._without_padding(x, y, valid), valid)
+      idx = jax.random.randint(k, (cfg.batch_size,), 0, count)
+      return jax.grad(self._loss)(p, x[idx], y[idx], jnp.ones((cfg.batch_size,), bool))
+
+    def step(carry, k):
+      p, m = carry
+      m = cfg.momentum * m + (1 - cfg.momentum) * gradient(p, k)
+      return (p - cfg.lr * m, m), None
+
+    (local_params, momentum), _ = lax.scan(
+        step, (params, momentum), jax.random.split(key, cfg.local_steps))
+    return params - local_params, momentum
+
+  def round(self, state: RunState, honest: jax.Array, key: jax.Array, train: ClientData
+            ) -> tuple[RunState, Mapping[str, jax.Array]]:
+    """One federated round for one honest mask `[n]`; returns the new state and aggregator aux."""
+    byzantine = ~honest
+    k_clients, k_attack, k_aggregator = jax.random.split(jax.random.fold_in(key, state.round), 3)
+    updates, momentum = jax.vmap(self.local_update, in_axes=(None, 0, 0, 0, 0, 0, 0))(
+        state.params, state.momentum, train.x, train.y, train.counts,
+        jax.random.split(k_clients, self.num_clients), byzantine)
+    if self.attack.poison_updates is not None:
+      updates = self.attack.poison_updates(k_attack, updates, byzantine)
+    aggregate, aggregator_state, aux = self.aggregator.apply(
+        updates, state.aggregator_state, k_aggregator)
+    steps, opt_state = self.server_optimizer.update(aggregate, state.server_opt_state, state.params)
+    params = optax.apply_updates(state.params, steps)
+    return RunState(params, opt_state, momentum, aggregator_state, state.round + 1), aux
+
+  def run_rounds(self, state: RunState, honest: jax.Array, key: jax.Array, train: ClientData,
+                 num_rounds: int) -> tuple[RunState, Mapping[str, jax.Array]]:
+    """`num_rounds` rounds by `lax.scan`; aux values are averaged over the rounds."""
+    state, aux = lax.scan(lambda s, _: self.round(s, honest, key, train), state, None,
+                          length=num_rounds)
+    return state, jax.tree.map(lambda a: jnp.mean(a.astype(jnp.float32), axis=0), aux)
+
+  def client_metrics(self, params: jax.Array, train: ClientData) -> tuple[jax.Array, jax.Array]:
+    """Loss and accuracy `[n]` of the model on each client's own data (padding excluded)."""
+    weights = valid_mask(train.counts, train.x.shape[1])
+
+    def one(x, y, w):
+      x, y = self._without_padding(x, y, w)
+      logits = self.logits(params, x)
+      return (models_lib.masked_cross_entropy(logits, y, w),
+              models_lib.masked_accuracy(logits, y, w))
+
+    return jax.vmap(one)(train.x, train.y, weights)
+
+  def evaluate(self, params: jax.Array, honest: jax.Array, train: ClientData,
+               test_x: jax.Array, test_y: jax.Array) -> dict[str, jax.Array]:
+    """Scalars for one sample: the honest loss L_S(θ) = (1/|S|) Σ_{i∈S} L_i(θ), honest accuracy
+    (same average), and loss/accuracy on the global test set. NaN when S is empty."""
+    loss, acc = self.client_metrics(params, train)
+    h = honest.astype(jnp.float32)
+    num_honest = jnp.sum(h)
+    logits = self.logits(params, test_x)
+    ones = jnp.ones(test_y.shape, bool)
+    return {
+        "honest_loss": jnp.where(num_honest > 0, h @ loss / num_honest, jnp.nan),
+        "honest_accuracy": jnp.where(num_honest > 0, h @ acc / num_honest, jnp.nan),
+        "test_loss": models_lib.masked_cross_entropy(logits, test_y, ones),
+        "test_accuracy": models_lib.masked_accuracy(logits, test_y, ones),
+    }
+
+
+def sample_keys(key: jax.Array, num_samples: int) -> jax.Array:
+  """Key of sample s = fold_in(key, s): a sample's randomness does not depend on S."""
+  return jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(num_samples))
+
+
+def replicate(state: RunState, num_samples: int) -> RunState:
+  """The same initial state for every sample (common initial model across draws of μ_H)."""
+  return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_samples, *a.shape)), state)

@@ -1,0 +1,188 @@
+"""The training core against a NumPy implementation, and the Monte Carlo batching guarantees."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from conftest import tiny_config
+from fedjax_robust import aggregators
+from fedjax_robust import attacks
+from fedjax_robust import data
+from fedjax_robust import experiment
+from fedjax_robust import models
+from fedjax_robust import training
+
+C, FEATURES = 3, 4
+
+
+def client_data(rng, counts=(5, 9, 3, 7), padding_x=0.0, padding_y=0):
+  xs = [rng.normal(size=(m, FEATURES, 1, 1)).astype(np.float32) for m in counts]
+  ys = [rng.integers(0, C, size=m).astype(np.int32) for m in counts]
+  stacked = data.stack_clients(xs, ys)
+  valid = np.asarray(data.valid_mask(stacked.counts, max(counts)))
+  x = np.where(valid[:, :, None, None, None], np.asarray(stacked.x), padding_x)
+  y = np.where(valid, np.asarray(stacked.y), padding_y)
+  return data.ClientData(jnp.asarray(x, jnp.float32), jnp.asarray(y), stacked.counts), xs, ys
+
+
+def simulator(aggregator="mean", attack="none", *, local_steps=1, batch_size=0, lr=0.3,
+              momentum=0.0, n=4, f=1):
+  model = models.get("logistic", input_shape=(FEATURES, 1, 1), num_classes=C)
+  return training.Simulator(
+      model=model, aggregator=aggregators.get(aggregator, f=f),
+      attack=attacks.get(attack, num_classes=C),
+      local=training.LocalTraining(local_steps=local_steps, batch_size=batch_size, lr=lr,
+                                   momentum=momentum),
+      server_optimizer=optax.sgd(1.0), num_clients=n)
+
+
+# ----------------------------------------------------------------------- NumPy reference
+def np_grad(w, b, x, y):
+  x = x.reshape(len(x), -1).astype(np.float64)
+  logits = x @ w + b
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  p[np.arange(len(y)), y] -= 1
+  return x.T @ p / len(y), p.mean(0)
+
+
+def np_local(w, b, mw, mb, x, y, *, steps, lr, beta):
+  lw, lb = w.copy(), b.copy()
+  for _ in range(steps):
+    gw, gb = np_grad(lw, lb, x, y)
+    mw, mb = beta * mw + (1 - beta) * gw, beta * mb + (1 - beta) * gb
+    lw, lb = lw - lr * mw, lb - lr * mb
+  return w - lw, b - lb, mw, mb
+
+
+@pytest.mark.parametrize("steps,beta", [(1, 0.0), (1, 0.9), (3, 0.5)])
+def test_full_batch_rounds_match_numpy(rng, steps, beta):
+  """Mean aggregation, no attack: T rounds of local GD with worker momentum, by hand."""
+  train, xs, ys = client_data(rng)
+  sim = simulator(local_steps=steps, momentum=beta)
+  init = sim.model.init(jax.random.key(0))
+  _, unravel = ravel_pytree(init)
+  state = sim.init(jax.random.key(0))
+  state, _ = jax.jit(functools.partial(sim.run_rounds, num_rounds=4))(
+      state, jnp.ones(4, bool), jax.random.key(1), train)
+
+  w = np.asarray(init["params"]["Dense_0"]["kernel"], np.float64)
+  b = np.asarray(init["params"]["Dense_0"]["bias"], np.float64)
+  mom = [(np.zeros_like(w), np.zeros_like(b)) for _ in xs]
+  for _ in range(4):
+    outs = [np_local(w, b, *mom[i], xs[i], ys[i], steps=steps, lr=0.3, beta=beta)
+            for i in range(4)]
+    mom = [(o[2], o[3]) for o in outs]
+    w = w - np.mean([o[0] for o in outs], axis=0)
+    b = b - np.mean([o[1] for o in outs], axis=0)
+  got = unravel(state.params)["params"]["Dense_0"]
+  np.testing.assert_allclose(got["kernel"], w, atol=2e-5)
+  np.testing.assert_allclose(got["bias"], b, atol=2e-5)
+
+
+def test_model_poisoning_replaces_byzantine_rows_before_aggregation(rng):
+  train, xs, ys = client_data(rng)
+  sim = simulator(attack="sign_flip")
+  init = sim.model.init(jax.random.key(0))
+  _, unravel = ravel_pytree(init)
+  honest = jnp.array([True, False, True, True])
+  state, _ = jax.jit(sim.round)(sim.init(jax.random.key(0)), honest, jax.random.key(1), train)
+  w = np.asarray(init["params"]["Dense_0"]["kernel"], np.float64)
+  b = np.asarray(init["params"]["Dense_0"]["bias"], np.float64)
+  outs = [np_local(w, b, 0 * w, 0 * b, xs[i], ys[i], steps=1, lr=0.3, beta=0.0) for i in range(4)]
+  honest_mean_w = np.mean([outs[i][0] for i in (0, 2, 3)], axis=0)
+  honest_mean_b = np.mean([outs[i][1] for i in (0, 2, 3)], axis=0)
+  expected_w = w - (3 * honest_mean_w - honest_mean_w) / 4  # one row replaced by −μ
+  expected_b = b - (3 * honest_mean_b - honest_mean_b) / 4
+  got = unravel(state.params)["params"]["Dense_0"]
+  np.testing.assert_allclose(got["kernel"], expected_w, atol=2e-5)
+  np.testing.assert_allclose(got["bias"], expected_b, atol=2e-5)
+
+
+def test_label_flipping_poisons_only_byzantine_clients(rng):
+  train, xs, ys = client_data(rng)
+  flip, clean = simulator(attack="label_flip"), simulator()
+  params = flip.init(jax.random.key(0)).params
+  zeros = jnp.zeros_like(params)
+  i = 1
+  args = (params, zeros, train.x[i], train.y[i], train.counts[i], jax.random.key(2))
+  byz_update, _ = flip.local_update(*args, True)
+  honest_update, _ = flip.local_update(*args, False)
+  flipped_args = (params, zeros, train.x[i], C - 1 - train.y[i], train.counts[i], jax.random.key(2))
+  np.testing.assert_allclose(byz_update, clean.local_update(*flipped_args, False)[0], atol=1e-6)
+  np.testing.assert_allclose(honest_update, clean.local_update(*args, False)[0], atol=1e-6)
+  assert float(jnp.abs(byz_update - honest_update).max()) > 1e-3
+
+
+@pytest.mark.parametrize("batch_size", [0, 4])
+def test_padding_never_leaks(rng, batch_size):
+  """NaN inputs and out-of-range labels in the padding change nothing."""
+  clean, _, _ = client_data(np.random.default_rng(7))
+  dirty, _, _ = client_data(np.random.default_rng(7), padding_x=np.nan, padding_y=99)
+  sim = simulator(batch_size=batch_size, momentum=0.9)
+  run = jax.jit(functools.partial(sim.run_rounds, num_rounds=3))
+  honest = jnp.ones(4, bool)
+  a, _ = run(sim.init(jax.random.key(0)), honest, jax.random.key(1), clean)
+  b, _ = run(sim.init(jax.random.key(0)), honest, jax.random.key(1), dirty)
+  np.testing.assert_array_equal(a.params, b.params)
+  assert np.all(np.isfinite(a.params))
+  loss_a, acc_a = sim.client_metrics(a.params, clean)
+  loss_b, acc_b = sim.client_metrics(a.params, dirty)
+  np.testing.assert_array_equal(loss_a, loss_b)
+  np.testing.assert_array_equal(acc_a, acc_b)
+
+
+def test_client_metrics_and_honest_loss_match_numpy(rng):
+  train, xs, ys = client_data(rng)
+  sim = simulator()
+  params = sim.init(jax.random.key(3)).params
+  init = sim.model.init(jax.random.key(3))
+  w = np.asarray(init["params"]["Dense_0"]["kernel"], np.float64)
+  b = np.asarray(init["params"]["Dense_0"]["bias"], np.float64)
+
+  def np_loss_acc(x, y):
+    logits = x.reshape(len(x), -1) @ w + b
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -logp[np.arange(len(y)), y].mean(), np.mean(logits.argmax(1) == y)
+
+  expected = np.array([np_loss_acc(x, y) for x, y in zip(xs, ys)])
+  honest = np.array([True, False, True, True])
+  out = sim.evaluate(params, jnp.asarray(honest), train, train.x[0], train.y[0])
+  np.testing.assert_allclose(out["honest_loss"], expected[honest, 0].mean(), atol=1e-5)
+  np.testing.assert_allclose(out["honest_accuracy"], expected[honest, 1].mean(), atol=1e-6)
+  empty = sim.evaluate(params, jnp.zeros(4, bool), train, train.x[0], train.y[0])
+  assert np.isnan(empty["honest_loss"]) and np.isnan(empty["honest_accuracy"])
+
+
+def test_vmapped_samples_equal_separate_runs(rng):
+  """S trainings in one program give each sample's numbers as if it ran alone."""
+  train, _, _ = client_data(rng, counts=(6, 6, 6, 6, 6, 6))
+  sim = simulator("nnm+geometric_median", "alie", batch_size=3, momentum=0.9, n=6, f=1)
+  masks = jnp.array([[True] * 6, [False] + [True] * 5, [True, True, False, True, True, False]])
+  keys = training.sample_keys(jax.random.key(5), 3)
+  run = functools.partial(sim.run_rounds, num_rounds=4)
+  states = training.replicate(sim.init(jax.random.key(0)), 3)
+  batched, _ = jax.jit(jax.vmap(run, in_axes=(0, 0, 0, None)))(states, masks, keys, train)
+  single = jax.jit(run)
+  for s in range(3):
+    alone, _ = single(sim.init(jax.random.key(0)), masks[s], keys[s], train)
+    np.testing.assert_allclose(batched.params[s], alone.params, atol=1e-5)
+  assert float(jnp.abs(batched.params[0] - batched.params[2]).max()) > 1e-4
+
+
+def test_same_config_and_seed_give_identical_numbers():
+  a = experiment.run(tiny_config(), log=lambda _: None)
+  b = experiment.run(tiny_config(), log=lambda _: None)
+  for spec in a.runs:
+    for metric in experiment.METRICS:
+      np.testing.assert_array_equal(a.runs[spec].metrics[metric], b.runs[spec].metrics[metric])
+  c = tiny_config()
+  c.seed = 1
+  other = experiment.run(c, log=lambda _: None)
+  assert not np.array_equal(other.runs["mean"].metrics["honest_loss"],
+                            a.runs["mean"].metrics["honest_loss"])
