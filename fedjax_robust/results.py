@@ -1,0 +1,144 @@
+"""Summaries, tables, files and plots of an experiment's Monte Carlo samples."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from fedjax_robust import config as config_lib
+from fedjax_robust import evaluation
+from fedjax_robust import honest_sets
+from fedjax_robust.experiment import AggregatorRun
+from fedjax_robust.experiment import Experiment
+
+
+def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f: int) -> dict:
+  """Final-round estimates over samples for one aggregator; `counts` is b per sample."""
+  loss = evaluation.diverged_as_inf(run.metrics["honest_loss"][-1], num_clients - counts)
+  accuracy = run.metrics["honest_accuracy"][-1]
+  within = counts <= f
+  out = {
+      "honest_loss": evaluation.summarize(loss, worst="max"),
+      "honest_accuracy": evaluation.summarize(accuracy, worst="min"),
+      "test_accuracy": evaluation.summarize(run.metrics["test_accuracy"][-1], worst="min"),
+      "honest_accuracy_given_b_le_f": evaluation.summarize(accuracy[within], worst="min"),
+      "honest_accuracy_given_b_gt_f": evaluation.summarize(accuracy[~within], worst="min"),
+      "compile_seconds": run.compile_seconds,
+      "run_seconds": run.run_seconds,
+  }
+  out.update({name: float(np.mean(values)) for name, values in run.aux.items()})
+  return out
+
+
+def summarize(experiment: Experiment) -> dict:
+  config = experiment.config
+  counts = evaluation.byzantine_counts(experiment.masks)
+  spec = config_lib.honest_set_spec(config)
+  return {
+      "config": json.loads(config.to_json()),
+      "byzantine_count": evaluation.count_law(
+          counts, config.num_clients, f=config.f,
+          exact_pmf=honest_sets.byzantine_count_pmf(spec, num_clients=config.num_clients)),
+      "aggregators": {name: summarize_run(run, counts, num_clients=config.num_clients, f=config.f)
+                      for name, run in experiment.runs.items()},
+  }
+
+
+def _pct(x: float) -> str:
+  return "   n/a" if np.isnan(x) else f"{100 * x:6.2f}"
+
+
+def format_table(summary: dict) -> str:
+  """A plain-text table: one row per aggregator, final-round estimates over samples."""
+  law = summary["byzantine_count"]
+  cfg = summary["config"]
+  header = (f"{'aggregator':<28} {'E[honest loss] ± CI95':>22} {'median':>7} "
+            f"{'E[honest acc %] ± CI':>21} "
+            f"{'worst acc':>9} {'acc|b≤f':>8} {'acc|b>f':>8} {'test acc':>8} {'P(b>f)':>7}")
+  lines = [header, "-" * len(header)]
+  for name, s in summary["aggregators"].items():
+    loss, acc = s["honest_loss"], s["honest_accuracy"]
+    loss_txt = f"{loss['mean']:.4f} ± {loss['ci95']:.4f}"
+    acc_txt = f"{_pct(acc['mean'])} ± {100 * acc['ci95']:.2f}"
+    lines.append(
+        f"{name:<28} {loss_txt:>22} {loss['q50']:>7.4f} {acc_txt:>21} {_pct(acc['worst']):>9} "
+        f"{_pct(s['honest_accuracy_given_b_le_f']['mean']):>8} "
+        f"{_pct(s['honest_accuracy_given_b_gt_f']['mean']):>8} "
+        f"{_pct(s['test_accuracy']['mean']):>8} {law['p_exceeds_f']:>7.3f}")
+  exact = (f" (exact {law['exact_mean']:.3f}, P(b>f) exact {law['exact_p_exceeds_f']:.3f})"
+           if "exact_mean" in law else "")
+  lines.append(
+      f"\nS={cfg['num_samples']} draws of μ_H={cfg['honest_set']}, n={cfg['num_clients']}, "
+      f"declared f={cfg['f']}, attack={cfg['attack']}, {cfg['training']['num_rounds']} rounds. "
+      f"Realized b: mean {law['mean']:.3f}{exact}; "
+      f"P(b ≥ n/2) = {law['p_no_honest_majority']:.3f}.")
+  return "\n".join(lines)
+
+
+def write_metrics_csv(experiment: Experiment, path: str) -> None:
+  """One row per aggregator × evaluation round × metric, with estimates over samples."""
+  counts = evaluation.byzantine_counts(experiment.masks)
+  n = experiment.config.num_clients
+  fields = ["aggregator", "round", "metric", "mean", "ci95", "q05", "q50", "q95", "worst",
+            "undefined"]
+  with open(path + ".tmp", "w", newline="") as fh:
+    writer = csv.DictWriter(fh, fieldnames=fields)
+    writer.writeheader()
+    for name, run in experiment.runs.items():
+      for e, rnd in enumerate(run.rounds):
+        for metric, values in run.metrics.items():
+          values = values[e]
+          if metric == "honest_loss":
+            values = evaluation.diverged_as_inf(values, n - counts)
+          s = evaluation.summarize(values, worst="max" if metric.endswith("loss") else "min")
+          writer.writerow({"aggregator": name, "round": int(rnd), "metric": metric,
+                           **{k: s[k] for k in fields[3:]}})
+  os.replace(path + ".tmp", path)
+
+
+def plot(experiment: Experiment, path: str) -> None:
+  """Honest accuracy over rounds (mean, 5–95% band over samples) and its final distribution."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, (ax, box) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+  finals, names = [], []
+  for name, run in experiment.runs.items():
+    acc = 100 * run.metrics["honest_accuracy"]
+    mean = np.nanmean(acc, axis=1)
+    lo, hi = np.nanquantile(acc, 0.05, axis=1), np.nanquantile(acc, 0.95, axis=1)
+    (line,) = ax.plot(run.rounds, mean, label=name)
+    ax.fill_between(run.rounds, lo, hi, color=line.get_color(), alpha=0.2)
+    finals.append(acc[-1][~np.isnan(acc[-1])])
+    names.append(name)
+  cfg = experiment.config
+  ax.set(xlabel="round", ylabel="honest accuracy (%)",
+         title=f"{cfg.data.name}, attack {cfg.attack}, μ_H {cfg.honest_set}, "
+               f"n={cfg.num_clients}, f={cfg.f}: mean and 5–95% over {cfg.num_samples} draws")
+  ax.title.set_fontsize(9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  box.boxplot(finals, vert=False, whis=(5, 95), showfliers=True)
+  box.set_yticks(range(1, len(names) + 1), names, fontsize=8)
+  box.set(xlabel="final honest accuracy (%)", title="distribution over draws of μ_H")
+  box.title.set_fontsize(9)
+  box.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_all(experiment: Experiment, workdir: str) -> dict:
+  """summary.json, metrics.csv and honest_accuracy.png in `workdir`; returns the summary."""
+  os.makedirs(workdir, exist_ok=True)
+  summary = summarize(experiment)
+  with open(os.path.join(workdir, "summary.json.tmp"), "w") as fh:
+    json.dump(summary, fh, indent=1, allow_nan=True)
+  os.replace(os.path.join(workdir, "summary.json.tmp"), os.path.join(workdir, "summary.json"))
+  write_metrics_csv(experiment, os.path.join(workdir, "metrics.csv"))
+  plot(experiment, os.path.join(workdir, "honest_accuracy.png"))
+  return summary
