@@ -11,7 +11,7 @@ n=25 the formula gives z≈0.2 for the realized b≈4, and then ALIE does not hu
 does hurt the robust rules (geometric median 96.7%, worst draw 70.9%); that is ALIE's point, but
 it says nothing about protection. With z=3 the Byzantine rows leave the honest range, the mean
 is dragged away in the draws with many Byzantine clients, and the robust rules show what they
-buy. Use --config.attack_options.alie.z=None for the formula.
+buy. Use --config.attack_options.alie.z=nan for the formula.
 """
 
 from fedjax_robust.config import base_config

@@ -44,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   })
   c.attack = "alie"
   c.attack_options = ml_collections.ConfigDict({
-      "alie": {"z": config_dict.placeholder(float)},  # None: z from n and the realized b
+      # None or nan (settable from the command line): z from n and the realized b.
+      "alie": {"z": config_dict.placeholder(float)},
   })
   c.honest_set = "bernoulli"
   c.honest_set_options = ml_collections.ConfigDict({
@@ -111,7 +112,8 @@ def validate(config) -> None:
     agg = aggregators.get(spec, f=f, options=config.aggregator_options.to_dict())
     jax.eval_shape(agg, jax.ShapeDtypeStruct((n, 4), np.float32))  # trace-time checks of n, f
   attacks.get(config.attack, num_classes=2, options=config.attack_options.get(config.attack, {}))
-  if config.attack == "alie" and config.attack_options.alie.z is None:
+  z_option = config.attack_options.alie.z
+  if config.attack == "alie" and (z_option is None or np.isnan(z_option)):
     z = float(attacks.alie_z(n, f))
     if z <= 0:
       warnings.warn(f"ALIE's z from (n, f) = ({n}, {f}) is {z:.3g} <= 0: the attack sends the "

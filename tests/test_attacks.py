@@ -50,12 +50,12 @@ def test_alie_z_degenerates_to_zero_at_10_2():
   assert abs(float(attacks.alie_z(10, 2))) < 1e-6
 
 
-@pytest.mark.parametrize("z", [None, 1.5])
+@pytest.mark.parametrize("z", [None, float("nan"), 1.5])
 def test_alie_sends_mu_minus_z_sigma(rng, z):
   updates, byz = setup(rng, n=25, b=5)
   out = np.asarray(jax.jit(lambda u, m: attacks.alie(u, m, z=z))(updates, byz))
   mu, sigma = honest_stats(updates, byz)
-  z_used = karimireddy_z(25, 5) if z is None else z  # the realized b, not a declared f
+  z_used = karimireddy_z(25, 5) if z is None or np.isnan(z) else z  # realized b, not declared f
   np.testing.assert_allclose(out[byz], np.broadcast_to(mu - z_used * sigma, (5, 6)), atol=1e-5)
   np.testing.assert_array_equal(out[~byz], updates[~byz])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtri
@@ -34,10 +36,11 @@ def alie(updates: jax.Array, byzantine_mask: jax.Array, *, z: float | None = Non
   standard deviation).
 
   Baruch, Baruch, Goldberg, "A little is enough: circumventing defenses for distributed
-  learning", NeurIPS 2019. With `z=None`, z = `alie_z(n, b)` for the realized count b.
+  learning", NeurIPS 2019. With `z=None` (or NaN, which a command line can express),
+  z = `alie_z(n, b)` for the realized count b.
   """
   n = updates.shape[0]
   mu, sigma = base.honest_mean_and_std(updates, byzantine_mask)
-  if z is None:
+  if z is None or math.isnan(z):
     z = alie_z(n, jnp.sum(byzantine_mask))
   return base.replace_byzantine(updates, byzantine_mask, mu - z * sigma)
