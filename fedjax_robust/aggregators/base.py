@@ -17,9 +17,9 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
-Apply = Callable[[Array, Any, Array], tuple[Array, Any, Mapping[str, Array]]]
 
 
 def finite_rows(updates: Array) -> Array:
@@ -69,22 +69,57 @@ class Aggregator:
   """A pipeline of pre-aggregators followed by one aggregation rule.
 
   Call it on a matrix for the aggregate alone (`agg(updates)`), or use `init`/`apply` to carry
-  the state of a stateful rule through a training loop.
+  the state of a stateful rule (centered clipping's centre) through a training loop.
 
   Attributes:
-    name: the spec it was built from, e.g. "nearest_neighbor_mixing+trimmed_mean".
+    name: the canonical spec, e.g. "nearest_neighbor_mixing+trimmed_mean".
     f: the declared number of Byzantine clients the pipeline is configured for.
-    init: `d -> state`.
-    apply: `(updates [n, d], state, key) -> (aggregate [d], state, aux)`.
+    init: `(d, dtype=float32) -> state`.
+    apply: `(updates [n, d], state, key, weights=None) -> (aggregate [d], state, aux)`; `aux`
+      maps names to scalar diagnostics (e.g. "gm_iterations").
   """
 
   name: str
-  f: int
-  init: Callable[[int], Any]
-  apply: Apply
+  f: int | None
+  init: Callable[..., Any]
+  apply: Callable[..., tuple[jax.Array, Any, Mapping[str, jax.Array]]]
 
-  def __call__(self, updates: Array, key: Array | None = None) -> Array:
-    if key is None:
-      key = jax.random.key(0)
-    out, _, _ = self.apply(updates, self.init(updates.shape[-1]), key)
+  def __call__(self, updates: jax.Array, key: jax.Array | None = None,
+               weights: jax.Array | None = None) -> jax.Array:
+    """The aggregate of `updates [n, d]` from a fresh state (key 0 unless given)."""
+    key = jax.random.key(0) if key is None else key
+    state = self.init(updates.shape[-1], updates.dtype)
+    out, _, _ = self.apply(updates, state, key, weights)
     return out
+
+
+def power_of_two_scale(largest: jax.Array, dtype) -> jax.Array:
+  """2^-k (k >= 0, smallest, exact) such that a `[d]` vector with entries up to `largest`·2^-k
+  has a sum of squares below the float maximum, for any d up to 2^31."""
+  safe_exponent = int(np.floor(np.log2(float(jnp.finfo(dtype).max)))) // 2 - 17
+  k = jnp.ceil(jnp.log2(jnp.where(largest > 0, largest, 1.0))) - safe_exponent
+  return jnp.ldexp(jnp.ones_like(largest), -jnp.maximum(k, 0).astype(jnp.int32))
+
+
+def row_distances(x: jax.Array, z: jax.Array, row_max: jax.Array) -> jax.Array:
+  """‖x_i − z‖ for every row without overflow: row i is scaled by an exact power of two chosen
+  from max(row_max_i, max|z|) (an upper bound on |x_i − z|/2), which is 1 for ordinary values,
+  so this costs one fused pass like the plain formula. `row_max` is max_j |x_ij| `[n]`."""
+  scale = power_of_two_scale(jnp.maximum(row_max, jnp.max(jnp.abs(z))), x.dtype)
+  diff = (x - z) * scale[:, None]
+  return jnp.sqrt(jnp.sum(diff * diff, axis=-1)) / scale
+
+
+def vector_norm(v: jax.Array) -> jax.Array:
+  """‖v‖ without overflow for huge entries (scaled by an exact power of two)."""
+  scale = power_of_two_scale(jnp.max(jnp.abs(v)), v.dtype)
+  return jnp.linalg.norm(v * scale) / scale
+
+
+def average_selected(updates: jax.Array, weights: jax.Array) -> jax.Array:
+  """Σ w_i x_i / Σ w_i over the rows with w_i > 0, as a matrix product; NaN if a selected row is
+  non-finite (the selection failed to exclude it), never 0·inf."""
+  finite = finite_rows(updates)
+  out = weighted_average(zero_nonfinite_rows(updates, finite), weights)
+  poisoned = jnp.any((weights > 0) & ~finite)
+  return jnp.where(poisoned, jnp.nan, out)

@@ -6,7 +6,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from fedjax_robust.aggregators import base
@@ -47,17 +46,6 @@ def _iterate(distances, step_norm, combine, alpha, *, nu, maxiter, ftol, gtol, s
 
   z, _, obj, _, _, it = lax.while_loop(keep_going, step, init)
   return z, it, obj
-
-
-def _safe_exponent(dtype, d: int) -> int:
-  """E such that a `[d]` vector with entries below 2^E has a sum of squares below float max."""
-  return int(np.floor(np.log2(np.sqrt(float(jnp.finfo(dtype).max) / (4 * d))))) - 1
-
-
-def _power_of_two_scale(largest: jax.Array, safe_exponent: int) -> jax.Array:
-  """2^-k, k >= 0 smallest with largest·2^-k < 2^safe_exponent (exact: a power of two)."""
-  k = jnp.ceil(jnp.log2(jnp.where(largest > 0, largest, 1.0))) - safe_exponent
-  return jnp.ldexp(jnp.ones_like(largest), -jnp.maximum(k, 0).astype(jnp.int32))
 
 
 def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None, nu: float = 1e-6,
@@ -108,12 +96,11 @@ def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None, nu: float
   alpha = jnp.ones((n,), updates.dtype) if weights is None else weights.astype(updates.dtype)
   alpha = jnp.where(finite, alpha, 0.0)
   x = base.zero_nonfinite_rows(updates, finite)
-  safe_exponent = _safe_exponent(x.dtype, x.shape[1])
   options = dict(nu=nu, maxiter=maxiter, ftol=ftol, gtol=gtol)
   row_max = jnp.max(jnp.abs(x), axis=1)
 
   # Phase 1: Gram coordinates, on the rows times one power of two (distances in those units).
-  scale = _power_of_two_scale(jnp.max(row_max), safe_exponent)
+  scale = base.power_of_two_scale(jnp.max(row_max), x.dtype)
   xc = (x - base.median_norm_row(x, finite)) * scale
   gram = xc @ xc.T
   sq = jnp.diagonal(gram)
@@ -131,17 +118,9 @@ def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None, nu: float
                       **dict(options, nu=nu * scale))
 
   # Phase 2: exact updates from the phase-1 point, each row scaled by its own power of two.
-  def exact_distances(z):
-    row_scale = _power_of_two_scale(jnp.maximum(row_max, jnp.max(jnp.abs(z))), safe_exponent)
-    diff = (x - z) * row_scale[:, None]
-    return jnp.sqrt(jnp.sum(diff * diff, axis=-1)) / row_scale
-
-  def step_norm(z, new_z):
-    delta = z - new_z
-    step_scale = _power_of_two_scale(jnp.max(jnp.abs(delta)), safe_exponent)
-    return jnp.linalg.norm(delta * step_scale) / step_scale
-
-  z, it, obj = _iterate(exact_distances, step_norm, lambda b: base.weighted_average(x, b), alpha,
+  z, it, obj = _iterate(lambda z: base.row_distances(x, z, row_max),
+                        lambda z, new_z: base.vector_norm(z - new_z),
+                        lambda b: base.weighted_average(x, b), alpha,
                         start=base.weighted_average(x, c), start_iteration=it, **options)
   return WeiszfeldResult(z, it, obj)
 

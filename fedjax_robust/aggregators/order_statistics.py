@@ -75,3 +75,20 @@ def sort_clients(updates: jax.Array) -> jax.Array:
   if jax.default_backend() == "cpu" and updates.shape[0] <= NETWORK_MAX_CLIENTS:
     return _network_sort(updates)
   return jnp.sort(updates, axis=0)
+
+
+def sort_clients_with(updates: jax.Array, payload: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`sort_clients` that also permutes `payload [n]` (e.g. client weights) along each column:
+  returns (sorted `[n, d]`, payload in the same order `[n, d]`)."""
+  payload = jnp.broadcast_to(payload[:, None], updates.shape).astype(updates.dtype)
+  if jax.default_backend() == "cpu" and updates.shape[0] <= NETWORK_MAX_CLIENTS:
+    keys = [_to_ordered_int(updates[i]) for i in range(updates.shape[0])]
+    carried = [payload[i] for i in range(updates.shape[0])]
+    for a, b in batcher_network(updates.shape[0]):
+      swap = keys[a] > keys[b]
+      keys[a], keys[b] = jnp.minimum(keys[a], keys[b]), jnp.maximum(keys[a], keys[b])
+      carried[a], carried[b] = (jnp.where(swap, carried[b], carried[a]),
+                                jnp.where(swap, carried[a], carried[b]))
+    return (jnp.stack([_from_ordered_int(k, updates.dtype) for k in keys]), jnp.stack(carried))
+  keys, carried = lax.sort((_to_ordered_int(updates), payload), dimension=0, num_keys=1)
+  return _from_ordered_int(keys, updates.dtype), carried

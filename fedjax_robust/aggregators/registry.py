@@ -1,7 +1,14 @@
-"""Aggregators by name: `get("nearest_neighbor_mixing+trimmed_mean", f=3)`.
+"""Aggregators by name and by composition.
 
-A spec is one rule, optionally preceded by pre-aggregators, joined by "+" and applied left to
-right. Options are passed per stage name and checked against the function's keyword arguments.
+    get("nnm+trimmed_mean", f=3)                       # a spec: pre-aggregators '+' one rule
+    chain("bucketing", "geometric_median", f=3, options={"bucketing": {"bucket_size": 2}})
+    chain(my_preaggregator, functools.partial(trimmed_mean, f=3))   # plain functions too
+
+Each stage is called with what its function asks for, by keyword: `f` (the declared number of
+Byzantine clients), `key` (randomized stages: a key per call, from the round's key), `center`
+(stateful stages: the state carried across rounds, here the previous aggregate), `weights`
+(client weights, for stages with a weighted form). Options are checked against the function's
+other keyword arguments.
 """
 
 from __future__ import annotations
@@ -11,12 +18,25 @@ import inspect
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 
-from fedjax_robust.aggregators import averaging
 from fedjax_robust.aggregators import base
-from fedjax_robust.aggregators import coordinatewise
+from fedjax_robust.aggregators.averaging import mean
+from fedjax_robust.aggregators.bucketing import bucketing
+from fedjax_robust.aggregators.clipping import adaptive_robust_clipping
+from fedjax_robust.aggregators.clipping import centered_clipping
+from fedjax_robust.aggregators.clipping import static_clipping
+from fedjax_robust.aggregators.coordinatewise import coordinate_median
+from fedjax_robust.aggregators.coordinatewise import meamed
+from fedjax_robust.aggregators.coordinatewise import trimmed_mean
 from fedjax_robust.aggregators.geometric_median import weiszfeld
-from fedjax_robust.aggregators import preaggregators
+from fedjax_robust.aggregators.krum import krum
+from fedjax_robust.aggregators.krum import multi_krum
+from fedjax_robust.aggregators.minimum_diameter import minimum_diameter_averaging
+from fedjax_robust.aggregators.nearest_neighbors import monna
+from fedjax_robust.aggregators.nearest_neighbors import nearest_neighbor_mixing
+
+_CALL_ARGS = ("f", "key", "center", "weights")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,33 +47,48 @@ class _Entry:
   split_aux: Callable[[Any], tuple[jax.Array, Mapping[str, jax.Array]]] = lambda out: (out, {})
 
   @property
-  def takes_f(self) -> bool:
-    return "f" in inspect.signature(self.fn).parameters
+  def params(self):
+    return inspect.signature(self.fn).parameters
 
   @property
   def options(self) -> dict[str, Any]:
-    """Keyword options (besides f and per-call weights) with their defaults."""
-    params = inspect.signature(self.fn).parameters
-    return {k: p.default for k, p in params.items()
-            if p.kind is p.KEYWORD_ONLY and k not in ("f", "weights")}
+    """Keyword options with their defaults (what a config may set)."""
+    return {k: p.default for k, p in self.params.items()
+            if p.kind is p.KEYWORD_ONLY and k not in _CALL_ARGS}
 
 
 _RULES: dict[str, _Entry] = {
-    "mean": _Entry(averaging.mean, "rule"),
-    "coordinate_median": _Entry(coordinatewise.coordinate_median, "rule"),
-    "trimmed_mean": _Entry(coordinatewise.trimmed_mean, "rule"),
+    "mean": _Entry(mean, "rule"),
+    "coordinate_median": _Entry(coordinate_median, "rule"),
+    "trimmed_mean": _Entry(trimmed_mean, "rule"),
+    "meamed": _Entry(meamed, "rule"),
     "geometric_median": _Entry(
-        weiszfeld, "rule",
-        lambda r: (r.median, {"gm_iterations": r.num_iterations})),
-    "nearest_neighbor_mixing": _Entry(preaggregators.nearest_neighbor_mixing, "pre"),
+        weiszfeld, "rule", lambda r: (r.median, {"gm_iterations": r.num_iterations})),
+    "krum": _Entry(krum, "rule"),
+    "multi_krum": _Entry(multi_krum, "rule"),
+    "minimum_diameter_averaging": _Entry(minimum_diameter_averaging, "rule"),
+    "monna": _Entry(monna, "rule"),
+    "centered_clipping": _Entry(centered_clipping, "rule"),
+    "nearest_neighbor_mixing": _Entry(nearest_neighbor_mixing, "pre"),
+    "bucketing": _Entry(bucketing, "pre"),
+    "static_clipping": _Entry(static_clipping, "pre"),
+    "adaptive_robust_clipping": _Entry(adaptive_robust_clipping, "pre"),
 }
 _ALIASES = {"nnm": "nearest_neighbor_mixing", "cwmed": "coordinate_median",
-            "cwtm": "trimmed_mean", "gm": "geometric_median", "rfa": "geometric_median"}
+            "median": "coordinate_median", "cwtm": "trimmed_mean", "gm": "geometric_median",
+            "rfa": "geometric_median", "mda": "minimum_diameter_averaging",
+            "cc": "centered_clipping", "arc": "adaptive_robust_clipping",
+            "clipping": "static_clipping"}
 
 
 def names(kind: str | None = None) -> list[str]:
   """Registered names, optionally only rules ("rule") or pre-aggregators ("pre")."""
   return sorted(k for k, e in _RULES.items() if kind is None or e.kind == kind)
+
+
+def options(name: str) -> dict[str, Any]:
+  """The keyword options of a registered stage and their defaults."""
+  return _RULES[canonical_name(name)].options
 
 
 def canonical_name(name: str) -> str:
@@ -68,51 +103,115 @@ def canonical_name(name: str) -> str:
 
 
 def split_spec(spec: str) -> list[str]:
-  """'nnm+trimmed_mean' -> ['nearest_neighbor_mixing', 'trimmed_mean'], validated."""
-  stages = [canonical_name(s) for s in spec.split("+")]
-  *pre, rule = stages
-  if _RULES[rule].kind != "rule":
-    raise ValueError(f"aggregator spec {spec!r} must end with a rule ({', '.join(names('rule'))}),"
-                     f" not the pre-aggregator {rule!r}.")
-  for p in pre:
-    if _RULES[p].kind != "pre":
-      raise ValueError(f"aggregator spec {spec!r}: only pre-aggregators "
-                       f"({', '.join(names('pre'))}) may precede the rule; {p!r} is a rule.")
-  return stages
+  """'nnm+trimmed_mean' -> ['nearest_neighbor_mixing', 'trimmed_mean'] (kinds checked by
+  `chain`)."""
+  return [canonical_name(s) for s in spec.split("+")]
 
 
-def _stage(name: str, f: int, options: Mapping[str, Any]):
+@dataclasses.dataclass(frozen=True)
+class _Stage:
+  name: str
+  is_rule: bool
+  init: Callable[[int, Any], Any]
+  # (updates, weights, state, key) -> (out, weights, state, aux)
+  apply: Callable[..., tuple[jax.Array, Any, Any, Mapping[str, jax.Array]]]
+
+
+def _named_stage(name: str, f: int | None, opts: Mapping[str, Any], weighted: bool,
+                 is_last: bool) -> _Stage:
   entry = _RULES[name]
-  unknown = set(options) - set(entry.options)
+  unknown = set(opts) - set(entry.options)
   if unknown:
     raise ValueError(f"unknown option(s) {sorted(unknown)} for aggregator {name!r}; allowed: "
                      f"{entry.options or 'none'}.")
-  kwargs = dict(options, **({"f": f} if entry.takes_f else {}))
-  return lambda updates: entry.split_aux(entry.fn(updates, **kwargs))
+  params = entry.params
+  if "f" in params and f is None:
+    raise ValueError(f"aggregator {name!r} needs the declared f.")
+  if weighted and is_last and "weights" not in params:
+    weighted_rules = [k for k, e in _RULES.items() if e.kind == "rule" and "weights" in e.params]
+    raise ValueError(f"aggregator {name!r} has no weighted form; weighted rules: "
+                     f"{', '.join(sorted(weighted_rules))}.")
+  stateful = "center" in params
+
+  def init(d, dtype):
+    return jnp.zeros((d,), dtype) if stateful else ()
+
+  def apply(updates, weights, state, key):
+    kwargs = dict(opts)
+    if "f" in params:
+      kwargs["f"] = f
+    if "key" in params:
+      kwargs["key"] = key
+    if stateful:
+      kwargs["center"] = state
+    if weights is not None and "weights" in params:
+      kwargs["weights"] = weights
+    out = entry.fn(updates, **kwargs)
+    if entry.kind == "pre" and weights is not None and "weights" in params:
+      out, weights = out  # a pre-aggregator that regroups rows returns their new weights
+    out, aux = entry.split_aux(out)
+    return out, weights, (out if stateful else state), aux
+
+  return _Stage(name, entry.kind == "rule", init, apply)
 
 
-def get(spec: str, *, f: int, options: Mapping[str, Mapping[str, Any]] | None = None
-        ) -> base.Aggregator:
-  """Builds the pipeline named by `spec` for a declared f.
+def _function_stage(fn: Callable[[jax.Array], jax.Array], is_last: bool) -> _Stage:
+  name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "fn")
+  return _Stage(name, is_last, lambda d, dtype: (),
+                lambda u, w, s, k: (fn(u), w, s, {}))
+
+
+def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
+          options: Mapping[str, Mapping[str, Any]] | None = None,
+          weighted: bool = False) -> base.Aggregator:
+  """Composes pre-aggregators and a final rule, applied left to right.
 
   Args:
-    spec: a rule name, or pre-aggregators and a rule joined by '+' ("nnm+trimmed_mean").
-    f: declared number of Byzantine clients (static).
-    options: per stage name (or alias), keyword options, e.g.
-      `{"geometric_median": {"maxiter": 3}}`. Options of stages absent from `spec` are ignored,
-      so one options mapping can serve several specs.
+    *stages: registered names (or aliases), or plain functions `[n, d] -> [n', d]` (all but
+      the last) and `[n, d] -> [d]` (the last).
+    f: declared number of Byzantine clients, for the named stages that use it.
+    options: per stage name, keyword options, e.g. `{"geometric_median": {"maxiter": 3}}`;
+      options of names not in the chain are ignored, so one mapping serves several chains.
+    weighted: the pipeline will be called with client weights; the last stage must have a
+      weighted form (mean, trimmed_mean, geometric_median).
   """
+  if not stages:
+    raise ValueError("chain needs at least one stage (the rule).")
+  if f is not None and (not isinstance(f, int) or isinstance(f, bool) or f < 0):
+    raise ValueError(f"f must be a non-negative int, got {f!r}.")
+  opts = {canonical_name(k): dict(v) for k, v in (options or {}).items()}
+  names_ = [canonical_name(s) if isinstance(s, str) else None for s in stages]
+  for i, n in enumerate(names_):
+    want = "rule" if i == len(stages) - 1 else "pre"
+    if n is not None and _RULES[n].kind != want:
+      raise ValueError(
+          f"aggregator chain {[getattr(s, '__name__', s) for s in stages]}: stage {n!r} is a "
+          f"{'rule' if _RULES[n].kind == 'rule' else 'pre-aggregator'}, but a chain is pre-aggregators ({', '.join(names('pre'))}) "
+          f"followed by one rule ({', '.join(names('rule'))}).")
+  built = [
+      _named_stage(n, f, opts.get(n, {}), weighted, i == len(stages) - 1) if n is not None
+      else _function_stage(s, i == len(stages) - 1)
+      for i, (n, s) in enumerate(zip(names_, stages))]
+
+  def init(d, dtype=jnp.float32):
+    return tuple(stage.init(d, dtype) for stage in built)
+
+  def apply(updates, state, key, weights=None):
+    aux = {}
+    new_state = []
+    keys = jax.random.split(key, len(built))
+    for stage, stage_state, k in zip(built, state, keys):
+      updates, weights, s, stage_aux = stage.apply(updates, weights, stage_state, k)
+      new_state.append(s)
+      aux.update(stage_aux)
+    return updates, tuple(new_state), aux
+
+  return base.Aggregator(name="+".join(s.name for s in built), f=f, init=init, apply=apply)
+
+
+def get(spec: str, *, f: int, options: Mapping[str, Mapping[str, Any]] | None = None,
+        weighted: bool = False) -> base.Aggregator:
+  """The pipeline named by `spec` ('nnm+trimmed_mean') for a declared f; see `chain`."""
   if not isinstance(f, int) or isinstance(f, bool) or f < 0:
     raise ValueError(f"f must be a non-negative int, got {f!r}.")
-  options = {canonical_name(k): dict(v) for k, v in (options or {}).items()}
-  stages = [_stage(name, f, options.get(name, {})) for name in split_spec(spec)]
-
-  def apply(updates, state, key):
-    del key  # no registered stage is randomized yet
-    aux = {}
-    for stage in stages:
-      updates, stage_aux = stage(updates)
-      aux.update(stage_aux)
-    return updates, state, aux
-
-  return base.Aggregator(name="+".join(split_spec(spec)), f=f, init=lambda d: (), apply=apply)
+  return chain(*split_spec(spec), f=f, options=options, weighted=weighted)

@@ -1,4 +1,4 @@
-"""Pre-aggregators: `[n, d] -> [n', d]` maps applied before a rule (compose with `chain`)."""
+"""Nearest-neighbour rules: NNM (a pre-aggregator) and MoNNA (a rule)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,24 @@ def nearest_neighbor_mixing(updates: jax.Array, *, f: int) -> jax.Array:
   mixed = mixing @ base.zero_nonfinite_rows(updates, finite)
   poisoned = (mixing @ (~finite).astype(updates.dtype)) > 0
   return jnp.where(poisoned[:, None], jnp.nan, mixed)
+
+
+def monna(updates: jax.Array, *, f: int, reference_index: int = 0) -> jax.Array:
+  """MoNNA: the average of the n − f rows nearest to a trusted reference row (itself included;
+  ties: lowest index). The reference is the server's own or a trusted client's update, here row
+  `reference_index`. Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Rizk, Voitovych, "Robust
+  collaborative learning with linear gradient overhead", ICML 2023.
+
+  Non-finite rows are at distance +inf, so they are not averaged while at most f rows are
+  non-finite (and the reference is finite). Cost: two passes over `[n, d]`.
+  """
+  n, _ = base.check_updates(updates, "monna", f=f, min_n=lambda f: f + 1)
+  if not 0 <= reference_index < n:
+    raise ValueError(f"monna: reference_index must lie in [0, n={n}), got {reference_index}.")
+  finite = base.finite_rows(updates)
+  x = base.zero_nonfinite_rows(updates, finite)
+  dist = base.row_distances(x, x[reference_index], jnp.max(jnp.abs(x), axis=1))
+  dist = jnp.where(finite, dist, jnp.inf).at[reference_index].set(-1.0)
+  _, chosen = lax.top_k(-dist, n - f)
+  weights = jnp.zeros((n,), updates.dtype).at[chosen].set(1.0)
+  return jnp.where(finite[reference_index], base.average_selected(updates, weights), jnp.nan)
