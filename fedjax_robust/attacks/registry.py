@@ -10,12 +10,25 @@ from fedjax_robust.attacks import base
 from fedjax_robust.attacks import data_poisoning
 from fedjax_robust.attacks import model_poisoning
 
-_MODEL_POISONING = {"sign_flip": model_poisoning.sign_flip, "alie": model_poisoning.alie}
+_MODEL_POISONING = {
+    "sign_flip": model_poisoning.sign_flip,
+    "ipm": model_poisoning.ipm,
+    "foe": model_poisoning.foe,
+    "alie": model_poisoning.alie,
+    "inf": model_poisoning.inf,
+    "nan": model_poisoning.nan,
+    "large": model_poisoning.large,
+}
 _DATA_POISONING = {"label_flip": data_poisoning.flip_labels}
 
 
 def names() -> list[str]:
   return sorted(["none", *_MODEL_POISONING, *_DATA_POISONING])
+
+
+def model_poisoning_names() -> list[str]:
+  """Attacks that replace Byzantine rows of the update matrix."""
+  return sorted(_MODEL_POISONING)
 
 
 def _check_options(name: str, fn, options: Mapping[str, Any], fixed=()) -> None:
