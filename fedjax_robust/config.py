@@ -30,6 +30,16 @@ _SERVER_OPTIMIZERS = {
 }
 
 
+def _aggregator_options() -> ml_collections.ConfigDict:
+  """Every registered stage's keyword options with their defaults, so any can be overridden
+  from the command line (an option whose default is None becomes a typed placeholder)."""
+  placeholders = {"m": int}
+  return ml_collections.ConfigDict({
+      name: {k: (config_dict.placeholder(placeholders[k]) if v is None else v)
+             for k, v in aggregators.options(name).items()}
+      for name in aggregators.names()})
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every configurable key, with the defaults of a small digits experiment."""
   c = ml_collections.ConfigDict()
@@ -39,9 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_samples = 256              # S: Monte Carlo draws of the honest set
   # One or more comma-separated specs; '+' chains pre-aggregators before a rule.
   c.aggregator = "mean,trimmed_mean,geometric_median,nnm+trimmed_mean"
-  c.aggregator_options = ml_collections.ConfigDict({
-      "geometric_median": {"nu": 1e-6, "maxiter": 100, "ftol": 1e-10, "gtol": 1e-4},
-  })
+  c.aggregator_options = _aggregator_options()
   c.attack = "alie"
   c.attack_options = ml_collections.ConfigDict({
       # None or nan (settable from the command line): z from n and the realized b.
@@ -67,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
       "num_rounds": 200, "eval_every": 10, "local_steps": 1, "batch_size": 32,
       "client_lr": 0.5, "client_momentum": 0.9,
       "server_optimizer": "sgd", "server_lr": 1.0, "server_momentum": 0.0,
+      # Pass each client's sample count to the aggregator as its weight (mean, trimmed_mean
+      # and geometric_median have a weighted form).
+      "weighted_aggregation": False,
   })
   return c
 
@@ -109,7 +120,8 @@ def validate(config) -> None:
   if not specs:
     raise ValueError(f"config.aggregator names no aggregator: {config.aggregator!r}.")
   for spec in specs:
-    agg = aggregators.get(spec, f=f, options=config.aggregator_options.to_dict())
+    agg = aggregators.get(spec, f=f, options=config.aggregator_options.to_dict(),
+                          weighted=config.training.weighted_aggregation)
     jax.eval_shape(agg, jax.ShapeDtypeStruct((n, 4), np.float32))  # trace-time checks of n, f
   attacks.get(config.attack, num_classes=2, options=config.attack_options.get(config.attack, {}))
   z_option = config.attack_options.alie.z
@@ -156,7 +168,9 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData) -> training.S
                      **config.model_options.get(config.model, {}))
   return training.Simulator(
       model=model,
-      aggregator=aggregators.get(spec, f=config.f, options=config.aggregator_options.to_dict()),
+      aggregator=aggregators.get(spec, f=config.f, options=config.aggregator_options.to_dict(),
+                                 weighted=config.training.weighted_aggregation),
+      weighted_aggregation=config.training.weighted_aggregation,
       attack=attacks.get(config.attack, num_classes=fed.num_classes,
                          options=config.attack_options.get(config.attack, {})),
       local=make_local_training(config),

@@ -67,6 +67,7 @@ class Simulator:
   local: LocalTraining
   server_optimizer: optax.GradientTransformation
   num_clients: int
+  weighted_aggregation: bool = False  # client sample counts as aggregation weights
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -125,8 +126,9 @@ class Simulator:
         jax.random.split(k_clients, self.num_clients), byzantine)
     if self.attack.poison_updates is not None:
       updates = self.attack.poison_updates(k_attack, updates, byzantine)
+    weights = train.counts.astype(updates.dtype) if self.weighted_aggregation else None
     aggregate, aggregator_state, aux = self.aggregator.apply(
-        updates, state.aggregator_state, k_aggregator)
+        updates, state.aggregator_state, k_aggregator, weights)
     steps, opt_state = self.server_optimizer.update(aggregate, state.server_opt_state, state.params)
     params = optax.apply_updates(state.params, steps)
     return RunState(params, opt_state, momentum, aggregator_state, state.round + 1), aux

@@ -108,3 +108,88 @@ def test_mda_refuses_an_intractable_search(rng):
 def test_krum_needs_n_at_least_2f_plus_3(rng):
   with pytest.raises(ValueError, match=r"krum: needs n >= 9 clients for f=3, got n=8"):
     agg.krum(data(rng, 8), f=3)
+
+
+# ----------------------------------------------------------------------- spectral rules, Bulyan
+def np_top_eigenvalue(x, w=None):
+  x = x.astype(np.float64)
+  w = np.ones(len(x)) if w is None else w
+  mu = w @ x / w.sum()
+  cov = (x - mu).T @ ((x - mu) * w[:, None]) / w.sum()
+  return np.linalg.eigh(cov)[0][-1], np.linalg.eigh(cov)[1][:, -1], mu
+
+
+def np_smea(x, f):
+  best = min(itertools.combinations(range(len(x)), len(x) - f),
+             key=lambda s: np_top_eigenvalue(x[list(s)])[0])
+  return x[list(best)].astype(np.float64).mean(0)
+
+
+def np_caf(x, f):
+  n = len(x)
+  c = np.ones(n)
+  best_mu, best_lambda = None, np.inf
+  while c.sum() > n - 2 * f:
+    lam, v, mu = np_top_eigenvalue(x, c)
+    if lam < best_lambda:
+      best_lambda, best_mu = lam, mu
+    tau = ((x - mu) @ v) ** 2
+    c = c * (1 - tau / tau.max())
+  return best_mu
+
+
+def np_bulyan(x, f):
+  n = len(x)
+  dist = np_sq_dist(x)
+  remaining, chosen = list(range(n)), []
+  for _ in range(n - 2 * f):
+    k = max(len(remaining) - f - 2, 1)
+    scores = [np.sort([dist[i, j] for j in remaining if j != i])[:k].sum() for i in remaining]
+    pick = remaining[int(np.argmin(scores))]
+    chosen.append(pick)
+    remaining.remove(pick)
+  return np_meamed(x[chosen], 2 * f)
+
+
+@pytest.mark.parametrize("n,f", [(5, 1), (8, 2), (10, 3), (11, 2)])
+def test_smea_and_caf_match_numpy(rng, n, f):
+  x = data(rng, n, d=4)
+  np.testing.assert_allclose(agg.smea(x, f=f), np_smea(x, f), atol=1e-5)
+  np.testing.assert_allclose(agg.caf(x, f=f), np_caf(x, f), atol=1e-4)
+
+
+@pytest.mark.parametrize("n,f", [(7, 1), (11, 2), (15, 3), (20, 2)])
+def test_bulyan_matches_numpy(rng, n, f):
+  x = data(rng, n)
+  np.testing.assert_allclose(agg.bulyan(x, f=f), np_bulyan(x, f), atol=1e-5)
+
+
+@pytest.mark.parametrize("kinds", [("nan",), ("inf", "large")])
+def test_spectral_rules_and_bulyan_exclude_nonfinite_rows(rng, kinds):
+  honest = data(rng, 11, d=4)
+  f = len(kinds)
+  rows = {"nan": np.nan, "inf": np.inf, "large": 1e20}
+  x = np.concatenate([honest, np.stack([np.full(4, rows[k], np.float32) for k in kinds])])
+  far = np.concatenate([honest, 1e6 + np.arange(f * 4, dtype=np.float32).reshape(f, 4)])
+  np.testing.assert_allclose(agg.smea(x, f=f), np_smea(far, f), atol=1e-5)
+  assert np.all(np.isfinite(agg.caf(x, f=f)))
+  np.testing.assert_allclose(agg.caf(x, f=f), _caf_without(honest, f, n_total=11 + f), atol=1e-4)
+  np.testing.assert_allclose(agg.bulyan(x, f=f), np_bulyan(far, f), atol=1e-5)
+
+
+def _caf_without(honest, f, n_total):
+  """CAF with the Byzantine rows' weights at 0 from the start, stopping at Σc ≤ n − 2f."""
+  c = np.ones(len(honest))
+  best_mu, best_lambda = None, np.inf
+  while c.sum() > n_total - 2 * f:
+    lam, v, mu = np_top_eigenvalue(honest, c)
+    if lam < best_lambda:
+      best_lambda, best_mu = lam, mu
+    tau = ((honest - mu) @ v) ** 2
+    c = c * (1 - tau / tau.max())
+  return best_mu
+
+
+def test_bulyan_needs_n_at_least_4f_plus_3(rng):
+  with pytest.raises(ValueError, match=r"bulyan: needs n >= 11 clients for f=2, got n=10"):
+    agg.bulyan(data(rng, 10), f=2)

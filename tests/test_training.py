@@ -186,3 +186,35 @@ def test_same_config_and_seed_give_identical_numbers():
   other = experiment.run(c, log=lambda _: None)
   assert not np.array_equal(other.runs["mean"].metrics["honest_loss"],
                             a.runs["mean"].metrics["honest_loss"])
+
+
+def test_weighted_aggregation_weights_clients_by_sample_count(rng):
+  train, xs, ys = client_data(rng)
+  sim = simulator()
+  weighted = training.Simulator(
+      model=sim.model, aggregator=aggregators.get("mean", f=1, weighted=True), attack=sim.attack,
+      local=sim.local, server_optimizer=sim.server_optimizer, num_clients=4,
+      weighted_aggregation=True)
+  init = sim.model.init(jax.random.key(0))
+  _, unravel = ravel_pytree(init)
+  state, _ = jax.jit(weighted.round)(weighted.init(jax.random.key(0)), jnp.ones(4, bool),
+                                     jax.random.key(1), train)
+  w = np.asarray(init["params"]["Dense_0"]["kernel"], np.float64)
+  b = np.asarray(init["params"]["Dense_0"]["bias"], np.float64)
+  outs = [np_local(w, b, 0 * w, 0 * b, xs[i], ys[i], steps=1, lr=0.3, beta=0.0) for i in range(4)]
+  counts = np.array([len(y) for y in ys], np.float64)
+  got = unravel(state.params)["params"]["Dense_0"]
+  np.testing.assert_allclose(got["kernel"], w - np.tensordot(counts, [o[0] for o in outs], 1)
+                             / counts.sum(), atol=2e-5)
+
+
+def test_centered_clipping_centre_is_carried_across_rounds(rng):
+  train, _, _ = client_data(rng)
+  sim = simulator("centered_clipping")
+  state = sim.init(jax.random.key(0))
+  np.testing.assert_array_equal(state.aggregator_state[0], 0.0)
+  for _ in range(2):
+    before = state.params
+    state, _ = jax.jit(sim.round)(state, jnp.ones(4, bool), jax.random.key(1), train)
+    # Server SGD with rate 1: θ' = θ − aggregate, and the state holds that aggregate.
+    np.testing.assert_allclose(state.aggregator_state[0], before - state.params, atol=1e-6)

@@ -12,6 +12,7 @@ docstring says what happens.
 from fedjax_robust.aggregators.averaging import mean
 from fedjax_robust.aggregators.base import Aggregator
 from fedjax_robust.aggregators.bucketing import bucketing
+from fedjax_robust.aggregators.bulyan import bulyan
 from fedjax_robust.aggregators.clipping import adaptive_robust_clipping
 from fedjax_robust.aggregators.clipping import centered_clipping
 from fedjax_robust.aggregators.clipping import static_clipping
@@ -34,3 +35,8 @@ from fedjax_robust.aggregators.registry import get
 from fedjax_robust.aggregators.registry import names
 from fedjax_robust.aggregators.registry import options
 from fedjax_robust.aggregators.registry import split_spec
+from fedjax_robust.aggregators.robustness import empirical_kappa
+from fedjax_robust.aggregators.robustness import kappa_lower_bound
+from fedjax_robust.aggregators.robustness import kappa_upper_bound
+from fedjax_robust.aggregators.spectral import caf
+from fedjax_robust.aggregators.spectral import smea

@@ -14,7 +14,8 @@ def bucketing(updates: jax.Array, *, key: jax.Array, bucket_size: int = 2,
   """Shuffles the rows with `key`, splits them into ⌈n/s⌉ consecutive buckets of s rows (the last
   one smaller when s does not divide n) and averages each bucket: `[⌈n/s⌉, d]`.
 
-  s = 1 is a permutation of the rows. With `weights`, returns the weighted bucket means and the
+  s = 1 is a permutation of the rows; the default s = 2 is the paper's recommendation (ByzFL's
+  default is 1). With `weights`, returns the weighted bucket means and the
   bucket weights (sums) as a pair, so a weighted rule can follow. A bucket containing a
   non-finite row is non-finite: the rule that follows must drop it. Cost: one pass.
   """

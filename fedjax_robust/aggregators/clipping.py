@@ -64,7 +64,8 @@ def centered_clipping(updates: jax.Array, *, center: jax.Array, tau: float = 10.
   (in training: the previous round's aggregate, carried in the server state; 0 at first).
 
   Karimireddy, He, Jaggi, "Learning from history for Byzantine robust optimization", ICML 2021.
-  Defaults τ = 10, L = 3. A non-finite row contributes clip(·) = 0 (see the module docstring),
+  Defaults τ = 10, L = 3, as in Karimireddy et al.'s experiments (ByzFL: τ = 100, L = 1). A
+  non-finite row contributes clip(·) = 0 (see the module docstring),
   still counted in 1/n. Cost: two passes over `[n, d]` per iteration.
   """
   n, _ = base.check_updates(updates, "centered_clipping")

@@ -67,7 +67,7 @@ def _weighted_trimmed_mean(updates, weights, f):
 
 def meamed(updates: jax.Array, *, f: int) -> jax.Array:
   """Mean around the median (MeaMed): per coordinate, the average of the n − f values closest to
-  the coordinate's median (`coordinate_median`'s convention for even n).
+  the coordinate's median (`coordinate_median`'s convention for even n). Needs n > f.
 
   Xie, Koyejo, Gupta, "Generalized Byzantine-tolerant SGD", 2018. In sorted order the n − f
   closest values form a window s_j..s_{j+n−f−1}, j ∈ [0, f]; the window with the smallest
@@ -77,7 +77,7 @@ def meamed(updates: jax.Array, *, f: int) -> jax.Array:
   while at most f rows are non-finite (and the median is finite). Cost: a sort of `[n, d]` and
   O(n) fused elementwise work per coordinate.
   """
-  n, _ = base.check_updates(updates, "meamed", f=f, min_n=lambda f: 2 * f + 1)
+  n, _ = base.check_updates(updates, "meamed", f=f, min_n=lambda f: f + 1)
   k = n - f
   ordered = order_statistics.sort_clients(updates)
   rows = [ordered[i] for i in range(n)]

@@ -62,6 +62,9 @@ def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None, nu: float
   points; the normalized gradient is scale free. Its error on z is about gtol × the spread of
   the points (measured: 1.2e-4 at gtol=1e-4, 6e-4 for the objective test alone).
 
+  Start point: the weighted mean, as in RFA (ByzFL starts from 0, with ν = 0.1 and a fixed 3
+  iterations: set `maxiter=3` for its iteration count).
+
   Weiszfeld (1937); Pillutla, Kakade, Harchaoui, "Robust aggregation for federated learning",
   IEEE TSP 2022 (RFA: 3–5 iterations; `maxiter=1` is their one-step variant). Each update is one
   secure average in RFA, so `num_iterations` is its communication cost beyond z_0.

@@ -13,7 +13,9 @@ from fedjax_robust.aggregators import distances
 def krum_scores(updates: jax.Array, *, f: int) -> jax.Array:
   """score_i = Σ of the n − f − 2 smallest squared distances ‖x_i − x_j‖², j ≠ i, `[n]`.
 
-  Squared distances, as in the paper (some codes square a second time). A non-finite row is at
+  Squared distances and n − f − 2 neighbours, as in the paper (some codes square a second time;
+  ByzFL uses n − f − 1 neighbours, i.e. the n − f nearest counting the row itself). A non-finite
+  row is at
   distance +inf from every other, so its score is +inf; a finite row's score is finite while at
   most f rows are non-finite. Cost: one Gram product, O(n² log n) on `[n, n]`.
   """

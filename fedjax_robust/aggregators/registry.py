@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from fedjax_robust.aggregators import base
 from fedjax_robust.aggregators.averaging import mean
 from fedjax_robust.aggregators.bucketing import bucketing
+from fedjax_robust.aggregators.bulyan import bulyan
 from fedjax_robust.aggregators.clipping import adaptive_robust_clipping
 from fedjax_robust.aggregators.clipping import centered_clipping
 from fedjax_robust.aggregators.clipping import static_clipping
@@ -35,6 +36,8 @@ from fedjax_robust.aggregators.krum import multi_krum
 from fedjax_robust.aggregators.minimum_diameter import minimum_diameter_averaging
 from fedjax_robust.aggregators.nearest_neighbors import monna
 from fedjax_robust.aggregators.nearest_neighbors import nearest_neighbor_mixing
+from fedjax_robust.aggregators.spectral import caf
+from fedjax_robust.aggregators.spectral import smea
 
 _CALL_ARGS = ("f", "key", "center", "weights")
 
@@ -69,6 +72,9 @@ _RULES: dict[str, _Entry] = {
     "minimum_diameter_averaging": _Entry(minimum_diameter_averaging, "rule"),
     "monna": _Entry(monna, "rule"),
     "centered_clipping": _Entry(centered_clipping, "rule"),
+    "bulyan": _Entry(bulyan, "rule"),
+    "caf": _Entry(caf, "rule"),
+    "smea": _Entry(smea, "rule"),
     "nearest_neighbor_mixing": _Entry(nearest_neighbor_mixing, "pre"),
     "bucketing": _Entry(bucketing, "pre"),
     "static_clipping": _Entry(static_clipping, "pre"),

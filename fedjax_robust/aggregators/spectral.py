@@ -1,0 +1,109 @@
+"""Covariance-based rules: CAF and SMEA.
+
+Both need the largest eigenvalue of a (weighted) empirical covariance of rows of `[n, d]`. The
+`[d, d]` covariance is never formed: with G the Gram matrix of the centred rows and W the
+weights, Σ = YᵀWY/Σw has the nonzero spectrum of W^½ G W^½ / Σw, an `[n, n]` matrix, and the
+eigenvector's projections (x_i − μ)·v follow from G as well. So each costs one `[n, d] × [d, n]`
+product plus O(n³) work, and the eigenvalues are exact (`eigh`), where ByzFL takes one power-
+method step from a random vector (its results are random; these are deterministic).
+
+Rows with a NaN or ±inf entry, and rows whose squared norm (after centring) overflows the float
+range, count as infinitely far: CAF gives them weight 0 from the start (its first step would
+zero their weight anyway) and SMEA never selects a subset containing one (its λ is +inf).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fedjax_robust.aggregators import base
+from fedjax_robust.aggregators.minimum_diameter import check_subset_count
+from fedjax_robust.aggregators.minimum_diameter import subsets_of_size
+
+_CHUNK = 2048
+
+
+def _centred_gram(updates):
+  """(x, K, valid): rows zeroed where invalid, centred at `median_norm_row`, and their Gram."""
+  finite = base.finite_rows(updates)
+  x = base.zero_nonfinite_rows(updates, finite)
+  x = base.zero_nonfinite_rows(x - base.median_norm_row(x, finite), finite)
+  sq = jnp.sum(x * x, axis=-1)
+  valid = finite & jnp.isfinite(sq)
+  x = base.zero_nonfinite_rows(x, valid)
+  return x, x @ x.T, valid
+
+
+def caf(updates: jax.Array, *, f: int) -> jax.Array:
+  """Covariance-bound agnostic filter (CAF).
+
+  Weights c = 1; while Σc > n − 2f: μ_c = Σ c_i x_i / Σc, Σ_c = Σ c_i (x_i − μ_c)(x_i − μ_c)ᵀ / Σc
+  with top eigenpair (λ, v), τ_i = ((x_i − μ_c)·v)², c_i ← c_i (1 − τ_i / max_j τ_j). Returns the
+  μ_c of the iteration with the smallest λ (as ByzFL does). Each iteration zeroes at least one
+  weight, so there are at most n. With f = 0 the loop does not run and CAF is the mean (ByzFL
+  returns None there). Allouah, Guerraoui, Stephan, "Towards trustworthy federated
+  learning with untrusted participants", 2025 (as in ByzFL). Needs n > 2f. Cost: one Gram
+  product, then O(n³) per iteration, then one pass for the mean.
+  """
+  n, _ = base.check_updates(updates, "caf", f=f, min_n=lambda f: 2 * f + 1)
+  x, gram, valid = _centred_gram(updates)
+  dtype = x.dtype
+  c0 = valid.astype(dtype)
+
+  def centred(c):
+    """Gram of the rows centred at μ_c, from the Gram of the rows: G = K − Kc1ᵀ/s − 1cᵀK/s + cᵀKc/s²."""
+    s = jnp.sum(c)
+    kc = gram @ c / s
+    return gram - kc[:, None] - kc[None, :] + c @ kc / s
+
+  def keep_going(carry):
+    c, *_ = carry
+    return jnp.sum(c) > n - 2 * f
+
+  def step(carry):
+    c, best_c, best_lambda, it = carry
+    s = jnp.sum(c)
+    g = centred(c)
+    root = jnp.sqrt(c)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(root[:, None] * g * root[None, :] / s)
+    lam, u = eigenvalues[-1], eigenvectors[:, -1]
+    # Projections on v ∝ Yᵀ W^½ u: (Y v)_i = (G W^½ u)_i / sqrt(λ s).
+    proj = g @ (root * u) / jnp.sqrt(jnp.maximum(lam * s, jnp.finfo(dtype).tiny))
+    tau = proj * proj * (c > 0)
+    better = lam < best_lambda
+    best_c = jnp.where(better, c, best_c)
+    best_lambda = jnp.where(better, lam, best_lambda)
+    c = jnp.maximum(c * (1 - tau / jnp.max(tau)), 0.0)
+    return c, best_c, best_lambda, it + 1
+
+  init = (c0, c0, jnp.array(jnp.inf, dtype), jnp.array(0, jnp.int32))
+  _, best_c, _, _ = lax.while_loop(lambda s: keep_going(s) & (s[3] < n), step, init)
+  return base.average_selected(updates, best_c)
+
+
+def smea(updates: jax.Array, *, f: int, max_subsets: int = 100_000) -> jax.Array:
+  """Smallest maximum eigenvalue averaging (SMEA): the mean of the subset S of n − f rows whose
+  empirical covariance (1/|S|) Σ_{i∈S} (x_i − μ_S)(x_i − μ_S)ᵀ has the smallest largest
+  eigenvalue (ties: the first subset in lexicographic order).
+
+  Allouah, Guerraoui, Gupta, Pinot, Stephan, "On the privacy-robustness-utility trilemma in
+  distributed learning", ICML 2023. Exact over all C(n, f) subsets (`max_subsets` bounds it;
+  above, a clear error). Needs n > 2f. Cost: one Gram product, then O(C(n, f)·(n − f)³).
+  """
+  n, _ = base.check_updates(updates, "smea", f=f, min_n=lambda f: 2 * f + 1)
+  check_subset_count("smea", n, f, max_subsets)
+  m = n - f
+  subsets = jnp.asarray(subsets_of_size(n, m))
+  _, gram, valid = _centred_gram(updates)
+  centring = jnp.eye(m, dtype=gram.dtype) - 1.0 / m
+
+  def largest_eigenvalue(subset):
+    g = centring @ gram[subset[:, None], subset[None, :]] @ centring
+    lam = jnp.linalg.eigvalsh(g)[-1] / m
+    return jnp.where(jnp.all(valid[subset]), lam, jnp.inf)
+
+  lambdas = lax.map(largest_eigenvalue, subsets, batch_size=min(_CHUNK, subsets.shape[0]))
+  best = subsets[jnp.argmin(lambdas)]
+  return base.average_selected(updates, jnp.zeros((n,), updates.dtype).at[best].set(1.0))
