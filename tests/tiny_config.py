@@ -8,7 +8,7 @@ def get_config():
   c.num_clients = 6
   c.f = 1
   c.num_samples = 4
-  c.aggregator = "mean,nnm+geometric_median"
+  c.aggregator = "mean,nnm+trimmed_mean"
   c.honest_set = "fixed_count"
   c.honest_set_options.fixed_count.num_byzantine = 1
   c.attack_options.alie.z = 1.0
