@@ -30,14 +30,13 @@ _SERVER_OPTIMIZERS = {
 }
 
 
-def _aggregator_options() -> ml_collections.ConfigDict:
-  """Every registered stage's keyword options with their defaults, so any can be overridden
-  from the command line (an option whose default is None becomes a typed placeholder)."""
-  placeholders = {"m": int}
+def _options_of(names, options_fn, none_types) -> ml_collections.ConfigDict:
+  """Every registered name's keyword options with their defaults, so any can be overridden from
+  the command line (an option whose default is None becomes a placeholder of the given type)."""
   return ml_collections.ConfigDict({
-      name: {k: (config_dict.placeholder(placeholders[k]) if v is None else v)
-             for k, v in aggregators.options(name).items()}
-      for name in aggregators.names()})
+      name: {k: (config_dict.placeholder(none_types[k]) if v is None else v)
+             for k, v in options_fn(name).items()}
+      for name in names})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,12 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_samples = 256              # S: Monte Carlo draws of the honest set
   # One or more comma-separated specs; '+' chains pre-aggregators before a rule.
   c.aggregator = "mean,trimmed_mean,geometric_median,nnm+trimmed_mean"
-  c.aggregator_options = _aggregator_options()
+  c.aggregator_options = _options_of(aggregators.names(), aggregators.options, {"m": int})
   c.attack = "alie"
-  c.attack_options = ml_collections.ConfigDict({
-      # None or nan (settable from the command line): z from n and the realized b.
-      "alie": {"z": config_dict.placeholder(float)},
-  })
+  # ALIE's z: None or nan (settable from the command line) means z from n and the realized b.
+  c.attack_options = _options_of(attacks.names(), attacks.options, {"z": float})
   c.honest_set = "bernoulli"
   c.honest_set_options = ml_collections.ConfigDict({
       "bernoulli": {"p": 0.15, "p_per_client": config_dict.placeholder(tuple)},

@@ -24,7 +24,7 @@ from fedjax_robust import honest_sets
 from fedjax_robust import training
 from fedjax_robust.data import FederatedData
 
-METRICS = ("honest_loss", "honest_accuracy", "test_loss", "test_accuracy")
+METRICS = ("honest_loss", "honest_accuracy", "test_loss", "test_accuracy")  # + backdoor_accuracy
 
 
 @dataclasses.dataclass
@@ -99,7 +99,7 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   return AggregatorRun(
       spec=spec,
       rounds=np.arange(num_chunks + 1) * eval_every,
-      metrics={k: np.stack([np.asarray(h[k]) for h in history]) for k in METRICS},
+      metrics={k: np.stack([np.asarray(h[k]) for h in history]) for k in history[0]},
       aux={k: np.stack([np.asarray(a[k]) for a in aux_history]) for k in
            (aux_history[0] if aux_history else {})},
       compile_seconds=compile_seconds, run_seconds=run_seconds)

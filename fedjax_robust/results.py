@@ -29,6 +29,9 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
       "compile_seconds": run.compile_seconds,
       "run_seconds": run.run_seconds,
   }
+  if "backdoor_accuracy" in run.metrics:
+    out["backdoor_accuracy"] = evaluation.summarize(run.metrics["backdoor_accuracy"][-1],
+                                                    worst="max")
   out.update({name: float(np.mean(values)) for name, values in run.aux.items()})
   return out
 
@@ -58,6 +61,9 @@ def format_table(summary: dict) -> str:
   header = (f"{'aggregator':<28} {'E[honest loss] ± CI95':>22} {'median':>7} "
             f"{'E[honest acc %] ± CI':>21} "
             f"{'worst acc':>9} {'acc|b≤f':>8} {'acc|b>f':>8} {'test acc':>8} {'P(b>f)':>7}")
+  backdoor = any("backdoor_accuracy" in s for s in summary["aggregators"].values())
+  if backdoor:
+    header += f" {'backdoor %':>10}"
   lines = [header, "-" * len(header)]
   for name, s in summary["aggregators"].items():
     loss, acc = s["honest_loss"], s["honest_accuracy"]
@@ -67,7 +73,8 @@ def format_table(summary: dict) -> str:
         f"{name:<28} {loss_txt:>22} {loss['q50']:>7.4f} {acc_txt:>21} {_pct(acc['worst']):>9} "
         f"{_pct(s['honest_accuracy_given_b_le_f']['mean']):>8} "
         f"{_pct(s['honest_accuracy_given_b_gt_f']['mean']):>8} "
-        f"{_pct(s['test_accuracy']['mean']):>8} {law['p_exceeds_f']:>7.3f}")
+        f"{_pct(s['test_accuracy']['mean']):>8} {law['p_exceeds_f']:>7.3f}"
+        + (f" {_pct(s['backdoor_accuracy']['mean']):>10}" if backdoor else ""))
   exact = (f" (exact {law['exact_mean']:.3f}, P(b>f) exact {law['exact_p_exceeds_f']:.3f})"
            if "exact_mean" in law else "")
   lines.append(

@@ -5,9 +5,10 @@ One round, for one draw of the honest set (mask `honest [n]`):
   1. every client starts from the global model θ and runs K local SGD steps on minibatches of its
      own data with worker momentum m_i ← β m_i + (1 − β) g_i, θ_i ← θ_i − η m_i (RESAM,
      Farhadkhani et al. ICML 2022; ByzFL's D-SGD), vmapped over the client axis; Byzantine
-     clients under a data-poisoning attack train on their poisoned labels;
+     clients under a data-poisoning attack train on poisoned minibatches;
   2. updates u_i = θ − θ_i^K are stacked into `[n, d]` (for K = 1: u_i = η m_i);
-  3. a model-poisoning attack replaces the Byzantine rows;
+  3. a model-poisoning attack replaces the Byzantine rows (adaptive attacks may query the
+     server's aggregation of this round, its state and randomness included);
   4. the robust aggregator reduces `[n, d] -> [d]`;
   5. the server treats the aggregate as a (pseudo-)gradient for an optax optimizer
      (SGD with learning rate 1 applies θ ← θ − F(u)).
@@ -55,6 +56,7 @@ class RunState(NamedTuple):
   server_opt_state: Any
   momentum: jax.Array          # [n, d] worker momentum
   aggregator_state: Any
+  attack_state: Any
   round: jax.Array             # int32 rounds done
 
 
@@ -82,7 +84,8 @@ class Simulator:
     params, _ = ravel_pytree(self.model.init(key))
     return RunState(params, self.server_optimizer.init(params),
                     jnp.zeros((self.num_clients, params.size), params.dtype),
-                    self.aggregator.init(params.size), jnp.array(0, jnp.int32))
+                    self.aggregator.init(params.size), self.attack.init(params.size),
+                    jnp.array(0, jnp.int32))
 
   def _loss(self, params, x, y, weights):
     return models_lib.masked_cross_entropy(self.logits(params, x), y, weights)
@@ -96,16 +99,23 @@ class Simulator:
 
   def local_update(self, params, momentum, x, y, count, key, byzantine):
     """K local steps of one client; returns (update θ − θ_K `[d]`, new momentum `[d]`)."""
-    if self.attack.poison_labels is not None:
-      y = jnp.where(byzantine, self.attack.poison_labels(y), y)
     cfg = self.local
 
+    def poisoned(k, xb, yb):
+      if self.attack.poison_data is None:
+        return xb, yb
+      px, py = self.attack.poison_data(k, xb, yb)
+      return jnp.where(byzantine, px, xb), jnp.where(byzantine, py, yb)
+
     def gradient(p, k):
+      k_batch, k_poison = jax.random.split(k)
       if cfg.batch_size <= 0:
         valid = jnp.arange(x.shape[0]) < count
-        return jax.grad(self._loss)(p, *self._without_padding(x, y, valid), valid)
-      idx = jax.random.randint(k, (cfg.batch_size,), 0, count)
-      return jax.grad(self._loss)(p, x[idx], y[idx], jnp.ones((cfg.batch_size,), bool))
+        xb, yb = poisoned(k_poison, *self._without_padding(x, y, valid))
+        return jax.grad(self._loss)(p, xb, yb, valid)
+      idx = jax.random.randint(k_batch, (cfg.batch_size,), 0, count)
+      xb, yb = poisoned(k_poison, x[idx], y[idx])
+      return jax.grad(self._loss)(p, xb, yb, jnp.ones((cfg.batch_size,), bool))
 
     def step(carry, k):
       p, m = carry
@@ -124,14 +134,19 @@ class Simulator:
     updates, momentum = jax.vmap(self.local_update, in_axes=(None, 0, 0, 0, 0, 0, 0))(
         state.params, state.momentum, train.x, train.y, train.counts,
         jax.random.split(k_clients, self.num_clients), byzantine)
-    if self.attack.poison_updates is not None:
-      updates = self.attack.poison_updates(k_attack, updates, byzantine)
     weights = train.counts.astype(updates.dtype) if self.weighted_aggregation else None
+    attack_state = state.attack_state
+    if self.attack.poison is not None:
+      server_rule = lambda u: self.aggregator.apply(u, state.aggregator_state, k_aggregator,
+                                                    weights)[0]
+      updates, attack_state = self.attack.poison(k_attack, updates, byzantine, attack_state,
+                                                 server_rule)
     aggregate, aggregator_state, aux = self.aggregator.apply(
         updates, state.aggregator_state, k_aggregator, weights)
     steps, opt_state = self.server_optimizer.update(aggregate, state.server_opt_state, state.params)
     params = optax.apply_updates(state.params, steps)
-    return RunState(params, opt_state, momentum, aggregator_state, state.round + 1), aux
+    return RunState(params, opt_state, momentum, aggregator_state, attack_state,
+                    state.round + 1), aux
 
   def run_rounds(self, state: RunState, honest: jax.Array, key: jax.Array, train: ClientData,
                  num_rounds: int) -> tuple[RunState, Mapping[str, jax.Array]]:
@@ -155,13 +170,21 @@ class Simulator:
   def evaluate(self, params: jax.Array, honest: jax.Array, train: ClientData,
                test_x: jax.Array, test_y: jax.Array) -> dict[str, jax.Array]:
     """Scalars for one sample: the honest loss L_S(θ) = (1/|S|) Σ_{i∈S} L_i(θ), honest accuracy
-    (same average), and loss/accuracy on the global test set. NaN when S is empty."""
+    (same average), loss/accuracy on the global test set (NaN-free), and for a backdoor attack
+    the backdoor success rate: the share of triggered test inputs whose true label is not the
+    target that the model classifies as the target. Honest metrics are NaN when S is empty."""
     loss, acc = self.client_metrics(params, train)
     h = honest.astype(jnp.float32)
     num_honest = jnp.sum(h)
     logits = self.logits(params, test_x)
     ones = jnp.ones(test_y.shape, bool)
-    return {
+    extra = {}
+    if self.attack.trigger is not None:
+      target = self.attack.target_label
+      triggered = self.logits(params, self.attack.trigger(test_x))
+      extra["backdoor_accuracy"] = models_lib.masked_accuracy(
+          triggered, jnp.full(test_y.shape, target), test_y != target)
+    return extra | {
         "honest_loss": jnp.where(num_honest > 0, h @ loss / num_honest, jnp.nan),
         "honest_accuracy": jnp.where(num_honest > 0, h @ acc / num_honest, jnp.nan),
         "test_loss": models_lib.masked_cross_entropy(logits, test_y, ones),

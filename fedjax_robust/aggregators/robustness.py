@@ -48,8 +48,9 @@ def empirical_kappa(aggregator: base.Aggregator, honest: jax.Array, f: int,
                     key: jax.Array | None = None) -> dict[str, float]:
   """κ̂ = max over attacks of ‖F(honest ∪ f Byzantine rows) − x̄_S‖² / var_S on `honest [n − f, d]`.
 
-  Each attack (by name from `fedjax_robust.attacks`, all model-poisoning attacks by default)
-  fills the f Byzantine rows knowing the honest ones. Returns the ratio per attack and their
+  Each attack (by name from `fedjax_robust.attacks`, all model-poisoning attacks by default,
+  the line-searched `optimal_alie` and `optimal_ipm` included) fills the f Byzantine rows
+  knowing the honest ones and, for the adaptive ones, the rule. Returns the ratio per attack and their
   maximum under "kappa" (+inf when an attack makes the output non-finite).
   """
   from fedjax_robust import attacks  # pylint: disable=g-import-not-at-top
@@ -64,9 +65,9 @@ def empirical_kappa(aggregator: base.Aggregator, honest: jax.Array, f: int,
   ratios = {}
   for name in names:
     attack = attacks.get(name, num_classes=2)
-    if attack.poison_updates is None:
+    if attack.poison is None:
       raise ValueError(f"empirical_kappa needs model-poisoning attacks; {name!r} is not one.")
-    poisoned = attack.poison_updates(key, padded, byzantine)
+    poisoned = attack.poison_updates(key, padded, byzantine, lambda u: aggregator(u, key))
     out = aggregator(poisoned, key)
     error = float(jnp.sum((out - mean) ** 2))
     ratios[name] = error / variance if np.isfinite(error) else float("inf")

@@ -1,32 +1,51 @@
 """The attack interface and the honest statistics attacks are built from.
 
 An `Attack` acts in one or both of two places of a round:
-- `poison_updates(key, updates [n, d], byzantine_mask [n]) -> updates [n, d]` replaces the rows of
-  the Byzantine clients after local training (model poisoning). It never modifies an honest row.
-- `poison_labels(labels) -> labels` transforms a Byzantine client's own labels before its local
-  training (data poisoning); honest clients train on their true data.
+- model poisoning, `poison(key, updates [n, d], byzantine_mask [n], state, aggregate)
+  -> (updates [n, d], state)`, replaces the rows of the Byzantine clients after local training.
+  It never modifies an honest row. `state` is what the attack carries across rounds (`init(d)`,
+  e.g. mimic's estimate of the direction of largest variance); `aggregate(updates) -> [d]` is the
+  server's aggregation of the round (pre-aggregators, the rule's state and its randomness
+  included), which adaptive attacks query.
+- data poisoning, `poison_data(key, x, y) -> (x, y)`, transforms a Byzantine client's own
+  minibatch before its local gradient (label flipping, backdoor triggers); honest clients train
+  on their true data. A backdoor also gives the `trigger` it stamps and its `target_label`, so
+  the evaluation can report the backdoor success rate.
 
-Attacker knowledge: omniscient. A model-poisoning attack sees every honest update of the round
-and the realized Byzantine set of its Monte Carlo sample (so the realized count b, not the
-server's declared f). When b = 0 no row is replaced.
+Attacker knowledge: omniscient. A model-poisoning attack sees every honest update of the round,
+the realized Byzantine set of its Monte Carlo draw (so the realized count b, not the server's
+declared f) and, for adaptive attacks, the server's aggregation rule with its state and its
+randomness for the round. When b = 0 no row is replaced; when b ≥ n/2 the attack runs as usual
+(the results flag those draws).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+Aggregate = Callable[[Array], Array]
 
 
 @dataclasses.dataclass(frozen=True)
 class Attack:
   name: str
-  poison_updates: Callable[[Array, Array, Array], Array] | None = None
-  poison_labels: Callable[[Array], Array] | None = None
+  poison: Callable[[Array, Array, Array, Any, Aggregate | None], tuple[Array, Any]] | None = None
+  init: Callable[[int], Any] = lambda d: ()
+  poison_data: Callable[[Array, Array, Array], tuple[Array, Array]] | None = None
+  trigger: Callable[[Array], Array] | None = None
+  target_label: int | None = None
+
+  def poison_updates(self, key: Array, updates: Array, byzantine_mask: Array,
+                     aggregate: Aggregate | None = None) -> Array:
+    """The poisoned updates of one round from the attack's initial state (a convenience for
+    stateless use; the simulator calls `poison` and carries the state)."""
+    out, _ = self.poison(key, updates, byzantine_mask, self.init(updates.shape[1]), aggregate)
+    return out
 
 
 def honest_mean_and_std(updates: Array, byzantine_mask: Array) -> tuple[Array, Array]:

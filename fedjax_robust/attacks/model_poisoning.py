@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.scipy.special import ndtri
 
 from fedjax_robust.attacks import base
@@ -76,3 +78,115 @@ def alie(updates: jax.Array, byzantine_mask: jax.Array, *, z: float | None = Non
   if z is None or math.isnan(z):
     z = alie_z(n, jnp.sum(byzantine_mask))
   return base.replace_byzantine(updates, byzantine_mask, mu - z * sigma)
+
+
+def gaussian(key: jax.Array, updates: jax.Array, byzantine_mask: jax.Array, *,
+             scale: float = 1.0) -> jax.Array:
+  """Each Byzantine client sends μ + s·ε_i with ε_i ~ N(0, I) drawn independently per client."""
+  mu, _ = base.honest_mean_and_std(updates, byzantine_mask)
+  noisy = mu[None, :] + scale * jax.random.normal(key, updates.shape, updates.dtype)
+  return jnp.where(byzantine_mask[:, None], noisy, updates)
+
+
+def _copy_row(updates, byzantine_mask, target):
+  return base.replace_byzantine(updates, byzantine_mask, updates[target])
+
+
+def mimic(updates: jax.Array, byzantine_mask: jax.Array, *, index: int = 0) -> jax.Array:
+  """Mimic: every Byzantine client sends the update of one honest client, the first honest one
+  at or after client `index` (cyclically). Karimireddy, He, Jaggi, ICLR 2022."""
+  n = updates.shape[0]
+  order = (jnp.arange(n) - index) % n
+  target = jnp.argmin(jnp.where(byzantine_mask, n, order))
+  return _copy_row(updates, byzantine_mask, target)
+
+
+class MimicState(NamedTuple):
+  direction_sum: jax.Array  # [d] running Σ_t M_t z_{t−1} (power iteration on Σ_t covariances)
+  rounds: jax.Array         # int32 rounds seen
+  target: jax.Array         # int32 client copied after warm-up
+
+
+def mimic_variance_init(d: int) -> MimicState:
+  return MimicState(jnp.ones((d,), jnp.float32) / jnp.sqrt(d), jnp.array(0, jnp.int32),
+                    jnp.array(0, jnp.int32))
+
+
+def mimic_variance(updates: jax.Array, byzantine_mask: jax.Array, state: MimicState, *,
+                   warmup: int = 20) -> tuple[jax.Array, MimicState]:
+  """Mimic the honest client that lies farthest along the direction of largest heterogeneity.
+
+  During the first `warmup` rounds the attacker estimates the top principal direction z of the
+  honest updates across rounds (a power iteration on the accumulated covariances: s ← s +
+  Σ_{i∈H} y_i⟨y_i, z⟩, z = s/‖s‖, with y_i = x_i − μ) and copies the honest client maximizing
+  |⟨y_i, z⟩|; at the end of the warm-up it freezes that client and copies it from then on.
+  Karimireddy, He, Jaggi, "Byzantine-robust learning on heterogeneous datasets via bucketing",
+  ICLR 2022 (their mimic attack with its heterogeneity-seeking choice).
+  """
+  mu, _ = base.honest_mean_and_std(updates, byzantine_mask)
+  honest = (~byzantine_mask).astype(updates.dtype)
+  centred = (updates - mu) * honest[:, None]
+  z = state.direction_sum / jnp.maximum(jnp.linalg.norm(state.direction_sum), 1e-30)
+  projections = centred @ z
+  warming = state.rounds < warmup
+  direction_sum = jnp.where(warming, state.direction_sum + centred.T @ projections,
+                            state.direction_sum)
+  z_new = direction_sum / jnp.maximum(jnp.linalg.norm(direction_sum), 1e-30)
+  farthest = jnp.argmax(jnp.where(byzantine_mask, -1.0, jnp.abs(centred @ z_new)))
+  target = jnp.where(warming, farthest, state.target).astype(jnp.int32)
+  return (_copy_row(updates, byzantine_mask, target),
+          MimicState(direction_sum, state.rounds + 1, target))
+
+
+def line_search(objective, *, evals: int = 20, start: float = 0.0, delta: float = 10.0,
+                ratio: float = 0.8) -> jax.Array:
+  """Maximizes a scalar `objective(τ)` with `evals` evaluations, as ByzFL's optimal attacks do:
+  from τ = start, step by +δ while the value improves, doubling δ each time (expansion); at the
+  first failure δ ← ratio·δ and from then on each evaluation tries best + δ and shrinks δ by
+  `ratio` (contraction). A `lax.scan`, so it jits and vmaps over Monte Carlo samples. It only
+  moves right and assumes a unimodal objective; on a jagged one (behind NNM) it can stop short
+  of the best τ."""
+  if evals < 1 or not 0 < ratio < 1:
+    raise ValueError(f"line search needs evals >= 1 and 0 < ratio < 1, got {evals}, {ratio}.")
+  best_x = jnp.asarray(start, jnp.float32)
+  best_y = objective(best_x)
+
+  def step(carry, _):
+    best_x, best_y, delta, expanding = carry
+    prop_x = best_x + delta
+    prop_y = objective(prop_x)
+    better = prop_y > best_y
+    best_x = jnp.where(better, prop_x, best_x)
+    best_y = jnp.where(better, prop_y, best_y)
+    delta = jnp.where(expanding & better, 2 * delta, ratio * delta)
+    return (best_x, best_y, delta, expanding & better), None
+
+  init = (best_x, best_y, jnp.asarray(delta, jnp.float32), jnp.array(True))
+  (best_x, _, _, _), _ = lax.scan(step, init, None, length=evals - 1)
+  return best_x
+
+
+def _optimal(direction_fn):
+  def attack(updates, byzantine_mask, aggregate, *, evals=20, start=0.0, delta=10.0, ratio=0.8):
+    if aggregate is None:
+      raise ValueError("optimal attacks need the server's aggregation (`aggregate`).")
+    mu, sigma = base.honest_mean_and_std(updates, byzantine_mask)
+    vector = lambda tau: direction_fn(mu, sigma, tau)
+
+    def damage(tau):
+      out = aggregate(base.replace_byzantine(updates, byzantine_mask, vector(tau)))
+      err = jnp.linalg.norm(out - mu)
+      return jnp.where(jnp.isnan(err), jnp.inf, err)
+
+    tau = line_search(damage, evals=evals, start=start, delta=delta, ratio=ratio)
+    return base.replace_byzantine(updates, byzantine_mask, vector(tau))
+  return attack
+
+
+optimal_alie = _optimal(lambda mu, sigma, tau: mu + tau * sigma)
+optimal_alie.__doc__ = """Optimal ALIE: Byzantine clients send a(τ*) = μ + τ*σ, with τ* found by
+`line_search` to maximize ‖F(updates with the Byzantine rows set to a(τ)) − μ‖, F the server's
+aggregation (`aggregate`). ByzFL's Optimal_ALittleIsEnough; used by Allouah et al. 2023."""
+optimal_ipm = _optimal(lambda mu, sigma, tau: -tau * mu)
+optimal_ipm.__doc__ = """Optimal IPM: Byzantine clients send −τ*μ, τ* by `line_search` maximizing
+‖F(·) − μ‖ as in `optimal_alie`. ByzFL's Optimal_InnerProductManipulation."""
