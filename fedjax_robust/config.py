@@ -20,6 +20,7 @@ from ml_collections import config_dict
 from fedjax_robust import aggregators
 from fedjax_robust import attacks
 from fedjax_robust import data as data_lib
+from fedjax_robust import graphs
 from fedjax_robust import honest_sets
 from fedjax_robust import models
 from fedjax_robust import training
@@ -28,6 +29,11 @@ _SERVER_OPTIMIZERS = {
     "sgd": lambda c: optax.sgd(c.server_lr, momentum=c.server_momentum or None),
     "adam": lambda c: optax.adam(c.server_lr),
 }
+
+
+_REQUIRED_HONEST_SET_DEFAULTS = {"fixed_count": {"num_byzantine": 5}, "bernoulli": {"p": 0.15},
+                                 "beta_bernoulli": {"a": 1.0, "b": 5.0}}
+WORST_CASE_CRITERIA = ("heterogeneity", "final_loss")
 
 
 def _options_of(names, options_fn, none_types) -> ml_collections.ConfigDict:
@@ -46,17 +52,35 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_clients = 25               # n
   c.f = 5                          # declared number of Byzantine clients (the server's assumption)
   c.num_samples = 256              # S: Monte Carlo draws of the honest set
+  # Draws trained at once; 0: as many as fit in memory_budget_gb (estimated). Same numbers.
+  c.num_samples_per_chunk = 0
+  c.memory_budget_gb = 4.0
   # One or more comma-separated specs; '+' chains pre-aggregators before a rule.
   c.aggregator = "mean,trimmed_mean,geometric_median,nnm+trimmed_mean"
   c.aggregator_options = _options_of(aggregators.names(), aggregators.options, {"m": int})
   c.attack = "alie"
   # ALIE's z: None or nan (settable from the command line) means z from n and the realized b.
   c.attack_options = _options_of(attacks.names(), attacks.options, {"z": float})
+  # μ_H: one of honest_sets.names(), or "worst_case" (the worst subset of size n − f).
   c.honest_set = "bernoulli"
-  c.honest_set_options = ml_collections.ConfigDict({
-      "bernoulli": {"p": 0.15, "p_per_client": config_dict.placeholder(tuple)},
-      "fixed_count": {"num_byzantine": 5},
-  })
+  c.honest_set_options = _options_of(
+      honest_sets.names(), lambda name: {**honest_sets.options(name),
+                                         **_REQUIRED_HONEST_SET_DEFAULTS.get(name, {})},
+      {"weights": tuple, "assignment": tuple})
+  c.honest_set_options.bernoulli.p_per_client = config_dict.placeholder(tuple)
+  c.honest_set_options.worst_case = ml_collections.ConfigDict({
+      # "heterogeneity": var_S of the clients' gradients at the initial model (closed form);
+      # "final_loss": the final honest loss of training under each candidate (per aggregator).
+      "criterion": "heterogeneity", "exhaustive_limit": 20_000, "max_sweeps": 5})
+  # The client graph of graph-based μ_H (graph_copula, ising, cascade); see graphs.build.
+  c.graph = ml_collections.ConfigDict({
+      "kind": "ring", "edges": config_dict.placeholder(tuple), "p": 0.1,
+      "width": config_dict.placeholder(int), "block_sizes": config_dict.placeholder(tuple),
+      "p_in": 0.5, "p_out": 0.05, "k": 2, "seed": 0})
+  # Extra reference runs: the honest optimum L_S* of every draw (for the realized-honest excess
+  # L_S(θ̂_S) − L_S*), and the oracle trained on the exact expected objective Σ w_i L_i
+  # (independent μ_H only).
+  c.estimators = ml_collections.ConfigDict({"honest_optimum": False, "oracle": False})
   c.model = "mlp"
   c.model_options = ml_collections.ConfigDict({
       "logistic": {}, "mlp": {"hidden": (32,)}, "cnn": {"features": (16, 32), "dense": 64},
@@ -92,11 +116,27 @@ def aggregator_specs(config) -> list[str]:
 
 
 def honest_set_spec(config) -> dict[str, Any]:
+  """The sampler spec of `config.honest_set` (not for "worst_case")."""
   opts = dict(config.honest_set_options.get(config.honest_set, {}))
   if config.honest_set == "bernoulli":
     per_client = opts.pop("p_per_client")
     opts["p"] = tuple(per_client) if per_client is not None else opts["p"]
   return {"name": config.honest_set, **opts}
+
+
+def label_distributions(fed: data_lib.FederatedData) -> np.ndarray:
+  """Each client's label histogram, normalized, `[n, C]`."""
+  y = np.asarray(fed.train.y)
+  valid = np.asarray(data_lib.valid_mask(fed.train.counts, y.shape[1]))
+  hist = np.stack([np.bincount(y[i][valid[i]], minlength=fed.num_classes) for i in range(len(y))])
+  return hist / hist.sum(1, keepdims=True)
+
+
+def make_adjacency(config, fed: data_lib.FederatedData | None = None) -> np.ndarray:
+  g = config.graph
+  return graphs.build(g.kind, config.num_clients, edges=g.edges, p=g.p, width=g.width,
+                      block_sizes=g.block_sizes, p_in=g.p_in, p_out=g.p_out, k=g.k,
+                      features=None if fed is None else label_distributions(fed), seed=g.seed)
 
 
 def validate(config) -> None:
@@ -127,7 +167,29 @@ def validate(config) -> None:
     if z <= 0:
       warnings.warn(f"ALIE's z from (n, f) = ({n}, {f}) is {z:.3g} <= 0: the attack sends the "
                     "honest mean or less; set attack_options.alie.z to study a real attack.")
-  honest_sets.validate(honest_set_spec(config), num_clients=n)
+  if config.honest_set == "worst_case":
+    criterion = config.honest_set_options.worst_case.criterion
+    if criterion not in WORST_CASE_CRITERIA:
+      raise ValueError(f"unknown worst_case criterion {criterion!r}; available: "
+                       f"{', '.join(WORST_CASE_CRITERIA)}.")
+  else:
+    if config.honest_set not in honest_sets.names():
+      raise ValueError(f"unknown honest-set distribution {config.honest_set!r}; available: "
+                       f"{', '.join(honest_sets.names())}, worst_case.")
+    spec = honest_set_spec(config)
+    if config.honest_set in honest_sets.GRAPH_BASED:
+      if config.graph.kind not in graphs.KINDS:
+        raise ValueError(f"unknown graph kind {config.graph.kind!r}; available: "
+                         f"{', '.join(graphs.KINDS)}.")
+      if config.graph.kind != "data_similarity":  # that one needs the data, built later
+        spec["adjacency"] = make_adjacency(config)
+    honest_sets.validate(spec, num_clients=n)
+  if config.num_samples_per_chunk < 0 or config.memory_budget_gb <= 0:
+    raise ValueError(f"num_samples_per_chunk must be >= 0 (0: automatic) and memory_budget_gb "
+                     f"> 0, got {config.num_samples_per_chunk}, {config.memory_budget_gb}.")
+  if config.estimators.oracle and config.honest_set != "bernoulli":
+    raise ValueError("estimators.oracle needs independent corruption (honest_set='bernoulli'): "
+                     "its exact weights w_i = E[1{i∈S}/|S|] are derived for that law.")
   models.get(config.model, input_shape=(1, 1, 1), num_classes=2,
              **config.model_options.get(config.model, {}))
   data_lib.check_name(config.data.name)
@@ -159,8 +221,23 @@ def make_data(config) -> data_lib.FederatedData:
       synthetic_beta=d.synthetic_beta)
 
 
-def make_simulator(config, spec: str, fed: data_lib.FederatedData) -> training.Simulator:
-  """The simulator of one aggregator spec for this config and data."""
+def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
+                   reference: str | None = None,
+                   client_weights=None) -> training.Simulator:
+  """The simulator of one aggregator spec for this config and data.
+
+  `reference` builds a reference run instead: "honest_optimum" (mean of the honest clients
+  only, no attack) or "oracle" (mean weighted by `client_weights`, no attack).
+  """
+  if reference is not None:
+    model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
+                       **config.model_options.get(config.model, {}))
+    return training.Simulator(
+        model=model, aggregator=aggregators.get("mean", f=0, weighted=True),
+        attack=attacks.get("none", num_classes=fed.num_classes), local=make_local_training(config),
+        server_optimizer=_SERVER_OPTIMIZERS[config.training.server_optimizer](config.training),
+        num_clients=config.num_clients, honest_only=reference == "honest_optimum",
+        client_weights=None if client_weights is None else tuple(map(float, client_weights)))
   model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
                      **config.model_options.get(config.model, {}))
   return training.Simulator(

@@ -16,6 +16,21 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 _Z95 = 1.959963984540054
 
 
+CVAR_LEVELS = (0.5, 0.9)
+
+
+def cvar(values: np.ndarray, alpha: float, *, worst: str = "max") -> float:
+  """CVaR_α: the mean of the worst ⌈(1 − α)·K⌉ of K values (the upper tail when worst='max').
+  α = 0 is the mean; α → 1 approaches the worst value."""
+  if not 0 <= alpha < 1:
+    raise ValueError(f"CVaR level alpha must lie in [0, 1), got {alpha}.")
+  values = np.sort(np.asarray(values, np.float64))
+  if worst == "max":
+    values = values[::-1]
+  k = int(np.ceil((1 - alpha) * len(values) - 1e-9))  # (1 − 0.999)·1000 is 1.0000000000000009
+  return float(np.mean(values[:k])) if k else float("nan")
+
+
 def summarize(values: np.ndarray, *, worst: str = "max",
               quantiles: Sequence[float] = QUANTILES) -> dict[str, float]:
   """Mean, 95% CI half-width (normal approximation, 1.96·sd/√k), quantiles and worst value of
@@ -31,7 +46,8 @@ def summarize(values: np.ndarray, *, worst: str = "max",
   if defined.size == 0:
     nan = float("nan")
     return {**out, "mean": nan, "ci95": nan, "std": nan, "worst": nan,
-            **{f"q{round(100 * q):02d}": nan for q in quantiles}}
+            **{f"q{round(100 * q):02d}": nan for q in quantiles},
+            **{f"cvar{round(100 * a)}": nan for a in CVAR_LEVELS}}
   std = float(np.std(defined, ddof=1)) if defined.size > 1 else 0.0
   mean = float(np.mean(defined))
   ci = _Z95 * std / math.sqrt(defined.size) if np.isfinite(mean) else float("inf")
@@ -39,6 +55,8 @@ def summarize(values: np.ndarray, *, worst: str = "max",
              worst=float(defined.max() if worst == "max" else defined.min()))
   for q in quantiles:
     out[f"q{round(100 * q):02d}"] = float(np.quantile(defined, q, method="inverted_cdf"))
+  for a in CVAR_LEVELS:
+    out[f"cvar{round(100 * a)}"] = cvar(defined, a, worst=worst)
   return out
 
 
@@ -61,7 +79,8 @@ def count_law(counts: np.ndarray, num_clients: int, *, f: int,
   empirical = np.bincount(counts, minlength=num_clients + 1) / counts.size
   out = {"empirical_pmf": empirical.tolist(), "mean": float(counts.mean()),
          "p_exceeds_f": float(np.mean(counts > f)),
-         "p_no_honest_majority": float(np.mean(2 * counts >= num_clients))}
+         "p_no_honest_majority": float(np.mean(2 * counts >= num_clients)),
+         "no_honest_majority_draws": np.flatnonzero(2 * counts >= num_clients).tolist()}
   if exact_pmf is not None:
     b = np.arange(num_clients + 1)
     out.update(exact_pmf=np.asarray(exact_pmf).tolist(),

@@ -22,6 +22,7 @@ import numpy as np
 from fedjax_robust import config as config_lib
 from fedjax_robust import honest_sets
 from fedjax_robust import training
+from fedjax_robust import worst_case
 from fedjax_robust.data import FederatedData
 
 METRICS = ("honest_loss", "honest_accuracy", "test_loss", "test_accuracy")  # + backdoor_accuracy
@@ -67,41 +68,79 @@ def fingerprint(config) -> str:
 Progress = Callable[[str, int, int, float, float], None]  # spec, done, total, elapsed, eta
 
 
+def _pad_to(x: jax.Array, size: int) -> jax.Array:
+  """x `[k, ...]` padded to `[size, ...]` by repeating its first row (results are discarded)."""
+  if x.shape[0] == size:
+    return x
+  return jnp.concatenate([x, jnp.repeat(x[:1], size - x.shape[0], axis=0)])
+
+
+def chunk_size(config, num_params: int, num_samples: int) -> int:
+  """Draws trained at once: `num_samples_per_chunk`, or (0) an estimate of how many fit in
+  `memory_budget_gb`: per draw about 8 `[n, d]` float32 arrays (momentum, updates, an
+  aggregator's working copies) plus the model's activations on every client's minibatch."""
+  if config.num_samples_per_chunk:
+    return min(config.num_samples_per_chunk, num_samples)
+  n = config.num_clients
+  per_draw = 4 * (8 * n * num_params + n * max(config.training.batch_size, 64) * 1024)
+  return int(max(1, min(num_samples, config.memory_budget_gb * 2**30 // per_draw)))
+
+
 def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Array, *,
                     init_key: jax.Array, run_key: jax.Array, num_rounds: int, eval_every: int,
-                    spec: str = "", progress: Progress | None = None) -> AggregatorRun:
-  """Trains S models, one per honest mask `[S, n]`, and evaluates them every `eval_every` rounds."""
+                    spec: str = "", chunk: int | None = None,
+                    progress: Progress | None = None) -> AggregatorRun:
+  """Trains S models, one per honest mask `[S, n]`, and evaluates them every `eval_every` rounds.
+
+  The S draws run `chunk` at a time (all at once by default); draw s always uses the key
+  fold_in(run_key, s), so chunked and unchunked runs give the same numbers.
+  """
   num_samples = masks.shape[0]
-  states = training.replicate(sim.init(init_key), num_samples)
-  keys = training.sample_keys(run_key, num_samples)
+  chunk = num_samples if chunk is None else max(1, min(chunk, num_samples))
+  all_keys = training.sample_keys(run_key, num_samples)
+  initial = sim.init(init_key)
   test = (fed.test_x, fed.test_y)
   evaluate = jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None, None, None)))
   advance = jax.jit(
       jax.vmap(functools.partial(sim.run_rounds, num_rounds=eval_every), in_axes=(0, 0, 0, None)),
       donate_argnums=0)
   start = time.perf_counter()
-  advance = advance.lower(states, masks, keys, fed.train).compile()
+  advance = advance.lower(training.replicate(initial, chunk), masks[:chunk], all_keys[:chunk],
+                          fed.train).compile()
   compile_seconds = time.perf_counter() - start
 
-  history = [jax.device_get(evaluate(states.params, masks, fed.train, *test))]
-  aux_history = []
-  start = time.perf_counter()
   num_chunks = num_rounds // eval_every
-  for chunk in range(num_chunks):
-    states, aux = advance(states, masks, keys, fed.train)
-    history.append(jax.device_get(evaluate(states.params, masks, fed.train, *test)))
-    aux_history.append(jax.device_get(aux))
-    if progress is not None:
-      elapsed = time.perf_counter() - start
-      progress(spec, (chunk + 1) * eval_every, num_rounds, elapsed,
-               elapsed / (chunk + 1) * (num_chunks - chunk - 1))
+  starts = list(range(0, num_samples, chunk))
+  total_steps = num_chunks * len(starts)
+  history_parts, aux_parts = [], []
+  start = time.perf_counter()
+  for part, first in enumerate(starts):
+    size = min(chunk, num_samples - first)
+    part_masks = _pad_to(masks[first:first + size], chunk)
+    part_keys = _pad_to(all_keys[first:first + size], chunk)
+    states = training.replicate(initial, chunk)
+    history = [jax.device_get(evaluate(states.params, part_masks, fed.train, *test))]
+    aux_history = []
+    for step in range(num_chunks):
+      states, aux = advance(states, part_masks, part_keys, fed.train)
+      history.append(jax.device_get(evaluate(states.params, part_masks, fed.train, *test)))
+      aux_history.append(jax.device_get(aux))
+      if progress is not None:
+        done = part * num_chunks + step + 1
+        elapsed = time.perf_counter() - start
+        progress(spec, (step + 1) * eval_every, num_rounds, elapsed,
+                 elapsed / done * (total_steps - done))
+    history_parts.append({k: np.stack([np.asarray(h[k])[:size] for h in history])
+                          for k in history[0]})
+    aux_parts.append({k: np.stack([np.asarray(a[k])[:size] for a in aux_history])
+                      for k in (aux_history[0] if aux_history else {})})
   run_seconds = time.perf_counter() - start
   return AggregatorRun(
       spec=spec,
       rounds=np.arange(num_chunks + 1) * eval_every,
-      metrics={k: np.stack([np.asarray(h[k]) for h in history]) for k in history[0]},
-      aux={k: np.stack([np.asarray(a[k]) for a in aux_history]) for k in
-           (aux_history[0] if aux_history else {})},
+      metrics={k: np.concatenate([p[k] for p in history_parts], axis=1)
+               for k in history_parts[0]},
+      aux={k: np.concatenate([p[k] for p in aux_parts], axis=1) for k in aux_parts[0]},
       compile_seconds=compile_seconds, run_seconds=run_seconds)
 
 
@@ -109,46 +148,142 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
 class Experiment:
   config: object
   data: FederatedData
-  masks: np.ndarray                  # [S, n] True = honest
+  masks: dict[str, np.ndarray]       # spec -> [S, n] True = honest (shared unless worst case
+                                     # per aggregator)
   runs: dict[str, AggregatorRun]
+  worst_case: dict[str, dict] = dataclasses.field(default_factory=dict)
+  references: dict[str, AggregatorRun] = dataclasses.field(default_factory=dict)
+  oracle: dict | None = None
+
+
+def _keys(config):
+  root = jax.random.key(config.seed)
+  return tuple(jax.random.fold_in(root, i) for i in range(3))  # masks, init, run
+
+
+def worst_case_mask(config, fed: FederatedData, spec: str) -> tuple[np.ndarray, dict]:
+  """The worst honest set of size n − f under `config.honest_set_options.worst_case`."""
+  options = config.honest_set_options.worst_case
+  _, init_key, run_key = _keys(config)
+  sim = config_lib.make_simulator(config, spec, fed)
+  if options.criterion == "heterogeneity":
+    score = worst_case.heterogeneity_score(sim.client_gradients(sim.init(init_key).params,
+                                                                fed.train))
+  else:  # final_loss: one training per candidate mask, every candidate of a step in one batch
+    def score(candidates):
+      out = run_monte_carlo(sim, fed, jnp.asarray(candidates), init_key=init_key,
+                            run_key=run_key, num_rounds=config.training.num_rounds,
+                            eval_every=config.training.num_rounds,
+                            chunk=chunk_size(config, sim.num_params, len(candidates)))
+      # Same key for every candidate: candidates differ only by their Byzantine set.
+      loss = out.metrics["honest_loss"][-1]
+      return np.where(np.isfinite(loss), loss, np.inf)
+  mask, value, info = worst_case.search(score, config.num_clients, config.f,
+                                        exhaustive_limit=options.exhaustive_limit,
+                                        max_sweeps=options.max_sweeps)
+  return mask, {**info, "criterion": options.criterion, "score": value,
+                "byzantine": np.flatnonzero(~mask).tolist()}
+
+
+def draw_masks(config, fed: FederatedData) -> np.ndarray:
+  """`[S, n]` honest masks from config.honest_set (a sampler, not the worst case)."""
+  mask_key, _, _ = _keys(config)
+  spec = config_lib.honest_set_spec(config)
+  if config.honest_set in honest_sets.GRAPH_BASED:
+    spec["adjacency"] = config_lib.make_adjacency(config, fed)
+  return np.asarray(honest_sets.sample(mask_key, spec, num_clients=config.num_clients,
+                                       num_samples=config.num_samples))
 
 
 def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         log: Callable[[str], None] = print) -> Experiment:
   """Validates `config`, builds the data and the honest masks, and runs every aggregator.
 
-  With a `workdir`, each aggregator's samples are saved to `workdir/runs/<spec>.npz` as soon as
-  it finishes, and a rerun with the same configuration loads them instead of training again.
+  With `honest_set = "worst_case"` every draw uses the worst honest set of size n − f (found
+  once, or per aggregator for the "final_loss" criterion); draws then differ only by their
+  training randomness. With a `workdir`, each aggregator's draws are saved to
+  `workdir/runs/<spec>.npz` as soon as it finishes, and a rerun with the same configuration
+  loads them instead of training again.
   """
   config_lib.validate(config)
   fed = config_lib.make_data(config)
   log(f"data {fed.name}: {config.num_clients} clients, {int(fed.train.counts.sum())} training "
       f"examples (per client {int(fed.train.counts.min())}..{int(fed.train.counts.max())}), "
       f"{fed.test_y.shape[0]} test examples, {fed.num_classes} classes")
-  root = jax.random.key(config.seed)
-  mask_key, init_key, run_key = (jax.random.fold_in(root, i) for i in range(3))
-  masks = honest_sets.sample(mask_key, config_lib.honest_set_spec(config),
-                             num_clients=config.num_clients, num_samples=config.num_samples)
+  _, init_key, run_key = _keys(config)
+  specs = config_lib.aggregator_specs(config)
+  masks, worst = {}, {}
+  if config.honest_set != "worst_case":
+    shared = draw_masks(config, fed)
+    masks = {spec: shared for spec in specs}
+  elif config.honest_set_options.worst_case.criterion == "heterogeneity":
+    mask, info = worst_case_mask(config, fed, specs[0])
+    log(f"worst case (heterogeneity): Byzantine clients {info['byzantine']} ({info['method']})")
+    masks = {spec: np.repeat(mask[None], config.num_samples, axis=0) for spec in specs}
+    worst = {spec: info for spec in specs}
+
   runs = {}
-  for spec in config_lib.aggregator_specs(config):
+  for spec in specs:
     path = os.path.join(workdir, "runs", spec + ".npz") if workdir else None
     spec_config = config.copy_and_resolve_references()
     spec_config.aggregator = spec
     key = fingerprint(spec_config)
     cached = AggregatorRun.load(path, key) if path else None
+    if spec not in masks:  # worst case by final loss: searched for this aggregator
+      log(f"{spec}: searching the worst case by final honest loss")
+      mask, worst[spec] = worst_case_mask(config, fed, spec)
+      log(f"{spec}: worst case Byzantine clients {worst[spec]['byzantine']} "
+          f"({worst[spec]['method']}, {worst[spec]['scored']} trainings)")
+      masks[spec] = np.repeat(mask[None], config.num_samples, axis=0)
     if cached is not None:
       log(f"{spec}: loaded from {path}")
       runs[spec] = cached
       continue
     sim = config_lib.make_simulator(config, spec, fed)
-    log(f"{spec}: compiling ({sim.num_params} parameters, {config.num_samples} samples)")
+    chunk = chunk_size(config, sim.num_params, config.num_samples)
+    log(f"{spec}: compiling ({sim.num_params} parameters, {config.num_samples} samples"
+        + (f", {chunk} at a time" if chunk < config.num_samples else "") + ")")
     runs[spec] = run_monte_carlo(
-        sim, fed, masks, init_key=init_key, run_key=run_key,
+        sim, fed, jnp.asarray(masks[spec]), init_key=init_key, run_key=run_key,
         num_rounds=config.training.num_rounds, eval_every=config.training.eval_every,
-        spec=spec, progress=progress)
+        spec=spec, chunk=chunk, progress=progress)
     log(f"{spec}: compiled in {runs[spec].compile_seconds:.1f} s, ran in "
         f"{runs[spec].run_seconds:.1f} s")
     if path:
       os.makedirs(os.path.dirname(path), exist_ok=True)
       runs[spec].save(path, key)
-  return Experiment(config, fed, np.asarray(masks), runs)
+  exp = Experiment(config, fed, masks, runs, worst)
+  _run_references(exp, init_key, run_key, log)
+  return exp
+
+
+def _run_references(exp: Experiment, init_key, run_key, log) -> None:
+  """The optional reference runs of `config.estimators`."""
+  config, fed = exp.config, exp.data
+  rounds, every = config.training.num_rounds, config.training.eval_every
+  if config.estimators.honest_optimum:
+    by_masks = {}  # one run per distinct mask array (usually all specs share one)
+    for spec, masks in exp.masks.items():
+      if id(masks) not in by_masks:
+        sim = config_lib.make_simulator(config, spec, fed, reference="honest_optimum")
+        log("honest optimum L_S* of every draw (mean of the honest clients, no attack)")
+        by_masks[id(masks)] = run_monte_carlo(
+            sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key, num_rounds=rounds,
+            eval_every=every, spec="honest_optimum",
+            chunk=chunk_size(config, sim.num_params, config.num_samples))
+      exp.references[spec] = by_masks[id(masks)]
+  if config.estimators.oracle:
+    spec = config_lib.honest_set_spec(config)
+    weights = honest_sets.expected_objective_weights(spec["p"], config.num_clients)
+    sim = config_lib.make_simulator(config, "mean", fed, reference="oracle",
+                                    client_weights=weights / weights.sum())
+    everyone = jnp.ones((config.num_clients,), bool)
+    state, _ = jax.jit(functools.partial(sim.run_rounds, num_rounds=rounds))(
+        sim.init(init_key), everyone, jax.random.fold_in(run_key, 0), fed.train)
+    losses, _ = sim.client_metrics(state.params, fed.train)
+    metrics = sim.evaluate(state.params, everyone, fed.train, fed.test_x, fed.test_y)
+    exp.oracle = {"weights": weights.tolist(),
+                  "expected_objective": float(np.asarray(losses, np.float64) @ weights),
+                  "test_accuracy": float(metrics["test_accuracy"])}
+    log(f"oracle trained on the expected objective: E_S[L_S(θ)] = Σ w_i L_i(θ) = "
+        f"{exp.oracle['expected_objective']:.4f}")

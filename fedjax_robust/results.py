@@ -15,8 +15,10 @@ from fedjax_robust.experiment import AggregatorRun
 from fedjax_robust.experiment import Experiment
 
 
-def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f: int) -> dict:
-  """Final-round estimates over samples for one aggregator; `counts` is b per sample."""
+def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f: int,
+                  reference: AggregatorRun | None = None) -> dict:
+  """Final-round estimates over samples for one aggregator; `counts` is b per sample;
+  `reference` the honest-optimum run on the same draws (for the excess L_S(θ̂_S) − L_S*)."""
   loss = evaluation.diverged_as_inf(run.metrics["honest_loss"][-1], num_clients - counts)
   accuracy = run.metrics["honest_accuracy"][-1]
   within = counts <= f
@@ -29,6 +31,10 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
       "compile_seconds": run.compile_seconds,
       "run_seconds": run.run_seconds,
   }
+  if reference is not None:
+    optimum = reference.metrics["honest_loss"][-1]
+    out["honest_optimum_loss"] = evaluation.summarize(optimum, worst="max")
+    out["honest_excess_loss"] = evaluation.summarize(loss - optimum, worst="max")
   if "backdoor_accuracy" in run.metrics:
     out["backdoor_accuracy"] = evaluation.summarize(run.metrics["backdoor_accuracy"][-1],
                                                     worst="max")
@@ -36,18 +42,37 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
   return out
 
 
+def _counts(experiment: Experiment, spec: str | None = None) -> np.ndarray:
+  masks = experiment.masks[spec or next(iter(experiment.masks))]
+  return evaluation.byzantine_counts(masks)
+
+
 def summarize(experiment: Experiment) -> dict:
+  """Everything summary.json holds: the config, the law of b, per-aggregator estimates, and the
+  worst case / reference runs when present."""
   config = experiment.config
-  counts = evaluation.byzantine_counts(experiment.masks)
-  spec = config_lib.honest_set_spec(config)
-  return {
+  n = config.num_clients
+  exact = None
+  if config.honest_set != "worst_case":
+    spec = config_lib.honest_set_spec(config)
+    if config.honest_set in honest_sets.GRAPH_BASED:
+      spec["adjacency"] = config_lib.make_adjacency(config, experiment.data)
+    pmf, is_exact = honest_sets.byzantine_count_pmf(spec, num_clients=n)
+    exact = pmf if is_exact else None
+  out = {
       "config": json.loads(config.to_json()),
-      "byzantine_count": evaluation.count_law(
-          counts, config.num_clients, f=config.f,
-          exact_pmf=honest_sets.byzantine_count_pmf(spec, num_clients=config.num_clients)),
-      "aggregators": {name: summarize_run(run, counts, num_clients=config.num_clients, f=config.f)
-                      for name, run in experiment.runs.items()},
+      "byzantine_count": evaluation.count_law(_counts(experiment), n, f=config.f,
+                                              exact_pmf=exact),
+      "aggregators": {
+          name: summarize_run(run, _counts(experiment, name), num_clients=n, f=config.f,
+                              reference=experiment.references.get(name))
+          for name, run in experiment.runs.items()},
   }
+  if experiment.worst_case:
+    out["worst_case"] = experiment.worst_case
+  if experiment.oracle is not None:
+    out["oracle"] = experiment.oracle
+  return out
 
 
 def _pct(x: float) -> str:
@@ -77,24 +102,38 @@ def format_table(summary: dict) -> str:
         + (f" {_pct(s['backdoor_accuracy']['mean']):>10}" if backdoor else ""))
   exact = (f" (exact {law['exact_mean']:.3f}, P(b>f) exact {law['exact_p_exceeds_f']:.3f})"
            if "exact_mean" in law else "")
+  extras = []
+  for name, s in summary["aggregators"].items():
+    if "honest_excess_loss" in s:
+      e = s["honest_excess_loss"]
+      extras.append(f"{name}: E[L_S(θ̂_S) − L_S*] = {e['mean']:.4f} ± {e['ci95']:.4f} "
+                    f"(CVaR90 {e['cvar90']:.4f})")
+  if "oracle" in summary:
+    extras.append(f"oracle on the expected objective: Σ w_i L_i = "
+                  f"{summary['oracle']['expected_objective']:.4f}, test accuracy "
+                  f"{100 * summary['oracle']['test_accuracy']:.2f}%")
+  for name, info in summary.get("worst_case", {}).items():
+    extras.append(f"worst case for {name} ({info['criterion']}, {info['method']}): Byzantine "
+                  f"clients {info['byzantine']}")
   lines.append(
       f"\nS={cfg['num_samples']} draws of μ_H={cfg['honest_set']}, n={cfg['num_clients']}, "
       f"declared f={cfg['f']}, attack={cfg['attack']}, {cfg['training']['num_rounds']} rounds. "
       f"Realized b: mean {law['mean']:.3f}{exact}; "
       f"P(b ≥ n/2) = {law['p_no_honest_majority']:.3f}.")
+  lines.extend(extras)
   return "\n".join(lines)
 
 
 def write_metrics_csv(experiment: Experiment, path: str) -> None:
   """One row per aggregator × evaluation round × metric, with estimates over samples."""
-  counts = evaluation.byzantine_counts(experiment.masks)
   n = experiment.config.num_clients
   fields = ["aggregator", "round", "metric", "mean", "ci95", "q05", "q50", "q95", "worst",
-            "undefined"]
+            "cvar90", "undefined"]
   with open(path + ".tmp", "w", newline="") as fh:
     writer = csv.DictWriter(fh, fieldnames=fields)
     writer.writeheader()
     for name, run in experiment.runs.items():
+      counts = _counts(experiment, name)
       for e, rnd in enumerate(run.rounds):
         for metric, values in run.metrics.items():
           values = values[e]
@@ -103,6 +142,23 @@ def write_metrics_csv(experiment: Experiment, path: str) -> None:
           s = evaluation.summarize(values, worst="max" if metric.endswith("loss") else "min")
           writer.writerow({"aggregator": name, "round": int(rnd), "metric": metric,
                            **{k: s[k] for k in fields[3:]}})
+  os.replace(path + ".tmp", path)
+
+
+def write_draws_csv(experiment: Experiment, path: str) -> None:
+  """One row per draw of μ_H: its realized b, whether it has no honest majority (b ≥ n/2, run
+  anyway and flagged here), and each aggregator's final-round metrics."""
+  counts = _counts(experiment)
+  n = experiment.config.num_clients
+  columns = [(name, metric) for name, run in experiment.runs.items() for metric in run.metrics]
+  with open(path + ".tmp", "w", newline="") as fh:
+    writer = csv.writer(fh)
+    writer.writerow(["draw", "num_byzantine", "no_honest_majority",
+                     *[f"{name}:{metric}" for name, metric in columns]])
+    for s, b in enumerate(counts):
+      writer.writerow([s, int(b), int(2 * b >= n),
+                       *[float(experiment.runs[name].metrics[metric][-1][s])
+                         for name, metric in columns]])
   os.replace(path + ".tmp", path)
 
 
@@ -140,12 +196,14 @@ def plot(experiment: Experiment, path: str) -> None:
 
 
 def write_all(experiment: Experiment, workdir: str) -> dict:
-  """summary.json, metrics.csv and honest_accuracy.png in `workdir`; returns the summary."""
+  """summary.json, metrics.csv, draws.csv and honest_accuracy.png in `workdir`; returns the
+  summary."""
   os.makedirs(workdir, exist_ok=True)
   summary = summarize(experiment)
   with open(os.path.join(workdir, "summary.json.tmp"), "w") as fh:
     json.dump(summary, fh, indent=1, allow_nan=True)
   os.replace(os.path.join(workdir, "summary.json.tmp"), os.path.join(workdir, "summary.json"))
   write_metrics_csv(experiment, os.path.join(workdir, "metrics.csv"))
+  write_draws_csv(experiment, os.path.join(workdir, "draws.csv"))
   plot(experiment, os.path.join(workdir, "honest_accuracy.png"))
   return summary

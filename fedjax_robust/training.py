@@ -70,6 +70,9 @@ class Simulator:
   server_optimizer: optax.GradientTransformation
   num_clients: int
   weighted_aggregation: bool = False  # client sample counts as aggregation weights
+  # Reference runs (not attacks): aggregate the honest clients only, with fixed client weights.
+  honest_only: bool = False
+  client_weights: tuple[float, ...] | None = None
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -134,7 +137,7 @@ class Simulator:
     updates, momentum = jax.vmap(self.local_update, in_axes=(None, 0, 0, 0, 0, 0, 0))(
         state.params, state.momentum, train.x, train.y, train.counts,
         jax.random.split(k_clients, self.num_clients), byzantine)
-    weights = train.counts.astype(updates.dtype) if self.weighted_aggregation else None
+    weights = self._aggregation_weights(train, honest, updates.dtype)
     attack_state = state.attack_state
     if self.attack.poison is not None:
       server_rule = lambda u: self.aggregator.apply(u, state.aggregator_state, k_aggregator,
@@ -147,6 +150,26 @@ class Simulator:
     params = optax.apply_updates(state.params, steps)
     return RunState(params, opt_state, momentum, aggregator_state, attack_state,
                     state.round + 1), aux
+
+  def _aggregation_weights(self, train, honest, dtype):
+    """Client weights for the aggregator: sample counts, fixed weights and/or the honest mask
+    multiplied together; None (uniform) when none applies."""
+    weights = None
+    if self.weighted_aggregation:
+      weights = train.counts.astype(dtype)
+    if self.client_weights is not None:
+      fixed = jnp.asarray(self.client_weights, dtype)
+      weights = fixed if weights is None else weights * fixed
+    if self.honest_only:
+      weights = honest.astype(dtype) if weights is None else weights * honest
+    return weights
+
+  def client_gradients(self, params: jax.Array, train: ClientData) -> jax.Array:
+    """Full-batch gradient of each client's mean loss at `params`, `[n, d]`."""
+    def one(x, y, count):
+      valid = jnp.arange(x.shape[0]) < count
+      return jax.grad(self._loss)(params, *self._without_padding(x, y, valid), valid)
+    return jax.vmap(one)(train.x, train.y, train.counts)
 
   def run_rounds(self, state: RunState, honest: jax.Array, key: jax.Array, train: ClientData,
                  num_rounds: int) -> tuple[RunState, Mapping[str, jax.Array]]:

@@ -74,13 +74,16 @@ def test_experiment_writes_results_and_resumes(tmp_path):
   logs = []
   first = experiment.run(tiny_config(), workdir=str(tmp_path), log=logs.append)
   summary = results.write_all(first, str(tmp_path))
-  for name in ("summary.json", "metrics.csv", "honest_accuracy.png", "runs/mean.npz",
+  for name in ("summary.json", "metrics.csv", "draws.csv", "honest_accuracy.png", "runs/mean.npz",
                "runs/nnm+trimmed_mean.npz"):
     assert os.path.exists(tmp_path / name), name
   on_disk = json.loads((tmp_path / "summary.json").read_text())
   assert set(on_disk["aggregators"]) == {"mean", "nnm+trimmed_mean"}
   assert on_disk["byzantine_count"]["p_exceeds_f"] == 0.0  # exactly one Byzantine per draw
   assert on_disk["aggregators"]["mean"]["run_seconds"] > 0
+  draws = (tmp_path / "draws.csv").read_text().strip().splitlines()
+  assert draws[0].startswith("draw,num_byzantine,no_honest_majority,") and "mean:honest_loss" in draws[0]
+  assert len(draws) == 1 + 4 and all(line.split(",")[1] == "1" for line in draws[1:])
   rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
   assert len(rows) == 1 + 2 * 3 * 4  # header + aggregators × evaluations × metrics
   table = results.format_table(summary)

@@ -36,3 +36,12 @@ def test_count_law():
   np.testing.assert_allclose(law["empirical_pmf"], [1 / 3, 1 / 3, 1 / 3, 0])
   assert law["p_exceeds_f"] == 1 / 3 and law["p_no_honest_majority"] == 1 / 3
   assert law["exact_mean"] == 0.75 and law["exact_p_exceeds_f"] == 0.25
+
+
+def test_cvar(rng):
+  x = rng.normal(size=1000)
+  np.testing.assert_allclose(evaluation.cvar(x, 0.0), np.mean(x), rtol=1e-12)  # CVaR_0 = mean
+  np.testing.assert_allclose(evaluation.cvar(x, 0.9), np.sort(x)[-100:].mean())
+  np.testing.assert_allclose(evaluation.cvar(x, 0.9, worst="min"), np.sort(x)[:100].mean())
+  np.testing.assert_allclose(evaluation.cvar(x, 0.999), x.max())
+  assert evaluation.summarize(x)["cvar90"] == evaluation.cvar(x, 0.9)

@@ -219,3 +219,22 @@ def test_centered_clipping_centre_is_carried_across_rounds(rng):
     state, _ = jax.jit(sim.round)(state, jnp.ones(4, bool), jax.random.key(1), train)
     # Server SGD with rate 1: θ' = θ − aggregate, and the state holds that aggregate.
     np.testing.assert_allclose(state.aggregator_state[0], before - state.params, atol=1e-6)
+
+
+def test_honest_only_aggregation_ignores_byzantine_rows(rng):
+  train, xs, ys = client_data(rng)
+  sim = simulator()
+  honest_only = training.Simulator(
+      model=sim.model, aggregator=aggregators.get("mean", f=1, weighted=True),
+      attack=attacks.get("sign_flip", num_classes=C), local=sim.local,
+      server_optimizer=sim.server_optimizer, num_clients=4, honest_only=True)
+  init = sim.model.init(jax.random.key(0))
+  _, unravel = ravel_pytree(init)
+  honest = jnp.array([True, False, True, True])
+  state, _ = jax.jit(honest_only.round)(honest_only.init(jax.random.key(0)), honest,
+                                        jax.random.key(1), train)
+  w = np.asarray(init["params"]["Dense_0"]["kernel"], np.float64)
+  b = np.asarray(init["params"]["Dense_0"]["bias"], np.float64)
+  outs = [np_local(w, b, 0 * w, 0 * b, xs[i], ys[i], steps=1, lr=0.3, beta=0.0) for i in (0, 2, 3)]
+  got = unravel(state.params)["params"]["Dense_0"]
+  np.testing.assert_allclose(got["kernel"], w - np.mean([o[0] for o in outs], 0), atol=2e-5)

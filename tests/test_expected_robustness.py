@@ -1,0 +1,95 @@
+"""Worst case beside expected case, chunked Monte Carlo, and the reference estimators."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_robust import experiment
+from fedjax_robust import results
+from fedjax_robust import worst_case
+from tiny_config import get_config
+
+
+def test_exhaustive_search_is_brute_force(rng):
+  g = rng.normal(size=(8, 4)) * rng.uniform(0.2, 3, size=(8, 1))
+  score = worst_case.heterogeneity_score(g)
+  mask, value, info = worst_case.search(score, 8, 3)
+  brute = max(itertools.combinations(range(8), 5), key=lambda s: np.var(g[list(s)], 0).sum())
+  assert info["method"] == "exhaustive" and info["scored"] == 56
+  np.testing.assert_array_equal(np.flatnonzero(mask), brute)
+  np.testing.assert_allclose(value, np.var(g[list(brute)], 0).sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_and_swaps_reach_the_optimum_on_small_problems(seed):
+  g = np.random.default_rng(seed).normal(size=(12, 6)) * np.random.default_rng(seed + 9).uniform(
+      0.2, 3, size=(12, 1))
+  score = worst_case.heterogeneity_score(g)
+  best, best_value, _ = worst_case.search(score, 12, 3)
+  found, value, info = worst_case.search(score, 12, 3, exhaustive_limit=1)
+  assert info["method"] == "greedy+swaps" and info["scored"] < 220
+  assert value >= 0.98 * best_value
+
+
+def test_worst_case_experiment_by_heterogeneity():
+  c = get_config()
+  c.honest_set = "worst_case"
+  c.num_samples = 3
+  exp = experiment.run(c, log=lambda _: None)
+  for spec, masks in exp.masks.items():
+    assert np.all((~masks).sum(1) == c.f) and np.all(masks == masks[0])
+  summary = results.summarize(exp)
+  assert summary["worst_case"]["mean"]["method"] == "exhaustive"
+  assert "worst case for mean" in results.format_table(summary)
+
+
+def test_worst_case_by_final_loss_picks_the_most_damaging_byzantine_client():
+  c = get_config()
+  c.aggregator = "mean"
+  c.attack = "sign_flip"
+  c.honest_set = "worst_case"
+  c.honest_set_options.worst_case.criterion = "final_loss"
+  c.num_samples = 2
+  exp = experiment.run(c, log=lambda _: None)
+  chosen = exp.worst_case["mean"]["byzantine"]
+  # Score every single Byzantine client by the same training, independently of the search.
+  sim = experiment.config_lib.make_simulator(c, "mean", exp.data)
+  _, init_key, run_key = experiment._keys(c)
+  masks = ~np.eye(6, dtype=bool)
+  out = experiment.run_monte_carlo(sim, exp.data, jnp.asarray(masks), init_key=init_key,
+                                   run_key=run_key, num_rounds=10, eval_every=10)
+  assert chosen == [int(np.argmax(out.metrics["honest_loss"][-1]))]
+
+
+def test_chunked_runs_give_the_same_numbers():
+  c = get_config()
+  c.num_samples = 5
+  c.aggregator = "bucketing+trimmed_mean"
+  whole = experiment.run(c, log=lambda _: None).runs["bucketing+trimmed_mean"]
+  c.num_samples_per_chunk = 2
+  chunked = experiment.run(c, log=lambda _: None).runs["bucketing+trimmed_mean"]
+  for metric in whole.metrics:
+    np.testing.assert_allclose(chunked.metrics[metric], whole.metrics[metric], atol=1e-5)
+  assert chunked.metrics["honest_loss"].shape == (3, 5)
+
+
+def test_honest_optimum_and_oracle_estimators():
+  c = get_config()
+  c.honest_set = "bernoulli"
+  c.honest_set_options.bernoulli.p = 0.3
+  c.aggregator = "trimmed_mean"
+  c.attack = "sign_flip"
+  c.estimators.honest_optimum = True
+  c.estimators.oracle = True
+  exp = experiment.run(c, log=lambda _: None)
+  summary = results.summarize(exp)
+  s = summary["aggregators"]["trimmed_mean"]
+  loss = exp.runs["trimmed_mean"].metrics["honest_loss"][-1]
+  optimum = exp.references["trimmed_mean"].metrics["honest_loss"][-1]
+  np.testing.assert_allclose(s["honest_excess_loss"]["mean"], np.nanmean(loss - optimum), rtol=1e-6)
+  oracle = summary["oracle"]
+  assert np.isfinite(oracle["expected_objective"]) and 0 < oracle["test_accuracy"] <= 1
+  assert "oracle on the expected objective" in results.format_table(summary)
