@@ -67,6 +67,37 @@ def fingerprint(config) -> str:
 
 Progress = Callable[[str, int, int, float, float], None]  # spec, done, total, elapsed, eta
 
+# Simulators and compiled programs reused across runs whose configurations differ only in what
+# the program does not depend on (μ_H, seed, number of draws): a sweep compiles once per shape.
+simulator_cache: dict[str, training.Simulator] = {}
+_programs: dict[tuple, Callable] = {}
+_NOT_IN_PROGRAM = ("seed", "honest_set", "honest_set_options", "graph", "num_samples",
+                   "num_samples_per_chunk", "memory_budget_gb", "estimators")
+
+
+def simulator(config, spec: str, fed: FederatedData) -> training.Simulator:
+  """`config_lib.make_simulator`, cached by everything its program depends on."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.aggregator = spec
+    for key in _NOT_IN_PROGRAM:
+      del c[key]
+  key = hashlib.sha256((c.to_json(sort_keys=True) + str(fed.input_shape) +
+                        str(fed.num_classes)).encode()).hexdigest()
+  if key not in simulator_cache:
+    simulator_cache[key] = config_lib.make_simulator(config, spec, fed)
+  return simulator_cache[key]
+
+
+def _program(kind: str, sim, build, *args):
+  """`build()` jitted and compiled for `args`' shapes, cached per simulator."""
+  shapes = tuple((getattr(a, "shape", None), str(getattr(a, "dtype", type(a))))
+                 for a in jax.tree.leaves(args))
+  key = (kind, id(sim), shapes)
+  if key not in _programs:
+    _programs[key] = build().lower(*args).compile()
+  return _programs[key]
+
 
 def _pad_to(x: jax.Array, size: int) -> jax.Array:
   """x `[k, ...]` padded to `[size, ...]` by repeating its first row (results are discarded)."""
@@ -100,13 +131,16 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   all_keys = training.sample_keys(run_key, num_samples)
   initial = sim.init(init_key)
   test = (fed.test_x, fed.test_y)
-  evaluate = jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None, None, None)))
-  advance = jax.jit(
-      jax.vmap(functools.partial(sim.run_rounds, num_rounds=eval_every), in_axes=(0, 0, 0, None)),
-      donate_argnums=0)
   start = time.perf_counter()
-  advance = advance.lower(training.replicate(initial, chunk), masks[:chunk], all_keys[:chunk],
-                          fed.train).compile()
+  states0 = training.replicate(initial, chunk)
+  advance = _program(
+      f"advance{eval_every}", sim,
+      lambda: jax.jit(jax.vmap(functools.partial(sim.run_rounds, num_rounds=eval_every),
+                               in_axes=(0, 0, 0, None)), donate_argnums=0),
+      states0, masks[:chunk], all_keys[:chunk], fed.train)
+  evaluate = _program(
+      "evaluate", sim, lambda: jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None, None, None))),
+      states0.params, masks[:chunk], fed.train, *test)
   compile_seconds = time.perf_counter() - start
 
   num_chunks = num_rounds // eval_every
@@ -239,7 +273,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
       log(f"{spec}: loaded from {path}")
       runs[spec] = cached
       continue
-    sim = config_lib.make_simulator(config, spec, fed)
+    sim = simulator(config, spec, fed)
     chunk = chunk_size(config, sim.num_params, config.num_samples)
     log(f"{spec}: compiling ({sim.num_params} parameters, {config.num_samples} samples"
         + (f", {chunk} at a time" if chunk < config.num_samples else "") + ")")
