@@ -1,17 +1,30 @@
-"""Aggregator throughput benchmark: every rule and a few chains over a grid of (n, d)."""
+"""Throughput benchmarks: every rule and a few chains over a grid of (n, d), against NumPy
+references (and ByzFL when importable); and the Monte Carlo training throughput as S grows."""
 
 import ml_collections
 
 
 def get_config():
   c = ml_collections.ConfigDict()
+  c.mode = "all"            # "aggregators", "monte_carlo" or "all"
   c.rules = ("mean,coordinate_median,trimmed_mean,meamed,geometric_median,krum,multi_krum,"
              "minimum_diameter_averaging,monna,centered_clipping,bulyan,caf,smea,"
-             "nnm+trimmed_mean,bucketing+geometric_median,arc+mean,static_clipping+mean")
+             "nnm+trimmed_mean,bucketing+mean,bucketing+geometric_median,arc+mean,"
+             "static_clipping+mean")
   c.grid = ((10, 10_000), (10, 100_000), (10, 1_000_000), (100, 10_000), (100, 100_000),
             (100, 1_000_000), (1000, 10_000), (1000, 100_000))
   c.f_fraction = 0.1        # f = max(1, ⌊f_fraction · n⌋)
   c.batch = 1               # S > 1: aggregate S independent [n, d] inputs under vmap
   c.repeats = 5
   c.max_elements = 2 * 10**8  # skip grid points with n·d·S above this (memory)
+  # Options of the timed rules, e.g. ByzFL's iteration counts: geometric_median.maxiter=3.
+  c.aggregator_options = ml_collections.ConfigDict({
+      "geometric_median": {"maxiter": 100}, "centered_clipping": {"iterations": 3}})
+  # NumPy references (and ByzFL) run where n·d is at most this (they are slow).
+  c.reference_max_elements = 10**7
+  c.reference_repeats = 2
+  # Monte Carlo throughput: the default digits job (configs/default.py) with one rule.
+  c.monte_carlo = ml_collections.ConfigDict({
+      "spec": "trimmed_mean", "sample_counts": (1, 16, 256, 1024), "num_rounds": 20,
+      "baseline_samples": 1})
   return c

@@ -4,6 +4,7 @@ machine's measured memory bandwidth."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_robust import aggregators
+from fedjax_robust import numpy_reference
 
 
 def _block(x):
@@ -52,14 +54,72 @@ class Row:
   compile_s: float
   median_s: float
   updates_per_s: float     # client updates aggregated per second (n·S / time)
-  input_gb_per_s: float    # bytes of the input read once, per second
+  passes: int              # reads of the input the rule needs at least (see `nominal_passes`)
+  effective_gb_per_s: float  # input bytes × passes / time
   bandwidth_fraction: float
+  numpy_s: float = math.nan      # the NumPy reference on the same input (float64)
+  numpy_max_diff: float = math.nan
+  byzfl_s: float = math.nan      # ByzFL's numpy path, when the package is importable
+  byzfl_max_diff: float = math.nan
   note: str = ""
 
 
+def nominal_passes(spec: str, options: dict) -> int:
+  """Reads of the `[n, d]` input a rule cannot do without: 1 for averages and coordinate-wise
+  rules, 2 for clipping then averaging (norms, then the weighted sum), 2 per iteration for
+  centered clipping. Rules bound by arithmetic (pairwise distances, Weiszfeld) count 1: their
+  rate is then the plain input read rate."""
+  stages = aggregators.split_spec(spec)
+  passes = 1
+  if any(s in ("static_clipping", "adaptive_robust_clipping") for s in stages[:-1]):
+    passes = 2
+  if stages[-1] == "centered_clipping":
+    passes = 2 * options.get("centered_clipping", {}).get("iterations", 3)
+  return passes
+
+
+def _byzfl_pipeline(spec: str, f: int, options: dict):
+  """ByzFL 0.0.x objects for `spec`, or None when ByzFL is not importable or lacks a stage.
+  Same parameters as ours where ByzFL has them (ByzFL's geometric median starts at 0 with
+  ν = 0.1; its Krum counts n − f − 1 neighbours: their outputs then differ from ours)."""
+  try:
+    import byzfl  # pylint: disable=g-import-not-at-top
+  except Exception:  # pylint: disable=broad-except
+    return None
+  o = lambda name, key, default: options.get(name, {}).get(key, default)
+  make = {
+      "mean": lambda: byzfl.Average(), "coordinate_median": lambda: byzfl.Median(),
+      "trimmed_mean": lambda: byzfl.TrMean(f=f), "meamed": lambda: byzfl.Meamed(f=f),
+      "geometric_median": lambda: byzfl.GeometricMedian(T=int(o("geometric_median", "maxiter",
+                                                                 100))),
+      "krum": lambda: byzfl.Krum(f=f), "multi_krum": lambda: byzfl.MultiKrum(f=f),
+      "minimum_diameter_averaging": lambda: byzfl.MDA(f=f), "monna": lambda: byzfl.MoNNA(f=f),
+      "caf": lambda: byzfl.CAF(f=f), "smea": lambda: byzfl.SMEA(f=f),
+      "centered_clipping": lambda: byzfl.CenteredClipping(
+          L=int(o("centered_clipping", "iterations", 3)),
+          tau=float(o("centered_clipping", "tau", 10.0))),
+      "nearest_neighbor_mixing": lambda: byzfl.NNM(f=f),
+      "static_clipping": lambda: byzfl.Clipping(c=float(o("static_clipping", "threshold", 2.0))),
+      "adaptive_robust_clipping": lambda: byzfl.ARC(f=f),
+      "bucketing": lambda: byzfl.Bucketing(s=int(o("bucketing", "bucket_size", 2))),
+  }
+  stages = aggregators.split_spec(spec)
+  if any(s not in make for s in stages):
+    return None
+  return [make[s]() for s in stages]
+
+
+def _time_reference(fn, repeats):
+  fn()
+  return time_call(fn, repeats)
+
+
 def bench_rule(spec: str, n: int, d: int, f: int, *, batch: int, repeats: int,
-               bandwidth: float, options=None, seed: int = 0) -> Row:
-  """Times `spec` on random `[n, d]` inputs (or `[batch, n, d]` under vmap)."""
+               bandwidth: float, options=None, seed: int = 0, reference_repeats: int = 0
+               ) -> Row:
+  """Times `spec` on random `[n, d]` inputs (or `[batch, n, d]` under vmap), and with
+  `reference_repeats` > 0 the NumPy reference and ByzFL on the same (unbatched) input."""
+  options = options or {}
   rule = aggregators.get(spec, f=f, options=options)
   shape = (n, d) if batch == 1 else (batch, n, d)
   x = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
@@ -73,11 +133,36 @@ def bench_rule(spec: str, n: int, d: int, f: int, *, batch: int, repeats: int,
   start = time.perf_counter()
   compiled = fn.lower(x).compile()
   compile_s = time.perf_counter() - start
-  _block(compiled(x))
+  out = _block(compiled(x))
   seconds = time_call(lambda: compiled(x), repeats)
-  gbps = x.size * 4 / seconds / 1e9
-  return Row(spec, n, d, f, batch, compile_s, seconds, n * batch / seconds, gbps,
-             gbps / bandwidth)
+  passes = nominal_passes(spec, options)
+  gbps = x.size * 4 * passes / seconds / 1e9
+  row = Row(spec, n, d, f, batch, compile_s, seconds, n * batch / seconds, passes, gbps,
+            gbps / bandwidth)
+  if reference_repeats > 0:
+    x_np = np.asarray(x if batch == 1 else x[0])
+    ours = np.asarray(out if batch == 1 else out[0], np.float64)
+    stages = aggregators.split_spec(spec)
+    if numpy_reference.has("+".join(stages)):
+      np_options = {s: options.get(s, {}) for s in stages}
+      ref = numpy_reference.aggregate("+".join(stages), x_np, f, np_options)
+      row.numpy_s = _time_reference(
+          lambda: numpy_reference.aggregate("+".join(stages), x_np, f, np_options),
+          reference_repeats)
+      row.numpy_max_diff = float(np.max(np.abs(ref - ours)))
+    pipeline = _byzfl_pipeline(spec, f, options)
+    if pipeline is not None:
+      in_place = any(type(stage).__name__ in ("ARC", "Clipping") for stage in pipeline)
+
+      def byz():  # ByzFL's clipping writes into its input: give it a copy
+        y = np.array(x_np) if in_place else x_np
+        for stage in pipeline:
+          y = stage(y)
+        return y
+      byz_out = np.asarray(byz(), np.float64)
+      row.byzfl_s = _time_reference(byz, reference_repeats)
+      row.byzfl_max_diff = float(np.max(np.abs(byz_out - ours)))
+  return row
 
 
 def skip_reason(spec: str, n: int, f: int, max_elements: int, d: int, batch: int,
@@ -92,8 +177,12 @@ def skip_reason(spec: str, n: int, f: int, max_elements: int, d: int, batch: int
 
 
 def run_grid(specs: Sequence[str], grid: Sequence[tuple[int, int]], *, f_fraction: float,
-             batch: int, repeats: int, max_elements: int,
+             batch: int, repeats: int, max_elements: int, options=None,
+             reference_max_elements: int = 0, reference_repeats: int = 2,
              log: Callable[[str], None] = print) -> tuple[float, list[Row]]:
+  """Every spec at every (n, d); the references run where n·d <= reference_max_elements."""
+  for spec in specs:
+    aggregators.get(spec, f=1, options=options)  # unknown names fail before any timing
   bandwidth = memory_bandwidth()
   log(f"measured read bandwidth: {bandwidth:.1f} GB/s")
   rows = []
@@ -104,33 +193,208 @@ def run_grid(specs: Sequence[str], grid: Sequence[tuple[int, int]], *, f_fractio
       f_rule = min(f, (n - 3) // 4) if aggregators.split_spec(spec)[-1] == "bulyan" else f
       reason = skip_reason(spec, n, f_rule, max_elements, d, batch)
       if reason:
-        rows.append(Row(spec, n, d, f_rule, batch, math.nan, math.nan, math.nan, math.nan,
-                        math.nan, note=f"skipped: {reason}"))
+        rows.append(Row(spec, n, d, f_rule, batch, *([math.nan] * 3), 0, math.nan, math.nan,
+                        note=f"skipped: {reason}"))
         log(f"  {spec:<32} n={n:<5} d={d:<8} skipped ({reason})")
         continue
-      row = bench_rule(spec, n, d, f_rule, batch=batch, repeats=repeats, bandwidth=bandwidth)
+      refs = reference_repeats if n * d <= reference_max_elements else 0
+      row = bench_rule(spec, n, d, f_rule, batch=batch, repeats=repeats, bandwidth=bandwidth,
+                       options=options, reference_repeats=refs)
       rows.append(row)
       log(f"  {spec:<32} n={n:<5} d={d:<8} f={f_rule:<4} {row.median_s * 1e3:10.2f} ms  "
-          f"(compile {row.compile_s:.1f} s)  {row.input_gb_per_s:6.2f} GB/s")
+          f"(compile {row.compile_s:.1f} s)  {row.effective_gb_per_s:6.2f} GB/s"
+          + (f"  numpy {row.numpy_s * 1e3:.1f} ms" if row.numpy_s == row.numpy_s else "")
+          + (f"  byzfl {row.byzfl_s * 1e3:.1f} ms" if row.byzfl_s == row.byzfl_s else ""))
   return bandwidth, rows
 
 
+def _ms(v):
+  return f"{v * 1e3:.2f}" if v == v else "-"
+
+
 def format_table(rows: Sequence[Row]) -> str:
-  header = (f"{'rule':<34} {'n':>5} {'d':>8} {'f':>4} {'S':>4} {'time ms':>10} "
-            f"{'compile s':>9} {'updates/s':>11} {'GB/s':>7} {'of bw':>6}  note")
+  header = (f"{'rule':<28} {'n':>5} {'d':>8} {'f':>4} {'S':>4} {'time ms':>9} {'compile s':>9} "
+            f"{'updates/s':>10} {'pass':>4} {'GB/s':>6} {'of bw':>6} {'numpy ms':>9} {'×':>6} "
+            f"{'|Δ|':>8} {'byzfl ms':>9} {'×':>6} {'|Δ|':>8}  note")
   lines = [header, "-" * len(header)]
   for r in rows:
-    lines.append(f"{r.rule:<34} {r.n:>5} {r.d:>8} {r.f:>4} {r.batch:>4} "
-                 f"{r.median_s * 1e3:>10.2f} {r.compile_s:>9.1f} {r.updates_per_s:>11.3g} "
-                 f"{r.input_gb_per_s:>7.2f} {100 * r.bandwidth_fraction:>5.1f}%  {r.note}")
+    np_x = f"{r.numpy_s / r.median_s:.1f}" if r.numpy_s == r.numpy_s else "-"
+    bz_x = f"{r.byzfl_s / r.median_s:.1f}" if r.byzfl_s == r.byzfl_s else "-"
+    lines.append(
+        f"{r.rule:<28} {r.n:>5} {r.d:>8} {r.f:>4} {r.batch:>4} {_ms(r.median_s):>9} "
+        f"{r.compile_s:>9.1f} {r.updates_per_s:>10.3g} {r.passes:>4} "
+        f"{r.effective_gb_per_s:>6.2f} {100 * r.bandwidth_fraction:>5.1f}% {_ms(r.numpy_s):>9} "
+        f"{np_x:>6} {r.numpy_max_diff:>8.1e} {_ms(r.byzfl_s):>9} {bz_x:>6} "
+        f"{r.byzfl_max_diff:>8.1e}  {r.note}")
   return "\n".join(lines)
 
 
-def write_csv(rows: Sequence[Row], path: str) -> None:
+def write_csv(rows, path: str) -> None:
+  """Dataclass rows to CSV."""
   import csv  # pylint: disable=g-import-not-at-top
-  fields = [f.name for f in dataclasses.fields(Row)]
+  fields = [f.name for f in dataclasses.fields(rows[0])]
   with open(path, "w", newline="") as fh:
     writer = csv.DictWriter(fh, fieldnames=fields)
     writer.writeheader()
     for r in rows:
       writer.writerow(dataclasses.asdict(r))
+
+
+def plot_time_vs_d(rows: Sequence[Row], path: str) -> None:
+  """One panel per n: median time against d, one line per rule (log-log)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  ns = sorted({r.n for r in rows})
+  fig, axes = plt.subplots(1, len(ns), figsize=(5 * len(ns), 4.5), squeeze=False)
+  for ax, n in zip(axes[0], ns):
+    for spec in dict.fromkeys(r.rule for r in rows):
+      pts = sorted((r.d, r.median_s) for r in rows
+                   if r.n == n and r.rule == spec and r.median_s == r.median_s)
+      if pts:
+        ax.plot(*zip(*pts), marker="o", label=spec)
+    ax.set(xscale="log", yscale="log", xlabel="d", ylabel="median time (s)", title=f"n = {n}")
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- Monte Carlo
+def numpy_layout(sim):
+  """The simulator's flat parameter layout for `numpy_reference`'s MLP: returns
+  (layers, flatten, unflatten) with layers a list of (kernel, bias) float64 arrays, for models
+  made of Dense layers only (logistic, mlp)."""
+  tree = sim._unravel(sim.init(jax.random.key(0)).params)  # pylint: disable=protected-access
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  order = []  # (layer index, 0 kernel / 1 bias, shape) in ravel order
+  for path, leaf in leaves:
+    names = [getattr(p, "key", str(p)) for p in path]
+    if not names[-2].startswith("Dense_"):
+      raise ValueError(f"the NumPy baseline supports Dense-only models, got layer {names}")
+    order.append((int(names[-2].split("_")[1]), 0 if names[-1] == "kernel" else 1, leaf.shape))
+  num_layers = max(o[0] for o in order) + 1
+  sizes = [math.prod(shape) for _, _, shape in order]
+  offsets = np.cumsum([0] + sizes)
+
+  def flatten(layers):
+    return np.concatenate([np.ravel(layers[i][k]) for i, k, _ in order])
+
+  def unflatten(flat):
+    layers = [[None, None] for _ in range(num_layers)]
+    for (i, k, shape), a, b in zip(order, offsets[:-1], offsets[1:]):
+      layers[i][k] = flat[a:b].reshape(shape)
+    return [tuple(layer) for layer in layers]
+
+  return flatten, unflatten
+
+
+@dataclasses.dataclass
+class ThroughputRow:
+  method: str
+  spec: str
+  samples: int
+  rounds: int
+  compile_s: float
+  seconds: float
+  sample_rounds_per_s: float
+  peak_memory_mb: float    # XLA's buffer plan (arguments + outputs + temporaries), or RSS growth
+  speedup: float = math.nan  # over the sequential baseline
+
+
+def _peak_device_bytes():
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    stats = {}
+  return stats.get("peak_bytes_in_use")
+
+
+def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_rounds: int,
+                           *, baseline_samples: int = 1, repeats: int = 2,
+                           log: Callable[[str], None] = print) -> list[ThroughputRow]:
+  """Sample-rounds per second of `num_rounds` rounds of the vmapped training of S draws, for each
+  S in `sample_counts`, beside the sequential NumPy baseline (`baseline_samples` draws run one
+  after the other, one client at a time)."""
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import training  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate(config)
+  fed = config_lib.make_data(config)
+  sim = experiment.simulator(config, spec, fed)
+  masks = jnp.asarray(experiment.draw_masks(config_with(config, num_samples=max(sample_counts)),
+                                            fed))
+  keys = training.sample_keys(jax.random.key(1), masks.shape[0])
+  initial = sim.init(jax.random.key(2))
+  rows = []
+  run = jax.vmap(functools.partial(sim.run_rounds, num_rounds=num_rounds),
+                 in_axes=(0, 0, 0, None))
+  for s in sample_counts:
+    states = training.replicate(initial, s)
+    start = time.perf_counter()
+    compiled = jax.jit(run).lower(states, masks[:s], keys[:s], fed.train).compile()
+    compile_s = time.perf_counter() - start
+    _block(compiled(states, masks[:s], keys[:s], fed.train))
+    seconds = time_call(lambda: compiled(states, masks[:s], keys[:s], fed.train), repeats)
+    mem = compiled.memory_analysis()
+    plan = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes) if mem is not None else math.nan
+    peak = _peak_device_bytes()
+    rows.append(ThroughputRow("vmapped JAX", spec, s, num_rounds, compile_s, seconds,
+                              s * num_rounds / seconds,
+                              (peak if peak is not None else plan) / 2**20))
+    log(f"  vmapped S={s:<6} {seconds:8.3f} s  {rows[-1].sample_rounds_per_s:10.1f} "
+        f"sample-rounds/s  (compile {compile_s:.1f} s, memory {rows[-1].peak_memory_mb:.0f} MB)")
+
+  # The sequential baseline: same data, model, attack and rule, in NumPy.
+  if numpy_reference.has(spec) and config.attack in ("none", "alie"):
+    flatten, unflatten = numpy_layout(sim)
+    counts = np.asarray(fed.train.counts)
+    xs = [np.asarray(fed.train.x[i, :c], np.float64).reshape(c, -1) for i, c in enumerate(counts)]
+    ys = [np.asarray(fed.train.y[i, :c]) for i, c in enumerate(counts)]
+    t = config.training
+    z = config.attack_options.alie.z
+    attack = (None if config.attack == "none" else
+              lambda u, h: numpy_reference.alie(u, h, z))
+    options = {k: dict(v) for k, v in config.aggregator_options.items()}
+    aggregate_fn = lambda u: numpy_reference.aggregate(spec, u, config.f, options)
+    layers0 = unflatten(np.asarray(initial.params, np.float64))
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for s in range(baseline_samples):
+      numpy_reference.train_sequential(
+          layers0, flatten, unflatten, xs, ys, np.asarray(masks[s]), rounds=num_rounds,
+          local_steps=t.local_steps, batch_size=t.batch_size, lr=t.client_lr,
+          momentum=t.client_momentum, server_lr=t.server_lr, aggregate_fn=aggregate_fn,
+          attack_fn=attack, rng=rng)
+    seconds = time.perf_counter() - start
+    base_rate = baseline_samples * num_rounds / seconds
+    rows.append(ThroughputRow("sequential NumPy", spec, baseline_samples, num_rounds, 0.0,
+                              seconds, base_rate, math.nan, 1.0))
+    log(f"  sequential S={baseline_samples:<3} {seconds:8.3f} s  {base_rate:10.1f} sample-rounds/s")
+    for r in rows[:-1]:
+      r.speedup = r.sample_rounds_per_s / base_rate
+  else:
+    log(f"  (no sequential NumPy baseline for {spec!r} with attack {config.attack!r})")
+  return rows
+
+
+def config_with(config, **updates):
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    for k, v in updates.items():
+      c[k] = v
+  return c
+
+
+def format_throughput(rows: Sequence[ThroughputRow]) -> str:
+  header = (f"{'method':<18} {'spec':<22} {'S':>6} {'rounds':>6} {'seconds':>9} "
+            f"{'sample-rounds/s':>16} {'speed-up':>9} {'memory MB':>10} {'compile s':>9}")
+  lines = [header, "-" * len(header)]
+  for r in rows:
+    lines.append(f"{r.method:<18} {r.spec:<22} {r.samples:>6} {r.rounds:>6} {r.seconds:>9.3f} "
+                 f"{r.sample_rounds_per_s:>16.1f} {r.speedup:>8.1f}× {r.peak_memory_mb:>10.0f} "
+                 f"{r.compile_s:>9.1f}")
+  return "\n".join(lines)

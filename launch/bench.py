@@ -1,10 +1,17 @@
-"""Aggregator throughput: median time per rule over a grid of (n, d), compile time apart, and
-the input read rate against this machine's measured memory bandwidth.
+"""Throughput benchmarks.
 
-  python launch/bench.py --workdir=runs/bench
-  python launch/bench.py --config.rules=trimmed_mean,krum --config.grid='((100,100000),)'
+  python launch/bench.py --workdir=runs/bench                        # everything (configs/bench.py)
+  python launch/bench.py --config.mode=aggregators --config.grid='((100,100000),)'
+  python launch/bench.py --config.mode=monte_carlo --config.monte_carlo.sample_counts='(1,256)'
 
-Prints a table and writes bench.csv into --workdir.
+Aggregators: median time per rule over a grid of (n, d) with compile time apart, updates/s,
+the effective read rate (input bytes × passes / time) against this machine's measured read
+bandwidth, and the same inputs through the NumPy references (and ByzFL's rules when the
+`byzfl` package is importable): speed-up and max |difference|. Writes bench.csv and
+bench_time_vs_d.png.
+
+Monte Carlo: sample-rounds/s and memory of the vmapped training of the default digits job as
+S grows, beside the sequential NumPy baseline. Writes monte_carlo.csv.
 """
 
 import os
@@ -21,22 +28,44 @@ from fedjax_robust import benchmark  # pylint: disable=g-import-not-at-top,wrong
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "configs", "bench.py"),
     "Benchmark configuration.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/bench", "Where bench.csv is written.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/bench", "Where the CSV files and plot go.")
+
+_MODES = ("aggregators", "monte_carlo", "all")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   c = _CONFIG.value
-  specs = [s.strip() for s in c.rules.split(",") if s.strip()]
-  _, rows = benchmark.run_grid(specs, [tuple(p) for p in c.grid], f_fraction=c.f_fraction,
-                               batch=c.batch, repeats=c.repeats, max_elements=c.max_elements,
-                               log=lambda m: print(m, flush=True))
-  print()
-  print(benchmark.format_table(rows))
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  benchmark.write_csv(rows, os.path.join(_WORKDIR.value, "bench.csv"))
-  print(f"\nwrote {os.path.join(_WORKDIR.value, 'bench.csv')}")
+  if c.mode not in _MODES:
+    raise app.UsageError(f"--config.mode={c.mode!r} is not one of {', '.join(_MODES)}")
+  log = lambda m: print(m, flush=True)
+  workdir = _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  log(f"devices: {jax.devices()}")
+  if c.mode in ("aggregators", "all"):
+    specs = [s.strip() for s in c.rules.split(",") if s.strip()]
+    _, rows = benchmark.run_grid(
+        specs, [tuple(p) for p in c.grid], f_fraction=c.f_fraction, batch=c.batch,
+        repeats=c.repeats, max_elements=c.max_elements,
+        options=c.aggregator_options.to_dict(),
+        reference_max_elements=c.reference_max_elements,
+        reference_repeats=c.reference_repeats, log=log)
+    log("\n" + benchmark.format_table(rows))
+    benchmark.write_csv(rows, os.path.join(workdir, "bench.csv"))
+    benchmark.plot_time_vs_d(rows, os.path.join(workdir, "bench_time_vs_d.png"))
+    log(f"\nwrote {workdir}/bench.csv, bench_time_vs_d.png")
+  if c.mode in ("monte_carlo", "all"):
+    from configs import default  # pylint: disable=g-import-not-at-top
+    m = c.monte_carlo
+    log(f"\nMonte Carlo throughput: default digits job, {m.spec}, {m.num_rounds} rounds")
+    rows = benchmark.monte_carlo_throughput(
+        default.get_config(), m.spec, tuple(m.sample_counts), m.num_rounds,
+        baseline_samples=m.baseline_samples, log=log)
+    log("\n" + benchmark.format_throughput(rows))
+    benchmark.write_csv(rows, os.path.join(workdir, "monte_carlo.csv"))
+    log(f"\nwrote {workdir}/monte_carlo.csv")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,280 @@
+"""Plain NumPy references: aggregation rules and a sequential training loop.
+
+Written for clarity, in float64, one client at a time where that is the natural reading of the
+definition, yet without `[n, n, d]` temporaries so that they run at benchmark sizes (n=100,
+d=10⁶). The tests compare the JAX implementations with these, and `launch/bench.py` times them
+beside the JAX ones (the "sequential baseline" of the Monte Carlo benchmark is `train_sequential`).
+None of this code is used by the simulator itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------- rules
+def mean(x, weights=None):
+  x = np.asarray(x, np.float64)
+  w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
+  return w @ x / w.sum()
+
+
+def coordinate_median(x):
+  return np.median(np.asarray(x, np.float64), axis=0)
+
+
+def trimmed_mean(x, f):
+  s = np.sort(np.asarray(x, np.float64), axis=0)
+  return s[f:len(s) - f].mean(axis=0)
+
+
+def meamed(x, f):
+  """Mean of the n − f values closest to the coordinate-wise median, per coordinate."""
+  x = np.asarray(x, np.float64)
+  idx = np.argsort(np.abs(x - np.median(x, 0)), axis=0, kind="stable")[:len(x) - f]
+  return np.take_along_axis(x, idx, 0).mean(0)
+
+
+def geometric_median(x, weights=None, nu=1e-6, iterations=4000, start=None):
+  """Smoothed Weiszfeld, a fixed number of updates from the weighted mean (or `start`)."""
+  x = np.asarray(x, np.float64)
+  w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
+  z = w @ x / w.sum() if start is None else np.asarray(start, np.float64)
+  for _ in range(iterations):
+    beta = w / np.maximum(np.linalg.norm(x - z, axis=1), nu)
+    z = beta @ x / beta.sum()
+  return z
+
+
+def squared_distances(x):
+  """‖x_i − x_j‖² `[n, n]`, one row at a time."""
+  x = np.asarray(x, np.float64)
+  return np.stack([((x - row) ** 2).sum(1) for row in x])
+
+
+def krum_scores(x, f):
+  """Sum of squared distances to the n − f − 2 nearest other rows."""
+  dist = squared_distances(x)
+  n = len(x)
+  return np.array([np.sort(np.delete(dist[i], i))[:n - f - 2].sum() for i in range(n)])
+
+
+def multi_krum(x, f, m=None):
+  m = len(x) - f if m is None else m
+  chosen = np.argsort(krum_scores(x, f), kind="stable")[:m]
+  return np.asarray(x, np.float64)[chosen].mean(0)
+
+
+def krum(x, f):
+  return multi_krum(x, f, 1)
+
+
+def minimum_diameter_averaging(x, f):
+  dist = squared_distances(x)
+  best = min(itertools.combinations(range(len(x)), len(x) - f),
+             key=lambda s: dist[np.ix_(s, s)].max())
+  return np.asarray(x, np.float64)[list(best)].mean(0)
+
+
+def monna(x, f, reference_index=0):
+  x = np.asarray(x, np.float64)
+  dist = ((x - x[reference_index]) ** 2).sum(1)
+  return x[np.argsort(dist, kind="stable")[:len(x) - f]].mean(0)
+
+
+def nearest_neighbor_mixing(x, f):
+  """Row i ← mean of its n − f nearest rows (itself included)."""
+  x = np.asarray(x, np.float64)
+  dist = squared_distances(x)
+  return np.stack([x[np.argsort(dist[i], kind="stable")[:len(x) - f]].mean(0)
+                   for i in range(len(x))])
+
+
+def clip(x, threshold):
+  x = np.asarray(x, np.float64)
+  norms = np.linalg.norm(x, axis=1, keepdims=True)
+  return x * np.minimum(1.0, threshold / np.maximum(norms, 1e-300))
+
+
+def static_clipping(x, threshold=2.0):
+  return clip(x, threshold)
+
+
+def adaptive_robust_clipping(x, f):
+  x = np.asarray(x, np.float64)
+  n = len(x)
+  k = math.floor(2 * (f / n) * (n - f))
+  if k == 0:
+    return x
+  norms = np.sort(np.linalg.norm(x, axis=1))[::-1]
+  return clip(x, norms[min(k, n - 1)])
+
+
+def centered_clipping(x, center=None, tau=10.0, iterations=3):
+  """v ← v + (1/n) Σ clip_τ(x_i − v); non-finite rows contribute 0."""
+  x = np.asarray(x, np.float64)
+  finite = np.all(np.isfinite(x), axis=1)
+  v = np.zeros(x.shape[1]) if center is None else np.asarray(center, np.float64)
+  for _ in range(iterations):
+    diff = np.where(finite[:, None], x - v, 0.0)
+    v = v + clip(diff, tau).sum(0) / len(x)
+  return v
+
+
+def top_eigen(x, w=None):
+  """Largest eigenvalue and eigenvector of the w-weighted covariance of the rows, through the
+  n × n dual matrix (so d may be large)."""
+  x = np.asarray(x, np.float64)
+  w = np.ones(len(x)) if w is None else np.asarray(w, np.float64)
+  mu = w @ x / w.sum()
+  a = (x - mu) * np.sqrt(w / w.sum())[:, None]      # cov = aᵀa
+  values, vectors = np.linalg.eigh(a @ a.T)
+  v = a.T @ vectors[:, -1]
+  return values[-1], v / max(np.linalg.norm(v), 1e-300), mu
+
+
+def smea(x, f):
+  best = min(itertools.combinations(range(len(x)), len(x) - f),
+             key=lambda s: top_eigen(np.asarray(x)[list(s)])[0])
+  return np.asarray(x, np.float64)[list(best)].mean(0)
+
+
+def caf(x, f):
+  x = np.asarray(x, np.float64)
+  n = len(x)
+  c = np.ones(n)
+  best_mu, best_lambda = None, np.inf
+  while c.sum() > n - 2 * f:
+    lam, v, mu = top_eigen(x, c)
+    if lam < best_lambda:
+      best_lambda, best_mu = lam, mu
+    tau = ((x - mu) @ v) ** 2
+    c = c * (1 - tau / tau.max())
+  return best_mu
+
+
+def bulyan(x, f):
+  x = np.asarray(x, np.float64)
+  dist = squared_distances(x)
+  remaining, chosen = list(range(len(x))), []
+  for _ in range(len(x) - 2 * f):
+    k = max(len(remaining) - f - 2, 1)
+    scores = [np.sort([dist[i, j] for j in remaining if j != i])[:k].sum() for i in remaining]
+    pick = remaining[int(np.argmin(scores))]
+    chosen.append(pick)
+    remaining.remove(pick)
+  return meamed(x[chosen], 2 * f)
+
+
+# Names as in the aggregator registry; each takes (x, f, options) and returns `[d]` or `[n', d]`.
+RULES: dict[str, Callable] = {
+    "mean": lambda x, f, o: mean(x),
+    "coordinate_median": lambda x, f, o: coordinate_median(x),
+    "trimmed_mean": lambda x, f, o: trimmed_mean(x, f),
+    "meamed": lambda x, f, o: meamed(x, f),
+    "geometric_median": lambda x, f, o: geometric_median(
+        x, nu=o.get("nu", 1e-6), iterations=o.get("maxiter", 100)),
+    "krum": lambda x, f, o: krum(x, f),
+    "multi_krum": lambda x, f, o: multi_krum(x, f, o.get("m")),
+    "minimum_diameter_averaging": lambda x, f, o: minimum_diameter_averaging(x, f),
+    "monna": lambda x, f, o: monna(x, f, o.get("reference_index", 0)),
+    "centered_clipping": lambda x, f, o: centered_clipping(
+        x, tau=o.get("tau", 10.0), iterations=o.get("iterations", 3)),
+    "bulyan": lambda x, f, o: bulyan(x, f),
+    "caf": lambda x, f, o: caf(x, f),
+    "smea": lambda x, f, o: smea(x, f),
+}
+PRE_AGGREGATORS: dict[str, Callable] = {
+    "nnm": lambda x, f, o: nearest_neighbor_mixing(x, f),
+    "nearest_neighbor_mixing": lambda x, f, o: nearest_neighbor_mixing(x, f),
+    "static_clipping": lambda x, f, o: static_clipping(x, o.get("threshold", 2.0)),
+    "arc": lambda x, f, o: adaptive_robust_clipping(x, f),
+    "adaptive_robust_clipping": lambda x, f, o: adaptive_robust_clipping(x, f),
+}
+
+
+def has(spec: str) -> bool:
+  """Whether `spec` ("pre+...+rule") has a NumPy reference (bucketing's random permutation and
+  rules with iteration-dependent stopping are not reproduced here)."""
+  *pre, rule = spec.split("+")
+  return rule in RULES and all(p in PRE_AGGREGATORS for p in pre)
+
+
+def aggregate(spec: str, x, f: int, options: dict | None = None):
+  """The aggregate of `x [n, d]` under `spec`; `options` maps a stage name to its options."""
+  options = options or {}
+  *pre, rule = spec.split("+")
+  out = np.asarray(x, np.float64)
+  for stage in pre:
+    out = PRE_AGGREGATORS[stage](out, f, options.get(stage, {}))
+  return RULES[rule](out, f, options.get(rule, {}))
+
+
+# ----------------------------------------------------------------------------- training
+def _softmax_cross_entropy_grad(logits, labels):
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  p[np.arange(len(labels)), labels] -= 1.0
+  return p / len(labels)
+
+
+def mlp_gradient(layers: Sequence[tuple[np.ndarray, np.ndarray]], x, y):
+  """Gradient of the mean cross-entropy of a ReLU MLP (a list of (kernel, bias), the last one
+  linear) on a batch; returns a list of (d kernel, d bias)."""
+  acts = [x.reshape(len(x), -1)]
+  for i, (w, b) in enumerate(layers):
+    h = acts[-1] @ w + b
+    acts.append(np.maximum(h, 0.0) if i < len(layers) - 1 else h)
+  delta = _softmax_cross_entropy_grad(acts[-1], y)
+  grads = []
+  for i in range(len(layers) - 1, -1, -1):
+    grads.append((acts[i].T @ delta, delta.sum(0)))
+    if i:
+      delta = (delta @ layers[i][0].T) * (acts[i] > 0)
+  return grads[::-1]
+
+
+def alie(updates, honest, z):
+  h = updates[honest]
+  out = updates.copy()
+  out[~honest] = h.mean(0) - z * (h.std(0, ddof=1) if len(h) > 1 else 0.0)
+  return out
+
+
+def train_sequential(layers, flatten, unflatten, client_x, client_y, honest, *, rounds: int,
+                     local_steps: int, batch_size: int, lr: float, momentum: float,
+                     server_lr: float, aggregate_fn: Callable, attack_fn: Callable | None,
+                     rng: np.random.Generator):
+  """Robust D-SGD with worker momentum for one honest mask, one client at a time (the algorithm
+  of `training.Simulator` with an SGD server; minibatches drawn with replacement, or the whole
+  local data set when `batch_size <= 0`).
+
+  `flatten(layers) -> [d]` and `unflatten([d]) -> layers` fix the parameter layout; returns the
+  final flat parameters.
+  """
+  n = len(client_x)
+  theta = flatten(layers)
+  mom = np.zeros((n, theta.size))
+  for _ in range(rounds):
+    updates = np.empty((n, theta.size))
+    for i in range(n):
+      p, m = theta.copy(), mom[i]
+      for _ in range(local_steps):
+        if batch_size > 0:
+          idx = rng.integers(0, len(client_x[i]), batch_size)
+          xb, yb = client_x[i][idx], client_y[i][idx]
+        else:
+          xb, yb = client_x[i], client_y[i]
+        g = flatten(mlp_gradient(unflatten(p), xb, yb))
+        m = momentum * m + (1 - momentum) * g
+        p = p - lr * m
+      mom[i] = m
+      updates[i] = theta - p
+    if attack_fn is not None and not honest.all():
+      updates = attack_fn(updates, honest)
+    theta = theta - server_lr * aggregate_fn(updates)
+  return theta

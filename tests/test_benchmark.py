@@ -1,0 +1,67 @@
+"""The benchmark's references: the sequential NumPy training baseline is the simulator's
+algorithm, and the NumPy aggregation references agree with the JAX rules at benchmark scale."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from fedjax_robust import aggregators
+from fedjax_robust import benchmark
+from fedjax_robust import config as config_lib
+from fedjax_robust import experiment
+from fedjax_robust import numpy_reference
+from fedjax_robust import training
+
+
+@pytest.mark.parametrize("spec,attack", [("trimmed_mean", "alie"), ("nnm+geometric_median", "none")])
+def test_sequential_numpy_training_is_the_simulators_algorithm(spec, attack):
+  config = tiny_config()
+  config.model = "mlp"
+  config.model_options.mlp.hidden = (8,)
+  config.attack = attack
+  config.aggregator_options.geometric_median.maxiter = 5   # exactly 5 updates, as in NumPy
+  config.aggregator_options.geometric_median.gtol = 0.0
+  config.aggregator_options.geometric_median.ftol = 0.0
+  config.training.batch_size = 0        # full local batches: no random stream to match
+  config.training.local_steps = 2
+  config.training.client_lr = 0.3
+  fed = config_lib.make_data(config)
+  sim = experiment.simulator(config, spec, fed)
+  mask = np.array([True, False, True, True, True, True])
+  state = sim.init(jax.random.key(3))
+  final, _ = jax.jit(lambda s: sim.run_rounds(s, mask, jax.random.key(0), fed.train,
+                                              num_rounds=3))(state)
+  flatten, unflatten = benchmark.numpy_layout(sim)
+  counts = np.asarray(fed.train.counts)
+  xs = [np.asarray(fed.train.x[i, :c], np.float64).reshape(c, -1) for i, c in enumerate(counts)]
+  ys = [np.asarray(fed.train.y[i, :c]) for i, c in enumerate(counts)]
+  options = {"geometric_median": {"maxiter": 5}}
+  theta = numpy_reference.train_sequential(
+      unflatten(np.asarray(state.params, np.float64)), flatten, unflatten, xs, ys, mask,
+      rounds=3, local_steps=2, batch_size=0, lr=0.3, momentum=config.training.client_momentum,
+      server_lr=1.0, aggregate_fn=lambda u: numpy_reference.aggregate(spec, u, 1, options),
+      attack_fn=(lambda u, h: numpy_reference.alie(u, h, 1.0)) if attack == "alie" else None,
+      rng=np.random.default_rng(0))
+  moved = np.abs(theta - np.asarray(state.params)).max()
+  assert moved > 1e-2
+  np.testing.assert_allclose(np.asarray(final.params), theta, atol=2e-5 * max(1.0, moved))
+
+
+@pytest.mark.parametrize("spec", ["trimmed_mean", "coordinate_median", "krum", "multi_krum",
+                                  "meamed", "centered_clipping", "nnm+trimmed_mean",
+                                  "static_clipping+mean", "arc+mean", "monna", "caf"])
+def test_numpy_references_agree_with_jax_at_scale(spec):
+  x = np.random.default_rng(0).normal(size=(30, 20_000)).astype(np.float32)
+  jax_out = np.asarray(aggregators.get(spec, f=3)(x))
+  np.testing.assert_allclose(jax_out, numpy_reference.aggregate(spec, x, 3), atol=2e-5)
+
+
+def test_numpy_geometric_median_with_equal_iteration_counts():
+  x = np.random.default_rng(1).normal(size=(20, 5_000)).astype(np.float32)
+  x[:3] += 50.0
+  for maxiter in (1, 3):
+    rule = aggregators.get("geometric_median", f=3, options={
+        "geometric_median": {"maxiter": maxiter, "gtol": 0.0, "ftol": 0.0}})
+    np.testing.assert_allclose(np.asarray(rule(x)),
+                               numpy_reference.geometric_median(x, iterations=maxiter), atol=1e-5)
