@@ -16,6 +16,8 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
+from jax import lax
+from jax.custom_batching import custom_vmap
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,6 +34,60 @@ def finite_rows(updates: Array) -> Array:
   """
   probe = jnp.full((updates.shape[-1],), 2.0 ** -100, updates.dtype)
   return jnp.isfinite(updates @ probe)
+
+
+def uniform_cond(pred: Array, true_fn: Callable[..., Any], false_fn: Callable[..., Any],
+                 *operands: Any) -> Any:
+  """`lax.cond(pred, true_fn, false_fn, *operands)` that stays a branch under `jax.vmap`.
+
+  Under vmap, `lax.cond` with a batched predicate becomes a select that runs both branches for
+  every sample. Here the predicate is reduced with `any` over the batch instead: if any sample
+  asks for `true_fn`, the whole batch takes it (vmapped); otherwise the whole batch takes
+  `false_fn`. Use it only where both branches compute the same value for a sample whose
+  predicate is False, so that this changes cost, never results: a fast path (`false_fn`) and an
+  exact fallback (`true_fn`). Works under nested vmaps (the rule recurses) and jit; not under
+  reverse-mode autodiff.
+  """
+  @custom_vmap
+  def call(pred, *ops):
+    return lax.cond(pred, true_fn, false_fn, *ops)
+
+  @call.def_vmap
+  def batched(axis_size, in_batched, pred, *ops):
+    pred_batched, *ops_batched = in_batched
+    axes = tuple(jax.tree.map(lambda b: 0 if b else None, b) for b in ops_batched)
+    out = uniform_cond(jnp.any(pred) if pred_batched else pred,
+                       jax.vmap(true_fn, in_axes=axes, axis_size=axis_size),
+                       jax.vmap(false_fn, in_axes=axes, axis_size=axis_size), *ops)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return call(pred, *operands)
+
+
+def row_squared_norms(updates: Array) -> Array:
+  """‖x_i‖² `[n]`, written as a product so XLA:CPU runs it as a dot (3.4 ms at [100, 1e5],
+  where a plain reduction with an elementwise producer such as Σ(x_i − z)² takes 9 ms)."""
+  return jnp.einsum("ij,ij->i", updates, updates)
+
+
+def ordinary_or_exact(updates: Array, fast: Callable[..., Any], exact: Callable[..., Any],
+                      *operands: Any, extra_squared_norm: Array | None = None) -> Any:
+  """`fast(updates, sq, *operands)` when every row is ordinary, else `exact(updates, *operands)`.
+
+  Ordinary: every ‖x_i‖² (`sq`, one dot pass) is below a quarter of the float maximum, which
+  also rules out NaN and ±inf entries; then any ‖x_i − z‖² with ‖z‖ ≤ max_j ‖x_j‖ (a convex
+  combination of rows), and `extra_squared_norm` (e.g. a bound on ‖z‖² for a z from outside),
+  cannot overflow, so the rule needs no finite-row check, no zeroing copy and no per-row
+  scaling. `exact` must compute the same value on ordinary input (tests check both paths). Under
+  vmap the whole batch takes `exact` if any sample needs it (`uniform_cond`), so training with
+  ordinary updates runs the fast path.
+  """
+  sq = row_squared_norms(updates)
+  limit = float(jnp.finfo(updates.dtype).max) / 4
+  ordinary = jnp.all(sq < limit)
+  if extra_squared_norm is not None:
+    ordinary &= extra_squared_norm < limit
+  return uniform_cond(~ordinary, lambda x, sq, *ops: exact(x, *ops), fast, updates, sq, *operands)
 
 
 def zero_nonfinite_rows(updates: Array, keep: Array) -> Array:
@@ -127,6 +183,11 @@ def average_selected(updates: jax.Array, weights: jax.Array) -> jax.Array:
   """Σ w_i x_i / Σ w_i over the rows with w_i > 0, as a matrix product; NaN if a selected row is
   non-finite (the selection failed to exclude it), never 0·inf."""
   finite = finite_rows(updates)
-  out = weighted_average(zero_nonfinite_rows(updates, finite), weights)
-  poisoned = jnp.any((weights > 0) & ~finite)
-  return jnp.where(poisoned, jnp.nan, out)
+
+  def exact(x, weights, finite):
+    out = weighted_average(zero_nonfinite_rows(x, finite), weights)
+    return jnp.where(jnp.any((weights > 0) & ~finite), jnp.nan, out)
+
+  # All rows finite: nothing to zero (the zeroing copy costs about 4 reads' time on CPU).
+  return uniform_cond(~jnp.all(finite), exact, lambda x, w, _: weighted_average(x, w), updates,
+                      weights, finite)

@@ -18,11 +18,22 @@ def pairwise_squared_distances(updates: jax.Array) -> jax.Array:
   Cost: one `[n, d] × [d, n]` matrix product and two passes; memory O(n² + n·d).
   """
   n, _ = base.check_updates(updates, "pairwise_squared_distances")
-  finite = base.finite_rows(updates)
-  x = base.zero_nonfinite_rows(updates, finite)
-  x = base.zero_nonfinite_rows(x - base.median_norm_row(x, finite), finite)
-  sq = jnp.sum(x * x, axis=-1)
-  dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
-  both_finite = finite[:, None] & finite[None, :]
-  dist = jnp.where(both_finite & ~jnp.isnan(dist), dist, jnp.inf)
-  return jnp.where(jnp.eye(n, dtype=bool), 0.0, dist)
+
+  def from_centred(x, finite):
+    sq = jnp.sum(x * x, axis=-1)
+    dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
+    both_finite = finite[:, None] & finite[None, :]
+    dist = jnp.where(both_finite & ~jnp.isnan(dist), dist, jnp.inf)
+    return jnp.where(jnp.eye(n, dtype=bool), 0.0, dist)
+
+  def fast(x, sq):
+    # Ordinary rows: no row to zero; centring cannot overflow (‖x_i − x_j‖² ≤ 4·max‖x‖²).
+    return from_centred(x - x[jnp.argsort(sq)[n // 2]], jnp.ones((n,), bool))
+
+  def exact(x):
+    finite = base.finite_rows(x)
+    x = base.zero_nonfinite_rows(x, finite)
+    return from_centred(base.zero_nonfinite_rows(x - base.median_norm_row(x, finite), finite),
+                        finite)
+
+  return base.ordinary_or_exact(updates, fast, exact)

@@ -88,10 +88,12 @@ def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None, nu: float
   left out of z_0, so it cannot poison the result while any finite row remains. Huge finite rows
   (up to the float maximum) are exact: each exact distance ‖x_i − z‖ is computed on
   (x_i − z)·2^-k_i, with the power of two k_i >= 0 chosen from max(max|x_i|, max|z|) so that
-  squares cannot overflow (k_i = 0 for ordinary rows, so this is free); phase 1 uses one such
-  scale for all rows, which may lose the small rows' precision, and phase 2 restores it. A row
-  whose distance itself exceeds the float range (e.g. entries 3e38 in d=7) counts as infinitely
-  far, like an inf row.
+  squares cannot overflow; phase 1 uses one such scale for all rows, which may lose the small
+  rows' precision, and phase 2 restores it. A row whose distance itself exceeds the float range
+  (e.g. entries 3e38 in d=7) counts as infinitely far, like an inf row. All this runs only when
+  some ‖x_i‖² reaches a quarter of the float maximum or is not finite (one dot pass decides, for
+  the whole batch under vmap: `base.ordinary_or_exact`); ordinary input skips the finite-row
+  check, the zeroing copy and the row maxima, with the same result.
 
   Args:
     updates: `[n, d]`.
@@ -102,24 +104,42 @@ def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None, nu: float
     gtol: normalized gradient norm under which the iteration may stop.
   """
   n, _ = base.check_updates(updates, "geometric_median")
-  finite = base.finite_rows(updates)
   alpha = jnp.ones((n,), updates.dtype) if weights is None else weights.astype(updates.dtype)
-  alpha = jnp.where(finite, alpha, 0.0)
-  x = base.zero_nonfinite_rows(updates, finite)
   options = dict(nu=nu, maxiter=maxiter, ftol=ftol, gtol=gtol)
-  row_max = jnp.max(jnp.abs(x), axis=1)
 
+  def fast(x, sq, alpha):
+    # Ordinary rows: every distance between rows and convex combinations fits the float range.
+    return _weiszfeld(x, alpha, jnp.ones((n,), bool), jnp.ones((), x.dtype),
+                      lambda z: jnp.sqrt(jnp.sum((x - z) ** 2, axis=-1)), jnp.linalg.norm,
+                      options)
+
+  def exact(x, alpha):
+    finite = base.finite_rows(x)
+    x = base.zero_nonfinite_rows(x, finite)
+    row_max = jnp.max(jnp.abs(x), axis=1)
+    return _weiszfeld(x, jnp.where(finite, alpha, 0.0), finite,
+                      base.power_of_two_scale(jnp.max(row_max), x.dtype),
+                      lambda z: base.row_distances(x, z, row_max), base.vector_norm, options)
+
+  return base.ordinary_or_exact(updates, fast, exact, alpha)
+
+
+def _weiszfeld(x, alpha, finite, scale, distances, vector_norm, options) -> WeiszfeldResult:
+  """The two phases of `weiszfeld` on rows `x` (non-finite ones zeroed, with α_i = 0).
+
+  `scale`: a power of two making the Gram matrix of the scaled rows overflow-free;
+  `distances(z)`: ‖x_i − z‖ `[n]`; `vector_norm(v)`: ‖v‖.
+  """
+  maxiter = options["maxiter"]
   if maxiter <= EXACT_ONLY_MAXITER:
     # A few updates cost less than the Gram matrix: exact updates from the weighted mean.
-    z, it, obj = _iterate(lambda z: base.row_distances(x, z, row_max),
-                          lambda z, new_z: base.vector_norm(z - new_z),
+    z, it, obj = _iterate(distances, lambda z, new_z: vector_norm(z - new_z),
                           lambda b: base.weighted_average(x, b), alpha,
                           start=base.weighted_average(x, alpha),
                           start_iteration=jnp.array(0, jnp.int32), **options)
     return WeiszfeldResult(z, it, obj)
 
   # Phase 1: Gram coordinates, on the rows times one power of two (distances in those units).
-  scale = base.power_of_two_scale(jnp.max(row_max), x.dtype)
   xc = (x - base.median_norm_row(x, finite)) * scale
   gram = xc @ xc.T
   sq = jnp.diagonal(gram)
@@ -134,11 +154,10 @@ def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None, nu: float
 
   c, it, _ = _iterate(gram_distances, gram_step_norm, lambda b: b / jnp.sum(b), alpha,
                       start=alpha / jnp.sum(alpha), start_iteration=jnp.array(0, jnp.int32),
-                      **dict(options, nu=nu * scale))
+                      **dict(options, nu=options["nu"] * scale))
 
   # Phase 2: exact updates from the phase-1 point, each row scaled by its own power of two.
-  z, it, obj = _iterate(lambda z: base.row_distances(x, z, row_max),
-                        lambda z, new_z: base.vector_norm(z - new_z),
+  z, it, obj = _iterate(distances, lambda z, new_z: vector_norm(z - new_z),
                         lambda b: base.weighted_average(x, b), alpha,
                         start=base.weighted_average(x, c), start_iteration=it, **options)
   return WeiszfeldResult(z, it, obj)
