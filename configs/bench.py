@@ -19,7 +19,8 @@ def get_config():
   c.max_elements = 2 * 10**8  # skip grid points with n·d·S above this (memory)
   # Options of the timed rules, e.g. ByzFL's iteration counts: geometric_median.maxiter=3.
   c.aggregator_options = ml_collections.ConfigDict({
-      "geometric_median": {"maxiter": 100}, "centered_clipping": {"iterations": 3}})
+      "geometric_median": {"maxiter": 100},
+      "centered_clipping": {"iterations": 3, "tau": 10.0}})
   # NumPy references (and ByzFL) run where n·d is at most this (they are slow).
   c.reference_max_elements = 10**7
   c.reference_repeats = 2
