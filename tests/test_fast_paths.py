@@ -58,6 +58,7 @@ RULES = [
     ("multi_krum", lambda x: agg.multi_krum(x, f=2)),
     ("nnm", lambda x: agg.nearest_neighbor_mixing(x, f=2)),
     ("mda", lambda x: agg.minimum_diameter_averaging(x, f=2)),
+    ("monna", lambda x: agg.monna(x, f=2, reference_index=3)),
 ]
 
 

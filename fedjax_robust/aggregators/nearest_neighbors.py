@@ -46,10 +46,21 @@ def monna(updates: jax.Array, *, f: int, reference_index: int = 0) -> jax.Array:
   n, _ = base.check_updates(updates, "monna", f=f, min_n=lambda f: f + 1)
   if not 0 <= reference_index < n:
     raise ValueError(f"monna: reference_index must lie in [0, n={n}), got {reference_index}.")
-  finite = base.finite_rows(updates)
-  x = base.zero_nonfinite_rows(updates, finite)
-  dist = base.row_distances(x, x[reference_index], jnp.max(jnp.abs(x), axis=1))
-  dist = jnp.where(finite, dist, jnp.inf).at[reference_index].set(-1.0)
-  _, chosen = lax.top_k(-dist, n - f)
-  weights = jnp.zeros((n,), updates.dtype).at[chosen].set(1.0)
-  return jnp.where(finite[reference_index], base.average_selected(updates, weights), jnp.nan)
+  def select(x, dist, finite):
+    dist = jnp.where(finite, dist, jnp.inf).at[reference_index].set(-1.0)
+    _, chosen = lax.top_k(-dist, n - f)
+    return jnp.zeros((n,), x.dtype).at[chosen].set(1.0)
+
+  def fast(x, sq):
+    # Ordinary rows: plain distances, and the selected rows need no zeroing before averaging.
+    dist = jnp.sqrt(jnp.sum((x - x[reference_index]) ** 2, axis=-1))
+    return base.weighted_average(x, select(x, dist, jnp.ones((n,), bool)))
+
+  def exact(x):
+    finite = base.finite_rows(x)
+    x0 = base.zero_nonfinite_rows(x, finite)
+    dist = base.row_distances(x0, x0[reference_index], jnp.max(jnp.abs(x0), axis=1))
+    return jnp.where(finite[reference_index],
+                     base.average_selected(x, select(x, dist, finite)), jnp.nan)
+
+  return base.ordinary_or_exact(updates, fast, exact)
