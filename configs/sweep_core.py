@@ -14,14 +14,27 @@ For each p the server declares f = round(p·n), and:
                (gradient variance at the initial model), the classic worst case.
 
   python launch/sweep.py --config=configs/sweep_core.py --workdir=runs/sweep_core
+
+Every grid axis can be set from the command line as a comma-separated list (no spaces, or quote
+the whole argument); aggregator specs keep their '+':
+
+  python launch/sweep.py --config=configs/sweep_core.py --workdir=runs/small \\
+    --config.grid.aggregators=mean,nnm+trimmed_mean --config.grid.corruption=0.12,0.28 \\
+    --config.grid.mu_h=independent,worst_case --config.base.num_samples=16
 """
 
 import ml_collections
 
 from configs import default
 from fedjax_robust.sweep import Point
+from fedjax_robust.sweep import as_list
 from fedjax_robust.sweep import axis
 from fedjax_robust.sweep import product
+
+CLUSTERS = 5
+Q1 = 0.8      # P(a member of a compromised cluster is Byzantine)
+TAU = 0.5     # copula correlation along the graph
+NEIGHBOURS = 3
 
 
 def get_config():
@@ -29,6 +42,7 @@ def get_config():
   c.base = default.get_config()
   c.base.num_samples = 64
   c.base.training.num_rounds = 100
+  # Each axis: a tuple, or (from the command line) one comma-separated string; see points().
   c.grid = ml_collections.ConfigDict({
       "aggregators": ("mean", "trimmed_mean", "geometric_median", "nnm+trimmed_mean",
                       "bucketing+geometric_median"),
@@ -44,13 +58,13 @@ def mu_h_overrides(name: str, p: float) -> dict:
   if name == "independent":
     return {"honest_set": "bernoulli", "honest_set_options.bernoulli.p": p}
   if name == "clustered":
-    return {"honest_set": "clusters", "honest_set_options.clusters.num_clusters": 5,
-            "honest_set_options.clusters.pi": p / 0.8, "honest_set_options.clusters.q1": 0.8,
+    return {"honest_set": "clusters", "honest_set_options.clusters.num_clusters": CLUSTERS,
+            "honest_set_options.clusters.pi": p / Q1, "honest_set_options.clusters.q1": Q1,
             "honest_set_options.clusters.q0": 0.0}
   if name == "graph":
     return {"honest_set": "graph_copula", "honest_set_options.graph_copula.p": p,
-            "honest_set_options.graph_copula.tau": 0.5, "graph.kind": "data_similarity",
-            "graph.k": 3}
+            "honest_set_options.graph_copula.tau": TAU, "graph.kind": "data_similarity",
+            "graph.k": NEIGHBOURS}
   if name == "worst_case":
     return {"honest_set": "worst_case"}
   raise ValueError(f"unknown μ_H {name!r} in this sweep; available: independent, clustered, "
@@ -58,7 +72,19 @@ def mu_h_overrides(name: str, p: float) -> dict:
 
 
 def points(c):
+  """aggregator × corruption p × μ_H; each grid axis a tuple or a comma-separated string
+  ('mean,nnm+trimmed_mean', '0.12,0.28', 'independent,worst_case')."""
   n = c.base.num_clients
   levels = [Point({"corruption": p, "mu_H": name}, {"f": round(p * n), **mu_h_overrides(name, p)})
-            for p in c.grid.corruption for name in c.grid.mu_h]
-  return product(axis("aggregator", c.grid.aggregators), levels)
+            for p in as_list(c.grid.corruption, float) for name in as_list(c.grid.mu_h, str)]
+  return product(axis("aggregator", as_list(c.grid.aggregators, str)), levels)
+
+
+def plot_note(c) -> str:
+  """What the plots' titles say about how each point's law and f follow the corruption p."""
+  return (f"corruption p: independent = Bernoulli(p) per client; clustered = {CLUSTERS} "
+          f"clusters, π = p/{Q1:g}, q1 = {Q1:g}; graph = Gaussian copula (marginal p, τ = "
+          f"{TAU:g}) on the {NEIGHBOURS}-NN data-similarity graph; worst_case = the f clients "
+          f"whose removal leaves the most heterogeneous honest set (criterion "
+          f"{c.base.honest_set_options.worst_case.criterion}); declared f = round(p·n), "
+          f"n = {c.base.num_clients}.")

@@ -162,13 +162,42 @@ def write_draws_csv(experiment: Experiment, path: str) -> None:
   os.replace(path + ".tmp", path)
 
 
-def plot(experiment: Experiment, path: str) -> None:
-  """Honest accuracy over rounds (mean, 5–95% band over samples) and its final distribution."""
+def plot(experiment: Experiment, path: str) -> str:
+  """Honest accuracy over rounds (mean, 5–95% band over draws) and its final distribution (box:
+  quartiles, whiskers 5–95%), titled with what was run: the data, n, μ_H and its parameters, the
+  declared f, the attack and its options, S and the rounds. Returns the figure's title."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import textwrap  # pylint: disable=g-import-not-at-top
+  from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
 
-  fig, (ax, box) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+  def fmt(v):
+    if isinstance(v, float):
+      return f"{v:g}"
+    if isinstance(v, (tuple, list)):
+      head = ", ".join(fmt(x) for x in v[:4])
+      return f"({head}, …; {len(v)} values)" if len(v) > 4 else f"({head})"
+    return str(v)
+
+  def options(opts, rename=None):  # None means "the rule's default" and is left out
+    rename = rename or {}
+    return ", ".join(f"{rename.get(k, k)}={fmt(v)}" for k, v in opts.items() if v is not None)
+
+  cfg = experiment.config
+  if cfg.honest_set == "worst_case":
+    law = f"worst case ({cfg.honest_set_options.worst_case.criterion})"
+  else:
+    spec = config_lib.honest_set_spec(cfg)
+    law = f"{spec.pop('name')}({options(spec, {'num_byzantine': 'b'})})"
+    if cfg.honest_set in honest_sets.GRAPH_BASED:
+      law += f" on the {cfg.graph.kind} graph"
+  attack_opts = options(dict(cfg.attack_options.get(cfg.attack, {})))
+  title = (f"{cfg.data.name}, n={cfg.num_clients}, μ_H={law}, declared f={cfg.f}, attack "
+           f"{cfg.attack}" + (f"({attack_opts})" if attack_opts else "")
+           + f", S={cfg.num_samples} draws, {cfg.training.num_rounds} rounds")
+
+  fig, (ax, box) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
   finals, names = [], []
   for name, run in experiment.runs.items():
     acc = 100 * run.metrics["honest_accuracy"]
@@ -178,21 +207,24 @@ def plot(experiment: Experiment, path: str) -> None:
     ax.fill_between(run.rounds, lo, hi, color=line.get_color(), alpha=0.2)
     finals.append(acc[-1][~np.isnan(acc[-1])])
     names.append(name)
-  cfg = experiment.config
   ax.set(xlabel="round", ylabel="honest accuracy (%)",
-         title=f"{cfg.data.name}, attack {cfg.attack}, μ_H {cfg.honest_set}, "
-               f"n={cfg.num_clients}, f={cfg.f}: mean and 5–95% over {cfg.num_samples} draws")
+         title="line: mean over draws; band: 5–95% over draws")
   ax.title.set_fontsize(9)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  handles, labels = ax.get_legend_handles_labels()
+  ax.legend(handles + [Patch(color="gray", alpha=0.3)], labels + ["5–95% over draws"],
+            fontsize=8)
   box.boxplot(finals, vert=False, whis=(5, 95), showfliers=True)
   box.set_yticks(range(1, len(names) + 1), names, fontsize=8)
-  box.set(xlabel="final honest accuracy (%)", title="distribution over draws of μ_H")
+  box.set(xlabel="final honest accuracy (%)",
+          title="over draws of μ_H: box quartiles, whiskers 5–95%")
   box.title.set_fontsize(9)
   box.grid(alpha=0.3)
+  fig.suptitle(textwrap.fill(title, 150), fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+  return title
 
 
 def write_all(experiment: Experiment, workdir: str) -> dict:

@@ -2,12 +2,21 @@
 
 A sweep is a base configuration and a list of points; a point is a set of overrides (dotted keys
 of the base config) and tags (labels for tables and plots). Build grids with `axis` and
-`product`. Each point runs one aggregator on S draws of μ_H; its statistics are appended to
-`workdir/results.csv` (one row per point × metric × statistic; the file is rewritten atomically
-after every point) and its per-draw values to `workdir/points/<id>.npz`. A rerun with the same
-workdir skips the points already in the table, so an interrupted sweep loses at most the point
-in progress. Points that differ only in μ_H, the seed or the number of draws reuse the compiled
-program of an earlier point (`experiment.simulator_cache`).
+`product`; `as_list` turns a grid axis given on the command line as one comma-separated string
+(`--config.grid.aggregators=mean,trimmed_mean`) into its values. Each point runs one aggregator
+on S draws of μ_H. Its files, in the order they are written:
+- `workdir/points/<id>.npz`: its per-draw values (written to a temporary file, then renamed);
+- `workdir/results.csv`: its statistics (one row per point × metric × statistic; the file is
+  rewritten atomically after every point, rows in the order of the sweep's points, integer
+  statistics as integers), so the same sweep gives the same file byte for byte however often it
+  was interrupted;
+- `workdir/timings.csv`: its compile and run seconds (one row per point; kept out of
+  results.csv because they differ from run to run).
+A rerun with the same workdir skips the points already in results.csv whose npz reads back in
+full; a point whose npz is missing, truncated or unreadable is named in the log and recomputed
+(its stale rows replaced), so an interrupted sweep loses at most the point in progress. Points
+that differ only in μ_H, the seed or the number of draws reuse the compiled program of an
+earlier point (`experiment.simulator_cache`).
 """
 
 from __future__ import annotations
@@ -17,8 +26,11 @@ import dataclasses
 import itertools
 import json
 import os
+import textwrap
 import time
 from typing import Any, Callable, Mapping, Sequence
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -29,6 +41,10 @@ from fedjax_robust import results
 
 STATISTICS = ("mean", "ci95", "std", "q05", "q25", "q50", "q75", "q95", "worst", "cvar50",
               "cvar90", "count", "undefined")
+TIMING_FIELDS = ("compile_seconds", "run_seconds")
+# What reading a damaged points/<id>.npz raises: missing (OSError), empty (EOFError), truncated
+# or corrupted (BadZipFile, zlib.error), not an npz (ValueError), or lacking an array (KeyError).
+NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +68,35 @@ def product(*axes: Sequence[Point]) -> list[Point]:
       overrides.update(p.overrides)
     points.append(Point(tags, overrides))
   return points
+
+
+def as_list(value: Any, cast: Callable[[Any], Any] = str) -> list:
+  """The values of one grid axis, each passed through `cast`.
+
+  `value` is a sequence (`("mean", "trimmed_mean")`), one comma-separated string
+  (`"mean,trimmed_mean"`), or a sequence whose strings hold commas: a command-line override of a
+  tuple field, `--config.grid.aggregators=mean,trimmed_mean`, reaches the config as the 1-tuple
+  `("mean,trimmed_mean",)`. Strings are split on commas; whitespace, brackets and quotes around
+  each piece are dropped, so `(mean, 'nnm+trimmed_mean')` works too. A single non-string value is
+  a list of one. Aggregator specs hold '+' but never commas, so splitting is safe for them.
+  """
+  items = [value] if isinstance(value, str) or not isinstance(value, (list, tuple)) else value
+  out = []
+  for item in items:
+    pieces = item.split(",") if isinstance(item, str) else [item]
+    for piece in pieces:
+      if isinstance(piece, str):
+        piece = piece.strip().strip("()[]").strip().strip("'\"").strip()
+        if not piece:
+          continue
+      try:
+        out.append(cast(piece))
+      except (TypeError, ValueError) as e:
+        raise ValueError(f"grid value {piece!r} (from {value!r}) is not a valid "
+                         f"{getattr(cast, '__name__', cast)}: {e}") from e
+  if not out:
+    raise ValueError(f"grid axis {value!r} has no values.")
+  return out
 
 
 def apply_overrides(base, overrides: Mapping[str, Any]):
@@ -87,60 +132,145 @@ def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
   law = summary["byzantine_count"]
   rows += [{"point": pid, **tags, "metric": "byzantine_count", "statistic": k, "value": law[k]}
            for k in ("mean", "p_exceeds_f", "p_no_honest_majority")]
-  rows += [{"point": pid, **tags, "metric": "seconds", "statistic": k, "value": s[k]}
-           for k in ("compile_seconds", "run_seconds")]
   return rows
 
 
+def _number(text: str) -> int | float:
+  """A value as written by csv: '64' reads back as the int 64 (so it is written '64' again, not
+  '64.0'), anything else as a float ('0.5', '1.0', 'nan', 'inf')."""
+  try:
+    return int(text)
+  except ValueError:
+    return float(text)
+
+
 def read_results(path: str) -> list[dict]:
+  """The rows of a sweep's results.csv (tags as strings, values as int or float); [] if absent."""
   if not os.path.exists(path):
     return []
   with open(path, newline="") as fh:
-    return [{**r, "value": float(r["value"])} for r in csv.DictReader(fh)]
+    return [{**r, "value": _number(r["value"])} for r in csv.DictReader(fh)]
 
 
-def _write_results(path: str, rows: list[dict]) -> None:
-  fields = ["point"] + sorted({k for r in rows for k in r} - {"point", "metric", "statistic",
-                                                              "value"}) + ["metric", "statistic",
-                                                                            "value"]
+def read_timings(path: str) -> list[dict]:
+  """The rows of a sweep's timings.csv (one per point; seconds as floats); [] if absent."""
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as fh:
+    return [{**r, **{k: float(r[k]) for k in TIMING_FIELDS if r.get(k)}}
+            for r in csv.DictReader(fh)]
+
+
+def _write_csv(path: str, rows: list[dict], last: Sequence[str]) -> None:
+  """Rows to `path` atomically (a temporary file, synced, then renamed): 'point', the tags
+  sorted, then the columns `last`."""
+  fields = (["point"] + sorted({k for r in rows for k in r} - {"point", *last}) + list(last))
   with open(path + ".tmp", "w", newline="") as fh:
     writer = csv.DictWriter(fh, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(rows)
+    fh.flush()
+    os.fsync(fh.fileno())
   os.replace(path + ".tmp", path)
+
+
+def _write_results(path: str, rows: list[dict]) -> None:
+  _write_csv(path, rows, ("metric", "statistic", "value"))
+
+
+def point_path(workdir: str, pid: str) -> str:
+  return os.path.join(workdir, "points", pid + ".npz")
+
+
+def save_point(path: str, **arrays) -> None:
+  """`np.savez` to `path` atomically: a hidden temporary file beside it (written through a file
+  object, so np.savez adds no '.npz'), synced, then renamed onto `path`."""
+  tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+  with open(tmp, "wb") as fh:
+    np.savez(fh, **arrays)
+    fh.flush()
+    os.fsync(fh.fileno())
+  os.replace(tmp, path)
+
+
+def load_point(path: str) -> dict[str, np.ndarray]:
+  """Every array of a point's npz, read in full (so a truncated file fails here, not later);
+  raises one of NPZ_ERRORS if the file is missing, truncated, unreadable or lacks its tags or
+  Byzantine counts."""
+  with np.load(path, allow_pickle=False) as z:
+    arrays = {k: z[k] for k in z.files}
+  for key in ("tags", "num_byzantine"):
+    if key not in arrays:
+      raise KeyError(f"{key!r} not in {path}")
+  json.loads(str(arrays["tags"]))
+  return arrays
+
+
+def _in_sweep_order(rows: list[dict], order: Mapping[str, int]) -> list[dict]:
+  """Rows ordered by their point's place in the sweep (rows of points no longer in the sweep
+  last, as they were), each point's rows in their own order."""
+  return sorted(rows, key=lambda r: order.get(r["point"], len(order)))
 
 
 def run(base, points: Sequence[Point], workdir: str, *,
         log: Callable[[str], None] = print, stop_after: int | None = None) -> list[dict]:
-  """Runs every point not yet in `workdir/results.csv`; returns all rows. `stop_after` ends the
-  sweep after that many new points (to test resumption)."""
+  """Runs every point not yet done in `workdir` (see the module docstring); returns all rows of
+  results.csv. `stop_after` ends the sweep after that many new points (to test resumption)."""
   os.makedirs(os.path.join(workdir, "points"), exist_ok=True)
   path = os.path.join(workdir, "results.csv")
+  timings_path = os.path.join(workdir, "timings.csv")
   configs = [apply_overrides(base, p.overrides) for p in points]
   for c, p in zip(configs, points):  # every point valid before any long work starts
     if "," in c.aggregator:
       raise ValueError(f"a sweep point runs one aggregator; point {dict(p.tags)} has "
                        f"{c.aggregator!r}. Make the aggregator an axis.")
     config_lib.validate(c)
-  rows = read_results(path)
-  done = {r["point"] for r in rows}
-  todo = [(c, p) for c, p in zip(configs, points) if point_id(c) not in done]
+  ids = [point_id(c) for c in configs]
+  order = {pid: i for i, pid in enumerate(dict.fromkeys(ids))}
+  # Timing rows of results.csv files written before timings.csv existed are dropped.
+  rows = [r for r in read_results(path) if r["metric"] != "seconds"]
+  timings = read_timings(timings_path)
+  done = set()
+  for pid in dict.fromkeys(r["point"] for r in rows):
+    if pid not in order:
+      continue  # not a point of this sweep: kept as it is
+    try:
+      load_point(point_path(workdir, pid))
+      done.add(pid)
+    except NPZ_ERRORS as e:
+      tags = {k: v for k, v in next(r for r in rows if r["point"] == pid).items()
+              if k not in ("point", "metric", "statistic", "value")}
+      log(f"sweep: WARNING point {pid} {tags} is in results.csv but "
+          f"{point_path(workdir, pid)} is missing or unreadable ({type(e).__name__}: {e}); "
+          "recomputing it")
+  stale = {r["point"] for r in rows} & (set(order) - done)
+  rows = [r for r in rows if r["point"] not in stale]
+  timings = [t for t in timings if t["point"] not in stale]
+  todo, queued = [], set()
+  for c, p, pid in zip(configs, points, ids):
+    if pid not in done and pid not in queued:
+      todo.append((c, p, pid))
+      queued.add(pid)
   log(f"sweep: {len(points)} points, {len(points) - len(todo)} already done, {len(todo)} to run")
   start = time.perf_counter()
-  for i, (config, point) in enumerate(todo[:stop_after]):
-    pid = point_id(config)
+  for i, (config, point, pid) in enumerate(todo[:stop_after]):
     t0 = time.perf_counter()
     exp = experiment.run(config, log=lambda _: None)
     summary = results.summarize(exp)
-    rows += _rows(pid, point.tags, summary)
-    _write_results(path, rows)
     run_ = exp.runs[config.aggregator]
     counts = evaluation.byzantine_counts(exp.masks[config.aggregator])
-    np.savez(os.path.join(workdir, "points", pid + ".npz"), tags=json.dumps(dict(point.tags)),
-             num_byzantine=counts,
-             **{f"final_{k}": v[-1] for k, v in run_.metrics.items()})
+    # The npz first: a point is in results.csv only once its per-draw values are on disk.
+    save_point(point_path(workdir, pid), tags=json.dumps(dict(point.tags)),
+               num_byzantine=counts, **{f"final_{k}": v[-1] for k, v in run_.metrics.items()})
+    rows = _in_sweep_order(rows + _rows(pid, point.tags, summary), order)
+    _write_results(path, rows)
+    s = summary["aggregators"][config.aggregator]
+    timings = [t for t in timings if t["point"] != pid]
+    timings = _in_sweep_order(timings + [{"point": pid, **point.tags,
+                                          **{k: s[k] for k in TIMING_FIELDS}}], order)
+    _write_csv(timings_path, timings, TIMING_FIELDS)
     elapsed = time.perf_counter() - start
-    acc = summary["aggregators"][config.aggregator]["honest_accuracy"]["mean"]
+    acc = s["honest_accuracy"]["mean"]
     eta = elapsed / (i + 1) * (len(todo) - i - 1)
     log(f"[{len(points) - len(todo) + i + 1}/{len(points)}] "
         f"{' '.join(f'{k}={v}' for k, v in point.tags.items())}: E[honest acc] "
@@ -148,17 +278,30 @@ def run(base, points: Sequence[Point], workdir: str, *,
   return rows
 
 
+def _is_percent(metric: str, statistic: str = "mean") -> bool:
+  """Accuracies are shown in percent (like the rest of the project); losses, counts and the law
+  of b raw."""
+  return "accuracy" in metric and statistic not in ("count", "undefined")
+
+
 def table(rows: list[dict], metric: str = "honest_accuracy", statistic: str = "mean") -> str:
-  """One line per point: its tags and `metric`'s `statistic`."""
+  """One line per point: its tags and `metric`'s `statistic` (± the 95% CI half-width when the
+  statistic is the mean); accuracies in percent, e.g. '91.80 ± 3.20'."""
   chosen = [r for r in rows if r["metric"] == metric and r["statistic"] == statistic]
   if not chosen:
     return "(no rows)"
   tags = [k for k in chosen[0] if k not in ("point", "metric", "statistic", "value")]
   ci = {r["point"]: r["value"] for r in rows if r["metric"] == metric and r["statistic"] == "ci95"}
-  lines = ["  ".join(f"{t:>16}" for t in tags) + f"  {metric} {statistic} ± CI95"]
+  percent = _is_percent(metric, statistic)
+  scale, digits = (100.0, 2) if percent else (1.0, 4)
+  with_ci = statistic == "mean"
+  lines = ["  ".join(f"{t:>16}" for t in tags) + f"  {metric} {statistic}"
+           + (" (%)" if percent else "") + (" ± CI95" if with_ci else "")]
   for r in chosen:
-    lines.append("  ".join(f"{str(r[t]):>16}" for t in tags)
-                 + f"  {float(r['value']):.4f} ± {float(ci.get(r['point'], 'nan')):.4f}")
+    value = f"{scale * float(r['value']):.{digits}f}"
+    if with_ci:
+      value += f" ± {scale * float(ci.get(r['point'], 'nan')):.{digits}f}"
+    lines.append("  ".join(f"{str(r[t]):>16}" for t in tags) + f"  {value}")
   return "\n".join(lines)
 
 
@@ -169,15 +312,82 @@ def _float(v):
     return v
 
 
+def _format_value(v) -> str:
+  if isinstance(v, float):
+    return f"{v:g}"
+  if isinstance(v, (tuple, list)):
+    shown = ", ".join(_format_value(x) for x in v[:4])
+    return f"({shown}{', …' if len(v) > 4 else ''}{f'; {len(v)} values' if len(v) > 4 else ''})"
+  return str(v)
+
+
+def _format_options(options: Mapping[str, Any]) -> str:
+  """'name=value' pairs of set options (None means 'the default rule' and is left out)."""
+  return ", ".join(f"{k}={_format_value(v)}" for k, v in options.items() if v is not None)
+
+
+def describe(base, points: Sequence[Point], *, x: str | None = None, note: str = "") -> str:
+  """One line for plot titles saying what every point of the sweep ran: μ_H (its options when
+  one law is swept), the declared f (per value of tag `x` when it follows it), the attack and its
+  options, S, rounds, n and the data; then `note` (e.g. how the sweep config sets f and each
+  μ_H's parameters)."""
+  configs = [apply_overrides(base, p.overrides) for p in points]
+  if not configs:
+    return note
+  parts = []
+  laws = list(dict.fromkeys(c.honest_set for c in configs))
+  if len(laws) == 1 and laws[0] != "worst_case":
+    opts = [dict(c.honest_set_options.get(laws[0], {})) for c in configs]
+    fixed = {k: v for k, v in opts[0].items() if all(o.get(k) == v for o in opts)}
+    varying = [k for k in opts[0] if k not in fixed]
+    inside = ", ".join(filter(None, [_format_options(fixed)] + [f"{k} per point"
+                                                                 for k in varying]))
+    parts.append(f"μ_H={laws[0]}({inside})")
+  elif len(laws) == 1:
+    parts.append(f"μ_H=worst case "
+                 f"({configs[0].honest_set_options.worst_case.criterion})")
+  else:
+    parts.append(f"μ_H ∈ {{{', '.join(laws)}}}")
+  fs = sorted({c.f for c in configs})
+  by_x = {}
+  if x is not None:
+    for p, c in zip(points, configs):
+      if x in p.tags:
+        by_x.setdefault(p.tags[x], set()).add(c.f)
+  if len(fs) == 1:
+    parts.append(f"declared f={fs[0]}")
+  elif by_x and all(len(v) == 1 for v in by_x.values()):  # f follows x
+    values = sorted(by_x, key=lambda v: (isinstance(_float(v), str), _float(v)))
+    parts.append(f"declared f={next(iter(by_x[values[0]]))} at {x}={values[0]}, "
+                 + ", ".join(f"{next(iter(by_x[v]))} at {v}" for v in values[1:]))
+  else:
+    parts.append(f"declared f ∈ {{{', '.join(map(str, fs))}}}")
+  attacks = list(dict.fromkeys(
+      (c.attack, _format_options(dict(c.attack_options.get(c.attack, {})))) for c in configs))
+  parts.append("attack " + "; ".join(f"{a}({o})" if o else a for a, o in attacks))
+  for label, values in (("S", [c.num_samples for c in configs]),
+                        ("rounds", [c.training.num_rounds for c in configs]),
+                        ("n", [c.num_clients for c in configs])):
+    values = list(dict.fromkeys(values))
+    parts.append(f"{label}={values[0]}" if len(values) == 1
+                 else f"{label} ∈ {{{', '.join(map(str, values))}}}")
+  parts.append(f"data {', '.join(dict.fromkeys(c.data.name for c in configs))}")
+  return ", ".join(parts) + (f". {note}" if note else "")
+
+
 def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
-         metric: str = "honest_accuracy", worst_label: str = "worst_case") -> list[str]:
-  """Three PNGs from the sweep's results:
-  - `expected_vs_worst.png`: E[metric] (± 95% CI) against tag `x`, a colour per `series` (the
-    aggregator), a line style per `style` (μ_H; the worst case dashed black-edged);
-  - `distributions.png`: the per-draw final metric at the largest `x`, a box per series, a panel
-    per style;
-  - `correlation.png`: at each `x`, E[metric] per series under each non-worst-case style (the
-    effect of correlated corruption at the same marginal rate).
+         metric: str = "honest_accuracy", worst_label: str = "worst_case", subtitle: str = "",
+         log: Callable[[str], None] = print) -> list[str]:
+  """Three PNGs from the sweep's results, each titled with `subtitle` (what was run, e.g. from
+  `describe`):
+  - `expected_vs_worst.png`: E[metric] (error bars: 95% CI over draws) against tag `x`, a panel
+    per `series` (the aggregator), a line per `style` (μ_H; the worst case dashed black);
+  - `distributions.png`: the per-draw final metric at the largest `x` (boxes: quartiles and
+    median, whiskers: 5–95% over draws), a box per series, a panel per style;
+  - `correlation.png`: at each `x`, E[metric] (± 95% CI) per series under each non-worst-case
+    style (the effect of correlated corruption at the same marginal rate).
+  A point whose `points/<id>.npz` is missing or unreadable is left out of `distributions.png`
+  with a warning through `log`.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -190,38 +400,64 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
   tags = {r["point"]: r for r in rows if r["metric"] == metric and r["statistic"] == "mean"}
   if not tags or any(t not in next(iter(tags.values())) for t in (x, series, style)):
     return []
+  percent = _is_percent(metric)
+  scale, unit = (100.0, " (%)") if percent else (1.0, "")
   xs = sorted({_float(t[x]) for t in tags.values()})
   series_values = list(dict.fromkeys(t[series] for t in tags.values()))
   styles = list(dict.fromkeys(t[style] for t in tags.values()))
-  colors = {s: f"C{i}" for i, s in enumerate(series_values)}
-  linestyles = dict(zip(styles, ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3))]))
+  linestyles = dict(zip([st for st in styles if st != worst_label],
+                        ["-", ":", "-.", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1))] * 4))
+  style_colors = {st: f"C{i}" for i, st in enumerate(st for st in styles if st != worst_label)}
   paths = []
 
-  fig, ax = plt.subplots(figsize=(9, 5.5))
-  for s in series_values:
+  def save(fig, name, title):
+    width = int(12.5 * fig.get_size_inches()[0])  # characters per line at fontsize 9
+    fig.suptitle("\n".join(textwrap.fill(t, width) for t in (title, subtitle) if t), fontsize=9)
+    fig.tight_layout()
+    paths.append(os.path.join(workdir, name))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+  cols = min(len(series_values), 3)
+  nrows = -(-len(series_values) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(max(8, 4.8 * cols), 3.6 * nrows + 1.2),
+                           sharey=True, squeeze=False)
+  for ax, s in zip(axes.flat, series_values):
     for st in styles:
       pts = sorted((_float(t[x]), p) for p, t in tags.items() if t[series] == s and t[style] == st)
       if pts:
-        ax.errorbar([v for v, _ in pts], [100 * mean[p] for _, p in pts],
-                    yerr=[100 * ci[p] for _, p in pts], color=colors[s], linestyle=linestyles[st],
-                    marker="o" if st != worst_label else "x", capsize=3,
-                    label=f"{s} / {st}")
-  ax.set(xlabel=x, ylabel=f"{metric} (%)", title=f"expected (over μ_H) vs worst case: {metric}")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, ncol=2)
-  fig.tight_layout()
-  paths.append(os.path.join(workdir, "expected_vs_worst.png"))
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
+        worst = st == worst_label
+        ax.errorbar([v for v, _ in pts], [scale * mean[p] for _, p in pts],
+                    yerr=[scale * ci[p] for _, p in pts],
+                    color="black" if worst else style_colors[st],
+                    linestyle="--" if worst else linestyles[st],
+                    marker="x" if worst else "o", capsize=3, label=f"{style}={st}")
+    ax.set_title(f"{series}={s}", fontsize=9)
+    ax.set_xlabel(x)
+    ax.grid(alpha=0.3)
+  for ax in axes.flat[len(series_values):]:
+    ax.set_visible(False)
+  for row in axes:
+    row[0].set_ylabel(f"E[{metric}]{unit}")
+  axes.flat[0].legend(fontsize=7)
+  save(fig, "expected_vs_worst.png",
+       f"expected (over μ_H) vs worst case: {metric}; error bars: 95% CI over draws")
 
   draws = {}
-  for name in os.listdir(os.path.join(workdir, "points")):
-    with np.load(os.path.join(workdir, "points", name)) as z:
-      t = json.loads(str(z["tags"]))
-      if x in t and _float(t[x]) == xs[-1] and f"final_{metric}" in z.files:
-        draws[(t[series], t[style])] = 100 * z[f"final_{metric}"]
+  for pid, t in tags.items():
+    if _float(t[x]) != xs[-1]:
+      continue
+    try:
+      arrays = load_point(point_path(workdir, pid))
+    except NPZ_ERRORS as e:
+      log(f"sweep plot: WARNING {point_path(workdir, pid)} ({series}={t[series]}, "
+          f"{style}={t[style]}) is missing or unreadable ({type(e).__name__}: {e}); "
+          "left out of distributions.png")
+      continue
+    if f"final_{metric}" in arrays:
+      draws[(t[series], t[style])] = scale * arrays[f"final_{metric}"]
   if draws:
-    fig, axes = plt.subplots(1, len(styles), figsize=(4 * len(styles), 4.5), sharey=True,
+    fig, axes = plt.subplots(1, len(styles), figsize=(max(8, 4 * len(styles)), 5), sharey=True,
                              squeeze=False)
     for ax, st in zip(axes[0], styles):
       data = [draws.get((s, st), np.array([np.nan])) for s in series_values]
@@ -229,14 +465,14 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
       ax.set_xticks(range(1, len(series_values) + 1), series_values, rotation=60, fontsize=7)
       ax.set_title(f"{style}={st}, {x}={xs[-1]}", fontsize=9)
       ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"final {metric} per draw (%)")
-    fig.tight_layout()
-    paths.append(os.path.join(workdir, "distributions.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    axes[0][0].set_ylabel(f"final {metric} per draw{unit}")
+    save(fig, "distributions.png",
+         f"final {metric} over draws of μ_H at {x}={xs[-1]}: boxes quartiles and median, "
+         "whiskers 5–95%, points beyond them single draws")
 
   expected_styles = [st for st in styles if st != worst_label]
-  fig, axes = plt.subplots(1, len(xs), figsize=(4.5 * len(xs), 4.5), sharey=True, squeeze=False)
+  fig, axes = plt.subplots(1, len(xs), figsize=(max(8, 4.5 * len(xs)), 5), sharey=True,
+                           squeeze=False)
   width = 0.8 / max(1, len(expected_styles))
   for ax, xv in zip(axes[0], xs):
     for j, st in enumerate(expected_styles):
@@ -244,19 +480,16 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
       for s in series_values:
         match = [p for p, t in tags.items() if t[series] == s and t[style] == st
                  and _float(t[x]) == xv]
-        vals.append(100 * mean[match[0]] if match else np.nan)
-        errs.append(100 * ci[match[0]] if match else 0)
+        vals.append(scale * mean[match[0]] if match else np.nan)
+        errs.append(scale * ci[match[0]] if match else 0)
       ax.bar(np.arange(len(series_values)) + j * width, vals, width, yerr=errs, capsize=2,
-             label=st)
+             label=f"{style}={st}")
     ax.set_xticks(np.arange(len(series_values)) + 0.4 - width / 2, series_values, rotation=60,
                   fontsize=7)
     ax.set_title(f"{x}={xv}", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-  axes[0][0].set_ylabel(f"E[{metric}] (%)")
+  axes[0][0].set_ylabel(f"E[{metric}]{unit}")
   axes[0][-1].legend(fontsize=7)
-  fig.suptitle("same marginal corruption rate, different correlation", fontsize=10)
-  fig.tight_layout()
-  paths.append(os.path.join(workdir, "correlation.png"))
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
+  save(fig, "correlation.png", "same marginal corruption rate, different correlation: "
+       f"E[{metric}]; error bars: 95% CI over draws")
   return paths

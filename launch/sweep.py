@@ -1,11 +1,23 @@
 """Runs a resumable Monte Carlo sweep: every point of a sweep config, one vmapped batch of S
-draws each, appending to --workdir/results.csv; rerun with the same --workdir to resume.
+draws each, appending to --workdir/results.csv (statistics) and --workdir/timings.csv (seconds);
+rerun with the same --workdir to resume.
 
   python launch/sweep.py --config=configs/sweep_core.py --workdir=runs/sweep_core
   python launch/sweep.py --config=configs/sweep_core.py --config.base.num_samples=16
 
+Grid axes are set as comma-separated lists (no spaces, or quote the argument); aggregator specs
+keep their '+', and numbers are read as numbers:
+
+  python launch/sweep.py --config=configs/sweep_core.py --workdir=runs/small \\
+    --config.grid.aggregators=mean,nnm+trimmed_mean --config.grid.corruption=0.12,0.28 \\
+    --config.grid.mu_h=independent,worst_case
+
 A sweep config file defines get_config() (a ConfigDict with `base`, the experiment config every
-point starts from, and `plot`, the tags to plot) and points(config) (a list of sweep.Point).
+point starts from, `grid`, its axes, and `plot`, the tags to plot: x, series, style, metric) and
+points(config) (a list of sweep.Point; read each grid axis with sweep.as_list(value, cast) so
+comma-separated overrides work). It may define plot_note(config), a sentence appended to the
+plots' titles (e.g. how f and each μ_H's parameters follow the swept rate); the titles also say
+the attack and its options, S, rounds, n and the declared f per value of the plot's x.
 """
 
 import importlib.util
@@ -27,26 +39,31 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", "runs/sweep_core", "Where results are written.")
 
 
-def _points_function(path: str):
+def _sweep_module(path: str):
   spec = importlib.util.spec_from_file_location("sweep_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "points"):
     raise ValueError(f"sweep config {path} must define points(config).")
-  return module.points
+  return module
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  points = _points_function(config_flags.get_config_filename(flags.FLAGS["config"]))(config)
-  rows = sweep.run(config.base, points, _WORKDIR.value, log=lambda m: print(m, flush=True))
+  module = _sweep_module(config_flags.get_config_filename(flags.FLAGS["config"]))
+  points = module.points(config)
+  log = lambda m: print(m, flush=True)  # pylint: disable=unnecessary-lambda-assignment
+  rows = sweep.run(config.base, points, _WORKDIR.value, log=log)
   print()
   print(sweep.table(rows, config.plot.metric))
+  note = module.plot_note(config) if hasattr(module, "plot_note") else ""
+  subtitle = sweep.describe(config.base, points, x=config.plot.x, note=note)
   paths = sweep.plot(rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
-                     style=config.plot.style, metric=config.plot.metric)
-  print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.csv')}" +
+                     style=config.plot.style, metric=config.plot.metric, subtitle=subtitle,
+                     log=log)
+  print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.csv')}, timings.csv" +
         "".join(f", {os.path.basename(p)}" for p in paths))
 
 

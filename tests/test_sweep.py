@@ -1,11 +1,28 @@
-"""Resumable sweeps: an interrupted sweep, rerun, gives the table of an uninterrupted one."""
+"""Resumable sweeps: an interrupted sweep, rerun, gives the table of an uninterrupted one, byte
+for byte; damaged point files are recomputed; grids from the command line; tables and plots."""
 
+import importlib.util
 import os
+import types
 
+import ml_collections
+import numpy as np
 import pytest
 
+from fedjax_robust import config as config_lib
+from fedjax_robust import results
 from fedjax_robust import sweep
 from tiny_config import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sweep_core():
+  spec = importlib.util.spec_from_file_location("sweep_core",
+                                                os.path.join(ROOT, "configs", "sweep_core.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def points():
@@ -50,3 +67,202 @@ def test_bad_points_fail_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="one aggregator"):
     sweep.run(base(), [sweep.Point({}, {"aggregator": "mean,krum"})], str(tmp_path))
   assert not os.path.exists(tmp_path / "results.csv")
+
+
+def _by_point(rows, workdir):
+  return {r["point"]: os.path.join(workdir, "points", r["point"] + ".npz") for r in rows}
+
+
+def test_point_file_is_on_disk_before_its_rows(tmp_path, monkeypatch):
+  """A kill after a point's rows reach results.csv must not leave it without its npz: the npz
+  is written (atomically) first."""
+  workdir = str(tmp_path / "a")
+  real = sweep._write_results
+
+  def killed(path, rows):
+    raise KeyboardInterrupt("killed while writing results.csv")
+
+  monkeypatch.setattr(sweep, "_write_results", killed)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run(base(), points()[:1], workdir, log=lambda _: None)
+  assert not os.path.exists(os.path.join(workdir, "results.csv"))
+  files = os.listdir(os.path.join(workdir, "points"))
+  assert [f for f in files if f.endswith(".npz") and not f.startswith(".")] == [
+      sweep.point_id(sweep.apply_overrides(base(), points()[0].overrides)) + ".npz"]
+  monkeypatch.setattr(sweep, "_write_results", real)
+  rows = sweep.run(base(), points()[:1], workdir, log=lambda _: None)
+  assert {r["point"] for r in rows} == {files[0][:-4]}
+  assert [f for f in os.listdir(os.path.join(workdir, "points")) if f.startswith(".")] == []
+
+
+def test_missing_or_damaged_point_files_are_recomputed(tmp_path):
+  workdir = str(tmp_path / "a")
+  rows = sweep.run(base(), points(), workdir, log=lambda _: None)
+  before = open(os.path.join(workdir, "results.csv"), "rb").read()
+  paths = list(_by_point(rows, workdir).items())
+  os.remove(paths[0][1])                                   # missing
+  with open(paths[1][1], "r+b") as fh:                     # truncated
+    fh.truncate(os.path.getsize(paths[1][1]) // 2)
+  with open(paths[2][1], "wb") as fh:                      # not an npz at all
+    fh.write(b"not a zip file")
+  open(paths[3][1], "wb").close()                          # empty
+  logs = []
+  again = sweep.run(base(), points(), workdir, log=logs.append)
+  warnings = [m for m in logs if "WARNING" in m]
+  assert len(warnings) == 4 and all(any(pid in m for m in warnings) for pid, _ in paths)
+  assert "0 already done, 4 to run" in logs[len(warnings)]
+  assert values(again) == values(rows)
+  assert open(os.path.join(workdir, "results.csv"), "rb").read() == before
+  for _, path in paths:
+    sweep.load_point(path)
+  # plot() skips an unreadable file with a warning rather than crashing.
+  with open(paths[1][1], "wb") as fh:
+    fh.write(b"PK\x03\x04garbage")
+  logs = []
+  out = sweep.plot(sweep.read_results(os.path.join(workdir, "results.csv")), workdir, x="p",
+                   series="aggregator", style="p", log=logs.append)
+  assert len(out) == 3 and all(os.path.exists(p) for p in out)
+  assert any(paths[1][0] in m and "WARNING" in m for m in logs)
+
+
+def test_interrupted_and_resumed_results_csv_is_byte_identical(tmp_path):
+  sweep.run(base(), points(), str(tmp_path / "whole"), log=lambda _: None)
+  sweep.run(base(), points(), str(tmp_path / "resumed"), log=lambda _: None, stop_after=1)
+  sweep.run(base(), points(), str(tmp_path / "resumed"), log=lambda _: None)
+  whole = open(tmp_path / "whole" / "results.csv", "rb").read()
+  assert open(tmp_path / "resumed" / "results.csv", "rb").read() == whole
+  assert b"seconds" not in whole and b",count,64.0" not in whole and b",count,3\r\n" in whole
+  timings = sweep.read_timings(str(tmp_path / "resumed" / "timings.csv"))
+  assert len(timings) == 4 and all(t["compile_seconds"] >= 0 and t["run_seconds"] > 0
+                                   for t in timings)
+  assert [r["value"] for r in sweep.read_results(str(tmp_path / "whole" / "results.csv"))
+          if r["statistic"] == "count"][:1] == [3]
+
+
+def test_grid_axes_accept_comma_separated_strings():
+  assert sweep.as_list("mean,nnm+trimmed_mean") == ["mean", "nnm+trimmed_mean"]
+  assert sweep.as_list(("mean,trimmed_mean",)) == ["mean", "trimmed_mean"]
+  assert sweep.as_list(("mean", "krum")) == ["mean", "krum"]
+  assert sweep.as_list("(mean, 'bucketing+geometric_median')") == [
+      "mean", "bucketing+geometric_median"]
+  assert sweep.as_list("0.12,0.28", float) == [0.12, 0.28]
+  assert sweep.as_list((0.1, 0.2), float) == [0.1, 0.2]
+  assert sweep.as_list(0.3, float) == [0.3]
+  with pytest.raises(ValueError, match="'x'"):
+    sweep.as_list("0.1,x", float)
+  with pytest.raises(ValueError, match="no values"):
+    sweep.as_list(",")
+
+
+def test_sweep_core_grid_from_command_line_overrides():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  path = os.path.join(ROOT, "configs", "sweep_core.py")
+  argv = ["sweep", f"--config={path}", "--config.grid.aggregators=mean,nnm+trimmed_mean",
+          "--config.grid.corruption=0.12,0.28", "--config.grid.mu_h=independent,worst_case"]
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", path, flag_values=fv, lock_config=True,
+                                           sys_argv=argv)
+  fv(argv)
+  config = holder.value
+  assert config.grid.aggregators == ("mean,nnm+trimmed_mean",)  # what config_flags gives
+  module = sweep_core()
+  pts = module.points(config)
+  assert len(pts) == 2 * 2 * 2
+  assert {p.tags["aggregator"] for p in pts} == {"mean", "nnm+trimmed_mean"}
+  assert {p.tags["corruption"] for p in pts} == {0.12, 0.28}
+  assert {p.tags["mu_H"] for p in pts} == {"independent", "worst_case"}
+  for p in pts:  # what sweep.run checks before any work
+    c = sweep.apply_overrides(config.base, p.overrides)
+    assert "," not in c.aggregator
+    config_lib.validate(c)
+  assert {sweep.apply_overrides(config.base, p.overrides).f for p in pts} == {3, 7}
+  # Plain strings work as well as tuples.
+  config = module.get_config()
+  config.grid = ml_collections.ConfigDict(
+      {"aggregators": "nnm+trimmed_mean", "corruption": "0.2,0.28", "mu_h": "graph"})
+  assert [(p.tags["aggregator"], p.tags["corruption"], p.tags["mu_H"])
+          for p in module.points(config)] == [("nnm+trimmed_mean", 0.2, "graph"),
+                                              ("nnm+trimmed_mean", 0.28, "graph")]
+
+
+def test_table_shows_accuracies_in_percent_and_losses_raw():
+  rows = [{"point": "a", "agg": "mean", "metric": m, "statistic": s, "value": v}
+          for m, s, v in [("honest_accuracy", "mean", 0.918), ("honest_accuracy", "ci95", 0.032),
+                          ("honest_accuracy", "count", 64), ("honest_loss", "mean", 0.25),
+                          ("honest_loss", "ci95", 0.0125)]]
+  acc = sweep.table(rows)
+  assert "91.80 ± 3.20" in acc and "(%)" in acc.splitlines()[0]
+  loss = sweep.table(rows, "honest_loss")
+  assert "0.2500 ± 0.0125" in loss and "%" not in loss
+  assert "64" in sweep.table(rows, "honest_accuracy", "count")
+  assert "6400" not in sweep.table(rows, "honest_accuracy", "count")
+
+
+def _capture_titles(monkeypatch):
+  """Records, for every figure saved, its file name, suptitle, axes titles and legend texts."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  saved = {}
+  real = figure.Figure.savefig
+
+  def savefig(fig, path, *args, **kwargs):
+    flat = lambda t: " ".join(t.split())  # pylint: disable=unnecessary-lambda-assignment
+    saved[os.path.basename(str(path))] = {
+        "suptitle": flat(fig._suptitle.get_text()) if fig._suptitle else "",  # pylint: disable=protected-access
+        "axes": [ax.get_title() for ax in fig.axes if ax.get_visible()],
+        "legend": [t.get_text() for ax in fig.axes if ax.get_legend()
+                   for t in ax.get_legend().get_texts()]}
+    return real(fig, path, *args, **kwargs)
+
+  monkeypatch.setattr(figure.Figure, "savefig", savefig)
+  return saved
+
+
+def test_sweep_plots_say_what_was_run(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  rows = sweep.run(base(), points(), workdir, log=lambda _: None)
+  subtitle = sweep.describe(base(), points(), x="p", note="f is fixed here.")
+  for part in ("μ_H=bernoulli(p per point)", "declared f=1", "attack alie(z=1)", "S=3",
+               "rounds=10", "n=6", "f is fixed here."):
+    assert part in subtitle, part
+  saved = _capture_titles(monkeypatch)
+  paths = sweep.plot(rows, workdir, x="p", series="aggregator", style="p", subtitle=subtitle)
+  assert sorted(map(os.path.basename, paths)) == sorted(saved) == [
+      "correlation.png", "distributions.png", "expected_vs_worst.png"]
+  for name, fig in saved.items():
+    assert subtitle in fig["suptitle"], name
+  assert "error bars: 95% CI over draws" in saved["expected_vs_worst.png"]["suptitle"]
+  assert "whiskers 5–95%" in saved["distributions.png"]["suptitle"]
+  assert "95% CI over draws" in saved["correlation.png"]["suptitle"]
+  # One panel per aggregator, the μ_H styles (here p) as lines within it.
+  assert saved["expected_vs_worst.png"]["axes"] == ["aggregator=mean", "aggregator=trimmed_mean"]
+  assert set(saved["expected_vs_worst.png"]["legend"]) == {"p=0.1", "p=0.3"}
+
+
+def test_sweep_describe_gives_f_per_rate():
+  pts = [sweep.Point({"p": p}, {"f": f, "honest_set_options.bernoulli.p": p})
+         for p, f in [(0.3, 2), (0.1, 1)]]
+  text = sweep.describe(base(), pts, x="p")
+  assert "declared f=1 at p=0.1, 2 at 0.3" in text
+
+
+def test_single_run_plot_title_says_what_was_run(tmp_path, monkeypatch):
+  config = base()
+  config.honest_set_options.bernoulli.p = 0.2
+  rng = np.random.default_rng(0)
+  exp = types.SimpleNamespace(config=config, runs={
+      name: types.SimpleNamespace(rounds=np.array([0, 5, 10]),
+                                  metrics={"honest_accuracy": rng.random((3, 3))})
+      for name in ("mean", "nnm+trimmed_mean")})
+  saved = _capture_titles(monkeypatch)
+  title = results.plot(exp, str(tmp_path / "honest_accuracy.png"))
+  assert os.path.exists(tmp_path / "honest_accuracy.png")
+  for part in ("μ_H=bernoulli(p=0.2)", "declared f=1", "attack alie(z=1)", "S=3 draws",
+               "10 rounds"):
+    assert part in title, part
+  fig = saved["honest_accuracy.png"]
+  assert " ".join(title.split()) == fig["suptitle"]
+  assert "5–95% over draws" in fig["legend"]
+  assert any("whiskers 5–95%" in t for t in fig["axes"])
