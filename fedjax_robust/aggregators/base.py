@@ -38,15 +38,19 @@ def finite_rows(updates: Array) -> Array:
 
 def uniform_cond(pred: Array, true_fn: Callable[..., Any], false_fn: Callable[..., Any],
                  *operands: Any) -> Any:
-  """`lax.cond(pred, true_fn, false_fn, *operands)` that stays a branch under `jax.vmap`.
+  """`lax.cond(pred, true_fn, false_fn, *operands)` that stays a branch under `jax.vmap`, and
+  gives every sample of a batch the value of its own branch.
 
   Under vmap, `lax.cond` with a batched predicate becomes a select that runs both branches for
-  every sample. Here the predicate is reduced with `any` over the batch instead: if any sample
-  asks for `true_fn`, the whole batch takes it (vmapped); otherwise the whole batch takes
-  `false_fn`. Use it only where both branches compute the same value for a sample whose
-  predicate is False, so that this changes cost, never results: a fast path (`false_fn`) and an
-  exact fallback (`true_fn`). Works under nested vmaps (the rule recurses) and jit; not under
-  reverse-mode autodiff.
+  every sample. Here the batch runs `false_fn` (the fast path) for every sample, and only if some
+  sample's predicate is True does it also run `true_fn` (the exact fallback) for the batch and
+  select it for exactly those samples. So a sample's value never depends on the other samples of
+  its batch (a draw with a NaN row does not move its neighbours onto another float path), while
+  a batch whose predicates are all False pays for `false_fn` alone. Use it where both branches
+  compute the same value for a sample whose predicate is False (a fast path and an exact
+  fallback); `false_fn` must terminate on any input, since it also runs on the samples that need
+  `true_fn` (its value is discarded there). Works under nested vmaps (the rule recurses) and jit;
+  not under reverse-mode autodiff.
   """
   @custom_vmap
   def call(pred, *ops):
@@ -56,9 +60,20 @@ def uniform_cond(pred: Array, true_fn: Callable[..., Any], false_fn: Callable[..
   def batched(axis_size, in_batched, pred, *ops):
     pred_batched, *ops_batched = in_batched
     axes = tuple(jax.tree.map(lambda b: 0 if b else None, b) for b in ops_batched)
-    out = uniform_cond(jnp.any(pred) if pred_batched else pred,
-                       jax.vmap(true_fn, in_axes=axes, axis_size=axis_size),
-                       jax.vmap(false_fn, in_axes=axes, axis_size=axis_size), *ops)
+    exact = jax.vmap(true_fn, in_axes=axes, axis_size=axis_size)
+    fast = jax.vmap(false_fn, in_axes=axes, axis_size=axis_size)
+    if not pred_batched:
+      out = uniform_cond(pred, exact, fast, *ops)
+    else:
+      fast_out = fast(*ops)
+
+      def select_exact(pred, fast_out, *ops):
+        return jax.tree.map(
+            lambda e, f: jnp.where(pred.reshape(pred.shape + (1,) * (e.ndim - 1)), e, f),
+            exact(*ops), fast_out)
+
+      out = uniform_cond(jnp.any(pred), select_exact, lambda pred, fast_out, *ops: fast_out,
+                         pred, fast_out, *ops)
     return out, jax.tree.map(lambda _: True, out)
 
   return call(pred, *operands)
@@ -79,8 +94,8 @@ def ordinary_or_exact(updates: Array, fast: Callable[..., Any], exact: Callable[
   combination of rows), and `extra_squared_norm` (e.g. a bound on ‖z‖² for a z from outside),
   cannot overflow, so the rule needs no finite-row check, no zeroing copy and no per-row
   scaling. `exact` must compute the same value on ordinary input (tests check both paths). Under
-  vmap the whole batch takes `exact` if any sample needs it (`uniform_cond`), so training with
-  ordinary updates runs the fast path.
+  vmap each sample gets its own path's value (`uniform_cond`): the exact path runs for a batch
+  only when one of its samples needs it, and is selected only for those samples.
   """
   sq = row_squared_norms(updates)
   limit = float(jnp.finfo(updates.dtype).max) / 4
@@ -149,8 +164,14 @@ class Aggregator:
 
   def __call__(self, updates: jax.Array, key: jax.Array | None = None,
                weights: jax.Array | None = None) -> jax.Array:
-    """The aggregate of `updates [n, d]` from a fresh state (key 0 unless given)."""
+    """The aggregate of `updates [n, d]` from a fresh state (key 0 unless given).
+
+    NumPy input is converted with `jnp.asarray` first: float64 without `jax_enable_x64` is
+    computed in float32 (JAX's default precision; enable x64 for float64), silently and once.
+    """
     key = jax.random.key(0) if key is None else key
+    updates = jnp.asarray(updates)
+    weights = None if weights is None else jnp.asarray(weights)
     state = self.init(updates.shape[-1], updates.dtype)
     out, _, _ = self.apply(updates, state, key, weights)
     return out
