@@ -19,7 +19,10 @@ from ml_collections import config_dict
 
 from fedjax_robust import aggregators
 from fedjax_robust import attacks
+from fedjax_robust import domains as D
+from fedjax_robust import errors
 from fedjax_robust import data as data_lib
+from fedjax_robust.errors import ConfigError
 from fedjax_robust import graphs
 from fedjax_robust import honest_sets
 from fedjax_robust import models
@@ -103,10 +106,94 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# The declared domain of every key of `base_config()` that is not an option of a registered
+# name (those are declared in the registries: aggregators, attacks, honest_sets, models).
+CONFIG_DOMAINS: dict[str, D.Domain] = {
+    "seed": D.NONNEGATIVE_INT,
+    "num_clients": D.Int(2),
+    "f": D.NONNEGATIVE_INT,
+    "num_samples": D.POSITIVE_INT,
+    "num_samples_per_chunk": D.Int(0, note="0: as many as fit in memory_budget_gb"),
+    "memory_budget_gb": D.POSITIVE,
+    "aggregator": D.Domain("str", note="comma-separated specs such as 'nnm+trimmed_mean'"),
+    "attack": D.Choice(*attacks.names()),
+    "honest_set": D.Choice(*honest_sets.names(), "worst_case"),
+    "honest_set_options.bernoulli.p_per_client": D.Tuple(D.PROBABILITY, 1, optional=True,
+                                                         note="one per client"),
+    "honest_set_options.worst_case.criterion": D.Choice(*WORST_CASE_CRITERIA),
+    "honest_set_options.worst_case.exhaustive_limit": D.POSITIVE_INT,
+    "honest_set_options.worst_case.max_sweeps": D.NONNEGATIVE_INT,
+    "graph.kind": D.Choice(*graphs.KINDS),
+    "graph.edges": D.Tuple(D.Tuple(D.NONNEGATIVE_INT, 2), optional=True,
+                           note="pairs (i, j) of client indices"),
+    "graph.p": D.PROBABILITY,
+    "graph.width": D.Int(1, optional=True),
+    "graph.block_sizes": D.Tuple(D.POSITIVE_INT, 1, optional=True),
+    "graph.p_in": D.PROBABILITY,
+    "graph.p_out": D.PROBABILITY,
+    "graph.k": D.POSITIVE_INT,
+    "graph.seed": D.NONNEGATIVE_INT,
+    "estimators.honest_optimum": D.Bool(),
+    "estimators.oracle": D.Bool(),
+    "model": D.Choice(*models.names()),
+    "data.name": D.Choice(*data_lib.NAMES),
+    "data.data_dir": D.Domain("str", optional=True),
+    "data.partition": D.Choice(*data_lib.PARTITIONERS),
+    "data.alpha": D.POSITIVE,
+    "data.shards_per_client": D.POSITIVE_INT,
+    "data.gamma": D.PROBABILITY,
+    "data.min_size": D.POSITIVE_INT,
+    "data.test_fraction": D.Float(0, 1, low_open=True, high_open=True),
+    "data.synthetic_examples_per_client": D.Int(2),
+    "data.synthetic_dim": D.POSITIVE_INT,
+    "data.synthetic_num_classes": D.Int(2),
+    "data.synthetic_alpha": D.NONNEGATIVE,
+    "data.synthetic_beta": D.NONNEGATIVE,
+    "training.num_rounds": D.POSITIVE_INT,
+    "training.eval_every": D.Int(1, note="num_rounds must be a multiple"),
+    "training.local_steps": D.POSITIVE_INT,
+    "training.batch_size": D.Int(note="<= 0: all of a client's data per step"),
+    "training.client_lr": D.POSITIVE,
+    "training.client_momentum": D.Float(0, 1, high_open=True),
+    "training.server_optimizer": D.Choice(*_SERVER_OPTIMIZERS),
+    "training.server_lr": D.POSITIVE,
+    "training.server_momentum": D.Float(0, 1, high_open=True),
+    "training.weighted_aggregation": D.Bool(),
+}
+
+
+def option_domains() -> dict[str, D.Domain]:
+  """Every option key of the config (dotted) with its declared domain, from the registries."""
+  out = {}
+  for name in aggregators.names():
+    out.update({f"aggregator_options.{name}.{k}": d
+                for k, d in aggregators.option_domains(name).items()})
+  for name in attacks.names():
+    out.update({f"attack_options.{name}.{k}": d for k, d in attacks.option_domains(name).items()})
+  for name in honest_sets.names():
+    out.update({f"honest_set_options.{name}.{k}": d
+                for k, d in honest_sets.option_domains(name).items()})
+  for name in models.names():
+    out.update({f"model_options.{name}.{k}": d for k, d in models.OPTION_DOMAINS[name].items()})
+  return out
+
+
+def all_domains() -> dict[str, D.Domain]:
+  """Every key of `base_config()` (dotted) with its declared domain."""
+  return {**CONFIG_DOMAINS, **option_domains()}
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
 def _unknown_keys(config: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = ""):
   for key, value in config.items():
     if key not in schema:
-      yield prefix + key, sorted(schema)
+      yield prefix + key, key, sorted(schema)
     elif isinstance(schema[key], Mapping) and isinstance(value, Mapping):
       yield from _unknown_keys(value, schema[key], f"{prefix}{key}.")
 
@@ -140,67 +227,66 @@ def make_adjacency(config, fed: data_lib.FederatedData | None = None) -> np.ndar
 
 
 def validate(config) -> None:
-  """Stops at once, naming the bad value and what is allowed, before any data or compile work."""
+  """Stops at once with a `ConfigError` naming the bad key, its value and what is allowed, before
+  any data or compile work: every key against its declared domain (`all_domains()`), then the
+  constraints between keys."""
+  try:
+    _validate(config)
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:  # a check below the config layer: same contract
+    raise ConfigError(str(e)) from None
+
+
+def _validate(config) -> None:
   unknown = list(_unknown_keys(config.to_dict(), base_config().to_dict()))
   if unknown:
-    key, allowed = unknown[0]
-    raise ValueError(f"config key {key!r} does not exist; allowed here: {', '.join(allowed)}.")
+    dotted, key, allowed = unknown[0]
+    raise ConfigError(f"config key {dotted!r} does not exist.{errors.close_matches(key, allowed)}"
+                      f" Allowed here: {', '.join(allowed)}.")
+  for dotted, domain in all_domains().items():
+    value = _get(config, dotted)
+    if value is None and dotted.startswith("honest_set_options.") and not domain.optional:
+      continue  # a required parameter left unset: reported below if its law is chosen
+    domain.check(dotted, value)
   n, f = config.num_clients, config.f
-  if not isinstance(n, int) or n < 2:
-    raise ValueError(f"num_clients must be an int >= 2, got {n!r}.")
-  if not isinstance(f, int) or f < 0 or 2 * f >= n:
-    raise ValueError(f"declared f={f!r} must be an int with 0 <= f < n/2 = {n / 2} "
-                     f"(num_clients={n}): robust aggregation needs an honest majority.")
-  if not isinstance(config.num_samples, int) or config.num_samples <= 0:
-    raise ValueError(f"num_samples (S) must be a positive int, got {config.num_samples!r}.")
+  if 2 * f >= n:
+    raise ConfigError(f"declared f={f!r} must satisfy 0 <= f < n/2 = {n / 2} "
+                      f"(num_clients={n}): robust aggregation needs an honest majority.")
   specs = aggregator_specs(config)
   if not specs:
-    raise ValueError(f"config.aggregator names no aggregator: {config.aggregator!r}.")
+    raise ConfigError(f"config.aggregator names no aggregator: {config.aggregator!r}.")
   for spec in specs:
     agg = aggregators.get(spec, f=f, options=config.aggregator_options.to_dict(),
                           weighted=config.training.weighted_aggregation)
     jax.eval_shape(agg, jax.ShapeDtypeStruct((n, 4), np.float32))  # trace-time checks of n, f
-  attacks.get(config.attack, num_classes=2, options=config.attack_options.get(config.attack, {}))
+  num_classes = data_lib.num_classes(config.data.name, config.data.synthetic_num_classes)
+  attacks.get(config.attack, num_classes=num_classes,
+              options=config.attack_options.get(config.attack, {}))
   z_option = config.attack_options.alie.z
   if config.attack == "alie" and (z_option is None or np.isnan(z_option)):
     z = float(attacks.alie_z(n, f))
     if z <= 0:
       warnings.warn(f"ALIE's z from (n, f) = ({n}, {f}) is {z:.3g} <= 0: the attack sends the "
                     "honest mean or less; set attack_options.alie.z to study a real attack.")
-  if config.honest_set == "worst_case":
-    criterion = config.honest_set_options.worst_case.criterion
-    if criterion not in WORST_CASE_CRITERIA:
-      raise ValueError(f"unknown worst_case criterion {criterion!r}; available: "
-                       f"{', '.join(WORST_CASE_CRITERIA)}.")
-  else:
-    if config.honest_set not in honest_sets.names():
-      raise ValueError(f"unknown honest-set distribution {config.honest_set!r}; available: "
-                       f"{', '.join(honest_sets.names())}, worst_case.")
+  if config.attack in ("mimic",) and config.attack_options.mimic.index >= n:
+    raise ConfigError(f"attack_options.mimic.index={config.attack_options.mimic.index} must be "
+                      f"< num_clients={n}.")
+  if config.honest_set != "worst_case":
     spec = honest_set_spec(config)
     if config.honest_set in honest_sets.GRAPH_BASED:
-      if config.graph.kind not in graphs.KINDS:
-        raise ValueError(f"unknown graph kind {config.graph.kind!r}; available: "
-                         f"{', '.join(graphs.KINDS)}.")
       if config.graph.kind != "data_similarity":  # that one needs the data, built later
         spec["adjacency"] = make_adjacency(config)
     honest_sets.validate(spec, num_clients=n)
-  if config.num_samples_per_chunk < 0 or config.memory_budget_gb <= 0:
-    raise ValueError(f"num_samples_per_chunk must be >= 0 (0: automatic) and memory_budget_gb "
-                     f"> 0, got {config.num_samples_per_chunk}, {config.memory_budget_gb}.")
   if config.estimators.oracle and config.honest_set != "bernoulli":
-    raise ValueError("estimators.oracle needs independent corruption (honest_set='bernoulli'): "
-                     "its exact weights w_i = E[1{i∈S}/|S|] are derived for that law.")
-  models.get(config.model, input_shape=(1, 1, 1), num_classes=2,
+    raise ConfigError("estimators.oracle needs independent corruption (honest_set='bernoulli'): "
+                      "its exact weights w_i = E[1{i∈S}/|S|] are derived for that law.")
+  models.get(config.model, input_shape=(1, 1, 1), num_classes=num_classes,
              **config.model_options.get(config.model, {}))
-  data_lib.check_name(config.data.name)
-  data_lib.check_partition(config.data.partition)
   t = config.training
-  if t.server_optimizer not in _SERVER_OPTIMIZERS:
-    raise ValueError(f"unknown server_optimizer {t.server_optimizer!r}; available: "
-                     f"{', '.join(_SERVER_OPTIMIZERS)}.")
-  if t.num_rounds < 1 or t.eval_every < 1 or t.num_rounds % t.eval_every:
-    raise ValueError(f"training.num_rounds={t.num_rounds} must be a positive multiple of "
-                     f"training.eval_every={t.eval_every}.")
+  if t.num_rounds % t.eval_every:
+    raise ConfigError(f"training.num_rounds={t.num_rounds} must be a positive multiple of "
+                      f"training.eval_every={t.eval_every}.")
   make_local_training(config)
 
 

@@ -32,7 +32,9 @@ from jax.scipy.special import ndtri
 from scipy import special
 from scipy import stats
 
+from fedjax_robust import domains as D
 from fedjax_robust import graphs
+from fedjax_robust.errors import ConfigError
 
 _FIXED = ("key", "num_clients", "num_samples", "adjacency")
 
@@ -224,14 +226,38 @@ _SAMPLERS = {"fixed_count": fixed_count, "bernoulli": bernoulli,
 GRAPH_BASED = ("graph_copula", "ising", "cascade")
 
 
+# The declared domain of every parameter of every law (n-dependent bounds are checked by the
+# samplers, e.g. num_byzantine <= n, one weight per client).
+_PER_CLIENT = D.Tuple(D.PROBABILITY, 1, note="one per client")
+OPTION_DOMAINS = {
+    "fixed_count": {"num_byzantine": D.Int(0, note="<= n"),
+                    "weights": D.Tuple(D.POSITIVE, 1, optional=True, note="one per client")},
+    "bernoulli": {"p": D.OneOf(D.PROBABILITY, _PER_CLIENT)},
+    "beta_bernoulli": {"a": D.POSITIVE, "b": D.POSITIVE},
+    "clusters": {"num_clusters": D.POSITIVE_INT, "pi": D.PROBABILITY, "q1": D.PROBABILITY,
+                 "q0": D.PROBABILITY,
+                 "assignment": D.Tuple(D.NONNEGATIVE_INT, 1, optional=True,
+                                       note="a cluster index per client")},
+    "graph_copula": {"p": D.OneOf(D.PROBABILITY, _PER_CLIENT), "tau": D.POSITIVE},
+    "ising": {"h": D.OneOf(D.FINITE, D.Tuple(D.FINITE, 1)), "J": D.FINITE,
+              "sweeps": D.POSITIVE_INT},
+    "cascade": {"p0": D.OneOf(D.PROBABILITY, _PER_CLIENT), "q": D.PROBABILITY},
+}
+
+
 def names() -> list[str]:
   return sorted(_SAMPLERS)
+
+
+def option_domains(name: str) -> dict[str, D.Domain]:
+  options(name)  # the error for an unknown name
+  return dict(OPTION_DOMAINS[name])
 
 
 def options(name: str) -> dict[str, Any]:
   """A distribution's parameters and their defaults (required ones map to inspect.Parameter.empty)."""
   if name not in _SAMPLERS:
-    raise ValueError(f"unknown honest-set distribution {name!r}; available: {', '.join(names())}.")
+    raise ConfigError(f"unknown honest-set distribution {name!r}; available: {', '.join(names())}.")
   params = inspect.signature(_SAMPLERS[name]).parameters
   return {k: p.default for k, p in params.items() if k not in _FIXED}
 
@@ -243,9 +269,11 @@ def _split(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
   unknown = sorted(set(params) - set(allowed) - {"adjacency"})
   missing = sorted(k for k, v in allowed.items() if v is inspect.Parameter.empty and k not in params)
   if unknown or missing:
-    raise ValueError(f"honest-set distribution {name!r} takes the parameters {sorted(allowed)}"
+    raise ConfigError(f"honest-set distribution {name!r} takes the parameters {sorted(allowed)}"
                      f" (required: {sorted(k for k, v in allowed.items() if v is inspect.Parameter.empty)}); "
                      f"got unknown {unknown}, missing {missing}.")
+  D.check_options(f"honest_set_options.{name}",
+                  {k: v for k, v in params.items() if k != "adjacency"}, OPTION_DOMAINS[name])
   return name, params
 
 

@@ -11,6 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_robust import domains as D
+from fedjax_robust.errors import ConfigError
+
 
 class _Logistic(nn.Module):
   num_classes: int
@@ -61,6 +64,14 @@ _MODULES = {
 }
 
 
+# The declared domain of every model option.
+OPTION_DOMAINS = {
+    "logistic": {},
+    "mlp": {"hidden": D.Tuple(D.POSITIVE_INT, note="hidden layer widths; () is logistic")},
+    "cnn": {"features": D.Tuple(D.POSITIVE_INT, 1, note="conv widths"), "dense": D.POSITIVE_INT},
+}
+
+
 def names() -> list[str]:
   return sorted(_MODULES)
 
@@ -69,11 +80,13 @@ def get(name: str, *, input_shape: Sequence[int], num_classes: int, **options) -
   """`logistic` (multinomial logistic regression), `mlp` (option `hidden`, widths) or `cnn`
   (options `features`, conv widths, and `dense`)."""
   if name not in _MODULES:
-    raise ValueError(f"unknown model {name!r}; available: {', '.join(names())}.")
-  try:
-    module = _MODULES[name](num_classes, **options)
-  except TypeError as e:
-    raise ValueError(f"bad options {options} for model {name!r}: {e}") from e
+    raise ConfigError(f"unknown model {name!r}; available: {', '.join(names())}.")
+  unknown = sorted(set(options) - set(OPTION_DOMAINS[name]))
+  if unknown:
+    raise ConfigError(f"unknown option(s) {unknown} for model {name!r}; allowed: "
+                      f"{sorted(OPTION_DOMAINS[name]) or 'none'}.")
+  D.check_options(f"model_options.{name}", options, OPTION_DOMAINS[name])
+  module = _MODULES[name](num_classes, **options)
   dummy = jnp.zeros((1, *input_shape), jnp.float32)
   return Model(name, init=lambda key: module.init(key, dummy), apply=module.apply)
 

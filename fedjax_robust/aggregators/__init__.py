@@ -33,6 +33,7 @@ from fedjax_robust.aggregators.registry import canonical_name
 from fedjax_robust.aggregators.registry import chain
 from fedjax_robust.aggregators.registry import get
 from fedjax_robust.aggregators.registry import names
+from fedjax_robust.aggregators.registry import option_domains
 from fedjax_robust.aggregators.registry import options
 from fedjax_robust.aggregators.registry import split_spec
 from fedjax_robust.aggregators.robustness import empirical_kappa

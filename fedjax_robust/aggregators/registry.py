@@ -20,7 +20,9 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from fedjax_robust import domains as D
 from fedjax_robust.aggregators import base
+from fedjax_robust.errors import ConfigError
 from fedjax_robust.aggregators.averaging import mean
 from fedjax_robust.aggregators.bucketing import bucketing
 from fedjax_robust.aggregators.bucketing import bucketing_mean
@@ -51,6 +53,8 @@ class _Entry:
   kind: str  # "rule" or "pre"
   # Turns the function's output into (out, aux); most functions return the array alone.
   split_aux: Callable[[Any], tuple[jax.Array, Mapping[str, jax.Array]]] = lambda out: (out, {})
+  # The declared domain of every option (checked by `chain`/`get` before anything is traced).
+  domains: Mapping[str, D.Domain] = dataclasses.field(default_factory=dict)
 
   @property
   def params(self):
@@ -63,24 +67,32 @@ class _Entry:
             if p.kind is p.KEYWORD_ONLY and k not in _CALL_ARGS}
 
 
+_SUBSETS = D.Int(1, note="the most subsets an exact search may enumerate")
 _RULES: dict[str, _Entry] = {
     "mean": _Entry(mean, "rule"),
     "coordinate_median": _Entry(coordinate_median, "rule"),
     "trimmed_mean": _Entry(trimmed_mean, "rule"),
     "meamed": _Entry(meamed, "rule"),
     "geometric_median": _Entry(
-        weiszfeld, "rule", lambda r: (r.median, {"gm_iterations": r.num_iterations})),
+        weiszfeld, "rule", lambda r: (r.median, {"gm_iterations": r.num_iterations}),
+        {"nu": D.POSITIVE, "maxiter": D.Int(1, note="0 would make the rule the mean"),
+         "ftol": D.NONNEGATIVE, "gtol": D.NONNEGATIVE}),
     "krum": _Entry(krum, "rule"),
-    "multi_krum": _Entry(multi_krum, "rule"),
-    "minimum_diameter_averaging": _Entry(minimum_diameter_averaging, "rule"),
-    "monna": _Entry(monna, "rule"),
-    "centered_clipping": _Entry(centered_clipping, "rule"),
+    "multi_krum": _Entry(multi_krum, "rule",
+                         domains={"m": D.Int(1, optional=True, note="None: n − f; at most n")}),
+    "minimum_diameter_averaging": _Entry(minimum_diameter_averaging, "rule",
+                                         domains={"max_subsets": _SUBSETS}),
+    "monna": _Entry(monna, "rule", domains={"reference_index": D.Int(0, note="< n")}),
+    "centered_clipping": _Entry(
+        centered_clipping, "rule",
+        domains={"tau": D.POSITIVE,
+                 "iterations": D.Int(1, note="0 would return the initial centre every round")}),
     "bulyan": _Entry(bulyan, "rule"),
     "caf": _Entry(caf, "rule"),
-    "smea": _Entry(smea, "rule"),
+    "smea": _Entry(smea, "rule", domains={"max_subsets": _SUBSETS}),
     "nearest_neighbor_mixing": _Entry(nearest_neighbor_mixing, "pre"),
-    "bucketing": _Entry(bucketing, "pre"),
-    "static_clipping": _Entry(static_clipping, "pre"),
+    "bucketing": _Entry(bucketing, "pre", domains={"bucket_size": D.POSITIVE_INT}),
+    "static_clipping": _Entry(static_clipping, "pre", domains={"threshold": D.POSITIVE}),
     "adaptive_robust_clipping": _Entry(adaptive_robust_clipping, "pre"),
 }
 _ALIASES = {"nnm": "nearest_neighbor_mixing", "cwmed": "coordinate_median",
@@ -110,11 +122,21 @@ def options(name: str) -> dict[str, Any]:
   return _RULES[canonical_name(name)].options
 
 
+def option_domains(name: str) -> dict[str, D.Domain]:
+  """The declared domain of each option of a registered stage."""
+  return dict(_RULES[canonical_name(name)].domains)
+
+
 def canonical_name(name: str) -> str:
   """The registered name for `name` or an alias; a clear error for an unknown name."""
+  if not isinstance(name, str):
+    raise ConfigError(f"an aggregator name must be a string, got {name!r}.")
+  if not name.strip():
+    raise ConfigError("empty aggregator name: a '+' must join pre-aggregators to a rule, as in "
+                      "'nnm+trimmed_mean' (nothing may stand empty before or after a '+').")
   name = _ALIASES.get(name.strip(), name.strip())
   if name not in _RULES:
-    raise ValueError(
+    raise ConfigError(
         f"unknown aggregator {name!r}; rules: {', '.join(names('rule'))}; pre-aggregators: "
         f"{', '.join(names('pre'))}; aliases: {', '.join(f'{a}={c}' for a, c in _ALIASES.items())}."
         " Chain pre-aggregators before a rule with '+', e.g. 'nnm+trimmed_mean'.")
@@ -141,14 +163,15 @@ def _named_stage(name: str, f: int | None, opts: Mapping[str, Any], weighted: bo
   entry = entry or _RULES[name]
   unknown = set(opts) - set(entry.options)
   if unknown:
-    raise ValueError(f"unknown option(s) {sorted(unknown)} for aggregator {name!r}; allowed: "
-                     f"{entry.options or 'none'}.")
+    raise ConfigError(f"unknown option(s) {sorted(unknown)} for aggregator {name!r}; allowed: "
+                      f"{entry.options or 'none'}.")
+  D.check_options(f"aggregator_options.{name}", opts, entry.domains)
   params = entry.params
   if "f" in params and f is None:
-    raise ValueError(f"aggregator {name!r} needs the declared f.")
+    raise ConfigError(f"aggregator {name!r} needs the declared f.")
   if weighted and is_last and "weights" not in params:
     weighted_rules = [k for k, e in _RULES.items() if e.kind == "rule" and "weights" in e.params]
-    raise ValueError(f"aggregator {name!r} has no weighted form; weighted rules: "
+    raise ConfigError(f"aggregator {name!r} has no weighted form; weighted rules: "
                      f"{', '.join(sorted(weighted_rules))}.")
   stateful = "center" in params
 
@@ -195,15 +218,15 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
       weighted form (mean, trimmed_mean, geometric_median).
   """
   if not stages:
-    raise ValueError("chain needs at least one stage (the rule).")
+    raise ConfigError("chain needs at least one stage (the rule).")
   if f is not None and (not isinstance(f, int) or isinstance(f, bool) or f < 0):
-    raise ValueError(f"f must be a non-negative int, got {f!r}.")
+    raise ConfigError(f"f must be a non-negative int, got {f!r}.")
   opts = {canonical_name(k): dict(v) for k, v in (options or {}).items()}
   names_ = [canonical_name(s) if isinstance(s, str) else None for s in stages]
   for i, n in enumerate(names_):
     want = "rule" if i == len(stages) - 1 else "pre"
     if n is not None and _RULES[n].kind != want:
-      raise ValueError(
+      raise ConfigError(
           f"aggregator chain {[getattr(s, '__name__', s) for s in stages]}: stage {n!r} is a "
           f"{'rule' if _RULES[n].kind == 'rule' else 'pre-aggregator'}, but a chain is pre-aggregators ({', '.join(names('pre'))}) "
           f"followed by one rule ({', '.join(names('rule'))}).")
@@ -221,6 +244,7 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
     return tuple(stage.init(d, dtype) for stage in built)
 
   def apply(updates, state, key, weights=None):
+    check_input(updates, weights, f, "+".join(s.name for s in built))
     aux = {}
     new_state = []
     keys = jax.random.split(key, len(stages))  # per stage as written: fusing keeps the keys
@@ -233,9 +257,34 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
   return base.Aggregator(name="+".join(s.name for s in built), f=f, init=init, apply=apply)
 
 
+def check_input(updates, weights, f: int | None, name: str) -> None:
+  """The checks every pipeline makes of its input at trace time (shapes and dtypes are static):
+  a floating-point `[n, d]` matrix with n >= 1, weights of shape `[n]`, and an honest majority
+  n > 2f for the declared f (every rule, including those whose formula ignores f: a pipeline
+  configured for f Byzantine clients among fewer than 2f + 1 promises nothing)."""
+  shape = getattr(updates, "shape", None)
+  if shape is None or len(shape) != 2:
+    raise ConfigError(f"{name}: updates must be a matrix [n, d], got shape {shape}.")
+  n = shape[0]
+  if n < 1:
+    raise ConfigError(f"{name}: updates have n=0 rows; there is nothing to aggregate.")
+  if not jnp.issubdtype(updates.dtype, jnp.floating):
+    raise ConfigError(f"{name}: updates must be floating point, got {updates.dtype} (convert "
+                      "with updates.astype(jnp.float32)).")
+  if weights is not None and getattr(weights, "shape", None) != (n,):
+    raise ConfigError(f"{name}: weights must have shape ({n},) (one per row), got "
+                      f"{getattr(weights, 'shape', None)}.")
+  if f is not None and 2 * f >= n:
+    raise ConfigError(f"{name}: declared f={f} needs an honest majority, n > 2f = {2 * f}; got "
+                      f"n={n} rows.")
+
+
 def get(spec: str, *, f: int, options: Mapping[str, Mapping[str, Any]] | None = None,
         weighted: bool = False) -> base.Aggregator:
   """The pipeline named by `spec` ('nnm+trimmed_mean') for a declared f; see `chain`."""
   if not isinstance(f, int) or isinstance(f, bool) or f < 0:
-    raise ValueError(f"f must be a non-negative int, got {f!r}.")
+    raise ConfigError(f"f must be a non-negative int, got {f!r}.")
+  if not isinstance(spec, str):
+    raise ConfigError(f"an aggregator spec must be a string such as 'nnm+trimmed_mean', got "
+                      f"{spec!r}.")
   return chain(*split_spec(spec), f=f, options=options, weighted=weighted)

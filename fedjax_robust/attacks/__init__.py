@@ -25,4 +25,5 @@ from fedjax_robust.attacks.model_poisoning import sign_flip
 from fedjax_robust.attacks.registry import get
 from fedjax_robust.attacks.registry import model_poisoning_names
 from fedjax_robust.attacks.registry import names
+from fedjax_robust.attacks.registry import option_domains
 from fedjax_robust.attacks.registry import options

@@ -12,7 +12,9 @@ import functools
 import inspect
 from typing import Any, Callable, Mapping
 
+from fedjax_robust import domains as D
 from fedjax_robust.attacks import base
+from fedjax_robust.errors import ConfigError
 from fedjax_robust.attacks import data_poisoning
 from fedjax_robust.attacks import model_poisoning as mp
 
@@ -23,6 +25,8 @@ _CALL_ARGS = ("key", "updates", "byzantine_mask", "state", "aggregate")
 class _Entry:
   fn: Callable[..., Any]
   init: Callable[[int], Any] | None = None  # stateful attacks
+  # The declared domain of every option (checked by `get`).
+  domains: Mapping[str, D.Domain] = dataclasses.field(default_factory=dict)
 
   @property
   def options(self) -> dict[str, Any]:
@@ -31,24 +35,31 @@ class _Entry:
             if p.kind is p.KEYWORD_ONLY and k not in _CALL_ARGS}
 
 
+_LINE_SEARCH = {"evals": D.Int(1, note="evaluations of the server's rule per round"),
+                "start": D.FINITE, "delta": D.POSITIVE,
+                "ratio": D.Float(0, 1, low_open=True, high_open=True)}
 _MODEL_POISONING: dict[str, _Entry] = {
     "sign_flip": _Entry(mp.sign_flip),
-    "ipm": _Entry(mp.ipm),
-    "foe": _Entry(mp.foe),
-    "alie": _Entry(mp.alie),
-    "gaussian": _Entry(mp.gaussian),
-    "mimic": _Entry(mp.mimic),
-    "mimic_variance": _Entry(mp.mimic_variance, init=mp.mimic_variance_init),
-    "optimal_alie": _Entry(mp.optimal_alie),
-    "optimal_ipm": _Entry(mp.optimal_ipm),
+    "ipm": _Entry(mp.ipm, domains={"epsilon": D.FINITE}),
+    "foe": _Entry(mp.foe, domains={"tau": D.FINITE}),
+    "alie": _Entry(mp.alie, domains={"z": D.Float(optional=True,
+                                                  nan_means="z from n and the realized b")}),
+    "gaussian": _Entry(mp.gaussian, domains={"scale": D.NONNEGATIVE}),
+    "mimic": _Entry(mp.mimic, domains={"index": D.Int(0, note="< n")}),
+    "mimic_variance": _Entry(mp.mimic_variance, init=mp.mimic_variance_init,
+                             domains={"warmup": D.NONNEGATIVE_INT}),
+    "optimal_alie": _Entry(mp.optimal_alie, domains=_LINE_SEARCH),
+    "optimal_ipm": _Entry(mp.optimal_ipm, domains=_LINE_SEARCH),
     "inf": _Entry(mp.inf),
     "nan": _Entry(mp.nan),
-    "large": _Entry(mp.large),
+    "large": _Entry(mp.large, domains={"value": D.FINITE}),
 }
 _DATA_POISONING: dict[str, _Entry] = {
     "label_flip": _Entry(lambda key, x, y, *, num_classes: (x, data_poisoning.flip_labels(
         y, num_classes))),
-    "backdoor": _Entry(data_poisoning.backdoor),
+    "backdoor": _Entry(data_poisoning.backdoor, domains={
+        "target_label": D.Int(0, note="< the data set's number of classes"),
+        "fraction": D.PROBABILITY, "patch_size": D.POSITIVE_INT, "value": D.FINITE}),
 }
 
 
@@ -65,10 +76,19 @@ def options(name: str) -> dict[str, Any]:
   """The keyword options of an attack and their defaults."""
   if name == "none":
     return {}
+  return {k: v for k, v in _entry(name).options.items() if k != "num_classes"}
+
+
+def _entry(name: str) -> _Entry:
   entry = _MODEL_POISONING.get(name) or _DATA_POISONING.get(name)
   if entry is None:
-    raise ValueError(f"unknown attack {name!r}; available: {', '.join(names())}.")
-  return {k: v for k, v in entry.options.items() if k != "num_classes"}
+    raise ConfigError(f"unknown attack {name!r}; available: {', '.join(names())}.")
+  return entry
+
+
+def option_domains(name: str) -> dict[str, D.Domain]:
+  """The declared domain of each option of an attack."""
+  return {} if name == "none" else dict(_entry(name).domains)
 
 
 def _model_poisoning(name: str, entry: _Entry, opts: dict[str, Any]) -> base.Attack:
@@ -94,8 +114,12 @@ def get(name: str, *, num_classes: int, options: Mapping[str, Any] | None = None
   allowed = globals()["options"](name)
   unknown = sorted(set(opts) - set(allowed))
   if unknown:
-    raise ValueError(f"unknown option(s) {unknown} for attack {name!r}; allowed: "
-                     f"{sorted(allowed) or 'none'}.")
+    raise ConfigError(f"unknown option(s) {unknown} for attack {name!r}; allowed: "
+                      f"{sorted(allowed) or 'none'}.")
+  if name != "none":
+    D.check_options(f"attack_options.{name}", opts, _entry(name).domains)
+  if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+    raise ConfigError(f"num_classes must be an int >= 2, got {num_classes!r}.")
   if name == "none":
     return base.Attack(name)
   if name in _MODEL_POISONING:
@@ -105,8 +129,8 @@ def get(name: str, *, num_classes: int, options: Mapping[str, Any] | None = None
                                                            num_classes=num_classes))
   full = {**allowed, **opts}
   if not 0 <= full["target_label"] < num_classes:
-    raise ValueError(f"backdoor target_label must lie in [0, {num_classes}), "
-                     f"got {full['target_label']}.")
+    raise ConfigError(f"attack_options.backdoor.target_label={full['target_label']} must lie "
+                      f"in [0, {num_classes}): the data set has {num_classes} classes.")
   return base.Attack(
       name, poison_data=functools.partial(data_poisoning.backdoor, **opts),
       trigger=functools.partial(data_poisoning.stamp_trigger, patch_size=full["patch_size"],

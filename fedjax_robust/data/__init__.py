@@ -11,6 +11,7 @@ import numpy as np
 from fedjax_robust.data.partition import PARTITIONERS
 from fedjax_robust.data.sources import Dataset
 from fedjax_robust.data.sources import DatasetUnavailableError
+from fedjax_robust.data.sources import NUM_CLASSES
 from fedjax_robust.data.sources import SOURCES
 from fedjax_robust.data.stacking import ClientData
 from fedjax_robust.data.stacking import stack_clients
@@ -32,6 +33,12 @@ class FederatedData:
   @property
   def input_shape(self) -> tuple[int, ...]:
     return tuple(self.train.x.shape[2:])
+
+
+def num_classes(name: str, synthetic_num_classes: int = 10) -> int:
+  """The number of classes of a named data set, known before it is loaded."""
+  check_name(name)
+  return synthetic_num_classes if name == "synthetic" else NUM_CLASSES[name]
 
 
 def check_name(name: str) -> None:

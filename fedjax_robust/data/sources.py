@@ -51,6 +51,9 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, **_) -> Dataset:
 # Names accepted for tensorflow-datasets, mapped to tfds names.
 TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10",
               "emnist": "emnist/balanced"}
+# Classes of each named source, known before loading (config validation checks labels against
+# them); `load` checks the loaded data agrees.
+NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "emnist": 47}
 
 
 def _open_split(name: str, split: str, data_dir: str | None):
