@@ -14,6 +14,8 @@ import json
 import os
 import time
 from typing import Callable
+import zipfile
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -37,27 +39,38 @@ class AggregatorRun:
   aux: dict[str, np.ndarray]         # aggregator diagnostics averaged per chunk -> [E, S]
   compile_seconds: float
   run_seconds: float
+  draws_per_chunk: int = 0           # the vmapped width the draws ran at (0: unknown)
 
   def save(self, path: str, fingerprint: str) -> None:
     arrays = {f"metric.{k}": v for k, v in self.metrics.items()}
     arrays.update({f"aux.{k}": v for k, v in self.aux.items()})
     tmp = path + ".tmp.npz"
     np.savez(tmp, rounds=self.rounds, fingerprint=fingerprint, spec=self.spec,
-             timing=np.array([self.compile_seconds, self.run_seconds]), **arrays)
+             timing=np.array([self.compile_seconds, self.run_seconds]),
+             draws_per_chunk=self.draws_per_chunk, **arrays)
     os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written result
 
   @classmethod
-  def load(cls, path: str, fingerprint: str) -> "AggregatorRun | None":
-    """The saved run, or None if absent or made by a different configuration."""
+  def load(cls, path: str, fingerprint: str,
+           log: Callable[[str], None] | None = None) -> "AggregatorRun | None":
+    """The saved run, or None if absent, made by a different configuration, or unreadable (a
+    truncated or damaged file is named through `log` and will be recomputed)."""
     if not os.path.exists(path):
       return None
-    with np.load(path) as z:
-      if str(z["fingerprint"]) != fingerprint:
-        return None
-      return cls(str(z["spec"]), z["rounds"],
-                 {k[7:]: z[k] for k in z.files if k.startswith("metric.")},
-                 {k[4:]: z[k] for k in z.files if k.startswith("aux.")},
-                 float(z["timing"][0]), float(z["timing"][1]))
+    try:
+      with np.load(path) as z:
+        if str(z["fingerprint"]) != fingerprint:
+          return None
+        return cls(str(z["spec"]), z["rounds"],
+                   {k[7:]: z[k] for k in z.files if k.startswith("metric.")},
+                   {k[4:]: z[k] for k in z.files if k.startswith("aux.")},
+                   float(z["timing"][0]), float(z["timing"][1]),
+                   int(z["draws_per_chunk"]) if "draws_per_chunk" in z.files else 0)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+      if log is not None:
+        log(f"WARNING: cached run {path} is unreadable ({type(e).__name__}: {e}); "
+            "recomputing it.")
+      return None
 
 
 def fingerprint(config) -> str:
@@ -65,7 +78,9 @@ def fingerprint(config) -> str:
   return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
 
 
-Progress = Callable[[str, int, int, float, float], None]  # spec, done, total, elapsed, eta
+# Called after every evaluation step with a dict: spec, chunk, num_chunks, round, num_rounds,
+# and, for the whole job, fraction (of all aggregators' and chunks' steps), elapsed and eta (s).
+Progress = Callable[[dict], None]
 
 # Simulators and compiled programs reused across runs whose configurations differ only in what
 # the program does not depend on (μ_H, seed, number of draws): a sweep compiles once per shape.
@@ -73,6 +88,19 @@ simulator_cache: dict[str, training.Simulator] = {}
 _programs: dict[tuple, Callable] = {}
 _NOT_IN_PROGRAM = ("seed", "honest_set", "honest_set_options", "graph", "num_samples",
                    "num_samples_per_chunk", "memory_budget_gb", "estimators")
+
+# The number of draws trained at once (the vmapped width) is always a multiple of this; a chunk
+# with fewer draws is padded (padding rows are discarded). Measured on XLA:CPU (AVX, 8 float32
+# lanes): widths that are multiples of 8 give every draw bit-identical numbers (8, 16, 24, 32,
+# 40 over 20 rounds of GM, bucketing+GM, NNM+TM), while other widths (1, 2, 3, 5, 7, 9) change
+# the rounding of batched products and reductions by ~1e-7, which training can amplify into
+# different models. See BUILD.md, "Batch independence".
+DRAW_ALIGNMENT = 8
+
+
+def align_draws(width: int) -> int:
+  """`width` rounded up to a multiple of DRAW_ALIGNMENT."""
+  return -(-max(1, width) // DRAW_ALIGNMENT) * DRAW_ALIGNMENT
 
 
 def simulator(config, spec: str, fed: FederatedData) -> training.Simulator:
@@ -106,46 +134,62 @@ def _pad_to(x: jax.Array, size: int) -> jax.Array:
   return jnp.concatenate([x, jnp.repeat(x[:1], size - x.shape[0], axis=0)])
 
 
-def chunk_size(config, num_params: int, num_samples: int) -> int:
-  """Draws trained at once: `num_samples_per_chunk`, or (0) an estimate of how many fit in
-  `memory_budget_gb`: per draw about 8 `[n, d]` float32 arrays (momentum, updates, an
-  aggregator's working copies) plus the model's activations on every client's minibatch."""
-  if config.num_samples_per_chunk:
-    return min(config.num_samples_per_chunk, num_samples)
+def local_batch_size(config, max_count: int | None = None) -> int:
+  """Examples per local step: `training.batch_size`, or (<= 0) the largest client's data."""
+  b = config.training.batch_size
+  return b if b > 0 else (max_count or 64)
+
+
+def memory_per_draw(config, num_params: int, max_count: int | None = None) -> int:
+  """Estimated bytes one draw needs: about 8 `[n, d]` float32 arrays (momentum, updates, an
+  aggregator's working copies) plus the model's activations on every client's minibatch (taken
+  as 1024 floats per example)."""
   n = config.num_clients
-  per_draw = 4 * (8 * n * num_params + n * max(config.training.batch_size, 64) * 1024)
-  return int(max(1, min(num_samples, config.memory_budget_gb * 2**30 // per_draw)))
+  return 4 * (8 * n * num_params + n * max(local_batch_size(config, max_count), 64) * 1024)
+
+
+def chunk_size(config, num_params: int, num_samples: int, max_count: int | None = None) -> int:
+  """Draws trained at once, a multiple of DRAW_ALIGNMENT: `num_samples_per_chunk`, or (0) as
+  many as fit in `memory_budget_gb` by `memory_per_draw`, never more than S needs. A draw's
+  numbers do not depend on this (see DRAW_ALIGNMENT)."""
+  if config.num_samples_per_chunk:
+    return align_draws(min(config.num_samples_per_chunk, num_samples))
+  fit = int(config.memory_budget_gb * 2**30 // memory_per_draw(config, num_params, max_count))
+  return align_draws(min(num_samples, max(fit, 1)))
 
 
 def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Array, *,
                     init_key: jax.Array, run_key: jax.Array, num_rounds: int, eval_every: int,
                     spec: str = "", chunk: int | None = None,
-                    progress: Progress | None = None) -> AggregatorRun:
+                    progress: Callable[[int, int, int], None] | None = None) -> AggregatorRun:
   """Trains S models, one per honest mask `[S, n]`, and evaluates them every `eval_every` rounds.
 
-  The S draws run `chunk` at a time (all at once by default); draw s always uses the key
-  fold_in(run_key, s), so chunked and unchunked runs give the same numbers.
+  The S draws run `chunk` at a time (rounded up to a multiple of DRAW_ALIGNMENT; all at once by
+  default), the last chunk padded; draw s always uses the key fold_in(run_key, s). A draw's
+  numbers are bit-identical whatever the chunk size and whichever draws share its chunk
+  (measured on XLA:CPU; see DRAW_ALIGNMENT and `aggregators.base.uniform_cond`).
+  `progress(chunk_index, evaluation_step, num_steps_per_chunk)` is called after each step.
   """
   num_samples = masks.shape[0]
-  chunk = num_samples if chunk is None else max(1, min(chunk, num_samples))
+  chunk = align_draws(num_samples if chunk is None else min(chunk, num_samples))
   all_keys = training.sample_keys(run_key, num_samples)
   initial = sim.init(init_key)
   test = (fed.test_x, fed.test_y)
   start = time.perf_counter()
   states0 = training.replicate(initial, chunk)
+  probe_masks, probe_keys = _pad_to(masks[:chunk], chunk), _pad_to(all_keys[:chunk], chunk)
   advance = _program(
       f"advance{eval_every}", sim,
       lambda: jax.jit(jax.vmap(functools.partial(sim.run_rounds, num_rounds=eval_every),
                                in_axes=(0, 0, 0, None)), donate_argnums=0),
-      states0, masks[:chunk], all_keys[:chunk], fed.train)
+      states0, probe_masks, probe_keys, fed.train)
   evaluate = _program(
       "evaluate", sim, lambda: jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None, None, None))),
-      states0.params, masks[:chunk], fed.train, *test)
+      states0.params, probe_masks, fed.train, *test)
   compile_seconds = time.perf_counter() - start
 
-  num_chunks = num_rounds // eval_every
+  num_steps = num_rounds // eval_every
   starts = list(range(0, num_samples, chunk))
-  total_steps = num_chunks * len(starts)
   history_parts, aux_parts = [], []
   start = time.perf_counter()
   for part, first in enumerate(starts):
@@ -155,15 +199,12 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
     states = training.replicate(initial, chunk)
     history = [jax.device_get(evaluate(states.params, part_masks, fed.train, *test))]
     aux_history = []
-    for step in range(num_chunks):
+    for step in range(num_steps):
       states, aux = advance(states, part_masks, part_keys, fed.train)
       history.append(jax.device_get(evaluate(states.params, part_masks, fed.train, *test)))
       aux_history.append(jax.device_get(aux))
       if progress is not None:
-        done = part * num_chunks + step + 1
-        elapsed = time.perf_counter() - start
-        progress(spec, (step + 1) * eval_every, num_rounds, elapsed,
-                 elapsed / done * (total_steps - done))
+        progress(part, step + 1, num_steps)
     history_parts.append({k: np.stack([np.asarray(h[k])[:size] for h in history])
                           for k in history[0]})
     aux_parts.append({k: np.stack([np.asarray(a[k])[:size] for a in aux_history])
@@ -171,11 +212,11 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   run_seconds = time.perf_counter() - start
   return AggregatorRun(
       spec=spec,
-      rounds=np.arange(num_chunks + 1) * eval_every,
+      rounds=np.arange(num_steps + 1) * eval_every,
       metrics={k: np.concatenate([p[k] for p in history_parts], axis=1)
                for k in history_parts[0]},
       aux={k: np.concatenate([p[k] for p in aux_parts], axis=1) for k in aux_parts[0]},
-      compile_seconds=compile_seconds, run_seconds=run_seconds)
+      compile_seconds=compile_seconds, run_seconds=run_seconds, draws_per_chunk=chunk)
 
 
 @dataclasses.dataclass
@@ -208,7 +249,8 @@ def worst_case_mask(config, fed: FederatedData, spec: str) -> tuple[np.ndarray, 
       out = run_monte_carlo(sim, fed, jnp.asarray(candidates), init_key=init_key,
                             run_key=run_key, num_rounds=config.training.num_rounds,
                             eval_every=config.training.num_rounds,
-                            chunk=chunk_size(config, sim.num_params, len(candidates)))
+                            chunk=chunk_size(config, sim.num_params, len(candidates),
+                                             int(fed.train.counts.max())))
       # Same key for every candidate: candidates differ only by their Byzantine set.
       loss = out.metrics["honest_loss"][-1]
       return np.where(np.isfinite(loss), loss, np.inf)
@@ -229,6 +271,74 @@ def draw_masks(config, fed: FederatedData) -> np.ndarray:
                                        num_samples=config.num_samples))
 
 
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir/runs` and proves it writable, before any data or compile work."""
+  try:
+    os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+    probe = os.path.join(workdir, "runs", f".write-test-{os.getpid()}")
+    with open(probe, "w") as fh:
+      fh.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"--workdir {workdir!r} is not writable ({e.strerror or e}); results "
+                     "could not be saved. Choose a writable directory.") from None
+
+
+def human_seconds(seconds: float) -> str:
+  """'2 h 05 min', '3 min 20 s', '45 s'."""
+  if not np.isfinite(seconds):
+    return "unknown"
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+  if seconds >= 60:
+    return f"{seconds // 60} min {seconds % 60:02d} s"
+  return f"{seconds} s"
+
+
+def _human_bytes(n: float) -> str:
+  return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+# A rough work rate for the up-front time estimate (XLA:CPU on 2 cores runs the default digits
+# job at ~1,500 sample-rounds/s of ~11 MFLOP each); the estimate is refined from measured rounds.
+_ASSUMED_CPU_FLOPS = 15e9
+
+
+def _flops_per_sample_round(config, num_params: int, max_count: int) -> float:
+  """About 6 flops per parameter per example (forward + backward) for every client's minibatch."""
+  t = config.training
+  return 6.0 * num_params * config.num_clients * t.local_steps * local_batch_size(config, max_count)
+
+
+class _JobClock:
+  """Whole-job progress over every aggregator's chunks and evaluation steps."""
+
+  def __init__(self, total_steps: int, progress: Progress | None):
+    self.total, self.done, self.run_seconds = max(total_steps, 1), 0, 0.0
+    self.start = time.perf_counter()
+    self.progress = progress
+
+  def skip(self, steps: int) -> None:
+    self.total = max(self.total - steps, 1)
+
+  def callback(self, spec: str, num_chunks: int, eval_every: int):
+    begun = time.perf_counter()
+    first_done = self.done
+
+    def report(chunk: int, step: int, num_steps: int) -> None:
+      self.done += 1
+      if self.progress is None:
+        return
+      rate = (time.perf_counter() - begun) / max(self.done - first_done, 1)
+      elapsed = time.perf_counter() - self.start
+      self.progress({"spec": spec, "chunk": chunk + 1, "num_chunks": num_chunks,
+                     "round": step * eval_every, "num_rounds": num_steps * eval_every,
+                     "fraction": self.done / self.total, "elapsed": elapsed,
+                     "eta": rate * (self.total - self.done)})
+    return report
+
+
 def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         log: Callable[[str], None] = print) -> Experiment:
   """Validates `config`, builds the data and the honest masks, and runs every aggregator.
@@ -237,15 +347,53 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   once, or per aggregator for the "final_loss" criterion); draws then differ only by their
   training randomness. With a `workdir`, each aggregator's draws are saved to
   `workdir/runs/<spec>.npz` as soon as it finishes, and a rerun with the same configuration
-  loads them instead of training again.
+  loads them instead of training again (a damaged file is named and recomputed). Before any
+  training it logs the whole job: draws × rounds × aggregators, chunks, memory per chunk and a
+  rough time estimate; `progress` then gets whole-job fractions and ETAs.
   """
   config_lib.validate(config)
+  if workdir:
+    check_workdir(workdir)
   fed = config_lib.make_data(config)
+  max_count = int(fed.train.counts.max())
   log(f"data {fed.name}: {config.num_clients} clients, {int(fed.train.counts.sum())} training "
-      f"examples (per client {int(fed.train.counts.min())}..{int(fed.train.counts.max())}), "
+      f"examples (per client {int(fed.train.counts.min())}..{max_count}), "
       f"{fed.test_y.shape[0]} test examples, {fed.num_classes} classes")
   _, init_key, run_key = _keys(config)
   specs = config_lib.aggregator_specs(config)
+  t = config.training
+  S, num_steps = config.num_samples, t.num_rounds // t.eval_every
+
+  # The job, before any compile: what runs, in how many chunks, what it needs.
+  sims = {spec: simulator(config, spec, fed) for spec in specs}
+  num_params = max(sim.num_params for sim in sims.values())
+  chunk = chunk_size(config, num_params, S, max_count)
+  num_chunks = -(-S // chunk)
+  per_draw = memory_per_draw(config, num_params, max_count)
+  budget = config.memory_budget_gb * 2**30
+  flops = _flops_per_sample_round(config, num_params, max_count) * S * t.num_rounds * len(specs)
+  estimate = flops / _ASSUMED_CPU_FLOPS if jax.default_backend() == "cpu" else float("nan")
+  log(f"job: {S} draws × {t.num_rounds} rounds × {len(specs)} aggregator(s) "
+      f"({S * t.num_rounds * len(specs):,} sample-rounds, {num_params:,} parameters); "
+      f"{num_chunks} chunk(s) of {chunk} draws per aggregator"
+      + (f" ({chunk * num_chunks - S} padding draws)" if chunk * num_chunks > S else "")
+      + f"; memory per chunk ≈ {_human_bytes(chunk * per_draw)} (budget "
+      f"{config.memory_budget_gb:g} GB)"
+      + (f"; time ≈ {human_seconds(estimate)} (rough, from the work; refined as it runs)"
+         if np.isfinite(estimate) else ""))
+  if t.batch_size > max_count:
+    log(f"WARNING: training.batch_size={t.batch_size} exceeds every client's data (largest "
+        f"client: {max_count} examples); minibatches are drawn with replacement, so each local "
+        f"step processes {t.batch_size} examples per client: ≈ {_human_bytes(per_draw)} per draw, "
+        f"{chunk} draw(s) per chunk.")
+  if chunk * per_draw > budget:
+    log(f"WARNING: a chunk of {chunk} draws needs ≈ {_human_bytes(chunk * per_draw)}, beyond "
+        f"memory_budget_gb={config.memory_budget_gb:g}"
+        + (" (set by num_samples_per_chunk)" if config.num_samples_per_chunk else
+           f" (the smallest chunk is {DRAW_ALIGNMENT} draws)") + ".")
+  if estimate > 3600:
+    log(f"WARNING: this job is estimated at ≈ {human_seconds(estimate)} on this CPU.")
+
   masks, worst = {}, {}
   if config.honest_set != "worst_case":
     shared = draw_masks(config, fed)
@@ -253,38 +401,37 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   elif config.honest_set_options.worst_case.criterion == "heterogeneity":
     mask, info = worst_case_mask(config, fed, specs[0])
     log(f"worst case (heterogeneity): Byzantine clients {info['byzantine']} ({info['method']})")
-    masks = {spec: np.repeat(mask[None], config.num_samples, axis=0) for spec in specs}
+    masks = {spec: np.repeat(mask[None], S, axis=0) for spec in specs}
     worst = {spec: info for spec in specs}
 
+  clock = _JobClock(len(specs) * num_chunks * num_steps, progress)
   runs = {}
   for spec in specs:
     path = os.path.join(workdir, "runs", spec + ".npz") if workdir else None
     spec_config = config.copy_and_resolve_references()
     spec_config.aggregator = spec
     key = fingerprint(spec_config)
-    cached = AggregatorRun.load(path, key) if path else None
+    cached = AggregatorRun.load(path, key, log) if path else None
     if spec not in masks:  # worst case by final loss: searched for this aggregator
       log(f"{spec}: searching the worst case by final honest loss")
       mask, worst[spec] = worst_case_mask(config, fed, spec)
       log(f"{spec}: worst case Byzantine clients {worst[spec]['byzantine']} "
           f"({worst[spec]['method']}, {worst[spec]['scored']} trainings)")
-      masks[spec] = np.repeat(mask[None], config.num_samples, axis=0)
+      masks[spec] = np.repeat(mask[None], S, axis=0)
     if cached is not None:
       log(f"{spec}: loaded from {path}")
       runs[spec] = cached
+      clock.skip(num_chunks * num_steps)
       continue
-    sim = simulator(config, spec, fed)
-    chunk = chunk_size(config, sim.num_params, config.num_samples)
-    log(f"{spec}: compiling ({sim.num_params} parameters, {config.num_samples} samples"
-        + (f", {chunk} at a time" if chunk < config.num_samples else "") + ")")
+    sim = sims[spec]
+    log(f"{spec}: compiling ({sim.num_params} parameters, {S} draws, {chunk} per chunk)")
     runs[spec] = run_monte_carlo(
         sim, fed, jnp.asarray(masks[spec]), init_key=init_key, run_key=run_key,
-        num_rounds=config.training.num_rounds, eval_every=config.training.eval_every,
-        spec=spec, chunk=chunk, progress=progress)
+        num_rounds=t.num_rounds, eval_every=t.eval_every, spec=spec, chunk=chunk,
+        progress=clock.callback(spec, num_chunks, t.eval_every))
     log(f"{spec}: compiled in {runs[spec].compile_seconds:.1f} s, ran in "
         f"{runs[spec].run_seconds:.1f} s")
     if path:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
       runs[spec].save(path, key)
   exp = Experiment(config, fed, masks, runs, worst)
   _run_references(exp, init_key, run_key, log)
@@ -304,7 +451,8 @@ def _run_references(exp: Experiment, init_key, run_key, log) -> None:
         by_masks[id(masks)] = run_monte_carlo(
             sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key, num_rounds=rounds,
             eval_every=every, spec="honest_optimum",
-            chunk=chunk_size(config, sim.num_params, config.num_samples))
+            chunk=chunk_size(config, sim.num_params, config.num_samples,
+                             int(fed.train.counts.max())))
       exp.references[spec] = by_masks[id(masks)]
   if config.estimators.oracle:
     spec = config_lib.honest_set_spec(config)

@@ -15,31 +15,62 @@ from fedjax_robust.experiment import AggregatorRun
 from fedjax_robust.experiment import Experiment
 
 
+def diverged_draws(run: AggregatorRun, round_index: int = -1) -> np.ndarray:
+  """Boolean `[S]`: draws whose model has a non-finite parameter at that evaluation (runs saved
+  before the `diverged` metric existed: a non-finite honest or test loss)."""
+  if "diverged" in run.metrics:
+    return run.metrics["diverged"][round_index] > 0
+  return ~np.isfinite(run.metrics["test_loss"][round_index])
+
+
+def _defined_unless_diverged(values: np.ndarray, diverged: np.ndarray) -> np.ndarray:
+  """A metric of a diverged model (accuracy of NaN logits) is undefined: NaN, so that
+  `evaluation.summarize` counts it as undefined instead of averaging it in."""
+  return np.where(diverged, np.nan, values)
+
+
 def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f: int,
                   reference: AggregatorRun | None = None) -> dict:
   """Final-round estimates over samples for one aggregator; `counts` is b per sample;
-  `reference` the honest-optimum run on the same draws (for the excess L_S(θ̂_S) − L_S*)."""
+  `reference` the honest-optimum run on the same draws (for the excess L_S(θ̂_S) − L_S*).
+
+  Diverged draws (a non-finite parameter) are counted (`diverged`: count and share) and their
+  honest loss is +inf (so the mean loss is +inf, the median stays meaningful); their accuracies
+  are undefined and left out of the accuracy estimates, whose `count` says how many draws
+  remain."""
+  diverged = diverged_draws(run)
   loss = evaluation.diverged_as_inf(run.metrics["honest_loss"][-1], num_clients - counts)
-  accuracy = run.metrics["honest_accuracy"][-1]
+  loss = np.where(diverged & (num_clients - counts > 0), np.inf, loss)
+  accuracy = _defined_unless_diverged(run.metrics["honest_accuracy"][-1], diverged)
+  test_accuracy = _defined_unless_diverged(run.metrics["test_accuracy"][-1], diverged)
   within = counts <= f
   out = {
+      "diverged": {"count": int(diverged.sum()), "share": float(diverged.mean()),
+                   "draws": np.flatnonzero(diverged).tolist()},
       "honest_loss": evaluation.summarize(loss, worst="max"),
       "honest_accuracy": evaluation.summarize(accuracy, worst="min"),
-      "test_accuracy": evaluation.summarize(run.metrics["test_accuracy"][-1], worst="min"),
+      "test_accuracy": evaluation.summarize(test_accuracy, worst="min"),
       "honest_accuracy_given_b_le_f": evaluation.summarize(accuracy[within], worst="min"),
       "honest_accuracy_given_b_gt_f": evaluation.summarize(accuracy[~within], worst="min"),
-      "compile_seconds": run.compile_seconds,
-      "run_seconds": run.run_seconds,
+      "draws_per_chunk": int(run.draws_per_chunk),
   }
   if reference is not None:
     optimum = reference.metrics["honest_loss"][-1]
     out["honest_optimum_loss"] = evaluation.summarize(optimum, worst="max")
     out["honest_excess_loss"] = evaluation.summarize(loss - optimum, worst="max")
   if "backdoor_accuracy" in run.metrics:
-    out["backdoor_accuracy"] = evaluation.summarize(run.metrics["backdoor_accuracy"][-1],
-                                                    worst="max")
+    out["backdoor_accuracy"] = evaluation.summarize(
+        _defined_unless_diverged(run.metrics["backdoor_accuracy"][-1], diverged), worst="max")
   out.update({name: float(np.mean(values)) for name, values in run.aux.items()})
   return out
+
+
+def timings(experiment: Experiment) -> dict:
+  """Compile and run seconds per aggregator (kept out of summary.json, which a rerun of the same
+  configuration reproduces byte for byte)."""
+  return {name: {"compile_seconds": run.compile_seconds, "run_seconds": run.run_seconds,
+                 "draws_per_chunk": int(run.draws_per_chunk)}
+          for name, run in experiment.runs.items()}
 
 
 def _counts(experiment: Experiment, spec: str | None = None) -> np.ndarray:
@@ -85,7 +116,8 @@ def format_table(summary: dict) -> str:
   cfg = summary["config"]
   header = (f"{'aggregator':<28} {'E[honest loss] ± CI95':>22} {'median':>7} "
             f"{'E[honest acc %] ± CI':>21} "
-            f"{'worst acc':>9} {'acc|b≤f':>8} {'acc|b>f':>8} {'test acc':>8} {'P(b>f)':>7}")
+            f"{'worst acc':>9} {'acc|b≤f':>8} {'acc|b>f':>8} {'test acc':>8} {'P(b>f)':>7} "
+            f"{'diverged':>8}")
   backdoor = any("backdoor_accuracy" in s for s in summary["aggregators"].values())
   if backdoor:
     header += f" {'backdoor %':>10}"
@@ -98,11 +130,19 @@ def format_table(summary: dict) -> str:
         f"{name:<28} {loss_txt:>22} {loss['q50']:>7.4f} {acc_txt:>21} {_pct(acc['worst']):>9} "
         f"{_pct(s['honest_accuracy_given_b_le_f']['mean']):>8} "
         f"{_pct(s['honest_accuracy_given_b_gt_f']['mean']):>8} "
-        f"{_pct(s['test_accuracy']['mean']):>8} {law['p_exceeds_f']:>7.3f}"
+        f"{_pct(s['test_accuracy']['mean']):>8} {law['p_exceeds_f']:>7.3f} "
+        f"{s['diverged']['count']:>8d}"
         + (f" {_pct(s['backdoor_accuracy']['mean']):>10}" if backdoor else ""))
   exact = (f" (exact {law['exact_mean']:.3f}, P(b>f) exact {law['exact_p_exceeds_f']:.3f})"
            if "exact_mean" in law else "")
   extras = []
+  for name, s in summary["aggregators"].items():
+    if s["diverged"]["count"]:
+      extras.append(
+          f"WARNING: {name}: {s['diverged']['count']} of {cfg['num_samples']} draws diverged "
+          f"({100 * s['diverged']['share']:.1f}%: a non-finite parameter); their honest loss "
+          f"counts as +inf and their accuracies are left out of the accuracy columns (draws "
+          f"{s['diverged']['draws'][:10]}{' …' if s['diverged']['count'] > 10 else ''}).")
   for name, s in summary["aggregators"].items():
     if "honest_excess_loss" in s:
       e = s["honest_excess_loss"]
@@ -228,13 +268,16 @@ def plot(experiment: Experiment, path: str) -> str:
 
 
 def write_all(experiment: Experiment, workdir: str) -> dict:
-  """summary.json, metrics.csv, draws.csv and honest_accuracy.png in `workdir`; returns the
-  summary."""
+  """summary.json, timings.json, metrics.csv, draws.csv and honest_accuracy.png in `workdir`;
+  returns the summary."""
   os.makedirs(workdir, exist_ok=True)
   summary = summarize(experiment)
   with open(os.path.join(workdir, "summary.json.tmp"), "w") as fh:
     json.dump(summary, fh, indent=1, allow_nan=True)
   os.replace(os.path.join(workdir, "summary.json.tmp"), os.path.join(workdir, "summary.json"))
+  with open(os.path.join(workdir, "timings.json.tmp"), "w") as fh:
+    json.dump(timings(experiment), fh, indent=1)
+  os.replace(os.path.join(workdir, "timings.json.tmp"), os.path.join(workdir, "timings.json"))
   write_metrics_csv(experiment, os.path.join(workdir, "metrics.csv"))
   write_draws_csv(experiment, os.path.join(workdir, "draws.csv"))
   plot(experiment, os.path.join(workdir, "honest_accuracy.png"))

@@ -35,6 +35,7 @@ import zlib
 import numpy as np
 
 from fedjax_robust import config as config_lib
+from fedjax_robust import errors
 from fedjax_robust import evaluation
 from fedjax_robust import experiment
 from fedjax_robust import results
@@ -92,10 +93,10 @@ def as_list(value: Any, cast: Callable[[Any], Any] = str) -> list:
       try:
         out.append(cast(piece))
       except (TypeError, ValueError) as e:
-        raise ValueError(f"grid value {piece!r} (from {value!r}) is not a valid "
+        raise errors.ConfigError(f"grid value {piece!r} (from {value!r}) is not a valid "
                          f"{getattr(cast, '__name__', cast)}: {e}") from e
   if not out:
-    raise ValueError(f"grid axis {value!r} has no values.")
+    raise errors.ConfigError(f"grid axis {value!r} has no values.")
   return out
 
 
@@ -107,10 +108,10 @@ def apply_overrides(base, overrides: Mapping[str, Any]):
     node = config
     for part in path:
       if part not in node:
-        raise ValueError(f"sweep override {dotted!r}: config key {part!r} does not exist.")
+        raise errors.ConfigError(f"sweep override {dotted!r}: config key {part!r} does not exist.")
       node = node[part]
     if leaf not in node:
-      raise ValueError(f"sweep override {dotted!r}: config key {leaf!r} does not exist; allowed "
+      raise errors.ConfigError(f"sweep override {dotted!r}: config key {leaf!r} does not exist; allowed "
                        f"here: {', '.join(sorted(node.keys()))}.")
     with node.unlocked():
       node[leaf] = value
@@ -129,6 +130,8 @@ def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
     if metric in s:
       rows += [{"point": pid, **tags, "metric": metric, "statistic": stat, "value": s[metric][stat]}
                for stat in STATISTICS]
+  rows += [{"point": pid, **tags, "metric": "diverged", "statistic": k,
+            "value": s["diverged"][k]} for k in ("count", "share")]
   law = summary["byzantine_count"]
   rows += [{"point": pid, **tags, "metric": "byzantine_count", "statistic": k, "value": law[k]}
            for k in ("mean", "p_exceeds_f", "p_no_honest_majority")]
@@ -216,14 +219,16 @@ def run(base, points: Sequence[Point], workdir: str, *,
         log: Callable[[str], None] = print, stop_after: int | None = None) -> list[dict]:
   """Runs every point not yet done in `workdir` (see the module docstring); returns all rows of
   results.csv. `stop_after` ends the sweep after that many new points (to test resumption)."""
+  experiment.check_workdir(workdir)
   os.makedirs(os.path.join(workdir, "points"), exist_ok=True)
   path = os.path.join(workdir, "results.csv")
   timings_path = os.path.join(workdir, "timings.csv")
   configs = [apply_overrides(base, p.overrides) for p in points]
   for c, p in zip(configs, points):  # every point valid before any long work starts
     if "," in c.aggregator:
-      raise ValueError(f"a sweep point runs one aggregator; point {dict(p.tags)} has "
-                       f"{c.aggregator!r}. Make the aggregator an axis.")
+      raise errors.ConfigError(
+          f"a sweep point runs one aggregator; point {dict(p.tags)} has {c.aggregator!r}. "
+          "Make the aggregator an axis (e.g. --config.grid.aggregators=mean,trimmed_mean).")
     config_lib.validate(c)
   ids = [point_id(c) for c in configs]
   order = {pid: i for i, pid in enumerate(dict.fromkeys(ids))}
@@ -267,14 +272,19 @@ def run(base, points: Sequence[Point], workdir: str, *,
     s = summary["aggregators"][config.aggregator]
     timings = [t for t in timings if t["point"] != pid]
     timings = _in_sweep_order(timings + [{"point": pid, **point.tags,
-                                          **{k: s[k] for k in TIMING_FIELDS}}], order)
+                                          **{k: getattr(run_, k) for k in TIMING_FIELDS}}],
+                             order)
     _write_csv(timings_path, timings, TIMING_FIELDS)
     elapsed = time.perf_counter() - start
     acc = s["honest_accuracy"]["mean"]
     eta = elapsed / (i + 1) * (len(todo) - i - 1)
+    diverged = s["diverged"]["count"]
     log(f"[{len(points) - len(todo) + i + 1}/{len(points)}] "
         f"{' '.join(f'{k}={v}' for k, v in point.tags.items())}: E[honest acc] "
-        f"{100 * acc:.2f}% in {time.perf_counter() - t0:.1f} s; ETA {eta / 60:.1f} min")
+        f"{100 * acc:.2f}% in {time.perf_counter() - t0:.1f} s; ETA "
+        f"{experiment.human_seconds(eta)}"
+        + (f"; WARNING: {diverged} of {config.num_samples} draws diverged (left out of the "
+           "accuracy, loss +inf)" if diverged else ""))
   return rows
 
 

@@ -195,7 +195,9 @@ class Simulator:
     """Scalars for one sample: the honest loss L_S(θ) = (1/|S|) Σ_{i∈S} L_i(θ), honest accuracy
     (same average), loss/accuracy on the global test set (NaN-free), and for a backdoor attack
     the backdoor success rate: the share of triggered test inputs whose true label is not the
-    target that the model classifies as the target. Honest metrics are NaN when S is empty."""
+    target that the model classifies as the target. Honest metrics are NaN when S is empty;
+    `diverged` is 1 when a parameter is non-finite (the summaries then count the draw as
+    diverged instead of averaging its accuracy in)."""
     loss, acc = self.client_metrics(params, train)
     h = honest.astype(jnp.float32)
     num_honest = jnp.sum(h)
@@ -208,6 +210,8 @@ class Simulator:
       extra["backdoor_accuracy"] = models_lib.masked_accuracy(
           triggered, jnp.full(test_y.shape, target), test_y != target)
     return extra | {
+        # 1.0 where training diverged: a parameter is NaN or ±inf (the model is undefined).
+        "diverged": (~jnp.all(jnp.isfinite(params))).astype(jnp.float32),
         "honest_loss": jnp.where(num_honest > 0, h @ loss / num_honest, jnp.nan),
         "honest_accuracy": jnp.where(num_honest > 0, h @ acc / num_honest, jnp.nan),
         "test_loss": models_lib.masked_cross_entropy(logits, test_y, ones),

@@ -31,10 +31,12 @@ from ml_collections import config_flags
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
+from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+_DEFAULT_CONFIG = os.path.join(ROOT, "configs", "sweep_core.py")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(ROOT, "configs", "sweep_core.py"), "Sweep configuration file.",
+    "config", _DEFAULT_CONFIG, "Sweep configuration file.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/sweep_core", "Where results are written.")
 
@@ -44,7 +46,7 @@ def _sweep_module(path: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "points"):
-    raise ValueError(f"sweep config {path} must define points(config).")
+    raise errors.ConfigError(f"sweep config {path} must define points(config).")
   return module
 
 
@@ -55,7 +57,15 @@ def main(argv):
   module = _sweep_module(config_flags.get_config_filename(flags.FLAGS["config"]))
   points = module.points(config)
   log = lambda m: print(m, flush=True)  # pylint: disable=unnecessary-lambda-assignment
-  rows = sweep.run(config.base, points, _WORKDIR.value, log=log)
+  try:
+    rows = sweep.run(config.base, points, _WORKDIR.value, log=log)
+  except KeyboardInterrupt:
+    done = len({r["point"] for r in sweep.read_results(
+        os.path.join(_WORKDIR.value, "results.csv"))})
+    print(f"\ninterrupted: {done} finished point(s) saved in "
+          f"{os.path.join(_WORKDIR.value, 'results.csv')}; rerun the same command to resume.",
+          file=sys.stderr)
+    sys.exit(130)
   print()
   print(sweep.table(rows, config.plot.metric))
   note = module.plot_note(config) if hasattr(module, "plot_note") else ""
@@ -68,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_main(main, _DEFAULT_CONFIG)

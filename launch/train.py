@@ -18,30 +18,44 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import results  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "default.py"),
+    "config", _DEFAULT_CONFIG,
     "Experiment configuration file (a get_config() returning a ConfigDict).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where results are written.")
 
 
-def _progress(spec: str, done: int, total: int, elapsed: float, eta: float) -> None:
-  print(f"  {spec}: round {done}/{total}  elapsed {elapsed:6.1f} s  ETA {eta:6.1f} s", flush=True)
+def _progress(p: dict) -> None:
+  print(f"  [{100 * p['fraction']:5.1f}% of the job] {p['spec']}: chunk {p['chunk']}/"
+        f"{p['num_chunks']}, round {p['round']}/{p['num_rounds']}  elapsed "
+        f"{experiment.human_seconds(p['elapsed'])}  ETA {experiment.human_seconds(p['eta'])}",
+        flush=True)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  exp = experiment.run(_CONFIG.value, workdir=_WORKDIR.value, progress=_progress,
-                       log=lambda msg: print(msg, flush=True))
-  summary = results.write_all(exp, _WORKDIR.value)
+  workdir = _WORKDIR.value
+  try:
+    exp = experiment.run(_CONFIG.value, workdir=workdir, progress=_progress,
+                         log=lambda msg: print(msg, flush=True))
+  except KeyboardInterrupt:
+    saved = sorted(os.listdir(os.path.join(workdir, "runs"))) if os.path.isdir(
+        os.path.join(workdir, "runs")) else []
+    print(f"\ninterrupted: {len(saved)} finished aggregator run(s) saved in "
+          f"{os.path.join(workdir, 'runs')}; rerun the same command to resume from them.",
+          file=sys.stderr)
+    sys.exit(130)
+  summary = results.write_all(exp, workdir)
   print()
   print(results.format_table(summary))
-  print(f"\nwrote {os.path.join(_WORKDIR.value, 'summary.json')}, metrics.csv, "
-        f"honest_accuracy.png")
+  print(f"\nwrote {os.path.join(workdir, 'summary.json')}, metrics.csv, draws.csv, "
+        f"timings.json, honest_accuracy.png")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_main(main, _DEFAULT_CONFIG)
