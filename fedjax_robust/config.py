@@ -261,6 +261,11 @@ def _validate(config) -> None:
                           weighted=config.training.weighted_aggregation)
     jax.eval_shape(agg, jax.ShapeDtypeStruct((n, 4), np.float32))  # trace-time checks of n, f
   num_classes = data_lib.num_classes(config.data.name, config.data.synthetic_num_classes)
+  if config.data.name in data_lib.TFDS_NAMES:  # a data set not on disk fails now, not after
+    try:
+      data_lib.check_available(config.data.name, config.data.data_dir)
+    except data_lib.DatasetUnavailableError as e:
+      raise ConfigError(f"data.name={config.data.name!r}: {e}") from None
   attacks.get(config.attack, num_classes=num_classes,
               options=config.attack_options.get(config.attack, {}))
   z_option = config.attack_options.alie.z

@@ -116,8 +116,9 @@ class Domain:
     if self.kind == "bool":
       return [True, False], ["yes", 1.5, None] if not self.optional else ["yes", 1.5]
     if self.kind == "str":
-      valid = list(self.choices or ("x",))
-      return valid, ["no_such_" + (valid[0] if valid else "value"), 3]
+      if not self.choices:
+        return ["x"], [3] + ([] if self.optional else [None])
+      return list(self.choices), ["no_such_" + self.choices[0], 3]
     if self.kind == "tuple":
       inner_valid, inner_invalid = self.item.examples()
       valid = [tuple(inner_valid[:1]) * max(self.min_length, 1)]

@@ -48,7 +48,10 @@ def summarize(values: np.ndarray, *, worst: str = "max",
     return {**out, "mean": nan, "ci95": nan, "std": nan, "worst": nan,
             **{f"q{round(100 * q):02d}": nan for q in quantiles},
             **{f"cvar{round(100 * a)}": nan for a in CVAR_LEVELS}}
-  std = float(np.std(defined, ddof=1)) if defined.size > 1 else 0.0
+  if defined.size > 1:
+    std = float(np.std(defined, ddof=1)) if np.all(np.isfinite(defined)) else float("inf")
+  else:
+    std = 0.0
   mean = float(np.mean(defined))
   ci = _Z95 * std / math.sqrt(defined.size) if np.isfinite(mean) else float("inf")
   out.update(mean=mean, ci95=ci, std=std,

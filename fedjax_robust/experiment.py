@@ -26,6 +26,7 @@ from fedjax_robust import honest_sets
 from fedjax_robust import training
 from fedjax_robust import worst_case
 from fedjax_robust.data import FederatedData
+from fedjax_robust.errors import ConfigError
 
 METRICS = ("honest_loss", "honest_accuracy", "test_loss", "test_accuracy")  # + backdoor_accuracy
 
@@ -158,6 +159,17 @@ def chunk_size(config, num_params: int, num_samples: int, max_count: int | None 
   return align_draws(min(num_samples, max(fit, 1)))
 
 
+def _evaluate_in_groups(evaluate, params, masks, train, test_x, test_y) -> dict:
+  """`evaluate` (compiled for DRAW_ALIGNMENT draws) over `[W, ...]` draws, one group of
+  DRAW_ALIGNMENT at a time: the same compiled program whatever W, so evaluation metrics are
+  bit-identical across chunk sizes (XLA:CPU vectorizes the mean over the test set differently
+  at W = 8 and W = 24, and simplifies a one-trip `lax.map` differently from a longer one)."""
+  parts = [jax.device_get(evaluate(params[g:g + DRAW_ALIGNMENT], masks[g:g + DRAW_ALIGNMENT],
+                                   train, test_x, test_y))
+           for g in range(0, params.shape[0], DRAW_ALIGNMENT)]
+  return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+
+
 def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Array, *,
                     init_key: jax.Array, run_key: jax.Array, num_rounds: int, eval_every: int,
                     spec: str = "", chunk: int | None = None,
@@ -185,7 +197,7 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
       states0, probe_masks, probe_keys, fed.train)
   evaluate = _program(
       "evaluate", sim, lambda: jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None, None, None))),
-      states0.params, probe_masks, fed.train, *test)
+      states0.params[:DRAW_ALIGNMENT], probe_masks[:DRAW_ALIGNMENT], fed.train, *test)
   compile_seconds = time.perf_counter() - start
 
   num_steps = num_rounds // eval_every
@@ -197,11 +209,11 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
     part_masks = _pad_to(masks[first:first + size], chunk)
     part_keys = _pad_to(all_keys[first:first + size], chunk)
     states = training.replicate(initial, chunk)
-    history = [jax.device_get(evaluate(states.params, part_masks, fed.train, *test))]
+    history = [_evaluate_in_groups(evaluate, states.params, part_masks, fed.train, *test)]
     aux_history = []
     for step in range(num_steps):
       states, aux = advance(states, part_masks, part_keys, fed.train)
-      history.append(jax.device_get(evaluate(states.params, part_masks, fed.train, *test)))
+      history.append(_evaluate_in_groups(evaluate, states.params, part_masks, fed.train, *test))
       aux_history.append(jax.device_get(aux))
       if progress is not None:
         progress(part, step + 1, num_steps)
@@ -280,7 +292,7 @@ def check_workdir(workdir: str) -> None:
       fh.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise ValueError(f"--workdir {workdir!r} is not writable ({e.strerror or e}); results "
+    raise ConfigError(f"--workdir {workdir!r} is not writable ({e.strerror or e}); results "
                      "could not be saved. Choose a writable directory.") from None
 
 

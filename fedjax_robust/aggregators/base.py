@@ -21,6 +21,8 @@ from jax.custom_batching import custom_vmap
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_robust.errors import ConfigError
+
 Array = jax.Array
 
 
@@ -132,13 +134,13 @@ def check_updates(updates: Array, rule: str, *, f: int | None = None, min_n=None
   `min_n(f)` gives the smallest number of clients the rule is defined for.
   """
   if updates.ndim != 2:
-    raise ValueError(f"{rule}: updates must be a matrix [n, d], got shape {updates.shape}.")
+    raise ConfigError(f"{rule}: updates must be a matrix [n, d], got shape {updates.shape}.")
   n, d = updates.shape
   if f is not None:
     if not isinstance(f, int) or f < 0:
-      raise ValueError(f"{rule}: f must be a non-negative Python int, got {f!r}.")
+      raise ConfigError(f"{rule}: f must be a non-negative Python int, got {f!r}.")
     if min_n is not None and n < min_n(f):
-      raise ValueError(f"{rule}: needs n >= {min_n(f)} clients for f={f}, got n={n}.")
+      raise ConfigError(f"{rule}: needs n >= {min_n(f)} clients for f={f}, got n={n}.")
   return n, d
 
 

@@ -12,6 +12,8 @@ from fedjax_robust.data.partition import PARTITIONERS
 from fedjax_robust.data.sources import Dataset
 from fedjax_robust.data.sources import DatasetUnavailableError
 from fedjax_robust.data.sources import NUM_CLASSES
+from fedjax_robust.data.sources import TFDS_NAMES
+from fedjax_robust.data.sources import check_available
 from fedjax_robust.data.sources import SOURCES
 from fedjax_robust.data.stacking import ClientData
 from fedjax_robust.data.stacking import stack_clients

@@ -72,6 +72,12 @@ def _open_split(name: str, split: str, data_dir: str | None):
         f"{str(e).splitlines()[0] if str(e) else ''})") from e
 
 
+def check_available(name: str, data_dir: str | None = None) -> None:
+  """Raises DatasetUnavailableError unless the tfds data set `name` is prepared on disk."""
+  for split in ("train", "test"):
+    _open_split(TFDS_NAMES[name], split, data_dir)
+
+
 def _read_split(name: str, split: str, data_dir: str | None):
   source = _open_split(name, split, data_dir)
   examples = [source[i] for i in range(len(source))]
