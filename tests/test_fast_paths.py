@@ -24,21 +24,22 @@ def test_uniform_cond_unbatched_is_cond():
   assert float(_branch_taken(jnp.array(False), jnp.float32(0))) == -100.0
 
 
-def test_uniform_cond_runs_one_branch_for_the_whole_batch():
+def test_uniform_cond_gives_each_sample_its_own_branch():
   x = jnp.zeros((4,))
   out = jax.jit(jax.vmap(_branch_taken))(jnp.array([False, True, False, False]), x)
-  np.testing.assert_array_equal(out, [100.0] * 4)  # one True sends every sample to true_fn
+  np.testing.assert_array_equal(out, [-100.0, 100.0, -100.0, -100.0])
   out = jax.vmap(_branch_taken)(jnp.zeros((4,), bool), x)
   np.testing.assert_array_equal(out, [-100.0] * 4)
-  # Nested vmaps: any True anywhere in the [2, 3] batch; an unbatched operand is broadcast.
+  # Nested vmaps; an unbatched operand is broadcast.
   preds = jnp.zeros((2, 3), bool).at[1, 2].set(True)
-  out = jax.vmap(jax.vmap(_branch_taken, in_axes=(0, None)), in_axes=(0, None))(preds, 1.0)
-  np.testing.assert_array_equal(out, np.full((2, 3), 101.0))
-  out = jax.vmap(jax.vmap(_branch_taken, in_axes=(0, None)), in_axes=(0, None))(~preds | True,
-                                                                                1.0)
-  np.testing.assert_array_equal(out, np.full((2, 3), 101.0))
+  nested = jax.vmap(jax.vmap(_branch_taken, in_axes=(0, None)), in_axes=(0, None))
+  np.testing.assert_array_equal(nested(preds, 1.0), np.where(preds, 101.0, -99.0))
+  np.testing.assert_array_equal(nested(~preds | True, 1.0), np.full((2, 3), 101.0))
   out = jax.vmap(_branch_taken, in_axes=(None, 0))(jnp.array(False), x)
   np.testing.assert_array_equal(out, [-100.0] * 4)
+  # Still a branch under vmap (the exact path runs only when a sample needs it), not a select.
+  jaxpr = str(jax.make_jaxpr(jax.vmap(_branch_taken))(jnp.zeros((4,), bool), x))
+  assert "cond[" in jaxpr
 
 
 def _with_nan_row(x):
@@ -64,12 +65,15 @@ RULES = [
 
 @pytest.mark.parametrize("name,rule", RULES, ids=[r[0] for r in RULES])
 def test_fast_path_equals_exact_fallback(rng, name, rule):
-  # Under vmap, one sample with a NaN row sends the whole batch through the exact path, so the
-  # ordinary sample is then computed by the fallback; alone, it takes the fast path.
+  # The exact path, forced on ordinary input, equals the fast path; and under vmap a sample with
+  # a NaN row next to an ordinary one leaves the ordinary sample's (fast) value bit-identical.
   x = jnp.asarray(data(rng, 12, shift=1.0) * rng.uniform(0.2, 3, (12, 1)).astype(np.float32))
   alone = rule(x)
+  with base.force_exact_paths():
+    exact = jax.jit(lambda y: rule(y))(x)  # a new function: traced under the context
+  np.testing.assert_allclose(exact, alone, rtol=2e-5, atol=2e-6)
   batch = jax.vmap(rule)(jnp.stack([x, _with_nan_row(x)]))
-  np.testing.assert_allclose(batch[0], alone, rtol=2e-5, atol=2e-6)
+  np.testing.assert_array_equal(batch[0], jax.vmap(rule)(jnp.stack([x, x]))[0])
   # and the fast path is what a batch of ordinary samples gets
   np.testing.assert_allclose(jax.vmap(rule)(jnp.stack([x, 2 * x]))[0], alone, rtol=2e-5,
                              atol=2e-6)

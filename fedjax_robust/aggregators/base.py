@@ -12,6 +12,7 @@ and `aux` holds scalar diagnostics (e.g. Weiszfeld's iteration count).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable, Mapping
 
@@ -87,6 +88,20 @@ def row_squared_norms(updates: Array) -> Array:
   return jnp.einsum("ij,ij->i", updates, updates)
 
 
+_FORCE_EXACT = [False]
+
+
+@contextlib.contextmanager
+def force_exact_paths():
+  """Within this context, rules traced take their exact path even on ordinary input (for tests
+  that compare the fast and exact paths on the same input)."""
+  _FORCE_EXACT[0] = True
+  try:
+    yield
+  finally:
+    _FORCE_EXACT[0] = False
+
+
 def ordinary_or_exact(updates: Array, fast: Callable[..., Any], exact: Callable[..., Any],
                       *operands: Any, extra_squared_norm: Array | None = None) -> Any:
   """`fast(updates, sq, *operands)` when every row is ordinary, else `exact(updates, *operands)`.
@@ -101,7 +116,7 @@ def ordinary_or_exact(updates: Array, fast: Callable[..., Any], exact: Callable[
   """
   sq = row_squared_norms(updates)
   limit = float(jnp.finfo(updates.dtype).max) / 4
-  ordinary = jnp.all(sq < limit)
+  ordinary = jnp.all(sq < limit) & (not _FORCE_EXACT[0])
   if extra_squared_norm is not None:
     ordinary &= extra_squared_norm < limit
   return uniform_cond(~ordinary, lambda x, sq, *ops: exact(x, *ops), fast, updates, sq, *operands)

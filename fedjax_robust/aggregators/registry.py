@@ -237,7 +237,8 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
   if len(names_) >= 2 and names_[-1] == "mean" and names_[-2] in _FUSED_WITH_MEAN:
     pre = names_[-2]
     fused = _named_stage(pre, f, opts.get(pre, {}), weighted, True,
-                         entry=_Entry(_FUSED_WITH_MEAN[pre], "rule"))
+                         entry=_Entry(_FUSED_WITH_MEAN[pre], "rule",
+                                      domains=_RULES[pre].domains))
     built[-2:] = [dataclasses.replace(fused, name=f"{pre}+mean")]
 
   def init(d, dtype=jnp.float32):
