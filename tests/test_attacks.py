@@ -207,7 +207,7 @@ def test_backdoor_stamps_the_trigger_and_relabels_a_fraction():
   clean_x, clean_y = attacks.backdoor(jax.random.key(0), x, y, fraction=0.0)
   np.testing.assert_array_equal(clean_x, x)
   np.testing.assert_array_equal(clean_y, y)
-  with pytest.raises(ValueError, match=r"target_label must lie in \[0, 10\), got 12"):
+  with pytest.raises(ValueError, match=r"target_label=12 must lie in \[0, 10\)"):
     attacks.get("backdoor", num_classes=10, options={"target_label": 12})
 
 
