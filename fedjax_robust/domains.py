@@ -83,13 +83,19 @@ class Domain:
     if self.kind == "str":
       return isinstance(value, str) and (self.choices is None or value in self.choices)
     if self.kind == "tuple":
+      if _is_array(value):
+        value = value.tolist() if value.ndim == 1 else None
       return (isinstance(value, (tuple, list)) and len(value) >= self.min_length
               and all(self.item.contains(v) for v in value))
+    if _is_array(value) and value.ndim == 0:
+      if value.dtype.kind not in "iuf":
+        return False
+      value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_number(value):
       return False
     if self.kind == "int" and not float(value).is_integer():
       return False
-    if self.kind == "int" and isinstance(value, float):
+    if self.kind == "int" and (isinstance(value, float) or _is_float_scalar(value)):
       return False  # 3.0 is not an int option: a float in an int slot is a mistake
     v = float(value)
     if math.isnan(v):
@@ -149,6 +155,14 @@ class Domain:
 
 def _num(x: float) -> str:
   return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _is_array(value: Any) -> bool:
+  return hasattr(value, "ndim") and hasattr(value, "tolist") and hasattr(value, "dtype")
+
+
+def _is_float_scalar(value: Any) -> bool:
+  return hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "f"
 
 
 def _is_number(value: Any) -> bool:

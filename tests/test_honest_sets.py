@@ -66,8 +66,8 @@ def test_byzantine_count_pmf_of_specs():
 
 
 @pytest.mark.parametrize("spec,match", [
-    ({"name": "bernoulli", "p": 1.5}, r"p must lie in \[0, 1\], got 1.5"),
-    ({"name": "bernoulli", "p": -0.1}, r"got -0.1"),
+    ({"name": "bernoulli", "p": 1.5}, r"bernoulli.p=1.5 is outside its domain: a finite float in \[0, 1\]"),
+    ({"name": "bernoulli", "p": -0.1}, r"p=-0.1 is outside its domain"),
     ({"name": "bernoulli", "p": [0.1, 0.2]}, r"one entry per client \(5\), got shape \(2,\)"),
     ({"name": "fixed_count", "num_byzantine": 6}, r"num_byzantine must be an int in \[0, n=5\]"),
     ({"name": "bernouli", "p": 0.1}, r"unknown honest-set distribution 'bernouli'.*bernoulli"),

@@ -59,5 +59,5 @@ def test_masked_losses_ignore_zero_weight_examples():
 def test_unknown_model_and_bad_options():
   with pytest.raises(ValueError, match="unknown model 'vit'"):
     models.get("vit", input_shape=(8, 8, 1), num_classes=2)
-  with pytest.raises(ValueError, match=r"bad options .*'width'.* for model 'mlp'"):
+  with pytest.raises(ValueError, match=r"unknown option\(s\) \['width'\] for model 'mlp'; allowed: \['hidden'\]"):
     models.get("mlp", input_shape=(8, 8, 1), num_classes=2, width=3)
