@@ -60,6 +60,33 @@ def _load_config_file(path: str):
   return module.get_config()
 
 
+def _config_path(argv: Sequence[str], default_config: str, flag: str) -> str:
+  path = default_config
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{flag}="):
+      path = arg.split("=", 1)[1]
+    elif arg == f"--{flag}" and i + 1 < len(argv):
+      path = argv[i + 1]
+  return path
+
+
+def define_config_flag(default_config: str, help_text: str, flag: str = "config", **kwargs):
+  """`config_flags.DEFINE_config_file`, with a bad override reported as one paragraph.
+
+  With the default config file, ml_collections applies `--config.x=...` overrides while the flag
+  is defined (at import), raising a bare AttributeError for a key that does not exist."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  try:
+    return config_flags.DEFINE_config_file(flag, default_config, help_text, **kwargs)
+  except (AttributeError, KeyError):
+    try:
+      check_override_paths(sys.argv, _load_config_file(
+          _config_path(sys.argv, default_config, flag)), flag)
+    except ConfigError as e:
+      exit_with(e)
+    raise
+
+
 def run_main(main: Callable[[list[str]], None], default_config: str,
              flag: str = "config") -> None:
   """`absl.app.run(main)`, with configuration errors printed as one paragraph.
@@ -70,17 +97,12 @@ def run_main(main: Callable[[list[str]], None], default_config: str,
   """
   from absl import app  # pylint: disable=g-import-not-at-top
   argv = list(sys.argv)
-  config_path = default_config
-  for i, arg in enumerate(argv):
-    if arg.startswith(f"--{flag}="):
-      config_path = arg.split("=", 1)[1]
-    elif arg == f"--{flag}" and i + 1 < len(argv):
-      config_path = argv[i + 1]
+  config_path = _config_path(argv, default_config, flag)
   try:
     app.run(main)
   except ConfigError as e:
     exit_with(e)
-  except AttributeError:
+  except (AttributeError, KeyError):
     try:
       check_override_paths(argv, _load_config_file(config_path), flag)
     except ConfigError as e:

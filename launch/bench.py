@@ -19,15 +19,14 @@ import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fedjax_robust import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "bench.py"),
-    "Benchmark configuration.", lock_config=True)
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "bench.py")
+_CONFIG = errors.define_config_flag(_DEFAULT_CONFIG, "Benchmark configuration.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench", "Where the CSV files and plot go.")
 
 _MODES = ("aggregators", "monte_carlo", "all")
@@ -69,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_main(main, _DEFAULT_CONFIG)

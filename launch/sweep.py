@@ -35,8 +35,8 @@ from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-im
 from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(ROOT, "configs", "sweep_core.py")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Sweep configuration file.",
+_CONFIG = errors.define_config_flag(
+    _DEFAULT_CONFIG, "Sweep configuration file.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/sweep_core", "Where results are written.")
 

@@ -14,7 +14,6 @@ import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -23,8 +22,8 @@ from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top,wron
 from fedjax_robust import results  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG,
+_CONFIG = errors.define_config_flag(
+    _DEFAULT_CONFIG,
     "Experiment configuration file (a get_config() returning a ConfigDict).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where results are written.")
 

@@ -351,6 +351,22 @@ def test_launcher_errors_are_one_paragraph(tmp_path, flag, expected):
   assert "Traceback" not in out.stderr and len(err.splitlines()) <= 2, err
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["launch/train.py", "--config.traning.client_lr=1"],
+     "config key 'traning.client_lr' does not exist: 'traning' is not a key here. Did you mean "
+     "'training'?"),
+    (["launch/sweep.py", "--config.grid.aggregatrs=mean"],
+     "config key 'grid.aggregatrs' does not exist"),
+    (["launch/bench.py", "--config.moed=x"], "Did you mean 'mode'?"),
+])
+def test_unknown_keys_with_the_default_config_files(tmp_path, argv, expected):
+  # With the default config file, ml_collections applies overrides at import time.
+  out = subprocess.run([sys.executable, os.path.join(ROOT, argv[0]), *argv[1:],
+                        f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=300,
+                       cwd=ROOT)
+  assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
+
+
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
   proc = subprocess.Popen(
       [sys.executable, os.path.join(ROOT, "launch", "train.py"),
