@@ -324,30 +324,47 @@ def _flops_per_sample_round(config, num_params: int, max_count: int) -> float:
 
 
 class _JobClock:
-  """Whole-job progress over every aggregator's chunks and evaluation steps."""
+  """Whole-job progress over every aggregator's chunks and evaluation steps. The ETA is the
+  measured time per step (steady state: after each aggregator's first step, which includes its
+  compilation) times the steps left, plus the measured compile time for each aggregator left."""
 
-  def __init__(self, total_steps: int, progress: Progress | None):
-    self.total, self.done, self.run_seconds = max(total_steps, 1), 0, 0.0
+  def __init__(self, total_steps: int, num_specs: int, progress: Progress | None):
+    self.total, self.done = max(total_steps, 1), 0
+    self.specs_left = num_specs
     self.start = time.perf_counter()
     self.progress = progress
+    self.step_seconds: list[float] = []
+    self.compile_seconds: list[float] = []
 
   def skip(self, steps: int) -> None:
     self.total = max(self.total - steps, 1)
+    self.specs_left -= 1
 
   def callback(self, spec: str, num_chunks: int, eval_every: int):
-    begun = time.perf_counter()
-    first_done = self.done
+    last = [time.perf_counter()]
+    count = [0]
+    self.specs_left -= 1
 
     def report(chunk: int, step: int, num_steps: int) -> None:
+      now = time.perf_counter()
+      seconds, last[0] = now - last[0], now
       self.done += 1
+      count[0] += 1
+      if count[0] == 1:
+        self.compile_seconds.append(seconds)  # compiling + one step
+      else:
+        self.step_seconds.append(seconds)
+        if count[0] == 2:  # a steady step is known: the first one's excess was compiling
+          self.compile_seconds[-1] = max(self.compile_seconds[-1] - seconds, 0.0)
       if self.progress is None:
         return
-      rate = (time.perf_counter() - begun) / max(self.done - first_done, 1)
-      elapsed = time.perf_counter() - self.start
+      per_step = (float(np.median(self.step_seconds)) if self.step_seconds
+                  else self.compile_seconds[-1])
+      compile_each = float(np.mean(self.compile_seconds)) if self.step_seconds else 0.0
       self.progress({"spec": spec, "chunk": chunk + 1, "num_chunks": num_chunks,
                      "round": step * eval_every, "num_rounds": num_steps * eval_every,
-                     "fraction": self.done / self.total, "elapsed": elapsed,
-                     "eta": rate * (self.total - self.done)})
+                     "fraction": self.done / self.total, "elapsed": now - self.start,
+                     "eta": per_step * (self.total - self.done) + compile_each * self.specs_left})
     return report
 
 
@@ -416,7 +433,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     masks = {spec: np.repeat(mask[None], S, axis=0) for spec in specs}
     worst = {spec: info for spec in specs}
 
-  clock = _JobClock(len(specs) * num_chunks * num_steps, progress)
+  clock = _JobClock(len(specs) * num_chunks * num_steps, len(specs), progress)
   runs = {}
   for spec in specs:
     path = os.path.join(workdir, "runs", spec + ".npz") if workdir else None
