@@ -220,7 +220,8 @@ def _run_chunked(sim, fed, masks, chunk, rounds):
                                     chunk=chunk)
 
 
-@pytest.mark.parametrize("spec", ["bucketing+geometric_median", "geometric_median"])
+@pytest.mark.parametrize("spec", ["bucketing+geometric_median",
+                                  pytest.param("geometric_median", marks=pytest.mark.slow)])
 def test_a_draw_is_bit_identical_whatever_its_chunk_and_neighbours(spec):
   c = tiny_config()
   c.attack = "nan"                 # a NaN row in the draws that have a Byzantine client
