@@ -33,10 +33,12 @@ def trimmed_mean(x, f):
 
 
 def meamed(x, f):
-  """Mean of the n − f values closest to the coordinate-wise median, per coordinate."""
-  x = np.asarray(x, np.float64)
-  idx = np.argsort(np.abs(x - np.median(x, 0)), axis=0, kind="stable")[:len(x) - f]
-  return np.take_along_axis(x, idx, 0).mean(0)
+  """Mean of the n − f values closest to the coordinate-wise median, per coordinate; at equal
+  distance on both sides of the median the smaller values first (each column is sorted, then
+  stably sorted by distance)."""
+  s = np.sort(np.asarray(x, np.float64), axis=0)
+  idx = np.argsort(np.abs(s - np.median(s, 0)), axis=0, kind="stable")[:len(s) - f]
+  return np.take_along_axis(s, idx, 0).mean(0)
 
 
 def geometric_median(x, weights=None, nu=1e-6, iterations=4000, start=None):
@@ -143,7 +145,12 @@ def smea(x, f):
   return np.asarray(x, np.float64)[list(best)].mean(0)
 
 
-def caf(x, f):
+CAF_DELTA = 2.0 ** -20
+
+
+def caf(x, f, delta=CAF_DELTA):
+  """CAF as documented in `aggregators.caf`: τ_max over the rows still in (c_i > 0), and a row
+  removed outright (c_i = 0) where τ_i ≥ (1 − δ)·τ_max."""
   x = np.asarray(x, np.float64)
   n = len(x)
   c = np.ones(n)
@@ -152,8 +159,9 @@ def caf(x, f):
     lam, v, mu = top_eigen(x, c)
     if lam < best_lambda:
       best_lambda, best_mu = lam, mu
-    tau = ((x - mu) @ v) ** 2
-    c = c * (1 - tau / tau.max())
+    tau = np.where(c > 0, ((x - mu) @ v) ** 2, 0.0)
+    tau_max = tau.max()
+    c = np.where(tau >= (1 - delta) * tau_max, 0.0, c * (1 - tau / tau_max))
   return best_mu
 
 

@@ -40,9 +40,11 @@ def np_monna(x, f, ref=0):
 
 
 def np_meamed(x, f):
-  med = np.median(x, 0)
-  idx = np.argsort(np.abs(x - med), axis=0, kind="stable")[:len(x) - f]
-  return np.take_along_axis(x.astype(np.float64), idx, 0).mean(0)
+  """Per coordinate, the n − f values closest to the median; at equal distance on both sides of
+  the median the smaller values first (columns sorted, then a stable sort by distance)."""
+  s = np.sort(x.astype(np.float64), 0)
+  idx = np.argsort(np.abs(s - np.median(s, 0)), axis=0, kind="stable")[:len(x) - f]
+  return np.take_along_axis(s, idx, 0).mean(0)
 
 
 SHAPES = [(5, 1), (10, 3), (11, 2), (25, 5)]
@@ -125,16 +127,28 @@ def np_smea(x, f):
   return x[list(best)].astype(np.float64).mean(0)
 
 
-def np_caf(x, f):
+CAF_DELTA = 2.0 ** -20
+
+
+def caf_step(x, c, delta):
+  """CAF's weight update: τ_i = ((x_i − μ_c)·v)² over the rows still in (c_i > 0), 0 for the
+  others, so τ_max is the maximum over the rows still in; c_i ← c_i (1 − τ_i/τ_max), and 0 where
+  τ_i ≥ (1 − δ) τ_max. Returns (λ, μ_c, new c)."""
+  lam, v, mu = np_top_eigenvalue(x, c)
+  tau = np.where(c > 0, ((x - mu) @ v) ** 2, 0.0)
+  tau_max = tau.max()
+  return lam, mu, np.where(tau >= (1 - delta) * tau_max, 0.0, c * (1 - tau / tau_max))
+
+
+def np_caf(x, f, delta=CAF_DELTA, c=None):
   n = len(x)
-  c = np.ones(n)
+  x = x.astype(np.float64)
+  c = np.ones(n) if c is None else c
   best_mu, best_lambda = None, np.inf
   while c.sum() > n - 2 * f:
-    lam, v, mu = np_top_eigenvalue(x, c)
+    lam, mu, c = caf_step(x, c, delta)
     if lam < best_lambda:
       best_lambda, best_mu = lam, mu
-    tau = ((x - mu) @ v) ** 2
-    c = c * (1 - tau / tau.max())
   return best_mu
 
 
@@ -179,15 +193,8 @@ def test_spectral_rules_and_bulyan_exclude_nonfinite_rows(rng, kinds):
 
 def _caf_without(honest, f, n_total):
   """CAF with the Byzantine rows' weights at 0 from the start, stopping at Σc ≤ n − 2f."""
-  c = np.ones(len(honest))
-  best_mu, best_lambda = None, np.inf
-  while c.sum() > n_total - 2 * f:
-    lam, v, mu = np_top_eigenvalue(honest, c)
-    if lam < best_lambda:
-      best_lambda, best_mu = lam, mu
-    tau = ((honest - mu) @ v) ** 2
-    c = c * (1 - tau / tau.max())
-  return best_mu
+  x = np.concatenate([honest, np.zeros((n_total - len(honest), honest.shape[1]))])
+  return np_caf(x, f, c=np.r_[np.ones(len(honest)), np.zeros(n_total - len(honest))])
 
 
 def test_bulyan_needs_n_at_least_4f_plus_3(rng):
