@@ -274,7 +274,7 @@ def _validate(config) -> None:
     if z <= 0:
       warnings.warn(f"ALIE's z from (n, f) = ({n}, {f}) is {z:.3g} <= 0: the attack sends the "
                     "honest mean or less; set attack_options.alie.z to study a real attack.")
-  if config.attack in ("mimic",) and config.attack_options.mimic.index >= n:
+  if config.attack == "mimic" and config.attack_options.mimic.index >= n:
     raise ConfigError(f"attack_options.mimic.index={config.attack_options.mimic.index} must be "
                       f"< num_clients={n}.")
   if config.honest_set != "worst_case":

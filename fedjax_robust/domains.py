@@ -15,6 +15,8 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+import numpy as np
+
 from fedjax_robust.errors import ConfigError
 from fedjax_robust.errors import close_matches
 
@@ -166,11 +168,7 @@ def _is_float_scalar(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-  try:
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    return isinstance(value, (np.integer, np.floating))
-  except ImportError:
-    return False
+  return isinstance(value, (np.integer, np.floating))
 
 
 def Int(low: float = -_INF, high: float = _INF, **kw) -> Domain:  # pylint: disable=invalid-name

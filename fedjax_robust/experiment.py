@@ -31,6 +31,11 @@ from fedjax_robust.errors import ConfigError
 METRICS = ("honest_loss", "honest_accuracy", "test_loss", "test_accuracy")  # + backdoor_accuracy
 
 
+# What reading a damaged cached .npz raises: missing (OSError), empty (EOFError), truncated or
+# corrupted (BadZipFile, zlib.error), not an npz (ValueError), or lacking an array (KeyError).
+NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
+
+
 @dataclasses.dataclass
 class AggregatorRun:
   """Every sample's metrics over evaluation rounds for one aggregator spec."""
@@ -67,7 +72,7 @@ class AggregatorRun:
                    {k[4:]: z[k] for k in z.files if k.startswith("aux.")},
                    float(z["timing"][0]), float(z["timing"][1]),
                    int(z["draws_per_chunk"]) if "draws_per_chunk" in z.files else 0)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+    except NPZ_ERRORS as e:
       if log is not None:
         log(f"WARNING: cached run {path} is unreadable ({type(e).__name__}: {e}); "
             "recomputing it.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -15,18 +16,23 @@ from fedjax_robust.experiment import AggregatorRun
 from fedjax_robust.experiment import Experiment
 
 
-def diverged_draws(run: AggregatorRun, round_index: int = -1) -> np.ndarray:
-  """Boolean `[S]`: draws whose model has a non-finite parameter at that evaluation (runs saved
-  before the `diverged` metric existed: a non-finite honest or test loss)."""
+def diverged_draws(run: AggregatorRun) -> np.ndarray:
+  """Boolean `[E + 1, S]`: draws whose model has a non-finite parameter at each evaluation (runs
+  saved before the `diverged` metric existed: a non-finite test loss; neither recorded: none)."""
   if "diverged" in run.metrics:
-    return run.metrics["diverged"][round_index] > 0
-  return ~np.isfinite(run.metrics["test_loss"][round_index])
+    return run.metrics["diverged"] > 0
+  if "test_loss" in run.metrics:
+    return ~np.isfinite(run.metrics["test_loss"])
+  return np.zeros(next(iter(run.metrics.values())).shape, bool)
 
 
-def _defined_unless_diverged(values: np.ndarray, diverged: np.ndarray) -> np.ndarray:
-  """A metric of a diverged model (accuracy of NaN logits) is undefined: NaN, so that
-  `evaluation.summarize` counts it as undefined instead of averaging it in."""
-  return np.where(diverged, np.nan, values)
+def defined_metrics(run: AggregatorRun) -> dict[str, np.ndarray]:
+  """`run.metrics` with every accuracy of a diverged draw set to NaN: the accuracy of NaN logits
+  is undefined, so `evaluation.summarize` counts it as undefined instead of averaging it in
+  (tables, metrics.csv, plots and sweep point files all read the metrics through this)."""
+  diverged = diverged_draws(run)
+  return {k: np.where(diverged, np.nan, v) if "accuracy" in k else v
+          for k, v in run.metrics.items()}
 
 
 def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f: int,
@@ -38,18 +44,18 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
   honest loss is +inf (so the mean loss is +inf, the median stays meaningful); their accuracies
   are undefined and left out of the accuracy estimates, whose `count` says how many draws
   remain."""
-  diverged = diverged_draws(run)
+  diverged = diverged_draws(run)[-1]
+  metrics = defined_metrics(run)
   loss = evaluation.diverged_as_inf(run.metrics["honest_loss"][-1], num_clients - counts)
   loss = np.where(diverged & (num_clients - counts > 0), np.inf, loss)
-  accuracy = _defined_unless_diverged(run.metrics["honest_accuracy"][-1], diverged)
-  test_accuracy = _defined_unless_diverged(run.metrics["test_accuracy"][-1], diverged)
+  accuracy = metrics["honest_accuracy"][-1]
   within = counts <= f
   out = {
       "diverged": {"count": int(diverged.sum()), "share": float(diverged.mean()),
                    "draws": np.flatnonzero(diverged).tolist()},
       "honest_loss": evaluation.summarize(loss, worst="max"),
       "honest_accuracy": evaluation.summarize(accuracy, worst="min"),
-      "test_accuracy": evaluation.summarize(test_accuracy, worst="min"),
+      "test_accuracy": evaluation.summarize(metrics["test_accuracy"][-1], worst="min"),
       "honest_accuracy_given_b_le_f": evaluation.summarize(accuracy[within], worst="min"),
       "honest_accuracy_given_b_gt_f": evaluation.summarize(accuracy[~within], worst="min"),
       "draws_per_chunk": int(run.draws_per_chunk),
@@ -59,8 +65,8 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
     out["honest_optimum_loss"] = evaluation.summarize(optimum, worst="max")
     out["honest_excess_loss"] = evaluation.summarize(loss - optimum, worst="max")
   if "backdoor_accuracy" in run.metrics:
-    out["backdoor_accuracy"] = evaluation.summarize(
-        _defined_unless_diverged(run.metrics["backdoor_accuracy"][-1], diverged), worst="max")
+    out["backdoor_accuracy"] = evaluation.summarize(metrics["backdoor_accuracy"][-1],
+                                                    worst="max")
   out.update({name: float(np.mean(values)) for name, values in run.aux.items()})
   return out
 
@@ -174,8 +180,9 @@ def write_metrics_csv(experiment: Experiment, path: str) -> None:
     writer.writeheader()
     for name, run in experiment.runs.items():
       counts = _counts(experiment, name)
+      metrics = defined_metrics(run)
       for e, rnd in enumerate(run.rounds):
-        for metric, values in run.metrics.items():
+        for metric, values in metrics.items():
           values = values[e]
           if metric == "honest_loss":
             values = evaluation.diverged_as_inf(values, n - counts)
@@ -202,6 +209,23 @@ def write_draws_csv(experiment: Experiment, path: str) -> None:
   os.replace(path + ".tmp", path)
 
 
+def format_value(v) -> str:
+  """A config value for a title: floats short, long tuples cut after 4 values."""
+  if isinstance(v, float):
+    return f"{v:g}"
+  if isinstance(v, (tuple, list)):
+    head = ", ".join(format_value(x) for x in v[:4])
+    return f"({head}, …; {len(v)} values)" if len(v) > 4 else f"({head})"
+  return str(v)
+
+
+def format_options(options: Mapping[str, Any], rename: Mapping[str, str] | None = None) -> str:
+  """'name=value' pairs of set options (None means "the rule's default" and is left out)."""
+  rename = rename or {}
+  return ", ".join(f"{rename.get(k, k)}={format_value(v)}" for k, v in options.items()
+                   if v is not None)
+
+
 def plot(experiment: Experiment, path: str) -> str:
   """Honest accuracy over rounds (mean, 5–95% band over draws) and its final distribution (box:
   quartiles, whiskers 5–95%), titled with what was run: the data, n, μ_H and its parameters, the
@@ -212,27 +236,15 @@ def plot(experiment: Experiment, path: str) -> str:
   import textwrap  # pylint: disable=g-import-not-at-top
   from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
 
-  def fmt(v):
-    if isinstance(v, float):
-      return f"{v:g}"
-    if isinstance(v, (tuple, list)):
-      head = ", ".join(fmt(x) for x in v[:4])
-      return f"({head}, …; {len(v)} values)" if len(v) > 4 else f"({head})"
-    return str(v)
-
-  def options(opts, rename=None):  # None means "the rule's default" and is left out
-    rename = rename or {}
-    return ", ".join(f"{rename.get(k, k)}={fmt(v)}" for k, v in opts.items() if v is not None)
-
   cfg = experiment.config
   if cfg.honest_set == "worst_case":
     law = f"worst case ({cfg.honest_set_options.worst_case.criterion})"
   else:
     spec = config_lib.honest_set_spec(cfg)
-    law = f"{spec.pop('name')}({options(spec, {'num_byzantine': 'b'})})"
+    law = f"{spec.pop('name')}({format_options(spec, {'num_byzantine': 'b'})})"
     if cfg.honest_set in honest_sets.GRAPH_BASED:
       law += f" on the {cfg.graph.kind} graph"
-  attack_opts = options(dict(cfg.attack_options.get(cfg.attack, {})))
+  attack_opts = format_options(dict(cfg.attack_options.get(cfg.attack, {})))
   title = (f"{cfg.data.name}, n={cfg.num_clients}, μ_H={law}, declared f={cfg.f}, attack "
            f"{cfg.attack}" + (f"({attack_opts})" if attack_opts else "")
            + f", S={cfg.num_samples} draws, {cfg.training.num_rounds} rounds")
@@ -240,7 +252,7 @@ def plot(experiment: Experiment, path: str) -> str:
   fig, (ax, box) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
   finals, names = [], []
   for name, run in experiment.runs.items():
-    acc = 100 * run.metrics["honest_accuracy"]
+    acc = 100 * defined_metrics(run)["honest_accuracy"]  # diverged draws left out
     mean = np.nanmean(acc, axis=1)
     lo, hi = np.nanquantile(acc, 0.05, axis=1), np.nanquantile(acc, 0.95, axis=1)
     (line,) = ax.plot(run.rounds, mean, label=name)

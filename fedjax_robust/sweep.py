@@ -29,8 +29,6 @@ import os
 import textwrap
 import time
 from typing import Any, Callable, Mapping, Sequence
-import zipfile
-import zlib
 
 import numpy as np
 
@@ -43,9 +41,7 @@ from fedjax_robust import results
 STATISTICS = ("mean", "ci95", "std", "q05", "q25", "q50", "q75", "q95", "worst", "cvar50",
               "cvar90", "count", "undefined")
 TIMING_FIELDS = ("compile_seconds", "run_seconds")
-# What reading a damaged points/<id>.npz raises: missing (OSError), empty (EOFError), truncated
-# or corrupted (BadZipFile, zlib.error), not an npz (ValueError), or lacking an array (KeyError).
-NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
+NPZ_ERRORS = experiment.NPZ_ERRORS  # what reading a damaged points/<id>.npz raises
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +262,8 @@ def run(base, points: Sequence[Point], workdir: str, *,
     counts = evaluation.byzantine_counts(exp.masks[config.aggregator])
     # The npz first: a point is in results.csv only once its per-draw values are on disk.
     save_point(point_path(workdir, pid), tags=json.dumps(dict(point.tags)),
-               num_byzantine=counts, **{f"final_{k}": v[-1] for k, v in run_.metrics.items()})
+               num_byzantine=counts,
+               **{f"final_{k}": v[-1] for k, v in results.defined_metrics(run_).items()})
     rows = _in_sweep_order(rows + _rows(pid, point.tags, summary), order)
     _write_results(path, rows)
     s = summary["aggregators"][config.aggregator]
@@ -322,20 +319,6 @@ def _float(v):
     return v
 
 
-def _format_value(v) -> str:
-  if isinstance(v, float):
-    return f"{v:g}"
-  if isinstance(v, (tuple, list)):
-    shown = ", ".join(_format_value(x) for x in v[:4])
-    return f"({shown}{', …' if len(v) > 4 else ''}{f'; {len(v)} values' if len(v) > 4 else ''})"
-  return str(v)
-
-
-def _format_options(options: Mapping[str, Any]) -> str:
-  """'name=value' pairs of set options (None means 'the default rule' and is left out)."""
-  return ", ".join(f"{k}={_format_value(v)}" for k, v in options.items() if v is not None)
-
-
 def describe(base, points: Sequence[Point], *, x: str | None = None, note: str = "") -> str:
   """One line for plot titles saying what every point of the sweep ran: μ_H (its options when
   one law is swept), the declared f (per value of tag `x` when it follows it), the attack and its
@@ -350,7 +333,7 @@ def describe(base, points: Sequence[Point], *, x: str | None = None, note: str =
     opts = [dict(c.honest_set_options.get(laws[0], {})) for c in configs]
     fixed = {k: v for k, v in opts[0].items() if all(o.get(k) == v for o in opts)}
     varying = [k for k in opts[0] if k not in fixed]
-    inside = ", ".join(filter(None, [_format_options(fixed)] + [f"{k} per point"
+    inside = ", ".join(filter(None, [results.format_options(fixed)] + [f"{k} per point"
                                                                  for k in varying]))
     parts.append(f"μ_H={laws[0]}({inside})")
   elif len(laws) == 1:
@@ -373,7 +356,8 @@ def describe(base, points: Sequence[Point], *, x: str | None = None, note: str =
   else:
     parts.append(f"declared f ∈ {{{', '.join(map(str, fs))}}}")
   attacks = list(dict.fromkeys(
-      (c.attack, _format_options(dict(c.attack_options.get(c.attack, {})))) for c in configs))
+      (c.attack, results.format_options(dict(c.attack_options.get(c.attack, {}))))
+      for c in configs))
   parts.append("attack " + "; ".join(f"{a}({o})" if o else a for a, o in attacks))
   for label, values in (("S", [c.num_samples for c in configs]),
                         ("rounds", [c.training.num_rounds for c in configs]),

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from conftest import set_key as _set
 from conftest import tiny_config
 from fedjax_robust import config as config_lib
 from fedjax_robust import experiment
@@ -20,15 +21,6 @@ def _base():
   c.training.num_rounds = 4
   c.training.eval_every = 2
   return c
-
-
-def _set(config, dotted, value):
-  *path, leaf = dotted.split(".")
-  node = config
-  for p in path:
-    node = node[p]
-  with node.ignore_type():  # as a config file could; the validation layer must catch it
-    node[leaf] = value
 
 
 def _names_a_key(message: str, changed) -> bool:

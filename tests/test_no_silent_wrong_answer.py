@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from conftest import set_key as _set
 from conftest import tiny_config
 from fedjax_robust import aggregators
 from fedjax_robust import attacks
@@ -35,15 +36,6 @@ def _leaves(d, prefix=""):
       yield from _leaves(v, f"{prefix}{k}.")
     elif not isinstance(v, dict):
       yield prefix + k
-
-
-def _set(config, dotted, value):
-  *path, leaf = dotted.split(".")
-  node = config
-  for p in path:
-    node = node[p]
-  with node.ignore_type():
-    node[leaf] = value
 
 
 # ------------------------------------------------------------------ declared domains
@@ -208,6 +200,11 @@ def test_diverged_draws_are_counted_not_averaged_in(tmp_path):
   assert s["honest_loss"]["mean"] == math.inf
   table = results.format_table(summary)
   assert f"WARNING: mean: {s['diverged']['count']} of 8 draws diverged" in table
+  # metrics.csv (and the plot, through the same `defined_metrics`) leave them out too.
+  results.write_metrics_csv(exp, str(tmp_path / "metrics.csv"))
+  rows = [r.split(",") for r in (tmp_path / "metrics.csv").read_text().splitlines()]
+  final = [r for r in rows if r[1] == "10" and r[2] == "honest_accuracy"][0]
+  assert int(final[-1]) == s["diverged"]["count"]  # column "undefined"
 
 
 # ------------------------------------------------------------------ batch independence
