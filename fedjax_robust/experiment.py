@@ -46,10 +46,14 @@ class AggregatorRun:
   compile_seconds: float
   run_seconds: float
   draws_per_chunk: int = 0           # the vmapped width the draws ran at (0: unknown)
+  # Quantities taken once at the final model, name -> [S] (with theory measurements: the
+  # estimated smoothness of L_S at θ_T, `honest_smoothness`).
+  final: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def save(self, path: str, fingerprint: str) -> None:
     arrays = {f"metric.{k}": v for k, v in self.metrics.items()}
     arrays.update({f"aux.{k}": v for k, v in self.aux.items()})
+    arrays.update({f"final.{k}": v for k, v in self.final.items()})
     tmp = path + ".tmp.npz"
     np.savez(tmp, rounds=self.rounds, fingerprint=fingerprint, spec=self.spec,
              timing=np.array([self.compile_seconds, self.run_seconds]),
@@ -71,7 +75,8 @@ class AggregatorRun:
                    {k[7:]: z[k] for k in z.files if k.startswith("metric.")},
                    {k[4:]: z[k] for k in z.files if k.startswith("aux.")},
                    float(z["timing"][0]), float(z["timing"][1]),
-                   int(z["draws_per_chunk"]) if "draws_per_chunk" in z.files else 0)
+                   int(z["draws_per_chunk"]) if "draws_per_chunk" in z.files else 0,
+                   {k[6:]: z[k] for k in z.files if k.startswith("final.")})
     except NPZ_ERRORS as e:
       if log is not None:
         log(f"WARNING: cached run {path} is unreadable ({type(e).__name__}: {e}); "
@@ -178,18 +183,20 @@ def _evaluate_in_groups(evaluate, params, masks, train, test_x, test_y) -> dict:
 def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Array, *,
                     init_key: jax.Array, run_key: jax.Array, num_rounds: int, eval_every: int,
                     spec: str = "", chunk: int | None = None,
-                    progress: Callable[[int, int, int], None] | None = None) -> AggregatorRun:
+                    progress: Callable[[int, int, int], None] | None = None,
+                    draw_ids: np.ndarray | None = None) -> AggregatorRun:
   """Trains S models, one per honest mask `[S, n]`, and evaluates them every `eval_every` rounds.
 
   The S draws run `chunk` at a time (rounded up to a multiple of DRAW_ALIGNMENT; all at once by
-  default), the last chunk padded; draw s always uses the key fold_in(run_key, s). A draw's
+  default), the last chunk padded; draw s always uses the key fold_in(run_key, s), or
+  fold_in(run_key, draw_ids[s]) when `draw_ids` is given (common random numbers). A draw's
   numbers are bit-identical whatever the chunk size and whichever draws share its chunk
   (measured on XLA:CPU; see DRAW_ALIGNMENT and `aggregators.base.uniform_cond`).
   `progress(chunk_index, evaluation_step, num_steps_per_chunk)` is called after each step.
   """
   num_samples = masks.shape[0]
   chunk = align_draws(num_samples if chunk is None else min(chunk, num_samples))
-  all_keys = training.sample_keys(run_key, num_samples)
+  all_keys = training.sample_keys(run_key, num_samples, draw_ids)
   initial = sim.init(init_key)
   test = (fed.test_x, fed.test_y)
   start = time.perf_counter()
@@ -203,11 +210,17 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   evaluate = _program(
       "evaluate", sim, lambda: jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None, None, None))),
       states0.params[:DRAW_ALIGNMENT], probe_masks[:DRAW_ALIGNMENT], fed.train, *test)
+  smoothness = None
+  if sim.measure_theory:
+    smoothness = _program(
+        "smoothness", sim,
+        lambda: jax.jit(jax.vmap(sim.honest_smoothness, in_axes=(0, 0, None))),
+        states0.params[:DRAW_ALIGNMENT], probe_masks[:DRAW_ALIGNMENT], fed.train)
   compile_seconds = time.perf_counter() - start
 
   num_steps = num_rounds // eval_every
   starts = list(range(0, num_samples, chunk))
-  history_parts, aux_parts = [], []
+  history_parts, aux_parts, final_parts = [], [], []
   start = time.perf_counter()
   for part, first in enumerate(starts):
     size = min(chunk, num_samples - first)
@@ -226,6 +239,11 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
                           for k in history[0]})
     aux_parts.append({k: np.stack([np.asarray(a[k])[:size] for a in aux_history])
                       for k in (aux_history[0] if aux_history else {})})
+    if smoothness is not None:
+      final_parts.append(np.concatenate([
+          np.asarray(jax.device_get(smoothness(states.params[g:g + DRAW_ALIGNMENT],
+                                               part_masks[g:g + DRAW_ALIGNMENT], fed.train)))
+          for g in range(0, chunk, DRAW_ALIGNMENT)])[:size])
   run_seconds = time.perf_counter() - start
   return AggregatorRun(
       spec=spec,
@@ -233,7 +251,8 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
       metrics={k: np.concatenate([p[k] for p in history_parts], axis=1)
                for k in history_parts[0]},
       aux={k: np.concatenate([p[k] for p in aux_parts], axis=1) for k in aux_parts[0]},
-      compile_seconds=compile_seconds, run_seconds=run_seconds, draws_per_chunk=chunk)
+      compile_seconds=compile_seconds, run_seconds=run_seconds, draws_per_chunk=chunk,
+      final={"honest_smoothness": np.concatenate(final_parts)} if final_parts else {})
 
 
 @dataclasses.dataclass

@@ -34,6 +34,12 @@ from fedjax_robust.aggregators import Aggregator
 from fedjax_robust.attacks import Attack
 from fedjax_robust.data import ClientData
 from fedjax_robust.data import valid_mask
+from fedjax_robust.theory import bounds
+from fedjax_robust.theory import heterogeneity
+from fedjax_robust.theory import robustness as measured_robustness
+
+# Aggregator aux values reduced by their maximum over rounds (the others by their mean).
+MAX_AUX = ("kappa_ratio",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +79,12 @@ class Simulator:
   # Reference runs (not attacks): aggregate the honest clients only, with fixed client weights.
   honest_only: bool = False
   client_weights: tuple[float, ...] | None = None
+  # λ of the ℓ2 term λ/2‖θ‖² in every client's loss L_i (0: none).
+  l2: float = 0.0
+  # Record the theory's quantities: the (f, κ) ratio of every round (aux `kappa_ratio`, max
+  # over the rounds of a chunk), and at every evaluation the heterogeneity h_t(S) and
+  # ‖∇L_S(θ_t)‖² of the draw's honest set (see `evaluate`).
+  measure_theory: bool = False
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -91,7 +103,11 @@ class Simulator:
                     jnp.array(0, jnp.int32))
 
   def _loss(self, params, x, y, weights):
-    return models_lib.masked_cross_entropy(self.logits(params, x), y, weights)
+    return models_lib.masked_cross_entropy(self.logits(params, x), y, weights) + self._penalty(
+        params)
+
+  def _penalty(self, params):
+    return 0.5 * self.l2 * jnp.sum(params ** 2) if self.l2 else 0.0
 
   @staticmethod
   def _without_padding(x, y, valid):
@@ -146,6 +162,9 @@ class Simulator:
                                                  server_rule)
     aggregate, aggregator_state, aux = self.aggregator.apply(
         updates, state.aggregator_state, k_aggregator, weights)
+    if self.measure_theory:
+      aux = {**aux, "kappa_ratio": measured_robustness.robustness_ratio(updates, aggregate,
+                                                                         honest)}
     steps, opt_state = self.server_optimizer.update(aggregate, state.server_opt_state, state.params)
     params = optax.apply_updates(state.params, steps)
     return RunState(params, opt_state, momentum, aggregator_state, attack_state,
@@ -173,22 +192,39 @@ class Simulator:
 
   def run_rounds(self, state: RunState, honest: jax.Array, key: jax.Array, train: ClientData,
                  num_rounds: int) -> tuple[RunState, Mapping[str, jax.Array]]:
-    """`num_rounds` rounds by `lax.scan`; aux values are averaged over the rounds."""
+    """`num_rounds` rounds by `lax.scan`; aux values are averaged over the rounds, those of
+    MAX_AUX maximized (NaN rounds ignored)."""
     state, aux = lax.scan(lambda s, _: self.round(s, honest, key, train), state, None,
                           length=num_rounds)
-    return state, jax.tree.map(lambda a: jnp.mean(a.astype(jnp.float32), axis=0), aux)
+    return state, {k: (jnp.nanmax(a.astype(jnp.float32), axis=0) if k in MAX_AUX
+                       else jnp.mean(a.astype(jnp.float32), axis=0)) for k, a in aux.items()}
 
   def client_metrics(self, params: jax.Array, train: ClientData) -> tuple[jax.Array, jax.Array]:
-    """Loss and accuracy `[n]` of the model on each client's own data (padding excluded)."""
+    """Loss L_i (with the ℓ2 term when `l2` > 0) and accuracy `[n]` of the model on each
+    client's own data (padding excluded)."""
     weights = valid_mask(train.counts, train.x.shape[1])
 
     def one(x, y, w):
       x, y = self._without_padding(x, y, w)
       logits = self.logits(params, x)
-      return (models_lib.masked_cross_entropy(logits, y, w),
+      return (models_lib.masked_cross_entropy(logits, y, w) + self._penalty(params),
               models_lib.masked_accuracy(logits, y, w))
 
     return jax.vmap(one)(train.x, train.y, weights)
+
+  def honest_objective(self, params: jax.Array, honest: jax.Array, train: ClientData
+                       ) -> jax.Array:
+    """L_S(θ) = (1/|S|) Σ_{i∈S} L_i(θ) (0 for an empty S), differentiable in θ."""
+    loss, _ = self.client_metrics(params, train)
+    h = honest.astype(loss.dtype)
+    return h @ loss / jnp.maximum(jnp.sum(h), 1.0)
+
+  def honest_smoothness(self, params: jax.Array, honest: jax.Array, train: ClientData
+                        ) -> jax.Array:
+    """An estimate of the smoothness L of L_S near θ: |λ|_max of its Hessian at θ by power
+    iteration (theory.bounds.top_hessian_eigenvalue); used where L is not known exactly."""
+    return bounds.top_hessian_eigenvalue(lambda p: self.honest_objective(p, honest, train),
+                                         params)
 
   def evaluate(self, params: jax.Array, honest: jax.Array, train: ClientData,
                test_x: jax.Array, test_y: jax.Array) -> dict[str, jax.Array]:
@@ -209,6 +245,10 @@ class Simulator:
       triggered = self.logits(params, self.attack.trigger(test_x))
       extra["backdoor_accuracy"] = models_lib.masked_accuracy(
           triggered, jnp.full(test_y.shape, target), test_y != target)
+    if self.measure_theory:
+      stats = heterogeneity.gram_statistics(self.client_gradients(params, train))
+      extra["honest_heterogeneity"], extra["honest_gradient_sq"] = heterogeneity.set_statistics(
+          stats, honest)
     return extra | {
         # 1.0 where training diverged: a parameter is NaN or ±inf (the model is undefined).
         "diverged": (~jnp.all(jnp.isfinite(params))).astype(jnp.float32),
@@ -219,9 +259,12 @@ class Simulator:
     }
 
 
-def sample_keys(key: jax.Array, num_samples: int) -> jax.Array:
-  """Key of sample s = fold_in(key, s): a sample's randomness does not depend on S."""
-  return jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(num_samples))
+def sample_keys(key: jax.Array, num_samples: int, draw_ids=None) -> jax.Array:
+  """Key of sample s = fold_in(key, s), or fold_in(key, draw_ids[s]) when given (common random
+  numbers: several masks trained with the same keys): a sample's randomness does not depend on
+  S or on the batch it runs in."""
+  ids = jnp.arange(num_samples) if draw_ids is None else jnp.asarray(draw_ids, jnp.int32)
+  return jax.vmap(lambda s: jax.random.fold_in(key, s))(ids)
 
 
 def replicate(state: RunState, num_samples: int) -> RunState:

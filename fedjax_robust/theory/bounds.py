@@ -1,0 +1,103 @@
+"""Robust D-GD error bounds per draw of the honest set, their validity, and smoothness estimates.
+
+With an (f, κ)-robust aggregator, honest objective L_S that is L-smooth, step 1/L, and (G, B)-gradient
+dissimilarity of S with κB² < 1 (Allouah et al., NeurIPS 2023; ../shared/REFERENCE.md):
+
+  non-convex:  (1/T) Σ_{t<T} ‖∇L_S(θ_t)‖² ≤ κG²/(1 − κB²) + 2L(L_S(θ_0) − L_S*)/((1 − κB²)T)
+  μ-PL:        L_S(θ_T) − L_S* ≤ κG²/(2μ(1 − κB²)) + (1 − μ(1 − κB²)/L)^T (L_S(θ_0) − L_S*)
+
+A draw's bound is *valid* (its theorem applies) iff its realized b ≤ f (the rule's κ is for f
+Byzantine clients) and κB² < 1. Breakdown: no algorithm is robust when f/n ≥ 1/(2 + B²); the
+lower bound on the error of any algorithm is of order f/(n − (2 + B²)f)·G²/μ (for f/n below the
+breakdown point).
+
+For a given draw the pair (G², B²) is not unique: G²(B²) = max_t (h_t − B²u_t)₊ for every B². We
+evaluate the bound on a grid of B² in [0, 1/κ) and keep the pair with the smallest bound (every pair
+on the grid is a valid (G, B) certificate for the measured trajectory, so the smallest is the
+tightest the theorem gives), and also report G² at B² = 0.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_robust.theory import heterogeneity
+
+# B² grid in units of 1/κ: κB² ∈ {0, 0.01, ..., 0.99}.
+KAPPA_B2_GRID = np.linspace(0.0, 0.99, 100)
+
+
+def nonconvex_bound(kappa, g2, b2, smoothness, initial_gap, num_rounds):
+  """κG²/(1 − κB²) + 2L(L_S(θ_0) − L_S*)/((1 − κB²)T); +inf where κB² ≥ 1."""
+  shrink = 1.0 - kappa * b2
+  with np.errstate(divide="ignore", invalid="ignore"):
+    value = (kappa * g2 + 2.0 * smoothness * initial_gap / num_rounds) / shrink
+  return np.where(shrink > 0, value, np.inf)
+
+
+def pl_bound(kappa, g2, b2, smoothness, pl_constant, initial_gap, num_rounds):
+  """κG²/(2μ(1 − κB²)) + (1 − μ(1 − κB²)/L)^T (L_S(θ_0) − L_S*); +inf where κB² ≥ 1."""
+  shrink = 1.0 - kappa * b2
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    rate = np.clip(1.0 - pl_constant * shrink / smoothness, 0.0, 1.0)
+    value = kappa * g2 / (2.0 * pl_constant * shrink) + rate ** num_rounds * initial_gap
+  return np.where(shrink > 0, value, np.inf)
+
+
+def lower_bound_rate(f: int, n: int, b2) -> np.ndarray:
+  """f/(n − (2 + B²)f): the factor of G²/μ in the lower bound; +inf at or past breakdown."""
+  b2 = np.asarray(b2, np.float64)
+  denominator = n - (2.0 + b2) * f
+  with np.errstate(divide="ignore"):
+    return np.where(denominator > 0, f / denominator, np.inf)
+
+
+def breakdown(f: int, n: int, b2) -> np.ndarray:
+  """True where f/n ≥ 1/(2 + B²): no algorithm is robust at this heterogeneity."""
+  return f / n >= 1.0 / (2.0 + np.asarray(b2, np.float64))
+
+
+def best_pair(kappa: float, heterogeneity_t: np.ndarray, gradient_sq_t: np.ndarray,
+              bound: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+  """Per draw, the (G², B²) on the grid κB² ∈ KAPPA_B2_GRID minimizing `bound(g2 [K, S], b2 [K, 1])`
+  (the rest of the bound's arguments are bound by the caller), from h_t, u_t `[T, S]`. Returns
+  g2, b2, bound `[S]` (NaN where h or u is undefined), and g2_at_b0 (G² at B² = 0)."""
+  if not np.isfinite(kappa) or kappa <= 0:
+    grid = np.zeros(1)
+  else:
+    grid = KAPPA_B2_GRID / kappa
+  g2 = heterogeneity.dissimilarity(heterogeneity_t, gradient_sq_t, grid)  # [K, S]
+  values = bound(g2, grid[:, None])
+  values = np.where(np.isnan(g2), np.inf, values)
+  best = np.argmin(values, axis=0)
+  cols = np.arange(g2.shape[1])
+  defined = ~np.isnan(g2[0])
+  return {"g2": np.where(defined, g2[best, cols], np.nan),
+          "b2": np.where(defined, grid[best], np.nan),
+          "bound": np.where(defined, values[best, cols], np.nan),
+          "g2_at_b0": g2[0]}
+
+
+def top_hessian_eigenvalue(objective: Callable[[jax.Array], jax.Array], theta: jax.Array, *,
+                           iterations: int = 30) -> jax.Array:
+  """|λ|_max of the Hessian of `objective` at `theta` by power iteration on Hessian-vector products
+  (forward-over-reverse), from a fixed start vector: an estimate of the local smoothness L (a lower
+  estimate of the global constant; after `iterations` steps the Rayleigh quotient is ≤ |λ|_max)."""
+  grad = jax.grad(objective)
+
+  def hvp(v):
+    return jax.jvp(grad, (theta,), (v,))[1]
+
+  v0 = jax.random.normal(jax.random.key(0), theta.shape, theta.dtype)
+  v0 = v0 / jnp.linalg.norm(v0)
+
+  def step(v, _):
+    w = hvp(v)
+    return w / jnp.maximum(jnp.linalg.norm(w), 1e-30), None
+
+  v, _ = jax.lax.scan(step, v0, None, length=iterations)
+  return jnp.abs(jnp.vdot(v, hvp(v)))
