@@ -37,6 +37,7 @@ from fedjax_robust.aggregators.registry import option_domains
 from fedjax_robust.aggregators.registry import options
 from fedjax_robust.aggregators.registry import split_spec
 from fedjax_robust.aggregators.robustness import empirical_kappa
+from fedjax_robust.aggregators.robustness import kappa_bounds
 from fedjax_robust.aggregators.robustness import kappa_lower_bound
 from fedjax_robust.aggregators.robustness import kappa_upper_bound
 from fedjax_robust.aggregators.spectral import caf
