@@ -22,9 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_robust import config as config_lib
+from fedjax_robust import evaluation
 from fedjax_robust import honest_sets
 from fedjax_robust import training
 from fedjax_robust import worst_case
+from fedjax_robust.theory import report as theory_report
 from fedjax_robust.data import FederatedData
 from fedjax_robust.errors import ConfigError
 
@@ -265,6 +267,10 @@ class Experiment:
   worst_case: dict[str, dict] = dataclasses.field(default_factory=dict)
   references: dict[str, AggregatorRun] = dataclasses.field(default_factory=dict)
   oracle: dict | None = None
+  # spec -> per-draw theory quantities (theory.report.per_draw), when config.theory.enabled.
+  theory: dict[str, dict] = dataclasses.field(default_factory=dict)
+  # Convex tasks: min E_S L_S vs min max_{|S|=n−f} L_S solved exactly (theory.report.objectives).
+  objectives: dict | None = None
 
 
 def _keys(config):
@@ -272,29 +278,156 @@ def _keys(config):
   return tuple(jax.random.fold_in(root, i) for i in range(3))  # masks, init, run
 
 
-def worst_case_mask(config, fed: FederatedData, spec: str) -> tuple[np.ndarray, dict]:
-  """The worst honest set of size n − f under `config.honest_set_options.worst_case`."""
-  options = config.honest_set_options.worst_case
+def _final_honest_losses(config, sim: training.Simulator, fed: FederatedData, masks: np.ndarray,
+                         draw_ids: np.ndarray) -> np.ndarray:
+  """The final honest loss `[K]` of training under each mask `[K, n]` with draw key
+  fold_in(run_key, draw_ids[k]) (a diverged training: +inf); the draws run in chunks of
+  `chunk_size`, and a draw's numbers do not depend on its batch position."""
   _, init_key, run_key = _keys(config)
-  sim = config_lib.make_simulator(config, spec, fed)
+  out = run_monte_carlo(sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
+                        num_rounds=config.training.num_rounds,
+                        eval_every=config.training.num_rounds,
+                        chunk=chunk_size(config, sim.num_params, len(masks),
+                                         int(fed.train.counts.max())),
+                        draw_ids=np.asarray(draw_ids))
+  loss = np.asarray(out.metrics["honest_loss"][-1], np.float64)
+  diverged = (out.metrics["diverged"][-1] > 0) if "diverged" in out.metrics else False
+  return np.where(np.isfinite(loss) & ~diverged, loss, np.inf)
+
+
+def final_loss_score(config, sim: training.Simulator, fed: FederatedData,
+                     draw_ids: np.ndarray) -> worst_case.Score:
+  """The batched score of the worst-case search: candidate masks `[K, n]` -> `[K]` mean final
+  honest loss over the R = len(draw_ids) draws with those ids, the same R for every candidate
+  (common random numbers: a mask's score does not depend on its batch position or on the other
+  candidates); a diverged training makes its candidate's score +inf. All K·R trainings run as one
+  batch, in chunks of `chunk_size`."""
+  draw_ids = np.asarray(draw_ids)
+
+  def score(candidates: np.ndarray) -> np.ndarray:
+    losses = _final_honest_losses(config, sim, fed, np.repeat(candidates, len(draw_ids), axis=0),
+                                  np.tile(draw_ids, len(candidates)))
+    return worst_case.mean_over_seeds(losses, len(draw_ids))
+
+  return score
+
+
+def _loss_summary(values: np.ndarray) -> dict:
+  s = evaluation.summarize(values, worst="max")
+  return {"mean": s["mean"], "ci95": s["ci95"], "count": s["count"]}
+
+
+def worst_case_mask(config, fed: FederatedData, spec: str) -> tuple[np.ndarray, dict]:
+  """The honest set of size n − f chosen by `config.honest_set_options.worst_case`, and a
+  description of it (JSON-ready).
+
+  - criterion "heterogeneity": the max-heterogeneity honest set (a proxy, not a loss maximum:
+    var_S of the clients' gradients at the initial model, closed form; no training).
+  - criterion "final_loss": the worst case, max over |S| = n − f of the mean final honest loss
+    over R = `seeds` trainings per candidate. Every candidate trains with the same R draw ids
+    SEARCH_DRAW_OFFSET + r (common random numbers: the score of a mask does not depend on where
+    it sits in the batch, and candidates differ only by their Byzantine set); a diverged training
+    scores +inf. The maximum of noisy means is optimistic, so the pick — and the proxy's pick, for
+    comparison — are re-measured on `fresh_seeds` draws with ids 0, 1, … (disjoint from the
+    search's; the ids of the worst-case run's own draws), and the info reports the search score,
+    the fresh loss (mean ± 95% CI over the fresh seeds), optimism = search − fresh, the proxy's
+    pick, its search rank and fresh loss, and the paired fresh gap pick − proxy.
+  """
+  options = config.honest_set_options.worst_case
+  n, f = config.num_clients, config.f
+  _, init_key, _ = _keys(config)
+  config = config.copy_and_resolve_references()
+  config.theory.enabled = False  # the search measures final losses only
+  sim = simulator(config, spec, fed)
+  gradients = sim.client_gradients(sim.init(init_key).params, fed.train)
+  proxy_mask, proxy_value, proxy_info = worst_case.search(
+      worst_case.heterogeneity_score(gradients), n, f,
+      exhaustive_limit=options.exhaustive_limit, max_sweeps=options.max_sweeps)
+  proxy = {"name": worst_case.PROXY_NAME, "byzantine": np.flatnonzero(~proxy_mask).tolist(),
+           "heterogeneity": float(proxy_value), "method": proxy_info["method"]}
   if options.criterion == "heterogeneity":
-    score = worst_case.heterogeneity_score(sim.client_gradients(sim.init(init_key).params,
-                                                                fed.train))
-  else:  # final_loss: one training per candidate mask, every candidate of a step in one batch
-    def score(candidates):
-      out = run_monte_carlo(sim, fed, jnp.asarray(candidates), init_key=init_key,
-                            run_key=run_key, num_rounds=config.training.num_rounds,
-                            eval_every=config.training.num_rounds,
-                            chunk=chunk_size(config, sim.num_params, len(candidates),
-                                             int(fed.train.counts.max())))
-      # Same key for every candidate: candidates differ only by their Byzantine set.
-      loss = out.metrics["honest_loss"][-1]
-      return np.where(np.isfinite(loss), loss, np.inf)
-  mask, value, info = worst_case.search(score, config.num_clients, config.f,
-                                        exhaustive_limit=options.exhaustive_limit,
+    return proxy_mask, {
+        "criterion": "heterogeneity", "label": worst_case.describe("heterogeneity", n, f, 0),
+        "method": proxy_info["method"], "scored": proxy_info["scored"], "trainings": 0,
+        "score": float(proxy_value), "byzantine": proxy["byzantine"],
+        "interval": worst_case.TRAINING_NOISE_ONLY}
+
+  R, fresh = int(options.seeds), int(options.fresh_seeds)
+  search_ids = worst_case.SEARCH_DRAW_OFFSET + np.arange(R)
+  memo = worst_case.MemoizedScore(final_loss_score(config, sim, fed, search_ids))
+  mask, value, info = worst_case.search(memo, n, f, exhaustive_limit=options.exhaustive_limit,
                                         max_sweeps=options.max_sweeps)
-  return mask, {**info, "criterion": options.criterion, "score": value,
-                "byzantine": np.flatnonzero(~mask).tolist()}
+  proxy["search_score"] = float(memo(proxy_mask[None])[0])  # free when the search was exhaustive
+  proxy["rank"], proxy["rank_of"] = memo.rank(proxy_mask), len(memo.table)
+  fresh_ids = np.arange(fresh)
+  losses = _final_honest_losses(config, sim, fed,
+                                np.repeat(np.stack([mask, proxy_mask]), fresh, axis=0),
+                                np.tile(fresh_ids, 2))
+  pick_fresh, proxy_fresh = losses[:fresh], losses[fresh:]
+  proxy["fresh_loss"] = _loss_summary(proxy_fresh)
+  fresh_summary = _loss_summary(pick_fresh)
+  return mask, {
+      **info, "criterion": "final_loss", "label": worst_case.describe("final_loss", n, f, R),
+      "maximizes_over": f"honest sets S with |S| = n − f = {n - f}",
+      "seeds": R, "fresh_seeds": fresh,
+      "search_draw_ids": [int(search_ids[0]), int(search_ids[-1])],
+      "fresh_draw_ids": [0, fresh - 1],
+      "trainings": R * len(memo.table) + 2 * fresh,
+      "score": float(value), "search_score": float(value), "fresh_loss": fresh_summary,
+      "optimism": float(value - fresh_summary["mean"]),
+      "byzantine": np.flatnonzero(~mask).tolist(),
+      "proxy": proxy,
+      "gap_vs_proxy": _loss_summary(pick_fresh - proxy_fresh),
+      "interval": worst_case.TRAINING_NOISE_ONLY}
+
+
+def format_worst_case(info: dict) -> str:
+  """One line on a chosen honest set: the worst case with its search score, fresh re-measurement,
+  optimism and the proxy's gap, or the proxy named as such (summaries saved before these fields
+  existed print what they have)."""
+  if info.get("criterion") != "final_loss":
+    return (f"{info.get('label', worst_case.PROXY_NAME)}: Byzantine clients "
+            f"{info['byzantine']} ({info['method']}); interval: "
+            f"{info.get('interval', worst_case.TRAINING_NOISE_ONLY)}")
+  label = info.get("label", "worst case by final honest loss")
+  if "fresh_loss" not in info:
+    return f"{label}: Byzantine clients {info['byzantine']} ({info['method']})"
+  fresh, proxy, gap = info["fresh_loss"], info["proxy"], info["gap_vs_proxy"]
+  return (f"{label}: Byzantine clients {info['byzantine']} ({info['method']}, "
+          f"{info['scored']} sets, {info['trainings']} trainings); mean final honest loss "
+          f"{info['search_score']:.4f} on the search's {info['seeds']} seeds, "
+          f"{fresh['mean']:.4f} ± {fresh['ci95']:.4f} on {info['fresh_seeds']} fresh seeds "
+          f"(optimism of the search {info['optimism']:+.4f}). {proxy['name']}: Byzantine "
+          f"clients {proxy['byzantine']}, rank {proxy['rank']} of {proxy['rank_of']} by search "
+          f"score, fresh loss {proxy['fresh_loss']['mean']:.4f} ± "
+          f"{proxy['fresh_loss']['ci95']:.4f}; gap worst − proxy (fresh, paired) "
+          f"{gap['mean']:+.4f} ± {gap['ci95']:.4f}. Interval of the run: {info['interval']}")
+
+
+def _worst_case_path(run_path: str) -> str:
+  return run_path[:-len(".npz")] + ".worst_case.json"
+
+
+def _save_worst_case(run_path: str, fingerprint_: str, mask: np.ndarray, info: dict) -> None:
+  """The searched honest set beside the run (`<spec>.worst_case.json`), so a rerun of the same
+  configuration does not search again."""
+  path = _worst_case_path(run_path)
+  with open(path + ".tmp", "w") as fh:
+    json.dump({"fingerprint": fingerprint_, "mask": np.asarray(mask, bool).tolist(),
+               "info": info}, fh, allow_nan=True)
+  os.replace(path + ".tmp", path)
+
+
+def _load_worst_case(run_path: str, fingerprint_: str) -> tuple[np.ndarray, dict] | None:
+  """The saved search of the same configuration, or None (absent, other config, unreadable)."""
+  try:
+    with open(_worst_case_path(run_path)) as fh:
+      saved = json.load(fh)
+    if saved["fingerprint"] != fingerprint_:
+      return None
+    return np.asarray(saved["mask"], bool), saved["info"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
 
 
 def draw_masks(config, fed: FederatedData) -> np.ndarray:
@@ -396,9 +529,11 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         log: Callable[[str], None] = print) -> Experiment:
   """Validates `config`, builds the data and the honest masks, and runs every aggregator.
 
-  With `honest_set = "worst_case"` every draw uses the worst honest set of size n − f (found
-  once, or per aggregator for the "final_loss" criterion); draws then differ only by their
-  training randomness. With a `workdir`, each aggregator's draws are saved to
+  With `honest_set = "worst_case"` every draw uses one honest set of size n − f: the worst case
+  (criterion "final_loss": searched per aggregator, see `worst_case_mask`; saved beside the run
+  as `<spec>.worst_case.json`) or the max-heterogeneity proxy (criterion "heterogeneity", found
+  once, not a loss maximum); draws then differ only by their training randomness, so their
+  intervals cover training noise only. With a `workdir`, each aggregator's draws are saved to
   `workdir/runs/<spec>.npz` as soon as it finishes, and a rerun with the same configuration
   loads them instead of training again (a damaged file is named and recomputed). Before any
   training it logs the whole job: draws × rounds × aggregators, chunks, memory per chunk and a
@@ -453,9 +588,19 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     masks = {spec: shared for spec in specs}
   elif config.honest_set_options.worst_case.criterion == "heterogeneity":
     mask, info = worst_case_mask(config, fed, specs[0])
-    log(f"worst case (heterogeneity): Byzantine clients {info['byzantine']} ({info['method']})")
+    log(f"{info['label']}: Byzantine clients {info['byzantine']} ({info['method']}); every draw "
+        f"uses this one set, so intervals cover {worst_case.TRAINING_NOISE_ONLY}")
     masks = {spec: np.repeat(mask[None], S, axis=0) for spec in specs}
     worst = {spec: info for spec in specs}
+  else:
+    options = config.honest_set_options.worst_case
+    method, most = worst_case.search_size(config.num_clients, config.f,
+                                          exhaustive_limit=options.exhaustive_limit,
+                                          max_sweeps=options.max_sweeps)
+    log(f"{worst_case.describe('final_loss', config.num_clients, config.f, options.seeds)}: "
+        f"{method} search per aggregator, ≤ {most} honest sets × {options.seeds} seeds + "
+        f"2 × {options.fresh_seeds} fresh = ≤ {most * options.seeds + 2 * options.fresh_seeds:,}"
+        f" trainings of {t.num_rounds} rounds each, before the {S} draws")
 
   clock = _JobClock(len(specs) * num_chunks * num_steps, len(specs), progress)
   runs = {}
@@ -466,10 +611,14 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     key = fingerprint(spec_config)
     cached = AggregatorRun.load(path, key, log) if path else None
     if spec not in masks:  # worst case by final loss: searched for this aggregator
-      log(f"{spec}: searching the worst case by final honest loss")
-      mask, worst[spec] = worst_case_mask(config, fed, spec)
-      log(f"{spec}: worst case Byzantine clients {worst[spec]['byzantine']} "
-          f"({worst[spec]['method']}, {worst[spec]['scored']} trainings)")
+      found = _load_worst_case(path, key) if path else None
+      if found is None:
+        log(f"{spec}: searching the worst case by final honest loss")
+        found = worst_case_mask(config, fed, spec)
+        if path:
+          _save_worst_case(path, key, *found)
+      mask, worst[spec] = found
+      log(f"{spec}: {format_worst_case(worst[spec])}")
       masks[spec] = np.repeat(mask[None], S, axis=0)
     if cached is not None:
       log(f"{spec}: loaded from {path}")
@@ -488,7 +637,41 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
       runs[spec].save(path, key)
   exp = Experiment(config, fed, masks, runs, worst)
   _run_references(exp, init_key, run_key, log)
+  _run_theory(exp, log)
   return exp
+
+
+def _run_theory(exp: Experiment, log) -> None:
+  """Per-draw theory of every run (theory.report): from the run's own measurements, plus, on a
+  convex task, the exact L_S*, L_S and μ_S of each draw's honest set (once per mask array)."""
+  config = exp.config
+  if not config.theory.enabled:
+    return
+  exact_by_masks = {}
+  for spec, run in exp.runs.items():
+    masks = exp.masks[spec]
+    exact = None
+    if theory_report.is_convex_task(config):
+      if id(masks) not in exact_by_masks:
+        log("theory: exact L_S*, L_S and μ_S of every draw's honest set (convex task)")
+        exact_by_masks[id(masks)] = theory_report.convex_constants(
+            config, exp.data, simulator(config, spec, exp.data), masks)
+      exact = exact_by_masks[id(masks)]
+    exp.theory[spec] = theory_report.per_draw(
+        config, run, np.sum(~np.asarray(masks, bool), axis=1), exact=exact, spec=spec)
+  if (theory_report.is_convex_task(config) and config.theory.objectives
+      and config.honest_set != "worst_case"):
+    spec = next(iter(exp.runs))
+    weights, how = None, f"estimated from the {config.num_samples} draws"
+    if config.honest_set == "bernoulli":
+      weights = honest_sets.expected_objective_weights(
+          config_lib.honest_set_spec(config)["p"], config.num_clients)
+      how = "exact (independent corruption)"
+    log("theory: solving min_θ E_S L_S(θ) and min_θ max_{|S|=n−f} L_S(θ) exactly")
+    exp.objectives = {**theory_report.objectives(config, exp.data,
+                                                  simulator(config, spec, exp.data),
+                                                  exp.masks[spec], weights),
+                      "weights_from": how}
 
 
 def _run_references(exp: Experiment, init_key, run_key, log) -> None:

@@ -12,8 +12,12 @@ import numpy as np
 from fedjax_robust import config as config_lib
 from fedjax_robust import evaluation
 from fedjax_robust import honest_sets
+from fedjax_robust import training
+from fedjax_robust import worst_case
+from fedjax_robust import experiment as experiment_lib
 from fedjax_robust.experiment import AggregatorRun
 from fedjax_robust.experiment import Experiment
+from fedjax_robust.theory import report as theory_report
 
 
 def diverged_draws(run: AggregatorRun) -> np.ndarray:
@@ -36,7 +40,7 @@ def defined_metrics(run: AggregatorRun) -> dict[str, np.ndarray]:
 
 
 def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f: int,
-                  reference: AggregatorRun | None = None) -> dict:
+                  reference: AggregatorRun | None = None, theory: dict | None = None) -> dict:
   """Final-round estimates over samples for one aggregator; `counts` is b per sample;
   `reference` the honest-optimum run on the same draws (for the excess L_S(θ̂_S) − L_S*).
 
@@ -58,6 +62,10 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
       "test_accuracy": evaluation.summarize(metrics["test_accuracy"][-1], worst="min"),
       "honest_accuracy_given_b_le_f": evaluation.summarize(accuracy[within], worst="min"),
       "honest_accuracy_given_b_gt_f": evaluation.summarize(accuracy[~within], worst="min"),
+      # The expected loss conditioned on the declared f holding (b ≤ f) and failing (b > f),
+      # beside the unconditioned `honest_loss` and P(b > f); diverged draws count +inf.
+      "honest_loss_given_b_le_f": evaluation.summarize(loss[within], worst="max"),
+      "honest_loss_given_b_gt_f": evaluation.summarize(loss[~within], worst="max"),
       "draws_per_chunk": int(run.draws_per_chunk),
   }
   if reference is not None:
@@ -67,7 +75,12 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
   if "backdoor_accuracy" in run.metrics:
     out["backdoor_accuracy"] = evaluation.summarize(metrics["backdoor_accuracy"][-1],
                                                     worst="max")
-  out.update({name: float(np.mean(values)) for name, values in run.aux.items()})
+  # Aggregator diagnostics averaged over rounds and draws; the per-round κ ratio is reported
+  # (as κ̂, a maximum) in the theory block instead.
+  out.update({name: float(np.mean(values)) for name, values in run.aux.items()
+              if name not in training.MAX_AUX})
+  if theory is not None:
+    out["theory"] = theory_report.summarize(theory, counts, f)
   return out
 
 
@@ -85,8 +98,10 @@ def _counts(experiment: Experiment, spec: str | None = None) -> np.ndarray:
 
 
 def summarize(experiment: Experiment) -> dict:
-  """Everything summary.json holds: the config, the law of b, per-aggregator estimates, and the
-  worst case / reference runs when present."""
+  """Everything summary.json holds: the config, the law of b, per-aggregator estimates, and,
+  when present, the reference runs and the one honest set a `worst_case` run repeated: under
+  `worst_case` (criterion "final_loss", a maximum of loss) or `max_heterogeneity_proxy`
+  (criterion "heterogeneity", not a loss maximum), each with the `interval` it supports."""
   config = experiment.config
   n = config.num_clients
   exact = None
@@ -102,18 +117,30 @@ def summarize(experiment: Experiment) -> dict:
                                               exact_pmf=exact),
       "aggregators": {
           name: summarize_run(run, _counts(experiment, name), num_clients=n, f=config.f,
-                              reference=experiment.references.get(name))
+                              reference=experiment.references.get(name),
+                              theory=experiment.theory.get(name))
           for name, run in experiment.runs.items()},
   }
-  if experiment.worst_case:
-    out["worst_case"] = experiment.worst_case
+  for name, info in experiment.worst_case.items():  # the proxy is never filed as a worst case
+    key = "worst_case" if info.get("criterion") == "final_loss" else "max_heterogeneity_proxy"
+    out.setdefault(key, {})[name] = info
   if experiment.oracle is not None:
     out["oracle"] = experiment.oracle
+  if experiment.objectives is not None:
+    out["objectives"] = experiment.objectives
   return out
 
 
 def _pct(x: float) -> str:
   return "   n/a" if np.isnan(x) else f"{100 * x:6.2f}"
+
+
+def _honest_set_name(cfg: dict) -> str:
+  """μ_H as the table's footer names it: the law, or what the one repeated honest set is."""
+  if cfg["honest_set"] != "worst_case":
+    return cfg["honest_set"]
+  criterion = cfg["honest_set_options"]["worst_case"].get("criterion", "heterogeneity")
+  return f"one honest set repeated: {worst_case.short_name(criterion)}"
 
 
 def format_table(summary: dict) -> str:
@@ -154,20 +181,82 @@ def format_table(summary: dict) -> str:
       e = s["honest_excess_loss"]
       extras.append(f"{name}: E[L_S(θ̂_S) − L_S*] = {e['mean']:.4f} ± {e['ci95']:.4f} "
                     f"(CVaR90 {e['cvar90']:.4f})")
+  if "objectives" in summary:
+    o = summary["objectives"]
+    extras.append(
+        f"objectives solved exactly (convex task; w_i {o['weights_from']}): min_θ E_S[L_S(θ)] = "
+        f"{o['min_expected']:.5f} (at θ_E the worst case max_{{|S|=n−f}} L_S = "
+        f"{o['worst_case_loss_at_theta_expected']:.5f}); min_θ max_{{|S|=n−f}} L_S(θ) = "
+        f"{o['min_max']:.5f} (certified gap {o['min_max_gap']:.1e}; at θ_max E_S[L_S] = "
+        f"{o['expected_loss_at_theta_minimax']:.5f}); P(b > f) = {o['p_b_gt_f']:.3f}"
+        + (" (μ_H puts mass on b > f: min E ≤ min max need not hold)" if o["p_b_gt_f"] else ""))
   if "oracle" in summary:
     extras.append(f"oracle on the expected objective: Σ w_i L_i = "
                   f"{summary['oracle']['expected_objective']:.4f}, test accuracy "
                   f"{100 * summary['oracle']['test_accuracy']:.2f}%")
-  for name, info in summary.get("worst_case", {}).items():
-    extras.append(f"worst case for {name} ({info['criterion']}, {info['method']}): Byzantine "
-                  f"clients {info['byzantine']}")
+  for name, info in {**summary.get("max_heterogeneity_proxy", {}),
+                     **summary.get("worst_case", {})}.items():
+    extras.append(f"{name}: {experiment_lib.format_worst_case(info)}")
+  theory = format_theory(summary)
+  if theory:
+    lines.append("\n" + theory)
   lines.append(
-      f"\nS={cfg['num_samples']} draws of μ_H={cfg['honest_set']}, n={cfg['num_clients']}, "
+      f"\nS={cfg['num_samples']} draws of μ_H={_honest_set_name(cfg)}, n={cfg['num_clients']}, "
       f"declared f={cfg['f']}, attack={cfg['attack']}, {cfg['training']['num_rounds']} rounds. "
       f"Realized b: mean {law['mean']:.3f}{exact}; "
       f"P(b ≥ n/2) = {law['p_no_honest_majority']:.3f}.")
   lines.extend(extras)
   return "\n".join(lines)
+
+
+def _g(x: float) -> str:
+  return "n/a" if x is None or np.isnan(x) else f"{x:.3g}"
+
+
+ERROR_NAMES = {"excess_loss": "L_S(θ_T) − L_S*",
+               "gradient_norm": "(1/T)Σ‖∇L_S(θ_t)‖² (on the evaluation rounds)"}
+
+
+def format_theory(summary: dict) -> str:
+  """The theory beside the measurement, one row per aggregator: heterogeneity of the realized
+  honest sets (E[G²], E[B²]), κ (lower bound f/(n−2f), published bound, κ̂ measured on draws with
+  b = f), P(bound invalid), E[bound | valid], the measured error on the same draws and on all,
+  and the tightness bound/measured (median and 90% quantile over valid draws). '' if no run has
+  theory measurements."""
+  rows = {name: s["theory"] for name, s in summary["aggregators"].items() if "theory" in s}
+  if not rows:
+    return ""
+  first = next(iter(rows.values()))
+  header = (f"{'aggregator':<28} {'E[G²]':>9} {'E[B²]':>8} {'κ low':>7} {'κ bound':>8} "
+            f"{'κ̂ (b=f)':>8} {'P(inv)':>6} {'E[bound|valid]':>14} {'E[err|valid]':>12} "
+            f"{'E[err]':>9} {'tight q50':>9} {'tight q90':>9} {'viol':>4} "
+            f"{'plug-in bound':>13} {'tight q50':>9}")
+  lines = [f"Theory beside experiment — error = {ERROR_NAMES[first['error_kind']]}; bound: "
+           f"robust D-GD with the published κ; plug-in: the same bound with κ̂ "
+           f"(over valid draws: b ≤ f, κB² < 1)", header, "-" * len(header)]
+  notes = []
+  for name, t in rows.items():
+    k = t["kappa"]
+    lines.append(
+        f"{name:<28} {_g(t['g2']['mean']):>9} {_g(t['b2']['mean']):>8} {_g(k['lower']):>7} "
+        f"{_g(k['upper']):>8} {_g(k['kappa_hat']):>8} {t['p_invalid']:>6.3f} "
+        f"{_g(t['bound_given_valid']['mean']):>14} {_g(t['error_given_valid']['mean']):>12} "
+        f"{_g(t['error']['mean']):>9} {_g(t['tightness']['q50']):>9} "
+        f"{_g(t['tightness']['q90']):>9} {t['violations']:>4d} "
+        f"{_g(t['bound_plugin_given_valid']['mean']):>13} {_g(t['tightness_plugin']['q50']):>9}")
+    if t["violations"] or t["violations_plugin"]:
+      notes.append(f"FINDING: {name}: {t['violations']} valid draw(s) with the published-κ bound "
+                   f"below the measured error, {t['violations_plugin']} with the plug-in bound.")
+    if k["upper"] is None:
+      notes.append(f"{name}: no published κ recorded ({k.get('source') or 'none'}); only the "
+                   "plug-in bound is given.")
+  prem = first["premises"]
+  if not prem["dgd"]:
+    notes.append("Premises not met (the bounds are reference values, not guarantees): "
+                 + "; ".join(prem["reasons"]) + ".")
+  if first["error_kind"] == "gradient_norm":
+    notes.append("L is estimated (Hessian power iteration at θ_T) and L_S* by 0: an estimate.")
+  return "\n".join(lines + notes)
 
 
 def write_metrics_csv(experiment: Experiment, path: str) -> None:
@@ -192,20 +281,30 @@ def write_metrics_csv(experiment: Experiment, path: str) -> None:
   os.replace(path + ".tmp", path)
 
 
+# Per-draw theory columns of draws.csv.
+DRAW_THEORY = ("g2", "b2", "kappa_ratio", "smoothness", "bound", "valid", "error", "tightness",
+               "bound_plugin", "tightness_plugin")
+
+
 def write_draws_csv(experiment: Experiment, path: str) -> None:
   """One row per draw of μ_H: its realized b, whether it has no honest majority (b ≥ n/2, run
-  anyway and flagged here), and each aggregator's final-round metrics."""
+  anyway and flagged here), each aggregator's final-round metrics and, with theory measurements,
+  its per-draw theory (theory.report.per_draw: G², B², κ ratio, bound, validity, measured error,
+  tightness)."""
   counts = _counts(experiment)
   n = experiment.config.num_clients
-  columns = [(name, metric) for name, run in experiment.runs.items() for metric in run.metrics]
+  columns = [(name, metric, experiment.runs[name].metrics[metric][-1])
+             for name, run in experiment.runs.items() for metric in run.metrics]
+  columns += [(name, f"theory_{key}", np.asarray(theory[key], np.float64))
+              for name, theory in experiment.theory.items() for key in DRAW_THEORY
+              if key in theory]
   with open(path + ".tmp", "w", newline="") as fh:
     writer = csv.writer(fh)
     writer.writerow(["draw", "num_byzantine", "no_honest_majority",
-                     *[f"{name}:{metric}" for name, metric in columns]])
+                     *[f"{name}:{metric}" for name, metric, _ in columns]])
     for s, b in enumerate(counts):
       writer.writerow([s, int(b), int(2 * b >= n),
-                       *[float(experiment.runs[name].metrics[metric][-1][s])
-                         for name, metric in columns]])
+                       *[float(values[s]) for _, _, values in columns]])
   os.replace(path + ".tmp", path)
 
 
@@ -238,7 +337,8 @@ def plot(experiment: Experiment, path: str) -> str:
 
   cfg = experiment.config
   if cfg.honest_set == "worst_case":
-    law = f"worst case ({cfg.honest_set_options.worst_case.criterion})"
+    law = (f"{worst_case.short_name(cfg.honest_set_options.worst_case.criterion)}, one honest "
+           "set repeated (band: training noise only)")
   else:
     spec = config_lib.honest_set_spec(cfg)
     law = f"{spec.pop('name')}({format_options(spec, {'num_byzantine': 'b'})})"

@@ -37,7 +37,11 @@ from fedjax_robust import errors
 from fedjax_robust import evaluation
 from fedjax_robust import experiment
 from fedjax_robust import results
+from fedjax_robust import worst_case
 
+# Per-draw theory arrays kept in a point's npz (theory.report.per_draw).
+THEORY_DRAWS = ("g2", "b2", "bound", "valid", "error", "tightness", "bound_plugin",
+                "valid_plugin", "tightness_plugin", "kappa_ratio")
 STATISTICS = ("mean", "ci95", "std", "q05", "q25", "q50", "q75", "q95", "worst", "cvar50",
               "cvar90", "count", "undefined")
 TIMING_FIELDS = ("compile_seconds", "run_seconds")
@@ -131,6 +135,34 @@ def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
   law = summary["byzantine_count"]
   rows += [{"point": pid, **tags, "metric": "byzantine_count", "statistic": k, "value": law[k]}
            for k in ("mean", "p_exceeds_f", "p_no_honest_majority")]
+  if "theory" in s:
+    rows += _theory_rows(pid, tags, s["theory"])
+  return rows
+
+
+# Theory rows of a point (metric name -> key of the summary's theory block), each with the
+# statistics of STATISTICS that the block has, plus q10/q90 for the tightness ratios.
+THEORY_METRICS = {"theory_g2": "g2", "theory_b2": "b2", "theory_bound": "bound_given_valid",
+                  "theory_error_given_valid": "error_given_valid", "theory_error": "error",
+                  "theory_tightness": "tightness", "theory_bound_plugin": "bound_plugin_given_valid",
+                  "theory_error_given_valid_plugin": "error_given_valid_plugin",
+                  "theory_tightness_plugin": "tightness_plugin", "theory_lower_bound": "lower_bound"}
+THEORY_SCALARS = ("p_invalid", "p_breakdown", "violations", "p_invalid_plugin",
+                  "violations_plugin")
+
+
+def _theory_rows(pid: str, tags: Mapping[str, Any], t: dict) -> list[dict]:
+  rows = []
+  for metric, key in THEORY_METRICS.items():
+    if key in t:
+      rows += [{"point": pid, **tags, "metric": metric, "statistic": stat, "value": t[key][stat]}
+               for stat in (*STATISTICS, "q10", "q90") if stat in t[key]]
+  rows += [{"point": pid, **tags, "metric": "theory", "statistic": k, "value": t[k]}
+           for k in THEORY_SCALARS]
+  k = t["kappa"]
+  rows += [{"point": pid, **tags, "metric": "theory_kappa", "statistic": name,
+            "value": float("nan") if k[name] is None else k[name]}
+           for name in ("lower", "upper", "kappa_hat")]
   return rows
 
 
@@ -261,9 +293,11 @@ def run(base, points: Sequence[Point], workdir: str, *,
     run_ = exp.runs[config.aggregator]
     counts = evaluation.byzantine_counts(exp.masks[config.aggregator])
     # The npz first: a point is in results.csv only once its per-draw values are on disk.
+    theory = exp.theory.get(config.aggregator, {})
     save_point(point_path(workdir, pid), tags=json.dumps(dict(point.tags)),
                num_byzantine=counts,
-               **{f"final_{k}": v[-1] for k, v in results.defined_metrics(run_).items()})
+               **{f"final_{k}": v[-1] for k, v in results.defined_metrics(run_).items()},
+               **{f"theory_{k}": np.asarray(theory[k]) for k in THEORY_DRAWS if k in theory})
     rows = _in_sweep_order(rows + _rows(pid, point.tags, summary), order)
     _write_results(path, rows)
     s = summary["aggregators"][config.aggregator]
@@ -337,8 +371,8 @@ def describe(base, points: Sequence[Point], *, x: str | None = None, note: str =
                                                                  for k in varying]))
     parts.append(f"μ_H={laws[0]}({inside})")
   elif len(laws) == 1:
-    parts.append(f"μ_H=worst case "
-                 f"({configs[0].honest_set_options.worst_case.criterion})")
+    parts.append("μ_H=" + worst_case.short_name(
+        configs[0].honest_set_options.worst_case.criterion))
   else:
     parts.append(f"μ_H ∈ {{{', '.join(laws)}}}")
   fs = sorted({c.f for c in configs})
@@ -486,4 +520,142 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
   axes[0][-1].legend(fontsize=7)
   save(fig, "correlation.png", "same marginal corruption rate, different correlation: "
        f"E[{metric}]; error bars: 95% CI over draws")
+  return paths
+
+
+def _by_point(rows: list[dict]) -> dict[str, dict]:
+  """point -> {tags..., (metric, statistic): value}."""
+  out = {}
+  for r in rows:
+    entry = out.setdefault(r["point"], {k: v for k, v in r.items()
+                                        if k not in ("point", "metric", "statistic", "value")})
+    entry[(r["metric"], r["statistic"])] = r["value"]
+  return out
+
+
+def theory_table(rows: list[dict]) -> str:
+  """One line per point with theory rows: its tags, κ (published bound, κ̂), E[G²], E[B²],
+  P(invalid), E[bound | valid], E[measured error | valid], E[error] over all draws, tightness
+  (median and 90% quantile of bound/measured over valid draws) and violations (valid draws whose
+  bound is below the measured error: a finding); '' if none."""
+  points = {p: e for p, e in _by_point(rows).items() if ("theory", "p_invalid") in e}
+  if not points:
+    return ""
+  tags = [k for k in next(iter(points.values())) if isinstance(k, str)]
+  cols = [("κ bound", ("theory_kappa", "upper")), ("κ̂", ("theory_kappa", "kappa_hat")),
+          ("E[G²]", ("theory_g2", "mean")), ("E[B²]", ("theory_b2", "mean")),
+          ("P(inv)", ("theory", "p_invalid")), ("E[bnd|val]", ("theory_bound", "mean")),
+          ("E[err|val]", ("theory_error_given_valid", "mean")), ("E[err]", ("theory_error", "mean")),
+          ("tight q50", ("theory_tightness", "q50")), ("tight q90", ("theory_tightness", "q90")),
+          ("viol", ("theory", "violations")), ("plug-in q50", ("theory_tightness_plugin", "q50"))]
+  lines = ["  ".join(f"{t:>16}" for t in tags) + "  " + "  ".join(f"{c:>11}" for c, _ in cols)]
+  for e in points.values():
+    cells = []
+    for _, key in cols:
+      v = e.get(key, float("nan"))
+      cells.append(f"{'n/a' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{v:.3g}':>11}")
+    lines.append("  ".join(f"{str(e[t]):>16}" for t in tags) + "  " + "  ".join(cells))
+  return "\n".join(lines)
+
+
+def plot_theory(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
+                worst_label: str = "worst_case", subtitle: str = "",
+                log: Callable[[str], None] = print) -> list[str]:
+  """Two PNGs of the theory beside the measurement:
+  - `theory_vs_experiment.png`: a panel per `series` (the rule): against tag `x` (corruption),
+    the measured E[error] (solid, one line per μ_H `style`), the predicted E[bound | valid]
+    (dashed, same colour) and, for the `worst_label` style, the bound and the measured error at
+    that honest set (black); log scale;
+  - `tightness.png`: histograms of per-draw tightness bound/measured (valid draws, all points of
+    a rule pooled; log scale), with the published κ and with the plug-in κ̂, a panel per rule.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  points = {p: e for p, e in _by_point(rows).items() if ("theory", "p_invalid") in e}
+  if not points or any(t not in next(iter(points.values())) for t in (x, series, style)):
+    return []
+  series_values = list(dict.fromkeys(e[series] for e in points.values()))
+  styles = list(dict.fromkeys(e[style] for e in points.values()))
+  colors = {st: f"C{i}" for i, st in enumerate(st for st in styles if st != worst_label)}
+  paths = []
+
+  def save(fig, name, title):
+    width = int(12.5 * fig.get_size_inches()[0])
+    fig.suptitle("\n".join(textwrap.fill(t, width) for t in (title, subtitle) if t), fontsize=9)
+    fig.tight_layout()
+    paths.append(os.path.join(workdir, name))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+  cols = min(len(series_values), 3)
+  nrows = -(-len(series_values) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(max(8, 4.8 * cols), 3.8 * nrows + 1.4),
+                           squeeze=False)
+  for ax, s in zip(axes.flat, series_values):
+    for st in styles:
+      pts = sorted((_float(e[x]), e) for e in points.values() if e[series] == s and e[style] == st)
+      if not pts:
+        continue
+      xs = [v for v, _ in pts]
+      # The bound with the published κ where the rule has one, else the plug-in bound with κ̂;
+      # the measured error on the same (valid) draws.
+      plugin = all(np.isnan(e.get(("theory_bound", "mean"), np.nan)) for _, e in pts)
+      suffix = "_plugin" if plugin else ""
+      measured = [e.get((f"theory_error_given_valid{suffix}", "mean"), np.nan) for _, e in pts]
+      bound = [e.get((f"theory_bound{suffix}", "mean"), np.nan) for _, e in pts]
+      which = " (plug-in κ̂)" if plugin else ""
+      if st == worst_label:
+        ax.plot(xs, measured, "k-x", label=f"measured error at the {st} set")
+        ax.plot(xs, bound, "k--x", label=f"bound{which} at the {st} set")
+      else:
+        ax.plot(xs, measured, "-o", color=colors[st],
+                label=f"E[measured error | valid], {style}={st}")
+        ax.plot(xs, bound, "--s", color=colors[st], label=f"E[bound{which} | valid], {style}={st}")
+    ax.set_yscale("log")
+    ax.set_title(f"{series}={s}", fontsize=9)
+    ax.set_xlabel(x)
+    ax.grid(alpha=0.3, which="both")
+  for ax in axes.flat[len(series_values):]:
+    ax.set_visible(False)
+  axes.flat[0].legend(fontsize=6)
+  save(fig, "theory_vs_experiment.png",
+       "measured expected error vs predicted expected bound, both over the valid draws (b ≤ f, "
+       "κB² < 1; the error is L_S(θ_T) − L_S* on convex tasks, else (1/T)Σ‖∇L_S‖²), and the "
+       "bound and error at the worst-case honest set, as corruption grows; the bound uses the "
+       "published κ, or the measured κ̂ (plug-in) where no κ is published")
+
+  fig, axes = plt.subplots(1, len(series_values), figsize=(max(8, 4.4 * len(series_values)), 4),
+                           squeeze=False)
+  for ax, s in zip(axes[0], series_values):
+    ratios = {"theory_tightness": [], "theory_tightness_plugin": []}
+    for pid, e in points.items():
+      if e[series] != s:
+        continue
+      try:
+        arrays = load_point(point_path(workdir, pid))
+      except NPZ_ERRORS as err:
+        log(f"sweep plot: WARNING {point_path(workdir, pid)} unreadable ({type(err).__name__}); "
+            "left out of tightness.png")
+        continue
+      for key, parts in ratios.items():
+        if key in arrays:
+          parts.append(arrays[key])
+    counts = []
+    for (key, parts), color, label in zip(ratios.items(), ("C0", "C1"),
+                                          ("published κ", "plug-in κ̂")):
+      values = np.concatenate(parts) if parts else np.array([])
+      values = values[np.isfinite(values) & (values > 0)]
+      counts.append(values.size)
+      if values.size:
+        ax.hist(values, bins=np.geomspace(values.min(), values.max() * 1.0001, 30), color=color,
+                alpha=0.6, label=f"{label}: median {np.median(values):.3g}")
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="red", lw=1, label="bound = measured")
+    ax.legend(fontsize=6)
+    ax.set_title(f"{s}\n({counts[0]} / {counts[1]} valid draws)", fontsize=8)
+    ax.set_xlabel("bound / measured (per draw)")
+  save(fig, "tightness.png", "tightness of the robust D-GD bound per draw (valid draws of every "
+       "point pooled; < 1 would be a violated bound)")
   return paths

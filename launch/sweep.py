@@ -73,6 +73,13 @@ def main(argv):
   paths = sweep.plot(rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
                      style=config.plot.style, metric=config.plot.metric, subtitle=subtitle,
                      log=log)
+  theory = sweep.theory_table(rows)
+  if theory:
+    print("\nTheory beside experiment (bound: robust D-GD with the published κ; tightness = "
+          "bound / measured over valid draws; viol = valid draws with bound < measured)")
+    print(theory)
+    paths += sweep.plot_theory(rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
+                               style=config.plot.style, subtitle=subtitle, log=log)
   print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.csv')}, timings.csv" +
         "".join(f", {os.path.basename(p)}" for p in paths))
 

@@ -37,13 +37,16 @@ def test_greedy_and_swaps_reach_the_optimum_on_small_problems(seed):
 def test_worst_case_experiment_by_heterogeneity():
   c = get_config()
   c.honest_set = "worst_case"
+  c.honest_set_options.worst_case.criterion = "heterogeneity"
   c.num_samples = 3
   exp = experiment.run(c, log=lambda _: None)
   for spec, masks in exp.masks.items():
     assert np.all((~masks).sum(1) == c.f) and np.all(masks == masks[0])
   summary = results.summarize(exp)
-  assert summary["worst_case"]["mean"]["method"] == "exhaustive"
-  assert "worst case for mean" in results.format_table(summary)
+  assert "worst_case" not in summary
+  assert summary["max_heterogeneity_proxy"]["mean"]["method"] == "exhaustive"
+  # A proxy, named as one: never "worst case" (tests/test_worst_case.py checks the wording).
+  assert "mean: max-heterogeneity honest set (proxy" in results.format_table(summary)
 
 
 def test_worst_case_by_final_loss_picks_the_most_damaging_byzantine_client():
@@ -55,13 +58,18 @@ def test_worst_case_by_final_loss_picks_the_most_damaging_byzantine_client():
   c.num_samples = 2
   exp = experiment.run(c, log=lambda _: None)
   chosen = exp.worst_case["mean"]["byzantine"]
-  # Score every single Byzantine client by the same training, independently of the search.
+  # Score every single Byzantine client by the same trainings (the search's R common seeds),
+  # independently of the search.
   sim = experiment.config_lib.make_simulator(c, "mean", exp.data)
   _, init_key, run_key = experiment._keys(c)
-  masks = ~np.eye(6, dtype=bool)
+  R = c.honest_set_options.worst_case.seeds
+  masks = np.repeat(~np.eye(6, dtype=bool), R, axis=0)
+  seeds = worst_case.SEARCH_DRAW_OFFSET + np.arange(R)
   out = experiment.run_monte_carlo(sim, exp.data, jnp.asarray(masks), init_key=init_key,
-                                   run_key=run_key, num_rounds=10, eval_every=10)
-  assert chosen == [int(np.argmax(out.metrics["honest_loss"][-1]))]
+                                   run_key=run_key, num_rounds=10, eval_every=10,
+                                   draw_ids=np.tile(seeds, 6))
+  scores = out.metrics["honest_loss"][-1].reshape(6, R).mean(1)
+  assert chosen == [int(np.argmax(scores))]
 
 
 def test_chunked_runs_give_the_same_numbers():

@@ -33,7 +33,7 @@ KAPPA_B2_GRID = np.linspace(0.0, 0.99, 100)
 
 def nonconvex_bound(kappa, g2, b2, smoothness, initial_gap, num_rounds):
   """κG²/(1 − κB²) + 2L(L_S(θ_0) − L_S*)/((1 − κB²)T); +inf where κB² ≥ 1."""
-  shrink = 1.0 - kappa * b2
+  shrink = 1.0 - kappa * np.asarray(b2, np.float64)
   with np.errstate(divide="ignore", invalid="ignore"):
     value = (kappa * g2 + 2.0 * smoothness * initial_gap / num_rounds) / shrink
   return np.where(shrink > 0, value, np.inf)
@@ -41,7 +41,7 @@ def nonconvex_bound(kappa, g2, b2, smoothness, initial_gap, num_rounds):
 
 def pl_bound(kappa, g2, b2, smoothness, pl_constant, initial_gap, num_rounds):
   """κG²/(2μ(1 − κB²)) + (1 − μ(1 − κB²)/L)^T (L_S(θ_0) − L_S*); +inf where κB² ≥ 1."""
-  shrink = 1.0 - kappa * b2
+  shrink = 1.0 - kappa * np.asarray(b2, np.float64)
   with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
     rate = np.clip(1.0 - pl_constant * shrink / smoothness, 0.0, 1.0)
     value = kappa * g2 / (2.0 * pl_constant * shrink) + rate ** num_rounds * initial_gap

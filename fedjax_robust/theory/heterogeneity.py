@@ -71,3 +71,10 @@ def dissimilarity(heterogeneity: np.ndarray, gradient_sq: np.ndarray,
   g2 = excess.max(axis=1)
   defined = np.all(np.isfinite(h) & np.isfinite(u), axis=0)
   return np.where(defined[None], g2, np.nan)
+
+
+@jax.jit
+def draw_statistics(gradients: jax.Array, masks: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(h, u) `[S]` of S draws at once, each from its own client gradients `gradients [S, n, d]`
+  (at that draw's model) and its own mask `masks [S, n]`: one compiled program for the batch."""
+  return jax.vmap(lambda g, m: set_statistics(gram_statistics(g), m))(gradients, masks)

@@ -1,0 +1,45 @@
+"""Theory beside experiment on digits (a neural network, so L is estimated and the bound is the
+non-convex one): robust D-GD (full-batch gradients, one local step, no momentum) of the default
+MLP on n = 10 Dirichlet(1) clients, against the line-searched ALIE, for four rules × independent,
+clustered and graph-correlated corruption and the worst case at f.
+
+The bound is on (1/T) Σ_t ‖∇L_S(θ_t)‖² (measured on the evaluation rounds), with L the Hessian
+power-iteration estimate at θ_T and L_S* ≥ 0: an estimate, not a guarantee (see
+fedjax_robust/theory/report.py). About 15 minutes on 2 CPU cores:
+
+  python launch/sweep.py --config=configs/theory_digits.py --workdir=runs/theory_digits
+"""
+
+import ml_collections
+
+from configs import default
+from configs import theory_synthetic
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.base = default.get_config()
+  c.base.num_clients = 10
+  c.base.num_samples = 32
+  c.base.attack = "optimal_alie"
+  c.base.training.batch_size = 0        # full batch: D-GD
+  c.base.training.client_momentum = 0.0
+  c.base.training.client_lr = 0.5
+  c.base.training.num_rounds = 100
+  c.base.training.eval_every = 5
+  c.grid = ml_collections.ConfigDict({
+      "aggregators": ("trimmed_mean", "geometric_median", "nnm+trimmed_mean",
+                      "bucketing+geometric_median"),
+      "corruption": (0.2, 0.3),
+      "mu_h": ("independent", "clustered", "graph", "worst_case"),
+  })
+  c.plot = ml_collections.ConfigDict({"x": "corruption", "series": "aggregator",
+                                      "style": "mu_H", "metric": "honest_accuracy"})
+  return c
+
+
+points = theory_synthetic.points
+
+
+def plot_note(c) -> str:
+  return theory_synthetic.sweep_core.plot_note(c) + " Robust D-GD (full batch, no momentum)."

@@ -1,0 +1,257 @@
+"""Theory beside experiment for one run: per draw the (G², B²) of its honest set, κ, the predicted
+robust D-GD bound, its validity, the measured error and their ratio; summaries over μ_H.
+
+Which bound and which error (`error_kind`):
+- `excess_loss` — convex synthetic tasks (`model="logistic"` with `training.l2 > 0`, μ-strongly
+  convex hence μ-PL): the μ-PL bound on L_S(θ_T) − L_S*, with L_S* solved per draw
+  (theory.convex), μ = λ exact and L exact for two classes (Hessian at θ = 0 dominates every
+  other; more classes: the bound λ + ½λ_max of the honest second-moment matrix);
+- `gradient_norm` — every other model: the non-convex bound on (1/T) Σ_{t<T} ‖∇L_S(θ_t)‖²,
+  measured on the evaluation rounds t = 0, e, …, T − e (exact when eval_every = 1), with L
+  estimated by Hessian power iteration at θ_T (`honest_smoothness`, a documented estimate, not a
+  guarantee) and L_S(θ_0) − L_S* ≤ L_S(θ_0) (cross-entropy ≥ 0).
+
+Premises: the theorems are about D-GD (full-batch gradients, one local step, no momentum, plain
+SGD at the server) with step 1/L. A run with momentum, minibatches or several local steps still
+gets its bound computed, as a reference value, and `premises` says which assumption fails. Under
+D-GD the step is η = client_lr·server_lr; a draw with η ≤ 1/L_S uses L = 1/η in the bound (an
+L_S-smooth function is (1/η)-smooth), a draw with η > 1/L_S is invalid (step too large).
+
+Validity per draw (REFERENCE.md): b ≤ f and κB² < 1, plus the step condition under D-GD.
+κ: the published upper bound for the pipeline (`aggregators.robustness.kappa_upper_bound`) gives
+`bound`; the κ̂ measured in the run (max ratio over rounds and draws with b = f) gives
+`bound_plugin`, a plug-in value available for every rule (not a guarantee: κ̂ ≤ κ).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_robust import evaluation
+from fedjax_robust.aggregators import robustness as published
+from fedjax_robust.theory import bounds
+from fedjax_robust.theory import convex
+from fedjax_robust.theory import robustness as measured
+
+TIGHTNESS_QUANTILES = (0.1, 0.5, 0.9)
+# The lower bound of any algorithm is LOWER_BOUND_CONSTANT · f/(n − (2 + B²)f) · G²/μ.
+LOWER_BOUND_CONSTANT = 1.0 / 8.0
+
+
+def premises(config) -> dict:
+  """Whether the run is robust D-GD, the step η, and the failed assumptions if not."""
+  t = config.training
+  reasons = []
+  if t.local_steps != 1:
+    reasons.append(f"local_steps={t.local_steps} (D-GD: 1)")
+  if t.batch_size > 0:
+    reasons.append(f"minibatches of {t.batch_size} (D-GD: full batch, batch_size <= 0)")
+  if t.client_momentum:
+    reasons.append(f"client_momentum={t.client_momentum:g} (D-GD: 0)")
+  if t.server_optimizer != "sgd" or t.server_momentum:
+    reasons.append(f"server optimizer {t.server_optimizer} with momentum {t.server_momentum:g} "
+                   "(D-GD: plain SGD)")
+  if t.weighted_aggregation:
+    reasons.append("weighted aggregation (the theorems use unweighted honest means)")
+  return {"dgd": not reasons, "step": float(t.client_lr * t.server_lr), "reasons": reasons}
+
+
+def is_convex_task(config) -> bool:
+  """Convex synthetic task with exact constants: ℓ2-regularized logistic regression."""
+  return config.model == "logistic" and config.training.l2 > 0
+
+
+# One `client_losses` function per simulator, so theory.convex's compiled solvers (cached per
+# function) are reused across runs and sweep points: a cached simulator (experiment.simulator)
+# is keyed by the whole data configuration, so its data are the same every time.
+_LOSSES: dict[int, tuple[Any, Any]] = {}
+
+
+def _client_losses(sim, fed):
+  if id(sim) not in _LOSSES or _LOSSES[id(sim)][0] is not sim:
+    train = fed.train
+    _LOSSES[id(sim)] = (sim, lambda theta: sim.client_metrics(theta, train)[0])
+  return _LOSSES[id(sim)][1]
+
+
+def convex_constants(config, fed, sim, masks: np.ndarray) -> dict[str, np.ndarray]:
+  """Exact per-draw constants of a convex task's honest objective L_S (`[S]` each): `optimum`
+  L_S* (damped Newton from 0, with its certificate `optimum_gradient_norm`), `pl` μ_S = λ (exact:
+  the logits are invariant to adding one vector to every class column, whose curvature is λ), and
+  `smoothness` L_S: for two classes exact, λ_max of ∇²L_S(0) (theory.convex.curvature); for more,
+  the valid bound λ + ½λ_max((1/|S|) Σ_{i∈S} (1/m_i) Σ_j x̃_j x̃_jᵀ) (`smoothness_exact` says
+  which)."""
+  losses = _client_losses(sim, fed)
+  theta0 = jnp.zeros((sim.num_params,), jnp.float32)
+  masks = np.asarray(masks, bool)
+  optima = convex.honest_optima(losses, theta0, masks)
+  l2 = float(config.training.l2)
+  if fed.num_classes == 2:
+    smoothness, _ = convex.curvature(losses, theta0, masks)
+    exact = True
+  else:
+    x = np.asarray(fed.train.x, np.float64).reshape(fed.train.x.shape[0], fed.train.x.shape[1], -1)
+    counts = np.asarray(fed.train.counts)
+    valid = np.arange(x.shape[1])[None, :] < counts[:, None]
+    xt = np.concatenate([x, np.ones(x.shape[:2] + (1,))], axis=2) * valid[..., None]
+    moments = np.einsum("nmi,nmj->nij", xt, xt) / counts[:, None, None]   # [n, p, p]
+    h = masks.astype(np.float64)
+    per_set = np.einsum("sn,nij->sij", h, moments) / np.maximum(h.sum(1), 1)[:, None, None]
+    smoothness = np.array([convex.softmax_smoothness_bound(float(np.linalg.eigvalsh(a)[-1]), l2)
+                           for a in per_set])
+    exact = False
+  return {"optimum": optima["value"], "optimum_gradient_norm": optima["gradient_norm"],
+          "smoothness": np.asarray(smoothness, np.float64), "pl": np.full(len(masks), l2),
+          "smoothness_exact": exact}
+
+
+def objectives(config, fed, sim, masks: np.ndarray, weights: np.ndarray | None = None) -> dict:
+  """The seed's two objectives solved exactly on a convex task (theory.convex.compare_objectives):
+  min_θ E_{S~μ_H} L_S(θ) with w_i = E[1{i∈S}/|S|] (exact weights when given, else estimated from
+  the draws `masks`), and min_θ max_{|S|=n−f} L_S(θ), each minimizer's expected and worst-case
+  honest loss, and whether μ_H puts mass on b > f (then min E ≤ min max need not hold)."""
+  masks = np.asarray(masks, bool)
+  if weights is None:
+    h = masks[masks.any(axis=1)].astype(np.float64)
+    weights = np.mean(h / h.sum(1, keepdims=True), axis=0)
+  weights = np.asarray(weights, np.float64) / np.sum(weights)
+  out = convex.compare_objectives(_client_losses(sim, fed), jnp.zeros((sim.num_params,)),
+                                  weights, config.num_clients, config.f, masks)
+  out = {k: float(v) for k, v in out.items() if np.ndim(v) == 0}
+  out["weights"] = weights.tolist()
+  out["p_b_gt_f"] = float(np.mean((~masks).sum(1) > config.f))
+  return out
+
+
+def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
+             spec: str | None = None) -> dict[str, Any]:
+  """Every per-draw theory quantity of one aggregator's run `[S]`, and the run-level κ values.
+
+  `exact` (convex tasks): per-draw `optimum` L_S*, `smoothness` L_S and `pl` μ_S. Without it L_S
+  is the run's power-iteration estimate and the non-convex bound is used."""
+  spec = spec or run.spec
+  n, f, T = config.num_clients, config.f, config.training.num_rounds
+  counts = np.asarray(counts)
+  every = config.training.eval_every
+  h = np.asarray(run.metrics["honest_heterogeneity"], np.float64)   # [E + 1, S]
+  u = np.asarray(run.metrics["honest_gradient_sq"], np.float64)
+  loss = np.asarray(run.metrics["honest_loss"], np.float64)
+  kappa_ratio = np.full(len(counts), np.nan)
+  if "kappa_ratio" in run.aux and run.aux["kappa_ratio"].size:
+    with warnings.catch_warnings():  # a draw whose ratio is undefined every round stays NaN
+      warnings.simplefilter("ignore", RuntimeWarning)
+      kappa_ratio = np.nanmax(np.asarray(run.aux["kappa_ratio"], np.float64), axis=0)
+  kappas = measured.pipeline_kappa(kappa_ratio, counts, f)
+  bounds_info = published.kappa_bounds(spec, n, f)
+  kappa_up = bounds_info["upper"]
+  prem = premises(config)
+  convex = exact is not None
+  if convex:
+    smooth = np.asarray(exact["smoothness"], np.float64)
+    pl = np.asarray(exact["pl"], np.float64)
+    optimum = np.asarray(exact["optimum"], np.float64)
+    gap0 = loss[0] - optimum
+    error = loss[-1] - optimum
+    error_kind = "excess_loss"
+  else:
+    smooth = np.asarray(run.final.get("honest_smoothness", np.full(len(counts), np.nan)),
+                        np.float64)
+    pl = None
+    gap0 = loss[0]  # L_S* ≥ 0 for cross-entropy: an upper bound on L_S(θ_0) − L_S*
+    error = np.mean(u[:-1], axis=0) if u.shape[0] > 1 else u[0]
+    error_kind = "gradient_norm"
+  step_ok = np.ones(len(counts), bool)
+  smooth_used = smooth
+  if prem["dgd"]:
+    step_ok = prem["step"] <= 1.0 / smooth
+    smooth_used = np.maximum(smooth, 1.0 / prem["step"])
+
+  def evaluate(kappa):
+    if kappa is None or not np.isfinite(kappa):
+      nan = np.full(len(counts), np.nan)
+      return {"g2": nan, "b2": nan, "bound": nan, "g2_at_b0": nan}
+    if convex:
+      fn = lambda g2, b2: bounds.pl_bound(kappa, g2, b2, smooth_used, pl, gap0, T)
+    else:
+      fn = lambda g2, b2: bounds.nonconvex_bound(kappa, g2, b2, smooth_used, gap0, T)
+    return bounds.best_pair(kappa, h, u, fn)
+
+  main = evaluate(kappa_up)
+  plugin = evaluate(kappas["kappa_hat"])
+  # The heterogeneity pair of the draw, independent of κ: from the published κ when there is
+  # one, else from κ̂.
+  pair = main if kappa_up is not None else plugin
+  defined = np.isfinite(pair["g2"])
+
+  def validity(kappa, values):
+    reasons = {"b_gt_f": counts > f, "undefined": ~np.isfinite(values["g2"]),
+               "step_gt_1_over_L": ~step_ok,
+               "kappa_b2_ge_1": ~((np.inf if kappa is None else kappa) * values["b2"] < 1)}
+    valid = ~np.any(np.stack(list(reasons.values())), axis=0)
+    return valid, reasons
+
+  valid, reasons = validity(kappa_up, main)
+  valid_plugin, _ = validity(kappas["kappa_hat"], plugin)
+  out = {
+      "error_kind": error_kind, "premises": prem, "convex": convex,
+      "kappa": {**bounds_info, **kappas},
+      "kappa_ratio": kappa_ratio, "g2": pair["g2"], "b2": pair["b2"],
+      "g2_at_b0": pair["g2_at_b0"], "smoothness": smooth,
+      "error": np.where(defined, error, np.nan),
+      "bound": main["bound"], "valid": valid, "invalid_reasons": reasons,
+      "bound_plugin": plugin["bound"], "valid_plugin": valid_plugin,
+      "breakdown": bounds.breakdown(f, n, pair["b2"]) & defined,
+  }
+  with np.errstate(divide="ignore", invalid="ignore"):
+    out["tightness"] = np.where(valid, main["bound"] / out["error"], np.nan)
+    out["tightness_plugin"] = np.where(valid_plugin, plugin["bound"] / out["error"], np.nan)
+    if convex:
+      out["lower_bound"] = (LOWER_BOUND_CONSTANT * bounds.lower_bound_rate(f, n, pair["b2"])
+                            * pair["g2"] / pl)
+  return out
+
+
+def _stats(values, select=None, quantiles=evaluation.QUANTILES) -> dict:
+  values = np.asarray(values, np.float64)
+  if select is not None:
+    values = values[select]
+  return evaluation.summarize(values, worst="max", quantiles=quantiles)
+
+
+def summarize(theory: dict, counts: np.ndarray, f: int) -> dict:
+  """Estimates over draws of μ_H from `per_draw`: P(invalid) and why, E[bound | valid] and its
+  quantiles, the measured error on the same draws and on all, tightness (bound / measured) and
+  how many valid bounds fall below the measured error (a violation is a finding, reported)."""
+  valid = theory["valid"]
+  error = theory["error"]
+  within = np.asarray(counts) <= f
+  tq = (*TIGHTNESS_QUANTILES, *evaluation.QUANTILES)
+  out = {
+      "error_kind": theory["error_kind"], "premises": theory["premises"],
+      "kappa": {k: (float(v) if isinstance(v, (int, float, np.floating)) and v is not None
+                    else v) for k, v in theory["kappa"].items()},
+      "g2": _stats(theory["g2"]), "b2": _stats(theory["b2"]),
+      "g2_at_b0": _stats(theory["g2_at_b0"]), "smoothness": _stats(theory["smoothness"]),
+      "p_invalid": float(np.mean(~valid)),
+      "invalid_reasons": {k: int(np.sum(v)) for k, v in theory["invalid_reasons"].items()},
+      "p_breakdown": float(np.mean(theory["breakdown"])),
+      "bound_given_valid": _stats(theory["bound"], valid, tq),
+      "error_given_valid": _stats(error, valid),
+      "error": _stats(error),
+      "error_given_b_le_f": _stats(error, within),
+      "tightness": _stats(theory["tightness"], None, tq),
+      "violations": int(np.sum(valid & (theory["bound"] < error))),
+      "p_invalid_plugin": float(np.mean(~theory["valid_plugin"])),
+      "bound_plugin_given_valid": _stats(theory["bound_plugin"], theory["valid_plugin"], tq),
+      "error_given_valid_plugin": _stats(error, theory["valid_plugin"]),
+      "tightness_plugin": _stats(theory["tightness_plugin"], None, tq),
+      "violations_plugin": int(np.sum(theory["valid_plugin"]
+                                      & (theory["bound_plugin"] < error))),
+  }
+  if "lower_bound" in theory:
+    out["lower_bound"] = _stats(theory["lower_bound"], valid)
+  return out
