@@ -17,6 +17,19 @@ rules. About 5 minutes on 2 CPU cores:
 It prints the usual table and the theory table, and writes theory_vs_experiment.png (measured
 expected error vs predicted expected bound vs the bound at the worst-case set, a panel per rule)
 and tightness.png (per-draw bound / measured).
+
+The same sweep on least squares (ridge, λ = 0.05: the synthetic regression task with the same
+α, β, n and dim; a constant Hessian, so L_S = λ_max and μ_S = λ_min are exact per draw, L_S ≈ 1.1
+here, hence a step η = 0.5 ≤ 1/L_S instead of 1; the graph μ_H is left out, its data-similarity
+graph compares label distributions, which real targets do not have):
+
+  python launch/sweep.py --config=configs/theory_synthetic.py --workdir=runs/theory_least_squares \\
+    --config.base.model=linear_regression --config.base.data.synthetic_task=regression \\
+    --config.base.training.client_lr=0.5 --config.grid.mu_h=independent,clustered,worst_case
+
+Its accuracies are undefined (n/a), and with b > f the attack drives the quadratic honest loss of
+some draws to +inf (float32 overflow), so E[honest loss] is +inf whenever such a draw occurs
+(`honest_loss_given_b_le_f` stays finite).
 """
 
 import ml_collections
@@ -78,5 +91,7 @@ def points(c):
 
 
 def plot_note(c) -> str:
-  return (sweep_core.plot_note(c) + " Convex task (ℓ2 logistic regression, exact L, μ, L_S*), "
-          "robust D-GD with step 1.")
+  t = c.base.training
+  task = "least squares" if c.base.model == "linear_regression" else "logistic regression"
+  return (sweep_core.plot_note(c) + f" Convex task ({task}, ℓ2 λ = {t.l2:g}, exact L, μ, L_S*), "
+          f"robust D-GD with step {t.client_lr * t.server_lr:g}.")

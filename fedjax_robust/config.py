@@ -93,7 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.estimators = ml_collections.ConfigDict({"honest_optimum": False, "oracle": False})
   c.model = "mlp"
   c.model_options = ml_collections.ConfigDict({
-      "logistic": {}, "mlp": {"hidden": (32,)}, "cnn": {"features": (16, 32), "dense": 64},
+      "linear_regression": {}, "logistic": {}, "mlp": {"hidden": (32,)},
+      "cnn": {"features": (16, 32), "dense": 64},
   })
   c.data = ml_collections.ConfigDict({
       "name": "digits", "data_dir": config_dict.placeholder(str),
@@ -101,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
       "min_size": 10, "test_fraction": 0.2,
       "synthetic_examples_per_client": 100, "synthetic_dim": 60, "synthetic_num_classes": 10,
       "synthetic_alpha": 1.0, "synthetic_beta": 1.0,
+      # The synthetic task: "classification", or "regression" (least squares: real targets
+      # y = x·w_i + b_i + noise of std synthetic_noise, for model="linear_regression").
+      "synthetic_task": "classification", "synthetic_noise": 0.1,
   })
   c.training = ml_collections.ConfigDict({
       "num_rounds": 200, "eval_every": 10, "local_steps": 1, "batch_size": 32,
@@ -170,6 +174,8 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "data.synthetic_num_classes": D.Int(2),
     "data.synthetic_alpha": D.NONNEGATIVE,
     "data.synthetic_beta": D.NONNEGATIVE,
+    "data.synthetic_task": D.Choice(*data_lib.TASKS, note="regression: data.name='synthetic'"),
+    "data.synthetic_noise": D.Float(0, note="std of the regression targets' noise"),
     "training.num_rounds": D.POSITIVE_INT,
     "training.eval_every": D.Int(1, note="num_rounds must be a multiple"),
     "training.local_steps": D.POSITIVE_INT,
@@ -236,7 +242,7 @@ def honest_set_spec(config) -> dict[str, Any]:
 
 
 def label_distributions(fed: data_lib.FederatedData) -> np.ndarray:
-  """Each client's label histogram, normalized, `[n, C]`."""
+  """Each client's label histogram, normalized, `[n, C]` (classification data only)."""
   y = np.asarray(fed.train.y)
   valid = np.asarray(data_lib.valid_mask(fed.train.counts, y.shape[1]))
   hist = np.stack([np.bincount(y[i][valid[i]], minlength=fed.num_classes) for i in range(len(y))])
@@ -284,7 +290,9 @@ def _validate(config) -> None:
     agg = aggregators.get(spec, f=f, options=config.aggregator_options.to_dict(),
                           weighted=config.training.weighted_aggregation)
     jax.eval_shape(agg, jax.ShapeDtypeStruct((n, 4), np.float32))  # trace-time checks of n, f
-  num_classes = data_lib.num_classes(config.data.name, config.data.synthetic_num_classes)
+  _validate_task(config)
+  num_classes = data_lib.num_classes(config.data.name, config.data.synthetic_num_classes,
+                                     config.data.synthetic_task)
   if config.data.name in data_lib.TFDS_NAMES:  # a data set not on disk fails now, not after
     try:
       data_lib.check_available(config.data.name, config.data.data_dir)
@@ -319,6 +327,32 @@ def _validate(config) -> None:
   make_local_training(config)
 
 
+def _validate_task(config) -> None:
+  """A regression task (least squares on the synthetic source) with what fits it: the
+  regression model, attacks and graphs that do not use class labels; a classifier otherwise."""
+  d = config.data
+  if d.synthetic_task == "regression" and d.name != "synthetic":
+    raise ConfigError(f"data.synthetic_task='regression' needs data.name='synthetic', got "
+                      f"data.name={d.name!r} (a classification data set).")
+  task = data_lib.task(d.name, d.synthetic_task)
+  if config.model not in models.names_for(task):
+    raise ConfigError(
+        f"model={config.model!r} ({models.LOSSES[config.model]} loss) does not fit the "
+        f"{task} task of data.name={d.name!r}, data.synthetic_task={d.synthetic_task!r}; "
+        f"models for it: {', '.join(models.names_for(task))}.")
+  if task != "regression":
+    return
+  if config.attack in attacks.data_poisoning_names():
+    raise ConfigError(
+        f"attack={config.attack!r} changes class labels, and data.synthetic_task='regression' "
+        f"has real targets; allowed: {', '.join(['none', *attacks.model_poisoning_names()])}.")
+  if config.honest_set in honest_sets.GRAPH_BASED and config.graph.kind == "data_similarity":
+    raise ConfigError(
+        "graph.kind='data_similarity' compares the clients' label distributions, and "
+        "data.synthetic_task='regression' has real targets; allowed: "
+        f"{', '.join(k for k in graphs.KINDS if k != 'data_similarity')}.")
+
+
 def make_local_training(config) -> training.LocalTraining:
   t = config.training
   return training.LocalTraining(local_steps=t.local_steps, batch_size=t.batch_size,
@@ -333,7 +367,8 @@ def make_data(config) -> data_lib.FederatedData:
       test_fraction=d.test_fraction, data_dir=d.data_dir, seed=config.seed,
       synthetic_examples_per_client=d.synthetic_examples_per_client, synthetic_dim=d.synthetic_dim,
       synthetic_num_classes=d.synthetic_num_classes, synthetic_alpha=d.synthetic_alpha,
-      synthetic_beta=d.synthetic_beta)
+      synthetic_beta=d.synthetic_beta, synthetic_task=d.synthetic_task,
+      synthetic_noise=d.synthetic_noise)
 
 
 def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,

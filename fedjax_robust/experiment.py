@@ -546,7 +546,8 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   max_count = int(fed.train.counts.max())
   log(f"data {fed.name}: {config.num_clients} clients, {int(fed.train.counts.sum())} training "
       f"examples (per client {int(fed.train.counts.min())}..{max_count}), "
-      f"{fed.test_y.shape[0]} test examples, {fed.num_classes} classes")
+      f"{fed.test_y.shape[0]} test examples, "
+      + ("real targets (regression)" if fed.num_classes is None else f"{fed.num_classes} classes"))
   _, init_key, run_key = _keys(config)
   specs = config_lib.aggregator_specs(config)
   t = config.training

@@ -1,5 +1,6 @@
-"""Small flax models seen by the simulator as `init(key) -> params`, `apply(params, x) -> logits`,
-and the masked losses the simulator trains and evaluates with."""
+"""Small flax models seen by the simulator as `init(key) -> params`, `apply(params, x) -> outputs`
+(logits `[m, C]` of a classifier, predictions `[m]` of a regressor), and the masked losses the
+simulator trains and evaluates with: each model names its loss (`Model.loss`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ class _Logistic(nn.Module):
   @nn.compact
   def __call__(self, x):
     return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+class _LinearRegression(nn.Module):
+  """ŷ = x·w + b, one real output per example `[m]`."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
 
 
 class _MLP(nn.Module):
@@ -55,17 +64,26 @@ class Model:
   name: str
   init: Callable[[jax.Array], Any]
   apply: Callable[[Any, jax.Array], jax.Array]
+  loss: str  # "cross_entropy" or "squared" (LOSSES): what `masked_loss` computes
 
 
 _MODULES = {
+    "linear_regression": lambda c: _LinearRegression(),
     "logistic": lambda c, **kw: _Logistic(c, **kw),
     "mlp": lambda c, hidden=(32,): _MLP(c, tuple(hidden)),
     "cnn": lambda c, features=(16, 32), dense=64: _CNN(c, tuple(features), dense),
 }
 
 
+# The loss of every model: "cross_entropy" (softmax cross-entropy of logits against integer class
+# labels) for classifiers, "squared" (½(ŷ − y)² against a real target: least squares) for
+# regressors.
+LOSSES = {"linear_regression": "squared", "logistic": "cross_entropy", "mlp": "cross_entropy",
+          "cnn": "cross_entropy"}
+
 # The declared domain of every model option.
 OPTION_DOMAINS = {
+    "linear_regression": {},
     "logistic": {},
     "mlp": {"hidden": D.Tuple(D.POSITIVE_INT, note="hidden layer widths; () is logistic")},
     "cnn": {"features": D.Tuple(D.POSITIVE_INT, 1, note="conv widths"), "dense": D.POSITIVE_INT},
@@ -76,11 +94,23 @@ def names() -> list[str]:
   return sorted(_MODULES)
 
 
-def get(name: str, *, input_shape: Sequence[int], num_classes: int, **options) -> Model:
-  """`logistic` (multinomial logistic regression), `mlp` (option `hidden`, widths) or `cnn`
-  (options `features`, conv widths, and `dense`)."""
+def names_for(task: str) -> list[str]:
+  """The models of a task: "regression" (squared loss) or "classification" (cross-entropy)."""
+  loss = "squared" if task == "regression" else "cross_entropy"
+  return [name for name in names() if LOSSES[name] == loss]
+
+
+def get(name: str, *, input_shape: Sequence[int], num_classes: int | None, **options) -> Model:
+  """`logistic` (multinomial logistic regression), `mlp` (option `hidden`, widths), `cnn`
+  (options `features`, conv widths, and `dense`), or `linear_regression` (least squares, for
+  real targets: `num_classes` None)."""
   if name not in _MODULES:
     raise ConfigError(f"unknown model {name!r}; available: {', '.join(names())}.")
+  task = "regression" if num_classes is None else "classification"
+  if name not in names_for(task):
+    what = "real targets" if num_classes is None else f"{num_classes} classes"
+    raise ConfigError(f"model {name!r} ({LOSSES[name]} loss) does not fit a {task} task "
+                      f"({what}); models for it: {', '.join(names_for(task))}.")
   unknown = sorted(set(options) - set(OPTION_DOMAINS[name]))
   if unknown:
     raise ConfigError(f"unknown option(s) {unknown} for model {name!r}; allowed: "
@@ -88,7 +118,15 @@ def get(name: str, *, input_shape: Sequence[int], num_classes: int, **options) -
   D.check_options(f"model_options.{name}", options, OPTION_DOMAINS[name])
   module = _MODULES[name](num_classes, **options)
   dummy = jnp.zeros((1, *input_shape), jnp.float32)
-  return Model(name, init=lambda key: module.init(key, dummy), apply=module.apply)
+  return Model(name, init=lambda key: module.init(key, dummy), apply=module.apply,
+               loss=LOSSES[name])
+
+
+def masked_loss(kind: str, outputs: jax.Array, targets: jax.Array,
+                weights: jax.Array) -> jax.Array:
+  """The weighted mean loss of `kind` ("cross_entropy" or "squared"): `masked_cross_entropy` of logits against
+  labels, or `masked_squared_error` of predictions against real targets."""
+  return _MASKED_LOSSES[kind](outputs, targets, weights)
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
@@ -96,6 +134,17 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Arra
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   weights = weights.astype(ce.dtype)
   return jnp.sum(jnp.where(weights > 0, ce, 0.0) * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def masked_squared_error(predictions: jax.Array, targets: jax.Array,
+                         weights: jax.Array) -> jax.Array:
+  """Σ_j w_j ½(ŷ_j − y_j)² / Σ_j w_j (0 when all weights are 0)."""
+  sq = 0.5 * (predictions - targets) ** 2
+  weights = weights.astype(sq.dtype)
+  return jnp.sum(jnp.where(weights > 0, sq, 0.0) * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+_MASKED_LOSSES = {"cross_entropy": masked_cross_entropy, "squared": masked_squared_error}
 
 
 def masked_accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:

@@ -158,7 +158,8 @@ def format_table(summary: dict) -> str:
   for name, s in summary["aggregators"].items():
     loss, acc = s["honest_loss"], s["honest_accuracy"]
     loss_txt = f"{loss['mean']:.4f} ± {loss['ci95']:.4f}"
-    acc_txt = f"{_pct(acc['mean'])} ± {100 * acc['ci95']:.2f}"
+    acc_txt = ("n/a" if np.isnan(acc["mean"])  # no draw with a defined accuracy
+               else f"{_pct(acc['mean'])} ± {100 * acc['ci95']:.2f}")
     lines.append(
         f"{name:<28} {loss_txt:>22} {loss['q50']:>7.4f} {acc_txt:>21} {_pct(acc['worst']):>9} "
         f"{_pct(s['honest_accuracy_given_b_le_f']['mean']):>8} "
@@ -191,9 +192,10 @@ def format_table(summary: dict) -> str:
         f"{o['expected_loss_at_theta_minimax']:.5f}); P(b > f) = {o['p_b_gt_f']:.3f}"
         + (" (μ_H puts mass on b > f: min E ≤ min max need not hold)" if o["p_b_gt_f"] else ""))
   if "oracle" in summary:
+    accuracy = summary["oracle"]["test_accuracy"]  # NaN for a regression model
     extras.append(f"oracle on the expected objective: Σ w_i L_i = "
                   f"{summary['oracle']['expected_objective']:.4f}, test accuracy "
-                  f"{100 * summary['oracle']['test_accuracy']:.2f}%")
+                  + ("n/a" if np.isnan(accuracy) else f"{100 * accuracy:.2f}%"))
   for name, info in {**summary.get("max_heterogeneity_proxy", {}),
                      **summary.get("worst_case", {})}.items():
     extras.append(f"{name}: {experiment_lib.format_worst_case(info)}")
@@ -245,8 +247,19 @@ def format_theory(summary: dict) -> str:
         f"{_g(t['tightness']['q90']):>9} {t['violations']:>4d} "
         f"{_g(t['bound_plugin_given_valid']['mean']):>13} {_g(t['tightness_plugin']['q50']):>9}")
     if t["violations"] or t["violations_plugin"]:
-      notes.append(f"FINDING: {name}: {t['violations']} valid draw(s) with the published-κ bound "
-                   f"below the measured error, {t['violations_plugin']} with the plug-in bound.")
+      exact = t["premises"]["dgd"] and t["error_kind"] == "excess_loss"
+      notes.append(
+          f"{'FINDING' if exact else 'NOTE'}: {name}: {t['violations']} valid draw(s) with the "
+          f"published-κ bound below the measured error, {t['violations_plugin']} with the plug-in "
+          "bound (κ̂ ≤ κ, so the plug-in bound is no guarantee)"
+          + ("." if exact else "; the theorem's premises are not all met or L is estimated, so "
+             "this is not a counterexample."))
+    extra = f"P(breakdown: f/n ≥ 1/(2 + B²)) = {t['p_breakdown']:.3f}"
+    if "lower_bound_order" in t:
+      extra += (f"; lower-bound order f/(n − (2 + B²)f)·G²/μ (constant omitted) over valid "
+                f"draws: mean {_g(t['lower_bound_order']['mean'])}")
+    notes.append(f"{name}: {extra}; κ̂ on draws with b < f: {_g(k['kappa_hat_b_lt_f'])}, "
+                 f"b > f: {_g(k['kappa_hat_b_gt_f'])} (not mixed into κ̂)")
     if k["upper"] is None:
       notes.append(f"{name}: no published κ recorded ({k.get('source') or 'none'}); only the "
                    "plug-in bound is given.")

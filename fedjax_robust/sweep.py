@@ -146,7 +146,7 @@ THEORY_METRICS = {"theory_g2": "g2", "theory_b2": "b2", "theory_bound": "bound_g
                   "theory_error_given_valid": "error_given_valid", "theory_error": "error",
                   "theory_tightness": "tightness", "theory_bound_plugin": "bound_plugin_given_valid",
                   "theory_error_given_valid_plugin": "error_given_valid_plugin",
-                  "theory_tightness_plugin": "tightness_plugin", "theory_lower_bound": "lower_bound"}
+                  "theory_tightness_plugin": "tightness_plugin", "theory_lower_bound_order": "lower_bound_order"}
 THEORY_SCALARS = ("p_invalid", "p_breakdown", "violations", "p_invalid_plugin",
                   "violations_plugin")
 
@@ -307,12 +307,14 @@ def run(base, points: Sequence[Point], workdir: str, *,
                              order)
     _write_csv(timings_path, timings, TIMING_FIELDS)
     elapsed = time.perf_counter() - start
-    acc = s["honest_accuracy"]["mean"]
+    acc = s["honest_accuracy"]["mean"]  # NaN when undefined (regression, every draw diverged)
+    headline = (f"E[honest acc] {100 * acc:.2f}%" if np.isfinite(acc)
+                else f"E[honest loss] {s['honest_loss']['mean']:.4g}")
     eta = elapsed / (i + 1) * (len(todo) - i - 1)
     diverged = s["diverged"]["count"]
     log(f"[{len(points) - len(todo) + i + 1}/{len(points)}] "
-        f"{' '.join(f'{k}={v}' for k, v in point.tags.items())}: E[honest acc] "
-        f"{100 * acc:.2f}% in {time.perf_counter() - t0:.1f} s; ETA "
+        f"{' '.join(f'{k}={v}' for k, v in point.tags.items())}: {headline} "
+        f"in {time.perf_counter() - t0:.1f} s; ETA "
         f"{experiment.human_seconds(eta)}"
         + (f"; WARNING: {diverged} of {config.num_samples} draws diverged (left out of the "
            "accuracy, loss +inf)" if diverged else ""))

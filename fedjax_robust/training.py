@@ -93,6 +93,7 @@ class Simulator:
     object.__setattr__(self, "num_params", flat.size)
 
   def logits(self, params: jax.Array, x: jax.Array) -> jax.Array:
+    """The model's outputs: logits `[m, C]` of a classifier, predictions `[m]` of a regressor."""
     return self.model.apply(self._unravel(params), x)
 
   def init(self, key: jax.Array) -> RunState:
@@ -103,8 +104,17 @@ class Simulator:
                     jnp.array(0, jnp.int32))
 
   def _loss(self, params, x, y, weights):
-    return models_lib.masked_cross_entropy(self.logits(params, x), y, weights) + self._penalty(
-        params)
+    return self._data_loss(self.logits(params, x), y, weights) + self._penalty(params)
+
+  def _data_loss(self, outputs, y, weights):
+    """The model's masked mean loss: cross-entropy, or ½(ŷ − y)² for least squares."""
+    return models_lib.masked_loss(self.model.loss, outputs, y, weights)
+
+  def _accuracy(self, outputs, y, weights):
+    """Masked accuracy of a classifier; NaN (undefined) for a regressor's real targets."""
+    if self.model.loss == "squared":
+      return jnp.asarray(jnp.nan, jnp.float32)
+    return models_lib.masked_accuracy(outputs, y, weights)
 
   def _penalty(self, params):
     return 0.5 * self.l2 * jnp.sum(params ** 2) if self.l2 else 0.0
@@ -201,14 +211,14 @@ class Simulator:
 
   def client_metrics(self, params: jax.Array, train: ClientData) -> tuple[jax.Array, jax.Array]:
     """Loss L_i (with the ℓ2 term when `l2` > 0) and accuracy `[n]` of the model on each
-    client's own data (padding excluded)."""
+    client's own data (padding excluded); accuracy is NaN for a regression model."""
     weights = valid_mask(train.counts, train.x.shape[1])
 
     def one(x, y, w):
       x, y = self._without_padding(x, y, w)
       logits = self.logits(params, x)
-      return (models_lib.masked_cross_entropy(logits, y, w) + self._penalty(params),
-              models_lib.masked_accuracy(logits, y, w))
+      return (self._data_loss(logits, y, w) + self._penalty(params),
+              self._accuracy(logits, y, w))
 
     return jax.vmap(one)(train.x, train.y, weights)
 
@@ -229,7 +239,8 @@ class Simulator:
   def evaluate(self, params: jax.Array, honest: jax.Array, train: ClientData,
                test_x: jax.Array, test_y: jax.Array) -> dict[str, jax.Array]:
     """Scalars for one sample: the honest loss L_S(θ) = (1/|S|) Σ_{i∈S} L_i(θ), honest accuracy
-    (same average), loss/accuracy on the global test set (NaN-free), and for a backdoor attack
+    (same average), loss/accuracy on the global test set (NaN-free for a classifier; a
+    regressor's accuracies are NaN, undefined), and for a backdoor attack
     the backdoor success rate: the share of triggered test inputs whose true label is not the
     target that the model classifies as the target. Honest metrics are NaN when S is empty;
     `diverged` is 1 when a parameter is non-finite (the summaries then count the draw as
@@ -254,8 +265,8 @@ class Simulator:
         "diverged": (~jnp.all(jnp.isfinite(params))).astype(jnp.float32),
         "honest_loss": jnp.where(num_honest > 0, h @ loss / num_honest, jnp.nan),
         "honest_accuracy": jnp.where(num_honest > 0, h @ acc / num_honest, jnp.nan),
-        "test_loss": models_lib.masked_cross_entropy(logits, test_y, ones),
-        "test_accuracy": models_lib.masked_accuracy(logits, test_y, ones),
+        "test_loss": self._data_loss(logits, test_y, ones),
+        "test_accuracy": self._accuracy(logits, test_y, ones),
     }
 
 

@@ -22,6 +22,7 @@ from fedjax_robust.attacks.model_poisoning import nan
 from fedjax_robust.attacks.model_poisoning import optimal_alie
 from fedjax_robust.attacks.model_poisoning import optimal_ipm
 from fedjax_robust.attacks.model_poisoning import sign_flip
+from fedjax_robust.attacks.registry import data_poisoning_names
 from fedjax_robust.attacks.registry import get
 from fedjax_robust.attacks.registry import model_poisoning_names
 from fedjax_robust.attacks.registry import names

@@ -72,6 +72,11 @@ def model_poisoning_names() -> list[str]:
   return sorted(_MODEL_POISONING)
 
 
+def data_poisoning_names() -> list[str]:
+  """Attacks that change a Byzantine client's examples and labels (they need class labels)."""
+  return sorted(_DATA_POISONING)
+
+
 def options(name: str) -> dict[str, Any]:
   """The keyword options of an attack and their defaults."""
   if name == "none":
@@ -108,8 +113,11 @@ def _model_poisoning(name: str, entry: _Entry, opts: dict[str, Any]) -> base.Att
   return base.Attack(name, poison=poison, init=entry.init or (lambda d: ()))
 
 
-def get(name: str, *, num_classes: int, options: Mapping[str, Any] | None = None) -> base.Attack:
-  """Builds the attack `name` with keyword `options` (e.g. ALIE's z, backdoor's target_label)."""
+def get(name: str, *, num_classes: int | None,
+        options: Mapping[str, Any] | None = None) -> base.Attack:
+  """Builds the attack `name` with keyword `options` (e.g. ALIE's z, backdoor's target_label);
+  `num_classes` None means real-valued targets (regression), which only the attacks that leave
+  the data alone accept."""
   opts = {k: v for k, v in dict(options or {}).items()}
   allowed = globals()["options"](name)
   unknown = sorted(set(opts) - set(allowed))
@@ -118,8 +126,13 @@ def get(name: str, *, num_classes: int, options: Mapping[str, Any] | None = None
                       f"{sorted(allowed) or 'none'}.")
   if name != "none":
     D.check_options(f"attack_options.{name}", opts, _entry(name).domains)
-  if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-    raise ConfigError(f"num_classes must be an int >= 2, got {num_classes!r}.")
+  if num_classes is None:
+    if name in _DATA_POISONING:
+      raise ConfigError(f"attack {name!r} changes class labels, and a regression task has none; "
+                        f"allowed there: {', '.join(['none', *model_poisoning_names()])}.")
+  elif not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+    raise ConfigError(f"num_classes must be an int >= 2 or None (regression), got "
+                      f"{num_classes!r}.")
   if name == "none":
     return base.Attack(name)
   if name in _MODEL_POISONING:

@@ -18,6 +18,7 @@ from fedjax_robust.data.sources import SOURCES
 from fedjax_robust.data.stacking import ClientData
 from fedjax_robust.data.stacking import stack_clients
 from fedjax_robust.data.stacking import valid_mask
+from fedjax_robust.data.synthetic import TASKS
 from fedjax_robust.data.synthetic import make_synthetic
 
 NAMES = sorted([*SOURCES, "synthetic"])
@@ -25,21 +26,37 @@ NAMES = sorted([*SOURCES, "synthetic"])
 
 @dataclasses.dataclass(frozen=True)
 class FederatedData:
-  """Training data stacked per client, and a global test set for test accuracy."""
+  """Training data stacked per client, and a global test set for test accuracy.
+
+  `num_classes` is None for a regression task (float32 real-valued targets, no classes)."""
   name: str
   train: ClientData
   test_x: jax.Array
   test_y: jax.Array
-  num_classes: int
+  num_classes: int | None
 
   @property
   def input_shape(self) -> tuple[int, ...]:
     return tuple(self.train.x.shape[2:])
 
+  @property
+  def task(self) -> str:
+    """The task: "classification" (integer labels) or "regression" (real targets)."""
+    return "regression" if self.num_classes is None else "classification"
 
-def num_classes(name: str, synthetic_num_classes: int = 10) -> int:
-  """The number of classes of a named data set, known before it is loaded."""
+
+def task(name: str, synthetic_task: str = "classification") -> str:
+  """The task of a named data set, known before it is loaded: every source is a classification
+  task; `synthetic` is the one `synthetic_task` names."""
   check_name(name)
+  return synthetic_task if name == "synthetic" else "classification"
+
+
+def num_classes(name: str, synthetic_num_classes: int = 10,
+                synthetic_task: str = "classification") -> int | None:
+  """The number of classes of a named data set, known before it is loaded (None: regression)."""
+  if task(name, synthetic_task) == "regression":
+    return None
   return synthetic_num_classes if name == "synthetic" else NUM_CLASSES[name]
 
 
@@ -59,11 +76,14 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
          test_fraction: float = 0.2, data_dir: str | None = None, seed: int = 0,
          synthetic_examples_per_client: int = 100, synthetic_dim: int = 60,
          synthetic_num_classes: int = 10, synthetic_alpha: float = 1.0,
-         synthetic_beta: float = 1.0) -> FederatedData:
+         synthetic_beta: float = 1.0, synthetic_task: str = "classification",
+         synthetic_noise: float = 0.0) -> FederatedData:
   """Loads a data set and distributes its training split over `num_clients` clients.
 
   `synthetic` is generated per client (its heterogeneity comes from `synthetic_alpha/beta`, not
-  from `partition`); every other source is partitioned by `partition` with its options.
+  from `partition`), a classification or least-squares regression task (`synthetic_task`, the
+  regression targets with noise std `synthetic_noise`); every other source is partitioned by
+  `partition` with its options.
   """
   check_name(name)
   check_partition(partition)
@@ -71,9 +91,9 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
     xs, ys, test_x, test_y = make_synthetic(
         num_clients, examples_per_client=synthetic_examples_per_client, dim=synthetic_dim,
         num_classes=synthetic_num_classes, alpha=synthetic_alpha, beta=synthetic_beta,
-        test_fraction=test_fraction, seed=seed)
+        test_fraction=test_fraction, seed=seed, task=synthetic_task, noise=synthetic_noise)
     return FederatedData(name, stack_clients(xs, ys), jnp.asarray(test_x), jnp.asarray(test_y),
-                         synthetic_num_classes)
+                         num_classes(name, synthetic_num_classes, synthetic_task))
   source = SOURCES[name](test_fraction=test_fraction, seed=seed, data_dir=data_dir)
   options = {"dirichlet": {"alpha": alpha}, "shards": {"shards_per_client": shards_per_client},
              "gamma_similarity": {"gamma": gamma}, "iid": {}}[partition]

@@ -15,7 +15,7 @@ import numpy as np
 
 class ClientData(NamedTuple):
   x: jax.Array       # [n, m_max, *input_shape] float32
-  y: jax.Array       # [n, m_max] int32
+  y: jax.Array       # [n, m_max] int32 class labels, or float32 targets (regression)
   counts: jax.Array  # [n] int32, >= 1
 
   @property
@@ -29,13 +29,15 @@ def valid_mask(counts: jax.Array, max_count: int) -> jax.Array:
 
 
 def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> ClientData:
-  """Pads per-client arrays to the largest client and stacks them."""
+  """Pads per-client arrays to the largest client and stacks them (labels as int32, or as float32
+  when they are floating point: real-valued regression targets)."""
   if len(xs) != len(ys) or not xs:
     raise ValueError(f"need one label array per client, got {len(xs)} inputs and {len(ys)} labels.")
   counts = np.array([len(y) for y in ys], np.int32)
   m_max = int(counts.max())
   x = np.zeros((len(xs), m_max, *xs[0].shape[1:]), np.float32)
-  y = np.zeros((len(ys), m_max), np.int32)
+  real = np.issubdtype(np.asarray(ys[0]).dtype, np.floating)
+  y = np.zeros((len(ys), m_max), np.float32 if real else np.int32)
   for i, (xi, yi) in enumerate(zip(xs, ys)):
     x[i, :len(yi)] = xi
     y[i, :len(yi)] = yi

@@ -11,6 +11,15 @@ Byzantine clients) and κB² < 1. Breakdown: no algorithm is robust when f/n ≥
 lower bound on the error of any algorithm is of order f/(n − (2 + B²)f)·G²/μ (for f/n below the
 breakdown point).
 
+Sources: Allouah, Guerraoui, Gupta, Pinot, Rizk, "Robust distributed learning: tight error bounds
+and breakdown point under data heterogeneity", NeurIPS 2023 (arXiv:2309.13591) for (G, B)-gradient
+dissimilarity, the breakdown point 1/(2 + B²), the lower bound and the robust D-GD upper bounds;
+Allouah et al., "Fixing by mixing", AISTATS 2023, for (f, κ)-robustness. The constants above are
+those of ../shared/REFERENCE.md; they could not be checked against the papers' text from this
+machine (only abstracts were reachable; the forms were confirmed by a later paper's restatement,
+not the constants). The μ-PL transient is written (1 − μ(1 − κB²)/L)^T, which is ≤ the
+exp(−μ(1 − κB²)T/L) form, i.e. the tighter of the two.
+
 For a given draw the pair (G², B²) is not unique: G²(B²) = max_t (h_t − B²u_t)₊ for every B². We
 evaluate the bound on a grid of B² in [0, 1/κ) and keep the pair with the smallest bound (every pair
 on the grid is a valid (G, B) certificate for the measured trajectory, so the smallest is the

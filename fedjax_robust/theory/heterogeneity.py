@@ -67,7 +67,8 @@ def dissimilarity(heterogeneity: np.ndarray, gradient_sq: np.ndarray,
   h = np.asarray(heterogeneity, np.float64)
   u = np.asarray(gradient_sq, np.float64)
   b2 = np.asarray(b_squared, np.float64)
-  excess = np.maximum(h[None] - b2[:, None, None] * u[None], 0.0)  # [K, T, S]
+  with np.errstate(invalid="ignore", over="ignore"):  # inf − inf of overflowed draws: NaN below
+    excess = np.maximum(h[None] - b2[:, None, None] * u[None], 0.0)  # [K, T, S]
   g2 = excess.max(axis=1)
   defined = np.all(np.isfinite(h) & np.isfinite(u), axis=0)
   return np.where(defined[None], g2, np.nan)

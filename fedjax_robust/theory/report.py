@@ -2,14 +2,19 @@
 robust D-GD bound, its validity, the measured error and their ratio; summaries over μ_H.
 
 Which bound and which error (`error_kind`):
-- `excess_loss` — convex synthetic tasks (`model="logistic"` with `training.l2 > 0`, μ-strongly
-  convex hence μ-PL): the μ-PL bound on L_S(θ_T) − L_S*, with L_S* solved per draw
-  (theory.convex), μ = λ exact and L exact for two classes (Hessian at θ = 0 dominates every
-  other; more classes: the bound λ + ½λ_max of the honest second-moment matrix);
+- `excess_loss` — convex synthetic tasks: the μ-PL bound on L_S(θ_T) − L_S*, with L_S* solved per
+  draw (theory.convex), for
+  - least squares (`model="linear_regression"`, any `training.l2`): the Hessian is constant, so
+    L_S = λ_max and μ_S = λ_min of it are exact per draw; a draw whose μ_S is 0 (rank-deficient
+    honest data and no ℓ2; float32 rounding of 0 included) has no μ-PL bound and is invalid
+    (`pl_constant_zero`);
+  - ℓ2-regularized logistic regression (`model="logistic"` with `training.l2 > 0`, μ-strongly
+    convex hence μ-PL): μ = λ exact and L exact for two classes (Hessian at θ = 0 dominates every
+    other; more classes: the bound λ + ½λ_max of the honest second-moment matrix);
 - `gradient_norm` — every other model: the non-convex bound on (1/T) Σ_{t<T} ‖∇L_S(θ_t)‖²,
   measured on the evaluation rounds t = 0, e, …, T − e (exact when eval_every = 1), with L
   estimated by Hessian power iteration at θ_T (`honest_smoothness`, a documented estimate, not a
-  guarantee) and L_S(θ_0) − L_S* ≤ L_S(θ_0) (cross-entropy ≥ 0).
+  guarantee) and L_S(θ_0) − L_S* ≤ L_S(θ_0) (the loss is ≥ 0).
 
 Premises: the theorems are about D-GD (full-batch gradients, one local step, no momentum, plain
 SGD at the server) with step 1/L. A run with momentum, minibatches or several local steps still
@@ -17,7 +22,8 @@ gets its bound computed, as a reference value, and `premises` says which assumpt
 D-GD the step is η = client_lr·server_lr; a draw with η ≤ 1/L_S uses L = 1/η in the bound (an
 L_S-smooth function is (1/η)-smooth), a draw with η > 1/L_S is invalid (step too large).
 
-Validity per draw (REFERENCE.md): b ≤ f and κB² < 1, plus the step condition under D-GD.
+Validity per draw (REFERENCE.md): b ≤ f and κB² < 1, plus the step condition under D-GD, and
+μ_S > 0 on a convex task.
 κ: the published upper bound for the pipeline (`aggregators.robustness.kappa_upper_bound`) gives
 `bound`; the κ̂ measured in the run (max ratio over rounds and draws with b = f) gives
 `bound_plugin`, a plug-in value available for every rule (not a guarantee: κ̂ ≤ κ).
@@ -38,8 +44,6 @@ from fedjax_robust.theory import convex
 from fedjax_robust.theory import robustness as measured
 
 TIGHTNESS_QUANTILES = (0.1, 0.5, 0.9)
-# The lower bound of any algorithm is LOWER_BOUND_CONSTANT · f/(n − (2 + B²)f) · G²/μ.
-LOWER_BOUND_CONSTANT = 1.0 / 8.0
 
 
 def premises(config) -> dict:
@@ -61,8 +65,15 @@ def premises(config) -> dict:
 
 
 def is_convex_task(config) -> bool:
-  """Convex synthetic task with exact constants: ℓ2-regularized logistic regression."""
-  return config.model == "logistic" and config.training.l2 > 0
+  """Convex task with exact constants: least squares (with or without ℓ2), or ℓ2-regularized
+  logistic regression."""
+  return (is_least_squares(config)
+          or (config.model == "logistic" and config.training.l2 > 0))
+
+
+def is_least_squares(config) -> bool:
+  """A linear model with the squared loss: L_S is quadratic, its Hessian constant."""
+  return config.model == "linear_regression"
 
 
 # One `client_losses` function per simulator, so theory.convex's compiled solvers (cached per
@@ -80,17 +91,26 @@ def _client_losses(sim, fed):
 
 def convex_constants(config, fed, sim, masks: np.ndarray) -> dict[str, np.ndarray]:
   """Exact per-draw constants of a convex task's honest objective L_S (`[S]` each): `optimum`
-  L_S* (damped Newton from 0, with its certificate `optimum_gradient_norm`), `pl` μ_S = λ (exact:
-  the logits are invariant to adding one vector to every class column, whose curvature is λ), and
-  `smoothness` L_S: for two classes exact, λ_max of ∇²L_S(0) (theory.convex.curvature); for more,
-  the valid bound λ + ½λ_max((1/|S|) Σ_{i∈S} (1/m_i) Σ_j x̃_j x̃_jᵀ) (`smoothness_exact` says
-  which)."""
+  L_S* (damped Newton from 0, with its certificate `optimum_gradient_norm`), `smoothness` L_S and
+  `pl` μ_S (`smoothness_exact` says whether L_S is exact or a bound):
+  - least squares: the constant Hessian (1/|S|) Σ_{i∈S} (1/m_i) X̃_iᵀX̃_i + λI (x̃ = (x, 1))
+    gives L_S = λ_max and μ_S = λ_min exactly (theory.convex.curvature); a λ_min within float32
+    rounding of 0 (≤ d·ε·λ_max) is reported as μ_S = 0 (no μ-PL bound: `per_draw` marks it);
+  - ℓ2 logistic regression: μ_S = λ (exact: the logits are invariant to adding one vector to
+    every class column, whose curvature is λ), L_S for two classes exact, λ_max of ∇²L_S(0); for
+    more, the valid bound λ + ½λ_max((1/|S|) Σ_{i∈S} (1/m_i) Σ_j x̃_j x̃_jᵀ)."""
   losses = _client_losses(sim, fed)
   theta0 = jnp.zeros((sim.num_params,), jnp.float32)
   masks = np.asarray(masks, bool)
   optima = convex.honest_optima(losses, theta0, masks)
   l2 = float(config.training.l2)
-  if fed.num_classes == 2:
+  pl = np.full(len(masks), l2)
+  if is_least_squares(config):
+    smoothness, smallest = convex.curvature(losses, theta0, masks)
+    resolution = sim.num_params * np.finfo(np.float32).eps * smoothness
+    pl = np.where(smallest <= resolution, 0.0, smallest)  # NaN (no honest client) stays NaN
+    exact = True
+  elif fed.num_classes == 2:
     smoothness, _ = convex.curvature(losses, theta0, masks)
     exact = True
   else:
@@ -105,7 +125,7 @@ def convex_constants(config, fed, sim, masks: np.ndarray) -> dict[str, np.ndarra
                            for a in per_set])
     exact = False
   return {"optimum": optima["value"], "optimum_gradient_norm": optima["gradient_norm"],
-          "smoothness": np.asarray(smoothness, np.float64), "pl": np.full(len(masks), l2),
+          "smoothness": np.asarray(smoothness, np.float64), "pl": np.asarray(pl, np.float64),
           "smoothness_exact": exact}
 
 
@@ -152,7 +172,8 @@ def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
   convex = exact is not None
   if convex:
     smooth = np.asarray(exact["smoothness"], np.float64)
-    pl = np.asarray(exact["pl"], np.float64)
+    pl_zero = np.asarray(exact["pl"], np.float64) == 0  # no μ-PL bound: the draw is invalid
+    pl = np.where(pl_zero, np.nan, np.asarray(exact["pl"], np.float64))
     optimum = np.asarray(exact["optimum"], np.float64)
     gap0 = loss[0] - optimum
     error = loss[-1] - optimum
@@ -167,7 +188,7 @@ def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
   step_ok = np.ones(len(counts), bool)
   smooth_used = smooth
   if prem["dgd"]:
-    step_ok = prem["step"] <= 1.0 / smooth
+    step_ok = prem["step"] * smooth <= 1.0
     smooth_used = np.maximum(smooth, 1.0 / prem["step"])
 
   def evaluate(kappa):
@@ -191,6 +212,8 @@ def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
     reasons = {"b_gt_f": counts > f, "undefined": ~np.isfinite(values["g2"]),
                "step_gt_1_over_L": ~step_ok,
                "kappa_b2_ge_1": ~((np.inf if kappa is None else kappa) * values["b2"] < 1)}
+    if convex:
+      reasons["pl_constant_zero"] = pl_zero
     valid = ~np.any(np.stack(list(reasons.values())), axis=0)
     return valid, reasons
 
@@ -210,8 +233,9 @@ def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
     out["tightness"] = np.where(valid, main["bound"] / out["error"], np.nan)
     out["tightness_plugin"] = np.where(valid_plugin, plugin["bound"] / out["error"], np.nan)
     if convex:
-      out["lower_bound"] = (LOWER_BOUND_CONSTANT * bounds.lower_bound_rate(f, n, pair["b2"])
-                            * pair["g2"] / pl)
+      # The order of the lower bound on any algorithm's error, f/(n − (2 + B²)f)·G²/μ, without
+      # its constant (not checked against the paper from here; see REFERENCE.md).
+      out["lower_bound_order"] = bounds.lower_bound_rate(f, n, pair["b2"]) * pair["g2"] / pl
   return out
 
 
@@ -252,6 +276,6 @@ def summarize(theory: dict, counts: np.ndarray, f: int) -> dict:
       "violations_plugin": int(np.sum(theory["valid_plugin"]
                                       & (theory["bound_plugin"] < error))),
   }
-  if "lower_bound" in theory:
-    out["lower_bound"] = _stats(theory["lower_bound"], valid)
+  if "lower_bound_order" in theory:
+    out["lower_bound_order"] = _stats(theory["lower_bound_order"], valid)
   return out
