@@ -254,7 +254,9 @@ def format_theory(summary: dict) -> str:
           "bound (κ̂ ≤ κ, so the plug-in bound is no guarantee)"
           + ("." if exact else "; the theorem's premises are not all met or L is estimated, so "
              "this is not a counterexample."))
-    extra = f"P(breakdown: f/n ≥ 1/(2 + B²)) = {t['p_breakdown']:.3f}"
+    extra = (f"P(breakdown: f/n ≥ 1/(2 + B₀²), B₀² = max_t h_t/u_t) = {t['p_breakdown']:.3f}"
+             + (f"; {t['error_nonpositive']} valid draw(s) with measured error ≤ 0 (rounding; "
+                "no tightness)" if t.get("error_nonpositive") else ""))
     if "lower_bound_order" in t:
       extra += (f"; lower-bound order f/(n − (2 + B²)f)·G²/μ (constant omitted) over valid "
                 f"draws: mean {_g(t['lower_bound_order']['mean'])}")

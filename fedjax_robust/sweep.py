@@ -561,13 +561,14 @@ def theory_table(rows: list[dict]) -> str:
 
 
 def plot_theory(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
-                worst_label: str = "worst_case", subtitle: str = "",
-                log: Callable[[str], None] = print) -> list[str]:
+                worst_label: str = "worst_case", worst_name: str = "",
+                subtitle: str = "", log: Callable[[str], None] = print) -> list[str]:
   """Two PNGs of the theory beside the measurement:
   - `theory_vs_experiment.png`: a panel per `series` (the rule): against tag `x` (corruption),
     the measured E[error] (solid, one line per μ_H `style`), the predicted E[bound | valid]
     (dashed, same colour) and, for the `worst_label` style, the bound and the measured error at
-    that honest set (black); log scale;
+    that honest set (black), named `worst_name` (default: worst_case.short_name of the final-loss
+    criterion; pass the proxy's name when the sweep used the heterogeneity criterion); log scale;
   - `tightness.png`: histograms of per-draw tightness bound/measured (valid draws, all points of
     a rule pooled; log scale), with the published κ and with the plug-in κ̂, a panel per rule.
   """
@@ -582,6 +583,8 @@ def plot_theory(rows: list[dict], workdir: str, *, x: str, series: str, style: s
   styles = list(dict.fromkeys(e[style] for e in points.values()))
   colors = {st: f"C{i}" for i, st in enumerate(st for st in styles if st != worst_label)}
   paths = []
+
+  worst_name = worst_name or worst_case.short_name("final_loss")
 
   def save(fig, name, title):
     width = int(12.5 * fig.get_size_inches()[0])
@@ -609,8 +612,8 @@ def plot_theory(rows: list[dict], workdir: str, *, x: str, series: str, style: s
       bound = [e.get((f"theory_bound{suffix}", "mean"), np.nan) for _, e in pts]
       which = " (plug-in κ̂)" if plugin else ""
       if st == worst_label:
-        ax.plot(xs, measured, "k-x", label=f"measured error at the {st} set")
-        ax.plot(xs, bound, "k--x", label=f"bound{which} at the {st} set")
+        ax.plot(xs, measured, "k-x", label=f"measured error at the {worst_name} set")
+        ax.plot(xs, bound, "k--x", label=f"bound{which} at the {worst_name} set")
       else:
         ax.plot(xs, measured, "-o", color=colors[st],
                 label=f"E[measured error | valid], {style}={st}")
@@ -625,7 +628,7 @@ def plot_theory(rows: list[dict], workdir: str, *, x: str, series: str, style: s
   save(fig, "theory_vs_experiment.png",
        "measured expected error vs predicted expected bound, both over the valid draws (b ≤ f, "
        "κB² < 1; the error is L_S(θ_T) − L_S* on convex tasks, else (1/T)Σ‖∇L_S‖²), and the "
-       "bound and error at the worst-case honest set, as corruption grows; the bound uses the "
+       f"bound and error at the {worst_name} set, as corruption grows; the bound uses the "
        "published κ, or the measured κ̂ (plug-in) where no κ is published")
 
   fig, axes = plt.subplots(1, len(series_values), figsize=(max(8, 4.4 * len(series_values)), 4),
@@ -648,7 +651,7 @@ def plot_theory(rows: list[dict], workdir: str, *, x: str, series: str, style: s
     for (key, parts), color, label in zip(ratios.items(), ("C0", "C1"),
                                           ("published κ", "plug-in κ̂")):
       values = np.concatenate(parts) if parts else np.array([])
-      values = values[np.isfinite(values) & (values > 0)]
+      values = values[np.isfinite(values)]  # undefined (NaN) where not valid or error ≤ 0
       counts.append(values.size)
       if values.size:
         ax.hist(values, bins=np.geomspace(values.min(), values.max() * 1.0001, 30), color=color,

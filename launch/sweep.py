@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 
 from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust import worst_case  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(ROOT, "configs", "sweep_core.py")
 _CONFIG = errors.define_config_flag(
@@ -78,8 +79,10 @@ def main(argv):
     print("\nTheory beside experiment (bound: robust D-GD with the published κ; tightness = "
           "bound / measured over valid draws; viol = valid draws with bound < measured)")
     print(theory)
-    paths += sweep.plot_theory(rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
-                               style=config.plot.style, subtitle=subtitle, log=log)
+    paths += sweep.plot_theory(
+        rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
+        style=config.plot.style, subtitle=subtitle, log=log,
+        worst_name=worst_case.short_name(config.base.honest_set_options.worst_case.criterion))
   print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.csv')}, timings.csv" +
         "".join(f", {os.path.basename(p)}" for p in paths))
 

@@ -224,3 +224,22 @@ def test_theory_reaches_summary_draws_csv_and_the_sweep(tmp_path):
       t["bound"].tolist(), nan_ok=True)
   summary = results.summarize(exp)["aggregators"]["trimmed_mean"]["theory"]
   assert summary["p_invalid"] == pytest.approx(np.mean(~t["valid"]))
+
+
+def test_convex_constants_follow_the_data_not_the_cached_simulator():
+  """A cached simulator does not depend on the seed, the synthetic data do: the exact L_S* must be
+  solved on each run's own data (a cache keyed by the simulator alone reused the first data)."""
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  values = []
+  for seed in (0, 1):
+    c = _convex_config(samples=8)
+    c.seed = seed
+    fed = config_lib.make_data(c)
+    sim = experiment.simulator(c, "trimmed_mean", fed)
+    masks = np.ones((8, c.num_clients), bool)
+    got = report.convex_constants(c, fed, sim, masks)["optimum"][0]
+    want = report.convex.minimize(lambda t: jnp.mean(sim.client_metrics(t, fed.train)[0]),
+                                  jnp.zeros(sim.num_params))[1]
+    assert got == pytest.approx(float(want), rel=1e-5)
+    values.append(got)
+  assert values[0] != values[1]

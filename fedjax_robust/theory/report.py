@@ -22,8 +22,11 @@ gets its bound computed, as a reference value, and `premises` says which assumpt
 D-GD the step is η = client_lr·server_lr; a draw with η ≤ 1/L_S uses L = 1/η in the bound (an
 L_S-smooth function is (1/η)-smooth), a draw with η > 1/L_S is invalid (step too large).
 
-Validity per draw (REFERENCE.md): b ≤ f and κB² < 1, plus the step condition under D-GD, and
-μ_S > 0 on a convex task.
+Validity per draw (REFERENCE.md): b ≤ f and κB² < 1, plus the step condition under D-GD, L and
+G² defined, and μ_S > 0 on a convex task. A diverged draw's error is +inf (never dropped from
+E[error]); tightness is left undefined where the measured error is ≤ 0 (rounding), and those
+draws are counted. Breakdown is judged at B₀² = max_t h_t/u_t, the B² of the draw's (0, B₀)
+certificate.
 κ: the published upper bound for the pipeline (`aggregators.robustness.kappa_upper_bound`) gives
 `bound`; the κ̂ measured in the run (max ratio over rounds and draws with b = f) gives
 `bound_plugin`, a plug-in value available for every rule (not a guarantee: κ̂ ≤ κ).
@@ -32,6 +35,7 @@ Validity per draw (REFERENCE.md): b ≤ f and κB² < 1, plus the step condition
 from __future__ import annotations
 
 from typing import Any
+import hashlib
 import warnings
 
 import jax.numpy as jnp
@@ -41,6 +45,7 @@ from fedjax_robust import evaluation
 from fedjax_robust.aggregators import robustness as published
 from fedjax_robust.theory import bounds
 from fedjax_robust.theory import convex
+from fedjax_robust.theory import heterogeneity
 from fedjax_robust.theory import robustness as measured
 
 TIGHTNESS_QUANTILES = (0.1, 0.5, 0.9)
@@ -76,17 +81,25 @@ def is_least_squares(config) -> bool:
   return config.model == "linear_regression"
 
 
-# One `client_losses` function per simulator, so theory.convex's compiled solvers (cached per
-# function) are reused across runs and sweep points: a cached simulator (experiment.simulator)
-# is keyed by the whole data configuration, so its data are the same every time.
-_LOSSES: dict[int, tuple[Any, Any]] = {}
+# One `client_losses` function per (simulator, training data content), so theory.convex's
+# compiled solvers (cached per function) are reused across runs and sweep points on the same data,
+# and never applied to other data (a cached simulator does not depend on the seed, the data do).
+_LOSSES: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def _data_digest(train) -> str:
+  digest = hashlib.sha256()
+  for a in (train.x, train.y, train.counts):
+    digest.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+  return digest.hexdigest()
 
 
 def _client_losses(sim, fed):
-  if id(sim) not in _LOSSES or _LOSSES[id(sim)][0] is not sim:
+  key = (id(sim), _data_digest(fed.train))
+  if key not in _LOSSES or _LOSSES[key][0] is not sim:
     train = fed.train
-    _LOSSES[id(sim)] = (sim, lambda theta: sim.client_metrics(theta, train)[0])
-  return _LOSSES[id(sim)][1]
+    _LOSSES[key] = (sim, lambda theta: sim.client_metrics(theta, train)[0])
+  return _LOSSES[key][1]
 
 
 def convex_constants(config, fed, sim, masks: np.ndarray) -> dict[str, np.ndarray]:
@@ -101,14 +114,18 @@ def convex_constants(config, fed, sim, masks: np.ndarray) -> dict[str, np.ndarra
     more, the valid bound λ + ½λ_max((1/|S|) Σ_{i∈S} (1/m_i) Σ_j x̃_j x̃_jᵀ)."""
   losses = _client_losses(sim, fed)
   theta0 = jnp.zeros((sim.num_params,), jnp.float32)
-  masks = np.asarray(masks, bool)
+  # Each distinct honest set solved once (a worst-case run repeats one mask S times).
+  masks, inverse = np.unique(np.asarray(masks, bool), axis=0, return_inverse=True)
+  inverse = inverse.reshape(-1)
   optima = convex.honest_optima(losses, theta0, masks)
   l2 = float(config.training.l2)
   pl = np.full(len(masks), l2)
   if is_least_squares(config):
     smoothness, smallest = convex.curvature(losses, theta0, masks)
     resolution = sim.num_params * np.finfo(np.float32).eps * smoothness
-    pl = np.where(smallest <= resolution, 0.0, smallest)  # NaN (no honest client) stays NaN
+    # Within rounding of 0: μ_S = λ (exact, the ℓ2 term), 0 without it. NaN (no honest client)
+    # stays NaN.
+    pl = np.where(smallest <= resolution, l2, smallest)
     exact = True
   elif fed.num_classes == 2:
     smoothness, _ = convex.curvature(losses, theta0, masks)
@@ -124,9 +141,10 @@ def convex_constants(config, fed, sim, masks: np.ndarray) -> dict[str, np.ndarra
     smoothness = np.array([convex.softmax_smoothness_bound(float(np.linalg.eigvalsh(a)[-1]), l2)
                            for a in per_set])
     exact = False
-  return {"optimum": optima["value"], "optimum_gradient_norm": optima["gradient_norm"],
-          "smoothness": np.asarray(smoothness, np.float64), "pl": np.asarray(pl, np.float64),
-          "smoothness_exact": exact}
+  return {"optimum": optima["value"][inverse],
+          "optimum_gradient_norm": optima["gradient_norm"][inverse],
+          "smoothness": np.asarray(smoothness, np.float64)[inverse],
+          "pl": np.asarray(pl, np.float64)[inverse], "smoothness_exact": exact}
 
 
 def objectives(config, fed, sim, masks: np.ndarray, weights: np.ndarray | None = None) -> dict:
@@ -185,10 +203,15 @@ def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
     gap0 = loss[0]  # L_S* ≥ 0 for cross-entropy: an upper bound on L_S(θ_0) − L_S*
     error = np.mean(u[:-1], axis=0) if u.shape[0] > 1 else u[0]
     error_kind = "gradient_norm"
+  # Diverged draws: their error is +inf (as their honest loss), never dropped from E[error].
+  diverged = (np.asarray(run.metrics["diverged"][-1]) > 0 if "diverged" in run.metrics
+              else np.zeros(len(counts), bool))
+  empty = counts == n
+  error = np.where(empty, np.nan, np.where(diverged, np.inf, error))
   step_ok = np.ones(len(counts), bool)
   smooth_used = smooth
   if prem["dgd"]:
-    step_ok = prem["step"] * smooth <= 1.0
+    step_ok = ~(prem["step"] * smooth > 1.0)  # an undefined L is its own reason, below
     smooth_used = np.maximum(smooth, 1.0 / prem["step"])
 
   def evaluate(kappa):
@@ -203,13 +226,26 @@ def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
 
   main = evaluate(kappa_up)
   plugin = evaluate(kappas["kappa_hat"])
-  # The heterogeneity pair of the draw, independent of κ: from the published κ when there is
-  # one, else from κ̂.
-  pair = main if kappa_up is not None else plugin
-  defined = np.isfinite(pair["g2"])
+  g2_at_b0 = heterogeneity.dissimilarity(h, u, np.zeros(1))[0]
+  defined = np.isfinite(g2_at_b0)
+  # The draw's (G², B²) pair: the one minimizing the bound with the published κ, else with κ̂,
+  # else (no κ at all) the pair at B² = 0.
+  if kappa_up is not None:
+    pair = main
+  elif np.isfinite(kappas["kappa_hat"]):
+    pair = plugin
+  else:
+    pair = {"g2": g2_at_b0, "b2": np.where(defined, 0.0, np.nan)}
+  # Breakdown (f/n ≥ 1/(2 + B²)) at B₀² = max_t h_t/u_t, the B² of the draw's (0, B₀)
+  # certificate: independent of κ (a B² from the κ grid is < 1/κ ≤ (n − 2f)/f and would never
+  # reach the breakdown point).
+  with np.errstate(divide="ignore", invalid="ignore"):
+    b0 = np.max(np.where(h > 0, h / u, 0.0), axis=0)
+  b0 = np.where(defined, b0, np.nan)
 
   def validity(kappa, values):
     reasons = {"b_gt_f": counts > f, "undefined": ~np.isfinite(values["g2"]),
+               "smoothness_undefined": ~np.isfinite(smooth),
                "step_gt_1_over_L": ~step_ok,
                "kappa_b2_ge_1": ~((np.inf if kappa is None else kappa) * values["b2"] < 1)}
     if convex:
@@ -223,15 +259,18 @@ def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
       "error_kind": error_kind, "premises": prem, "convex": convex,
       "kappa": {**bounds_info, **kappas},
       "kappa_ratio": kappa_ratio, "g2": pair["g2"], "b2": pair["b2"],
-      "g2_at_b0": pair["g2_at_b0"], "smoothness": smooth,
-      "error": np.where(defined, error, np.nan),
+      "g2_at_b0": g2_at_b0, "b2_zero_g": b0, "smoothness": smooth, "error": error,
       "bound": main["bound"], "valid": valid, "invalid_reasons": reasons,
       "bound_plugin": plugin["bound"], "valid_plugin": valid_plugin,
-      "breakdown": bounds.breakdown(f, n, pair["b2"]) & defined,
+      "breakdown": bounds.breakdown(f, n, b0) & defined,
   }
+  # Tightness only where the measured error is positive and finite: a float32 excess loss at
+  # rounding level (≤ 0) has no meaningful ratio; such draws are counted (`error_nonpositive`).
+  measurable = np.isfinite(error) & (error > 0)
   with np.errstate(divide="ignore", invalid="ignore"):
-    out["tightness"] = np.where(valid, main["bound"] / out["error"], np.nan)
-    out["tightness_plugin"] = np.where(valid_plugin, plugin["bound"] / out["error"], np.nan)
+    out["tightness"] = np.where(valid & measurable, main["bound"] / error, np.nan)
+    out["tightness_plugin"] = np.where(valid_plugin & measurable, plugin["bound"] / error,
+                                       np.nan)
     if convex:
       # The order of the lower bound on any algorithm's error, f/(n − (2 + B²)f)·G²/μ, without
       # its constant (not checked against the paper from here; see REFERENCE.md).
@@ -269,6 +308,7 @@ def summarize(theory: dict, counts: np.ndarray, f: int) -> dict:
       "error_given_b_le_f": _stats(error, within),
       "tightness": _stats(theory["tightness"], None, tq),
       "violations": int(np.sum(valid & (theory["bound"] < error))),
+      "error_nonpositive": int(np.sum(valid & (error <= 0))),
       "p_invalid_plugin": float(np.mean(~theory["valid_plugin"])),
       "bound_plugin_given_valid": _stats(theory["bound_plugin"], theory["valid_plugin"], tq),
       "error_given_valid_plugin": _stats(error, theory["valid_plugin"]),
