@@ -49,6 +49,7 @@ def test_worst_case_experiment_by_heterogeneity():
   assert "mean: max-heterogeneity honest set (proxy" in results.format_table(summary)
 
 
+@pytest.mark.slow  # tests/test_worst_case.py covers the final-loss search by default
 def test_worst_case_by_final_loss_picks_the_most_damaging_byzantine_client():
   c = get_config()
   c.aggregator = "mean"
