@@ -36,10 +36,6 @@ import ml_collections
 
 from configs import sweep_core
 from fedjax_robust.config import base_config
-from fedjax_robust.sweep import Point
-from fedjax_robust.sweep import as_list
-from fedjax_robust.sweep import axis
-from fedjax_robust.sweep import product
 
 
 def base():
@@ -80,14 +76,8 @@ def get_config():
   return c
 
 
-def points(c):
-  """aggregator × corruption p × μ_H, f = round(p·n) (each axis a tuple or a comma-separated
-  string, as in configs/sweep_core.py)."""
-  n = c.base.num_clients
-  levels = [Point({"corruption": p, "mu_H": name},
-                  {"f": round(p * n), **sweep_core.mu_h_overrides(name, p)})
-            for p in as_list(c.grid.corruption, float) for name in as_list(c.grid.mu_h, str)]
-  return product(axis("aggregator", as_list(c.grid.aggregators, str)), levels)
+# aggregator × corruption p × μ_H with f = round(p·n), exactly as in configs/sweep_core.py.
+points = sweep_core.points
 
 
 def plot_note(c) -> str:

@@ -405,6 +405,19 @@ def describe(base, points: Sequence[Point], *, x: str | None = None, note: str =
   return ", ".join(parts) + (f". {note}" if note else "")
 
 
+def _figure_saver(plt, workdir: str, subtitle: str, paths: list[str]):
+  """`save(fig, name, title)`: titles the figure with `title` and `subtitle` (wrapped to its
+  width), writes `workdir/name` and appends the path to `paths`."""
+  def save(fig, name, title):
+    width = int(12.5 * fig.get_size_inches()[0])  # characters per line at fontsize 9
+    fig.suptitle("\n".join(textwrap.fill(t, width) for t in (title, subtitle) if t), fontsize=9)
+    fig.tight_layout()
+    paths.append(os.path.join(workdir, name))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+  return save
+
+
 def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
          metric: str = "honest_accuracy", worst_label: str = "worst_case", subtitle: str = "",
          log: Callable[[str], None] = print) -> list[str]:
@@ -440,13 +453,7 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
   style_colors = {st: f"C{i}" for i, st in enumerate(st for st in styles if st != worst_label)}
   paths = []
 
-  def save(fig, name, title):
-    width = int(12.5 * fig.get_size_inches()[0])  # characters per line at fontsize 9
-    fig.suptitle("\n".join(textwrap.fill(t, width) for t in (title, subtitle) if t), fontsize=9)
-    fig.tight_layout()
-    paths.append(os.path.join(workdir, name))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+  save = _figure_saver(plt, workdir, subtitle, paths)
 
   cols = min(len(series_values), 3)
   nrows = -(-len(series_values) // cols)
@@ -586,13 +593,7 @@ def plot_theory(rows: list[dict], workdir: str, *, x: str, series: str, style: s
 
   worst_name = worst_name or worst_case.short_name("final_loss")
 
-  def save(fig, name, title):
-    width = int(12.5 * fig.get_size_inches()[0])
-    fig.suptitle("\n".join(textwrap.fill(t, width) for t in (title, subtitle) if t), fontsize=9)
-    fig.tight_layout()
-    paths.append(os.path.join(workdir, name))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+  save = _figure_saver(plt, workdir, subtitle, paths)
 
   cols = min(len(series_values), 3)
   nrows = -(-len(series_values) // cols)
