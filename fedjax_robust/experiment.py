@@ -171,15 +171,15 @@ def chunk_size(config, num_params: int, num_samples: int, max_count: int | None 
   return align_draws(min(num_samples, max(fit, 1)))
 
 
-def _evaluate_in_groups(evaluate, params, masks, train, test_x, test_y) -> dict:
-  """`evaluate` (compiled for DRAW_ALIGNMENT draws) over `[W, ...]` draws, one group of
-  DRAW_ALIGNMENT at a time: the same compiled program whatever W, so evaluation metrics are
-  bit-identical across chunk sizes (XLA:CPU vectorizes the mean over the test set differently
-  at W = 8 and W = 24, and simplifies a one-trip `lax.map` differently from a longer one)."""
-  parts = [jax.device_get(evaluate(params[g:g + DRAW_ALIGNMENT], masks[g:g + DRAW_ALIGNMENT],
-                                   train, test_x, test_y))
+def _in_groups(fn, params, masks, *shared):
+  """`fn(params, masks, *shared)` (compiled for DRAW_ALIGNMENT draws) over `[W, ...]` draws, one
+  group of DRAW_ALIGNMENT at a time, outputs (an array or a dict of arrays) concatenated: the
+  same compiled program whatever W, so evaluation metrics are bit-identical across chunk sizes
+  (XLA:CPU vectorizes the mean over the test set differently at W = 8 and W = 24, and simplifies
+  a one-trip `lax.map` differently from a longer one)."""
+  parts = [jax.device_get(fn(params[g:g + DRAW_ALIGNMENT], masks[g:g + DRAW_ALIGNMENT], *shared))
            for g in range(0, params.shape[0], DRAW_ALIGNMENT)]
-  return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+  return jax.tree.map(lambda *p: np.concatenate([np.asarray(x) for x in p]), *parts)
 
 
 def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Array, *,
@@ -229,11 +229,11 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
     part_masks = _pad_to(masks[first:first + size], chunk)
     part_keys = _pad_to(all_keys[first:first + size], chunk)
     states = training.replicate(initial, chunk)
-    history = [_evaluate_in_groups(evaluate, states.params, part_masks, fed.train, *test)]
+    history = [_in_groups(evaluate, states.params, part_masks, fed.train, *test)]
     aux_history = []
     for step in range(num_steps):
       states, aux = advance(states, part_masks, part_keys, fed.train)
-      history.append(_evaluate_in_groups(evaluate, states.params, part_masks, fed.train, *test))
+      history.append(_in_groups(evaluate, states.params, part_masks, fed.train, *test))
       aux_history.append(jax.device_get(aux))
       if progress is not None:
         progress(part, step + 1, num_steps)
@@ -242,10 +242,7 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
     aux_parts.append({k: np.stack([np.asarray(a[k])[:size] for a in aux_history])
                       for k in (aux_history[0] if aux_history else {})})
     if smoothness is not None:
-      final_parts.append(np.concatenate([
-          np.asarray(jax.device_get(smoothness(states.params[g:g + DRAW_ALIGNMENT],
-                                               part_masks[g:g + DRAW_ALIGNMENT], fed.train)))
-          for g in range(0, chunk, DRAW_ALIGNMENT)])[:size])
+      final_parts.append(_in_groups(smoothness, states.params, part_masks, fed.train)[:size])
   run_seconds = time.perf_counter() - start
   return AggregatorRun(
       spec=spec,

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_robust.aggregators.minimum_diameter import subsets_of_size
+from fedjax_robust.theory import heterogeneity
 
 Score = Callable[[np.ndarray], np.ndarray]
 
@@ -144,19 +145,10 @@ def search(score: Score, num_clients: int, f: int, *, exhaustive_limit: int = 20
 
 
 def heterogeneity_score(gradients: jax.Array) -> Score:
-  """Batched var_S = (1/m) Σ_{i∈S} ‖g_i‖² − ‖(1/m) Σ_{i∈S} g_i‖², m = |S|, from the Gram matrix
-  of `gradients [n, d]` (centred first for precision)."""
-  g = jnp.asarray(gradients, jnp.float32)
-  g = g - jnp.mean(g, axis=0)
-  gram = np.asarray(g @ g.T, np.float64)
-  sq = np.diag(gram)
-
-  def score(masks: np.ndarray) -> np.ndarray:
-    h = np.asarray(masks, np.float64)
-    m = h.sum(1)
-    return (h @ sq) / m - np.einsum("kn,nm,km->k", h, gram, h) / m ** 2
-
-  return score
+  """Batched var_S = (1/m) Σ_{i∈S} ‖g_i − ḡ_S‖², m = |S|, of `gradients [n, d]`: h(S) of
+  `theory.heterogeneity` (the centred Gram form), for any batch of masks `[K, n]`."""
+  stats = heterogeneity.gram_statistics(jnp.asarray(gradients, jnp.float32))
+  return lambda masks: np.asarray(heterogeneity.set_statistics(stats, masks)[0], np.float64)
 
 
 def mean_over_seeds(losses: np.ndarray, num_seeds: int) -> np.ndarray:

@@ -74,7 +74,7 @@ def best_pair(kappa: float, heterogeneity_t: np.ndarray, gradient_sq_t: np.ndarr
               bound: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
   """Per draw, the (G², B²) on the grid κB² ∈ KAPPA_B2_GRID minimizing `bound(g2 [K, S], b2 [K, 1])`
   (the rest of the bound's arguments are bound by the caller), from h_t, u_t `[T, S]`. Returns
-  g2, b2, bound `[S]` (NaN where h or u is undefined), and g2_at_b0 (G² at B² = 0)."""
+  g2, b2, bound `[S]` (NaN where h or u is undefined)."""
   if not np.isfinite(kappa) or kappa <= 0:
     grid = np.zeros(1)
   else:
@@ -87,8 +87,7 @@ def best_pair(kappa: float, heterogeneity_t: np.ndarray, gradient_sq_t: np.ndarr
   defined = ~np.isnan(g2[0])
   return {"g2": np.where(defined, g2[best, cols], np.nan),
           "b2": np.where(defined, grid[best], np.nan),
-          "bound": np.where(defined, values[best, cols], np.nan),
-          "g2_at_b0": g2[0]}
+          "bound": np.where(defined, values[best, cols], np.nan)}
 
 
 def top_hessian_eigenvalue(objective: Callable[[jax.Array], jax.Array], theta: jax.Array, *,

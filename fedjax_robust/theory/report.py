@@ -138,8 +138,7 @@ def convex_constants(config, fed, sim, masks: np.ndarray) -> dict[str, np.ndarra
     moments = np.einsum("nmi,nmj->nij", xt, xt) / counts[:, None, None]   # [n, p, p]
     h = masks.astype(np.float64)
     per_set = np.einsum("sn,nij->sij", h, moments) / np.maximum(h.sum(1), 1)[:, None, None]
-    smoothness = np.array([convex.softmax_smoothness_bound(float(np.linalg.eigvalsh(a)[-1]), l2)
-                           for a in per_set])
+    smoothness = convex.softmax_smoothness_bound(np.linalg.eigvalsh(per_set)[:, -1], l2)
     exact = False
   return {"optimum": optima["value"][inverse],
           "optimum_gradient_norm": optima["gradient_norm"][inverse],
@@ -217,7 +216,7 @@ def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
   def evaluate(kappa):
     if kappa is None or not np.isfinite(kappa):
       nan = np.full(len(counts), np.nan)
-      return {"g2": nan, "b2": nan, "bound": nan, "g2_at_b0": nan}
+      return {"g2": nan, "b2": nan, "bound": nan}
     if convex:
       fn = lambda g2, b2: bounds.pl_bound(kappa, g2, b2, smooth_used, pl, gap0, T)
     else:
