@@ -9,6 +9,11 @@ Byzantine clients), `key` (randomized stages: a key per call, from the round's k
 (stateful stages: the state carried across rounds, here the previous aggregate), `weights`
 (client weights, for stages with a weighted form). Options are checked against the function's
 other keyword arguments.
+
+Stages may report scalar diagnostics (the pipeline's `aux`): "gm_iterations" (geometric
+median), "clipped_share" (every clipping stage: the share of rows it clipped, see
+`clipping.Clipped`). When two stages report the same name, the later one's is
+"<stage name>.<name>" (e.g. "centered_clipping.clipped_share" after static clipping).
 """
 
 from __future__ import annotations
@@ -27,11 +32,7 @@ from fedjax_robust.aggregators.averaging import mean
 from fedjax_robust.aggregators.bucketing import bucketing
 from fedjax_robust.aggregators.bucketing import bucketing_mean
 from fedjax_robust.aggregators.bulyan import bulyan
-from fedjax_robust.aggregators.clipping import adaptive_robust_clipping
-from fedjax_robust.aggregators.clipping import adaptive_robust_clipping_mean
-from fedjax_robust.aggregators.clipping import centered_clipping
-from fedjax_robust.aggregators.clipping import static_clipping
-from fedjax_robust.aggregators.clipping import static_clipping_mean
+from fedjax_robust.aggregators import clipping
 from fedjax_robust.aggregators.coordinatewise import coordinate_median
 from fedjax_robust.aggregators.coordinatewise import meamed
 from fedjax_robust.aggregators.coordinatewise import trimmed_mean
@@ -68,6 +69,13 @@ class _Entry:
 
 
 _SUBSETS = D.Int(1, note="the most subsets an exact search may enumerate")
+
+
+def _clipped_share(result: clipping.Clipped):
+  """Clipping rules report the share of rows they clipped (see `clipping.Clipped`)."""
+  return result.value, {"clipped_share": result.clipped_share}
+
+
 _RULES: dict[str, _Entry] = {
     "mean": _Entry(mean, "rule"),
     "coordinate_median": _Entry(coordinate_median, "rule"),
@@ -84,16 +92,23 @@ _RULES: dict[str, _Entry] = {
                                          domains={"max_subsets": _SUBSETS}),
     "monna": _Entry(monna, "rule", domains={"reference_index": D.Int(0, note="< n")}),
     "centered_clipping": _Entry(
-        centered_clipping, "rule",
+        clipping.centered_clipping_with_share, "rule", _clipped_share,
         domains={"tau": D.POSITIVE,
-                 "iterations": D.Int(1, note="0 would return the initial centre every round")}),
+                 "iterations": D.Int(1, note="0 would return the initial centre every round"),
+                 "tau_units": D.Choice(
+                     *clipping.TAU_UNITS,
+                     note="'published_momentum': τ of Karimireddy et al.'s code, for their "
+                     "momentum buffers; config.make_simulator converts it to update units, "
+                     "τ·client_lr·(1 − client_momentum)·local_steps")}),
     "bulyan": _Entry(bulyan, "rule"),
     "caf": _Entry(caf, "rule"),
     "smea": _Entry(smea, "rule", domains={"max_subsets": _SUBSETS}),
     "nearest_neighbor_mixing": _Entry(nearest_neighbor_mixing, "pre"),
     "bucketing": _Entry(bucketing, "pre", domains={"bucket_size": D.POSITIVE_INT}),
-    "static_clipping": _Entry(static_clipping, "pre", domains={"threshold": D.POSITIVE}),
-    "adaptive_robust_clipping": _Entry(adaptive_robust_clipping, "pre"),
+    "static_clipping": _Entry(clipping.static_clipping_with_share, "pre", _clipped_share,
+                              domains={"threshold": D.POSITIVE}),
+    "adaptive_robust_clipping": _Entry(clipping.adaptive_robust_clipping_with_share, "pre",
+                                       _clipped_share),
 }
 _ALIASES = {"nnm": "nearest_neighbor_mixing", "cwmed": "coordinate_median",
             "median": "coordinate_median", "cwtm": "trimmed_mean", "gm": "geometric_median",
@@ -105,10 +120,10 @@ _ALIASES = {"nnm": "nearest_neighbor_mixing", "cwmed": "coordinate_median",
 # A pre-aggregator followed by "mean" runs as one function that computes the same value without
 # building the pre-aggregator's `[n, d]` output (clipping then averaging: 2 reads instead of 4
 # reads and a write; bucketing then averaging: one matrix-vector product). It takes the pre-aggregator's options and the mean's `weights`.
-_FUSED_WITH_MEAN: dict[str, Callable[..., jax.Array]] = {
+_FUSED_WITH_MEAN: dict[str, Callable[..., Any]] = {
     "bucketing": bucketing_mean,
-    "static_clipping": static_clipping_mean,
-    "adaptive_robust_clipping": adaptive_robust_clipping_mean,
+    "static_clipping": clipping.static_clipping_mean_with_share,
+    "adaptive_robust_clipping": clipping.adaptive_robust_clipping_mean_with_share,
 }
 
 
@@ -237,7 +252,7 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
   if len(names_) >= 2 and names_[-1] == "mean" and names_[-2] in _FUSED_WITH_MEAN:
     pre = names_[-2]
     fused = _named_stage(pre, f, opts.get(pre, {}), weighted, True,
-                         entry=_Entry(_FUSED_WITH_MEAN[pre], "rule",
+                         entry=_Entry(_FUSED_WITH_MEAN[pre], "rule", _RULES[pre].split_aux,
                                       domains=_RULES[pre].domains))
     built[-2:] = [dataclasses.replace(fused, name=f"{pre}+mean")]
 
@@ -252,7 +267,8 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
     for stage, stage_state, k in zip(built, state, keys):
       updates, weights, s, stage_aux = stage.apply(updates, weights, stage_state, k)
       new_state.append(s)
-      aux.update(stage_aux)
+      for name, value in stage_aux.items():  # a second stage's same diagnostic: "stage.name"
+        aux[f"{stage.name}.{name}" if name in aux else name] = value
     return updates, tuple(new_state), aux
 
   return base.Aggregator(name="+".join(s.name for s in built), f=f, init=init, apply=apply)
