@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +30,16 @@ NAMES = sorted([*SOURCES, "synthetic"])
 class FederatedData:
   """Training data stacked per client, and a global test set for test accuracy.
 
-  `num_classes` is None for a regression task (float32 real-valued targets, no classes)."""
+  `holdout` is each client's held-out split (`holdout_split`), stacked like `train`: examples of
+  client i's own distribution that no client trains on, for held-out per-client metrics; None
+  when `holdout_fraction` is 0. `num_classes` is None for a regression task (float32
+  real-valued targets, no classes)."""
   name: str
   train: ClientData
   test_x: jax.Array
   test_y: jax.Array
   num_classes: int | None
+  holdout: ClientData | None = None
 
   @property
   def input_shape(self) -> tuple[int, ...]:
@@ -71,19 +77,62 @@ def check_partition(partition: str) -> None:
     raise ValueError(f"unknown partition {partition!r}; available: {', '.join(PARTITIONERS)}.")
 
 
+def holdout_size(count: int, fraction: float) -> int:
+  """Examples held out of a client with `count` examples: ⌊fraction·count⌋ (the product rounded
+  to 9 decimals first, so 0.29·100 gives 29, not 28), at least 1 when fraction > 0 and
+  count >= 2, and never all of them (every client keeps >= 1 training example)."""
+  if not 0 <= fraction < 1:
+    raise ValueError(f"holdout_fraction must lie in [0, 1), got {fraction!r}.")
+  if fraction == 0 or count < 2:
+    return 0
+  return min(max(math.floor(round(fraction * count, 9)), 1), count - 1)
+
+
+def holdout_split(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], fraction: float,
+                  seed: int) -> tuple[list, list, list, list]:
+  """Holds out `holdout_size(m_i, fraction)` of each client's examples, chosen uniformly without
+  replacement by a generator seeded from `seed` alone (a stream separate from the partition's,
+  so the partition does not change with the fraction). Returns (train_xs, train_ys,
+  holdout_xs, holdout_ys); both splits keep the client's original example order."""
+  rng = np.random.default_rng([seed, 0x401D])  # its own stream: (seed, "hold")
+  train_xs, train_ys, hold_xs, hold_ys = [], [], [], []
+  for x, y in zip(xs, ys):
+    held = np.zeros(len(y), bool)
+    held[rng.choice(len(y), holdout_size(len(y), fraction), replace=False)] = True
+    train_xs.append(x[~held])
+    train_ys.append(y[~held])
+    hold_xs.append(x[held])
+    hold_ys.append(y[held])
+  return train_xs, train_ys, hold_xs, hold_ys
+
+
+def _federated(name, xs, ys, test_x, test_y, num_classes_, holdout_fraction, seed):
+  """Stacks the clients' examples into a FederatedData, first holding out a split per client
+  when `holdout_fraction` > 0 (with 0 the training arrays are exactly the stacked inputs)."""
+  if not 0 <= holdout_fraction < 1:
+    raise ValueError(f"holdout_fraction must lie in [0, 1), got {holdout_fraction!r}.")
+  holdout = None
+  if holdout_fraction > 0:
+    xs, ys, hold_xs, hold_ys = holdout_split(xs, ys, holdout_fraction, seed)
+    holdout = stack_clients(hold_xs, hold_ys)
+  return FederatedData(name, stack_clients(xs, ys), jnp.asarray(test_x), jnp.asarray(test_y),
+                       num_classes_, holdout)
+
+
 def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: float = 1.0,
          shards_per_client: int = 2, gamma: float = 0.5, min_size: int = 1,
          test_fraction: float = 0.2, data_dir: str | None = None, seed: int = 0,
          synthetic_examples_per_client: int = 100, synthetic_dim: int = 60,
          synthetic_num_classes: int = 10, synthetic_alpha: float = 1.0,
          synthetic_beta: float = 1.0, synthetic_task: str = "classification",
-         synthetic_noise: float = 0.0) -> FederatedData:
+         synthetic_noise: float = 0.0, holdout_fraction: float = 0.0) -> FederatedData:
   """Loads a data set and distributes its training split over `num_clients` clients.
 
   `synthetic` is generated per client (its heterogeneity comes from `synthetic_alpha/beta`, not
   from `partition`), a classification or least-squares regression task (`synthetic_task`, the
   regression targets with noise std `synthetic_noise`); every other source is partitioned by
-  `partition` with its options.
+  `partition` with its options. With `holdout_fraction` > 0 each client's examples are then
+  split into training and held-out examples (`holdout_split`, `FederatedData.holdout`).
   """
   check_name(name)
   check_partition(partition)
@@ -92,13 +141,13 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
         num_clients, examples_per_client=synthetic_examples_per_client, dim=synthetic_dim,
         num_classes=synthetic_num_classes, alpha=synthetic_alpha, beta=synthetic_beta,
         test_fraction=test_fraction, seed=seed, task=synthetic_task, noise=synthetic_noise)
-    return FederatedData(name, stack_clients(xs, ys), jnp.asarray(test_x), jnp.asarray(test_y),
-                         num_classes(name, synthetic_num_classes, synthetic_task))
+    return _federated(name, xs, ys, test_x, test_y,
+                      num_classes(name, synthetic_num_classes, synthetic_task),
+                      holdout_fraction, seed)
   source = SOURCES[name](test_fraction=test_fraction, seed=seed, data_dir=data_dir)
   options = {"dirichlet": {"alpha": alpha}, "shards": {"shards_per_client": shards_per_client},
              "gamma_similarity": {"gamma": gamma}, "iid": {}}[partition]
   parts = PARTITIONERS[partition](source.y_train, num_clients, np.random.default_rng(seed),
                                   min_size=min_size, **options)
-  train = stack_clients([source.x_train[p] for p in parts], [source.y_train[p] for p in parts])
-  return FederatedData(name, train, jnp.asarray(source.x_test), jnp.asarray(source.y_test),
-                       source.num_classes)
+  return _federated(name, [source.x_train[p] for p in parts], [source.y_train[p] for p in parts],
+                    source.x_test, source.y_test, source.num_classes, holdout_fraction, seed)

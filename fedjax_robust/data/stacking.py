@@ -16,7 +16,7 @@ import numpy as np
 class ClientData(NamedTuple):
   x: jax.Array       # [n, m_max, *input_shape] float32
   y: jax.Array       # [n, m_max] int32 class labels, or float32 targets (regression)
-  counts: jax.Array  # [n] int32, >= 1
+  counts: jax.Array  # [n] int32, >= 1 for training data (a held-out split may have 0)
 
   @property
   def num_clients(self) -> int:
@@ -34,7 +34,7 @@ def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> ClientD
   if len(xs) != len(ys) or not xs:
     raise ValueError(f"need one label array per client, got {len(xs)} inputs and {len(ys)} labels.")
   counts = np.array([len(y) for y in ys], np.int32)
-  m_max = int(counts.max())
+  m_max = max(int(counts.max()), 1)  # >= 1 even when every client is empty (a held-out split)
   x = np.zeros((len(xs), m_max, *xs[0].shape[1:]), np.float32)
   real = np.issubdtype(np.asarray(ys[0]).dtype, np.floating)
   y = np.zeros((len(ys), m_max), np.float32 if real else np.int32)
