@@ -50,6 +50,9 @@ def get_config():
   c.base = default.get_config()
   c.base.num_samples = 64
   c.base.training.num_rounds = 100
+  # L_S* differs by draw, so the excess loss L_S(θ̂_S) − L_S* (and the baseline without
+  # Byzantine clients, paired with each point's draws) is on by default.
+  c.base.estimators.honest_optimum = True
   # Each axis: a tuple, or (from the command line) one comma-separated string; see points().
   c.grid = ml_collections.ConfigDict({
       "aggregators": ("mean", "trimmed_mean", "geometric_median", "nnm+trimmed_mean",

@@ -21,6 +21,7 @@ from fedjax_robust import aggregators
 from fedjax_robust import attacks
 from fedjax_robust import domains as D
 from fedjax_robust import errors
+from fedjax_robust import evaluation
 from fedjax_robust import data as data_lib
 from fedjax_robust.errors import ConfigError
 from fedjax_robust import graphs
@@ -91,6 +92,16 @@ def base_config() -> ml_collections.ConfigDict:
   # L_S(θ̂_S) − L_S*), and the oracle trained on the exact expected objective Σ w_i L_i
   # (independent μ_H only).
   c.estimators = ml_collections.ConfigDict({"honest_optimum": False, "oracle": False})
+  # Keep only draws of μ_H whose realized b satisfies a condition (rejection, per draw):
+  # "b_le_f" (the declared f holds), "b_eq_f" (exactly f Byzantine clients, placed by μ_H: the
+  # expected case beside the worst case at the same b), "honest_majority" (b < n/2), "none".
+  c.draw_condition = "none"
+  # What the tables and summaries show: the interval beside each mean ("bca" or "percentile"
+  # bootstrap, or "normal"), the bootstrap's resamples, and the paired comparisons: "" = every
+  # aggregator against the first (and against the honest-only baseline when
+  # estimators.honest_optimum is on), "none", or comma-separated pairs "a:b" (a − b).
+  c.report = ml_collections.ConfigDict({"interval": "bca", "bootstrap_resamples": 4999,
+                                        "compare": ""})
   c.model = "mlp"
   c.model_options = ml_collections.ConfigDict({
       "linear_regression": {}, "logistic": {}, "mlp": {"hidden": (32,)},
@@ -105,6 +116,10 @@ def base_config() -> ml_collections.ConfigDict:
       # The synthetic task: "classification", or "regression" (least squares: real targets
       # y = x·w_i + b_i + noise of std synthetic_noise, for model="linear_regression").
       "synthetic_task": "classification", "synthetic_noise": 0.1,
+      # Share of each client's examples held out of training (⌊fraction·m_i⌋, at least 1 of a
+      # client with m_i >= 2, never all): the honest_holdout_* metrics are measured on them.
+      # 0: no held-out split (honest_* metrics are then in-sample only).
+      "holdout_fraction": 0.0,
   })
   c.training = ml_collections.ConfigDict({
       "num_rounds": 200, "eval_every": 10, "local_steps": 1, "batch_size": 32,
@@ -160,6 +175,11 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "graph.seed": D.NONNEGATIVE_INT,
     "estimators.honest_optimum": D.Bool(),
     "estimators.oracle": D.Bool(),
+    "draw_condition": D.Choice(*honest_sets.CONDITIONS),
+    "report.interval": D.Choice(*evaluation.INTERVALS),
+    "report.bootstrap_resamples": D.Int(100, note="bootstrap resamples per interval"),
+    "report.compare": D.Domain("str", note="'' (each against the first), 'none', or pairs "
+                               "'a:b,c:d' of aggregator specs ('honest_only' for the baseline)"),
     "model": D.Choice(*models.names()),
     "data.name": D.Choice(*data_lib.NAMES),
     "data.data_dir": D.Domain("str", optional=True),
@@ -176,6 +196,8 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "data.synthetic_beta": D.NONNEGATIVE,
     "data.synthetic_task": D.Choice(*data_lib.TASKS, note="regression: data.name='synthetic'"),
     "data.synthetic_noise": D.Float(0, note="std of the regression targets' noise"),
+    "data.holdout_fraction": D.Float(0, 1, high_open=True,
+                                     note="share of each client's examples held out; 0: none"),
     "training.num_rounds": D.POSITIVE_INT,
     "training.eval_every": D.Int(1, note="num_rounds must be a multiple"),
     "training.local_steps": D.POSITIVE_INT,
@@ -230,6 +252,40 @@ def _unknown_keys(config: Mapping[str, Any], schema: Mapping[str, Any], prefix: 
 
 def aggregator_specs(config) -> list[str]:
   return [s.strip() for s in config.aggregator.split(",") if s.strip()]
+
+
+HONEST_ONLY = "honest_only"  # the baseline without Byzantine clients, in `report.compare`
+
+
+def comparison_pairs(config) -> list[tuple[str, str]]:
+  """The paired comparisons (a, b) the tables show, meaning a − b on the same draws, from
+  `report.compare` (see base_config); raises ConfigError for a name that is not a configured
+  aggregator spec (or `honest_only` without estimators.honest_optimum)."""
+  specs = aggregator_specs(config)
+  text = config.report.compare.strip()
+  if text == "none":
+    return []
+  allowed = specs + ([HONEST_ONLY] if config.estimators.honest_optimum else [])
+  if not text:
+    pairs = [(s, specs[0]) for s in specs[1:]]
+    if config.estimators.honest_optimum:
+      pairs += [(s, HONEST_ONLY) for s in specs]
+    return pairs
+  pairs = []
+  for item in text.split(","):
+    parts = [x.strip() for x in item.split(":")]
+    if len(parts) != 2 or not all(parts):
+      raise ConfigError(f"report.compare={text!r}: {item!r} is not a pair 'a:b' of aggregator "
+                        "specs; allowed: '', 'none', or comma-separated pairs 'a:b'.")
+    for name in parts:
+      if name not in allowed:
+        raise ConfigError(
+            f"report.compare={text!r}: {name!r} is not a configured aggregator; allowed: "
+            f"{', '.join(allowed)}"
+            + ("" if config.estimators.honest_optimum else
+               f" ({HONEST_ONLY!r} needs estimators.honest_optimum=True)") + ".")
+    pairs.append(tuple(parts))
+  return pairs
 
 
 def honest_set_spec(config) -> dict[str, Any]:
@@ -287,9 +343,14 @@ def _validate(config) -> None:
   if not specs:
     raise ConfigError(f"config.aggregator names no aggregator: {config.aggregator!r}.")
   for spec in specs:
-    agg = aggregators.get(spec, f=f, options=config.aggregator_options.to_dict(),
+    agg = aggregators.get(spec, f=f, options=aggregator_options(config),
                           weighted=config.training.weighted_aggregation)
     jax.eval_shape(agg, jax.ShapeDtypeStruct((n, 4), np.float32))  # trace-time checks of n, f
+  comparison_pairs(config)
+  if config.draw_condition != "none" and config.honest_set == "worst_case":
+    raise ConfigError(f"draw_condition={config.draw_condition!r} conditions draws of a random "
+                      "μ_H; honest_set='worst_case' repeats one set with b = f. Allowed with "
+                      "worst_case: 'none'.")
   _validate_task(config)
   num_classes = data_lib.num_classes(config.data.name, config.data.synthetic_num_classes,
                                      config.data.synthetic_task)
@@ -304,8 +365,10 @@ def _validate(config) -> None:
   if config.attack == "alie" and (z_option is None or np.isnan(z_option)):
     z = float(attacks.alie_z(n, f))
     if z <= 0:
-      warnings.warn(f"ALIE's z from (n, f) = ({n}, {f}) is {z:.3g} <= 0: the attack sends the "
-                    "honest mean or less; set attack_options.alie.z to study a real attack.")
+      warnings.warn(f"ALIE's z from (n, f) = ({n}, {f}) is {z:.3g} <= 0: with b = f Byzantine "
+                    "clients the attack sends the honest mean or less (z is computed from each "
+                    "draw's realized b; the table reports the share of draws where it is ≤ 0); "
+                    "set attack_options.alie.z to study a real attack.")
   if config.attack == "mimic" and config.attack_options.mimic.index >= n:
     raise ConfigError(f"attack_options.mimic.index={config.attack_options.mimic.index} must be "
                       f"< num_clients={n}.")
@@ -368,7 +431,22 @@ def make_data(config) -> data_lib.FederatedData:
       synthetic_examples_per_client=d.synthetic_examples_per_client, synthetic_dim=d.synthetic_dim,
       synthetic_num_classes=d.synthetic_num_classes, synthetic_alpha=d.synthetic_alpha,
       synthetic_beta=d.synthetic_beta, synthetic_task=d.synthetic_task,
-      synthetic_noise=d.synthetic_noise)
+      synthetic_noise=d.synthetic_noise, holdout_fraction=d.holdout_fraction)
+
+
+def aggregator_options(config) -> dict[str, dict[str, Any]]:
+  """`config.aggregator_options` as the aggregators take them: centered clipping's τ given in
+  the published code's units (`tau_units="published_momentum"`, Karimireddy et al.'s worker
+  momentum buffers m = βm + g) becomes τ · client_lr · (1 − client_momentum) · local_steps in
+  update units (derivation: `aggregators.clipping.published_tau_in_update_units`)."""
+  options = config.aggregator_options.to_dict()
+  cc = options.get("centered_clipping", {})
+  if cc.get("tau_units") == "published_momentum":
+    t = config.training
+    cc["tau"] = aggregators.clipping.published_tau_in_update_units(
+        cc["tau"], lr=t.client_lr, momentum=t.client_momentum, local_steps=t.local_steps)
+    cc["tau_units"] = "update"
+  return options
 
 
 def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
@@ -393,7 +471,7 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
                      **config.model_options.get(config.model, {}))
   return training.Simulator(
       model=model,
-      aggregator=aggregators.get(spec, f=config.f, options=config.aggregator_options.to_dict(),
+      aggregator=aggregators.get(spec, f=config.f, options=aggregator_options(config),
                                  weighted=config.training.weighted_aggregation),
       weighted_aggregation=config.training.weighted_aggregation,
       attack=attacks.get(config.attack, num_classes=fed.num_classes,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from typing import Sequence
+import warnings
 
 import numpy as np
 
@@ -90,3 +91,168 @@ def count_law(counts: np.ndarray, num_clients: int, *, f: int,
                exact_mean=float(b @ exact_pmf),
                exact_p_exceeds_f=float(np.sum(exact_pmf[b > f])))
   return out
+
+
+# ------------------------------------------------------------------- intervals for heavy tails
+INTERVALS = ("normal", "bca", "percentile")
+INTERVAL_NAMES = {
+    "normal": "normal 95% CI (mean ± 1.96·sd/√k)",
+    "bca": "bootstrap BCa 95% CI",
+    "percentile": "bootstrap percentile 95% CI",
+}
+MEDIAN_INTERVAL_NAME = "exact order-statistic 95% CI (distribution-free)"
+
+
+def _defined(values) -> np.ndarray:
+  values = np.asarray(values, np.float64)
+  return values[~np.isnan(values)]
+
+
+def bootstrap_interval(values, statistic: str = "mean", *, method: str = "bca",
+                       confidence: float = 0.95, resamples: int = 4999,
+                       seed: int = 0) -> tuple[float, float, str]:
+  """A bootstrap CI (scipy.stats.bootstrap, `method` 'bca' or 'percentile', a fixed seed so the
+  same values give the same interval) of `statistic` ('mean', 'cvar90' upper tail, 'cvar90_low'
+  lower tail) over the defined (non-NaN) `values`. Undefined (NaN, NaN) with fewer than 2
+  values; (+inf, +inf) when a value is +inf (a diverged draw makes the mean and the upper CVaR
+  infinite); (c, c) when every value equals c (the bootstrap is degenerate but the statistic is
+  not). The third value is the method used: `method`, or 'percentile' where BCa is undefined
+  (all jackknife values equal)."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  if method not in ("bca", "percentile"):
+    raise ValueError(f"bootstrap method must be 'bca' or 'percentile', got {method!r}.")
+  x = _defined(values)
+  if x.size < 2:
+    return float("nan"), float("nan"), method
+  if statistic == "mean":
+    fn = lambda v, axis=-1: np.mean(v, axis=axis)
+  elif statistic in ("cvar90", "cvar90_low"):
+    k = int(np.ceil(0.1 * x.size - 1e-9))
+    sign = 1.0 if statistic == "cvar90" else -1.0
+    fn = lambda v, axis=-1: sign * np.mean(-np.sort(-sign * v, axis=axis)[..., :k], axis=axis)
+  else:
+    raise ValueError(f"bootstrap statistic must be 'mean', 'cvar90' or 'cvar90_low', got "
+                     f"{statistic!r}.")
+  if not np.all(np.isfinite(x)):
+    value = float(fn(x))
+    if not np.isfinite(value):
+      return value, value, method
+  if np.ptp(x) == 0:
+    return float(x[0]), float(x[0]), method
+  def run(how):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # BCa on degenerate jackknife values: NaN, handled below
+      res = scipy.stats.bootstrap((x,), fn, method=how, confidence_level=confidence,
+                                  n_resamples=resamples, vectorized=True,
+                                  random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+  lo, hi = run("BCa" if method == "bca" else "percentile")
+  if method == "bca" and (np.isnan(lo) or np.isnan(hi)):
+    # BCa's acceleration is undefined when the jackknife values are all equal (e.g. a CVaR of a
+    # few tied values): the percentile interval is given instead, and `intervals` says so.
+    lo, hi = run("percentile")
+    return lo, hi, "percentile"
+  return lo, hi, method
+
+
+def quantile_interval(values, q: float = 0.5, *,
+                      confidence: float = 0.95) -> tuple[float, float]:
+  """The exact distribution-free CI of the q-quantile from order statistics (binomial;
+  scipy.stats.quantile_test): valid for any continuous law, heavy tails and +inf values
+  (diverged draws) included. (NaN, NaN) where too few values exist for that confidence
+  (e.g. fewer than 6 for the median at 95%)."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  x = _defined(values)
+  if x.size == 0:
+    return float("nan"), float("nan")
+  ci = scipy.stats.quantile_test(x, q=float(np.quantile(x[np.isfinite(x)], q))
+                                 if np.any(np.isfinite(x)) else 0.0,
+                                 p=q).confidence_interval(confidence)
+  return float(ci.low), float(ci.high)
+
+
+def heavy_tail(values, *, worst: str = "max") -> bool:
+  """Whether the worst tail is heavy enough that a mean ± normal CI misleads: a value is
+  infinite (a diverged draw), or lies beyond Tukey's far-out fence (q75 + 3·IQR when worst is
+  'max', q25 − 3·IQR when 'min')."""
+  x = _defined(values)
+  if x.size < 4:
+    return False
+  if not np.all(np.isfinite(x)):
+    return True
+  q25, q75 = np.quantile(x, [0.25, 0.75])
+  iqr = q75 - q25
+  return bool(x.max() > q75 + 3 * iqr) if worst == "max" else bool(x.min() < q25 - 3 * iqr)
+
+
+def intervals(values, *, worst: str = "max", method: str = "bca",
+              resamples: int = 4999) -> dict:
+  """The intervals a table shows beside a mean: `mean_ci` by `method` ('normal': mean ±
+  1.96·sd/√k; 'bca'/'percentile': bootstrap), `median_ci` (exact order statistics), `cvar90_ci`
+  of the worst tail (bootstrap, or NaN with 'normal'), `heavy_tail`, and the names of the
+  intervals shown."""
+  if method not in INTERVALS:
+    raise ValueError(f"interval method must be one of {INTERVALS}, got {method!r}.")
+  x = _defined(values)
+  used = method
+  if method == "normal":
+    s = summarize(x, worst=worst)
+    mean_ci = (s["mean"] - s["ci95"], s["mean"] + s["ci95"])
+    cvar_ci = (float("nan"), float("nan"))
+  else:
+    *mean_ci, used = bootstrap_interval(x, "mean", method=method, resamples=resamples)
+    *cvar_ci, _ = bootstrap_interval(x, "cvar90" if worst == "max" else "cvar90_low",
+                                     method=method, resamples=resamples)
+  return {"interval": used, "interval_name": INTERVAL_NAMES[used]
+          + (" (BCa undefined: all jackknife values equal)" if used != method else ""),
+          "mean_ci": list(mean_ci), "median_ci": list(quantile_interval(x, 0.5)),
+          "cvar90_ci": list(cvar_ci), "heavy_tail": heavy_tail(x, worst=worst)}
+
+
+# ----------------------------------------------------------------------- paired comparisons
+def paired_difference(a, b, *, confidence: float = 0.95) -> dict:
+  """Rule A minus rule B on the same draws (same masks and keys): the mean of the per-draw
+  differences a_s − b_s with its paired-t CI and two-sided p-value (scipy.stats.ttest_rel), the
+  Wilcoxon signed-rank p-value as a distribution-free check, and the median difference.
+
+  Only draws where both values are finite enter (`pairs`); the others are counted:
+  `undefined` (a NaN on either side, e.g. an accuracy of a diverged draw), `a_only_infinite` /
+  `b_only_infinite` (one side diverged: its loss is +inf, the difference infinite, and it is
+  reported, not averaged in) and `both_infinite`. With fewer than 2 pairs the estimates are NaN;
+  when every difference is the same value c the CI is [c, c] and the p-value is 1 if c = 0 (no
+  difference at all), 0 otherwise."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f"paired values need the same draws: shapes {a.shape} and {b.shape}.")
+  nan_either = np.isnan(a) | np.isnan(b)
+  inf_a, inf_b = np.isinf(a) & ~nan_either, np.isinf(b) & ~nan_either
+  both = np.isfinite(a) & np.isfinite(b)
+  d = a[both] - b[both]
+  out = {"pairs": int(both.sum()), "undefined": int(nan_either.sum()),
+         "a_only_infinite": int((inf_a & ~inf_b).sum()),
+         "b_only_infinite": int((inf_b & ~inf_a).sum()),
+         "both_infinite": int((inf_a & inf_b).sum()),
+         "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+         "p_value": float("nan"), "wilcoxon_p": float("nan"), "median": float("nan"),
+         "test": "paired t"}
+  if d.size < 2:
+    return out
+  out["mean"], out["median"] = float(d.mean()), float(np.median(d))
+  if np.ptp(d) == 0:
+    out.update(ci_low=float(d[0]), ci_high=float(d[0]), p_value=float(d[0] == 0),
+               wilcoxon_p=float(d[0] == 0))
+    return out
+  t = scipy.stats.ttest_rel(a[both], b[both])
+  ci = t.confidence_interval(confidence)
+  out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(t.pvalue))
+  if np.any(d != 0):
+    out["wilcoxon_p"] = float(scipy.stats.wilcoxon(d, zero_method="wilcox").pvalue)
+  return out
+
+
+def by_count(values, counts, *, worst: str = "max") -> dict[int, dict]:
+  """`summarize` of `values` over the draws with each realized Byzantine count b: {b: summary}
+  for every b that occurs (its `count` + `undefined` is the number of draws with that b)."""
+  values, counts = np.asarray(values, np.float64), np.asarray(counts)
+  return {int(b): summarize(values[counts == b], worst=worst) for b in np.unique(counts)}

@@ -24,6 +24,7 @@ import numpy as np
 from fedjax_robust import config as config_lib
 from fedjax_robust import evaluation
 from fedjax_robust import honest_sets
+from fedjax_robust import provenance
 from fedjax_robust import training
 from fedjax_robust import worst_case
 from fedjax_robust.theory import report as theory_report
@@ -51,6 +52,8 @@ class AggregatorRun:
   # Quantities taken once at the final model, name -> [S] (with theory measurements: the
   # estimated smoothness of L_S at θ_T, `honest_smoothness`).
   final: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  # What made these numbers (provenance.record): code version, software, device, seed, chunk.
+  provenance: dict | None = None
 
   def save(self, path: str, fingerprint: str) -> None:
     arrays = {f"metric.{k}": v for k, v in self.metrics.items()}
@@ -59,26 +62,36 @@ class AggregatorRun:
     tmp = path + ".tmp.npz"
     np.savez(tmp, rounds=self.rounds, fingerprint=fingerprint, spec=self.spec,
              timing=np.array([self.compile_seconds, self.run_seconds]),
-             draws_per_chunk=self.draws_per_chunk, **arrays)
+             draws_per_chunk=self.draws_per_chunk,
+             provenance=json.dumps(self.provenance or provenance.record(
+                 seed=None, draws_per_chunk=self.draws_per_chunk)), **arrays)
     os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written result
 
   @classmethod
   def load(cls, path: str, fingerprint: str,
            log: Callable[[str], None] | None = None) -> "AggregatorRun | None":
-    """The saved run, or None if absent, made by a different configuration, or unreadable (a
-    truncated or damaged file is named through `log` and will be recomputed)."""
+    """The saved run, or None if absent, made by a different configuration, made by other code
+    or another numerical stack (`provenance.reuse_mismatch`: named through `log`, recomputed),
+    or unreadable (a truncated or damaged file is named through `log` and will be recomputed)."""
     if not os.path.exists(path):
       return None
     try:
       with np.load(path) as z:
         if str(z["fingerprint"]) != fingerprint:
           return None
+        saved = json.loads(str(z["provenance"])) if "provenance" in z.files else None
+        stale = provenance.reuse_mismatch(saved)
+        if stale:
+          if log is not None:
+            log(f"WARNING: cached run {path} has the same configuration but was made by other "
+                f"code or software ({stale}); recomputing it.")
+          return None
         return cls(str(z["spec"]), z["rounds"],
                    {k[7:]: z[k] for k in z.files if k.startswith("metric.")},
                    {k[4:]: z[k] for k in z.files if k.startswith("aux.")},
                    float(z["timing"][0]), float(z["timing"][1]),
                    int(z["draws_per_chunk"]) if "draws_per_chunk" in z.files else 0,
-                   {k[6:]: z[k] for k in z.files if k.startswith("final.")})
+                   {k[6:]: z[k] for k in z.files if k.startswith("final.")}, saved)
     except NPZ_ERRORS as e:
       if log is not None:
         log(f"WARNING: cached run {path} is unreadable ({type(e).__name__}: {e}); "
@@ -87,7 +100,9 @@ class AggregatorRun:
 
 
 def fingerprint(config) -> str:
-  """A hash of everything that determines the numbers of one aggregator's run."""
+  """A hash of the configuration of one aggregator's run (with the code and numerical stack,
+  checked by `provenance.reuse_mismatch` when a cached run is loaded, everything that determines
+  its numbers)."""
   return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -200,7 +215,9 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   chunk = align_draws(num_samples if chunk is None else min(chunk, num_samples))
   all_keys = training.sample_keys(run_key, num_samples, draw_ids)
   initial = sim.init(init_key)
-  test = (fed.test_x, fed.test_y)
+  # The evaluation's shared inputs after (params, mask, train): the test set, and each
+  # client's held-out split when there is one (honest_holdout_* metrics).
+  test = (fed.test_x, fed.test_y) + ((fed.holdout,) if fed.holdout is not None else ())
   start = time.perf_counter()
   states0 = training.replicate(initial, chunk)
   probe_masks, probe_keys = _pad_to(masks[:chunk], chunk), _pad_to(all_keys[:chunk], chunk)
@@ -210,7 +227,8 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
                                in_axes=(0, 0, 0, None)), donate_argnums=0),
       states0, probe_masks, probe_keys, fed.train)
   evaluate = _program(
-      "evaluate", sim, lambda: jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None, None, None))),
+      "evaluate", sim,
+      lambda: jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None) + (None,) * len(test))),
       states0.params[:DRAW_ALIGNMENT], probe_masks[:DRAW_ALIGNMENT], fed.train, *test)
   smoothness = None
   if sim.measure_theory:
@@ -251,7 +269,8 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
                for k in history_parts[0]},
       aux={k: np.concatenate([p[k] for p in aux_parts], axis=1) for k in aux_parts[0]},
       compile_seconds=compile_seconds, run_seconds=run_seconds, draws_per_chunk=chunk,
-      final={"honest_smoothness": np.concatenate(final_parts)} if final_parts else {})
+      final={"honest_smoothness": np.concatenate(final_parts)} if final_parts else {},
+      provenance=provenance.record(seed=None, draws_per_chunk=chunk))
 
 
 @dataclasses.dataclass
@@ -411,16 +430,24 @@ def _save_worst_case(run_path: str, fingerprint_: str, mask: np.ndarray, info: d
   path = _worst_case_path(run_path)
   with open(path + ".tmp", "w") as fh:
     json.dump({"fingerprint": fingerprint_, "mask": np.asarray(mask, bool).tolist(),
-               "info": info}, fh, allow_nan=True)
+               "info": info, "provenance": provenance.record(seed=None)}, fh, allow_nan=True)
   os.replace(path + ".tmp", path)
 
 
-def _load_worst_case(run_path: str, fingerprint_: str) -> tuple[np.ndarray, dict] | None:
-  """The saved search of the same configuration, or None (absent, other config, unreadable)."""
+def _load_worst_case(run_path: str, fingerprint_: str,
+                     log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict] | None:
+  """The saved search of the same configuration, or None (absent, other config, other code or
+  numerical stack — named through `log` —, unreadable)."""
   try:
     with open(_worst_case_path(run_path)) as fh:
       saved = json.load(fh)
     if saved["fingerprint"] != fingerprint_:
+      return None
+    stale = provenance.reuse_mismatch(saved.get("provenance"))
+    if stale:
+      if log is not None:
+        log(f"WARNING: saved worst-case search {_worst_case_path(run_path)} was made by other "
+            f"code or software ({stale}); searching again.")
       return None
     return np.asarray(saved["mask"], bool), saved["info"]
   except (OSError, ValueError, KeyError, TypeError):
@@ -433,8 +460,16 @@ def draw_masks(config, fed: FederatedData) -> np.ndarray:
   spec = config_lib.honest_set_spec(config)
   if config.honest_set in honest_sets.GRAPH_BASED:
     spec["adjacency"] = config_lib.make_adjacency(config, fed)
-  return np.asarray(honest_sets.sample(mask_key, spec, num_clients=config.num_clients,
-                                       num_samples=config.num_samples))
+  if config.draw_condition == "none":
+    return np.asarray(honest_sets.sample(mask_key, spec, num_clients=config.num_clients,
+                                         num_samples=config.num_samples))
+  try:
+    masks, _ = honest_sets.sample_conditioned(
+        mask_key, spec, num_clients=config.num_clients, num_samples=config.num_samples,
+        condition=config.draw_condition, f=config.f)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return masks
 
 
 def check_workdir(workdir: str) -> None:
@@ -523,7 +558,7 @@ class _JobClock:
 
 
 def run(config, *, workdir: str | None = None, progress: Progress | None = None,
-        log: Callable[[str], None] = print) -> Experiment:
+        log: Callable[[str], None] = print, recompute: bool = False) -> Experiment:
   """Validates `config`, builds the data and the honest masks, and runs every aggregator.
 
   With `honest_set = "worst_case"` every draw uses one honest set of size n − f: the worst case
@@ -532,7 +567,8 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   once, not a loss maximum); draws then differ only by their training randomness, so their
   intervals cover training noise only. With a `workdir`, each aggregator's draws are saved to
   `workdir/runs/<spec>.npz` as soon as it finishes, and a rerun with the same configuration
-  loads them instead of training again (a damaged file is named and recomputed). Before any
+  loads them instead of training again (a damaged file, or one made by other code or another
+  JAX/backend, is named and recomputed; `recompute` ignores every cached file). Before any
   training it logs the whole job: draws × rounds × aggregators, chunks, memory per chunk and a
   rough time estimate; `progress` then gets whole-job fractions and ETAs.
   """
@@ -607,9 +643,9 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     spec_config = config.copy_and_resolve_references()
     spec_config.aggregator = spec
     key = fingerprint(spec_config)
-    cached = AggregatorRun.load(path, key, log) if path else None
+    cached = AggregatorRun.load(path, key, log) if path and not recompute else None
     if spec not in masks:  # worst case by final loss: searched for this aggregator
-      found = _load_worst_case(path, key) if path else None
+      found = _load_worst_case(path, key, log) if path and not recompute else None
       if found is None:
         log(f"{spec}: searching the worst case by final honest loss")
         found = worst_case_mask(config, fed, spec)
@@ -629,6 +665,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         sim, fed, jnp.asarray(masks[spec]), init_key=init_key, run_key=run_key,
         num_rounds=t.num_rounds, eval_every=t.eval_every, spec=spec, chunk=chunk,
         progress=clock.callback(spec, num_chunks, t.eval_every))
+    runs[spec].provenance = provenance.record(seed=config.seed, draws_per_chunk=chunk)
     log(f"{spec}: compiled in {runs[spec].compile_seconds:.1f} s, ran in "
         f"{runs[spec].run_seconds:.1f} s")
     if path:

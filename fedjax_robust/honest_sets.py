@@ -289,6 +289,60 @@ def sample(key: jax.Array, spec: Mapping[str, Any], *, num_clients: int,
   return _SAMPLERS[name](key, num_clients=num_clients, num_samples=num_samples, **params)
 
 
+# Conditions a sweep may put on the draws (config `draw_condition`): which realized Byzantine
+# counts b a draw may have, given the declared f and n.
+CONDITIONS = {
+    "none": lambda b, n, f: np.ones_like(b, bool),
+    "b_le_f": lambda b, n, f: b <= f,                       # the declared f holds
+    "b_eq_f": lambda b, n, f: b == f,                       # the worst case's b, drawn by μ_H
+    "honest_majority": lambda b, n, f: 2 * b < n,           # rejects b ≥ n/2
+}
+CONDITION_NAMES = {"none": "", "b_le_f": "conditioned on b ≤ f", "b_eq_f": "conditioned on b = f",
+                   "honest_majority": "conditioned on b < n/2"}
+
+
+def sample_conditioned(key: jax.Array, spec: Mapping[str, Any], *, num_clients: int,
+                       num_samples: int, condition: str, f: int,
+                       max_attempts: int = 1000) -> tuple[np.ndarray, dict]:
+  """`[S, n]` masks of μ_H conditioned on the realized b by rejection, and what it cost.
+
+  Attempt 0 is `sample(key, ...)`, attempt k ≥ 1 is `sample(fold_in(key, k), ...)`; draw s keeps
+  its first accepted attempt, so an accepted draw keeps the mask it has without conditioning and
+  a draw's mask depends on its index only (every sampler's row s does not depend on S). Raises
+  ValueError when some draw is still rejected after `max_attempts` attempts (the condition has
+  (almost) no mass under μ_H), naming the acceptance rate seen."""
+  accept = CONDITIONS[condition]
+  masks = np.array(sample(key, spec, num_clients=num_clients, num_samples=num_samples))
+  ok = accept(num_clients - masks.sum(1), num_clients, f)
+  tried = num_samples
+  accepted = int(ok.sum())
+  attempts = 1
+  while not ok.all():
+    if attempts >= max_attempts:
+      raise ValueError(
+          f"draw_condition={condition!r}: {int((~ok).sum())} of {num_samples} draws still "
+          f"rejected after {max_attempts} attempts (acceptance rate {accepted / tried:.2g}); "
+          "μ_H puts (almost) no mass on the condition.")
+    more = np.asarray(sample(jax.random.fold_in(key, attempts), spec, num_clients=num_clients,
+                             num_samples=num_samples))
+    good = accept(num_clients - more.sum(1), num_clients, f)
+    tried += int((~ok).sum())
+    accepted += int((good & ~ok).sum())
+    take = good & ~ok
+    masks[take] = more[take]
+    ok = ok | good
+    attempts += 1
+  return masks, {"condition": condition, "acceptance_rate": accepted / tried,
+                 "attempts": attempts}
+
+
+def conditioned_pmf(pmf: np.ndarray, condition: str, *, num_clients: int, f: int) -> np.ndarray:
+  """The law of b given the condition: `pmf` restricted to the accepted counts, renormalized."""
+  b = np.arange(len(pmf))
+  kept = np.where(CONDITIONS[condition](b, num_clients, f), pmf, 0.0)
+  return kept / kept.sum() if kept.sum() > 0 else kept
+
+
 def validate(spec: Mapping[str, Any], *, num_clients: int) -> None:
   """Checks a spec's name and parameters by drawing one mask (graphs: with a ring if none)."""
   spec = dict(spec)

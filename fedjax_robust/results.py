@@ -12,6 +12,7 @@ import numpy as np
 from fedjax_robust import config as config_lib
 from fedjax_robust import evaluation
 from fedjax_robust import honest_sets
+from fedjax_robust import provenance
 from fedjax_robust import training
 from fedjax_robust import worst_case
 from fedjax_robust import experiment as experiment_lib
@@ -39,27 +40,50 @@ def defined_metrics(run: AggregatorRun) -> dict[str, np.ndarray]:
           for k, v in run.metrics.items()}
 
 
+HONEST_ONLY_NAME = ("baseline without Byzantine clients: the same draws with the Byzantine "
+                    "clients absent (no data, no updates), the honest clients averaged by the "
+                    "mean, no attack")
+
+# The final-round metrics a summary gives intervals for, with their worst direction.
+HEADLINE = (("honest_loss", "max"), ("honest_accuracy", "min"), ("honest_holdout_loss", "max"),
+            ("honest_holdout_accuracy", "min"), ("test_accuracy", "min"))
+
+
+def final_values(run: AggregatorRun, counts: np.ndarray, num_clients: int
+                 ) -> dict[str, np.ndarray]:
+  """Each final-round metric per draw `[S]` as the summaries read it: accuracies of diverged
+  draws NaN (undefined), losses of diverged draws +inf, NaN where S is empty."""
+  diverged = diverged_draws(run)[-1]
+  honest = num_clients - counts
+  out = {}
+  for name, values in defined_metrics(run).items():
+    values = np.asarray(values[-1], np.float64)
+    if name.startswith("honest") and name.endswith("loss"):
+      values = evaluation.diverged_as_inf(values, honest)
+      values = np.where(diverged & (honest > 0), np.inf, values)
+    out[name] = values
+  return out
+
+
 def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f: int,
-                  reference: AggregatorRun | None = None, theory: dict | None = None) -> dict:
+                  reference: AggregatorRun | None = None, theory: dict | None = None,
+                  interval: str = "bca", resamples: int = 4999) -> dict:
   """Final-round estimates over samples for one aggregator; `counts` is b per sample;
   `reference` the honest-optimum run on the same draws (for the excess L_S(θ̂_S) − L_S*).
 
   Diverged draws (a non-finite parameter) are counted (`diverged`: count and share) and their
   honest loss is +inf (so the mean loss is +inf, the median stays meaningful); their accuracies
   are undefined and left out of the accuracy estimates, whose `count` says how many draws
-  remain."""
+  remain. The HEADLINE metrics also get `evaluation.intervals` (`interval`: the mean's CI,
+  'bca'/'percentile' bootstrap or 'normal'; the median's exact CI; the worst tail's CVaR90 CI;
+  a heavy-tail flag); `by_b` splits loss and accuracy by the realized count b."""
   diverged = diverged_draws(run)[-1]
-  metrics = defined_metrics(run)
-  loss = evaluation.diverged_as_inf(run.metrics["honest_loss"][-1], num_clients - counts)
-  loss = np.where(diverged & (num_clients - counts > 0), np.inf, loss)
-  accuracy = metrics["honest_accuracy"][-1]
+  values = final_values(run, counts, num_clients)
+  loss, accuracy = values["honest_loss"], values["honest_accuracy"]
   within = counts <= f
   out = {
       "diverged": {"count": int(diverged.sum()), "share": float(diverged.mean()),
                    "draws": np.flatnonzero(diverged).tolist()},
-      "honest_loss": evaluation.summarize(loss, worst="max"),
-      "honest_accuracy": evaluation.summarize(accuracy, worst="min"),
-      "test_accuracy": evaluation.summarize(metrics["test_accuracy"][-1], worst="min"),
       "honest_accuracy_given_b_le_f": evaluation.summarize(accuracy[within], worst="min"),
       "honest_accuracy_given_b_gt_f": evaluation.summarize(accuracy[~within], worst="min"),
       # The expected loss conditioned on the declared f holding (b ≤ f) and failing (b > f),
@@ -68,20 +92,75 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
       "honest_loss_given_b_gt_f": evaluation.summarize(loss[~within], worst="max"),
       "draws_per_chunk": int(run.draws_per_chunk),
   }
+  for name, worst in HEADLINE:
+    if name in values:
+      out[name] = {**evaluation.summarize(values[name], worst=worst),
+                   **evaluation.intervals(values[name], worst=worst, method=interval,
+                                          resamples=resamples)}
+  out["by_b"] = [
+      {"b": b, "draws": int(np.sum(counts == b)),
+       **{name: evaluation.summarize(values[name][counts == b], worst=worst)
+          for name, worst in HEADLINE if name in values}}
+      for b in map(int, np.unique(counts))]
   if reference is not None:
     optimum = reference.metrics["honest_loss"][-1]
     out["honest_optimum_loss"] = evaluation.summarize(optimum, worst="max")
     out["honest_excess_loss"] = evaluation.summarize(loss - optimum, worst="max")
   if "backdoor_accuracy" in run.metrics:
-    out["backdoor_accuracy"] = evaluation.summarize(metrics["backdoor_accuracy"][-1],
-                                                    worst="max")
+    out["backdoor_accuracy"] = evaluation.summarize(values["backdoor_accuracy"], worst="max")
   # Aggregator diagnostics averaged over rounds and draws; the per-round κ ratio is reported
   # (as κ̂, a maximum) in the theory block instead.
-  out.update({name: float(np.mean(values)) for name, values in run.aux.items()
+  out.update({name: float(np.mean(v)) for name, v in run.aux.items()
               if name not in training.MAX_AUX})
   if theory is not None:
     out["theory"] = theory_report.summarize(theory, counts, f)
   return out
+
+
+# Per-draw metrics compared pairwise (a − b on the same draws), with their better direction.
+COMPARED = (("honest_accuracy", "higher"), ("honest_loss", "lower"),
+            ("honest_holdout_accuracy", "higher"), ("test_accuracy", "higher"))
+
+
+def comparisons(experiment: Experiment) -> list[dict]:
+  """The paired comparisons of `report.compare` (config.comparison_pairs): for each pair (a, b)
+  and each COMPARED metric both runs have, `evaluation.paired_difference` of a − b over the
+  draws (the same masks and keys for every aggregator of a run; `same_draws` is False under a
+  per-aggregator worst case, whose sets differ, so the difference then includes the sets'). b =
+  'honest_only' is the baseline without Byzantine clients (the honest-optimum reference run on
+  a's draws)."""
+  config = experiment.config
+  n = config.num_clients
+  out = []
+  for a, b in config_lib.comparison_pairs(config):
+    run_a = experiment.runs[a]
+    counts_a = _counts(experiment, a)
+    if b == config_lib.HONEST_ONLY:
+      run_b, counts_b, masks_b = experiment.references[a], counts_a, experiment.masks[a]
+    else:
+      run_b, counts_b, masks_b = experiment.runs[b], _counts(experiment, b), experiment.masks[b]
+    va, vb = final_values(run_a, counts_a, n), final_values(run_b, counts_b, n)
+    same = bool(np.array_equal(experiment.masks[a], masks_b))
+    for metric, better in COMPARED:
+      if metric in va and metric in vb:
+        out.append({"a": a, "b": b, "metric": metric, "better": better, "same_draws": same,
+                    **evaluation.paired_difference(va[metric], vb[metric])})
+  return out
+
+
+def alie_degenerate(config, counts: np.ndarray) -> dict | None:
+  """With ALIE's z from the formula (attack_options.alie.z unset), the share of draws with
+  Byzantine clients whose realized b gives z(n, b) ≤ 0 (the attack then sends the honest mean
+  or less): judged on the realized b, not the declared f. None for other attacks or a set z."""
+  z = config.attack_options.alie.z
+  if config.attack != "alie" or not (z is None or np.isnan(z)):
+    return None
+  from fedjax_robust import attacks  # pylint: disable=g-import-not-at-top
+  attacked = counts > 0
+  zs = np.asarray(attacks.alie_z(config.num_clients, np.asarray(counts)))
+  bad = attacked & (zs <= 0)
+  return {"share": float(bad.sum() / max(attacked.sum(), 1)),
+          "byzantine_counts": sorted(set(map(int, counts[bad])))}
 
 
 def timings(experiment: Experiment) -> dict:
@@ -110,17 +189,38 @@ def summarize(experiment: Experiment) -> dict:
     if config.honest_set in honest_sets.GRAPH_BASED:
       spec["adjacency"] = config_lib.make_adjacency(config, experiment.data)
     pmf, is_exact = honest_sets.byzantine_count_pmf(spec, num_clients=n)
+    if is_exact and config.draw_condition != "none":
+      pmf = honest_sets.conditioned_pmf(pmf, config.draw_condition, num_clients=n, f=config.f)
     exact = pmf if is_exact else None
+  report = config.report
   out = {
       "config": json.loads(config.to_json()),
-      "byzantine_count": evaluation.count_law(_counts(experiment), n, f=config.f,
-                                              exact_pmf=exact),
+      "provenance": provenance.record(
+          seed=config.seed,
+          draws_per_chunk={name: int(run.draws_per_chunk)
+                           for name, run in experiment.runs.items()}),
+      "byzantine_count": {**evaluation.count_law(_counts(experiment), n, f=config.f,
+                                                 exact_pmf=exact),
+                          "condition": config.draw_condition},
       "aggregators": {
           name: summarize_run(run, _counts(experiment, name), num_clients=n, f=config.f,
                               reference=experiment.references.get(name),
-                              theory=experiment.theory.get(name))
+                              theory=experiment.theory.get(name), interval=report.interval,
+                              resamples=report.bootstrap_resamples)
           for name, run in experiment.runs.items()},
   }
+  if experiment.references:
+    first = next(iter(experiment.runs))
+    baseline = summarize_run(experiment.references[first], _counts(experiment, first),
+                             num_clients=n, f=config.f, interval=report.interval,
+                             resamples=report.bootstrap_resamples)
+    out["honest_only"] = {"what": HONEST_ONLY_NAME, **baseline}
+  compared = comparisons(experiment)
+  if compared:
+    out["comparisons"] = compared
+  alie = alie_degenerate(config, _counts(experiment))
+  if alie is not None:
+    out["alie_degenerate"] = alie
   for name, info in experiment.worst_case.items():  # the proxy is never filed as a worst case
     key = "worst_case" if info.get("criterion") == "final_loss" else "max_heterogeneity_proxy"
     out.setdefault(key, {})[name] = info
@@ -143,30 +243,77 @@ def _honest_set_name(cfg: dict) -> str:
   return f"one honest set repeated: {worst_case.short_name(criterion)}"
 
 
+def _interval(lo: float, hi: float, scale: float = 1.0, digits: int = 4) -> str:
+  if lo is None or hi is None or np.isnan(lo) or np.isnan(hi):
+    return "[n/a]"
+  return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+def _estimate(s: dict | None, *, percent: bool) -> str:
+  """'mean [CI]' (accuracies in percent), '†' appended where the tail is heavy."""
+  if not s or s.get("count", 0) == 0 or np.isnan(s["mean"]):
+    return "n/a"
+  scale, digits = (100.0, 2) if percent else (1.0, 4)
+  lo, hi = s.get("mean_ci", (s["mean"] - s["ci95"], s["mean"] + s["ci95"]))
+  return (f"{scale * s['mean']:.{digits}f} {_interval(lo, hi, scale, digits)}"
+          + ("†" if s.get("heavy_tail") else ""))
+
+
+def _median(s: dict | None, *, percent: bool) -> str:
+  if not s or s.get("count", 0) == 0:
+    return "n/a"
+  scale, digits = (100.0, 2) if percent else (1.0, 4)
+  lo, hi = s.get("median_ci", (np.nan, np.nan))
+  return f"{scale * s['q50']:.{digits}f} {_interval(lo, hi, scale, digits)}"
+
+
 def format_table(summary: dict) -> str:
-  """A plain-text table: one row per aggregator, final-round estimates over samples."""
+  """Plain-text tables: one row per aggregator (and the honest-only baseline), final-round
+  estimates over samples with the intervals the config chose; then the paired comparisons, the
+  split by realized b and the notes."""
   law = summary["byzantine_count"]
   cfg = summary["config"]
-  header = (f"{'aggregator':<28} {'E[honest loss] ± CI95':>22} {'median':>7} "
-            f"{'E[honest acc %] ± CI':>21} "
-            f"{'worst acc':>9} {'acc|b≤f':>8} {'acc|b>f':>8} {'test acc':>8} {'P(b>f)':>7} "
-            f"{'diverged':>8}")
-  backdoor = any("backdoor_accuracy" in s for s in summary["aggregators"].values())
+  aggs = dict(summary["aggregators"])
+  holdout = any("honest_holdout_accuracy" in s for s in aggs.values())
+  first = next(iter(aggs.values()))
+  interval = first["honest_loss"].get("interval_name", "normal 95% CI")
+  header = (f"{'aggregator':<28} {'E[honest loss] [CI]':>27} {'median loss [CI]':>27} "
+            f"{'E[honest acc %] [CI]':>22} {'median acc':>10} {'worst acc':>9} {'acc|b≤f':>8} "
+            f"{'acc|b>f':>8}" + (f" {'held-out acc [CI]':>22}" if holdout else "")
+            + f" {'test acc':>8} {'diverged':>8}")
+  backdoor = any("backdoor_accuracy" in s for s in aggs.values())
   if backdoor:
     header += f" {'backdoor %':>10}"
-  lines = [header, "-" * len(header)]
-  for name, s in summary["aggregators"].items():
-    loss, acc = s["honest_loss"], s["honest_accuracy"]
-    loss_txt = f"{loss['mean']:.4f} ± {loss['ci95']:.4f}"
-    acc_txt = ("n/a" if np.isnan(acc["mean"])  # no draw with a defined accuracy
-               else f"{_pct(acc['mean'])} ± {100 * acc['ci95']:.2f}")
+  lines = [f"Final round. honest loss/acc: in-sample (each honest client's own training data, "
+           f"averaged over the honest set S)"
+           + ("; held-out: each honest client's own held-out split" if holdout else "")
+           + f"; test: the global test set. [CI] of a mean: {interval}; of a median: "
+           f"{evaluation.MEDIAN_INTERVAL_NAME}.", header, "-" * len(header)]
+  rows = list(aggs.items())
+  if "honest_only" in summary:
+    rows.append(("(honest only: no Byzantine)", summary["honest_only"]))
+  for name, s in rows:
     lines.append(
-        f"{name:<28} {loss_txt:>22} {loss['q50']:>7.4f} {acc_txt:>21} {_pct(acc['worst']):>9} "
+        f"{name:<28} {_estimate(s['honest_loss'], percent=False):>27} "
+        f"{_median(s['honest_loss'], percent=False):>27} "
+        f"{_estimate(s['honest_accuracy'], percent=True):>22} "
+        f"{_pct(s['honest_accuracy']['q50']):>10} {_pct(s['honest_accuracy']['worst']):>9} "
         f"{_pct(s['honest_accuracy_given_b_le_f']['mean']):>8} "
-        f"{_pct(s['honest_accuracy_given_b_gt_f']['mean']):>8} "
-        f"{_pct(s['test_accuracy']['mean']):>8} {law['p_exceeds_f']:>7.3f} "
-        f"{s['diverged']['count']:>8d}"
-        + (f" {_pct(s['backdoor_accuracy']['mean']):>10}" if backdoor else ""))
+        f"{_pct(s['honest_accuracy_given_b_gt_f']['mean']):>8}"
+        + (f" {_estimate(s.get('honest_holdout_accuracy'), percent=True):>22}" if holdout else "")
+        + f" {_pct(s['test_accuracy']['mean']):>8} {s['diverged']['count']:>8d}"
+        + (f" {_pct(s['backdoor_accuracy']['mean']):>10}" if backdoor and
+           "backdoor_accuracy" in s else ""))
+  if any(s["honest_loss"].get("heavy_tail") or s["honest_accuracy"].get("heavy_tail")
+         for _, s in rows):
+    lines.append("† heavy tail (a diverged draw, or draws beyond Tukey's far-out fence q75 + "
+                 "3·IQR of the worst side): read the median and its CI beside the mean.")
+  if "honest_only" in summary:
+    lines.append(f"(honest only: no Byzantine) is the {HONEST_ONLY_NAME}.")
+  compared = format_comparisons(summary)
+  if compared:
+    lines.append("\n" + compared)
+  lines.append("\n" + format_by_b(summary))
   exact = (f" (exact {law['exact_mean']:.3f}, P(b>f) exact {law['exact_p_exceeds_f']:.3f})"
            if "exact_mean" in law else "")
   extras = []
@@ -202,12 +349,93 @@ def format_table(summary: dict) -> str:
   theory = format_theory(summary)
   if theory:
     lines.append("\n" + theory)
+  condition = honest_sets.CONDITION_NAMES.get(law.get("condition", "none"), "")
   lines.append(
-      f"\nS={cfg['num_samples']} draws of μ_H={_honest_set_name(cfg)}, n={cfg['num_clients']}, "
-      f"declared f={cfg['f']}, attack={cfg['attack']}, {cfg['training']['num_rounds']} rounds. "
-      f"Realized b: mean {law['mean']:.3f}{exact}; "
-      f"P(b ≥ n/2) = {law['p_no_honest_majority']:.3f}.")
+      f"\nS={cfg['num_samples']} draws of μ_H={_honest_set_name(cfg)}"
+      + (f" {condition} (rejection per draw)" if condition else "")
+      + f", n={cfg['num_clients']}, declared f={cfg['f']}, attack={cfg['attack']}, "
+      f"{cfg['training']['num_rounds']} rounds. Realized b: mean {law['mean']:.3f}{exact}; "
+      f"P(b > f) = {law['p_exceeds_f']:.3f}; P(b ≥ n/2) = {law['p_no_honest_majority']:.3f}.")
+  if law["p_exceeds_f"] == 1.0:
+    extras.append(f"NOTE: the realized b exceeds the declared f={cfg['f']} in every draw: the "
+                  "rules run beyond the corruption they were configured for.")
+  alie = summary.get("alie_degenerate")
+  if alie and alie["share"] > 0:
+    extras.append(
+        f"WARNING: ALIE's z from the formula is ≤ 0 for the realized b ∈ "
+        f"{alie['byzantine_counts']} ({100 * alie['share']:.1f}% of the draws with Byzantine "
+        "clients): there the attack sends the honest mean or less. Set attack_options.alie.z "
+        "to study a real attack.")
+  for name, s in summary["aggregators"].items():
+    for key in sorted(k for k in s if k.endswith("clipped_share")):
+      if s[key] == 0.0:
+        extras.append(
+            f"WARNING: {name}: the clipping stage clipped no row in any round of any draw "
+            f"({key} = 0), so its numbers are those of the rule without clipping; lower the "
+            "threshold (centered clipping: tau_units='published_momentum' converts τ from the "
+            "published code's units) to study clipping.")
+      else:
+        extras.append(f"{name}: share of rows clipped per round ({key}), mean over rounds and "
+                      f"draws: {s[key]:.3f}")
   lines.extend(extras)
+  return "\n".join(lines)
+
+
+def format_comparisons(summary: dict) -> str:
+  """The paired comparisons a − b (same draws): mean difference with its paired-t 95% CI and
+  p-value, the Wilcoxon p-value, and how many draws were not paired (diverged or undefined);
+  '' if none."""
+  compared = summary.get("comparisons", [])
+  if not compared:
+    return ""
+  header = (f"{'a − b (paired over the same draws)':<56} {'metric':<24} {'mean diff [95% CI]':>30} "
+            f"{'p (t)':>8} {'p (Wilcoxon)':>12} {'pairs':>5}  not paired")
+  lines = ["Paired comparisons: mean of the per-draw differences a − b, paired-t 95% CI and "
+           "two-sided p-value; accuracies in percentage points", header, "-" * len(header)]
+  for c in compared:
+    percent = "accuracy" in c["metric"]
+    scale, digits = (100.0, 2) if percent else (1.0, 4)
+    diff = ("n/a" if np.isnan(c["mean"]) else
+            f"{scale * c['mean']:+.{digits}f} {_interval(c['ci_low'], c['ci_high'], scale, digits)}")
+    skipped = []
+    if c["a_only_infinite"]:
+      skipped.append(f"{c['a_only_infinite']} a diverged")
+    if c["b_only_infinite"]:
+      skipped.append(f"{c['b_only_infinite']} b diverged")
+    if c["both_infinite"]:
+      skipped.append(f"{c['both_infinite']} both")
+    if c["undefined"]:
+      skipped.append(f"{c['undefined']} undefined")
+    pair = f"{c['a']} − {c['b']}" + ("" if c["same_draws"] else " (different sets)")
+    lines.append(f"{pair:<56} {c['metric']:<24} {diff:>30} {format_p(c['p_value']):>8} "
+                 f"{format_p(c['wilcoxon_p']):>12} {c['pairs']:>5}  {', '.join(skipped) or '-'}")
+  return "\n".join(lines)
+
+
+def format_p(p: float) -> str:
+  return "n/a" if p is None or np.isnan(p) else ("<1e-4" if p < 1e-4 else f"{p:.4f}")
+
+
+def format_by_b(summary: dict) -> str:
+  """Expected honest accuracy (loss for a regression model) per realized Byzantine count b,
+  with the number of draws at each b: one row per aggregator."""
+  aggs = summary["aggregators"]
+  values = sorted({row["b"] for s in aggs.values() for row in s["by_b"]})
+  accuracy = any(not np.isnan(s["honest_accuracy"]["mean"]) for s in aggs.values())
+  metric = "honest_accuracy" if accuracy else "honest_loss"
+  draws = {row["b"]: row["draws"] for row in next(iter(aggs.values()))["by_b"]}
+  header = f"{'by realized b (draws)':<28} " + " ".join(
+      f"{f'b={b} ({draws.get(b, 0)})':>12}" for b in values)
+  lines = [f"E[{'honest accuracy %' if accuracy else 'honest loss'} | b] (in-sample), per "
+           "realized number of Byzantine clients b", header, "-" * len(header)]
+  rows = list(aggs.items())
+  if "honest_only" in summary:
+    rows.append(("(honest only: no Byzantine)", summary["honest_only"]))
+  for name, s in rows:
+    cells = {row["b"]: row[metric]["mean"] for row in s["by_b"]}
+    lines.append(f"{name:<28} " + " ".join(
+        f"{(_pct(cells[b]).strip() if accuracy else _g(cells[b])) if b in cells else '-':>12}"
+        for b in values))
   return "\n".join(lines)
 
 
@@ -288,7 +516,7 @@ def write_metrics_csv(experiment: Experiment, path: str) -> None:
       for e, rnd in enumerate(run.rounds):
         for metric, values in metrics.items():
           values = values[e]
-          if metric == "honest_loss":
+          if metric.startswith("honest") and metric.endswith("loss"):
             values = evaluation.diverged_as_inf(values, n - counts)
           s = evaluation.summarize(values, worst="max" if metric.endswith("loss") else "min")
           writer.writerow({"aggregator": name, "round": int(rnd), "metric": metric,

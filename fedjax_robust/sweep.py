@@ -5,7 +5,11 @@ of the base config) and tags (labels for tables and plots). Build grids with `ax
 `product`; `as_list` turns a grid axis given on the command line as one comma-separated string
 (`--config.grid.aggregators=mean,trimmed_mean`) into its values. Each point runs one aggregator
 on S draws of μ_H. Its files, in the order they are written:
-- `workdir/points/<id>.npz`: its per-draw values (written to a temporary file, then renamed);
+- `workdir/points/<id>.json`: its tags, full resolved config and provenance (code version,
+  JAX/jaxlib, backend and devices, seed, draws per chunk): the point id of results.csv resolves
+  to it;
+- `workdir/points/<id>.npz`: its per-draw values and provenance (written to a temporary file,
+  then renamed);
 - `workdir/results.csv`: its statistics (one row per point × metric × statistic; the file is
   rewritten atomically after every point, rows in the order of the sweep's points, integer
   statistics as integers), so the same sweep gives the same file byte for byte however often it
@@ -14,7 +18,8 @@ on S draws of μ_H. Its files, in the order they are written:
   results.csv because they differ from run to run).
 A rerun with the same workdir skips the points already in results.csv whose npz reads back in
 full; a point whose npz is missing, truncated or unreadable is named in the log and recomputed
-(its stale rows replaced), so an interrupted sweep loses at most the point in progress. Points
+(its stale rows replaced), so an interrupted sweep loses at most the point in progress; so is a
+point computed by other code or another JAX/backend (named with both versions). Points
 that differ only in μ_H, the seed or the number of draws reuse the compiled program of an
 earlier point (`experiment.simulator_cache`).
 """
@@ -36,6 +41,7 @@ from fedjax_robust import config as config_lib
 from fedjax_robust import errors
 from fedjax_robust import evaluation
 from fedjax_robust import experiment
+from fedjax_robust import provenance
 from fedjax_robust import results
 from fedjax_robust import worst_case
 
@@ -122,14 +128,50 @@ def point_id(config) -> str:
   return experiment.fingerprint(config)
 
 
+# Interval statistics of the headline metrics (results.HEADLINE): the mean's CI by the config's
+# `report.interval`, the median's exact CI, the worst tail's CVaR90 CI, the heavy-tail flag.
+INTERVAL_STATISTICS = ("mean_ci_low", "mean_ci_high", "median_ci_low", "median_ci_high",
+                       "cvar90_ci_low", "cvar90_ci_high", "heavy_tail")
+# Statistics of a paired comparison row (metric 'paired:<metric>:<a>-<b>').
+PAIRED_STATISTICS = ("mean", "ci_low", "ci_high", "p_value", "wilcoxon_p", "pairs",
+                     "a_only_infinite", "b_only_infinite", "undefined")
+
+
+def _interval_values(s: dict) -> dict:
+  return {"mean_ci_low": s["mean_ci"][0], "mean_ci_high": s["mean_ci"][1],
+          "median_ci_low": s["median_ci"][0], "median_ci_high": s["median_ci"][1],
+          "cvar90_ci_low": s["cvar90_ci"][0], "cvar90_ci_high": s["cvar90_ci"][1],
+          "heavy_tail": int(s["heavy_tail"])}
+
+
 def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
   s = summary["aggregators"][summary["config"]["aggregator"]]
   rows = []
-  for metric in ("honest_loss", "honest_accuracy", "test_accuracy", "honest_accuracy_given_b_le_f",
-                 "honest_accuracy_given_b_gt_f", "honest_excess_loss", "backdoor_accuracy"):
+  for metric in ("honest_loss", "honest_accuracy", "honest_holdout_loss",
+                 "honest_holdout_accuracy", "test_accuracy", "honest_accuracy_given_b_le_f",
+                 "honest_accuracy_given_b_gt_f", "honest_loss_given_b_le_f",
+                 "honest_loss_given_b_gt_f", "honest_excess_loss", "backdoor_accuracy"):
     if metric in s:
       rows += [{"point": pid, **tags, "metric": metric, "statistic": stat, "value": s[metric][stat]}
                for stat in STATISTICS]
+      if "mean_ci" in s[metric]:
+        rows += [{"point": pid, **tags, "metric": metric, "statistic": k, "value": v}
+                 for k, v in _interval_values(s[metric]).items()]
+  # E[· | b] per realized count b, with the number of draws at that b.
+  for entry in s["by_b"]:
+    for metric in ("honest_accuracy", "honest_loss", "honest_holdout_accuracy"):
+      if metric in entry:
+        rows += [{"point": pid, **tags, "metric": f"{metric}|b={entry['b']}", "statistic": stat,
+                  "value": entry[metric][stat]} for stat in ("mean", "ci95", "count", "undefined")]
+  # The baseline without Byzantine clients on the same draws, and the paired differences.
+  if "honest_only" in summary:
+    for metric in ("honest_loss", "honest_accuracy", "honest_holdout_accuracy"):
+      if metric in summary["honest_only"]:
+        rows += [{"point": pid, **tags, "metric": f"honest_only_{metric}", "statistic": stat,
+                  "value": summary["honest_only"][metric][stat]} for stat in STATISTICS]
+  for c in summary.get("comparisons", ()):
+    rows += [{"point": pid, **tags, "metric": f"paired:{c['metric']}:{c['a']}-{c['b']}",
+              "statistic": stat, "value": c[stat]} for stat in PAIRED_STATISTICS]
   rows += [{"point": pid, **tags, "metric": "diverged", "statistic": k,
             "value": s["diverged"][k]} for k in ("count", "share")]
   law = summary["byzantine_count"]
@@ -243,10 +285,18 @@ def _in_sweep_order(rows: list[dict], order: Mapping[str, int]) -> list[dict]:
   return sorted(rows, key=lambda r: order.get(r["point"], len(order)))
 
 
+def config_path(workdir: str, pid: str) -> str:
+  """`workdir/points/<id>.json`: the point's tags, its full resolved config and provenance."""
+  return os.path.join(workdir, "points", pid + ".json")
+
+
 def run(base, points: Sequence[Point], workdir: str, *,
-        log: Callable[[str], None] = print, stop_after: int | None = None) -> list[dict]:
+        log: Callable[[str], None] = print, stop_after: int | None = None,
+        recompute: bool = False) -> list[dict]:
   """Runs every point not yet done in `workdir` (see the module docstring); returns all rows of
-  results.csv. `stop_after` ends the sweep after that many new points (to test resumption)."""
+  results.csv. A point done by other code or another JAX/backend (its npz's provenance,
+  `provenance.reuse_mismatch`) is named and recomputed; `recompute` recomputes every point.
+  `stop_after` ends the sweep after that many new points (to test resumption)."""
   experiment.check_workdir(workdir)
   os.makedirs(os.path.join(workdir, "points"), exist_ok=True)
   path = os.path.join(workdir, "results.csv")
@@ -267,15 +317,24 @@ def run(base, points: Sequence[Point], workdir: str, *,
   for pid in dict.fromkeys(r["point"] for r in rows):
     if pid not in order:
       continue  # not a point of this sweep: kept as it is
+    tags = {k: v for k, v in next(r for r in rows if r["point"] == pid).items()
+            if k not in ("point", "metric", "statistic", "value")}
     try:
-      load_point(point_path(workdir, pid))
-      done.add(pid)
+      arrays = load_point(point_path(workdir, pid))
     except NPZ_ERRORS as e:
-      tags = {k: v for k, v in next(r for r in rows if r["point"] == pid).items()
-              if k not in ("point", "metric", "statistic", "value")}
       log(f"sweep: WARNING point {pid} {tags} is in results.csv but "
           f"{point_path(workdir, pid)} is missing or unreadable ({type(e).__name__}: {e}); "
           "recomputing it")
+      continue
+    stale = provenance.reuse_mismatch(
+        json.loads(str(arrays["provenance"])) if "provenance" in arrays else None)
+    if recompute:
+      continue
+    if stale:
+      log(f"sweep: WARNING point {pid} {tags} was computed by other code or software "
+          f"({stale}); recomputing it")
+      continue
+    done.add(pid)
   stale = {r["point"] for r in rows} & (set(order) - done)
   rows = [r for r in rows if r["point"] not in stale]
   timings = [t for t in timings if t["point"] not in stale]
@@ -294,8 +353,14 @@ def run(base, points: Sequence[Point], workdir: str, *,
     counts = evaluation.byzantine_counts(exp.masks[config.aggregator])
     # The npz first: a point is in results.csv only once its per-draw values are on disk.
     theory = exp.theory.get(config.aggregator, {})
+    record = summary["provenance"]
+    with open(config_path(workdir, pid) + ".tmp", "w") as fh:
+      json.dump({"point": pid, "tags": dict(point.tags), "config": summary["config"],
+                 "provenance": record}, fh, indent=1, allow_nan=True)
+    os.replace(config_path(workdir, pid) + ".tmp", config_path(workdir, pid))
     save_point(point_path(workdir, pid), tags=json.dumps(dict(point.tags)),
-               num_byzantine=counts,
+               num_byzantine=counts, provenance=json.dumps(record),
+               honest_masks=np.asarray(exp.masks[config.aggregator], bool),
                **{f"final_{k}": v[-1] for k, v in results.defined_metrics(run_).items()},
                **{f"theory_{k}": np.asarray(theory[k]) for k in THEORY_DRAWS if k in theory})
     rows = _in_sweep_order(rows + _rows(pid, point.tags, summary), order)
@@ -319,6 +384,113 @@ def run(base, points: Sequence[Point], workdir: str, *,
         + (f"; WARNING: {diverged} of {config.num_samples} draws diverged (left out of the "
            "accuracy, loss +inf)" if diverged else ""))
   return rows
+
+
+COMPARISON_FIELDS = ("a", "b", "metric", "same_draws", "mean", "ci_low", "ci_high", "p_value",
+                     "wilcoxon_p", "median", "pairs", "a_only_infinite", "b_only_infinite",
+                     "both_infinite", "undefined")
+
+
+def _draw_values(arrays: dict) -> dict[str, np.ndarray]:
+  """A point's per-draw final metrics as the comparisons read them (results.final_values): the
+  honest loss of a diverged draw +inf, accuracies of diverged draws NaN (already in the npz)."""
+  out = {}
+  diverged = arrays.get("final_diverged", np.zeros(arrays["num_byzantine"].shape)) > 0
+  for metric, _ in results.COMPARED:
+    if f"final_{metric}" in arrays:
+      values = np.asarray(arrays[f"final_{metric}"], np.float64)
+      if metric.endswith("loss"):
+        values = np.where(diverged | ~np.isfinite(values), np.inf, values)
+      out[metric] = values
+  return out
+
+
+def paired_comparisons(rows: list[dict], workdir: str, *, series: str = "aggregator",
+                       baseline: str | None = None,
+                       log: Callable[[str], None] = print) -> list[dict]:
+  """Paired comparisons between points that differ only in tag `series` (the aggregator): in
+  each group of such points, every value against `baseline` (default: the group's first point
+  in sweep order), a − b per draw over the same draws (`evaluation.paired_difference`, for each
+  metric of results.COMPARED). Points of one group share their masks and keys when they share
+  the seed and μ_H; `same_draws` says whether the masks are equal (a per-aggregator worst case
+  repeats a different set). Returns one dict per (group, a, metric): the group's tags, then
+  COMPARISON_FIELDS; a point whose npz is unreadable is named through `log` and left out."""
+  points = _by_point(rows)
+  groups: dict[tuple, list[str]] = {}
+  for pid, entry in points.items():
+    if series not in entry:
+      continue
+    key = tuple(sorted((k, str(v)) for k, v in entry.items()
+                       if isinstance(k, str) and k != series))
+    groups.setdefault(key, []).append(pid)
+  out = []
+  for key, pids in groups.items():
+    base_pid = next((p for p in pids if str(points[p][series]) == baseline), None) if baseline \
+        else pids[0]
+    if base_pid is None or len(pids) < 2:
+      continue
+    try:
+      base = load_point(point_path(workdir, base_pid))
+    except NPZ_ERRORS as e:
+      log(f"sweep comparisons: WARNING {point_path(workdir, base_pid)} unreadable "
+          f"({type(e).__name__}); its group is left out")
+      continue
+    base_values = _draw_values(base)
+    for pid in pids:
+      if pid == base_pid:
+        continue
+      try:
+        arrays = load_point(point_path(workdir, pid))
+      except NPZ_ERRORS as e:
+        log(f"sweep comparisons: WARNING {point_path(workdir, pid)} unreadable "
+            f"({type(e).__name__}); left out")
+        continue
+      values = _draw_values(arrays)
+      if len(arrays["num_byzantine"]) != len(base["num_byzantine"]):
+        log(f"sweep comparisons: {points[pid][series]} and {points[base_pid][series]} at "
+            f"{dict(key)} have different numbers of draws; not paired")
+        continue
+      same = ("honest_masks" in arrays and "honest_masks" in base
+              and np.array_equal(arrays["honest_masks"], base["honest_masks"]))
+      for metric, _ in results.COMPARED:
+        if metric in values and metric in base_values:
+          out.append({**dict(key), "a": str(points[pid][series]),
+                      "b": str(points[base_pid][series]), "metric": metric, "same_draws": same,
+                      **evaluation.paired_difference(values[metric], base_values[metric])})
+  return out
+
+
+def write_comparisons(path: str, comparisons: list[dict]) -> None:
+  """comparisons.csv: one row per paired comparison (group tags, then COMPARISON_FIELDS)."""
+  tags = sorted({k for c in comparisons for k in c} - set(COMPARISON_FIELDS) - {"test"})
+  with open(path + ".tmp", "w", newline="") as fh:
+    writer = csv.DictWriter(fh, fieldnames=tags + list(COMPARISON_FIELDS), extrasaction="ignore",
+                            restval="")
+    writer.writeheader()
+    writer.writerows(comparisons)
+  os.replace(path + ".tmp", path)
+
+
+def comparison_table(comparisons: list[dict], metric: str = "honest_accuracy") -> str:
+  """One line per paired comparison of `metric`: the group's tags, a − b, the mean difference
+  with its paired-t 95% CI (percentage points for accuracies), the p-values, the pairs."""
+  chosen = [c for c in comparisons if c["metric"] == metric]
+  if not chosen:
+    return ""
+  tags = [k for k in chosen[0] if k not in COMPARISON_FIELDS and k != "test"]
+  percent = _is_percent(metric)
+  scale, digits = (100.0, 2) if percent else (1.0, 4)
+  lines = ["  ".join(f"{t:>12}" for t in tags) + f"  {'a − b':>44}  "
+           f"{'mean diff [paired 95% CI]':>28}  {'p (t)':>7}  {'p (W)':>7}  pairs"]
+  for c in chosen:
+    diff = ("n/a" if np.isnan(c["mean"]) else
+            f"{scale * c['mean']:+.{digits}f} [{scale * c['ci_low']:.{digits}f}, "
+            f"{scale * c['ci_high']:.{digits}f}]")
+    pair = f"{c['a']} − {c['b']}" + ("" if c["same_draws"] else " (diff. sets)")
+    lines.append("  ".join(f"{str(c[t]):>12}" for t in tags) + f"  {pair:>44}  {diff:>28}  "
+                 f"{results.format_p(c['p_value']):>7}  {results.format_p(c['wilcoxon_p']):>7}  "
+                 f"{c['pairs']}")
+  return "\n".join(lines)
 
 
 def _is_percent(metric: str, statistic: str = "mean") -> bool:
@@ -529,6 +701,37 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
   axes[0][-1].legend(fontsize=7)
   save(fig, "correlation.png", "same marginal corruption rate, different correlation: "
        f"E[{metric}]; error bars: 95% CI over draws")
+
+  # E[metric | b] against the realized count b, at the largest x: a panel per style.
+  by_b = {}
+  for r in rows:
+    if r["metric"].startswith(f"{metric}|b=") and r["point"] in tags:
+      b = int(r["metric"].split("|b=")[1])
+      by_b.setdefault(r["point"], {}).setdefault(b, {})[r["statistic"]] = float(r["value"])
+  at_x = {p: v for p, v in by_b.items() if _float(tags[p][x]) == xs[-1]}
+  if at_x:
+    fig, axes = plt.subplots(1, len(styles), figsize=(max(8, 4.2 * len(styles)), 4.4),
+                             sharey=True, squeeze=False)
+    for ax, st in zip(axes[0], styles):
+      for i, s in enumerate(series_values):
+        match = [p for p in at_x if tags[p][series] == s and tags[p][style] == st]
+        if not match:
+          continue
+        cells = sorted(at_x[match[0]].items())
+        ax.errorbar([b for b, _ in cells], [scale * c["mean"] for _, c in cells],
+                    yerr=[scale * c.get("ci95", np.nan) for _, c in cells], marker="o",
+                    capsize=2, color=f"C{i}", label=f"{series}={s}")
+        for b, c in cells:
+          ax.annotate(f"{int(c.get('count', 0) + c.get('undefined', 0))}", (b, scale * c["mean"]),
+                      fontsize=5, textcoords="offset points", xytext=(2, 2))
+      ax.set_title(f"{style}={st}, {x}={xs[-1]}", fontsize=9)
+      ax.set_xlabel("realized number of Byzantine clients b")
+      ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"E[{metric} | b]{unit}")
+    next((ax for ax in axes[0] if ax.get_legend_handles_labels()[0]), axes[0][0]).legend(
+        fontsize=6)
+    save(fig, "by_count.png", f"E[{metric} | b] per realized Byzantine count b (error bars: "
+         "95% CI over the draws with that b; numbers: draws at each b)")
   return paths
 
 

@@ -164,6 +164,8 @@ class Simulator:
         state.params, state.momentum, train.x, train.y, train.counts,
         jax.random.split(k_clients, self.num_clients), byzantine)
     weights = self._aggregation_weights(train, honest, updates.dtype)
+    if self.honest_only:  # absent clients: their rows are zeros of weight 0 (0·NaN would poison)
+      updates = jnp.where(honest[:, None], updates, jnp.zeros_like(updates))
     attack_state = state.attack_state
     if self.attack.poison is not None:
       server_rule = lambda u: self.aggregator.apply(u, state.aggregator_state, k_aggregator,
@@ -237,14 +239,23 @@ class Simulator:
                                          params)
 
   def evaluate(self, params: jax.Array, honest: jax.Array, train: ClientData,
-               test_x: jax.Array, test_y: jax.Array) -> dict[str, jax.Array]:
+               test_x: jax.Array, test_y: jax.Array, holdout: ClientData | None = None
+               ) -> dict[str, jax.Array]:
     """Scalars for one sample: the honest loss L_S(θ) = (1/|S|) Σ_{i∈S} L_i(θ), honest accuracy
     (same average), loss/accuracy on the global test set (NaN-free for a classifier; a
     regressor's accuracies are NaN, undefined), and for a backdoor attack
     the backdoor success rate: the share of triggered test inputs whose true label is not the
     target that the model classifies as the target. Honest metrics are NaN when S is empty;
     `diverged` is 1 when a parameter is non-finite (the summaries then count the draw as
-    diverged instead of averaging its accuracy in)."""
+    diverged instead of averaging its accuracy in).
+
+    `honest_loss`/`honest_accuracy` are in-sample: each client's own training data. With
+    `holdout` (each client's held-out examples, `FederatedData.holdout`) also the held-out
+    `honest_holdout_loss`/`honest_holdout_accuracy`: the mean over i ∈ S of client i's loss
+    (with the same ℓ2 term as `honest_loss`, so the two differ by the generalization gap only)
+    and accuracy on its own held-out examples; honest clients without held-out examples (a
+    client with one example keeps it for training) are left out of the mean, which is NaN when
+    no honest client has any."""
     loss, acc = self.client_metrics(params, train)
     h = honest.astype(jnp.float32)
     num_honest = jnp.sum(h)
@@ -256,6 +267,14 @@ class Simulator:
       triggered = self.logits(params, self.attack.trigger(test_x))
       extra["backdoor_accuracy"] = models_lib.masked_accuracy(
           triggered, jnp.full(test_y.shape, target), test_y != target)
+    if holdout is not None:
+      held_loss, held_acc = self.client_metrics(params, holdout)
+      counted = (honest.astype(bool) & (holdout.counts > 0)).astype(jnp.float32)
+      num_counted = jnp.sum(counted)
+      extra["honest_holdout_loss"] = jnp.where(num_counted > 0,
+                                               counted @ held_loss / num_counted, jnp.nan)
+      extra["honest_holdout_accuracy"] = jnp.where(num_counted > 0,
+                                                   counted @ held_acc / num_counted, jnp.nan)
     if self.measure_theory:
       stats = heterogeneity.gram_statistics(self.client_gradients(params, train))
       extra["honest_heterogeneity"], extra["honest_gradient_sq"] = heterogeneity.set_statistics(

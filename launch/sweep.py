@@ -40,6 +40,9 @@ _CONFIG = errors.define_config_flag(
     _DEFAULT_CONFIG, "Sweep configuration file.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/sweep_core", "Where results are written.")
+_RECOMPUTE = flags.DEFINE_bool(
+    "recompute", False, "Recompute every point, even those already in --workdir (points made "
+    "by other code or another JAX/backend are recomputed anyway).")
 
 
 def _sweep_module(path: str):
@@ -59,7 +62,7 @@ def main(argv):
   points = module.points(config)
   log = lambda m: print(m, flush=True)  # pylint: disable=unnecessary-lambda-assignment
   try:
-    rows = sweep.run(config.base, points, _WORKDIR.value, log=log)
+    rows = sweep.run(config.base, points, _WORKDIR.value, log=log, recompute=_RECOMPUTE.value)
   except KeyboardInterrupt:
     done = len({r["point"] for r in sweep.read_results(
         os.path.join(_WORKDIR.value, "results.csv"))})
@@ -74,6 +77,12 @@ def main(argv):
   paths = sweep.plot(rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
                      style=config.plot.style, metric=config.plot.metric, subtitle=subtitle,
                      log=log)
+  compared = sweep.paired_comparisons(rows, _WORKDIR.value, series=config.plot.series, log=log)
+  if compared:
+    sweep.write_comparisons(os.path.join(_WORKDIR.value, "comparisons.csv"), compared)
+    print(f"\nPaired comparisons ({config.plot.metric}; each {config.plot.series} against the "
+          "first at the same other tags, over the same draws; all metrics in comparisons.csv)")
+    print(sweep.comparison_table(compared, config.plot.metric))
   theory = sweep.theory_table(rows)
   if theory:
     print("\nTheory beside experiment (bound: robust D-GD with the published κ; tightness = "
@@ -83,7 +92,8 @@ def main(argv):
         rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
         style=config.plot.style, subtitle=subtitle, log=log,
         worst_name=worst_case.short_name(config.base.honest_set_options.worst_case.criterion))
-  print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.csv')}, timings.csv" +
+  print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.csv')}, timings.csv, points/<id>.json"
+        + (", comparisons.csv" if compared else "") +
         "".join(f", {os.path.basename(p)}" for p in paths))
 
 

@@ -6,7 +6,7 @@
 
 Prints progress while it runs, then a table of final-round estimates over samples, and writes
 summary.json, metrics.csv, honest_accuracy.png and the per-sample arrays (runs/*.npz, which a
-rerun with the same configuration reuses) into --workdir.
+rerun with the same configuration and code reuses; --recompute ignores them) into --workdir.
 """
 
 import os
@@ -26,6 +26,9 @@ _CONFIG = errors.define_config_flag(
     _DEFAULT_CONFIG,
     "Experiment configuration file (a get_config() returning a ConfigDict).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where results are written.")
+_RECOMPUTE = flags.DEFINE_bool(
+    "recompute", False, "Ignore the cached runs in --workdir/runs and train everything again "
+    "(cached runs made by other code or another JAX/backend are recomputed anyway).")
 
 
 def _progress(p: dict) -> None:
@@ -41,6 +44,7 @@ def main(argv):
   workdir = _WORKDIR.value
   try:
     exp = experiment.run(_CONFIG.value, workdir=workdir, progress=_progress,
+                         recompute=_RECOMPUTE.value,
                          log=lambda msg: print(msg, flush=True))
   except KeyboardInterrupt:
     saved = sorted(os.listdir(os.path.join(workdir, "runs"))) if os.path.isdir(

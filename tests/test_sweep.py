@@ -1,3 +1,4 @@
+import math
 """Resumable sweeps: an interrupted sweep, rerun, gives the table of an uninterrupted one, byte
 for byte; damaged point files are recomputed; grids from the command line; tables and plots."""
 
@@ -38,8 +39,11 @@ def base():
 
 
 def values(rows):
-  return sorted((r["point"], r["metric"], r["statistic"], r["value"]) for r in rows
-                if r["metric"] != "seconds")
+  """Rows as sortable tuples; NaN (an undefined statistic, e.g. a median CI from 4 draws) as the
+  string 'nan', so equal files compare equal."""
+  return sorted((r["point"], r["metric"], r["statistic"],
+                 "nan" if isinstance(r["value"], float) and math.isnan(r["value"]) else r["value"])
+                for r in rows if r["metric"] != "seconds")
 
 
 def test_interrupted_sweep_resumes_without_loss(tmp_path):
@@ -54,10 +58,10 @@ def test_interrupted_sweep_resumes_without_loss(tmp_path):
   assert "4 already done, 0 to run" in logs[-1] and values(again) == values(whole)
   on_disk = sweep.read_results(str(tmp_path / "b" / "results.csv"))
   assert values(on_disk) == values(whole)
-  assert len(os.listdir(tmp_path / "b" / "points")) == 4
+  assert len([f for f in os.listdir(tmp_path / "b" / "points") if f.endswith(".npz")]) == 4
   assert {r["aggregator"] for r in on_disk} == {"mean", "trimmed_mean"}
   paths = sweep.plot(on_disk, str(tmp_path / "b"), x="p", series="aggregator", style="p")
-  assert all(os.path.exists(p) for p in paths) and len(paths) == 3
+  assert all(os.path.exists(p) for p in paths) and len(paths) == 4
 
 
 def test_bad_points_fail_before_any_work(tmp_path):
@@ -91,7 +95,7 @@ def test_point_file_is_on_disk_before_its_rows(tmp_path, monkeypatch):
       sweep.point_id(sweep.apply_overrides(base(), points()[0].overrides)) + ".npz"]
   monkeypatch.setattr(sweep, "_write_results", real)
   rows = sweep.run(base(), points()[:1], workdir, log=lambda _: None)
-  assert {r["point"] for r in rows} == {files[0][:-4]}
+  assert {r["point"] for r in rows} == {f[:-4] for f in files if f.endswith(".npz")}
   assert [f for f in os.listdir(os.path.join(workdir, "points")) if f.startswith(".")] == []
 
 
@@ -121,7 +125,7 @@ def test_missing_or_damaged_point_files_are_recomputed(tmp_path):
   logs = []
   out = sweep.plot(sweep.read_results(os.path.join(workdir, "results.csv")), workdir, x="p",
                    series="aggregator", style="p", log=logs.append)
-  assert len(out) == 3 and all(os.path.exists(p) for p in out)
+  assert len(out) == 4 and all(os.path.exists(p) for p in out)
   assert any(paths[1][0] in m and "WARNING" in m for m in logs)
 
 
@@ -230,12 +234,13 @@ def test_sweep_plots_say_what_was_run(tmp_path, monkeypatch):
   saved = _capture_titles(monkeypatch)
   paths = sweep.plot(rows, workdir, x="p", series="aggregator", style="p", subtitle=subtitle)
   assert sorted(map(os.path.basename, paths)) == sorted(saved) == [
-      "correlation.png", "distributions.png", "expected_vs_worst.png"]
+      "by_count.png", "correlation.png", "distributions.png", "expected_vs_worst.png"]
   for name, fig in saved.items():
     assert subtitle in fig["suptitle"], name
   assert "error bars: 95% CI over draws" in saved["expected_vs_worst.png"]["suptitle"]
   assert "whiskers 5–95%" in saved["distributions.png"]["suptitle"]
   assert "95% CI over draws" in saved["correlation.png"]["suptitle"]
+  assert "per realized Byzantine count b" in saved["by_count.png"]["suptitle"]
   # One panel per aggregator, the μ_H styles (here p) as lines within it.
   assert saved["expected_vs_worst.png"]["axes"] == ["aggregator=mean", "aggregator=trimmed_mean"]
   assert set(saved["expected_vs_worst.png"]["legend"]) == {"p=0.1", "p=0.3"}
