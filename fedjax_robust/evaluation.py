@@ -188,7 +188,8 @@ def heavy_tail(values, *, worst: str = "max") -> bool:
 def intervals(values, *, worst: str = "max", method: str = "bca",
               resamples: int = 4999) -> dict:
   """The intervals a table shows beside a mean: `mean_ci` by `method` ('normal': mean ±
-  1.96·sd/√k; 'bca'/'percentile': bootstrap), `median_ci` (exact order statistics), `cvar90_ci`
+  1.96·sd/√k; 'bca'/'percentile': bootstrap), `median_ci` and `worst_quantile_ci` (q95 of a
+  loss, q05 of an accuracy; exact order statistics), `cvar90_ci`
   of the worst tail (bootstrap, or NaN with 'normal'), `heavy_tail`, and the names of the
   intervals shown."""
   if method not in INTERVALS:
@@ -206,6 +207,9 @@ def intervals(values, *, worst: str = "max", method: str = "bca",
   return {"interval": used, "interval_name": INTERVAL_NAMES[used]
           + (" (BCa undefined: all jackknife values equal)" if used != method else ""),
           "mean_ci": list(mean_ci), "median_ci": list(quantile_interval(x, 0.5)),
+          # The exact CI of the worst-side 95% quantile (q95 of a loss, q05 of an accuracy).
+          "worst_quantile": 0.95 if worst == "max" else 0.05,
+          "worst_quantile_ci": list(quantile_interval(x, 0.95 if worst == "max" else 0.05)),
           "cvar90_ci": list(cvar_ci), "heavy_tail": heavy_tail(x, worst=worst)}
 
 
@@ -235,10 +239,13 @@ def paired_difference(a, b, *, confidence: float = 0.95) -> dict:
          "both_infinite": int((inf_a & inf_b).sum()),
          "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
          "p_value": float("nan"), "wilcoxon_p": float("nan"), "median": float("nan"),
-         "test": "paired t"}
+         "heavy_tail": False, "test": "paired t"}
   if d.size < 2:
     return out
   out["mean"], out["median"] = float(d.mean()), float(np.median(d))
+  # Heavy-tailed differences make the t interval unreliable: flagged (read the median and the
+  # Wilcoxon p-value).
+  out["heavy_tail"] = heavy_tail(d, worst="max") or heavy_tail(d, worst="min")
   if np.ptp(d) == 0:
     out.update(ci_low=float(d[0]), ci_high=float(d[0]), p_value=float(d[0] == 0),
                wilcoxon_p=float(d[0] == 0))

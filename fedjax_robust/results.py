@@ -327,8 +327,8 @@ def format_table(summary: dict) -> str:
   for name, s in summary["aggregators"].items():
     if "honest_excess_loss" in s:
       e = s["honest_excess_loss"]
-      extras.append(f"{name}: E[L_S(θ̂_S) − L_S*] = {e['mean']:.4f} ± {e['ci95']:.4f} "
-                    f"(CVaR90 {e['cvar90']:.4f})")
+      extras.append(f"{name}: E[L_S(θ̂_S) − L_S*] = {e['mean']:.4f} ± {e['ci95']:.4f} (normal "
+                    f"CI), median {e['q50']:.4f}, CVaR90 {e['cvar90']:.4f}")
   if "objectives" in summary:
     o = summary["objectives"]
     extras.append(
@@ -382,33 +382,45 @@ def format_table(summary: dict) -> str:
 
 
 def format_comparisons(summary: dict) -> str:
-  """The paired comparisons a − b (same draws): mean difference with its paired-t 95% CI and
-  p-value, the Wilcoxon p-value, and how many draws were not paired (diverged or undefined);
-  '' if none."""
+  """The paired comparisons a − b (same draws), one line per pair: for the in-sample honest
+  accuracy, the held-out accuracy (when measured) and the honest loss, the mean difference with
+  its paired-t 95% CI and p-value, and the Wilcoxon p-value; then the draws left unpaired
+  (diverged or undefined). summary.json has every compared metric. '' if none."""
   compared = summary.get("comparisons", [])
   if not compared:
     return ""
-  header = (f"{'a − b (paired over the same draws)':<56} {'metric':<24} {'mean diff [95% CI]':>30} "
-            f"{'p (t)':>8} {'p (Wilcoxon)':>12} {'pairs':>5}  not paired")
-  lines = ["Paired comparisons: mean of the per-draw differences a − b, paired-t 95% CI and "
-           "two-sided p-value; accuracies in percentage points", header, "-" * len(header)]
+  metrics = [m for m in ("honest_accuracy", "honest_holdout_accuracy", "honest_loss")
+             if any(c["metric"] == m and not np.isnan(c["mean"]) for c in compared)]
+  by_pair: dict[tuple, dict] = {}
   for c in compared:
-    percent = "accuracy" in c["metric"]
-    scale, digits = (100.0, 2) if percent else (1.0, 4)
-    diff = ("n/a" if np.isnan(c["mean"]) else
-            f"{scale * c['mean']:+.{digits}f} {_interval(c['ci_low'], c['ci_high'], scale, digits)}")
-    skipped = []
-    if c["a_only_infinite"]:
-      skipped.append(f"{c['a_only_infinite']} a diverged")
-    if c["b_only_infinite"]:
-      skipped.append(f"{c['b_only_infinite']} b diverged")
-    if c["both_infinite"]:
-      skipped.append(f"{c['both_infinite']} both")
-    if c["undefined"]:
-      skipped.append(f"{c['undefined']} undefined")
-    pair = f"{c['a']} − {c['b']}" + ("" if c["same_draws"] else " (different sets)")
-    lines.append(f"{pair:<56} {c['metric']:<24} {diff:>30} {format_p(c['p_value']):>8} "
-                 f"{format_p(c['wilcoxon_p']):>12} {c['pairs']:>5}  {', '.join(skipped) or '-'}")
+    by_pair.setdefault((c["a"], c["b"], c["same_draws"]), {})[c["metric"]] = c
+  names = {"honest_accuracy": "Δ honest acc (pp)", "honest_holdout_accuracy": "Δ held-out acc (pp)",
+           "honest_loss": "Δ honest loss"}
+  header = f"{'a − b':<44} " + " ".join(f"{names[m] + ' [CI] p(t) p(W)':>46}" for m in metrics)
+  lines = ["Paired comparisons over the same draws: mean of the per-draw differences a − b with its "
+           "paired-t 95% CI, the paired-t and Wilcoxon signed-rank p-values; draws where either "
+           "side diverged or is undefined are not paired (counted at the right); † heavy-tailed "
+           "differences (beyond Tukey's far-out fences): the t interval is unreliable there, read "
+           "the Wilcoxon p-value", header,
+           "-" * (len(header) + 24)]
+  for (a, b, same), cells in by_pair.items():
+    parts, skipped = [], {}
+    for m in metrics:
+      c = cells.get(m)
+      if c is None or np.isnan(c["mean"]):
+        parts.append(f"{'n/a':>46}")
+        continue
+      scale, digits = (100.0, 2) if "accuracy" in m else (1.0, 4)
+      text = (f"{scale * c['mean']:+.{digits}f} {_interval(c['ci_low'], c['ci_high'], scale, digits)}"
+              + ("†" if c.get("heavy_tail") else "")
+              + f" {format_p(c['p_value'])} {format_p(c['wilcoxon_p'])}")
+      parts.append(f"{text:>46}")
+      for key, label in (("a_only_infinite", "a diverged"), ("b_only_infinite", "b diverged"),
+                         ("both_infinite", "both diverged"), ("undefined", "undefined")):
+        skipped[label] = max(skipped.get(label, 0), c[key])
+    pair = f"{a} − {b}" + ("" if same else " (different sets)")
+    rest = ", ".join(f"{v} {k}" for k, v in skipped.items() if v)
+    lines.append(f"{pair:<44} " + " ".join(parts) + (f"  unpaired: {rest}" if rest else ""))
   return "\n".join(lines)
 
 

@@ -129,19 +129,25 @@ def point_id(config) -> str:
 
 
 # Interval statistics of the headline metrics (results.HEADLINE): the mean's CI by the config's
-# `report.interval`, the median's exact CI, the worst tail's CVaR90 CI, the heavy-tail flag.
+# `report.interval`, the exact CIs of the median and of the worst-side 95% quantile, the worst
+# tail's CVaR90 CI, the heavy-tail flag.
 INTERVAL_STATISTICS = ("mean_ci_low", "mean_ci_high", "median_ci_low", "median_ci_high",
-                       "cvar90_ci_low", "cvar90_ci_high", "heavy_tail")
+                       "worst_quantile_ci_low", "worst_quantile_ci_high", "cvar90_ci_low",
+                       "cvar90_ci_high", "heavy_tail")
 # Statistics of a paired comparison row (metric 'paired:<metric>:<a>-<b>').
 PAIRED_STATISTICS = ("mean", "ci_low", "ci_high", "p_value", "wilcoxon_p", "pairs",
                      "a_only_infinite", "b_only_infinite", "undefined")
 
 
 def _interval_values(s: dict) -> dict:
-  return {"mean_ci_low": s["mean_ci"][0], "mean_ci_high": s["mean_ci"][1],
-          "median_ci_low": s["median_ci"][0], "median_ci_high": s["median_ci"][1],
-          "cvar90_ci_low": s["cvar90_ci"][0], "cvar90_ci_high": s["cvar90_ci"][1],
-          "heavy_tail": int(s["heavy_tail"])}
+  """The INTERVAL_STATISTICS of a headline metric's summary, in that order."""
+  values = {"mean_ci_low": s["mean_ci"][0], "mean_ci_high": s["mean_ci"][1],
+            "median_ci_low": s["median_ci"][0], "median_ci_high": s["median_ci"][1],
+            "worst_quantile_ci_low": s["worst_quantile_ci"][0],
+            "worst_quantile_ci_high": s["worst_quantile_ci"][1],
+            "cvar90_ci_low": s["cvar90_ci"][0], "cvar90_ci_high": s["cvar90_ci"][1],
+            "heavy_tail": int(s["heavy_tail"])}
+  return {k: values[k] for k in INTERVAL_STATISTICS}
 
 
 def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
@@ -387,8 +393,8 @@ def run(base, points: Sequence[Point], workdir: str, *,
 
 
 COMPARISON_FIELDS = ("a", "b", "metric", "same_draws", "mean", "ci_low", "ci_high", "p_value",
-                     "wilcoxon_p", "median", "pairs", "a_only_infinite", "b_only_infinite",
-                     "both_infinite", "undefined")
+                     "wilcoxon_p", "median", "heavy_tail", "pairs", "a_only_infinite",
+                     "b_only_infinite", "both_infinite", "undefined")
 
 
 def _draw_values(arrays: dict) -> dict[str, np.ndarray]:
@@ -423,27 +429,27 @@ def paired_comparisons(rows: list[dict], workdir: str, *, series: str = "aggrega
     key = tuple(sorted((k, str(v)) for k, v in entry.items()
                        if isinstance(k, str) and k != series))
     groups.setdefault(key, []).append(pid)
+  def readable(pid):
+    try:
+      return load_point(point_path(workdir, pid))
+    except NPZ_ERRORS as e:
+      log(f"sweep comparisons: WARNING {point_path(workdir, pid)} unreadable "
+          f"({type(e).__name__}); left out")
+      return None
+
   out = []
   for key, pids in groups.items():
     base_pid = next((p for p in pids if str(points[p][series]) == baseline), None) if baseline \
         else pids[0]
     if base_pid is None or len(pids) < 2:
       continue
-    try:
-      base = load_point(point_path(workdir, base_pid))
-    except NPZ_ERRORS as e:
-      log(f"sweep comparisons: WARNING {point_path(workdir, base_pid)} unreadable "
-          f"({type(e).__name__}); its group is left out")
+    base = readable(base_pid)
+    if base is None:
       continue
     base_values = _draw_values(base)
     for pid in pids:
-      if pid == base_pid:
-        continue
-      try:
-        arrays = load_point(point_path(workdir, pid))
-      except NPZ_ERRORS as e:
-        log(f"sweep comparisons: WARNING {point_path(workdir, pid)} unreadable "
-            f"({type(e).__name__}); left out")
+      arrays = readable(pid) if pid != base_pid else None
+      if arrays is None:
         continue
       values = _draw_values(arrays)
       if len(arrays["num_byzantine"]) != len(base["num_byzantine"]):
