@@ -358,7 +358,7 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
     z = config.attack_options.alie.z
     attack = (None if config.attack == "none" else
               lambda u, h: numpy_reference.alie(u, h, z))
-    options = {k: dict(v) for k, v in config.aggregator_options.items()}
+    options = config_lib.aggregator_options(config)  # τ in the units the rules take
     aggregate_fn = lambda u: numpy_reference.aggregate(spec, u, config.f, options)
     layers0 = unflatten(np.asarray(initial.params, np.float64))
     rng = np.random.default_rng(0)

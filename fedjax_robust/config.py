@@ -62,6 +62,11 @@ def base_config() -> ml_collections.ConfigDict:
   # One or more comma-separated specs; '+' chains pre-aggregators before a rule.
   c.aggregator = "mean,trimmed_mean,geometric_median,nnm+trimmed_mean"
   c.aggregator_options = _options_of(aggregators.names(), aggregators.options, {"m": int})
+  # Centered clipping's τ as the published code gives it (Karimireddy et al. clip momentum
+  # buffers m = βm + g; τ = 10 there): converted to this simulator's update units at build time
+  # (τ·client_lr·(1 − β)·local_steps: 0.5 in the default job). In update units, τ = 10 clipped
+  # no honest update of the default job, so "centered clipping" numbers were the mean's.
+  c.aggregator_options.centered_clipping.tau_units = "published_momentum"
   c.attack = "alie"
   # ALIE's z: None or nan (settable from the command line) means z from n and the realized b.
   c.attack_options = _options_of(attacks.names(), attacks.options, {"z": float})

@@ -252,7 +252,13 @@ def test_mean_is_poisoned_by_design(rng):
 
 
 # ----------------------------------------------------------------------- batching
-@pytest.mark.parametrize("spec", RULES + OTHER_RULES)
+# The two geometric-median chains are slow to compile; geometric_median itself and the other
+# chains run by default.
+_SLOW_BATCHING = ("bucketing+geometric_median", "nnm+geometric_median")
+
+
+@pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow) if s in _SLOW_BATCHING
+                                  else s for s in RULES + OTHER_RULES])
 def test_vmap_over_samples_matches_unbatched(rng, spec):
   x = rng.normal(size=(4, 11, D)).astype(np.float32)
   x[1, 0] = np.nan  # one sample with a poisoned row

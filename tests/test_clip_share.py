@@ -186,9 +186,15 @@ def test_make_simulator_converts_published_momentum_tau(rng):
   assert c.aggregator_options.centered_clipping.tau == 10.0   # the config is not changed
 
 
-def test_default_tau_units_change_nothing(rng):
+def test_update_units_keep_the_old_rule_and_the_config_defaults_to_published_units(rng):
   c = tiny_config()
-  assert c.aggregator_options.centered_clipping.tau_units == "update"
+  # The config's default is the published convention (τ = 10 in Karimireddy et al.'s units)...
+  assert c.aggregator_options.centered_clipping.tau_units == "published_momentum"
+  t = c.training
+  assert config_lib.aggregator_options(c)["centered_clipping"]["tau"] == pytest.approx(
+      10.0 * t.client_lr * (1 - t.client_momentum) * t.local_steps)
+  # ... and tau_units="update" is the rule as it was (the library function's default).
+  c.aggregator_options.centered_clipping.tau_units = "update"
   assert config_lib.aggregator_options(c) == c.aggregator_options.to_dict()
   x = jnp.asarray(rng.normal(size=(c.num_clients, D)), jnp.float32)
   sim = _simulator(c)

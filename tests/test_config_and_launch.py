@@ -72,6 +72,7 @@ def test_alie_warns_when_its_z_is_zero():
     config_lib.validate(c)
 
 
+@pytest.mark.slow  # test_referee (summary.json, reuse, recompute) and the launcher test cover it
 def test_experiment_writes_results_and_resumes(tmp_path):
   logs = []
   first = experiment.run(tiny_config(), workdir=str(tmp_path), log=logs.append)

@@ -374,8 +374,15 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
   for line in proc.stdout:
     if "% of the job]" in line:
       break
-  proc.send_signal(signal.SIGINT)
-  _, err = proc.communicate(timeout=120)
+  # A SIGINT that lands inside XLA's C++ dispatch can be dropped before Python sees it (seen once
+  # under load); a user presses Ctrl-C again, and so does the test, every 3 s until it exits.
+  for _ in range(40):
+    proc.send_signal(signal.SIGINT)
+    try:
+      _, err = proc.communicate(timeout=3)
+      break
+    except subprocess.TimeoutExpired:
+      continue
   assert proc.returncode == 130
   assert "interrupted: 0 finished aggregator run(s) saved in" in err
   assert "rerun the same command to resume" in err and "Traceback" not in err

@@ -115,6 +115,7 @@ def test_mean_rule_ratio_under_alie_matches_its_closed_form():
   assert np.allclose(exp.runs["mean"].aux["kappa_ratio"], want, rtol=1e-4)
 
 
+@pytest.mark.slow  # test_robustness checks κ̂ under line-searched ALIE by default
 def test_measured_kappa_under_line_searched_alie_between_lower_and_published_bounds():
   """With b = f and the line-searched ALIE, κ̂ stays below each rule's published κ, and reaches
   the lower bound f/(n − 2f) for the coordinate median (and Krum: 0.88, 0.72 measured). Finding (measured, n = 6, f = 1
