@@ -34,6 +34,7 @@ def test_greedy_and_swaps_reach_the_optimum_on_small_problems(seed):
   assert value >= 0.98 * best_value
 
 
+@pytest.mark.slow  # test_worst_case.py runs the heterogeneity proxy end to end by default
 def test_worst_case_experiment_by_heterogeneity():
   c = get_config()
   c.honest_set = "worst_case"
