@@ -366,15 +366,17 @@ def test_unknown_keys_with_the_default_config_files(tmp_path, argv, expected):
 
 
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
-  proc = subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-       f"--config={os.path.join(ROOT, 'tests', 'tiny_config.py')}", f"--workdir={tmp_path}",
-       "--config.training.num_rounds=4000", "--config.training.eval_every=10"],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-      # A shell starts background jobs with SIGINT ignored and children inherit that (Python
-      # then installs no KeyboardInterrupt handler): the child gets the default back, so the
-      # test does not depend on how pytest itself was started.
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  train = os.path.join(ROOT, "launch", "train.py")
+  args = [f"--config={os.path.join(ROOT, 'tests', 'tiny_config.py')}", f"--workdir={tmp_path}",
+          "--config.training.num_rounds=4000", "--config.training.eval_every=10"]
+  # A shell starts background jobs with SIGINT ignored and children inherit that (Python then
+  # installs no KeyboardInterrupt handler), so the child puts Python's handler back before it
+  # runs the launcher: the test does not depend on how pytest itself was started. (Not through
+  # preexec_fn: forking the multithreaded JAX process can deadlock.)
+  bootstrap = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)"
+               f"; sys.argv = {[train, *args]!r}; runpy.run_path({train!r}, run_name='__main__')")
+  proc = subprocess.Popen([sys.executable, "-c", bootstrap], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
   for line in proc.stdout:
     if "% of the job]" in line:
       break
