@@ -505,23 +505,50 @@ def _is_percent(metric: str, statistic: str = "mean") -> bool:
   return "accuracy" in metric and statistic not in ("count", "undefined")
 
 
-def table(rows: list[dict], metric: str = "honest_accuracy", statistic: str = "mean") -> str:
-  """One line per point: its tags and `metric`'s `statistic` (± the 95% CI half-width when the
-  statistic is the mean); accuracies in percent, e.g. '91.80 ± 3.20'."""
+def mean_intervals(rows: list[dict], metric: str) -> dict[str, tuple[float, float]]:
+  """point -> the 95% CI of `metric`'s mean: the configured interval (`mean_ci_low/high` rows:
+  bootstrap or normal, see `report.interval`), or mean ± `ci95` for rows written without it."""
+  stats: dict[str, dict] = {}
+  for r in rows:
+    if r["metric"] == metric and r["statistic"] in ("mean", "ci95", "mean_ci_low",
+                                                      "mean_ci_high"):
+      stats.setdefault(r["point"], {})[r["statistic"]] = float(r["value"])
+  out = {}
+  for pid, st in stats.items():
+    if "mean_ci_low" in st and "mean_ci_high" in st:
+      out[pid] = (st["mean_ci_low"], st["mean_ci_high"])
+    elif "mean" in st:
+      half = st.get("ci95", float("nan"))
+      out[pid] = (st["mean"] - half, st["mean"] + half)
+  return out
+
+
+def table(rows: list[dict], metric: str = "honest_accuracy", statistic: str = "mean",
+          interval_name: str = "") -> str:
+  """One line per point: its tags and `metric`'s `statistic`, with the 95% CI of the mean when
+  the statistic is the mean (`mean_intervals`: '91.80 [88.60, 95.00]', or '91.80 ± 3.20' for
+  rows that carry only the normal half-width); accuracies in percent. `interval_name` (e.g.
+  evaluation.INTERVAL_NAMES[report.interval]) goes into the header."""
   chosen = [r for r in rows if r["metric"] == metric and r["statistic"] == statistic]
   if not chosen:
     return "(no rows)"
   tags = [k for k in chosen[0] if k not in ("point", "metric", "statistic", "value")]
-  ci = {r["point"]: r["value"] for r in rows if r["metric"] == metric and r["statistic"] == "ci95"}
+  has_interval = {r["point"] for r in rows if r["metric"] == metric
+                  and r["statistic"] == "mean_ci_low"}
+  intervals = mean_intervals(rows, metric)
   percent = _is_percent(metric, statistic)
   scale, digits = (100.0, 2) if percent else (1.0, 4)
   with_ci = statistic == "mean"
   lines = ["  ".join(f"{t:>16}" for t in tags) + f"  {metric} {statistic}"
-           + (" (%)" if percent else "") + (" ± CI95" if with_ci else "")]
+           + (" (%)" if percent else "")
+           + ((f" [{interval_name or '95% CI'}]" if has_interval else " ± CI95") if with_ci
+              else "")]
   for r in chosen:
     value = f"{scale * float(r['value']):.{digits}f}"
     if with_ci:
-      value += f" ± {scale * float(ci.get(r['point'], 'nan')):.{digits}f}"
+      lo, hi = intervals.get(r["point"], (float("nan"), float("nan")))
+      value += (f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+                if r["point"] in has_interval else f" ± {scale * (hi - lo) / 2:.{digits}f}")
     lines.append("  ".join(f"{str(r[t]):>16}" for t in tags) + f"  {value}")
   return "\n".join(lines)
 
@@ -616,8 +643,10 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
 
   mean = {r["point"]: float(r["value"]) for r in rows
           if r["metric"] == metric and r["statistic"] == "mean"}
-  ci = {r["point"]: float(r["value"]) for r in rows
-        if r["metric"] == metric and r["statistic"] == "ci95"}
+  # Error bars: the configured 95% CI of each mean (asymmetric for a bootstrap interval).
+  interval = mean_intervals(rows, metric)
+  err = {p: (max(mean[p] - lo, 0.0), max(hi - mean[p], 0.0)) if np.isfinite(lo + hi)
+         else (np.nan, np.nan) for p, (lo, hi) in interval.items() if p in mean}
   tags = {r["point"]: r for r in rows if r["metric"] == metric and r["statistic"] == "mean"}
   if not tags or any(t not in next(iter(tags.values())) for t in (x, series, style)):
     return []
@@ -643,7 +672,8 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
       if pts:
         worst = st == worst_label
         ax.errorbar([v for v, _ in pts], [scale * mean[p] for _, p in pts],
-                    yerr=[scale * ci[p] for _, p in pts],
+                    yerr=np.array([[scale * e for e in err.get(p, (np.nan, np.nan))]
+                                   for _, p in pts]).T,
                     color="black" if worst else style_colors[st],
                     linestyle="--" if worst else linestyles[st],
                     marker="x" if worst else "o", capsize=3, label=f"{style}={st}")
@@ -696,8 +726,9 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
         match = [p for p, t in tags.items() if t[series] == s and t[style] == st
                  and _float(t[x]) == xv]
         vals.append(scale * mean[match[0]] if match else np.nan)
-        errs.append(scale * ci[match[0]] if match else 0)
-      ax.bar(np.arange(len(series_values)) + j * width, vals, width, yerr=errs, capsize=2,
+        errs.append([scale * e for e in err.get(match[0], (0, 0))] if match else [0, 0])
+      ax.bar(np.arange(len(series_values)) + j * width, vals, width,
+             yerr=np.array(errs, float).T, capsize=2,
              label=f"{style}={st}")
     ax.set_xticks(np.arange(len(series_values)) + 0.4 - width / 2, series_values, rotation=60,
                   fontsize=7)

@@ -32,6 +32,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust import evaluation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import worst_case  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -71,7 +72,8 @@ def main(argv):
           file=sys.stderr)
     sys.exit(130)
   print()
-  print(sweep.table(rows, config.plot.metric))
+  print(sweep.table(rows, config.plot.metric,
+                    interval_name=evaluation.INTERVAL_NAMES[config.base.report.interval]))
   note = module.plot_note(config) if hasattr(module, "plot_note") else ""
   subtitle = sweep.describe(config.base, points, x=config.plot.x, note=note)
   paths = sweep.plot(rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,

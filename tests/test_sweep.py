@@ -201,6 +201,12 @@ def test_table_shows_accuracies_in_percent_and_losses_raw():
   assert "0.2500 ± 0.0125" in loss and "%" not in loss
   assert "64" in sweep.table(rows, "honest_accuracy", "count")
   assert "6400" not in sweep.table(rows, "honest_accuracy", "count")
+  # With the configured (here asymmetric bootstrap) interval, the table shows it as [lo, hi].
+  rows += [{"point": "a", "agg": "mean", "metric": "honest_accuracy", "statistic": s, "value": v}
+           for s, v in (("mean_ci_low", 0.88), ("mean_ci_high", 0.93))]
+  acc = sweep.table(rows, interval_name="bootstrap BCa 95% CI")
+  assert "91.80 [88.00, 93.00]" in acc and "[bootstrap BCa 95% CI]" in acc.splitlines()[0]
+  assert sweep.mean_intervals(rows, "honest_loss")["a"] == pytest.approx((0.2375, 0.2625))
 
 
 def _capture_titles(monkeypatch):
