@@ -352,10 +352,13 @@ def _validate(config) -> None:
                           weighted=config.training.weighted_aggregation)
     jax.eval_shape(agg, jax.ShapeDtypeStruct((n, 4), np.float32))  # trace-time checks of n, f
   comparison_pairs(config)
-  if config.draw_condition != "none" and config.honest_set == "worst_case":
-    raise ConfigError(f"draw_condition={config.draw_condition!r} conditions draws of a random "
-                      "μ_H; honest_set='worst_case' repeats one set with b = f. Allowed with "
-                      "worst_case: 'none'.")
+  # With honest_set='worst_case' every draw has b = f < n/2, which satisfies every condition:
+  # a sweep can put μ_H conditioned on b = f beside the worst case at the same b.
+  if config.estimators.oracle and config.draw_condition != "none":
+    raise ConfigError(f"estimators.oracle trains on the exact weights of independent corruption; "
+                      f"with draw_condition={config.draw_condition!r} the draws follow the "
+                      "conditioned law, whose weights it does not compute. Allowed: "
+                      "draw_condition='none' with the oracle.")
   _validate_task(config)
   num_classes = data_lib.num_classes(config.data.name, config.data.synthetic_num_classes,
                                      config.data.synthetic_task)

@@ -217,14 +217,16 @@ def intervals(values, *, worst: str = "max", method: str = "bca",
 def paired_difference(a, b, *, confidence: float = 0.95) -> dict:
   """Rule A minus rule B on the same draws (same masks and keys): the mean of the per-draw
   differences a_s − b_s with its paired-t CI and two-sided p-value (scipy.stats.ttest_rel), the
-  Wilcoxon signed-rank p-value as a distribution-free check, and the median difference.
+  median difference, and the Wilcoxon signed-rank p-value as a distribution-free check.
 
-  Only draws where both values are finite enter (`pairs`); the others are counted:
-  `undefined` (a NaN on either side, e.g. an accuracy of a diverged draw), `a_only_infinite` /
-  `b_only_infinite` (one side diverged: its loss is +inf, the difference infinite, and it is
-  reported, not averaged in) and `both_infinite`. With fewer than 2 pairs the estimates are NaN;
-  when every difference is the same value c the CI is [c, c] and the p-value is 1 if c = 0 (no
-  difference at all), 0 otherwise."""
+  The t statistics use the draws where both values are finite (`pairs`). The Wilcoxon test also
+  keeps the draws where exactly one side is infinite (a diverged draw's loss is +inf: its
+  difference ranks as the largest, so a rule that diverges where the other does not is not
+  compared only on the draws it survived; `wilcoxon_pairs`). Counted apart: `undefined` (a NaN on
+  either side, e.g. the accuracy of a diverged draw), `a_only_infinite` / `b_only_infinite` and
+  `both_infinite`. With fewer than 2 pairs the estimates are NaN. When every finite difference is
+  the same c the CI is [c, c]; the t p-value is then undefined (NaN, sd = 0) unless c = 0 (no
+  difference in any draw: p = 1)."""
   import scipy.stats  # pylint: disable=g-import-not-at-top
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   if a.shape != b.shape:
@@ -233,13 +235,22 @@ def paired_difference(a, b, *, confidence: float = 0.95) -> dict:
   inf_a, inf_b = np.isinf(a) & ~nan_either, np.isinf(b) & ~nan_either
   both = np.isfinite(a) & np.isfinite(b)
   d = a[both] - b[both]
-  out = {"pairs": int(both.sum()), "undefined": int(nan_either.sum()),
+  one_sided = inf_a ^ inf_b
+  ranked = np.concatenate([d, a[one_sided] - b[one_sided]])  # ±inf where one side diverged
+  out = {"pairs": int(both.sum()), "wilcoxon_pairs": int(ranked.size),
+         "undefined": int(nan_either.sum()),
          "a_only_infinite": int((inf_a & ~inf_b).sum()),
          "b_only_infinite": int((inf_b & ~inf_a).sum()),
          "both_infinite": int((inf_a & inf_b).sum()),
          "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
          "p_value": float("nan"), "wilcoxon_p": float("nan"), "median": float("nan"),
          "heavy_tail": False, "test": "paired t"}
+  if np.any(ranked != 0):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # scipy's notes on ties and small samples
+      out["wilcoxon_p"] = float(scipy.stats.wilcoxon(ranked, zero_method="wilcox").pvalue)
+  elif ranked.size:
+    out["wilcoxon_p"] = 1.0  # no difference in any draw
   if d.size < 2:
     return out
   out["mean"], out["median"] = float(d.mean()), float(np.median(d))
@@ -247,14 +258,12 @@ def paired_difference(a, b, *, confidence: float = 0.95) -> dict:
   # Wilcoxon p-value).
   out["heavy_tail"] = heavy_tail(d, worst="max") or heavy_tail(d, worst="min")
   if np.ptp(d) == 0:
-    out.update(ci_low=float(d[0]), ci_high=float(d[0]), p_value=float(d[0] == 0),
-               wilcoxon_p=float(d[0] == 0))
+    out.update(ci_low=float(d[0]), ci_high=float(d[0]),
+               p_value=1.0 if d[0] == 0 else float("nan"))
     return out
   t = scipy.stats.ttest_rel(a[both], b[both])
   ci = t.confidence_interval(confidence)
   out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(t.pvalue))
-  if np.any(d != 0):
-    out["wilcoxon_p"] = float(scipy.stats.wilcoxon(d, zero_method="wilcox").pvalue)
   return out
 
 

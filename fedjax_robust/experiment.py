@@ -698,7 +698,7 @@ def _run_theory(exp: Experiment, log) -> None:
       and config.honest_set != "worst_case"):
     spec = next(iter(exp.runs))
     weights, how = None, f"estimated from the {config.num_samples} draws"
-    if config.honest_set == "bernoulli":
+    if config.honest_set == "bernoulli" and config.draw_condition == "none":
       weights = honest_sets.expected_objective_weights(
           config_lib.honest_set_spec(config)["p"], config.num_clients)
       how = "exact (independent corruption)"

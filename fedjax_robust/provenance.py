@@ -81,19 +81,25 @@ def describe_code(code: dict | None) -> str:
 def environment() -> dict:
   """Python, JAX and jaxlib versions, the backend and its devices."""
   import jaxlib  # pylint: disable=g-import-not-at-top
+  import numpy  # pylint: disable=g-import-not-at-top
+  import sklearn  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   return {"python": platform.python_version(), "jax": jax.__version__,
           "jaxlib": getattr(jaxlib, "__version__", None) or jaxlib.version.__version__,
+          # NumPy and scikit-learn build the partitions, the held-out split and the digits data.
+          "numpy": numpy.__version__, "scikit_learn": sklearn.__version__,
           "backend": jax.default_backend(), "device_count": len(devices),
           "device_kind": devices[0].device_kind if devices else None,
           "platform": platform.platform(terse=True)}
 
 
 # What a cached result must share with this process to be reused: the same code and the same
-# numerical stack (another JAX, jaxlib or backend rounds differently). The vmapped width is not
+# numerical stack (another JAX, jaxlib, backend or device kind rounds differently; NumPy and
+# scikit-learn make the data). The vmapped width is not
 # in it: a draw's numbers do not depend on it (experiment.DRAW_ALIGNMENT).
 REUSE_FIELDS = (("code", "source_digest"), ("environment", "jax"), ("environment", "jaxlib"),
-                ("environment", "backend"))
+                ("environment", "backend"), ("environment", "device_kind"),
+                ("environment", "numpy"), ("environment", "scikit_learn"))
 
 
 def reuse_mismatch(saved: dict | None) -> str | None:

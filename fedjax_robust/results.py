@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from typing import Any, Mapping
@@ -41,8 +42,9 @@ def defined_metrics(run: AggregatorRun) -> dict[str, np.ndarray]:
 
 
 HONEST_ONLY_NAME = ("baseline without Byzantine clients: the same draws with the Byzantine "
-                    "clients absent (no data, no updates), the honest clients averaged by the "
-                    "mean, no attack")
+                    "clients absent (no data, no updates), the honest clients' updates averaged "
+                    "by the unweighted mean (D-SGD on L_S, whatever training.weighted_aggregation "
+                    "says), no attack")
 
 # The final-round metrics a summary gives intervals for, with their worst direction.
 HEADLINE = (("honest_loss", "max"), ("honest_accuracy", "min"), ("honest_holdout_loss", "max"),
@@ -110,8 +112,11 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
     out["backdoor_accuracy"] = evaluation.summarize(values["backdoor_accuracy"], worst="max")
   # Aggregator diagnostics averaged over rounds and draws; the per-round κ ratio is reported
   # (as κ̂, a maximum) in the theory block instead.
-  out.update({name: float(np.mean(v)) for name, v in run.aux.items()
-              if name not in training.MAX_AUX})
+  # Diverged draws are left out (their NaN rows would count as clipped, their iterations as
+  # whatever the NaN made them).
+  kept = ~diverged
+  out.update({name: float(np.mean(np.asarray(v)[:, kept])) if kept.any() else float("nan")
+              for name, v in run.aux.items() if name not in training.MAX_AUX})
   if theory is not None:
     out["theory"] = theory_report.summarize(theory, counts, f)
   return out
@@ -249,14 +254,16 @@ def _interval(lo: float, hi: float, scale: float = 1.0, digits: int = 4) -> str:
   return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
 
 
-def _estimate(s: dict | None, *, percent: bool) -> str:
-  """'mean [CI]' (accuracies in percent), '†' appended where the tail is heavy."""
+def _estimate(s: dict | None, *, percent: bool, configured: str = "") -> str:
+  """'mean [CI]' (accuracies in percent), '†' appended where the tail is heavy, '‡' where the
+  interval is not the `configured` one (BCa undefined: percentile given)."""
   if not s or s.get("count", 0) == 0 or np.isnan(s["mean"]):
     return "n/a"
   scale, digits = (100.0, 2) if percent else (1.0, 4)
   lo, hi = s.get("mean_ci", (s["mean"] - s["ci95"], s["mean"] + s["ci95"]))
   return (f"{scale * s['mean']:.{digits}f} {_interval(lo, hi, scale, digits)}"
-          + ("†" if s.get("heavy_tail") else ""))
+          + ("†" if s.get("heavy_tail") else "")
+          + ("‡" if configured and s.get("interval", configured) != configured else ""))
 
 
 def _median(s: dict | None, *, percent: bool) -> str:
@@ -275,8 +282,8 @@ def format_table(summary: dict) -> str:
   cfg = summary["config"]
   aggs = dict(summary["aggregators"])
   holdout = any("honest_holdout_accuracy" in s for s in aggs.values())
-  first = next(iter(aggs.values()))
-  interval = first["honest_loss"].get("interval_name", "normal 95% CI")
+  configured = cfg.get("report", {}).get("interval", "normal")
+  interval = evaluation.INTERVAL_NAMES[configured]
   header = (f"{'aggregator':<28} {'E[honest loss] [CI]':>27} {'median loss [CI]':>27} "
             f"{'E[honest acc %] [CI]':>22} {'median acc':>10} {'worst acc':>9} {'acc|b≤f':>8} "
             f"{'acc|b>f':>8}" + (f" {'held-out acc [CI]':>22}" if holdout else "")
@@ -292,15 +299,16 @@ def format_table(summary: dict) -> str:
   rows = list(aggs.items())
   if "honest_only" in summary:
     rows.append(("(honest only: no Byzantine)", summary["honest_only"]))
+  est = functools.partial(_estimate, configured=configured)
   for name, s in rows:
     lines.append(
-        f"{name:<28} {_estimate(s['honest_loss'], percent=False):>27} "
+        f"{name:<28} {est(s['honest_loss'], percent=False):>27} "
         f"{_median(s['honest_loss'], percent=False):>27} "
-        f"{_estimate(s['honest_accuracy'], percent=True):>22} "
+        f"{est(s['honest_accuracy'], percent=True):>22} "
         f"{_pct(s['honest_accuracy']['q50']):>10} {_pct(s['honest_accuracy']['worst']):>9} "
         f"{_pct(s['honest_accuracy_given_b_le_f']['mean']):>8} "
         f"{_pct(s['honest_accuracy_given_b_gt_f']['mean']):>8}"
-        + (f" {_estimate(s.get('honest_holdout_accuracy'), percent=True):>22}" if holdout else "")
+        + (f" {est(s.get('honest_holdout_accuracy'), percent=True):>22}" if holdout else "")
         + f" {_pct(s['test_accuracy']['mean']):>8} {s['diverged']['count']:>8d}"
         + (f" {_pct(s['backdoor_accuracy']['mean']):>10}" if backdoor and
            "backdoor_accuracy" in s else ""))
@@ -308,6 +316,10 @@ def format_table(summary: dict) -> str:
          for _, s in rows):
     lines.append("† heavy tail (a diverged draw, or draws beyond Tukey's far-out fence q75 + "
                  "3·IQR of the worst side): read the median and its CI beside the mean.")
+  if any(s[m].get("interval", configured) != configured for _, s in rows
+         for m in ("honest_loss", "honest_accuracy", "honest_holdout_accuracy") if m in s):
+    lines.append("‡ BCa undefined (all jackknife values equal): the bootstrap percentile 95% CI "
+                 "is shown.")
   if "honest_only" in summary:
     lines.append(f"(honest only: no Byzantine) is the {HONEST_ONLY_NAME}.")
   compared = format_comparisons(summary)
@@ -328,7 +340,9 @@ def format_table(summary: dict) -> str:
     if "honest_excess_loss" in s:
       e = s["honest_excess_loss"]
       extras.append(f"{name}: E[L_S(θ̂_S) − L_S*] = {e['mean']:.4f} ± {e['ci95']:.4f} (normal "
-                    f"CI), median {e['q50']:.4f}, CVaR90 {e['cvar90']:.4f}")
+                    f"CI), median {e['q50']:.4f}, CVaR90 {e['cvar90']:.4f}; L_S* estimated by "
+                    "the honest-only run's final L_S (T rounds, not an exact optimum: the "
+                    "excess can be negative)")
   if "objectives" in summary:
     o = summary["objectives"]
     extras.append(
@@ -415,9 +429,12 @@ def format_comparisons(summary: dict) -> str:
               + ("†" if c.get("heavy_tail") else "")
               + f" {format_p(c['p_value'])} {format_p(c['wilcoxon_p'])}")
       parts.append(f"{text:>46}")
-      for key, label in (("a_only_infinite", "a diverged"), ("b_only_infinite", "b diverged"),
-                         ("both_infinite", "both diverged"), ("undefined", "undefined")):
-        skipped[label] = max(skipped.get(label, 0), c[key])
+    # Unpaired draws counted once, from the loss (a diverged draw's loss is +inf and its
+    # accuracy NaN: one draw, not two), or from the first metric when no loss was compared.
+    c = cells.get("honest_loss") or next(iter(cells.values()))
+    for key, label in (("a_only_infinite", "a diverged"), ("b_only_infinite", "b diverged"),
+                       ("both_infinite", "both diverged"), ("undefined", "undefined")):
+      skipped[label] = c[key]
     pair = f"{a} − {b}" + ("" if same else " (different sets)")
     rest = ", ".join(f"{v} {k}" for k, v in skipped.items() if v)
     lines.append(f"{pair:<44} " + " ".join(parts) + (f"  unpaired: {rest}" if rest else ""))
@@ -515,7 +532,8 @@ def format_theory(summary: dict) -> str:
 
 
 def write_metrics_csv(experiment: Experiment, path: str) -> None:
-  """One row per aggregator × evaluation round × metric, with estimates over samples."""
+  """One row per aggregator × evaluation round × metric, with estimates over samples; the
+  aggregator diagnostics (`aux:<name>`, e.g. clipped_share) per chunk of rounds."""
   n = experiment.config.num_clients
   fields = ["aggregator", "round", "metric", "mean", "ci95", "q05", "q50", "q95", "worst",
             "cvar90", "undefined"]
@@ -532,6 +550,17 @@ def write_metrics_csv(experiment: Experiment, path: str) -> None:
             values = evaluation.diverged_as_inf(values, n - counts)
           s = evaluation.summarize(values, worst="max" if metric.endswith("loss") else "min")
           writer.writerow({"aggregator": name, "round": int(rnd), "metric": metric,
+                           **{k: s[k] for k in fields[3:]}})
+        # Aggregator diagnostics of the chunk of rounds ending here (e.g. clipped_share: the
+        # share of rows clipped, averaged over the chunk's rounds), over the draws not diverged
+        # by then; `undefined` counts the draws left out.
+        if e == 0:
+          continue
+        diverged = diverged_draws(run)[e]
+        for metric, values in run.aux.items():
+          values = np.where(diverged, np.nan, np.asarray(values[e - 1], np.float64))
+          s = evaluation.summarize(values, worst="max")
+          writer.writerow({"aggregator": name, "round": int(rnd), "metric": f"aux:{metric}",
                            **{k: s[k] for k in fields[3:]}})
   os.replace(path + ".tmp", path)
 

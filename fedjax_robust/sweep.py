@@ -163,6 +163,9 @@ def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
       if "mean_ci" in s[metric]:
         rows += [{"point": pid, **tags, "metric": metric, "statistic": k, "value": v}
                  for k, v in _interval_values(s[metric]).items()]
+  # Aggregator diagnostics (mean over rounds and non-diverged draws), e.g. clipped_share.
+  rows += [{"point": pid, **tags, "metric": f"aux:{name}", "statistic": "mean", "value": value}
+           for name, value in s.items() if name.endswith(("clipped_share", "gm_iterations"))]
   # E[· | b] per realized count b, with the number of draws at that b.
   for entry in s["by_b"]:
     for metric in ("honest_accuracy", "honest_loss", "honest_holdout_accuracy"):
@@ -313,6 +316,11 @@ def run(base, points: Sequence[Point], workdir: str, *,
       raise errors.ConfigError(
           f"a sweep point runs one aggregator; point {dict(p.tags)} has {c.aggregator!r}. "
           "Make the aggregator an axis (e.g. --config.grid.aggregators=mean,trimmed_mean).")
+    if ":" in c.report.compare:
+      raise errors.ConfigError(
+          f"report.compare={c.report.compare!r} names pairs of aggregators of one run; a sweep "
+          "point runs one aggregator. Sweeps compare points that differ only in the aggregator "
+          "(launch/sweep.py --compare_baseline=<spec>); leave report.compare '' or 'none'.")
     config_lib.validate(c)
   ids = [point_id(c) for c in configs]
   order = {pid: i for i, pid in enumerate(dict.fromkeys(ids))}
@@ -383,12 +391,15 @@ def run(base, points: Sequence[Point], workdir: str, *,
                 else f"E[honest loss] {s['honest_loss']['mean']:.4g}")
     eta = elapsed / (i + 1) * (len(todo) - i - 1)
     diverged = s["diverged"]["count"]
+    never = [k for k, v in s.items() if k.endswith("clipped_share") and v == 0.0]
     log(f"[{len(points) - len(todo) + i + 1}/{len(points)}] "
         f"{' '.join(f'{k}={v}' for k, v in point.tags.items())}: {headline} "
         f"in {time.perf_counter() - t0:.1f} s; ETA "
         f"{experiment.human_seconds(eta)}"
         + (f"; WARNING: {diverged} of {config.num_samples} draws diverged (left out of the "
-           "accuracy, loss +inf)" if diverged else ""))
+           "accuracy, loss +inf)" if diverged else "")
+        + (f"; WARNING: the clipping stage never clipped ({', '.join(never)} = 0): these are "
+           "the numbers of the rule without clipping" if never else ""))
   return rows
 
 
@@ -399,20 +410,33 @@ COMPARISON_FIELDS = ("a", "b", "metric", "same_draws", "mean", "ci_low", "ci_hig
 
 def _draw_values(arrays: dict) -> dict[str, np.ndarray]:
   """A point's per-draw final metrics as the comparisons read them (results.final_values): the
-  honest loss of a diverged draw +inf, accuracies of diverged draws NaN (already in the npz)."""
+  honest loss of a diverged draw +inf, NaN where no client is honest (undefined), accuracies of
+  diverged draws NaN (already in the npz)."""
   out = {}
   diverged = arrays.get("final_diverged", np.zeros(arrays["num_byzantine"].shape)) > 0
   for metric, _ in results.COMPARED:
     if f"final_{metric}" in arrays:
       values = np.asarray(arrays[f"final_{metric}"], np.float64)
-      if metric.endswith("loss"):
-        values = np.where(diverged | ~np.isfinite(values), np.inf, values)
+      if metric.endswith("loss"):  # NaN stays NaN: no honest client, L_S undefined
+        values = np.where((diverged & ~np.isnan(values)) | np.isinf(values), np.inf, values)
       out[metric] = values
   return out
 
 
+def _config_without(workdir: str, pid: str, key: str) -> dict | None:
+  """The point's saved config (points/<id>.json) without `key`, or None if unreadable."""
+  try:
+    with open(config_path(workdir, pid)) as fh:
+      config = json.load(fh)["config"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  config.pop(key, None)
+  return config
+
+
 def paired_comparisons(rows: list[dict], workdir: str, *, series: str = "aggregator",
-                       baseline: str | None = None,
+                       baseline: str | None = None, only: Sequence[str] | None = None,
+                       series_key: str | None = None,
                        log: Callable[[str], None] = print) -> list[dict]:
   """Paired comparisons between points that differ only in tag `series` (the aggregator): in
   each group of such points, every value against `baseline` (default: the group's first point
@@ -420,8 +444,14 @@ def paired_comparisons(rows: list[dict], workdir: str, *, series: str = "aggrega
   metric of results.COMPARED). Points of one group share their masks and keys when they share
   the seed and μ_H; `same_draws` says whether the masks are equal (a per-aggregator worst case
   repeats a different set). Returns one dict per (group, a, metric): the group's tags, then
-  COMPARISON_FIELDS; a point whose npz is unreadable is named through `log` and left out."""
+  COMPARISON_FIELDS; a point whose npz is unreadable is named through `log` and left out.
+  `only` restricts the comparison to those point ids (the current sweep's: results.csv keeps the
+  rows of points an earlier sweep left in the workdir), and two points are paired only when
+  their saved configs (points/<id>.json) are equal apart from the config key `series_key`
+  (default: `series`) that the tag sets."""
   points = _by_point(rows)
+  if only is not None:
+    points = {p: e for p, e in points.items() if p in set(only)}
   groups: dict[tuple, list[str]] = {}
   for pid, entry in points.items():
     if series not in entry:
@@ -447,9 +477,15 @@ def paired_comparisons(rows: list[dict], workdir: str, *, series: str = "aggrega
     if base is None:
       continue
     base_values = _draw_values(base)
+    base_config = _config_without(workdir, base_pid, series_key or series)
     for pid in pids:
       arrays = readable(pid) if pid != base_pid else None
       if arrays is None:
+        continue
+      if base_config is None or _config_without(workdir, pid, series_key or series) != base_config:
+        log(f"sweep comparisons: {points[pid][series]} and {points[base_pid][series]} at "
+            f"{dict(key)} differ in more than the {series} (points/<id>.json) or a config "
+            "file is missing; not paired")
         continue
       values = _draw_values(arrays)
       if len(arrays["num_byzantine"]) != len(base["num_byzantine"]):

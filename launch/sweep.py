@@ -41,6 +41,9 @@ _CONFIG = errors.define_config_flag(
     _DEFAULT_CONFIG, "Sweep configuration file.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/sweep_core", "Where results are written.")
+_COMPARE_BASELINE = flags.DEFINE_string(
+    "compare_baseline", None, "The value of the plot's series tag (e.g. an aggregator spec) every "
+    "other point is compared against, pairwise over the same draws (default: the first).")
 _RECOMPUTE = flags.DEFINE_bool(
     "recompute", False, "Recompute every point, even those already in --workdir (points made "
     "by other code or another JAX/backend are recomputed anyway).")
@@ -79,11 +82,14 @@ def main(argv):
   paths = sweep.plot(rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
                      style=config.plot.style, metric=config.plot.metric, subtitle=subtitle,
                      log=log)
-  compared = sweep.paired_comparisons(rows, _WORKDIR.value, series=config.plot.series, log=log)
+  ids = [sweep.point_id(sweep.apply_overrides(config.base, p.overrides)) for p in points]
+  compared = sweep.paired_comparisons(rows, _WORKDIR.value, series=config.plot.series,
+                                      baseline=_COMPARE_BASELINE.value, only=ids, log=log)
   if compared:
     sweep.write_comparisons(os.path.join(_WORKDIR.value, "comparisons.csv"), compared)
-    print(f"\nPaired comparisons ({config.plot.metric}; each {config.plot.series} against the "
-          "first at the same other tags, over the same draws; all metrics in comparisons.csv)")
+    print(f"\nPaired comparisons ({config.plot.metric}; each {config.plot.series} against "
+          f"{_COMPARE_BASELINE.value or 'the first'} at the same other tags, over the same "
+          "draws; all metrics in comparisons.csv)")
     print(sweep.comparison_table(compared, config.plot.metric))
   theory = sweep.theory_table(rows)
   if theory:
