@@ -404,8 +404,8 @@ def run(base, points: Sequence[Point], workdir: str, *,
 
 
 COMPARISON_FIELDS = ("a", "b", "metric", "same_draws", "mean", "ci_low", "ci_high", "p_value",
-                     "wilcoxon_p", "median", "heavy_tail", "pairs", "a_only_infinite",
-                     "b_only_infinite", "both_infinite", "undefined")
+                     "wilcoxon_p", "median", "heavy_tail", "pairs", "wilcoxon_pairs",
+                     "a_only_infinite", "b_only_infinite", "both_infinite", "undefined")
 
 
 def _draw_values(arrays: dict) -> dict[str, np.ndarray]:

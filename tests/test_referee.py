@@ -272,6 +272,8 @@ def test_sweep_points_resolve_to_their_config_and_stale_points_are_recomputed(
   a = np.load(sweep.point_path(str(tmp_path), pids[1]))["final_honest_accuracy"]
   b = np.load(sweep.point_path(str(tmp_path), pids[0]))["final_honest_accuracy"]
   np.testing.assert_allclose(acc[0]["mean"], np.mean(a - b), rtol=1e-6)
+  header = sweep.comparison_table(compared).splitlines()[0].split()
+  assert header[:2] == ["a", "−"] and "wilcoxon_pairs" not in header  # no statistic as a tag
   # Points left by another sweep configuration (results.csv keeps their rows) are never paired:
   # `only` keeps the current points, and configs differing beyond the aggregator are refused.
   assert sweep.paired_comparisons(rows, str(tmp_path), only=pids[:1]) == []
