@@ -190,3 +190,74 @@ aggregation (`aggregate`). ByzFL's Optimal_ALittleIsEnough; used by Allouah et a
 optimal_ipm = _optimal(lambda mu, sigma, tau: -tau * mu)
 optimal_ipm.__doc__ = """Optimal IPM: Byzantine clients send −τ*μ, τ* by `line_search` maximizing
 ‖F(·) − μ‖ as in `optimal_alie`. ByzFL's Optimal_InnerProductManipulation."""
+
+
+# ------------------------------------------------- AGR-agnostic attacks (Shejwalkar & Houmansadr)
+PERTURBATIONS = ("unit_vec", "sign", "std")
+
+
+def _agr_agnostic(budget_fn, doc: str):
+  """MinMax / MinSum: Byzantine clients send μ − γ·p with p the perturbation (`unit_vec`:
+  μ/‖μ‖, `sign`: sign(μ), `std`: the coordinate-wise std σ of the honest rows, ddof = 1) and γ
+  the largest value found by the authors' halving search with `cost(μ − γp) ≤ budget`, both
+  computed from the honest rows by `budget_fn`."""
+
+  def attack(updates: jax.Array, byzantine_mask: jax.Array, *, perturbation: str = "std",
+             gamma_init: float = 10.0, iterations: int = 30) -> jax.Array:
+    if perturbation not in PERTURBATIONS:
+      raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
+    honest = ~byzantine_mask
+    # Only the honest rows enter (a Byzantine row's own update, even NaN, never does).
+    x = jnp.where(honest[:, None], updates, 0.0)
+    mu, sigma = base.honest_mean_and_std(x, byzantine_mask)
+    p = {"unit_vec": lambda: mu / jnp.linalg.norm(mu), "sign": lambda: jnp.sign(mu),
+         "std": lambda: sigma}[perturbation]()
+    # Squared distances between honest rows by the Gram form, [n, n]; Byzantine rows masked.
+    sq = jnp.sum(x * x, axis=1)
+    pair = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
+    both = honest[:, None] & honest[None, :]
+    cost, budget = budget_fn(pair, both, honest)
+
+    def feasible(gamma):
+      mal = mu - gamma * p
+      dist = jnp.sum((x - mal) ** 2, axis=1)                # [n]; Byzantine rows ignored
+      return cost(dist, honest) <= budget
+
+    # The authors' search: γ from gamma_init; after a success γ += step/2, else γ −= step/2;
+    # the step halves every time; γ* is the last success (0 if none). A fixed number of steps
+    # (the authors stop when |γ* − γ| < 1e-5: 30 halvings of 10 reach 1e-8).
+    def step(_, carry):
+      gamma, succ, fail = carry
+      ok = feasible(gamma)
+      succ = jnp.where(ok, gamma, succ)
+      gamma = jnp.where(ok, gamma + fail / 2, gamma - fail / 2)
+      return gamma, succ, fail / 2
+
+    g0 = jnp.asarray(gamma_init, updates.dtype)
+    _, gamma, _ = lax.fori_loop(0, iterations, step, (g0, jnp.zeros_like(g0), g0))
+    return base.replace_byzantine(updates, byzantine_mask, mu - gamma * p)
+
+  attack.__doc__ = doc
+  return attack
+
+
+def _min_max_budget(pair, both, honest):
+  budget = jnp.max(jnp.where(both, pair, -jnp.inf))     # max_{i,j∈H} ‖x_i − x_j‖²
+  return (lambda dist, h: jnp.max(jnp.where(h, dist, -jnp.inf))), budget
+
+
+def _min_sum_budget(pair, both, honest):
+  scores = jnp.sum(jnp.where(both, pair, 0.0), axis=1)  # Σ_{j∈H} ‖x_i − x_j‖² per honest i
+  budget = jnp.min(jnp.where(honest, scores, jnp.inf))  # the authors' code: the minimum
+  return (lambda dist, h: jnp.sum(jnp.where(h, dist, 0.0))), budget
+
+
+min_max = _agr_agnostic(_min_max_budget, """MinMax (Shejwalkar & Houmansadr, "Manipulating the
+Byzantine: optimizing model poisoning attacks and defenses for federated learning", NDSS 2021):
+Byzantine clients send μ − γp with the largest γ (the authors' halving search from
+`gamma_init`, `iterations` steps) such that max_{i∈H} ‖x_mal − x_i‖² ≤ max_{i,j∈H} ‖x_i −
+x_j‖²; p = μ/‖μ‖ (`unit_vec`), sign(μ) (`sign`) or the honest coordinate-wise std (`std`).
+μ, σ and the distances use the honest rows only (full knowledge of the benign updates).""")
+min_sum = _agr_agnostic(_min_sum_budget, """MinSum (Shejwalkar & Houmansadr, NDSS 2021): as
+`min_max` with Σ_{i∈H} ‖x_mal − x_i‖² ≤ min_{i∈H} Σ_{j∈H} ‖x_i − x_j‖² (the minimum, as in the
+authors' code `our_attack_score`; the paper's text states a maximum).""")

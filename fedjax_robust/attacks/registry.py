@@ -38,6 +38,9 @@ class _Entry:
 _LINE_SEARCH = {"evals": D.Int(1, note="evaluations of the server's rule per round"),
                 "start": D.FINITE, "delta": D.POSITIVE,
                 "ratio": D.Float(0, 1, low_open=True, high_open=True)}
+_AGR_AGNOSTIC = {"perturbation": D.Choice(*mp.PERTURBATIONS),
+                 "gamma_init": D.POSITIVE,
+                 "iterations": D.Int(1, note="halvings of the search for γ")}
 _MODEL_POISONING: dict[str, _Entry] = {
     "sign_flip": _Entry(mp.sign_flip),
     "ipm": _Entry(mp.ipm, domains={"epsilon": D.FINITE}),
@@ -53,6 +56,8 @@ _MODEL_POISONING: dict[str, _Entry] = {
     "inf": _Entry(mp.inf),
     "nan": _Entry(mp.nan),
     "large": _Entry(mp.large, domains={"value": D.FINITE}),
+    "min_max": _Entry(mp.min_max, domains=_AGR_AGNOSTIC),
+    "min_sum": _Entry(mp.min_sum, domains=_AGR_AGNOSTIC),
 }
 _DATA_POISONING: dict[str, _Entry] = {
     "label_flip": _Entry(lambda key, x, y, *, num_classes: (x, data_poisoning.flip_labels(
