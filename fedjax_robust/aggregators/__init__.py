@@ -41,4 +41,5 @@ from fedjax_robust.aggregators.robustness import kappa_bounds
 from fedjax_robust.aggregators.robustness import kappa_lower_bound
 from fedjax_robust.aggregators.robustness import kappa_upper_bound
 from fedjax_robust.aggregators.spectral import caf
+from fedjax_robust.aggregators.spectral import divide_and_conquer
 from fedjax_robust.aggregators.spectral import smea

@@ -43,6 +43,7 @@ from fedjax_robust.aggregators.minimum_diameter import minimum_diameter_averagin
 from fedjax_robust.aggregators.nearest_neighbors import monna
 from fedjax_robust.aggregators.nearest_neighbors import nearest_neighbor_mixing
 from fedjax_robust.aggregators.spectral import caf
+from fedjax_robust.aggregators.spectral import divide_and_conquer
 from fedjax_robust.aggregators.spectral import smea
 
 _CALL_ARGS = ("f", "key", "center", "weights")
@@ -103,6 +104,9 @@ _RULES: dict[str, _Entry] = {
     "bulyan": _Entry(bulyan, "rule"),
     "caf": _Entry(caf, "rule"),
     "smea": _Entry(smea, "rule", domains={"max_subsets": _SUBSETS}),
+    "dnc": _Entry(divide_and_conquer, "rule", domains={
+        "iterations": D.POSITIVE_INT, "sub_dim": D.POSITIVE_INT,
+        "c": D.Float(0, note="removes ⌈c·f⌉ rows per iteration; c·f < n")}),
     "nearest_neighbor_mixing": _Entry(nearest_neighbor_mixing, "pre"),
     "bucketing": _Entry(bucketing, "pre", domains={"bucket_size": D.POSITIVE_INT}),
     "static_clipping": _Entry(clipping.static_clipping_with_share, "pre", _clipped_share,

@@ -1,4 +1,4 @@
-"""Covariance-based rules: CAF and SMEA.
+"""Covariance-based rules: CAF, SMEA and DnC (divide and conquer).
 
 Both need the largest eigenvalue of a (weighted) empirical covariance of rows of `[n, d]`. The
 `[d, d]` covariance is never formed: with G the Gram matrix of the centred rows and W the
@@ -128,3 +128,44 @@ def smea(updates: jax.Array, *, f: int, max_subsets: int = 100_000) -> jax.Array
   lambdas = lax.map(largest_eigenvalue, subsets, batch_size=min(_CHUNK, subsets.shape[0]))
   best = subsets[jnp.argmin(lambdas)]
   return base.average_selected(updates, jnp.zeros((n,), updates.dtype).at[best].set(1.0))
+
+
+def divide_and_conquer(updates: jax.Array, *, key: jax.Array, f: int, iterations: int = 5,
+                       sub_dim: int = 10_000, c: float = 1.0) -> jax.Array:
+  """Divide-and-Conquer (DnC; Shejwalkar & Houmansadr, "Manipulating the Byzantine", NDSS 2021).
+
+  `iterations` times: draw `sub_dim` coordinates without replacement (all of them when d ≤
+  sub_dim), centre the rows' sub-vectors at their mean, take the top right singular vector v of
+  the centred `[n, sub_dim]` matrix, score each row by ((x_i − μ)·v)², and keep the n − ⌈c·f⌉
+  rows with the lowest scores (ties: the lower index). The aggregate is the mean of the rows kept
+  in every iteration; where that intersection is empty, of the rows removed least often (the
+  same set whenever it is not empty).
+
+  v and the scores come from the `[n, n]` Gram matrix of the centred rows (score_i = s₁²u₁ᵢ²
+  with (s₁², u₁) its top eigenpair), never from an SVD of `[n, d]`. Rows with a NaN or ±inf
+  entry are left out of μ, score +inf (removed first) and never averaged. `key` draws the
+  coordinates (one subkey per iteration).
+  """
+  removed = int(-(-round(c * f * 1e9) // 10**9))  # ⌈c·f⌉ without float noise (c·f = 5.0000001)
+  n, d = base.check_updates(updates, "dnc", f=f, min_n=lambda _: removed + 1)
+  if iterations < 1 or sub_dim < 1 or not c >= 0:
+    raise ValueError(f"dnc needs iterations >= 1, sub_dim >= 1 and c >= 0, got {iterations}, "
+                     f"{sub_dim}, {c}.")
+  width = min(sub_dim, d)
+  finite = base.finite_rows(updates)
+  x = base.zero_nonfinite_rows(updates, finite)
+  count = jnp.maximum(jnp.sum(finite), 1).astype(updates.dtype)
+
+  def kept_rows(k):
+    sub = x if width == d else x[:, jax.random.choice(k, d, (width,), replace=False)]
+    mu = finite.astype(sub.dtype) @ sub / count
+    centred = jnp.where(finite[:, None], sub - mu, 0.0)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(centred @ centred.T)
+    score = jnp.where(finite, eigenvalues[-1] * eigenvectors[:, -1] ** 2, jnp.inf)
+    order = jnp.argsort(score, stable=True)
+    return jnp.zeros(n, bool).at[order[:n - removed]].set(True)
+
+  kept = jax.vmap(kept_rows)(jax.random.split(key, iterations))       # [iterations, n]
+  removals = jnp.where(finite, iterations - jnp.sum(kept, axis=0), iterations + 1)
+  chosen = finite & (removals == jnp.min(removals))
+  return base.average_selected(updates, chosen.astype(updates.dtype))
