@@ -261,3 +261,27 @@ x_j‖²; p = μ/‖μ‖ (`unit_vec`), sign(μ) (`sign`) or the honest coordina
 min_sum = _agr_agnostic(_min_sum_budget, """MinSum (Shejwalkar & Houmansadr, NDSS 2021): as
 `min_max` with Σ_{i∈H} ‖x_mal − x_i‖² ≤ min_{i∈H} Σ_{j∈H} ‖x_i − x_j‖² (the minimum, as in the
 authors' code `our_attack_score`; the paper's text states a maximum).""")
+
+
+def fang(key: jax.Array, updates: jax.Array, byzantine_mask: jax.Array, *,
+         factor: float = 2.0) -> jax.Array:
+  """Fang et al.'s full-knowledge local model poisoning against the trimmed mean and the
+  coordinate-wise median ("Local model poisoning attacks to Byzantine-robust federated
+  learning", USENIX Security 2020, Sec. 4.2): with s_j the sign of the honest mean of coordinate
+  j and w_max,j, w_min,j the honest extremes, each Byzantine client sends, independently per
+  client and coordinate, a value drawn uniformly from
+    s_j ≥ 0 (push down): [w_min,j/b, w_min,j] if w_min,j > 0, else [b·w_min,j, w_min,j];
+    s_j < 0 (push up):   [w_max,j, b·w_max,j] if w_max,j > 0, else [w_max,j/b, w_max,j],
+  with b = `factor` (the paper's 2): values beyond the honest extreme opposite to the honest
+  direction. Honest rows only (a Byzantine row's own update never enters)."""
+  honest = ~byzantine_mask
+  mu, _ = base.honest_mean_and_std(jnp.where(honest[:, None], updates, 0.0), byzantine_mask)
+  w_max = jnp.max(jnp.where(honest[:, None], updates, -jnp.inf), axis=0)
+  w_min = jnp.min(jnp.where(honest[:, None], updates, jnp.inf), axis=0)
+  down = mu >= 0
+  lo = jnp.where(down, jnp.where(w_min > 0, w_min / factor, factor * w_min),
+                 w_max * jnp.where(w_max > 0, 1.0, 1.0 / factor))
+  hi = jnp.where(down, w_min, w_max * jnp.where(w_max > 0, factor, 1.0))
+  u = jax.random.uniform(key, updates.shape, updates.dtype)
+  values = lo[None, :] + u * (hi - lo)[None, :]
+  return jnp.where(byzantine_mask[:, None], values, updates)

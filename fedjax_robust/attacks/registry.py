@@ -56,6 +56,8 @@ _MODEL_POISONING: dict[str, _Entry] = {
     "inf": _Entry(mp.inf),
     "nan": _Entry(mp.nan),
     "large": _Entry(mp.large, domains={"value": D.FINITE}),
+    "fang": _Entry(mp.fang, domains={"factor": D.Float(1, low_open=True,
+                                                      note="b > 1: how far beyond the extreme")}),
     "min_max": _Entry(mp.min_max, domains=_AGR_AGNOSTIC),
     "min_sum": _Entry(mp.min_sum, domains=_AGR_AGNOSTIC),
 }
