@@ -45,24 +45,33 @@ TAU = 0.5     # copula correlation along the graph
 NEIGHBOURS = 3
 
 
-def get_config():
+MU_H = ("independent", "clustered", "graph", "worst_case")
+
+
+def sweep_config(base, *, aggregators, corruption, metric) -> ml_collections.ConfigDict:
+  """A sweep over aggregator × corruption p × μ_H (every law of `mu_h_overrides`), starting every
+  point from the experiment config `base`; each grid axis a tuple, or (from the command line) one
+  comma-separated string, see points(); plots of `metric` against the corruption, a panel per
+  aggregator, a line per μ_H."""
   c = ml_collections.ConfigDict()
-  c.base = default.get_config()
-  c.base.num_samples = 64
-  c.base.training.num_rounds = 100
+  c.base = base
+  c.grid = ml_collections.ConfigDict({"aggregators": aggregators, "corruption": corruption,
+                                      "mu_h": MU_H})
+  c.plot = ml_collections.ConfigDict({"x": "corruption", "series": "aggregator",
+                                      "style": "mu_H", "metric": metric})
+  return c
+
+
+def get_config():
+  base = default.get_config()
+  base.num_samples = 64
+  base.training.num_rounds = 100
   # L_S* differs by draw, so the excess loss L_S(θ̂_S) − L_S* (and the baseline without
   # Byzantine clients, paired with each point's draws) is on by default.
-  c.base.estimators.honest_optimum = True
-  # Each axis: a tuple, or (from the command line) one comma-separated string; see points().
-  c.grid = ml_collections.ConfigDict({
-      "aggregators": ("mean", "trimmed_mean", "geometric_median", "nnm+trimmed_mean",
-                      "bucketing+geometric_median"),
-      "corruption": (0.12, 0.2, 0.28),
-      "mu_h": ("independent", "clustered", "graph", "worst_case"),
-  })
-  c.plot = ml_collections.ConfigDict({"x": "corruption", "series": "aggregator",
-                                      "style": "mu_H", "metric": "honest_accuracy"})
-  return c
+  base.estimators.honest_optimum = True
+  return sweep_config(base, aggregators=("mean", "trimmed_mean", "geometric_median",
+                                         "nnm+trimmed_mean", "bucketing+geometric_median"),
+                      corruption=(0.12, 0.2, 0.28), metric="honest_accuracy")
 
 
 def mu_h_overrides(name: str, p: float) -> dict:

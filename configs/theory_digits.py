@@ -11,38 +11,30 @@ fedjax_robust/theory/report.py). One corruption level takes about 15 minutes on 
     --config.grid.corruption=0.2
 """
 
-import ml_collections
-
 from configs import default
-from configs import theory_synthetic
+from configs import sweep_core
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.base = default.get_config()
-  c.base.num_clients = 10
-  c.base.num_samples = 32
-  c.base.attack = "optimal_alie"
-  c.base.training.batch_size = 0        # full batch: D-GD
-  c.base.training.client_momentum = 0.0
+  base = default.get_config()
+  base.num_clients = 10
+  base.num_samples = 32
+  base.attack = "optimal_alie"
+  base.training.batch_size = 0        # full batch: D-GD
+  base.training.client_momentum = 0.0
   # Step η = 0.05 ≤ 1/L̂: the power-iteration estimate of L at θ_T is 2–11 on these draws, so
   # η = 0.5 would void the D-GD premise (step ≤ 1/L) for most draws.
-  c.base.training.client_lr = 0.05
-  c.base.training.num_rounds = 200
-  c.base.training.eval_every = 5
-  c.grid = ml_collections.ConfigDict({
-      "aggregators": ("trimmed_mean", "geometric_median", "nnm+trimmed_mean",
-                      "bucketing+geometric_median"),
-      "corruption": (0.2, 0.3),
-      "mu_h": ("independent", "clustered", "graph", "worst_case"),
-  })
-  c.plot = ml_collections.ConfigDict({"x": "corruption", "series": "aggregator",
-                                      "style": "mu_H", "metric": "honest_accuracy"})
-  return c
+  base.training.client_lr = 0.05
+  base.training.num_rounds = 200
+  base.training.eval_every = 5
+  return sweep_core.sweep_config(
+      base, aggregators=("trimmed_mean", "geometric_median", "nnm+trimmed_mean",
+                         "bucketing+geometric_median"),
+      corruption=(0.2, 0.3), metric="honest_accuracy")
 
 
-points = theory_synthetic.points
+points = sweep_core.points
 
 
 def plot_note(c) -> str:
-  return theory_synthetic.sweep_core.plot_note(c) + " Robust D-GD (full batch, no momentum)."
+  return sweep_core.plot_note(c) + " Robust D-GD (full batch, no momentum)."

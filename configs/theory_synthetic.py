@@ -32,8 +32,6 @@ some draws to +inf (float32 overflow), so E[honest loss] is +inf whenever such a
 (`honest_loss_given_b_le_f` stays finite).
 """
 
-import ml_collections
-
 from configs import sweep_core
 from fedjax_robust.config import base_config
 
@@ -63,17 +61,10 @@ def base():
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.base = base()
-  c.grid = ml_collections.ConfigDict({
-      "aggregators": ("trimmed_mean", "geometric_median", "nnm+trimmed_mean",
-                      "bucketing+geometric_median"),
-      "corruption": (0.1, 0.2, 0.3),
-      "mu_h": ("independent", "clustered", "graph", "worst_case"),
-  })
-  c.plot = ml_collections.ConfigDict({"x": "corruption", "series": "aggregator",
-                                      "style": "mu_H", "metric": "honest_loss"})
-  return c
+  return sweep_core.sweep_config(
+      base(), aggregators=("trimmed_mean", "geometric_median", "nnm+trimmed_mean",
+                           "bucketing+geometric_median"),
+      corruption=(0.1, 0.2, 0.3), metric="honest_loss")
 
 
 # aggregator × corruption p × μ_H with f = round(p·n), exactly as in configs/sweep_core.py.

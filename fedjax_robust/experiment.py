@@ -269,8 +269,7 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
                for k in history_parts[0]},
       aux={k: np.concatenate([p[k] for p in aux_parts], axis=1) for k in aux_parts[0]},
       compile_seconds=compile_seconds, run_seconds=run_seconds, draws_per_chunk=chunk,
-      final={"honest_smoothness": np.concatenate(final_parts)} if final_parts else {},
-      provenance=provenance.record(seed=None, draws_per_chunk=chunk))
+      final={"honest_smoothness": np.concatenate(final_parts)} if final_parts else {})
 
 
 @dataclasses.dataclass

@@ -51,18 +51,24 @@ HEADLINE = (("honest_loss", "max"), ("honest_accuracy", "min"), ("honest_holdout
             ("honest_holdout_accuracy", "min"), ("test_accuracy", "min"))
 
 
+def loss_as_summarized(loss: np.ndarray, diverged: np.ndarray, num_honest: np.ndarray
+                       ) -> np.ndarray:
+  """An honest loss per draw as the summaries and comparisons read it: +inf where the draw
+  diverged or its loss is non-finite (if it has an honest client), NaN where S is empty."""
+  return np.where(diverged & (num_honest > 0), np.inf,
+                  evaluation.diverged_as_inf(loss, num_honest))
+
+
 def final_values(run: AggregatorRun, counts: np.ndarray, num_clients: int
                  ) -> dict[str, np.ndarray]:
   """Each final-round metric per draw `[S]` as the summaries read it: accuracies of diverged
-  draws NaN (undefined), losses of diverged draws +inf, NaN where S is empty."""
+  draws NaN (undefined), honest losses by `loss_as_summarized`."""
   diverged = diverged_draws(run)[-1]
-  honest = num_clients - counts
   out = {}
   for name, values in defined_metrics(run).items():
     values = np.asarray(values[-1], np.float64)
     if name.startswith("honest") and name.endswith("loss"):
-      values = evaluation.diverged_as_inf(values, honest)
-      values = np.where(diverged & (honest > 0), np.inf, values)
+      values = loss_as_summarized(values, diverged, num_clients - counts)
     out[name] = values
   return out
 
@@ -260,7 +266,7 @@ def _estimate(s: dict | None, *, percent: bool, configured: str = "") -> str:
   if not s or s.get("count", 0) == 0 or np.isnan(s["mean"]):
     return "n/a"
   scale, digits = (100.0, 2) if percent else (1.0, 4)
-  lo, hi = s.get("mean_ci", (s["mean"] - s["ci95"], s["mean"] + s["ci95"]))
+  lo, hi = s["mean_ci"]
   return (f"{scale * s['mean']:.{digits}f} {_interval(lo, hi, scale, digits)}"
           + ("†" if s.get("heavy_tail") else "")
           + ("‡" if configured and s.get("interval", configured) != configured else ""))
@@ -270,7 +276,7 @@ def _median(s: dict | None, *, percent: bool) -> str:
   if not s or s.get("count", 0) == 0:
     return "n/a"
   scale, digits = (100.0, 2) if percent else (1.0, 4)
-  lo, hi = s.get("median_ci", (np.nan, np.nan))
+  lo, hi = s["median_ci"]
   return f"{scale * s['q50']:.{digits}f} {_interval(lo, hi, scale, digits)}"
 
 
@@ -543,11 +549,11 @@ def write_metrics_csv(experiment: Experiment, path: str) -> None:
     for name, run in experiment.runs.items():
       counts = _counts(experiment, name)
       metrics = defined_metrics(run)
-      for e, rnd in enumerate(run.rounds):
+      for e, (rnd, diverged) in enumerate(zip(run.rounds, diverged_draws(run))):
         for metric, values in metrics.items():
           values = values[e]
           if metric.startswith("honest") and metric.endswith("loss"):
-            values = evaluation.diverged_as_inf(values, n - counts)
+            values = loss_as_summarized(values, diverged, n - counts)
           s = evaluation.summarize(values, worst="max" if metric.endswith("loss") else "min")
           writer.writerow({"aggregator": name, "round": int(rnd), "metric": metric,
                            **{k: s[k] for k in fields[3:]}})
@@ -556,7 +562,6 @@ def write_metrics_csv(experiment: Experiment, path: str) -> None:
         # by then; `undefined` counts the draws left out.
         if e == 0:
           continue
-        diverged = diverged_draws(run)[e]
         for metric, values in run.aux.items():
           values = np.where(diverged, np.nan, np.asarray(values[e - 1], np.float64))
           s = evaluation.summarize(values, worst="max")

@@ -131,9 +131,9 @@ def point_id(config) -> str:
 # Interval statistics of the headline metrics (results.HEADLINE): the mean's CI by the config's
 # `report.interval`, the exact CIs of the median and of the worst-side 95% quantile, the worst
 # tail's CVaR90 CI, the heavy-tail flag.
-INTERVAL_STATISTICS = ("mean_ci_low", "mean_ci_high", "median_ci_low", "median_ci_high",
-                       "worst_quantile_ci_low", "worst_quantile_ci_high", "cvar90_ci_low",
-                       "cvar90_ci_high", "heavy_tail")
+_INTERVALS = ("mean_ci", "median_ci", "worst_quantile_ci", "cvar90_ci")
+INTERVAL_STATISTICS = (*(f"{k}_{end}" for k in _INTERVALS for end in ("low", "high")),
+                       "heavy_tail")
 # Statistics of a paired comparison row (metric 'paired:<metric>:<a>-<b>').
 PAIRED_STATISTICS = ("mean", "ci_low", "ci_high", "p_value", "wilcoxon_p", "pairs",
                      "a_only_infinite", "b_only_infinite", "undefined")
@@ -141,13 +141,8 @@ PAIRED_STATISTICS = ("mean", "ci_low", "ci_high", "p_value", "wilcoxon_p", "pair
 
 def _interval_values(s: dict) -> dict:
   """The INTERVAL_STATISTICS of a headline metric's summary, in that order."""
-  values = {"mean_ci_low": s["mean_ci"][0], "mean_ci_high": s["mean_ci"][1],
-            "median_ci_low": s["median_ci"][0], "median_ci_high": s["median_ci"][1],
-            "worst_quantile_ci_low": s["worst_quantile_ci"][0],
-            "worst_quantile_ci_high": s["worst_quantile_ci"][1],
-            "cvar90_ci_low": s["cvar90_ci"][0], "cvar90_ci_high": s["cvar90_ci"][1],
-            "heavy_tail": int(s["heavy_tail"])}
-  return {k: values[k] for k in INTERVAL_STATISTICS}
+  return {**{f"{k}_{end}": s[k][i] for k in _INTERVALS for i, end in enumerate(("low", "high"))},
+          "heavy_tail": int(s["heavy_tail"])}
 
 
 def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
@@ -409,16 +404,17 @@ COMPARISON_FIELDS = ("a", "b", "metric", "same_draws", "mean", "ci_low", "ci_hig
 
 
 def _draw_values(arrays: dict) -> dict[str, np.ndarray]:
-  """A point's per-draw final metrics as the comparisons read them (results.final_values): the
-  honest loss of a diverged draw +inf, NaN where no client is honest (undefined), accuracies of
-  diverged draws NaN (already in the npz)."""
+  """A point's per-draw final metrics as the comparisons read them (results.loss_as_summarized:
+  the honest loss of a diverged draw +inf, NaN where no client is honest; accuracies of diverged
+  draws are NaN in the npz already)."""
   out = {}
   diverged = arrays.get("final_diverged", np.zeros(arrays["num_byzantine"].shape)) > 0
+  num_honest = np.sum(arrays["honest_masks"], axis=1)
   for metric, _ in results.COMPARED:
     if f"final_{metric}" in arrays:
       values = np.asarray(arrays[f"final_{metric}"], np.float64)
-      if metric.endswith("loss"):  # NaN stays NaN: no honest client, L_S undefined
-        values = np.where((diverged & ~np.isnan(values)) | np.isinf(values), np.inf, values)
+      if metric.endswith("loss"):
+        values = results.loss_as_summarized(values, diverged, num_honest)
       out[metric] = values
   return out
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import synthetic_dgd_config
 from jax.flatten_util import ravel_pytree
 
 from fedjax_robust import attacks
@@ -21,28 +21,9 @@ from fedjax_robust.theory import report
 
 
 def _config(dim=6, examples=40, alpha=1.0, beta=0.0, l2=0.0):
-  c = tiny_config()
-  c.theory.enabled = True
-  c.model = "linear_regression"
-  c.num_clients, c.f = 8, 1
-  c.aggregator = "trimmed_mean"
-  c.attack = "alie"
-  c.honest_set = "bernoulli"
-  c.honest_set_options.bernoulli.p = 0.15
-  c.num_samples = 16
-  c.data.name = "synthetic"
-  c.data.synthetic_task = "regression"
-  c.data.synthetic_dim = dim
-  c.data.synthetic_examples_per_client = examples
-  c.data.synthetic_alpha = alpha
-  c.data.synthetic_beta = beta
-  c.training.l2 = l2
-  c.training.batch_size = 0          # D-GD: full batch, one local step, no momentum
-  c.training.client_momentum = 0.0
-  c.training.client_lr = 0.5         # ≤ 1/L_S here (L_S ≈ 1.2 at dim 6, β = 0)
-  c.training.num_rounds = 40
-  c.training.eval_every = 5
-  return c
+  # D-GD on least squares; step 0.5 ≤ 1/L_S here (L_S ≈ 1.2 at dim 6, β = 0).
+  return synthetic_dgd_config(model="linear_regression", dim=dim, examples=examples, alpha=alpha,
+                              beta=beta, l2=l2, client_lr=0.5)
 
 
 def _design(fed):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import synthetic_dgd_config
 from conftest import tiny_config
 
 from fedjax_robust import experiment
@@ -140,27 +141,8 @@ def test_measured_kappa_under_line_searched_alie_between_lower_and_published_bou
 
 
 def _convex_config(alpha=1.0, samples=16):
-  c = tiny_config()
-  c.theory.enabled = True
-  c.model = "logistic"
-  c.num_clients, c.f = 8, 1
-  c.aggregator = "trimmed_mean,nnm+trimmed_mean"
-  c.honest_set = "bernoulli"
-  c.honest_set_options.bernoulli.p = 0.15
-  c.num_samples = samples
-  c.data.name = "synthetic"
-  c.data.synthetic_num_classes = 2
-  c.data.synthetic_dim = 6
-  c.data.synthetic_examples_per_client = 40
-  c.data.synthetic_alpha = alpha
-  c.data.synthetic_beta = 0.0
-  c.training.l2 = 0.1
-  c.training.batch_size = 0
-  c.training.client_momentum = 0.0
-  c.training.client_lr = 1.0
-  c.training.num_rounds = 40
-  c.training.eval_every = 5
-  return c
+  return synthetic_dgd_config(aggregator="trimmed_mean,nnm+trimmed_mean", samples=samples,
+                              alpha=alpha, l2=0.1)
 
 
 @pytest.mark.slow  # the same property on least squares runs by default (test_least_squares.py)
