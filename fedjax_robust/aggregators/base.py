@@ -127,6 +127,50 @@ def zero_nonfinite_rows(updates: Array, keep: Array) -> Array:
   return jnp.where(keep[:, None], updates, jnp.zeros((), updates.dtype))
 
 
+def check_present(present: Array, n: int, rule: str) -> Array:
+  """Validates a presence mask at trace time: boolean of shape `[n]` (True = the client sent
+  its row this round). Returns it as a JAX array."""
+  present = jnp.asarray(present)
+  if present.shape != (n,) or present.dtype != jnp.bool_:
+    raise ConfigError(f"{rule}: present must be a boolean mask of shape ({n},) (one per row), "
+                      f"got {present.dtype}{list(present.shape)}.")
+  return present
+
+
+def by_presence(present: Array, full: Callable[..., Any], partial: Callable[..., Any],
+                *operands: Any) -> Any:
+  """`full(*operands)` (a rule's own path, as with `present=None`) for a sample whose rows are
+  all present, else `partial(present, *operands)` (its drop-out path).
+
+  So an all-True mask gives exactly the numbers of `present=None`, and a batch without drop-outs
+  runs the rule's own path alone (`uniform_cond`: the drop-out path runs for a vmapped batch
+  only when one of its samples has an absent row, and is selected only for those samples).
+  Operands must be arrays (pass optional ones only when given).
+  """
+  return uniform_cond(~jnp.all(present), partial, lambda present, *ops: full(*ops), present,
+                      *operands)
+
+
+def with_optional(*operands: Any) -> tuple[Any, ...]:
+  """The operands that are not None (for `by_presence`, whose branches take `*optional`)."""
+  return tuple(op for op in operands if op is not None)
+
+
+def fill_absent_rows(updates: Array, present: Array) -> Array:
+  """Absent rows replaced by the finite present row of (upper) median norm (zeros if there is
+  none), for rules that compute all pairwise distances and then ignore the absent rows' ones:
+  an absent row's garbage (NaN, ±inf, 1e30) can then neither overflow the Gram matrix nor
+  become the centre it is computed around (`median_norm_row` among all rows)."""
+  valid = present & finite_rows(updates)
+  norms = row_squared_norms(zero_nonfinite_rows(updates, valid))
+  # Valid rows first (so a valid row whose ‖x‖² overflows to inf still ranks before every
+  # invalid one), then by norm, ties to the lower index.
+  _, _, order = lax.sort(((~valid).astype(jnp.int32), norms, jnp.arange(updates.shape[0])),
+                         num_keys=3)
+  fill = jnp.where(jnp.any(valid), updates[order[jnp.sum(valid) // 2]], 0.0)
+  return jnp.where(present[:, None], updates, fill)
+
+
 def median_norm_row(updates: jax.Array, valid: jax.Array) -> jax.Array:
   """The valid row whose norm is the (upper) median of the valid rows' norms, `[d]`.
 
@@ -170,18 +214,27 @@ class Aggregator:
     name: the canonical spec, e.g. "nearest_neighbor_mixing+trimmed_mean".
     f: the declared number of Byzantine clients the pipeline is configured for.
     init: `(d, dtype=float32) -> state`.
-    apply: `(updates [n, d], state, key, weights=None) -> (aggregate [d], state, aux)`; `aux`
-      maps names to scalar diagnostics (e.g. "gm_iterations").
+    apply: `(updates [n, d], state, key, weights=None, present=None, server_update=None)
+      -> (aggregate [d], state, aux)`; `aux` maps names to scalar diagnostics (e.g.
+      "gm_iterations"). `present` (boolean `[n]`, client drop-outs): only the rows marked True
+      take part, the others may hold any value (NaN, ±inf) and have no influence; the declared f
+      stays as configured, and a rule undefined for the realized present count returns NaN.
+      None means every row is present (the same numbers as without the argument).
+      `server_update` (`[d]`): the server's own update, for the stages that need it.
+    needs_server_update: True when a stage needs `server_update` in `apply`.
   """
 
   name: str
   f: int | None
   init: Callable[..., Any]
   apply: Callable[..., tuple[jax.Array, Any, Mapping[str, jax.Array]]]
+  needs_server_update: bool = False
 
   def __call__(self, updates: jax.Array, key: jax.Array | None = None,
-               weights: jax.Array | None = None) -> jax.Array:
-    """The aggregate of `updates [n, d]` from a fresh state (key 0 unless given).
+               weights: jax.Array | None = None, present: jax.Array | None = None,
+               server_update: jax.Array | None = None) -> jax.Array:
+    """The aggregate of `updates [n, d]` (of the rows where `present`, if given) from a fresh
+    state (key 0 unless given).
 
     NumPy input is converted with `jnp.asarray` first: float64 without `jax_enable_x64` is
     computed in float32 (JAX's default precision; enable x64 for float64), silently and once.
@@ -189,8 +242,10 @@ class Aggregator:
     key = jax.random.key(0) if key is None else key
     updates = jnp.asarray(updates)
     weights = None if weights is None else jnp.asarray(weights)
+    extra = {k: jnp.asarray(v) for k, v in
+             (("present", present), ("server_update", server_update)) if v is not None}
     state = self.init(updates.shape[-1], updates.dtype)
-    out, _, _ = self.apply(updates, state, key, weights)
+    out, _, _ = self.apply(updates, state, key, weights, **extra)
     return out
 
 

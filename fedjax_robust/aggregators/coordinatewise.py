@@ -14,7 +14,7 @@ from fedjax_robust.aggregators import base
 from fedjax_robust.aggregators import order_statistics
 
 
-def coordinate_median(updates: jax.Array) -> jax.Array:
+def coordinate_median(updates: jax.Array, *, present: jax.Array | None = None) -> jax.Array:
   """Coordinate-wise median (CWMed); for even n the mean of the two middle values (NumPy's).
 
   Yin, Chen, Ramchandran, Bartlett, "Byzantine-robust distributed learning: towards optimal
@@ -22,14 +22,38 @@ def coordinate_median(updates: jax.Array) -> jax.Array:
 
   Non-finite input: exact as long as fewer than n/2 rows are non-finite at a coordinate (the
   middle order statistics are then finite values). Cost: a sort of `[n, d]` along clients.
+
+  Client drop-outs: with a boolean `present [n]`, the median of the m = Σ present values of each
+  coordinate (the same even-m convention); absent rows may hold any value (they are set to NaN,
+  which sorts after every present value, so the first m order statistics are the present ones).
+  NaN when m = 0. An all-True mask gives the numbers of `present=None` (`base.by_presence`).
   """
   n, _ = base.check_updates(updates, "coordinate_median")
+  if present is not None:
+    return base.by_presence(base.check_present(present, n, "coordinate_median"),
+                            coordinate_median, _coordinate_median_present, updates)
   ordered = order_statistics.sort_clients(updates)
   lower, upper = ordered[(n - 1) // 2], ordered[n // 2]
   return lower if n % 2 else 0.5 * (lower + upper)
 
 
-def trimmed_mean(updates: jax.Array, *, f: int, weights: jax.Array | None = None) -> jax.Array:
+def _coordinate_median_present(present: jax.Array, updates: jax.Array) -> jax.Array:
+  ordered = _sort_present(updates, present)
+  m = jnp.sum(present, dtype=jnp.int32)
+  lower, upper = ordered[jnp.maximum(m - 1, 0) // 2], ordered[m // 2]
+  median = jnp.where(m % 2 == 1, lower, 0.5 * (lower + upper))
+  return jnp.where(m > 0, median, jnp.nan)
+
+
+def _sort_present(updates: jax.Array, present: jax.Array) -> jax.Array:
+  """`sort_clients` with absent rows set to NaN: NaN sorts last, so rows 0..m−1 of the result
+  hold exactly the sorted present values of each coordinate (a present NaN is a NaN either way)."""
+  return order_statistics.sort_clients(
+      jnp.where(present[:, None], updates, jnp.array(jnp.nan, updates.dtype)))
+
+
+def trimmed_mean(updates: jax.Array, *, f: int, weights: jax.Array | None = None,
+                 present: jax.Array | None = None) -> jax.Array:
   """Coordinate-wise trimmed mean (CWTM): drop the f largest and f smallest values of each
   coordinate, average the n − 2f values left.
 
@@ -42,19 +66,46 @@ def trimmed_mean(updates: jax.Array, *, f: int, weights: jax.Array | None = None
   Non-finite input: exact as long as at most f rows are non-finite (NaN and +inf are dropped
   from the top, −inf from the bottom; weighted: as long as their weight lies in the trimmed
   mass). Cost: a sort of `[n, d]` along clients, fused with the sum.
+
+  Client drop-outs: with a boolean `present [n]` and m = Σ present, the rule on the present rows
+  with f unchanged (all f Byzantine clients may be present): drop the f largest and f smallest
+  present values of each coordinate, average the m − 2f left; weighted, absent rows have weight
+  0 and the trimmed mass is t = (f/m)·Σ_{present} w. Absent rows may hold any value (they are set
+  to NaN, which sorts after every present value). NaN when m ≤ 2f (the rule is undefined). An
+  all-True mask gives the numbers of `present=None` (`base.by_presence`).
   """
   n, _ = base.check_updates(updates, "trimmed_mean", f=f, min_n=lambda f: 2 * f + 1)
+  if present is not None:
+    return base.by_presence(
+        base.check_present(present, n, "trimmed_mean"),
+        lambda x, *w: trimmed_mean(x, f=f, weights=w[0] if w else None),
+        lambda p, x, *w: _trimmed_mean_present(p, x, f, *w),
+        *base.with_optional(updates, weights))
   if weights is not None:
     return _weighted_trimmed_mean(updates, weights, f)
   kept = order_statistics.sort_clients(updates)[f:n - f]
   return jnp.sum(kept, axis=0) / (n - 2 * f)  # a sum, not a matmul: keeps the sort fused
 
 
-def _weighted_trimmed_mean(updates, weights, f):
+def _trimmed_mean_present(present, updates, f, *weights):
+  n = updates.shape[0]
+  m = jnp.sum(present, dtype=jnp.int32)
+  if weights:
+    w = jnp.where(present, weights[0].astype(updates.dtype), jnp.zeros((), updates.dtype))
+    x = jnp.where(present[:, None], updates, jnp.array(jnp.nan, updates.dtype))
+    return jnp.where(m > 2 * f, _weighted_trimmed_mean(x, w, f, m), jnp.nan)
+  rank = jnp.arange(n)[:, None]
+  kept = (rank >= f) & (rank < m - f)
+  total = jnp.sum(jnp.where(kept, _sort_present(updates, present), 0.0), axis=0)
+  return jnp.where(m > 2 * f, total / (m - 2 * f).astype(updates.dtype), jnp.nan)
+
+
+def _weighted_trimmed_mean(updates, weights, f, count=None):
+  """`count`: the number of clients the trimmed mass refers to (n, or the present count)."""
   n = updates.shape[0]
   values, w = order_statistics.sort_clients_with(updates, weights)
   total = jnp.sum(weights).astype(updates.dtype)
-  trim = total * f / n
+  trim = total * f / (n if count is None else count.astype(updates.dtype))
   below = jnp.zeros_like(values[0])
   acc = jnp.zeros_like(values[0])
   for i in range(n):

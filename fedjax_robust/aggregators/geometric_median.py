@@ -57,8 +57,9 @@ def _iterate(distances, step_norm, combine, alpha, *, nu, maxiter, ftol, gtol, s
   return z, it, obj
 
 
-def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None, nu: float = 1e-6,
-              maxiter: int = 100, ftol: float = 1e-10, gtol: float = 1e-4) -> WeiszfeldResult:
+def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None,
+              present: jax.Array | None = None, nu: float = 1e-6, maxiter: int = 100,
+              ftol: float = 1e-10, gtol: float = 1e-4) -> WeiszfeldResult:
   """Geometric median argmin_z Σ_i α_i ‖z − x_i‖ by smoothed Weiszfeld iterations.
 
     z_0 = Σ α_i x_i / Σ α_i,   β_i = α_i / max(‖z_t − x_i‖, ν),   z_{t+1} = Σ β_i x_i / Σ β_i,
@@ -112,30 +113,56 @@ def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None, nu: float
   Args:
     updates: `[n, d]`.
     weights: optional client weights α `[n]` (e.g. sample counts); uniform by default.
+    present: optional boolean `[n]` for client drop-outs: the geometric median of the
+      m = Σ present rows, argmin_z Σ_{i present} α_i ‖z − x_i‖ (absent rows get α_i = 0 and are
+      zeroed first, so they may hold any value, NaN and ±inf included). NaN when m = 0 (or the
+      present weights sum to 0).
     nu: smoothing ν > 0 (avoids division by zero at a data point).
     maxiter: static cap on the number of updates.
     ftol: relative objective decrease under which the iteration may stop.
     gtol: normalized gradient norm under which the iteration may stop.
   """
   n, _ = base.check_updates(updates, "geometric_median")
-  alpha = jnp.ones((n,), updates.dtype) if weights is None else weights.astype(updates.dtype)
   options = dict(nu=nu, maxiter=maxiter, ftol=ftol, gtol=gtol)
+  if present is not None:
+    return base.by_presence(
+        base.check_present(present, n, "geometric_median"),
+        lambda x, *w: weiszfeld(x, weights=w[0] if w else None, **options),
+        lambda p, x, *w: _weiszfeld_present(p, x, w[0] if w else None, options),
+        *base.with_optional(updates, weights))
+  alpha = jnp.ones((n,), updates.dtype) if weights is None else weights.astype(updates.dtype)
+  return _weiszfeld_rows(updates, alpha, (), options)
 
-  def fast(x, sq, alpha):
+
+def _weiszfeld_present(present, updates, weights, options) -> WeiszfeldResult:
+  """Drop-outs: absent rows zeroed with weight 0, and left out of the Gram phase's centre."""
+  n = updates.shape[0]
+  alpha = jnp.ones((n,), updates.dtype) if weights is None else weights.astype(updates.dtype)
+  return _weiszfeld_rows(base.zero_nonfinite_rows(updates, present),
+                         jnp.where(present, alpha, 0.0), (present,), options)
+
+
+def _weiszfeld_rows(updates, alpha, masks, options) -> WeiszfeldResult:
+  """`weiszfeld` with weights α `[n]`; `masks`: () or (present,), the rows that take part."""
+  n = updates.shape[0]
+
+  def fast(x, sq, alpha, *masks):
     # Ordinary rows: every distance between rows and convex combinations fits the float range.
-    return _weiszfeld(x, alpha, jnp.ones((n,), bool), jnp.ones((), x.dtype),
-                      lambda z: jnp.sqrt(jnp.sum((x - z) ** 2, axis=-1)), jnp.linalg.norm,
-                      options)
+    return _weiszfeld(x, alpha, masks[0] if masks else jnp.ones((n,), bool),
+                      jnp.ones((), x.dtype), lambda z: jnp.sqrt(jnp.sum((x - z) ** 2, axis=-1)),
+                      jnp.linalg.norm, options)
 
-  def exact(x, alpha):
+  def exact(x, alpha, *masks):
     finite = base.finite_rows(x)
+    if masks:
+      finite &= masks[0]
     x = base.zero_nonfinite_rows(x, finite)
     row_max = jnp.max(jnp.abs(x), axis=1)
     return _weiszfeld(x, jnp.where(finite, alpha, 0.0), finite,
                       base.power_of_two_scale(jnp.max(row_max), x.dtype),
                       lambda z: base.row_distances(x, z, row_max), base.vector_norm, options)
 
-  return base.ordinary_or_exact(updates, fast, exact, alpha)
+  return base.ordinary_or_exact(updates, fast, exact, alpha, *masks)
 
 
 def _weiszfeld(x, alpha, finite, scale, distances, vector_norm, options) -> WeiszfeldResult:
@@ -195,7 +222,10 @@ def _weiszfeld(x, alpha, finite, scale, distances, vector_norm, options) -> Weis
   return WeiszfeldResult(z, it, obj)
 
 
-def geometric_median(updates: jax.Array, *, weights: jax.Array | None = None, nu: float = 1e-6,
-                     maxiter: int = 100, ftol: float = 1e-10, gtol: float = 1e-4) -> jax.Array:
-  """The geometric median `[d]` of the rows; see `weiszfeld` for the algorithm and options."""
-  return weiszfeld(updates, weights=weights, nu=nu, maxiter=maxiter, ftol=ftol, gtol=gtol).median
+def geometric_median(updates: jax.Array, *, weights: jax.Array | None = None,
+                     present: jax.Array | None = None, nu: float = 1e-6, maxiter: int = 100,
+                     ftol: float = 1e-10, gtol: float = 1e-4) -> jax.Array:
+  """The geometric median `[d]` of the (present) rows; see `weiszfeld` for the algorithm, the
+  options and the drop-out semantics of `present`."""
+  return weiszfeld(updates, weights=weights, present=present, nu=nu, maxiter=maxiter, ftol=ftol,
+                   gtol=gtol).median

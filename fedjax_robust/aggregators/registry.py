@@ -6,9 +6,13 @@
 
 Each stage is called with what its function asks for, by keyword: `f` (the declared number of
 Byzantine clients), `key` (randomized stages: a key per call, from the round's key), `center`
-(stateful stages: the state carried across rounds, here the previous aggregate), `weights`
-(client weights, for stages with a weighted form). Options are checked against the function's
-other keyword arguments.
+(stateful stages: the state carried across rounds, here the previous aggregate), `state` (a
+stage registered with a `state_init`: its own state, the function returns `(out, new_state)`),
+`weights` (client weights, for stages with a weighted form), `present` (client drop-outs: a
+boolean `[n]`, True for the clients whose row arrived; absent rows may hold any value and have
+no influence, and the rows keep their positions through the pre-aggregators, so every stage
+gets the same mask), `server_update` (a `[d]` update the server computed itself, e.g. FLTrust's
+on its root data). Options are checked against the function's other keyword arguments.
 
 Stages may report scalar diagnostics (the pipeline's `aux`): "gm_iterations" (geometric
 median), "clipped_share" (every clipping stage: the share of rows it clipped, see
@@ -46,7 +50,7 @@ from fedjax_robust.aggregators.spectral import caf
 from fedjax_robust.aggregators.spectral import divide_and_conquer
 from fedjax_robust.aggregators.spectral import smea
 
-_CALL_ARGS = ("f", "key", "center", "weights")
+_CALL_ARGS = ("f", "key", "center", "weights", "present", "server_update", "state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,9 @@ class _Entry:
   split_aux: Callable[[Any], tuple[jax.Array, Mapping[str, jax.Array]]] = lambda out: (out, {})
   # The declared domain of every option (checked by `chain`/`get` before anything is traced).
   domains: Mapping[str, D.Domain] = dataclasses.field(default_factory=dict)
+  # A stage with its own state across rounds: `state_init(d, dtype)` gives the first one, the
+  # function is called with `state=` and returns `(out, new_state)` (before `split_aux`).
+  state_init: Callable[[int, Any], Any] | None = None
 
   @property
   def params(self):
@@ -173,12 +180,30 @@ class _Stage:
   name: str
   is_rule: bool
   init: Callable[[int, Any], Any]
-  # (updates, weights, state, key) -> (out, weights, state, aux)
+  # (updates, weights, state, key, present=None, server_update=None)
+  #   -> (out, weights, state, aux)
   apply: Callable[..., tuple[jax.Array, Any, Any, Mapping[str, jax.Array]]]
+  needs_server_update: bool = False
+
+
+def _presence_stages() -> str:
+  """The registered stages that take a presence mask, for error messages."""
+  return ", ".join(sorted(k for k, e in _RULES.items() if "present" in e.params))
+
+
+def _no_presence(name: str) -> ConfigError:
+  return ConfigError(
+      f"aggregator stage {name!r} does not support client drop-outs (a `present` mask); stages "
+      f"that do: {_presence_stages()}.")
+
+
+def _check_present_arg(name: str, takes_present: bool, present) -> None:
+  if present is not None and not takes_present:
+    raise _no_presence(name)
 
 
 def _named_stage(name: str, f: int | None, opts: Mapping[str, Any], weighted: bool,
-                 is_last: bool, entry: _Entry | None = None) -> _Stage:
+                 is_last: bool, entry: _Entry | None = None, presence: bool = False) -> _Stage:
   entry = entry or _RULES[name]
   unknown = set(opts) - set(entry.options)
   if unknown:
@@ -192,49 +217,92 @@ def _named_stage(name: str, f: int | None, opts: Mapping[str, Any], weighted: bo
     weighted_rules = [k for k, e in _RULES.items() if e.kind == "rule" and "weights" in e.params]
     raise ConfigError(f"aggregator {name!r} has no weighted form; weighted rules: "
                      f"{', '.join(sorted(weighted_rules))}.")
-  stateful = "center" in params
+  takes_present = "present" in params
+  if presence and not takes_present:
+    raise _no_presence(name)
+  needs_server_update = "server_update" in params
+  custom_state = entry.state_init is not None
+  stateful = "center" in params and not custom_state
 
   def init(d, dtype):
+    if custom_state:  # the stage's options that shape its state (e.g. a history's length)
+      init_params = inspect.signature(entry.state_init).parameters
+      return entry.state_init(d, dtype, **{k: v for k, v in {**entry.options, **opts}.items()
+                                           if k in init_params})
     return jnp.zeros((d,), dtype) if stateful else ()
 
-  def apply(updates, weights, state, key):
+  def apply(updates, weights, state, key, present=None, server_update=None):
+    _check_present_arg(name, takes_present, present)
     kwargs = dict(opts)
     if "f" in params:
       kwargs["f"] = f
     if "key" in params:
       kwargs["key"] = key
-    if stateful:
+    if custom_state:
+      kwargs["state"] = state
+    elif stateful:
       kwargs["center"] = state
     if weights is not None and "weights" in params:
       kwargs["weights"] = weights
+    if present is not None:
+      kwargs["present"] = present
+    if needs_server_update:
+      if server_update is None:
+        raise ConfigError(f"aggregator {name!r} needs the server's own update: call apply(..., "
+                          "server_update=<[d] vector>).")
+      kwargs["server_update"] = server_update
     out = entry.fn(updates, **kwargs)
+    if custom_state:
+      out, state = out
     if entry.kind == "pre" and weights is not None and "weights" in params:
       out, weights = out  # a pre-aggregator that regroups rows returns their new weights
     out, aux = entry.split_aux(out)
     return out, weights, (out if stateful else state), aux
 
-  return _Stage(name, entry.kind == "rule", init, apply)
+  return _Stage(name, entry.kind == "rule", init, apply, needs_server_update)
 
 
-def _function_stage(fn: Callable[[jax.Array], jax.Array], is_last: bool) -> _Stage:
+def _function_stage(fn: Callable[[jax.Array], jax.Array], is_last: bool,
+                    presence: bool = False) -> _Stage:
   name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "fn")
-  return _Stage(name, is_last, lambda d, dtype: (),
-                lambda u, w, s, k: (fn(u), w, s, {}))
+  try:
+    takes_present = "present" in inspect.signature(fn).parameters
+  except (TypeError, ValueError):  # no signature to read (some builtins)
+    takes_present = False
+  if presence and not takes_present:
+    raise _no_presence(name)
+
+  def apply(u, w, s, k, present=None, server_update=None):
+    del server_update  # plain functions take the updates (and the presence mask) alone
+    _check_present_arg(name, takes_present, present)
+    return (fn(u) if present is None else fn(u, present=present)), w, s, {}
+
+  return _Stage(name, is_last, lambda d, dtype: (), apply)
 
 
 def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
           options: Mapping[str, Mapping[str, Any]] | None = None,
-          weighted: bool = False) -> base.Aggregator:
+          weighted: bool = False, presence: bool = False) -> base.Aggregator:
   """Composes pre-aggregators and a final rule, applied left to right.
+
+  The pipeline's `apply(updates, state, key, weights=None, present=None, server_update=None)`
+  passes `present` (boolean `[n]`, client drop-outs) to every stage, and `server_update` (`[d]`)
+  to the stages that take one; a stage without a `present` argument given a mask raises
+  ConfigError at trace time, as does a stage that needs `server_update` without one.
 
   Args:
     *stages: registered names (or aliases), or plain functions `[n, d] -> [n', d]` (all but
-      the last) and `[n, d] -> [d]` (the last).
+      the last) and `[n, d] -> [d]` (the last); a plain function with a `present` keyword gets
+      the presence mask.
     f: declared number of Byzantine clients, for the named stages that use it.
     options: per stage name, keyword options, e.g. `{"geometric_median": {"maxiter": 3}}`;
       options of names not in the chain are ignored, so one mapping serves several chains.
     weighted: the pipeline will be called with client weights; the last stage must have a
       weighted form (mean, trimmed_mean, geometric_median).
+    presence: the pipeline will be called with a presence mask; every stage must take one
+      (mean, trimmed_mean, coordinate_median, geometric_median, krum, multi_krum,
+      nearest_neighbor_mixing), else ConfigError now. A fused stage (`_FUSED_WITH_MEAN`) is used
+      only where it takes the mask too.
   """
   if not stages:
     raise ConfigError("chain needs at least one stage (the rule).")
@@ -250,39 +318,50 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
           f"{'rule' if _RULES[n].kind == 'rule' else 'pre-aggregator'}, but a chain is pre-aggregators ({', '.join(names('pre'))}) "
           f"followed by one rule ({', '.join(names('rule'))}).")
   built = [
-      _named_stage(n, f, opts.get(n, {}), weighted, i == len(stages) - 1) if n is not None
-      else _function_stage(s, i == len(stages) - 1)
+      _named_stage(n, f, opts.get(n, {}), weighted, i == len(stages) - 1, presence=presence)
+      if n is not None else _function_stage(s, i == len(stages) - 1, presence)
       for i, (n, s) in enumerate(zip(names_, stages))]
   if len(names_) >= 2 and names_[-1] == "mean" and names_[-2] in _FUSED_WITH_MEAN:
     pre = names_[-2]
-    fused = _named_stage(pre, f, opts.get(pre, {}), weighted, True,
-                         entry=_Entry(_FUSED_WITH_MEAN[pre], "rule", _RULES[pre].split_aux,
-                                      domains=_RULES[pre].domains))
-    built[-2:] = [dataclasses.replace(fused, name=f"{pre}+mean")]
+    fused_fn = _FUSED_WITH_MEAN[pre]
+    # A presence pipeline never trades the mask for speed: unfused unless the fused form takes it.
+    if not presence or "present" in inspect.signature(fused_fn).parameters:
+      fused = _named_stage(pre, f, opts.get(pre, {}), weighted, True, presence=presence,
+                           entry=_Entry(fused_fn, "rule", _RULES[pre].split_aux,
+                                        domains=_RULES[pre].domains))
+      built[-2:] = [dataclasses.replace(fused, name=f"{pre}+mean")]
+  needs_server_update = any(stage.needs_server_update for stage in built)
 
   def init(d, dtype=jnp.float32):
     return tuple(stage.init(d, dtype) for stage in built)
 
-  def apply(updates, state, key, weights=None):
-    check_input(updates, weights, f, "+".join(s.name for s in built))
+  def apply(updates, state, key, weights=None, present=None, server_update=None):
+    check_input(updates, weights, f, "+".join(s.name for s in built), present=present,
+                server_update=server_update)
     aux = {}
     new_state = []
     keys = jax.random.split(key, len(stages))  # per stage as written: fusing keeps the keys
     for stage, stage_state, k in zip(built, state, keys):
-      updates, weights, s, stage_aux = stage.apply(updates, weights, stage_state, k)
+      # Pre-aggregators that take `present` keep the rows' positions: the mask carries over.
+      updates, weights, s, stage_aux = stage.apply(updates, weights, stage_state, k,
+                                                   present=present, server_update=server_update)
       new_state.append(s)
       for name, value in stage_aux.items():  # a second stage's same diagnostic: "stage.name"
         aux[f"{stage.name}.{name}" if name in aux else name] = value
     return updates, tuple(new_state), aux
 
-  return base.Aggregator(name="+".join(s.name for s in built), f=f, init=init, apply=apply)
+  return base.Aggregator(name="+".join(s.name for s in built), f=f, init=init, apply=apply,
+                         needs_server_update=needs_server_update)
 
 
-def check_input(updates, weights, f: int | None, name: str) -> None:
+def check_input(updates, weights, f: int | None, name: str, *, present=None,
+                server_update=None) -> None:
   """The checks every pipeline makes of its input at trace time (shapes and dtypes are static):
-  a floating-point `[n, d]` matrix with n >= 1, weights of shape `[n]`, and an honest majority
-  n > 2f for the declared f (every rule, including those whose formula ignores f: a pipeline
-  configured for f Byzantine clients among fewer than 2f + 1 promises nothing)."""
+  a floating-point `[n, d]` matrix with n >= 1, weights of shape `[n]`, a boolean presence mask
+  of shape `[n]`, a server update of shape `[d]`, and an honest majority n > 2f for the declared
+  f (every rule, including those whose formula ignores f: a pipeline configured for f Byzantine
+  clients among fewer than 2f + 1 promises nothing; with drop-outs the rules check the present
+  count themselves and return NaN where it is too small)."""
   shape = getattr(updates, "shape", None)
   if shape is None or len(shape) != 2:
     raise ConfigError(f"{name}: updates must be a matrix [n, d], got shape {shape}.")
@@ -295,17 +374,25 @@ def check_input(updates, weights, f: int | None, name: str) -> None:
   if weights is not None and getattr(weights, "shape", None) != (n,):
     raise ConfigError(f"{name}: weights must have shape ({n},) (one per row), got "
                       f"{getattr(weights, 'shape', None)}.")
+  if present is not None and (getattr(present, "shape", None) != (n,)
+                              or getattr(present, "dtype", None) != jnp.bool_):
+    raise ConfigError(f"{name}: present must be a boolean mask of shape ({n},) (one per row), "
+                      f"got {getattr(present, 'dtype', type(present))}"
+                      f"{list(getattr(present, 'shape', ()))}.")
+  if server_update is not None and getattr(server_update, "shape", None) != (shape[1],):
+    raise ConfigError(f"{name}: server_update must have shape ({shape[1]},) (one update like a "
+                      f"row), got {getattr(server_update, 'shape', None)}.")
   if f is not None and 2 * f >= n:
     raise ConfigError(f"{name}: declared f={f} needs an honest majority, n > 2f = {2 * f}; got "
                       f"n={n} rows.")
 
 
 def get(spec: str, *, f: int, options: Mapping[str, Mapping[str, Any]] | None = None,
-        weighted: bool = False) -> base.Aggregator:
+        weighted: bool = False, presence: bool = False) -> base.Aggregator:
   """The pipeline named by `spec` ('nnm+trimmed_mean') for a declared f; see `chain`."""
   if not isinstance(f, int) or isinstance(f, bool) or f < 0:
     raise ConfigError(f"f must be a non-negative int, got {f!r}.")
   if not isinstance(spec, str):
     raise ConfigError(f"an aggregator spec must be a string such as 'nnm+trimmed_mean', got "
                       f"{spec!r}.")
-  return chain(*split_spec(spec), f=f, options=options, weighted=weighted)
+  return chain(*split_spec(spec), f=f, options=options, weighted=weighted, presence=presence)
