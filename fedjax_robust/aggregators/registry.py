@@ -36,6 +36,8 @@ from fedjax_robust.aggregators.averaging import mean
 from fedjax_robust.aggregators.bucketing import bucketing
 from fedjax_robust.aggregators.bucketing import bucketing_mean
 from fedjax_robust.aggregators.bulyan import bulyan
+from fedjax_robust.aggregators import clustering
+from fedjax_robust.aggregators.fltrust import fltrust_with_share
 from fedjax_robust.aggregators import clipping
 from fedjax_robust.aggregators.coordinatewise import coordinate_median
 from fedjax_robust.aggregators.coordinatewise import meamed
@@ -84,6 +86,11 @@ def _clipped_share(result: clipping.Clipped):
   return result.value, {"clipped_share": result.clipped_share}
 
 
+def _kept_share(result: clustering.Filtered):
+  """Filtering rules report the share of rows they kept (see `clustering.Filtered`)."""
+  return result.value, {"kept_share": result.kept_share}
+
+
 _RULES: dict[str, _Entry] = {
     "mean": _Entry(mean, "rule"),
     "coordinate_median": _Entry(coordinate_median, "rule"),
@@ -114,6 +121,18 @@ _RULES: dict[str, _Entry] = {
     "dnc": _Entry(divide_and_conquer, "rule", domains={
         "iterations": D.POSITIVE_INT, "sub_dim": D.POSITIVE_INT,
         "c": D.Float(0, note="removes ⌈c·f⌉ rows per iteration; c·f < n")}),
+    "signguard": _Entry(clustering.signguard_with_share, "rule", _kept_share, domains={
+        "lower": D.Float(0, 1, note="keep ‖x_i‖/median ≥ lower"),
+        "upper": D.Float(1, note="keep ‖x_i‖/median ≤ upper"),
+        "coordinate_fraction": D.Float(0, 1, low_open=True,
+                                       note="share of coordinates of the sign statistics")}),
+    "clipped_clustering": _Entry(
+        clustering.clipped_clustering_with_share, "rule", _kept_share,
+        domains={"history": D.Int(1, note="norms kept for the clipping median; >= n")},
+        state_init=clustering.clipped_clustering_init),
+    "flame": _Entry(clustering.flame_with_share, "rule", _kept_share,
+                    domains={"noise_lambda": D.NONNEGATIVE}),
+    "fltrust": _Entry(fltrust_with_share, "rule", _kept_share),
     "nearest_neighbor_mixing": _Entry(nearest_neighbor_mixing, "pre"),
     "bucketing": _Entry(bucketing, "pre", domains={"bucket_size": D.POSITIVE_INT}),
     "static_clipping": _Entry(clipping.static_clipping_with_share, "pre", _clipped_share,
