@@ -140,12 +140,18 @@ def mimic_variance(updates: jax.Array, byzantine_mask: jax.Array, state: MimicSt
 
 def line_search(objective, *, evals: int = 20, start: float = 0.0, delta: float = 10.0,
                 ratio: float = 0.8) -> jax.Array:
-  """Maximizes a scalar `objective(τ)` with `evals` evaluations, as ByzFL's optimal attacks do:
-  from τ = start, step by +δ while the value improves, doubling δ each time (expansion); at the
-  first failure δ ← ratio·δ and from then on each evaluation tries best + δ and shrinks δ by
-  `ratio` (contraction). A `lax.scan`, so it jits and vmaps over Monte Carlo samples. It only
-  moves right and assumes a unimodal objective; on a jagged one (behind NNM) it can stop short
-  of the best τ."""
+  """The maximizer τ* of `line_search_max`."""
+  return line_search_max(objective, evals=evals, start=start, delta=delta, ratio=ratio)[0]
+
+
+def line_search_max(objective, *, evals: int = 20, start: float = 0.0, delta: float = 10.0,
+                    ratio: float = 0.8) -> tuple[jax.Array, jax.Array]:
+  """(τ*, objective(τ*)): maximizes a scalar `objective(τ)` with `evals` evaluations, as ByzFL's
+  optimal attacks do: from τ = start, step by +δ while the value improves, doubling δ each time
+  (expansion); at the first failure δ ← ratio·δ and from then on each evaluation tries best + δ
+  and shrinks δ by `ratio` (contraction). A `lax.scan`, so it jits and vmaps over Monte Carlo
+  samples. It only moves right and assumes a unimodal objective; on a jagged one (behind NNM) it
+  can stop short of the best τ."""
   if evals < 1 or not 0 < ratio < 1:
     raise ValueError(f"line search needs evals >= 1 and 0 < ratio < 1, got {evals}, {ratio}.")
   best_x = jnp.asarray(start, jnp.float32)
@@ -162,8 +168,19 @@ def line_search(objective, *, evals: int = 20, start: float = 0.0, delta: float 
     return (best_x, best_y, delta, expanding & better), None
 
   init = (best_x, best_y, jnp.asarray(delta, jnp.float32), jnp.array(True))
-  (best_x, _, _, _), _ = lax.scan(step, init, None, length=evals - 1)
-  return best_x
+  (best_x, best_y, _, _), _ = lax.scan(step, init, None, length=evals - 1)
+  return best_x, best_y
+
+
+def damage_through(aggregate, updates: jax.Array, byzantine_mask: jax.Array, mu: jax.Array):
+  """The adaptive attacks' objective: vector `[d]` ↦ ‖F(updates with every Byzantine row set to
+  vector) − μ‖, F the server's aggregation, μ the honest mean; +inf where it is NaN (an
+  aggregate the rule made NaN counts as the largest damage)."""
+  def damage(vector):
+    out = aggregate(base.replace_byzantine(updates, byzantine_mask, vector))
+    err = jnp.linalg.norm(out - mu)
+    return jnp.where(jnp.isnan(err), jnp.inf, err)
+  return damage
 
 
 def _optimal(direction_fn):
@@ -172,13 +189,9 @@ def _optimal(direction_fn):
       raise ValueError("optimal attacks need the server's aggregation (`aggregate`).")
     mu, sigma = base.honest_mean_and_std(updates, byzantine_mask)
     vector = lambda tau: direction_fn(mu, sigma, tau)
-
-    def damage(tau):
-      out = aggregate(base.replace_byzantine(updates, byzantine_mask, vector(tau)))
-      err = jnp.linalg.norm(out - mu)
-      return jnp.where(jnp.isnan(err), jnp.inf, err)
-
-    tau = line_search(damage, evals=evals, start=start, delta=delta, ratio=ratio)
+    damage = damage_through(aggregate, updates, byzantine_mask, mu)
+    tau = line_search(lambda t: damage(vector(t)), evals=evals, start=start, delta=delta,
+                      ratio=ratio)
     return base.replace_byzantine(updates, byzantine_mask, vector(tau))
   return attack
 
@@ -285,3 +298,152 @@ def fang(key: jax.Array, updates: jax.Array, byzantine_mask: jax.Array, *,
   u = jax.random.uniform(key, updates.shape, updates.dtype)
   values = lo[None, :] + u * (hi - lo)[None, :]
   return jnp.where(byzantine_mask[:, None], values, updates)
+
+
+# ----------------------------------------------------- wave 2: attacks of the peer benchmarks
+def fang_krum(updates: jax.Array, byzantine_mask: jax.Array, aggregate, *,
+              threshold: float = 1e-5, iterations: int = 32) -> jax.Array:
+  """Fang et al.'s full-knowledge attack on Krum ("Local model poisoning attacks to
+  Byzantine-robust federated learning", USENIX Security 2020, Sec. 4.2, "Attacking Krum").
+
+  Paper (model form): every compromised client sends w' = w_Re − λ·s, with w_Re the global
+  model before the round and s_j the sign of the change of parameter j without attack; λ starts
+  at the paper's upper bound
+    λ_max = min_{i∈H} Σ_{l∈Γ_i} D(w_l, w_i) / ((m − 2c − 1)·√d) + max_{i∈H} D(w_i, w_Re) / √d,
+  (m clients, c compromised, d parameters, Γ_i the m − c − 2 honest models nearest to w_i, D the
+  Euclidean distance) and halves until Krum selects a compromised model or λ < `threshold`
+  (the paper's 1e-5). The c crafted models are all equal (the paper's ε-ball of radius 0).
+
+  This simulator's updates are u_i = θ − θ_i and the server steps θ ← θ − F(u), so w_i = θ − u_i,
+  w_Re = θ, D(w_l, w_i) = ‖u_l − u_i‖, D(w_i, w_Re) = ‖u_i‖, and without attack θ moves by
+  −μ (μ the honest mean update): s = −sign(μ). Every Byzantine row becomes
+    u' = θ − w' = λ·s = −λ·sign(μ),
+  which moves the model by +λ·sign(μ), against the honest direction (the benchmarks' code, e.g.
+  Shejwalkar & Houmansadr's, sends the same −λ·sign(mean gradient)). m = n and c = b, the
+  realized number of Byzantine rows. "Krum selects a Byzantine row" is asked of the server's
+  own aggregation `aggregate` (its declared f, pre-aggregators, state and randomness): the
+  aggregate lies nearer to u' than to every honest row (for Krum: it is u'). λ_max is always
+  tried; if no tried λ succeeds (at most `iterations` tries, each ≥ `threshold` except λ_max)
+  the smallest tried is sent. A `lax.while_loop` capped at `iterations` evaluations of the
+  rule; jits and vmaps. Honest rows only enter μ and the bound; no row is replaced when b = 0.
+  """
+  if aggregate is None:
+    raise ValueError("fang_krum needs the server's aggregation (`aggregate`).")
+  if iterations < 1 or not threshold > 0:
+    raise ValueError(f"fang_krum needs iterations >= 1 and threshold > 0, got {iterations}, "
+                     f"{threshold}.")
+  n, d = updates.shape
+  honest = ~byzantine_mask
+  x = jnp.where(honest[:, None], updates, 0.0)
+  mu, _ = base.honest_mean_and_std(x, byzantine_mask)
+  s = jnp.sign(mu)                      # the Byzantine row is −λ·s
+  b = jnp.sum(byzantine_mask)
+  # The paper's bound, from Euclidean distances between honest rows (Gram form; others masked).
+  sq = jnp.sum(x * x, axis=1)
+  dist = jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0))
+  pair = honest[:, None] & honest[None, :] & ~jnp.eye(n, dtype=bool)
+  nearest = jnp.sort(jnp.where(pair, dist, jnp.inf), axis=1)
+  neighbours = jnp.arange(n)[None, :] < n - b - 2             # Γ_i: the m − c − 2 nearest
+  sums = jnp.sum(jnp.where(neighbours, nearest, 0.0), axis=1)
+  root_d = math.sqrt(d)
+  lam_max = (jnp.min(jnp.where(honest, sums, jnp.inf)) / (jnp.maximum(n - 2 * b - 1, 1) * root_d)
+             + jnp.max(jnp.where(honest, jnp.sqrt(sq), -jnp.inf)) / root_d).astype(updates.dtype)
+
+  def selected(lam):
+    vector = -lam * s
+    out = aggregate(base.replace_byzantine(updates, byzantine_mask, vector))
+    to_honest = jnp.min(jnp.where(honest, jnp.sum((x - out) ** 2, axis=1), jnp.inf))
+    return jnp.sum((out - vector) ** 2) < to_honest
+
+  def cond(carry):
+    k, lam, found, _ = carry
+    return (~found) & (k < iterations) & ((k == 0) | (lam >= threshold)) & (b > 0)
+
+  def body(carry):
+    k, lam, _, _ = carry
+    return k + 1, lam / 2, selected(lam), lam
+
+  init = (jnp.array(0, jnp.int32), lam_max, jnp.array(False), lam_max)
+  _, _, _, lam = lax.while_loop(cond, body, init)
+  return base.replace_byzantine(updates, byzantine_mask, -lam * s)
+
+
+def model_replacement(updates: jax.Array, byzantine_mask: jax.Array, *,
+                      boost: float | None = math.nan) -> jax.Array:
+  """Model replacement's scaling (Bagdasaryan, Veit, Hua, Estrin, Shmatikov, "How to backdoor
+  federated learning", AISTATS 2020, Sec. 3.2): each Byzantine client sends γ·u_i, its own
+  update (trained on backdoored data: the registry's `model_replacement` pairs this with the
+  `backdoor` data poisoning) scaled by γ = `boost`; None or NaN: γ = n/b for the realized b.
+
+  Paper: G' = G + (η/n) Σ_i (L_i − G); one attacker sending L̃ = γ(X − G) + G with γ = n/η makes
+  G' = X + (η/n) Σ_{i≠attacker} (L_i − G) ≈ X once the honest updates nearly cancel. Here
+  u_i = θ − θ_i (= G − L_i) and the server steps θ ← θ − η·F(u); with F the mean over n rows,
+    F = (γ Σ_{i∈B} u_i + Σ_{i∈H} u_i) / n,
+  so γ = n/(η·b) gives θ' = θ − mean_{i∈B} u_i − (η/n) Σ_{i∈H} u_i: the b backdoored models'
+  average replaces the global model up to the honest sum's share. The default γ = n/b assumes
+  the server learning rate η = 1 (set `boost` = n/(η·b) otherwise). Honest rows untouched;
+  nothing changes when b = 0."""
+  if boost is None or math.isnan(boost):
+    gamma = updates.shape[0] / jnp.maximum(jnp.sum(byzantine_mask), 1)
+  else:
+    gamma = boost
+  gamma = jnp.asarray(gamma, updates.dtype)
+  return jnp.where(byzantine_mask[:, None], gamma * updates, updates)
+
+
+ADAPTIVE_DIRECTIONS = ("unit_vec", "sign", "std", "plus_std", "ipm")
+
+
+def _adaptive_family(name: str, mu: jax.Array, sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(a, p): the candidate Byzantine vectors a + τ·p of direction `name`."""
+  norm = jnp.linalg.norm(mu)
+  unit = jnp.where(norm > 0, mu / jnp.where(norm > 0, norm, 1.0), 0.0)
+  return {"unit_vec": (mu, -unit),            # μ − τ μ/‖μ‖ (inverse unit mean)
+          "sign": (mu, -jnp.sign(mu)),        # μ − τ sign(μ)
+          "std": (mu, -sigma),                # μ − τσ: ALIE's μ − zσ, MinMax's −σ
+          "plus_std": (mu, sigma),            # μ + τσ: `optimal_alie`'s family (ByzFL)
+          "ipm": (jnp.zeros_like(mu), -mu),   # −τμ: `optimal_ipm`'s family
+          }[name]
+
+
+def adaptive(updates: jax.Array, byzantine_mask: jax.Array, aggregate, *,
+             directions: tuple[str, ...] = ADAPTIVE_DIRECTIONS, evals: int = 20,
+             start: float = 0.0, delta: float = 10.0, ratio: float = 0.8) -> jax.Array:
+  """Generalized adaptive attack: the best direction AND scale through the server's rule.
+
+  Every Byzantine client sends a_k* + τ*·p_k* with
+    (k*, τ*) = argmax_{k ∈ directions, τ} ‖F(updates with the Byzantine rows set to a_k + τ p_k)
+               − μ‖,
+  F the server's aggregation (`aggregate`, as `optimal_alie`/`optimal_ipm` query it, with the
+  same objective `damage_through`), μ, σ the honest mean and coordinate-wise std (ddof = 1),
+  and the families (a_k, p_k): `unit_vec` μ − τμ/‖μ‖, `sign` μ − τ sign(μ), `std` μ − τσ
+  (ALIE's μ − zσ), `plus_std` μ + τσ (`optimal_alie`), `ipm` −τμ (`optimal_ipm`). Each
+  direction is searched by the same `line_search` (`evals` evaluations from τ = `start`), one
+  direction after another (`lax.map`); the best value wins (ties: the first in `directions`).
+  So it is never worse, in that objective, than `optimal_alie`, `optimal_ipm` or the optimal
+  search along any one of its directions, at len(directions)·evals evaluations of F per round.
+  It generalizes ByzFL's optimal attacks (Allouah et al., AISTATS 2023) and Shejwalkar &
+  Houmansadr's AGR-tailored search over perturbations (NDSS 2021). Honest rows only enter μ, σ.
+  """
+  if aggregate is None:
+    raise ValueError("adaptive attacks need the server's aggregation (`aggregate`).")
+  directions = tuple(directions)
+  unknown = sorted(set(directions) - set(ADAPTIVE_DIRECTIONS))
+  if not directions or unknown:
+    raise ValueError(f"adaptive: directions must be a non-empty tuple of {ADAPTIVE_DIRECTIONS}, "
+                     f"got {directions!r}.")
+  x = jnp.where(byzantine_mask[:, None], 0.0, updates)
+  mu, sigma = base.honest_mean_and_std(x, byzantine_mask)
+  families = [_adaptive_family(name, mu, sigma) for name in directions]
+  offsets = jnp.stack([a for a, _ in families])
+  slopes = jnp.stack([p for _, p in families])
+  damage = damage_through(aggregate, updates, byzantine_mask, mu)
+
+  def search(family):
+    a, p = family
+    return line_search_max(lambda tau: damage(a + tau * p), evals=evals, start=start,
+                           delta=delta, ratio=ratio)
+
+  taus, values = lax.map(search, (offsets, slopes))
+  best = jnp.argmax(values)
+  return base.replace_byzantine(updates, byzantine_mask, offsets[best] + taus[best] * slopes[best])
