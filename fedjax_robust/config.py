@@ -22,6 +22,7 @@ from fedjax_robust import attacks
 from fedjax_robust import domains as D
 from fedjax_robust import errors
 from fedjax_robust import evaluation
+from fedjax_robust import faults
 from fedjax_robust import data as data_lib
 from fedjax_robust.errors import ConfigError
 from fedjax_robust import graphs
@@ -67,9 +68,13 @@ def base_config() -> ml_collections.ConfigDict:
   # (τ·client_lr·(1 − β)·local_steps: 0.5 in the default job). In update units, τ = 10 clipped
   # no honest update of the default job, so "centered clipping" numbers were the mean's.
   c.aggregator_options.centered_clipping.tau_units = "published_momentum"
+  # What the faulty clients of a draw do: an attack or an inadvertent fault by name (every faulty
+  # client runs it), or a mixed population 'label_noise:0.6,alie:0.4' (each faulty client runs
+  # behaviour k with probability π_k, drawn once per draw; see attacks.parse_population).
   c.attack = "alie"
   # ALIE's z: None or nan (settable from the command line) means z from n and the realized b.
-  c.attack_options = _options_of(attacks.names(), attacks.options, {"z": float})
+  c.attack_options = _options_of(attacks.names(), attacks.options,
+                                 {"z": float, "matrix": tuple, "boost": float})
   # μ_H: one of honest_sets.names(), or "worst_case" (the worst subset of size n − f).
   c.honest_set = "bernoulli"
   c.honest_set_options = _options_of(
@@ -125,6 +130,9 @@ def base_config() -> ml_collections.ConfigDict:
       # client with m_i >= 2, never all): the honest_holdout_* metrics are measured on them.
       # 0: no held-out split (honest_* metrics are then in-sample only).
       "holdout_fraction": 0.0,
+      # The server's root data set for rules that compare with the server's own update
+      # (FLTrust): this many examples taken from the test split (which keeps the rest); 0: none.
+      "root_examples": 0,
   })
   c.training = ml_collections.ConfigDict({
       "num_rounds": 200, "eval_every": 10, "local_steps": 1, "batch_size": 32,
@@ -156,7 +164,8 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "num_samples_per_chunk": D.Int(0, note="0: as many as fit in memory_budget_gb"),
     "memory_budget_gb": D.POSITIVE,
     "aggregator": D.Domain("str", note="comma-separated specs such as 'nnm+trimmed_mean'"),
-    "attack": D.Choice(*attacks.names()),
+    "attack": D.Domain("str", note="an attack or fault name, or a mixture 'name:p,name:p' "
+                       "(see attacks.parse_population)"),
     "honest_set": D.Choice(*honest_sets.names(), "worst_case"),
     "honest_set_options.bernoulli.p_per_client": D.Tuple(D.PROBABILITY, 1, optional=True,
                                                          note="one per client"),
@@ -203,6 +212,7 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "data.synthetic_noise": D.Float(0, note="std of the regression targets' noise"),
     "data.holdout_fraction": D.Float(0, 1, high_open=True,
                                      note="share of each client's examples held out; 0: none"),
+    "data.root_examples": D.NONNEGATIVE_INT,
     "training.num_rounds": D.POSITIVE_INT,
     "training.eval_every": D.Int(1, note="num_rounds must be a multiple"),
     "training.local_steps": D.POSITIVE_INT,
@@ -350,6 +360,13 @@ def _validate(config) -> None:
   for spec in specs:
     agg = aggregators.get(spec, f=f, options=aggregator_options(config),
                           weighted=config.training.weighted_aggregation)
+    if agg.needs_server_update:
+      if config.data.root_examples < 1:
+        raise ConfigError(f"aggregator {spec!r} compares every update with the server's own "
+                          "update on a root data set; set data.root_examples >= 1 (examples "
+                          "taken from the test split), got data.root_examples="
+                          f"{config.data.root_examples}.")
+      continue
     jax.eval_shape(agg, jax.ShapeDtypeStruct((n, 4), np.float32))  # trace-time checks of n, f
   comparison_pairs(config)
   # With honest_set='worst_case' every draw has b = f < n/2, which satisfies every condition:
@@ -367,17 +384,27 @@ def _validate(config) -> None:
       data_lib.check_available(config.data.name, config.data.data_dir)
     except data_lib.DatasetUnavailableError as e:
       raise ConfigError(f"data.name={config.data.name!r}: {e}") from None
-  attacks.get(config.attack, num_classes=num_classes,
-              options=config.attack_options.get(config.attack, {}))
+  behaviours = [name for name, _ in attacks.parse_population(config.attack)]
+  for name in behaviours:
+    attacks.get(name, num_classes=num_classes, options=config.attack_options.get(name, {}))
+  absences = [name for name in behaviours if name in faults.ABSENCE]
+  if absences:
+    for spec in specs:
+      try:
+        aggregators.get(spec, f=f, options=aggregator_options(config),
+                        weighted=config.training.weighted_aggregation, presence=True)
+      except ConfigError as e:
+        raise ConfigError(f"attack={config.attack!r} makes clients absent ({', '.join(absences)}"
+                          f"), so the rules must aggregate the clients present: {e}") from None
   z_option = config.attack_options.alie.z
-  if config.attack == "alie" and (z_option is None or np.isnan(z_option)):
+  if "alie" in behaviours and (z_option is None or np.isnan(z_option)):
     z = float(attacks.alie_z(n, f))
     if z <= 0:
       warnings.warn(f"ALIE's z from (n, f) = ({n}, {f}) is {z:.3g} <= 0: with b = f Byzantine "
                     "clients the attack sends the honest mean or less (z is computed from each "
                     "draw's realized b; the table reports the share of draws where it is ≤ 0); "
                     "set attack_options.alie.z to study a real attack.")
-  if config.attack == "mimic" and config.attack_options.mimic.index >= n:
+  if "mimic" in behaviours and config.attack_options.mimic.index >= n:
     raise ConfigError(f"attack_options.mimic.index={config.attack_options.mimic.index} must be "
                       f"< num_clients={n}.")
   if config.honest_set != "worst_case":
@@ -413,10 +440,13 @@ def _validate_task(config) -> None:
         f"models for it: {', '.join(models.names_for(task))}.")
   if task != "regression":
     return
-  if config.attack in attacks.data_poisoning_names():
+  labelled = [name for name, _ in attacks.parse_population(config.attack)
+              if name in attacks.data_poisoning_names() or name in faults.NEEDS_LABELS]
+  if labelled:
     raise ConfigError(
-        f"attack={config.attack!r} changes class labels, and data.synthetic_task='regression' "
-        f"has real targets; allowed: {', '.join(['none', *attacks.model_poisoning_names()])}.")
+        f"attack={config.attack!r}: {', '.join(labelled)} changes or uses class labels, and "
+        "data.synthetic_task='regression' has real targets; allowed: "
+        f"{', '.join(['none', *attacks.model_poisoning_names(), *(n for n in faults.names() if n not in faults.NEEDS_LABELS)])}.")
   if config.honest_set in honest_sets.GRAPH_BASED and config.graph.kind == "data_similarity":
     raise ConfigError(
         "graph.kind='data_similarity' compares the clients' label distributions, and "
@@ -439,7 +469,8 @@ def make_data(config) -> data_lib.FederatedData:
       synthetic_examples_per_client=d.synthetic_examples_per_client, synthetic_dim=d.synthetic_dim,
       synthetic_num_classes=d.synthetic_num_classes, synthetic_alpha=d.synthetic_alpha,
       synthetic_beta=d.synthetic_beta, synthetic_task=d.synthetic_task,
-      synthetic_noise=d.synthetic_noise, holdout_fraction=d.holdout_fraction)
+      synthetic_noise=d.synthetic_noise, holdout_fraction=d.holdout_fraction,
+      root_examples=d.root_examples)
 
 
 def aggregator_options(config) -> dict[str, dict[str, Any]]:
@@ -477,14 +508,24 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
         client_weights=None if client_weights is None else tuple(map(float, client_weights)))
   model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
                      **config.model_options.get(config.model, {}))
+  behaviours = [(attacks.get(name, num_classes=fed.num_classes,
+                             options=config.attack_options.get(name, {})), p)
+                for name, p in attacks.parse_population(config.attack)]
+  mixed = len(behaviours) > 1
+  aggregator = aggregators.get(spec, f=config.f, options=aggregator_options(config),
+                               weighted=config.training.weighted_aggregation,
+                               presence=any(a.presence is not None for a, _ in behaviours))
+  if aggregator.needs_server_update and fed.root is None:
+    raise ConfigError(f"aggregator {spec!r} needs the server's root data set "
+                      "(data.root_examples >= 1).")
   return training.Simulator(
       model=model,
-      aggregator=aggregators.get(spec, f=config.f, options=aggregator_options(config),
-                                 weighted=config.training.weighted_aggregation),
+      aggregator=aggregator,
       weighted_aggregation=config.training.weighted_aggregation,
-      attack=attacks.get(config.attack, num_classes=fed.num_classes,
-                         options=config.attack_options.get(config.attack, {})),
+      attack=attacks.Attack(config.attack) if mixed else behaviours[0][0],
+      population=tuple(behaviours) if mixed else (),
       local=make_local_training(config),
       server_optimizer=_SERVER_OPTIMIZERS[config.training.server_optimizer](config.training),
       num_clients=config.num_clients, l2=float(config.training.l2),
-      measure_theory=bool(config.theory.enabled))
+      measure_theory=bool(config.theory.enabled),
+      root=fed.root if aggregator.needs_server_update else None)

@@ -214,6 +214,17 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   num_samples = masks.shape[0]
   chunk = align_draws(num_samples if chunk is None else min(chunk, num_samples))
   all_keys = training.sample_keys(run_key, num_samples, draw_ids)
+  # A mixed population: the evaluation takes each client's behaviour code in place of the
+  # honest mask (0 = honest), to report every behaviour's metrics; the draw's composition is
+  # kept (`final["composition.<behaviour>"]`, written to draws.csv).
+  composition = {}
+  if sim.population:
+    codes = sim.behaviour_codes(masks, all_keys)
+    composition = {f"composition.{a.name}": np.asarray(jnp.sum(codes == k + 1, axis=1))
+                   for k, a in enumerate(sim.behaviours)}
+    eval_masks = codes
+  else:
+    eval_masks = masks
   initial = sim.init(init_key)
   # The evaluation's shared inputs after (params, mask, train): the test set, and each
   # client's held-out split when there is one (honest_holdout_* metrics).
@@ -229,7 +240,8 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   evaluate = _program(
       "evaluate", sim,
       lambda: jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None) + (None,) * len(test))),
-      states0.params[:DRAW_ALIGNMENT], probe_masks[:DRAW_ALIGNMENT], fed.train, *test)
+      states0.params[:DRAW_ALIGNMENT], _pad_to(eval_masks[:chunk], chunk)[:DRAW_ALIGNMENT],
+      fed.train, *test)
   smoothness = None
   if sim.measure_theory:
     smoothness = _program(
@@ -246,12 +258,13 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
     size = min(chunk, num_samples - first)
     part_masks = _pad_to(masks[first:first + size], chunk)
     part_keys = _pad_to(all_keys[first:first + size], chunk)
+    part_eval = _pad_to(eval_masks[first:first + size], chunk)
     states = training.replicate(initial, chunk)
-    history = [_in_groups(evaluate, states.params, part_masks, fed.train, *test)]
+    history = [_in_groups(evaluate, states.params, part_eval, fed.train, *test)]
     aux_history = []
     for step in range(num_steps):
       states, aux = advance(states, part_masks, part_keys, fed.train)
-      history.append(_in_groups(evaluate, states.params, part_masks, fed.train, *test))
+      history.append(_in_groups(evaluate, states.params, part_eval, fed.train, *test))
       aux_history.append(jax.device_get(aux))
       if progress is not None:
         progress(part, step + 1, num_steps)
@@ -269,7 +282,8 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
                for k in history_parts[0]},
       aux={k: np.concatenate([p[k] for p in aux_parts], axis=1) for k in aux_parts[0]},
       compile_seconds=compile_seconds, run_seconds=run_seconds, draws_per_chunk=chunk,
-      final={"honest_smoothness": np.concatenate(final_parts)} if final_parts else {})
+      final=({"honest_smoothness": np.concatenate(final_parts)} if final_parts else {})
+      | composition)
 
 
 @dataclasses.dataclass

@@ -116,6 +116,12 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
     out["honest_excess_loss"] = evaluation.summarize(loss - optimum, worst="max")
   if "backdoor_accuracy" in run.metrics:
     out["backdoor_accuracy"] = evaluation.summarize(values["backdoor_accuracy"], worst="max")
+  # A mixed population: each behaviour's clients, on their own data (NaN in a draw without
+  # such clients, and in a diverged draw: left out).
+  for name in run.metrics:
+    if name.startswith("behaviour_"):
+      v = np.where(diverged, np.nan, np.asarray(run.metrics[name][-1], np.float64))
+      out[name] = evaluation.summarize(v, worst="max" if name.endswith("_loss") else "min")
   # Aggregator diagnostics averaged over rounds and draws; the per-round κ ratio is reported
   # (as κ̂, a maximum) in the theory block instead.
   # Diverged draws are left out (their NaN rows would count as clipped, their iterations as
@@ -387,6 +393,21 @@ def format_table(summary: dict) -> str:
         "clients): there the attack sends the honest mean or less. Set attack_options.alie.z "
         "to study a real attack.")
   for name, s in summary["aggregators"].items():
+    if s.get("skipped_round", 0) > 0:
+      extras.append(f"NOTE: {name}: {100 * s['skipped_round']:.2f}% of rounds skipped (at most "
+                    "2f clients present: the server did not update the model).")
+    if "present_share" in s:
+      extras.append(f"{name}: share of clients present per round, mean over rounds and draws: "
+                    f"{s['present_share']:.3f}")
+    if "kept_share" in s:
+      extras.append(f"{name}: share of rows the filter kept per round, mean over rounds and "
+                    f"draws: {s['kept_share']:.3f}")
+    behaviours = [k for k in s if k.startswith("behaviour_") and k.endswith("_accuracy")]
+    if behaviours:
+      extras.append(f"{name}: accuracy of each behaviour's clients on their own data (mean over "
+                    "the draws that have such clients): " + ", ".join(
+                        f"{k[len('behaviour_'):-len('_accuracy')]} {100 * s[k]['mean']:.2f}% "
+                        f"({s[k]['count']} draws)" for k in behaviours))
     for key in sorted(k for k in s if k.endswith("clipped_share")):
       if s[key] == 0.0:
         extras.append(
@@ -587,12 +608,19 @@ def write_draws_csv(experiment: Experiment, path: str) -> None:
   columns += [(name, f"theory_{key}", np.asarray(theory[key], np.float64))
               for name, theory in experiment.theory.items() for key in DRAW_THEORY
               if key in theory]
+  # A mixed population: how many clients of each behaviour the draw has (the same draws, hence
+  # the same composition, for every aggregator: taken from the first run that records it).
+  composition = next((run.final for run in experiment.runs.values()
+                      if any(k.startswith("composition.") for k in run.final)), {})
+  behaviours = [(k.split(".", 1)[1], np.asarray(v)) for k, v in composition.items()
+                if k.startswith("composition.")]
   with open(path + ".tmp", "w", newline="") as fh:
     writer = csv.writer(fh)
     writer.writerow(["draw", "num_byzantine", "no_honest_majority",
+                     *[f"num_{name}" for name, _ in behaviours],
                      *[f"{name}:{metric}" for name, metric, _ in columns]])
     for s, b in enumerate(counts):
-      writer.writerow([s, int(b), int(2 * b >= n),
+      writer.writerow([s, int(b), int(2 * b >= n), *[int(v[s]) for _, v in behaviours],
                        *[float(values[s]) for _, _, values in columns]])
   os.replace(path + ".tmp", path)
 

@@ -9,9 +9,17 @@ One round, for one draw of the honest set (mask `honest [n]`):
   2. updates u_i = θ − θ_i^K are stacked into `[n, d]` (for K = 1: u_i = η m_i);
   3. a model-poisoning attack replaces the Byzantine rows (adaptive attacks may query the
      server's aggregation of this round, its state and randomness included);
-  4. the robust aggregator reduces `[n, d] -> [d]`;
+  4. the robust aggregator reduces `[n, d] -> [d]` (over the clients present, when a fault
+     makes some absent; a round with at most 2f clients present is skipped);
   5. the server treats the aggregate as a (pseudo-)gradient for an optax optimizer
      (SGD with learning rate 1 applies θ ← θ − F(u)).
+
+A population may mix behaviours (`Simulator.population`): each client the draw marks faulty is
+given behaviour k with probability π_k, once per draw (`assign_behaviours`), and runs that
+attack or inadvertent fault (`fedjax_robust.faults`); with one behaviour every faulty client runs
+it (the default). Faults act where they happen: on the client's data (`corrupt_data`, fixed per
+example and draw; `sample_weights`, a biased sample), on its update (`poison`), or on its
+presence (`presence`).
 
 `run_rounds` scans rounds; `jax.vmap` of it over `[S, n]` masks and `[S]` keys runs S complete
 trainings in one compiled program. Every random draw derives from the sample key by
@@ -40,6 +48,27 @@ from fedjax_robust.theory import robustness as measured_robustness
 
 # Aggregator aux values reduced by their maximum over rounds (the others by their mean).
 MAX_AUX = ("kappa_ratio",)
+# fold_in tags of the per-draw keys (distinct from the round numbers the round keys use).
+_FAULT_TAG = 2 ** 30 + 1
+_BEHAVIOUR_TAG = 2 ** 30 + 2
+_PRESENCE_TAG = 2 ** 30 + 3
+
+
+def assign_behaviours(key: jax.Array, honest: jax.Array, probs) -> jax.Array:
+  """The behaviour of every client for one draw, `[n]` int32: 0 honest, k ≥ 1 the k-th
+  behaviour of the population, drawn independently per faulty client with probabilities
+  `probs` (π_1..π_K, summing to 1) from `fold_in(key, _BEHAVIOUR_TAG)`; `key` is the draw's key,
+  so the composition depends on the draw only."""
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))
+  k = jax.random.categorical(jax.random.fold_in(key, _BEHAVIOUR_TAG), logits,
+                             shape=honest.shape) + 1
+  return jnp.where(honest, 0, k).astype(jnp.int32)
+
+
+def fault_keys(key: jax.Array, num_clients: int) -> jax.Array:
+  """Per-client keys `[n]` of the data faults, fixed for the draw (key: the draw's key)."""
+  base = jax.random.fold_in(key, _FAULT_TAG)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_clients))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +91,9 @@ class RunState(NamedTuple):
   server_opt_state: Any
   momentum: jax.Array          # [n, d] worker momentum
   aggregator_state: Any
-  attack_state: Any
+  attack_state: Any            # one state per behaviour of the population
   round: jax.Array             # int32 rounds done
+  server_momentum: Any = ()    # [d] momentum of the server's own update (FLTrust's root data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +115,42 @@ class Simulator:
   # over the rounds of a chunk), and at every evaluation the heterogeneity h_t(S) and
   # ‖∇L_S(θ_t)‖² of the draw's honest set (see `evaluate`).
   measure_theory: bool = False
+  # A mixed population: ((behaviour, π), ...) over the faulty clients; () = every faulty client
+  # runs `attack`.
+  population: tuple[tuple[Attack, float], ...] = ()
+  # The server's root data set (x [m, ...], y [m]) for rules that compare with a server update
+  # (FLTrust); the server trains on it with the clients' local procedure.
+  root: tuple[Any, Any] | None = None
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
     flat, unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
     object.__setattr__(self, "_unravel", unravel)
     object.__setattr__(self, "num_params", flat.size)
+    if self.population:
+      probs = [p for _, p in self.population]
+      if any(p <= 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
+        raise ValueError(f"population probabilities must be > 0 and sum to 1, got {probs}.")
+    if getattr(self.aggregator, "needs_server_update", False) and self.root is None:
+      raise ValueError(f"aggregator {self.aggregator.name!r} compares with a server update on "
+                       "root data; the simulator has no root data set.")
+
+  @property
+  def behaviours(self) -> tuple[Attack, ...]:
+    """The behaviours of the faulty clients (one: `attack`)."""
+    return tuple(a for a, _ in self.population) or (self.attack,)
+
+  @property
+  def absences(self) -> bool:
+    """Whether some behaviour makes clients absent (the rules then see a presence mask)."""
+    return any(a.presence is not None for a in self.behaviours)
+
+  def roles(self, honest: jax.Array, key: jax.Array) -> jax.Array:
+    """`[n, K]` bool: client i runs behaviour k (K behaviours; none for an honest client)."""
+    if not self.population:
+      return (~honest)[:, None]
+    behaviour = assign_behaviours(key, honest, [p for _, p in self.population])
+    return behaviour[:, None] == jnp.arange(1, len(self.population) + 1)[None, :]
 
   def logits(self, params: jax.Array, x: jax.Array) -> jax.Array:
     """The model's outputs: logits `[m, C]` of a classifier, predictions `[m]` of a regressor."""
@@ -100,8 +160,10 @@ class Simulator:
     params, _ = ravel_pytree(self.model.init(key))
     return RunState(params, self.server_optimizer.init(params),
                     jnp.zeros((self.num_clients, params.size), params.dtype),
-                    self.aggregator.init(params.size), self.attack.init(params.size),
-                    jnp.array(0, jnp.int32))
+                    self.aggregator.init(params.size),
+                    tuple(a.init(params.size, self.num_clients) for a in self.behaviours),
+                    jnp.array(0, jnp.int32),
+                    jnp.zeros_like(params) if self.root is not None else ())
 
   def _loss(self, params, x, y, weights):
     return self._data_loss(self.logits(params, x), y, weights) + self._penalty(params)
@@ -126,24 +188,51 @@ class Simulator:
     keep = valid.reshape(valid.shape + (1,) * (x.ndim - valid.ndim))
     return jnp.where(keep, x, 0.0), jnp.where(valid, y, 0)
 
-  def local_update(self, params, momentum, x, y, count, key, byzantine):
-    """K local steps of one client; returns (update θ − θ_K `[d]`, new momentum `[d]`)."""
-    cfg = self.local
+  def local_update(self, params, momentum, x, y, count, key, byzantine, fault_key=None):
+    """K local steps of one client; returns (update θ − θ_K `[d]`, new momentum `[d]`).
 
-    def poisoned(k, xb, yb):
-      if self.attack.poison_data is None:
-        return xb, yb
-      px, py = self.attack.poison_data(k, xb, yb)
-      return jnp.where(byzantine, px, xb), jnp.where(byzantine, py, yb)
+    `byzantine`: whether the client runs the attack (a bool), or `[K]` bools, which behaviour
+    of the population it runs. `fault_key`: the client's key of data faults for the draw
+    (`fault_keys`; needed when a behaviour corrupts data)."""
+    cfg = self.local
+    roles = jnp.atleast_1d(byzantine)
+    behaviours = self.behaviours
+
+    def poisoned(k, xb, yb, idx):
+      for role, attack in zip(roles, behaviours):
+        if attack.corrupt_data is not None and fault_key is not None:
+          cx, cy = attack.corrupt_data(fault_key, xb, yb, idx)
+          xb, yb = jnp.where(role, cx, xb), jnp.where(role, cy, yb)
+        if attack.poison_data is not None:
+          px, py = attack.poison_data(k, xb, yb)
+          xb, yb = jnp.where(role, px, xb), jnp.where(role, py, yb)
+      return xb, yb
+
+    def bias(valid):
+      """Sampling weights `[m]` of the client (uniform over its data unless it is biased)."""
+      w = valid.astype(jnp.float32)
+      for role, attack in zip(roles, behaviours):
+        if attack.sample_weights is not None:
+          w = jnp.where(role, attack.sample_weights(y, valid), w)
+      return w
+
+    biased = any(a.sample_weights is not None for a in behaviours)
 
     def gradient(p, k):
       k_batch, k_poison = jax.random.split(k)
       if cfg.batch_size <= 0:
         valid = jnp.arange(x.shape[0]) < count
-        xb, yb = poisoned(k_poison, *self._without_padding(x, y, valid))
-        return jax.grad(self._loss)(p, xb, yb, valid)
+        xb, yb = poisoned(k_poison, *self._without_padding(x, y, valid), jnp.arange(x.shape[0]))
+        weights = bias(valid) if biased else valid
+        return jax.grad(self._loss)(p, xb, yb, weights)
       idx = jax.random.randint(k_batch, (cfg.batch_size,), 0, count)
-      xb, yb = poisoned(k_poison, x[idx], y[idx])
+      if biased:  # a biased client samples ∝ its weights (its own examples only)
+        w = bias(jnp.arange(x.shape[0]) < count)
+        skewed = jax.random.categorical(k_batch, jnp.log(w), shape=(cfg.batch_size,))
+        is_biased = jnp.any(jnp.stack([r for r, a in zip(roles, behaviours)
+                                       if a.sample_weights is not None]))
+        idx = jnp.where(is_biased, skewed, idx)
+      xb, yb = poisoned(k_poison, x[idx], y[idx], idx)
       return jax.grad(self._loss)(p, xb, yb, jnp.ones((cfg.batch_size,), bool))
 
     def step(carry, k):
@@ -157,30 +246,83 @@ class Simulator:
 
   def round(self, state: RunState, honest: jax.Array, key: jax.Array, train: ClientData
             ) -> tuple[RunState, Mapping[str, jax.Array]]:
-    """One federated round for one honest mask `[n]`; returns the new state and aggregator aux."""
+    """One federated round for one honest mask `[n]` (`key`: the draw's key); returns the new
+    state and aggregator aux."""
+    roles = self.roles(honest, key)
     byzantine = ~honest
-    k_clients, k_attack, k_aggregator = jax.random.split(jax.random.fold_in(key, state.round), 3)
-    updates, momentum = jax.vmap(self.local_update, in_axes=(None, 0, 0, 0, 0, 0, 0))(
+    round_key = jax.random.fold_in(key, state.round)
+    k_clients, k_attack, k_aggregator = jax.random.split(round_key, 3)
+    behaviours = self.behaviours
+    needs_fault_keys = any(a.corrupt_data is not None for a in behaviours)
+    faults_ = fault_keys(key, self.num_clients) if needs_fault_keys else None
+    client_roles = roles if self.population else byzantine
+    updates, momentum = jax.vmap(self.local_update,
+                                 in_axes=(None, 0, 0, 0, 0, 0, 0, 0 if needs_fault_keys else None))(
         state.params, state.momentum, train.x, train.y, train.counts,
-        jax.random.split(k_clients, self.num_clients), byzantine)
+        jax.random.split(k_clients, self.num_clients), client_roles, faults_)
     weights = self._aggregation_weights(train, honest, updates.dtype)
     if self.honest_only:  # absent clients: their rows are zeros of weight 0 (0·NaN would poison)
       updates = jnp.where(honest[:, None], updates, jnp.zeros_like(updates))
-    attack_state = state.attack_state
-    if self.attack.poison is not None:
-      server_rule = lambda u: self.aggregator.apply(u, state.aggregator_state, k_aggregator,
-                                                    weights)[0]
-      updates, attack_state = self.attack.poison(k_attack, updates, byzantine, attack_state,
-                                                 server_rule)
+    extra = {}
+    present = None
+    if self.absences:
+      present = jnp.ones_like(honest)
+      k_presence = jax.random.fold_in(round_key, _PRESENCE_TAG)
+      for k, attack in enumerate(behaviours):
+        if attack.presence is not None:
+          present &= attack.presence(jax.random.fold_in(k_presence, k), roles[:, k],
+                                     state.round)
+      extra["present_share"] = jnp.mean(present.astype(jnp.float32))
+    server_update, server_momentum = None, state.server_momentum
+    if self.root is not None:
+      root_x, root_y = self.root
+      server_update, server_momentum = self.local_update(
+          state.params, state.server_momentum, jnp.asarray(root_x), jnp.asarray(root_y),
+          root_y.shape[0], jax.random.fold_in(round_key, self.num_clients), False)
+    agg_kwargs = {}
+    if present is not None:
+      agg_kwargs["present"] = present
+    if server_update is not None:
+      agg_kwargs["server_update"] = server_update
+    server_rule = lambda u: self.aggregator.apply(u, state.aggregator_state, k_aggregator,
+                                                  weights, **agg_kwargs)[0]
+    attack_states = list(state.attack_state)
+    if len(behaviours) == 1:
+      if self.attack.poison is not None:
+        updates, attack_states[0] = self.attack.poison(k_attack, updates, byzantine,
+                                                       attack_states[0], server_rule)
+    else:  # every behaviour sees the others' rows as computed (clean), and replaces its own
+      clean = updates
+      for k, attack in enumerate(behaviours):
+        if attack.poison is not None:
+          poisoned, attack_states[k] = attack.poison(jax.random.fold_in(k_attack, k), clean,
+                                                     roles[:, k], attack_states[k], server_rule)
+          updates = jnp.where(roles[:, k, None], poisoned, updates)
     aggregate, aggregator_state, aux = self.aggregator.apply(
-        updates, state.aggregator_state, k_aggregator, weights)
+        updates, state.aggregator_state, k_aggregator, weights, **agg_kwargs)
+    if present is not None:  # too few clients present for the declared f: the round is skipped
+      enough = jnp.sum(present) > 2 * (self.aggregator.f or 0)
+      aggregate = jnp.where(enough, aggregate, jnp.zeros_like(aggregate))
+      aggregator_state = jax.tree.map(lambda new, old: jnp.where(enough, new, old),
+                                      aggregator_state, state.aggregator_state)
+      extra["skipped_round"] = (~enough).astype(jnp.float32)
+    aux = {**aux, **extra}
     if self.measure_theory:
       aux = {**aux, "kappa_ratio": measured_robustness.robustness_ratio(updates, aggregate,
                                                                          honest)}
     steps, opt_state = self.server_optimizer.update(aggregate, state.server_opt_state, state.params)
     params = optax.apply_updates(state.params, steps)
-    return RunState(params, opt_state, momentum, aggregator_state, attack_state,
-                    state.round + 1), aux
+    return RunState(params, opt_state, momentum, aggregator_state, tuple(attack_states),
+                    state.round + 1, server_momentum), aux
+
+  def behaviour_codes(self, masks: jax.Array, keys: jax.Array) -> jax.Array:
+    """`[S, n]` int32 behaviour of every client in each draw (0 honest, k the k-th behaviour of
+    the population; 1 for every faulty client without a population): what `evaluate` takes in
+    place of the honest mask to report each behaviour's metrics."""
+    if not self.population:
+      return jnp.where(masks, 0, 1).astype(jnp.int32)
+    probs = [p for _, p in self.population]
+    return jax.vmap(lambda k, h: assign_behaviours(k, h, probs))(keys, masks)
 
   def _aggregation_weights(self, train, honest, dtype):
     """Client weights for the aggregator: sample counts, fixed weights and/or the honest mask
@@ -256,15 +398,28 @@ class Simulator:
     and accuracy on its own held-out examples; honest clients without held-out examples (a
     client with one example keeps it for training) are left out of the mean, which is NaN when
     no honest client has any."""
+    if honest.dtype != jnp.bool_:  # behaviour codes (`behaviour_codes`): 0 = honest
+      codes, honest = honest, honest == 0
+    else:
+      codes = None
     loss, acc = self.client_metrics(params, train)
     h = honest.astype(jnp.float32)
     num_honest = jnp.sum(h)
     logits = self.logits(params, test_x)
     ones = jnp.ones(test_y.shape, bool)
     extra = {}
-    if self.attack.trigger is not None:
-      target = self.attack.target_label
-      triggered = self.logits(params, self.attack.trigger(test_x))
+    if self.population and codes is not None:  # each behaviour's clients, on their own data
+      for k, attack in enumerate(self.behaviours):
+        members = (codes == k + 1).astype(jnp.float32)
+        count = jnp.sum(members)
+        extra[f"behaviour_{attack.name}_loss"] = jnp.where(count > 0, members @ loss / count,
+                                                           jnp.nan)
+        extra[f"behaviour_{attack.name}_accuracy"] = jnp.where(count > 0, members @ acc / count,
+                                                               jnp.nan)
+    backdoor = next((a for a in self.behaviours if a.trigger is not None), None)
+    if backdoor is not None:
+      target = backdoor.target_label
+      triggered = self.logits(params, backdoor.trigger(test_x))
       extra["backdoor_accuracy"] = models_lib.masked_accuracy(
           triggered, jnp.full(test_y.shape, target), test_y != target)
     if holdout is not None:

@@ -1,6 +1,7 @@
 """Byzantine attacks: model poisoning (replace Byzantine rows of `updates [n, d]`, possibly
 adaptively through the server's rule) and data poisoning (transform a Byzantine client's
-minibatch before its local gradient)."""
+minibatch before its local gradient); the registry also builds the inadvertent faults of
+`fedjax_robust.faults` and parses mixed populations (`parse_population`)."""
 
 from fedjax_robust.attacks.base import Attack
 from fedjax_robust.attacks.base import honest_mean_and_std
@@ -23,8 +24,10 @@ from fedjax_robust.attacks.model_poisoning import optimal_alie
 from fedjax_robust.attacks.model_poisoning import optimal_ipm
 from fedjax_robust.attacks.model_poisoning import sign_flip
 from fedjax_robust.attacks.registry import data_poisoning_names
+from fedjax_robust.attacks.registry import fault_names
 from fedjax_robust.attacks.registry import get
 from fedjax_robust.attacks.registry import model_poisoning_names
 from fedjax_robust.attacks.registry import names
 from fedjax_robust.attacks.registry import option_domains
 from fedjax_robust.attacks.registry import options
+from fedjax_robust.attacks.registry import parse_population

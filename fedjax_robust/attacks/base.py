@@ -11,6 +11,12 @@ An `Attack` acts in one or both of two places of a round:
   minibatch before its local gradient (label flipping, backdoor triggers); honest clients train
   on their true data. A backdoor also gives the `trigger` it stamps and its `target_label`, so
   the evaluation can report the backdoor success rate.
+- inadvertent faults (`fedjax_robust.faults`) may also act through `corrupt_data(key, x, y, idx)
+  -> (x, y)` (a fixed corruption of the client's examples `idx`, `key` fixed per client and
+  draw), `sample_weights(y, valid) -> w` (a biased client samples its minibatches ∝ w), and
+  `presence(key, faulty [n], round) -> present [n]` (absent clients send nothing).
+
+`init(d, n)` gives the state a stateful attack or fault starts from (d parameters, n clients).
 
 Attacker knowledge: omniscient. A model-poisoning attack sees every honest update of the round,
 the realized Byzantine set of its Monte Carlo draw (so the realized count b, not the server's
@@ -35,16 +41,19 @@ Aggregate = Callable[[Array], Array]
 class Attack:
   name: str
   poison: Callable[[Array, Array, Array, Any, Aggregate | None], tuple[Array, Any]] | None = None
-  init: Callable[[int], Any] = lambda d: ()
+  init: Callable[..., Any] = lambda d, n=None: ()
   poison_data: Callable[[Array, Array, Array], tuple[Array, Array]] | None = None
   trigger: Callable[[Array], Array] | None = None
   target_label: int | None = None
+  corrupt_data: Callable[[Array, Array, Array, Array], tuple[Array, Array]] | None = None
+  sample_weights: Callable[[Array, Array], Array] | None = None
+  presence: Callable[[Array, Array, Array], Array] | None = None
 
   def poison_updates(self, key: Array, updates: Array, byzantine_mask: Array,
                      aggregate: Aggregate | None = None) -> Array:
     """The poisoned updates of one round from the attack's initial state (a convenience for
     stateless use; the simulator calls `poison` and carries the state)."""
-    out, _ = self.poison(key, updates, byzantine_mask, self.init(updates.shape[1]), aggregate)
+    out, _ = self.poison(key, updates, byzantine_mask, self.init(*updates.shape[::-1]), aggregate)
     return out
 
 

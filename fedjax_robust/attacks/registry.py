@@ -13,8 +13,10 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from fedjax_robust import domains as D
+from fedjax_robust import faults
 from fedjax_robust.attacks import base
 from fedjax_robust.errors import ConfigError
+from fedjax_robust.errors import close_matches
 from fedjax_robust.attacks import data_poisoning
 from fedjax_robust.attacks import model_poisoning as mp
 
@@ -60,18 +62,83 @@ _MODEL_POISONING: dict[str, _Entry] = {
                                                       note="b > 1: how far beyond the extreme")}),
     "min_max": _Entry(mp.min_max, domains=_AGR_AGNOSTIC),
     "min_sum": _Entry(mp.min_sum, domains=_AGR_AGNOSTIC),
+    "fang_krum": _Entry(mp.fang_krum, domains={
+        "threshold": D.Float(0, low_open=True, note="λ below it ends the halving (paper: 1e-5)"),
+        "iterations": D.Int(1, note="at most this many λ tried: evaluations of the rule")}),
+    "adaptive": _Entry(mp.adaptive, domains={
+        "directions": D.Tuple(D.Choice(*mp.ADAPTIVE_DIRECTIONS), min_length=1), **_LINE_SEARCH}),
 }
+_BACKDOOR = {"target_label": D.Int(0, note="< the data set's number of classes"),
+             "fraction": D.PROBABILITY, "patch_size": D.POSITIVE_INT, "value": D.FINITE}
+
+
+def _model_replacement(key, x, y, *, target_label: int = 0, fraction: float = 0.5,
+                       patch_size: int = 2, value: float = 1.0, boost: float = float("nan")):
+  """Model replacement's options: its data part is `backdoor` (this function); `get` adds its
+  update part, `model_poisoning.model_replacement` with γ = `boost`."""
+  return data_poisoning.backdoor(key, x, y, target_label=target_label, fraction=fraction,
+                                 patch_size=patch_size, value=value)
+
+
 _DATA_POISONING: dict[str, _Entry] = {
     "label_flip": _Entry(lambda key, x, y, *, num_classes: (x, data_poisoning.flip_labels(
         y, num_classes))),
-    "backdoor": _Entry(data_poisoning.backdoor, domains={
-        "target_label": D.Int(0, note="< the data set's number of classes"),
-        "fraction": D.PROBABILITY, "patch_size": D.POSITIVE_INT, "value": D.FINITE}),
+    "backdoor": _Entry(data_poisoning.backdoor, domains=_BACKDOOR),
+    "model_replacement": _Entry(_model_replacement, domains={**_BACKDOOR, "boost": D.Float(
+        0, low_open=True, optional=True, nan_means="γ = n/b from the realized b")}),
 }
 
 
 def names() -> list[str]:
-  return sorted(["none", *_MODEL_POISONING, *_DATA_POISONING])
+  """Every attack and inadvertent fault (`fedjax_robust.faults`) by name."""
+  return sorted(["none", *_MODEL_POISONING, *_DATA_POISONING, *faults.names()])
+
+
+def fault_names() -> list[str]:
+  """The inadvertent faults (label noise, feature corruption, biased data, stale, absence)."""
+  return faults.names()
+
+
+def parse_population(spec: str) -> list[tuple[str, float]]:
+  """A behaviour spec: one name ('alie': every faulty client runs it), or a mixture
+  'label_noise:0.6,alie:0.4' (each faulty client of a draw runs behaviour k with probability
+  π_k, drawn once per draw; the π_k are > 0 and sum to 1). Raises ConfigError naming what is
+  wrong."""
+  if not isinstance(spec, str) or not spec.strip():
+    raise ConfigError(f"attack={spec!r}: expected an attack name or a mixture such as "
+                      "'label_noise:0.6,alie:0.4'.")
+  if ":" not in spec and "," not in spec:
+    name = spec.strip()
+    if name not in names():
+      raise ConfigError(f"attack={spec!r} is outside its domain: one of "
+                        f"{', '.join(repr(n) for n in names())}, or a mixture 'name:p,name:p'."
+                        f"{close_matches(name, names())}")
+    return [(name, 1.0)]
+  out = []
+  for item in spec.split(","):
+    parts = [p.strip() for p in item.split(":")]
+    if len(parts) != 2 or not parts[0]:
+      raise ConfigError(f"attack={spec!r}: {item!r} is not 'name:probability'; a mixture is "
+                        "comma-separated pairs such as 'label_noise:0.6,alie:0.4'.")
+    name, prob = parts
+    try:
+      p = float(prob)
+    except ValueError:
+      raise ConfigError(f"attack={spec!r}: probability {prob!r} of {name!r} is not a "
+                        "number.") from None
+    if name not in names() or name == "none":
+      raise ConfigError(f"attack={spec!r}: unknown behaviour {name!r}; allowed: "
+                        f"{', '.join(n for n in names() if n != 'none')}."
+                        f"{close_matches(name, names())}")
+    if not 0 < p <= 1:
+      raise ConfigError(f"attack={spec!r}: probability of {name!r} must lie in (0, 1], got {p}.")
+    out.append((name, p))
+  if len({n for n, _ in out}) != len(out):
+    raise ConfigError(f"attack={spec!r}: a behaviour appears twice.")
+  total = sum(p for _, p in out)
+  if abs(total - 1) > 1e-6:
+    raise ConfigError(f"attack={spec!r}: the probabilities sum to {total:g}, not 1.")
+  return out
 
 
 def model_poisoning_names() -> list[str]:
@@ -88,6 +155,8 @@ def options(name: str) -> dict[str, Any]:
   """The keyword options of an attack and their defaults."""
   if name == "none":
     return {}
+  if name in faults.names():
+    return faults.options(name)
   return {k: v for k, v in _entry(name).options.items() if k != "num_classes"}
 
 
@@ -100,6 +169,8 @@ def _entry(name: str) -> _Entry:
 
 def option_domains(name: str) -> dict[str, D.Domain]:
   """The declared domain of each option of an attack."""
+  if name in faults.names():
+    return faults.option_domains(name)
   return {} if name == "none" else dict(_entry(name).domains)
 
 
@@ -117,14 +188,18 @@ def _model_poisoning(name: str, entry: _Entry, opts: dict[str, Any]) -> base.Att
     out = fn(*args, **kwargs)
     return out if "state" in params else (out, state)
 
-  return base.Attack(name, poison=poison, init=entry.init or (lambda d: ()))
+  init = entry.init
+  return base.Attack(name, poison=poison,
+                     init=(lambda d, n=None: init(d)) if init else (lambda d, n=None: ()))
 
 
 def get(name: str, *, num_classes: int | None,
         options: Mapping[str, Any] | None = None) -> base.Attack:
   """Builds the attack `name` with keyword `options` (e.g. ALIE's z, backdoor's target_label);
   `num_classes` None means real-valued targets (regression), which only the attacks that leave
-  the data alone accept."""
+  the data alone accept. Inadvertent faults (`fedjax_robust.faults`) are built here too."""
+  if name in faults.names():
+    return faults.get(name, num_classes=num_classes, options=options)
   opts = {k: v for k, v in dict(options or {}).items()}
   allowed = globals()["options"](name)
   unknown = sorted(set(opts) - set(allowed))
@@ -149,10 +224,15 @@ def get(name: str, *, num_classes: int | None,
                                                            num_classes=num_classes))
   full = {**allowed, **opts}
   if not 0 <= full["target_label"] < num_classes:
-    raise ConfigError(f"attack_options.backdoor.target_label={full['target_label']} must lie "
+    raise ConfigError(f"attack_options.{name}.target_label={full['target_label']} must lie "
                       f"in [0, {num_classes}): the data set has {num_classes} classes.")
+  poison = None  # backdoor; model replacement also scales the Byzantine rows
+  if name == "model_replacement":
+    poison = _model_poisoning(name, _Entry(mp.model_replacement), {"boost": full["boost"]}).poison
   return base.Attack(
-      name, poison_data=functools.partial(data_poisoning.backdoor, **opts),
+      name, poison=poison,
+      poison_data=functools.partial(data_poisoning.backdoor,
+                                    **{k: v for k, v in opts.items() if k != "boost"}),
       trigger=functools.partial(data_poisoning.stamp_trigger, patch_size=full["patch_size"],
                                 value=full["value"]),
       target_label=full["target_label"])

@@ -40,6 +40,10 @@ class FederatedData:
   test_y: jax.Array
   num_classes: int | None
   holdout: ClientData | None = None
+  # The server's root data set (x [m, ...], y [m]) for rules that compare each update with the
+  # server's own (FLTrust): the first `root_examples` examples of the test split, which the test
+  # metrics then leave out. None without one.
+  root: tuple[jax.Array, jax.Array] | None = None
 
   @property
   def input_shape(self) -> tuple[int, ...]:
@@ -125,15 +129,40 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
          synthetic_examples_per_client: int = 100, synthetic_dim: int = 60,
          synthetic_num_classes: int = 10, synthetic_alpha: float = 1.0,
          synthetic_beta: float = 1.0, synthetic_task: str = "classification",
-         synthetic_noise: float = 0.0, holdout_fraction: float = 0.0) -> FederatedData:
+         synthetic_noise: float = 0.0, holdout_fraction: float = 0.0,
+         root_examples: int = 0) -> FederatedData:
   """Loads a data set and distributes its training split over `num_clients` clients.
 
   `synthetic` is generated per client (its heterogeneity comes from `synthetic_alpha/beta`, not
   from `partition`), a classification or least-squares regression task (`synthetic_task`, the
   regression targets with noise std `synthetic_noise`); every other source is partitioned by
   `partition` with its options. With `holdout_fraction` > 0 each client's examples are then
-  split into training and held-out examples (`holdout_split`, `FederatedData.holdout`).
+  split into training and held-out examples (`holdout_split`, `FederatedData.holdout`). With
+  `root_examples` > 0 the first that many test examples become the server's root data set
+  (`FederatedData.root`) and leave the test set.
   """
+  fed = _load(name, num_clients=num_clients, partition=partition, alpha=alpha,
+              shards_per_client=shards_per_client, gamma=gamma, min_size=min_size,
+              test_fraction=test_fraction, data_dir=data_dir, seed=seed,
+              synthetic_examples_per_client=synthetic_examples_per_client,
+              synthetic_dim=synthetic_dim, synthetic_num_classes=synthetic_num_classes,
+              synthetic_alpha=synthetic_alpha, synthetic_beta=synthetic_beta,
+              synthetic_task=synthetic_task, synthetic_noise=synthetic_noise,
+              holdout_fraction=holdout_fraction)
+  if root_examples <= 0:
+    return fed
+  if root_examples >= fed.test_y.shape[0]:
+    raise ValueError(f"data.root_examples={root_examples} must be smaller than the test split "
+                     f"({fed.test_y.shape[0]} examples), which keeps the rest for test metrics.")
+  return dataclasses.replace(
+      fed, test_x=fed.test_x[root_examples:], test_y=fed.test_y[root_examples:],
+      root=(fed.test_x[:root_examples], fed.test_y[:root_examples]))
+
+
+def _load(name, *, num_clients, partition, alpha, shards_per_client, gamma, min_size,
+          test_fraction, data_dir, seed, synthetic_examples_per_client, synthetic_dim,
+          synthetic_num_classes, synthetic_alpha, synthetic_beta, synthetic_task,
+          synthetic_noise, holdout_fraction) -> FederatedData:
   check_name(name)
   check_partition(partition)
   if name == "synthetic":

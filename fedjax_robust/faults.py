@@ -1,0 +1,238 @@
+"""Inadvertent faults: what the clients that μ_H marks faulty do when they are not malicious.
+
+The project's premise is that clients mostly misbehave by accident (hospitals, phones): wrong
+labels, missing or shifted features, a skewed sample of their own data, stale updates, lost
+updates. Each fault here is an `attacks.Attack` (the simulator applies it to the clients a draw
+marks faulty, inside the same vmapped program) acting in one of these places of a round:
+
+- data faults, `corrupt_data(key, x, y, idx) -> (x, y)`: a fixed corruption of the client's own
+  examples. The randomness of example j comes from `fold_in(key, j)` with `key` fixed for the
+  client and the draw (`training.fault_keys`), so an example is mislabelled (or noisy, or
+  missing features) the same way every time it is sampled, as real faulty data is; a fresh
+  corruption per minibatch would be a different, milder fault.
+    label_noise      with probability r the label is replaced: `symmetric`, a uniformly random
+                     wrong label; `pair`, y → (y + 1) mod C; `matrix`, y ~ T[y] for a given
+                     row-stochastic C × C matrix T (class-dependent noise). The expected share
+                     of changed labels is r (symmetric, pair) or r·(1 − Σ_c π_c T[c, c]).
+    feature_noise    x + N(0, s²) per entry.
+    missing_features each entry set to 0 with probability q (missing values filled with zeros).
+    feature_shift    x + c (a miscalibrated sensor).
+- biased data, `sample_weights(y, valid) -> w`: the client samples its minibatches with
+  probability ∝ w_j over its own examples: it keeps only its k most frequent classes (ties: the
+  smaller label), the others weighted `other_weight` (0: dropped; in (0, 1): a skewed sample).
+- stale updates, `poison`: the client sends its update of round t − k (during the first k
+  rounds, its update of round 0, the oldest it has); it keeps training on its own data, so the
+  stale update is its true update, late. State: the last k updates of every client, [k, n, d].
+- absence, `presence(key, faulty [n], round) -> present [n]`: `dropout`, each faulty client
+  independently absent with probability q each round; `crash_stop`, every faulty client absent
+  from round t₀ on. Absent clients send nothing: the aggregation rules see a presence mask
+  (`aggregators.get(..., presence=True)`), and a round with at most 2f clients present is
+  skipped by the server (no model update; the share of skipped rounds is reported).
+
+The numeric faults (Byzantine rows of NaN, +inf or 1e20) are the attacks `nan`, `inf` and
+`large`; they belong to the same family and are listed in `FAMILY`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_robust import domains as D
+from fedjax_robust.attacks import base
+from fedjax_robust.errors import ConfigError
+
+Array = jax.Array
+
+LABEL_NOISE_KINDS = ("symmetric", "pair", "matrix")
+
+
+def _per_example(key: Array, idx: Array, fn):
+  """`fn(key_j)` for every example j of `idx`, with key_j = fold_in(key, j)."""
+  return jax.vmap(lambda j: fn(jax.random.fold_in(key, j)))(idx)
+
+
+def label_noise(key: Array, x: Array, y: Array, idx: Array, *, num_classes: int,
+                rate: float = 0.4, kind: str = "symmetric",
+                matrix: tuple[tuple[float, ...], ...] | None = None) -> tuple[Array, Array]:
+  """Label noise at rate r (see the module docstring), fixed per example."""
+  def one(k):
+    k_flip, k_label = jax.random.split(k)
+    flip = jax.random.bernoulli(k_flip, rate)
+    if kind == "symmetric":
+      shift = jax.random.randint(k_label, (), 1, num_classes)
+      return flip, shift
+    if kind == "pair":
+      return flip, jnp.ones((), jnp.int32)
+    return flip, k_label
+
+  flip, other = _per_example(key, idx, one)
+  if kind == "matrix":
+    logits = jnp.log(jnp.asarray(matrix, jnp.float32))[y]
+    noisy = jax.vmap(lambda k, l: jax.random.categorical(k, l))(other, logits)
+  else:
+    noisy = (y + other) % num_classes
+  return x, jnp.where(flip, noisy, y).astype(y.dtype)
+
+
+def feature_noise(key: Array, x: Array, y: Array, idx: Array, *, std: float = 0.5):
+  """x + N(0, std²) per entry, fixed per example."""
+  noise = _per_example(key, idx, lambda k: jax.random.normal(k, x.shape[1:], x.dtype))
+  return x + std * noise, y
+
+
+def missing_features(key: Array, x: Array, y: Array, idx: Array, *, rate: float = 0.5):
+  """Each entry set to 0 with probability `rate`, fixed per example."""
+  missing = _per_example(key, idx, lambda k: jax.random.bernoulli(k, rate, x.shape[1:]))
+  return jnp.where(missing, jnp.zeros((), x.dtype), x), y
+
+
+def feature_shift(key: Array, x: Array, y: Array, idx: Array, *, shift: float = 0.5):
+  """x + shift (every entry)."""
+  del key, idx
+  return x + jnp.asarray(shift, x.dtype), y
+
+
+def biased_weights(y: Array, valid: Array, *, num_classes: int, classes: int = 2,
+                   other_weight: float = 0.0) -> Array:
+  """Sampling weights `[m]` of a biased client: 1 for its `classes` most frequent classes (ties
+  broken towards the smaller label), `other_weight` for the others, 0 for padding."""
+  counts = jnp.sum(jax.nn.one_hot(y, num_classes) * valid[:, None], axis=0)
+  # Rank by count, then by label: a stable descending order of (count, −label).
+  order = jnp.argsort(-counts, stable=True)
+  kept = jnp.zeros((num_classes,), bool).at[order[:classes]].set(True)
+  return jnp.where(valid, jnp.where(kept[y], 1.0, other_weight), 0.0)
+
+
+def stale_init(d: int, n: int, *, delay: int) -> tuple[Array, Array]:
+  """(rounds done, the last `delay` updates of every client `[delay, n, d]`)."""
+  return (jnp.zeros((), jnp.int32), jnp.zeros((delay, n, d), jnp.float32))
+
+
+def stale(updates: Array, faulty: Array, state, *, delay: int = 5):
+  """Faulty rows replaced by the same client's update of round t − k (k = `delay`); round 0's
+  update during the first k rounds. Returns (updates, state)."""
+  t, buffer = state
+  buffer = jnp.where(t == 0, jnp.broadcast_to(updates, buffer.shape).astype(buffer.dtype),
+                     buffer)
+  slot = t % delay
+  old = buffer[slot].astype(updates.dtype)
+  out = jnp.where(faulty[:, None], old, updates)
+  buffer = buffer.at[slot].set(updates.astype(buffer.dtype))
+  return out, (t + 1, buffer)
+
+
+def dropout(key: Array, faulty: Array, round_: Array, *, rate: float = 0.5) -> Array:
+  """Present mask `[n]`: a faulty client is absent with probability `rate` each round."""
+  del round_
+  return ~(faulty & jax.random.bernoulli(key, rate, faulty.shape))
+
+
+def crash_stop(key: Array, faulty: Array, round_: Array, *, start_round: int = 50) -> Array:
+  """Present mask `[n]`: faulty clients are absent from round `start_round` on."""
+  del key
+  return ~(faulty & (round_ >= start_round))
+
+
+# name -> (kind, function, declared option domains)
+_DATA = {
+    "label_noise": (label_noise, {
+        "rate": D.PROBABILITY, "kind": D.Choice(*LABEL_NOISE_KINDS),
+        "matrix": D.Tuple(D.Tuple(D.PROBABILITY, 2), 2, optional=True,
+                          note="C rows of C probabilities, each row summing to 1; kind='matrix'")}),
+    "feature_noise": (feature_noise, {"std": D.NONNEGATIVE}),
+    "missing_features": (missing_features, {"rate": D.PROBABILITY}),
+    "feature_shift": (feature_shift, {"shift": D.FINITE}),
+}
+_DEFAULTS = {
+    "label_noise": {"rate": 0.4, "kind": "symmetric", "matrix": None},
+    "feature_noise": {"std": 0.5},
+    "missing_features": {"rate": 0.5},
+    "feature_shift": {"shift": 0.5},
+    "biased_data": {"classes": 2, "other_weight": 0.0},
+    "stale": {"delay": 5},
+    "dropout": {"rate": 0.5},
+    "crash_stop": {"start_round": 50},
+}
+_DOMAINS = {
+    **{name: domains for name, (_, domains) in _DATA.items()},
+    "biased_data": {"classes": D.POSITIVE_INT,
+                    "other_weight": D.Float(0, 1, high_open=True,
+                                            note="0: the other classes are dropped")},
+    "stale": {"delay": D.POSITIVE_INT},
+    "dropout": {"rate": D.PROBABILITY},
+    "crash_stop": {"start_round": D.NONNEGATIVE_INT},
+}
+# Faults that need class labels.
+NEEDS_LABELS = ("label_noise", "biased_data")
+# Faults that make clients absent: the aggregation pipeline must take a presence mask.
+ABSENCE = ("dropout", "crash_stop")
+# The whole family of inadvertent faults, with the numeric faults that live among the attacks.
+FAMILY = (*_DEFAULTS, "nan", "inf", "large")
+
+
+def names() -> list[str]:
+  return sorted(_DEFAULTS)
+
+
+def options(name: str) -> dict[str, Any]:
+  return dict(_DEFAULTS[name])
+
+
+def option_domains(name: str) -> dict[str, D.Domain]:
+  return dict(_DOMAINS[name])
+
+
+def _check_matrix(matrix, num_classes: int) -> None:
+  m = np.asarray(matrix, float)
+  if m.shape != (num_classes, num_classes):
+    raise ConfigError(f"attack_options.label_noise.matrix must be {num_classes} × {num_classes} "
+                      f"(the data set's classes), got shape {m.shape}.")
+  if not np.allclose(m.sum(1), 1.0, atol=1e-6):
+    raise ConfigError(f"attack_options.label_noise.matrix rows must sum to 1, got row sums "
+                      f"{np.round(m.sum(1), 6).tolist()}.")
+
+
+def get(name: str, *, num_classes: int | None, options: Mapping[str, Any] | None = None
+        ) -> base.Attack:
+  """The fault `name` as an `Attack` (options checked against their declared domains)."""
+  opts = dict(options or {})
+  unknown = sorted(set(opts) - set(_DEFAULTS[name]))
+  if unknown:
+    raise ConfigError(f"unknown option(s) {unknown} for fault {name!r}; allowed: "
+                      f"{sorted(_DEFAULTS[name])}.")
+  D.check_options(f"attack_options.{name}", opts, _DOMAINS[name])
+  full = {**_DEFAULTS[name], **opts}
+  if name in NEEDS_LABELS and num_classes is None:
+    raise ConfigError(f"fault {name!r} needs class labels, and a regression task has none.")
+  if name == "label_noise":
+    if full["kind"] == "matrix":
+      if full["matrix"] is None:
+        raise ConfigError("attack_options.label_noise.kind='matrix' needs "
+                          "attack_options.label_noise.matrix (C rows of C probabilities).")
+      _check_matrix(full["matrix"], num_classes)
+    elif full["matrix"] is not None:
+      raise ConfigError(f"attack_options.label_noise.matrix is set but kind={full['kind']!r}; "
+                        "allowed: kind='matrix' with a matrix, or matrix=None.")
+    full["matrix"] = None if full["matrix"] is None else tuple(map(tuple, full["matrix"]))
+    return base.Attack(name, corrupt_data=functools.partial(label_noise, num_classes=num_classes,
+                                                            **full))
+  if name in _DATA:
+    return base.Attack(name, corrupt_data=functools.partial(_DATA[name][0], **full))
+  if name == "biased_data":
+    if full["classes"] >= num_classes:
+      raise ConfigError(f"attack_options.biased_data.classes={full['classes']} must be < the "
+                        f"data set's {num_classes} classes (keeping all is no bias).")
+    return base.Attack(name, sample_weights=functools.partial(biased_weights,
+                                                              num_classes=num_classes, **full))
+  if name == "stale":
+    delay = full["delay"]
+    return base.Attack(name, poison=lambda key, u, m, state, aggregate: stale(u, m, state,
+                                                                              delay=delay),
+                       init=lambda d, n: stale_init(d, n, delay=delay))
+  fn = dropout if name == "dropout" else crash_stop
+  return base.Attack(name, presence=functools.partial(fn, **full))
