@@ -444,8 +444,9 @@ def _validate_task(config) -> None:
               if name in attacks.data_poisoning_names() or name in faults.NEEDS_LABELS]
   if labelled:
     raise ConfigError(
-        f"attack={config.attack!r}: {', '.join(labelled)} changes or uses class labels, and "
-        "data.synthetic_task='regression' has real targets; allowed: "
+        f"attack={config.attack!r} changes class labels or samples by them "
+        f"({', '.join(labelled)}), and data.synthetic_task='regression' has real targets; "
+        "allowed: "
         f"{', '.join(['none', *attacks.model_poisoning_names(), *(n for n in faults.names() if n not in faults.NEEDS_LABELS)])}.")
   if config.honest_set in honest_sets.GRAPH_BASED and config.graph.kind == "data_similarity":
     raise ConfigError(

@@ -160,7 +160,14 @@ def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
                  for k, v in _interval_values(s[metric]).items()]
   # Aggregator diagnostics (mean over rounds and non-diverged draws), e.g. clipped_share.
   rows += [{"point": pid, **tags, "metric": f"aux:{name}", "statistic": "mean", "value": value}
-           for name, value in s.items() if name.endswith(("clipped_share", "gm_iterations"))]
+           for name, value in s.items()
+           if name.endswith(("clipped_share", "gm_iterations", "kept_share", "present_share",
+                             "skipped_round"))]
+  # A mixed population: each behaviour's clients on their own data.
+  for name, value in s.items():
+    if name.startswith("behaviour_"):
+      rows += [{"point": pid, **tags, "metric": name, "statistic": stat, "value": value[stat]}
+               for stat in ("mean", "ci95", "count", "undefined")]
   # E[· | b] per realized count b, with the number of draws at that b.
   for entry in s["by_b"]:
     for metric in ("honest_accuracy", "honest_loss", "honest_holdout_accuracy"):
@@ -575,12 +582,25 @@ def table(rows: list[dict], metric: str = "honest_accuracy", statistic: str = "m
            + (" (%)" if percent else "")
            + ((f" [{interval_name or '95% CI'}]" if has_interval else " ± CI95") if with_ci
               else "")]
+  def stat(name, statistic_):
+    return {r["point"]: float(r["value"]) for r in rows
+            if r["metric"] == name and r["statistic"] == statistic_}
+
+  # A statistic over fewer draws than the point ran says so: how many draws it covers, and how
+  # many diverged (left out of accuracies) or were undefined.
+  counts, undefined = stat(metric, "count"), stat(metric, "undefined")
+  diverged = stat("diverged", "count")
   for r in chosen:
     value = f"{scale * float(r['value']):.{digits}f}"
     if with_ci:
       lo, hi = intervals.get(r["point"], (float("nan"), float("nan")))
       value += (f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
                 if r["point"] in has_interval else f" ± {scale * (hi - lo) / 2:.{digits}f}")
+    p = r["point"]
+    left_out = undefined.get(p, 0.0)
+    if left_out > 0 or diverged.get(p, 0.0) > 0:
+      value += (f"  (over {int(counts.get(p, 0))} of {int(counts.get(p, 0) + left_out)} draws; "
+                f"{int(diverged.get(p, 0))} diverged)")
     lines.append("  ".join(f"{str(r[t]):>16}" for t in tags) + f"  {value}")
   return "\n".join(lines)
 

@@ -179,7 +179,7 @@ def test_experiment_on_least_squares_every_valid_bound_is_above_the_measured_err
 
 
 @pytest.mark.parametrize("dotted, value, match", [
-    ("attack", "label_flip", r"attack='label_flip' changes class labels.*allowed: none, alie"),
+    ("attack", "label_flip", r"attack='label_flip' changes class labels.*allowed: none, .*alie"),
     ("attack", "backdoor", r"attack='backdoor' changes class labels"),
     ("model", "logistic", r"model='logistic' \(cross_entropy loss\) does not fit the regression"),
     ("model", "mlp", r"models for it: linear_regression"),

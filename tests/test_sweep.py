@@ -207,6 +207,13 @@ def test_table_shows_accuracies_in_percent_and_losses_raw():
   acc = sweep.table(rows, interval_name="bootstrap BCa 95% CI")
   assert "91.80 [88.00, 93.00]" in acc and "[bootstrap BCa 95% CI]" in acc.splitlines()[0]
   assert sweep.mean_intervals(rows, "honest_loss")["a"] == pytest.approx((0.2375, 0.2625))
+  assert "draws" not in acc  # every draw counted: no note
+  # A mean over fewer draws than the point ran (diverged draws left out) says so.
+  rows += [{"point": "a", "agg": "mean", "metric": m, "statistic": s, "value": v}
+           for m, s, v in (("honest_accuracy", "undefined", 63), ("diverged", "count", 63))]
+  rows = [dict(r, value=1) if (r["metric"], r["statistic"]) == ("honest_accuracy", "count")
+          else r for r in rows]
+  assert "91.80 [88.00, 93.00]  (over 1 of 64 draws; 63 diverged)" in sweep.table(rows)
 
 
 def _capture_titles(monkeypatch):
