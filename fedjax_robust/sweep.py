@@ -787,9 +787,10 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
     ax.set_title(f"{x}={xv}", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
   axes[0][0].set_ylabel(f"E[{metric}]{unit}")
-  axes[0][-1].legend(fontsize=7)
-  save(fig, "correlation.png", "same marginal corruption rate, different correlation: "
-       f"E[{metric}]; error bars: 95% CI over draws")
+  axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  what = ("same marginal corruption rate, different correlation" if style == "mu_H"
+          else f"each {style} at the same {x}")
+  save(fig, "correlation.png", f"{what}: E[{metric}]; error bars: 95% CI over draws")
 
   # E[metric | b] against the realized count b, at the largest x: a panel per style.
   by_b = {}
