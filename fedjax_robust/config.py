@@ -28,6 +28,7 @@ from fedjax_robust.errors import ConfigError
 from fedjax_robust import graphs
 from fedjax_robust import honest_sets
 from fedjax_robust import models
+from fedjax_robust import server_prior
 from fedjax_robust import training
 
 _SERVER_OPTIMIZERS = {
@@ -102,6 +103,14 @@ def base_config() -> ml_collections.ConfigDict:
   # L_S(θ̂_S) − L_S*), and the oracle trained on the exact expected objective Σ w_i L_i
   # (independent μ_H only).
   c.estimators = ml_collections.ConfigDict({"honest_optimum": False, "oracle": False})
+  # What the server believes about who fails (fedjax_robust.server_prior): "none", "mu_h" (the
+  # law drawing the honest sets) or "marginals" (independent p_per_client); `scale` multiplies
+  # its corruption probabilities (misspecification). declared_f "quantile": f is the
+  # (1 − delta)-quantile of b under the prior instead of config.f; weights "reliability"
+  # (1 − p_i) or "expected_objective" (w_i = E[1{i∈S}/|S|]) for the weighted rules.
+  c.server_prior = ml_collections.ConfigDict({
+      "kind": "none", "p_per_client": config_dict.placeholder(tuple), "scale": 1.0,
+      "declared_f": "config", "delta": 0.05, "weights": "none"})
   # Keep only draws of μ_H whose realized b satisfies a condition (rejection, per draw):
   # "b_le_f" (the declared f holds), "b_eq_f" (exactly f Byzantine clients, placed by μ_H: the
   # expected case beside the worst case at the same b), "honest_majority" (b < n/2), "none".
@@ -189,6 +198,13 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "graph.seed": D.NONNEGATIVE_INT,
     "estimators.honest_optimum": D.Bool(),
     "estimators.oracle": D.Bool(),
+    "server_prior.kind": D.Choice(*server_prior.KINDS),
+    "server_prior.p_per_client": D.Tuple(D.PROBABILITY, 1, optional=True,
+                                         note="one per client; kind='marginals'"),
+    "server_prior.scale": D.NONNEGATIVE,
+    "server_prior.declared_f": D.Choice(*server_prior.DECLARED_F),
+    "server_prior.delta": D.Float(0, 1, low_open=True, high_open=True),
+    "server_prior.weights": D.Choice(*server_prior.WEIGHTS),
     "draw_condition": D.Choice(*honest_sets.CONDITIONS),
     "report.interval": D.Choice(*evaluation.INTERVALS),
     "report.bootstrap_resamples": D.Int(100, note="bootstrap resamples per interval"),
@@ -376,6 +392,7 @@ def _validate(config) -> None:
                       f"with draw_condition={config.draw_condition!r} the draws follow the "
                       "conditioned law, whose weights it does not compute. Allowed: "
                       "draw_condition='none' with the oracle.")
+  _validate_server_prior(config, specs)
   _validate_task(config)
   num_classes = data_lib.num_classes(config.data.name, config.data.synthetic_num_classes,
                                      config.data.synthetic_task)
@@ -423,6 +440,28 @@ def _validate(config) -> None:
     raise ConfigError(f"training.num_rounds={t.num_rounds} must be a positive multiple of "
                       f"training.eval_every={t.eval_every}.")
   make_local_training(config)
+
+
+def _validate_server_prior(config, specs) -> None:
+  """A prior used for something, and what it is used for possible: quantile f with an honest
+  majority, weights only for rules with a weighted form."""
+  prior = config.server_prior
+  if prior.kind == "none":
+    if prior.declared_f != "config" or prior.weights != "none":
+      raise ConfigError(
+          f"server_prior.declared_f={prior.declared_f!r} / weights={prior.weights!r} need a "
+          "prior; server_prior.kind='none'. Allowed: kind 'mu_h' or 'marginals' with them, or "
+          "declared_f='config' and weights='none'.")
+    return
+  _, info = server_prior.resolve(config)
+  if prior.weights != "none":
+    for spec in specs:
+      try:
+        aggregators.get(spec, f=info.get("f", config.f), options=aggregator_options(config),
+                        weighted=True)
+      except ConfigError as e:
+        raise ConfigError(f"server_prior.weights={prior.weights!r} weights the clients: {e}"
+                          ) from None
 
 
 def _validate_task(config) -> None:
@@ -516,6 +555,13 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
   aggregator = aggregators.get(spec, f=config.f, options=aggregator_options(config),
                                weighted=config.training.weighted_aggregation,
                                presence=any(a.presence is not None for a, _ in behaviours))
+  prior_weights = None
+  if config.server_prior.kind != "none" and config.server_prior.weights != "none":
+    prior_weights = server_prior.client_weights(server_prior.spec(config), config.num_clients,
+                                                config.server_prior.weights)
+    aggregator = aggregators.get(spec, f=config.f, options=aggregator_options(config),
+                                 weighted=True,
+                                 presence=any(a.presence is not None for a, _ in behaviours))
   if aggregator.needs_server_update and fed.root is None:
     raise ConfigError(f"aggregator {spec!r} needs the server's root data set "
                       "(data.root_examples >= 1).")
@@ -529,4 +575,5 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
       server_optimizer=_SERVER_OPTIMIZERS[config.training.server_optimizer](config.training),
       num_clients=config.num_clients, l2=float(config.training.l2),
       measure_theory=bool(config.theory.enabled),
+      client_weights=None if prior_weights is None else tuple(map(float, prior_weights)),
       root=fed.root if aggregator.needs_server_update else None)

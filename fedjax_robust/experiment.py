@@ -25,6 +25,7 @@ from fedjax_robust import config as config_lib
 from fedjax_robust import evaluation
 from fedjax_robust import honest_sets
 from fedjax_robust import provenance
+from fedjax_robust import server_prior
 from fedjax_robust import training
 from fedjax_robust import worst_case
 from fedjax_robust.theory import report as theory_report
@@ -300,6 +301,8 @@ class Experiment:
   theory: dict[str, dict] = dataclasses.field(default_factory=dict)
   # Convex tasks: min E_S L_S vs min max_{|S|=n−f} L_S solved exactly (theory.report.objectives).
   objectives: dict | None = None
+  # The server's prior and what it set (server_prior.resolve), when config.server_prior is on.
+  server_prior: dict | None = None
 
 
 def _keys(config):
@@ -588,6 +591,11 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   config_lib.validate(config)
   if workdir:
     check_workdir(workdir)
+  # The server's prior (config.server_prior): the f it declares, when the prior's quantile sets
+  # it, replaces config.f for everything below (rules, worst case, tables), and says so.
+  config, prior_info = server_prior.resolve(config)
+  if prior_info:
+    log(server_prior.describe(prior_info))
   fed = config_lib.make_data(config)
   max_count = int(fed.train.counts.max())
   log(f"data {fed.name}: {config.num_clients} clients, {int(fed.train.counts.sum())} training "
@@ -683,7 +691,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         f"{runs[spec].run_seconds:.1f} s")
     if path:
       runs[spec].save(path, key)
-  exp = Experiment(config, fed, masks, runs, worst)
+  exp = Experiment(config, fed, masks, runs, worst, server_prior=prior_info)
   _run_references(exp, init_key, run_key, log)
   _run_theory(exp, log)
   return exp

@@ -13,6 +13,7 @@ import numpy as np
 from fedjax_robust import config as config_lib
 from fedjax_robust import evaluation
 from fedjax_robust import honest_sets
+from fedjax_robust import server_prior
 from fedjax_robust import provenance
 from fedjax_robust import training
 from fedjax_robust import worst_case
@@ -243,6 +244,8 @@ def summarize(experiment: Experiment) -> dict:
     out.setdefault(key, {})[name] = info
   if experiment.oracle is not None:
     out["oracle"] = experiment.oracle
+  if experiment.server_prior is not None:
+    out["server_prior"] = experiment.server_prior
   if experiment.objectives is not None:
     out["objectives"] = experiment.objectives
   return out
@@ -382,6 +385,8 @@ def format_table(summary: dict) -> str:
       + f", n={cfg['num_clients']}, declared f={cfg['f']}, attack={cfg['attack']}, "
       f"{cfg['training']['num_rounds']} rounds. Realized b: mean {law['mean']:.3f}{exact}; "
       f"P(b > f) = {law['p_exceeds_f']:.3f}; P(b ≥ n/2) = {law['p_no_honest_majority']:.3f}.")
+  if "server_prior" in summary:
+    extras.append(server_prior.describe(summary["server_prior"]))
   if law["p_exceeds_f"] == 1.0:
     extras.append(f"NOTE: the realized b exceeds the declared f={cfg['f']} in every draw: the "
                   "rules run beyond the corruption they were configured for.")
