@@ -63,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.memory_budget_gb = 4.0
   # One or more comma-separated specs; '+' chains pre-aggregators before a rule.
   c.aggregator = "mean,trimmed_mean,geometric_median,nnm+trimmed_mean"
-  c.aggregator_options = _options_of(aggregators.names(), aggregators.options, {"m": int})
+  c.aggregator_options = _options_of(aggregators.names(), aggregators.options,
+                                     {"m": int, "prior_honest": tuple})
   # Centered clipping's τ as the published code gives it (Karimireddy et al. clip momentum
   # buffers m = βm + g; τ = 10 there): converted to this simulator's update units at build time
   # (τ·client_lr·(1 − β)·local_steps: 0.5 in the default job). In update units, τ = 10 clipped
@@ -519,6 +520,13 @@ def aggregator_options(config) -> dict[str, dict[str, Any]]:
   momentum buffers m = βm + g) becomes τ · client_lr · (1 − client_momentum) · local_steps in
   update units (derivation: `aggregators.clipping.published_tau_in_update_units`)."""
   options = config.aggregator_options.to_dict()
+  pf = options.get("posterior_filter", {})
+  if config.server_prior.kind != "none" and pf:
+    if pf.get("prior_honest") is not None:
+      raise ConfigError("aggregator_options.posterior_filter.prior_honest is set and so is "
+                        f"server_prior.kind={config.server_prior.kind!r}; allowed: one of them.")
+    p, _ = server_prior.marginals(server_prior.spec(config), config.num_clients)
+    pf["prior_honest"] = tuple(float(1 - x) for x in p)
   cc = options.get("centered_clipping", {})
   if cc.get("tau_units") == "published_momentum":
     t = config.training

@@ -26,6 +26,7 @@ What the server does with it:
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -77,13 +78,20 @@ def _scaled(law: dict[str, Any], scale: float) -> dict[str, Any]:
 
 def marginals(law: dict[str, Any], num_clients: int) -> tuple[np.ndarray, bool]:
   """P(client i corrupted) `[n]` under the prior, and whether it is exact (bernoulli: exact;
-  otherwise Monte Carlo over MONTE_CARLO draws)."""
+  otherwise Monte Carlo over MONTE_CARLO draws, computed once per law)."""
   if law["name"] == "bernoulli":
     return np.broadcast_to(np.asarray(law["p"], float), (num_clients,)).copy(), True
-  import jax  # pylint: disable=g-import-not-at-top
-  masks = np.asarray(honest_sets.sample(jax.random.key(0), law, num_clients=num_clients,
-                                        num_samples=MONTE_CARLO))
-  return 1.0 - masks.mean(0), False
+  key = json.dumps({k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
+                    for k, v in law.items()}, sort_keys=True, default=str) + f"/{num_clients}"
+  if key not in _MONTE_CARLO_MARGINALS:
+    import jax  # pylint: disable=g-import-not-at-top
+    masks = np.asarray(honest_sets.sample(jax.random.key(0), law, num_clients=num_clients,
+                                          num_samples=MONTE_CARLO))
+    _MONTE_CARLO_MARGINALS[key] = 1.0 - masks.mean(0)
+  return _MONTE_CARLO_MARGINALS[key].copy(), False
+
+
+_MONTE_CARLO_MARGINALS: dict[str, np.ndarray] = {}
 
 
 def quantile_f(law: dict[str, Any], num_clients: int, delta: float) -> tuple[int, bool, float]:

@@ -124,3 +124,48 @@ def test_the_simulator_gets_the_priors_weights():
   np.testing.assert_allclose(sim.client_weights, (1 - p) / np.sum(1 - p))
   weights = sim._aggregation_weights(fed.train, jnp.ones(25, bool), jnp.float32)  # pylint: disable=protected-access
   np.testing.assert_allclose(weights, (1 - p) / np.sum(1 - p), rtol=1e-6)
+
+
+def test_posterior_filter_gets_the_servers_prior_and_is_refused_without_one():
+  c = config_lib.base_config()
+  c.aggregator = "posterior_filter"
+  with pytest.raises(ConfigError, match="posterior_filter needs the server's prior"):
+    config_lib.validate(c)
+  p = tuple(np.linspace(0.0, 0.5, 25))
+  c.server_prior.kind = "marginals"
+  c.server_prior.p_per_client = p
+  config_lib.validate(c)
+  np.testing.assert_allclose(config_lib.aggregator_options(c)["posterior_filter"]["prior_honest"],
+                             1 - np.asarray(p))
+  c.aggregator_options.posterior_filter.prior_honest = (0.5,) * 25
+  with pytest.raises(ConfigError, match="one of them"):
+    config_lib.validate(c)
+  # Through the registry: the same numbers as the function with the prior as an array, and its
+  # mean posterior as a diagnostic.
+  from fedjax_robust.aggregators import prior_aware  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(25, 6)), jnp.float32).at[3].set(30.0)
+  prior = tuple(1 - np.asarray(p))
+  agg = aggregators.get("posterior_filter", f=5, options={"posterior_filter": {
+      "prior_honest": prior}})
+  import jax  # pylint: disable=g-import-not-at-top
+  out, _, aux = agg.apply(x, agg.init(6), jax.random.key(0))
+  direct = prior_aware.posterior_filter(x, prior_honest=jnp.asarray(prior, jnp.float32))
+  np.testing.assert_allclose(out, direct.value, rtol=1e-6)
+  assert float(aux["honest_mass"]) == pytest.approx(float(direct.honest_mass))
+
+
+def test_adaptive_trim_is_capped_by_the_declared_f():
+  from fedjax_robust.aggregators import prior_aware  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(15, 8)).astype(np.float32)
+  x[:4] += 50.0                                   # 4 outliers, declared f = 3: at most 3 removed
+  agg = aggregators.get("adaptive_trim", f=3)
+  out, _, aux = agg.apply(jnp.asarray(x), agg.init(8), jax.random.key(0))
+  direct = prior_aware.adaptive_trim(jnp.asarray(x), max_f=3)
+  np.testing.assert_allclose(out, direct.value, rtol=1e-6)
+  assert float(aux["removed"]) == int(direct.num_removed) <= 3
+  agg5 = aggregators.get("adaptive_trim", f=5)
+  out5, _, aux5 = agg5.apply(jnp.asarray(x), agg5.init(8), jax.random.key(0))
+  assert float(aux5["removed"]) == 4
+  np.testing.assert_allclose(out5, x[4:].mean(0), rtol=1e-5, atol=1e-5)

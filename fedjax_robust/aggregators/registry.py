@@ -38,6 +38,7 @@ from fedjax_robust.aggregators.bucketing import bucketing_mean
 from fedjax_robust.aggregators.bulyan import bulyan
 from fedjax_robust.aggregators import clustering
 from fedjax_robust.aggregators.fltrust import fltrust_with_share
+from fedjax_robust.aggregators import prior_aware
 from fedjax_robust.aggregators import clipping
 from fedjax_robust.aggregators.coordinatewise import coordinate_median
 from fedjax_robust.aggregators.coordinatewise import meamed
@@ -133,6 +134,19 @@ _RULES: dict[str, _Entry] = {
     "flame": _Entry(clustering.flame_with_share, "rule", _kept_share,
                     domains={"noise_lambda": D.NONNEGATIVE}),
     "fltrust": _Entry(fltrust_with_share, "rule", _kept_share),
+    "posterior_filter": _Entry(
+        prior_aware.posterior_filter_stage, "rule",
+        lambda r: (r.value, {"honest_mass": r.honest_mass}),
+        domains={"prior_honest": D.Tuple(D.PROBABILITY, 1, optional=True,
+                                         note="one P(honest) per client; None: from "
+                                         "server_prior"),
+                 "iterations": D.POSITIVE_INT,
+                 "faulty_scale": D.Float(1, low_open=True,
+                                         note="the faulty density's scale over the honest one")}),
+    "adaptive_trim": _Entry(
+        prior_aware.adaptive_trim_stage, "rule",
+        lambda r: (r.value, {"removed": r.num_removed.astype(jnp.float32)}),
+        domains={"gap_factor": D.Float(1, note="the largest distance gap must exceed it")}),
     "nearest_neighbor_mixing": _Entry(nearest_neighbor_mixing, "pre"),
     "bucketing": _Entry(bucketing, "pre", domains={"bucket_size": D.POSITIVE_INT}),
     "static_clipping": _Entry(clipping.static_clipping_with_share, "pre", _clipped_share,

@@ -1,0 +1,339 @@
+"""Rules that use what the server may know about which clients are likely faulty (issue 15).
+
+Three rules for the expected-robustness setting, where μ_H is not adversarial but comes from a
+model the server partly knows:
+
+- `posterior_filter`: a per-client prior P(honest) (e.g. the p_i of independent corruption)
+  combined with a two-component likelihood of the distance to a robust centre; the aggregate is
+  the posterior-weighted mean (a small EM).
+- `adaptive_trim`: no prior, only a cap `max_f`; the number of rows removed is estimated from
+  the largest gap among the sorted distances to the coordinate-wise median.
+- `cluster_aggregate`: a known grouping of clients (corruption by clusters: shared data source,
+  shared operator); average within each cluster, then a trimmed mean across clusters.
+
+All three take `updates: [n, d]`, are jittable and batch under `jax.vmap` over draws (per-draw
+priors included: they enter `base.uniform_cond` branches as operands). Non-finite rows (NaN,
+±inf) never enter an average: they get posterior/weight 0, count as removed, or make their
+cluster's aggregate NaN, which the trimmed mean drops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_robust.aggregators import base
+from fedjax_robust.aggregators import coordinatewise
+from fedjax_robust.errors import ConfigError
+
+# σ ≈ 1.4826 · MAD for a normal sample (1 / Φ⁻¹(3/4)).
+MAD_TO_SIGMA = 1.4826
+# The honest spread s is floored at this fraction of the median distance m (and at the smallest
+# normal float), so that identical honest rows do not make the honest density a point mass.
+RELATIVE_SPREAD_FLOOR = 1e-6
+
+
+class Posterior(NamedTuple):
+  """`posterior_filter`'s output."""
+  value: jax.Array         # [d]
+  honest_mass: jax.Array   # scalar: mean over the n rows of the final posterior π_i
+  posterior: jax.Array     # [n]: the final π_i (0 for non-finite rows)
+
+
+class AdaptiveTrim(NamedTuple):
+  """`adaptive_trim`'s output."""
+  value: jax.Array         # [d]
+  num_removed: jax.Array   # int32 scalar: k, the rows removed (non-finite ones included)
+
+
+def _masked_median(values: jax.Array, valid: jax.Array) -> jax.Array:
+  """Median of `values[valid]` (mean of the two middle ones for an even count); +inf if none."""
+  ordered = jnp.sort(jnp.where(valid, values, jnp.inf))
+  count = jnp.sum(valid, dtype=jnp.int32)
+  lower = ordered[jnp.maximum(count - 1, 0) // 2]
+  upper = ordered[count // 2]
+  return jnp.where(count % 2 == 1, lower, 0.5 * lower + 0.5 * upper)
+
+
+def _finite_centre(x: jax.Array, finite: jax.Array, all_finite: bool) -> jax.Array:
+  """Coordinate-wise median of the finite rows (of all rows on the ordinary path)."""
+  if all_finite:
+    return coordinatewise.coordinate_median(x)
+  return coordinatewise.coordinate_median(x, present=finite)
+
+
+def _distances(x: jax.Array, centre: jax.Array) -> jax.Array:
+  """‖x_i − c‖ without overflow (rows of x finite), clamped at the float maximum."""
+  r = base.row_distances(x, centre, jnp.max(jnp.abs(x), axis=1))
+  return jnp.minimum(r, jnp.finfo(x.dtype).max)
+
+
+def _posteriors(r: jax.Array, finite: jax.Array, prior: jax.Array, faulty_scale: float):
+  """π_i for distances r (see `posterior_filter`), 0 where not finite."""
+  m = _masked_median(r, finite)
+  tiny = jnp.finfo(r.dtype).tiny
+  s = MAD_TO_SIGMA * _masked_median(jnp.abs(r - m), finite)
+  s = jnp.maximum(s, jnp.maximum(RELATIVE_SPREAD_FLOOR * m, tiny))
+  sigma_f = faulty_scale * (m + s)
+  # log L_h − log L_f = ½(z_f² − z_h²) + log(σ_f/s) − log 2, with z_h = (r − m)/s, z_f = r/σ_f.
+  # ½(z_f − z_h)(z_f + z_h): each factor is r·a + b with a, b finite, so a huge r gives
+  # (−inf)·(+inf) = −inf, never inf − inf.
+  inv_s, inv_f = 1.0 / s, 1.0 / sigma_f
+  shift = m * inv_s
+  delta = 0.5 * (r * (inv_f - inv_s) + shift) * (r * (inv_f + inv_s) - shift)
+  log_ratio = delta + jnp.log(sigma_f) - jnp.log(s) - math.log(2.0)
+  p = prior.astype(r.dtype)
+  prior_logit = jnp.log(p) - jnp.log1p(-p)      # ±inf at p ∈ {0, 1}, handled below
+  post = jax.nn.sigmoid(jnp.where((p > 0) & (p < 1), prior_logit, 0.0) + log_ratio)
+  post = jnp.where(p >= 1, 1.0, jnp.where(p <= 0, 0.0, post))
+  return jnp.where(finite, post, 0.0).astype(r.dtype)
+
+
+def posterior_filter(updates: jax.Array, *, prior_honest: jax.Array, iterations: int = 3,
+                     faulty_scale: float = 10.0) -> Posterior:
+  """Posterior-weighted mean under a two-component model of the distances to a robust centre.
+
+  With p_i = `prior_honest[i]` the server's prior probability that client i is honest:
+
+    c⁰ = coordinate-wise median of the finite rows,
+    r_i = ‖x_i − c‖,  m = median_i r_i,  s = max(1.4826·median_i |r_i − m|, 1e-6·m, tiny),
+    honest:  r_i ~ Normal(m, s²)                          (L_h)
+    faulty:  r_i ~ half-Normal(scale σ_f = faulty_scale·(m + s))   (L_f, a broad density)
+    π_i = p_i L_h(r_i) / (p_i L_h(r_i) + (1 − p_i) L_f(r_i))     (log space: a sigmoid of
+          logit(p_i) + ½(z_f² − z_h²) + log(σ_f/s) − log 2)
+    z = Σ_i π_i x_i / Σ_i π_i,
+
+  then `iterations − 1` EM-style refinements: c ← z and the distances, (m, s) and π recomputed.
+  The medians are over the finite rows.
+
+  Model assumptions: honest updates are i.i.d. around a common mean, so their distances to a
+  robust centre concentrate (Normal, with robust estimates m, s from the median and MAD, which
+  assume fewer than half the rows are faulty); a faulty row's distance has no structure beyond
+  being possibly large, modelled by a half-Normal `faulty_scale` times wider than the honest
+  distances (its density is nearly flat over the honest range, and decays so that a far row is
+  faulty for any p_i < 1). The honest Normal is not truncated at 0 (negligible when m ≫ s). At
+  the mode r = m the likelihood ratio is about σ_f/(2s): how far π_i can rise above p_i on an
+  honest row, so honest rows get π close to 1 when their distances are concentrated (m ≫ s,
+  e.g. high-dimensional Gaussian noise). The faulty component is a modelling choice, not fitted.
+
+  What it optimizes: each step is the E-step of an EM for this mixture with the component
+  parameters re-estimated robustly (not by the M-step's maximum likelihood) and the centre set to
+  the posterior-weighted mean; no guarantee of convergence or of robustness (κ) is known for it:
+  a faulty row placed at distance ≈ m from the centre is indistinguishable from an honest one
+  and gets π ≈ its prior-driven honest value. With every p_i = 1 the rule is exactly the mean of
+  the finite rows (π_i = 1 whatever the likelihood); p_i = 0 gives π_i = 0. No source: a
+  standard Bayesian mixture-model filter written for this project (issue 15).
+
+  Edge cases: non-finite rows get π = 0 and are never averaged; a prior entry outside [0, 1] (or
+  NaN) makes the value and honest_mass NaN; Σ π_i = 0 (no finite row, or every p_i = 0 on them)
+  gives NaN (no honest client, the aggregate is undefined). Cost per iteration: one fused
+  distance pass and one matrix-vector product, O(n·d), plus the coordinate median's sort.
+
+  Args:
+    updates: `[n, d]`.
+    prior_honest: `[n]` in [0, 1], a traced array (may differ per vmapped draw).
+    iterations: static int ≥ 1, number of posterior computations.
+    faulty_scale: static float > 1, the faulty density's width relative to m + s.
+
+  Returns:
+    `Posterior(value [d], honest_mass scalar, posterior [n])`.
+  """
+  n, _ = base.check_updates(updates, "posterior_filter")
+  prior = jnp.asarray(prior_honest)
+  if prior.shape != (n,):
+    raise ConfigError(f"posterior_filter: prior_honest must have shape ({n},), got "
+                      f"{prior.shape}.")
+  if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+    raise ConfigError(f"posterior_filter: iterations must be an int >= 1, got {iterations!r}.")
+  if not (isinstance(faulty_scale, (int, float)) and math.isfinite(faulty_scale)
+          and faulty_scale > 1):
+    raise ConfigError(f"posterior_filter: faulty_scale must be a finite float > 1, got "
+                      f"{faulty_scale!r}.")
+  faulty_scale = float(faulty_scale)
+  prior = prior.astype(updates.dtype)
+
+  def run(x, finite, prior, all_finite):
+    def step(centre):
+      post = _posteriors(_distances(x, centre), finite, prior, faulty_scale)
+      total = jnp.sum(post)
+      value = (post @ x) / jnp.where(total > 0, total, 1.0)
+      return jnp.where(total > 0, value, jnp.nan), post
+
+    carry = step(_finite_centre(x, finite, all_finite))
+    carry = jax.lax.fori_loop(1, iterations, lambda _, c: step(c[0]), carry)
+    value, post = carry
+    ok = jnp.all((prior >= 0) & (prior <= 1))
+    mass = jnp.mean(post)
+    return Posterior(jnp.where(ok, value, jnp.nan), jnp.where(ok, mass, jnp.nan), post)
+
+  def fast(x, finite, prior):
+    return run(x, finite, prior, True)
+
+  def exact(x, finite, prior):
+    return run(base.zero_nonfinite_rows(x, finite), finite, prior, False)
+
+  finite = base.finite_rows(updates)
+  # The prior is batched per draw: an operand of the branches, never a closure.
+  return base.uniform_cond(~jnp.all(finite), exact, fast, updates, finite, prior)
+
+
+def adaptive_trim(updates: jax.Array, *, max_f: int, gap_factor: float = 2.0) -> AdaptiveTrim:
+  """Mean after removing the k farthest rows, k estimated from the largest gap in distances.
+
+    c = coordinate-wise median of the finite rows,  r_i = ‖x_i − c‖ (+inf for a non-finite row),
+    r_(0) ≤ … ≤ r_(n−1) sorted (ties by row index),  b = number of non-finite rows,
+    g_k = r_(n−k) / r_(n−k−1)  for k = b+1, …, max_f   (the gaps among the max_f + 1 largest
+          distances; 0/0 counts as 1, x/0 as +inf),
+    k = argmax_k g_k   if max_k g_k > gap_factor,   else k = b,
+    output = mean of the n − k rows with the smallest distances.
+
+  Gap by ratio, not difference: scale-free, so one `gap_factor` serves every model size and
+  round. k ≤ max_f (the cap; ties between gaps go to the smallest k); non-finite rows are always
+  removed and count towards k. If more than max_f rows are non-finite the cap cannot hold: the
+  value is NaN and num_removed = b. Needs n ≥ max_f + 1.
+
+  Model assumptions: honest distances to the median concentrate (as for i.i.d. noise in high
+  dimension, where consecutive sorted distances differ by a ratio near 1), and faulty rows sit
+  farther out, separated by a relative gap larger than `gap_factor`. In low dimension honest
+  distances spread (for d = 1 they are half-normal and r_(n−1)/r_(n−2) can exceed 2 by chance),
+  so honest rows may be removed. No robustness guarantee is known: faulty rows placed within
+  the honest spread, or spread out so no single ratio exceeds gap_factor, are kept. No source: a
+  largest-gap heuristic written for this project (issue 15).
+
+  Cost: a coordinate median (a sort of `[n, d]`), one fused distance pass, a sort of n values,
+  one matrix-vector product.
+
+  Returns:
+    `AdaptiveTrim(value [d], num_removed int32)`.
+  """
+  n, _ = base.check_updates(updates, "adaptive_trim", f=max_f, min_n=lambda f: f + 1)
+  if not (isinstance(gap_factor, (int, float)) and math.isfinite(gap_factor)
+          and gap_factor >= 1):
+    raise ConfigError(f"adaptive_trim: gap_factor must be a finite float >= 1, got "
+                      f"{gap_factor!r}.")
+  gap_factor = float(gap_factor)
+
+  def run(x, finite, all_finite):
+    r = jnp.where(finite, _distances(x, _finite_centre(x, finite, all_finite)), jnp.inf)
+    r_sorted, order = jax.lax.sort((r, jnp.arange(n)), num_keys=2)
+    bad = jnp.sum(~finite, dtype=jnp.int32)
+    ks = jnp.arange(1, max_f + 1)
+    upper, lower = r_sorted[n - ks], r_sorted[n - ks - 1]
+    ratio = jnp.where(lower > 0, upper / jnp.where(lower > 0, lower, 1.0),
+                      jnp.where(upper > 0, jnp.inf, 1.0))
+    ratio = jnp.where(ks > bad, ratio, -jnp.inf)        # g_k only for k > b (finite pairs)
+    if max_f > 0:
+      best = jnp.argmax(ratio)
+      k = jnp.where(ratio[best] > gap_factor, ks[best], bad).astype(jnp.int32)
+    else:
+      k = bad
+    rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    keep = (rank < n - k).astype(x.dtype)
+    value = base.weighted_average(x, keep)
+    return AdaptiveTrim(jnp.where(bad <= max_f, value, jnp.nan), k)
+
+  def fast(x, finite):
+    return run(x, finite, True)
+
+  def exact(x, finite):
+    return run(base.zero_nonfinite_rows(x, finite), finite, False)
+
+  finite = base.finite_rows(updates)
+  return base.uniform_cond(~jnp.all(finite), exact, fast, updates, finite)
+
+
+def cluster_aggregate(updates: jax.Array, *, clusters: tuple[int, ...], f_clusters: int,
+                      inner: str = "mean") -> jax.Array:
+  """Two-stage rule over a known grouping: aggregate within clusters, trim across them.
+
+    a_k = mean_{i: clusters[i] = k} x_i       (inner = "mean")
+        or coordinate-wise median of those rows (inner = "median"),   k = 0..K−1,
+    output = coordinate-wise trimmed mean of a_0..a_{K−1}, f_clusters trimmed from each end.
+
+  Model assumptions: corruption acts by clusters (a shared data source or operator), so at most
+  f_clusters whole clusters are faulty and the honest clusters' aggregates are close. Then the
+  rule inherits the trimmed mean's guarantees with K "clients" and f_clusters Byzantine ones
+  (Yin et al., ICML 2018, applied to cluster aggregates); a faulty row inside an otherwise
+  honest cluster moves that cluster's mean without bound (a "median" inner limits this while
+  faulty rows are fewer than half the cluster). The two-stage form is that of bucketing /
+  median-of-means (Karimireddy et al., ICLR 2022) with the buckets fixed by the known clusters
+  instead of drawn at random.
+
+  `clusters` is a static tuple of n ints; every index 0..K−1 must occur. Needs K > 2·f_clusters
+  (ConfigError, a ValueError, otherwise).
+
+  Non-finite rows: with inner = "mean", a cluster holding a non-finite row has the aggregate NaN
+  (every coordinate); NaN sorts last, so each such cluster takes one of the f_clusters top
+  trimmed slots: with j ≤ f_clusters spoiled clusters the output is the mean of the clean
+  aggregates' sorted values f_clusters .. K − f_clusters − 1 (f_clusters trimmed below,
+  f_clusters − j above), finite; with j > f_clusters it is NaN. With inner = "median", the
+  cluster median absorbs non-finite rows while fewer than half of its rows are (coordinate
+  median's rule); otherwise its aggregate has NaN/±inf entries, dropped the same way.
+
+  Cost: one `[K, n] × [n, d]` product (mean) or one coordinate median per cluster (median), and
+  a trimmed mean over `[K, d]`.
+  """
+  n, _ = base.check_updates(updates, "cluster_aggregate")
+  clusters = tuple(int(c) for c in clusters)
+  if len(clusters) != n or min(clusters, default=0) < 0:
+    raise ConfigError(f"cluster_aggregate: clusters must be a tuple of {n} non-negative cluster "
+                      f"indices (one per row), got {clusters!r}.")
+  k_count = max(clusters) + 1
+  members = [[i for i, c in enumerate(clusters) if c == k] for k in range(k_count)]
+  if any(not m for m in members):
+    raise ConfigError(f"cluster_aggregate: every cluster index 0..{k_count - 1} must occur in "
+                      f"clusters, got {clusters!r}.")
+  if not isinstance(f_clusters, int) or isinstance(f_clusters, bool) or f_clusters < 0:
+    raise ConfigError(f"cluster_aggregate: f_clusters must be a non-negative int, got "
+                      f"{f_clusters!r}.")
+  if k_count <= 2 * f_clusters:
+    raise ConfigError(f"cluster_aggregate: needs K > 2·f_clusters clusters, got K={k_count} "
+                      f"for f_clusters={f_clusters}.")
+  if inner not in ("mean", "median"):
+    raise ConfigError(f"cluster_aggregate: inner must be 'mean' or 'median', got {inner!r}.")
+
+  if inner == "median":
+    per_cluster = jnp.stack([coordinatewise.coordinate_median(updates[np.asarray(m)])
+                             for m in members])
+  else:
+    membership = np.zeros((k_count, n), np.float64)
+    for k, m in enumerate(members):
+      membership[k, m] = 1.0 / len(m)
+    weights = jnp.asarray(membership, updates.dtype)
+    in_cluster = jnp.asarray(membership > 0)
+
+    def exact(x, finite):
+      means = weights @ base.zero_nonfinite_rows(x, finite)
+      spoiled = jnp.any(in_cluster & ~finite[None, :], axis=1)
+      return jnp.where(spoiled[:, None], jnp.nan, means)
+
+    finite = base.finite_rows(updates)
+    per_cluster = base.uniform_cond(~jnp.all(finite), exact, lambda x, _: weights @ x,
+                                    updates, finite)
+  return coordinatewise.trimmed_mean(per_cluster, f=f_clusters)
+
+
+# ----------------------------------------------------------------------- registry forms
+def posterior_filter_stage(updates: jax.Array, *, prior_honest: tuple[float, ...] | None = None,
+                           iterations: int = 3, faulty_scale: float = 10.0) -> Posterior:
+  """`posterior_filter` as a registered rule: `prior_honest` (static, one P(honest) per client)
+  comes from the server's prior (`config.server_prior`, filled in by
+  `config.aggregator_options`); without one the rule is refused."""
+  if prior_honest is None:
+    raise ConfigError("posterior_filter needs the server's prior P(client i honest): set "
+                      "server_prior.kind ('mu_h' or 'marginals'), or "
+                      "aggregator_options.posterior_filter.prior_honest (one per client).")
+  if len(prior_honest) != updates.shape[0]:
+    raise ConfigError(f"posterior_filter: prior_honest has {len(prior_honest)} values for "
+                      f"n={updates.shape[0]} clients.")
+  return posterior_filter(updates, prior_honest=jnp.asarray(prior_honest, updates.dtype),
+                          iterations=iterations, faulty_scale=faulty_scale)
+
+
+def adaptive_trim_stage(updates: jax.Array, *, f: int, gap_factor: float = 2.0) -> AdaptiveTrim:
+  """`adaptive_trim` as a registered rule: the cap on the rows removed is the declared f."""
+  return adaptive_trim(updates, max_f=f, gap_factor=gap_factor)
