@@ -64,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   # One or more comma-separated specs; '+' chains pre-aggregators before a rule.
   c.aggregator = "mean,trimmed_mean,geometric_median,nnm+trimmed_mean"
   c.aggregator_options = _options_of(aggregators.names(), aggregators.options,
-                                     {"m": int, "prior_honest": tuple})
+                                     {"m": int, "prior_honest": tuple, "clusters": tuple,
+                                      "f_clusters": int})
   # Centered clipping's τ as the published code gives it (Karimireddy et al. clip momentum
   # buffers m = βm + g; τ = 10 there): converted to this simulator's update units at build time
   # (τ·client_lr·(1 − β)·local_steps: 0.5 in the default job). In update units, τ = 10 clipped
@@ -520,13 +521,23 @@ def aggregator_options(config) -> dict[str, dict[str, Any]]:
   momentum buffers m = βm + g) becomes τ · client_lr · (1 − client_momentum) · local_steps in
   update units (derivation: `aggregators.clipping.published_tau_in_update_units`)."""
   options = config.aggregator_options.to_dict()
+  stages = [s.strip() for spec in aggregator_specs(config) for s in spec.split("+")]
   pf = options.get("posterior_filter", {})
-  if config.server_prior.kind != "none" and pf:
+  if config.server_prior.kind != "none" and pf and "posterior_filter" in stages:
     if pf.get("prior_honest") is not None:
       raise ConfigError("aggregator_options.posterior_filter.prior_honest is set and so is "
                         f"server_prior.kind={config.server_prior.kind!r}; allowed: one of them.")
     p, _ = server_prior.marginals(server_prior.spec(config), config.num_clients)
     pf["prior_honest"] = tuple(float(1 - x) for x in p)
+  ca = options.get("cluster_aggregate", {})
+  if config.server_prior.kind != "none" and ca and "cluster_aggregate" in stages:
+    if ca.get("clusters") is not None or ca.get("f_clusters") is not None:
+      raise ConfigError("aggregator_options.cluster_aggregate.clusters/f_clusters are set and so "
+                        f"is server_prior.kind={config.server_prior.kind!r}; allowed: one of "
+                        "them.")
+    ids, f_clusters = server_prior.cluster_quantile_f(
+        server_prior.spec(config), config.num_clients, config.server_prior.delta)
+    ca["clusters"], ca["f_clusters"] = tuple(int(i) for i in ids), f_clusters
   cc = options.get("centered_clipping", {})
   if cc.get("tau_units") == "published_momentum":
     t = config.training

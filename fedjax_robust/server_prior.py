@@ -162,3 +162,25 @@ def describe(info: dict[str, Any] | None) -> str:
     text += (f"; client weights '{info['weights']}' (min {w.min():.4f}, max {w.max():.4f}, "
              "sum 1) in the weighted rules")
   return text
+
+
+def cluster_quantile_f(law: dict[str, Any], num_clients: int, delta: float
+                       ) -> tuple[np.ndarray, int]:
+  """For a prior of clustered corruption: the cluster id of every client and f_clusters =
+  min{k : P(K_bad ≤ k) ≥ 1 − δ}, K_bad the number of clusters holding at least one faulty
+  client. Cluster c holds one with probability π_c (1 − (1 − q1)^{m_c}) + (1 − π_c)(1 − (1 −
+  q0)^{m_c}) (m_c its size), independently across clusters: K_bad is Poisson binomial."""
+  if law["name"] != "clusters":
+    raise ConfigError(f"cluster_aggregate takes its clusters from a prior of clustered "
+                      f"corruption; the prior here is {law['name']!r}. Allowed: honest_set="
+                      "'clusters' with server_prior.kind='mu_h', or set aggregator_options."
+                      "cluster_aggregate.clusters and .f_clusters.")
+  ids = honest_sets.cluster_assignment(num_clients, law.get("num_clusters", 5),
+                                       law.get("assignment"))
+  num = int(ids.max()) + 1
+  pis = np.broadcast_to(np.asarray(law.get("pi", 0.2), float), (num,))
+  q1, q0 = law.get("q1", 0.8), law.get("q0", 0.0)
+  sizes = np.bincount(ids, minlength=num)
+  bad = pis * (1 - (1 - q1) ** sizes) + (1 - pis) * (1 - (1 - q0) ** sizes)
+  cdf = np.cumsum(honest_sets.poisson_binomial_pmf(bad))
+  return ids, int(np.searchsorted(cdf, 1 - delta - 1e-12))

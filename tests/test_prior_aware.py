@@ -125,7 +125,8 @@ def test_posterior_recovers_a_separated_byzantine_group(rng, faulty_scale):
   np.testing.assert_allclose(out.honest_mass, post.mean(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow),
+                                  pytest.param(2, marks=pytest.mark.slow)])
 def test_posterior_matches_numpy(seed):
   rng = np.random.default_rng(seed)
   n, d = 11, 6
@@ -194,7 +195,8 @@ def test_adaptive_trim_finds_no_outliers_and_a_separated_group(rng):
   np.testing.assert_allclose(out.value, np.delete(x, [1, 6, 13], 0).mean(0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("seed", [0, 1, pytest.param(2, marks=pytest.mark.slow),
+                                  pytest.param(3, marks=pytest.mark.slow)])
 def test_adaptive_trim_matches_numpy(seed):
   rng = np.random.default_rng(seed)
   n, d, max_f = 15, 40, 4

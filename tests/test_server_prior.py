@@ -169,3 +169,38 @@ def test_adaptive_trim_is_capped_by_the_declared_f():
   out5, _, aux5 = agg5.apply(jnp.asarray(x), agg5.init(8), jax.random.key(0))
   assert float(aux5["removed"]) == 4
   np.testing.assert_allclose(out5, x[4:].mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_cluster_aggregate_takes_clusters_and_their_quantile_from_the_prior():
+  from fedjax_robust import honest_sets  # pylint: disable=g-import-not-at-top
+  from fedjax_robust.aggregators import prior_aware  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  law = {"name": "clusters", "num_clusters": 7, "pi": 0.1, "q1": 0.5, "q0": 0.005}
+  ids, f_clusters = server_prior.cluster_quantile_f(law, 25, 0.05)
+  # The law of the number of clusters holding a faulty client, by Monte Carlo.
+  masks = np.asarray(honest_sets.sample(jax.random.key(1), law, num_clients=25,
+                                        num_samples=100_000))
+  bad = np.stack([(~masks[:, ids == c]).any(1) for c in range(7)], 1).sum(1)
+  cdf = np.cumsum(np.bincount(bad, minlength=8)) / len(bad)
+  assert cdf[f_clusters] >= 0.95 - 0.005 and (f_clusters == 0 or cdf[f_clusters - 1] < 0.95 + 0.005)
+  c = config_lib.base_config()
+  c.aggregator = "cluster_aggregate"
+  with pytest.raises(ConfigError, match="cluster_aggregate needs clusters"):
+    config_lib.validate(c)
+  c.honest_set = "clusters"
+  for k, v in law.items():
+    if k != "name":
+      c.honest_set_options.clusters[k] = v
+  c.server_prior.kind = "mu_h"
+  config_lib.validate(c)
+  options = config_lib.aggregator_options(c)["cluster_aggregate"]
+  assert options["clusters"] == tuple(ids) and options["f_clusters"] == f_clusters
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(25, 5)), jnp.float32)
+  agg = aggregators.get("cluster_aggregate", f=5, options={"cluster_aggregate": options})
+  np.testing.assert_allclose(
+      agg(x), prior_aware.cluster_aggregate(x, clusters=tuple(ids), f_clusters=f_clusters),
+      rtol=1e-6)
+  # A prior under which many clusters hold a faulty client leaves no honest majority of clusters.
+  c.honest_set_options.clusters.q0 = 0.05
+  with pytest.raises(ConfigError, match=r"needs K > 2·f_clusters clusters, got K=7"):
+    config_lib.validate(c)

@@ -337,3 +337,18 @@ def posterior_filter_stage(updates: jax.Array, *, prior_honest: tuple[float, ...
 def adaptive_trim_stage(updates: jax.Array, *, f: int, gap_factor: float = 2.0) -> AdaptiveTrim:
   """`adaptive_trim` as a registered rule: the cap on the rows removed is the declared f."""
   return adaptive_trim(updates, max_f=f, gap_factor=gap_factor)
+
+
+def cluster_aggregate_stage(updates: jax.Array, *, clusters: tuple[int, ...] | None = None,
+                            f_clusters: int | None = None, inner: str = "mean") -> jax.Array:
+  """`cluster_aggregate` as a registered rule: `clusters` and `f_clusters` from the config, or
+  from a server prior of clustered corruption (`config.aggregator_options` fills them in: the
+  prior's clusters, and f_clusters the (1 − δ)-quantile of the number of clusters holding a
+  faulty client, `server_prior.cluster_quantile_f`)."""
+  if clusters is None or f_clusters is None:
+    raise ConfigError("cluster_aggregate needs clusters (one id per client) and f_clusters: set "
+                      "aggregator_options.cluster_aggregate.clusters and .f_clusters, or a "
+                      "server prior of clustered corruption (server_prior.kind='mu_h' with "
+                      "honest_set='clusters').")
+  return cluster_aggregate(updates, clusters=tuple(int(c) for c in clusters),
+                           f_clusters=int(f_clusters), inner=inner)

@@ -143,6 +143,12 @@ _RULES: dict[str, _Entry] = {
                  "iterations": D.POSITIVE_INT,
                  "faulty_scale": D.Float(1, low_open=True,
                                          note="the faulty density's scale over the honest one")}),
+    "cluster_aggregate": _Entry(prior_aware.cluster_aggregate_stage, "rule", domains={
+        "clusters": D.Tuple(D.NONNEGATIVE_INT, 1, optional=True,
+                            note="one cluster id per client; None: from the server's prior"),
+        "f_clusters": D.Int(0, optional=True, note="clusters trimmed from each end; None: the "
+                            "prior's quantile"),
+        "inner": D.Choice("mean", "median")}),
     "adaptive_trim": _Entry(
         prior_aware.adaptive_trim_stage, "rule",
         lambda r: (r.value, {"removed": r.num_removed.astype(jnp.float32)}),
