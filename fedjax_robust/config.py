@@ -571,16 +571,14 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
                              options=config.attack_options.get(name, {})), p)
                 for name, p in attacks.parse_population(config.attack)]
   mixed = len(behaviours) > 1
-  aggregator = aggregators.get(spec, f=config.f, options=aggregator_options(config),
-                               weighted=config.training.weighted_aggregation,
-                               presence=any(a.presence is not None for a, _ in behaviours))
   prior_weights = None
   if config.server_prior.kind != "none" and config.server_prior.weights != "none":
     prior_weights = server_prior.client_weights(server_prior.spec(config), config.num_clients,
                                                 config.server_prior.weights)
-    aggregator = aggregators.get(spec, f=config.f, options=aggregator_options(config),
-                                 weighted=True,
-                                 presence=any(a.presence is not None for a, _ in behaviours))
+  aggregator = aggregators.get(
+      spec, f=config.f, options=aggregator_options(config),
+      weighted=config.training.weighted_aggregation or prior_weights is not None,
+      presence=any(a.presence is not None for a, _ in behaviours))
   if aggregator.needs_server_update and fed.root is None:
     raise ConfigError(f"aggregator {spec!r} needs the server's root data set "
                       "(data.root_examples >= 1).")

@@ -36,6 +36,7 @@ The numeric faults (Byzantine rows of NaN, +inf or 1e20) are the attacks `nan`, 
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Mapping
 
 import jax
@@ -138,28 +139,21 @@ def crash_stop(key: Array, faulty: Array, round_: Array, *, start_round: int = 5
   return ~(faulty & (round_ >= start_round))
 
 
-# name -> (kind, function, declared option domains)
-_DATA = {
-    "label_noise": (label_noise, {
+# name -> the function that takes its options (their defaults are its keyword defaults).
+_FUNCTIONS = {"label_noise": label_noise, "feature_noise": feature_noise,
+              "missing_features": missing_features, "feature_shift": feature_shift,
+              "biased_data": biased_weights, "stale": stale, "dropout": dropout,
+              "crash_stop": crash_stop}
+# Data faults: `corrupt_data` is the function with its options.
+_DATA = ("label_noise", "feature_noise", "missing_features", "feature_shift")
+_DOMAINS = {
+    "label_noise": {
         "rate": D.PROBABILITY, "kind": D.Choice(*LABEL_NOISE_KINDS),
         "matrix": D.Tuple(D.Tuple(D.PROBABILITY, 2), 2, optional=True,
-                          note="C rows of C probabilities, each row summing to 1; kind='matrix'")}),
-    "feature_noise": (feature_noise, {"std": D.NONNEGATIVE}),
-    "missing_features": (missing_features, {"rate": D.PROBABILITY}),
-    "feature_shift": (feature_shift, {"shift": D.FINITE}),
-}
-_DEFAULTS = {
-    "label_noise": {"rate": 0.4, "kind": "symmetric", "matrix": None},
-    "feature_noise": {"std": 0.5},
-    "missing_features": {"rate": 0.5},
-    "feature_shift": {"shift": 0.5},
-    "biased_data": {"classes": 2, "other_weight": 0.0},
-    "stale": {"delay": 5},
-    "dropout": {"rate": 0.5},
-    "crash_stop": {"start_round": 50},
-}
-_DOMAINS = {
-    **{name: domains for name, (_, domains) in _DATA.items()},
+                          note="C rows of C probabilities, each row summing to 1; kind='matrix'")},
+    "feature_noise": {"std": D.NONNEGATIVE},
+    "missing_features": {"rate": D.PROBABILITY},
+    "feature_shift": {"shift": D.FINITE},
     "biased_data": {"classes": D.POSITIVE_INT,
                     "other_weight": D.Float(0, 1, high_open=True,
                                             note="0: the other classes are dropped")},
@@ -172,15 +166,18 @@ NEEDS_LABELS = ("label_noise", "biased_data")
 # Faults that make clients absent: the aggregation pipeline must take a presence mask.
 ABSENCE = ("dropout", "crash_stop")
 # The whole family of inadvertent faults, with the numeric faults that live among the attacks.
-FAMILY = (*_DEFAULTS, "nan", "inf", "large")
+FAMILY = (*_FUNCTIONS, "nan", "inf", "large")
 
 
 def names() -> list[str]:
-  return sorted(_DEFAULTS)
+  return sorted(_FUNCTIONS)
 
 
 def options(name: str) -> dict[str, Any]:
-  return dict(_DEFAULTS[name])
+  """The fault's options and their defaults (its function's keyword arguments)."""
+  params = inspect.signature(_FUNCTIONS[name]).parameters
+  return {k: p.default for k, p in params.items()
+          if p.kind is p.KEYWORD_ONLY and k != "num_classes"}
 
 
 def option_domains(name: str) -> dict[str, D.Domain]:
@@ -201,12 +198,13 @@ def get(name: str, *, num_classes: int | None, options: Mapping[str, Any] | None
         ) -> base.Attack:
   """The fault `name` as an `Attack` (options checked against their declared domains)."""
   opts = dict(options or {})
-  unknown = sorted(set(opts) - set(_DEFAULTS[name]))
+  defaults = globals()["options"](name)
+  unknown = sorted(set(opts) - set(defaults))
   if unknown:
     raise ConfigError(f"unknown option(s) {unknown} for fault {name!r}; allowed: "
-                      f"{sorted(_DEFAULTS[name])}.")
+                      f"{sorted(defaults)}.")
   D.check_options(f"attack_options.{name}", opts, _DOMAINS[name])
-  full = {**_DEFAULTS[name], **opts}
+  full = {**defaults, **opts}
   if name in NEEDS_LABELS and num_classes is None:
     raise ConfigError(f"fault {name!r} needs class labels, and a regression task has none.")
   if name == "label_noise":
@@ -222,7 +220,7 @@ def get(name: str, *, num_classes: int | None, options: Mapping[str, Any] | None
     return base.Attack(name, corrupt_data=functools.partial(label_noise, num_classes=num_classes,
                                                             **full))
   if name in _DATA:
-    return base.Attack(name, corrupt_data=functools.partial(_DATA[name][0], **full))
+    return base.Attack(name, corrupt_data=functools.partial(_FUNCTIONS[name], **full))
   if name == "biased_data":
     if full["classes"] >= num_classes:
       raise ConfigError(f"attack_options.biased_data.classes={full['classes']} must be < the "

@@ -216,21 +216,23 @@ class Simulator:
           w = jnp.where(role, attack.sample_weights(y, valid), w)
       return w
 
+    # A biased client's sampling weights over its examples, the same at every local step.
+    valid = jnp.arange(x.shape[0]) < count
     biased = any(a.sample_weights is not None for a in behaviours)
+    if biased:
+      sample_weights = bias(valid)
+      is_biased = jnp.any(jnp.stack([r for r, a in zip(roles, behaviours)
+                                     if a.sample_weights is not None]))
 
     def gradient(p, k):
       k_batch, k_poison = jax.random.split(k)
       if cfg.batch_size <= 0:
-        valid = jnp.arange(x.shape[0]) < count
         xb, yb = poisoned(k_poison, *self._without_padding(x, y, valid), jnp.arange(x.shape[0]))
-        weights = bias(valid) if biased else valid
-        return jax.grad(self._loss)(p, xb, yb, weights)
+        return jax.grad(self._loss)(p, xb, yb, sample_weights if biased else valid)
       idx = jax.random.randint(k_batch, (cfg.batch_size,), 0, count)
       if biased:  # a biased client samples ∝ its weights (its own examples only)
-        w = bias(jnp.arange(x.shape[0]) < count)
-        skewed = jax.random.categorical(k_batch, jnp.log(w), shape=(cfg.batch_size,))
-        is_biased = jnp.any(jnp.stack([r for r, a in zip(roles, behaviours)
-                                       if a.sample_weights is not None]))
+        skewed = jax.random.categorical(k_batch, jnp.log(sample_weights),
+                                        shape=(cfg.batch_size,))
         idx = jnp.where(is_biased, skewed, idx)
       xb, yb = poisoned(k_poison, x[idx], y[idx], idx)
       return jax.grad(self._loss)(p, xb, yb, jnp.ones((cfg.batch_size,), bool))
