@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.aggregator = "mean,trimmed_mean,geometric_median,nnm+trimmed_mean"
   c.aggregator_options = _options_of(aggregators.names(), aggregators.options,
                                      {"m": int, "prior_honest": tuple, "clusters": tuple,
-                                      "f_clusters": int})
+                                      "f_clusters": int, "prior_coupling": tuple})
   # Centered clipping's τ as the published code gives it (Karimireddy et al. clip momentum
   # buffers m = βm + g; τ = 10 there): converted to this simulator's update units at build time
   # (τ·client_lr·(1 − β)·local_steps: 0.5 in the default job). In update units, τ = 10 clipped
@@ -109,10 +109,13 @@ def base_config() -> ml_collections.ConfigDict:
   # law drawing the honest sets) or "marginals" (independent p_per_client); `scale` multiplies
   # its corruption probabilities (misspecification). declared_f "quantile": f is the
   # (1 − delta)-quantile of b under the prior instead of config.f; weights "reliability"
-  # (1 − p_i) or "expected_objective" (w_i = E[1{i∈S}/|S|]) for the weighted rules.
+  # (1 − p_i) or "expected_objective" (w_i = E[1{i∈S}/|S|]) for the weighted rules. `permuted`:
+  # the prior attached to the wrong clients (a fixed relabelling; misspecification).
+  # `communities`: the groups cluster_aggregate finds in a correlated, non-clustered prior.
   c.server_prior = ml_collections.ConfigDict({
       "kind": "none", "p_per_client": config_dict.placeholder(tuple), "scale": 1.0,
-      "declared_f": "config", "delta": 0.05, "weights": "none"})
+      "permuted": False, "declared_f": "config", "delta": 0.05, "weights": "none",
+      "communities": 5})
   # Keep only draws of μ_H whose realized b satisfies a condition (rejection, per draw):
   # "b_le_f" (the declared f holds), "b_eq_f" (exactly f Byzantine clients, placed by μ_H: the
   # expected case beside the worst case at the same b), "honest_majority" (b < n/2), "none".
@@ -204,6 +207,8 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "server_prior.p_per_client": D.Tuple(D.PROBABILITY, 1, optional=True,
                                          note="one per client; kind='marginals'"),
     "server_prior.scale": D.NONNEGATIVE,
+    "server_prior.permuted": D.Bool(),
+    "server_prior.communities": D.Int(2, note="<= n"),
     "server_prior.declared_f": D.Choice(*server_prior.DECLARED_F),
     "server_prior.delta": D.Float(0, 1, low_open=True, high_open=True),
     "server_prior.weights": D.Choice(*server_prior.WEIGHTS),
@@ -527,8 +532,13 @@ def aggregator_options(config) -> dict[str, dict[str, Any]]:
     if pf.get("prior_honest") is not None:
       raise ConfigError("aggregator_options.posterior_filter.prior_honest is set and so is "
                         f"server_prior.kind={config.server_prior.kind!r}; allowed: one of them.")
-    p, _ = server_prior.marginals(server_prior.spec(config), config.num_clients)
+    law = server_prior.spec(config)
+    p, _ = server_prior.marginals(law, config.num_clients)
     pf["prior_honest"] = tuple(float(1 - x) for x in p)
+    if pf.get("coupling") == "prior" and pf.get("prior_coupling") is None:
+      j = server_prior.coupling(law, config.num_clients)
+      if j is not None and np.any(j != 0):
+        pf["prior_coupling"] = tuple(tuple(float(v) for v in row) for row in j)
   ca = options.get("cluster_aggregate", {})
   if config.server_prior.kind != "none" and ca and "cluster_aggregate" in stages:
     if ca.get("clusters") is not None or ca.get("f_clusters") is not None:
@@ -536,7 +546,8 @@ def aggregator_options(config) -> dict[str, dict[str, Any]]:
                         f"is server_prior.kind={config.server_prior.kind!r}; allowed: one of "
                         "them.")
     ids, f_clusters = server_prior.cluster_quantile_f(
-        server_prior.spec(config), config.num_clients, config.server_prior.delta)
+        server_prior.spec(config), config.num_clients, config.server_prior.delta,
+        config.server_prior.communities, ca.get("inner", "mean"))
     ca["clusters"], ca["f_clusters"] = tuple(int(i) for i in ids), f_clusters
   cc = options.get("centered_clipping", {})
   if cc.get("tau_units") == "published_momentum":

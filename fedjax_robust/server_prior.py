@@ -6,7 +6,11 @@ that draws the honest sets.
 - "mu_h": the server's prior is the law that draws the honest sets (`config.honest_set`);
 - "marginals": independent corruption with the given per-client probabilities p_i.
 `scale` misspecifies the prior: its corruption probabilities are multiplied by it (clipped to
-[0, 1]; for "clusters" the cluster probability π; for "bernoulli" and "marginals" every p_i).
+[0, 1]; for "clusters" the cluster probability π; for "bernoulli", "marginals" and
+"graph_copula" every p_i; for "cascade" the seed probability p0). `permuted` misspecifies who is
+who: the server's prior of client i is the true law's of client π(i), π a fixed random
+permutation (per-client probabilities, the graph and the clusters relabelled; an exchangeable
+law is unchanged by it).
 
 What the server does with it:
 - `declared_f = "quantile"`: the rules' f is the (1 − δ)-quantile of the law of b under the prior,
@@ -15,6 +19,12 @@ What the server does with it:
   b ≤ f, so every (f, κ)-robustness guarantee of the rule holds on that event (if the prior is
   right); the law is exact where `honest_sets.byzantine_count_pmf` is (fixed count, bernoulli,
   beta-Bernoulli, clusters), Monte Carlo otherwise (said in the log).
+- the posterior filter's correlation (`coupling`): a pairwise approximation of a correlated
+  prior, J_ij = the log odds ratio of (B_i, B_j) under it, with which a client's neighbours in
+  the prior (graph, cluster) share the evidence against it;
+- the cluster rule's groups (`cluster_structure`): the clusters of a clustered prior, or
+  communities of a correlated one (spectral clustering of its co-corruption correlations), with
+  the cross-cluster f from the prior's law of the number of groups holding a faulty client.
 - `weights = "reliability"`: client weights 1 − p_i (the prior's honesty marginals) passed to the
   weighted rules (mean, trimmed mean, geometric median); `"expected_objective"`: the exact weights
   w_i = E[1{i ∈ S}/|S|] of independent corruption, for which Σ_i w_i L_i = E_S[L_S] (the expected
@@ -27,6 +37,7 @@ What the server does with it:
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -39,6 +50,11 @@ DECLARED_F = ("config", "quantile")
 WEIGHTS = ("none", "reliability", "expected_objective")
 # Monte Carlo draws for the marginals and the law of b of a prior without an exact form.
 MONTE_CARLO = 200_000
+# The seed of the permutation of `permuted` priors.
+PERMUTATION_SEED = 0
+# A coupling J_ij is kept when |log odds ratio| > this many standard errors (else 0: the pair is
+# treated as independent rather than coupled by Monte Carlo noise).
+COUPLING_Z = 3.0
 
 
 def spec(config) -> dict[str, Any] | None:
@@ -59,39 +75,103 @@ def spec(config) -> dict[str, Any] | None:
                         "not a law. Allowed: kind='marginals' or 'none' with the worst case.")
     from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
     out = dict(config_lib.honest_set_spec(config))
+    if config.honest_set in honest_sets.GRAPH_BASED:
+      if config.graph.kind == "data_similarity":
+        raise ConfigError(
+            "server_prior.kind='mu_h' with a graph law needs the graph before the data is "
+            "loaded; graph.kind='data_similarity' is built from the data. Allowed: another "
+            "graph.kind, or server_prior.kind='marginals'.")
+      out["adjacency"] = config_lib.make_adjacency(config)
   if prior.scale != 1.0:
     out = _scaled(out, prior.scale)
+  if prior.permuted:
+    out = _permuted(out, n)
+  return out
+
+
+def permutation(num_clients: int) -> np.ndarray:
+  """π of a `permuted` prior: the server believes client i behaves as client π(i)."""
+  return np.random.default_rng(PERMUTATION_SEED).permutation(num_clients)
+
+
+def _permuted(law: dict[str, Any], num_clients: int) -> dict[str, Any]:
+  """`law` with its clients relabelled by `permutation`: per-client parameters, the adjacency
+  and the cluster assignment of client i become those of client π(i)."""
+  perm = permutation(num_clients)
+  out = dict(law)
+  for key in ("p", "h", "p0", "weights"):
+    if out.get(key) is not None and np.ndim(out[key]) == 1:
+      out[key] = tuple(float(v) for v in np.asarray(out[key], float)[perm])
+  if out.get("adjacency") is not None:
+    out["adjacency"] = np.asarray(out["adjacency"])[np.ix_(perm, perm)]
+  if law["name"] == "clusters":
+    ids = honest_sets.cluster_assignment(num_clients, law.get("num_clusters", 5),
+                                         law.get("assignment"))
+    out["assignment"] = tuple(int(i) for i in ids[perm])
   return out
 
 
 def _scaled(law: dict[str, Any], scale: float) -> dict[str, Any]:
   name = law["name"]
-  key = {"bernoulli": "p", "clusters": "pi"}.get(name)
+  key = {"bernoulli": "p", "clusters": "pi", "graph_copula": "p", "cascade": "p0"}.get(name)
   if key is None:
     raise ConfigError(f"server_prior.scale={scale} misspecifies the corruption probabilities of "
-                      f"'bernoulli' and 'clusters' priors; the prior here is {name!r}. Allowed: "
-                      "scale=1 with it.")
-  value = law.get(key, 0.2 if name == "clusters" else None)
+                      f"'bernoulli', 'clusters', 'graph_copula' and 'cascade' priors; the prior "
+                      f"here is {name!r}. Allowed: scale=1 with it.")
+  value = law.get(key, honest_sets.options(name).get(key))
   scaled = np.clip(np.asarray(value, float) * scale, 0.0, 1.0)
   return {**law, key: float(scaled) if scaled.ndim == 0 else tuple(map(float, scaled))}
 
 
 def marginals(law: dict[str, Any], num_clients: int) -> tuple[np.ndarray, bool]:
-  """P(client i corrupted) `[n]` under the prior, and whether it is exact (bernoulli: exact;
-  otherwise Monte Carlo over MONTE_CARLO draws, computed once per law)."""
-  if law["name"] == "bernoulli":
-    return np.broadcast_to(np.asarray(law["p"], float), (num_clients,)).copy(), True
+  """P(client i corrupted) `[n]` under the prior, and whether it is exact (bernoulli and
+  graph_copula: exact, their p_i; otherwise Monte Carlo over MONTE_CARLO draws, computed once
+  per law)."""
+  if law["name"] in ("bernoulli", "graph_copula"):
+    p = law.get("p", honest_sets.options(law["name"]).get("p"))
+    return np.broadcast_to(np.asarray(p, float), (num_clients,)).copy(), True
+  return 1.0 - _honest_draws(law, num_clients).mean(0), False
+
+
+def _honest_draws(law: dict[str, Any], num_clients: int) -> np.ndarray:
+  """MONTE_CARLO honest masks `[M, n]` drawn from `law` (computed once per law and n)."""
   key = json.dumps({k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
                     for k, v in law.items()}, sort_keys=True, default=str) + f"/{num_clients}"
-  if key not in _MONTE_CARLO_MARGINALS:
+  if key not in _MONTE_CARLO_DRAWS:
     import jax  # pylint: disable=g-import-not-at-top
-    masks = np.asarray(honest_sets.sample(jax.random.key(0), law, num_clients=num_clients,
-                                          num_samples=MONTE_CARLO))
-    _MONTE_CARLO_MARGINALS[key] = 1.0 - masks.mean(0)
-  return _MONTE_CARLO_MARGINALS[key].copy(), False
+    _MONTE_CARLO_DRAWS[key] = np.asarray(honest_sets.sample(
+        jax.random.key(0), law, num_clients=num_clients, num_samples=MONTE_CARLO), bool)
+  return _MONTE_CARLO_DRAWS[key]
 
 
-_MONTE_CARLO_MARGINALS: dict[str, np.ndarray] = {}
+_MONTE_CARLO_DRAWS: dict[str, np.ndarray] = {}
+
+
+def coupling(law: dict[str, Any], num_clients: int) -> np.ndarray | None:
+  """The pairwise couplings `[n, n]` of the posterior filter's mean-field prior, None for a prior
+  of independent corruption ('bernoulli').
+
+  J_ij = log [P(B_i=1, B_j=1) P(B_i=0, B_j=0) / (P(B_i=1, B_j=0) P(B_i=0, B_j=1))], the log odds
+  ratio of the corruption of i and j under the prior, from MONTE_CARLO draws with 0.5 added to
+  each cell (Haldane), set to 0 where |J_ij| ≤ COUPLING_Z standard errors (√Σ 1/cell) and on the
+  diagonal. For two clients this is the exact Ising coupling of their joint law; for more it is
+  an approximation (a pairwise model matching the pair laws one pair at a time, not the joint
+  law), stated as such where it is used (`aggregators.prior_aware.posterior_filter`)."""
+  if law["name"] == "bernoulli":
+    return None
+  b = (~_honest_draws(law, num_clients)).astype(np.float64)
+  m = float(len(b))
+  n11 = b.T @ b
+  n1 = b.sum(0)
+  n10 = n1[:, None] - n11
+  n01 = n1[None, :] - n11
+  n00 = m - n11 - n10 - n01
+  cells = [c + 0.5 for c in (n11, n10, n01, n00)]
+  j = np.log(cells[0]) + np.log(cells[3]) - np.log(cells[1]) - np.log(cells[2])
+  se = np.sqrt(sum(1.0 / c for c in cells))
+  j = np.where(np.abs(j) > COUPLING_Z * se, j, 0.0)
+  np.fill_diagonal(j, 0.0)
+  return j
 
 
 def quantile_f(law: dict[str, Any], num_clients: int, delta: float) -> tuple[int, bool, float]:
@@ -164,23 +244,74 @@ def describe(info: dict[str, Any] | None) -> str:
   return text
 
 
-def cluster_quantile_f(law: dict[str, Any], num_clients: int, delta: float
-                       ) -> tuple[np.ndarray, int]:
-  """For a prior of clustered corruption: the cluster id of every client and f_clusters =
-  min{k : P(K_bad ≤ k) ≥ 1 − δ}, K_bad the number of clusters holding at least one faulty
-  client. Cluster c holds one with probability π_c (1 − (1 − q1)^{m_c}) + (1 − π_c)(1 − (1 −
-  q0)^{m_c}) (m_c its size), independently across clusters: K_bad is Poisson binomial."""
-  if law["name"] != "clusters":
-    raise ConfigError(f"cluster_aggregate takes its clusters from a prior of clustered "
-                      f"corruption; the prior here is {law['name']!r}. Allowed: honest_set="
-                      "'clusters' with server_prior.kind='mu_h', or set aggregator_options."
-                      "cluster_aggregate.clusters and .f_clusters.")
-  ids = honest_sets.cluster_assignment(num_clients, law.get("num_clusters", 5),
-                                       law.get("assignment"))
-  num = int(ids.max()) + 1
-  pis = np.broadcast_to(np.asarray(law.get("pi", 0.2), float), (num,))
-  q1, q0 = law.get("q1", 0.8), law.get("q0", 0.0)
-  sizes = np.bincount(ids, minlength=num)
-  bad = pis * (1 - (1 - q1) ** sizes) + (1 - pis) * (1 - (1 - q0) ** sizes)
-  cdf = np.cumsum(honest_sets.poisson_binomial_pmf(bad))
+def cluster_quantile_f(law: dict[str, Any], num_clients: int, delta: float,
+                       communities: int = 5, inner: str = "mean") -> tuple[np.ndarray, int]:
+  """The groups of `cluster_aggregate` under the prior `law` and f_clusters = min{k : P(K_bad ≤
+  k) ≥ 1 − δ}, K_bad the number of groups whose aggregate a faulty client can move without
+  bound: groups holding at least t_c faulty clients, t_c = 1 for inner = "mean" and
+  t_c = ⌈m_c/2⌉ for inner = "median" (m_c the group's size; the coordinate median of m_c rows
+  is bounded by the honest rows while fewer than ⌈m_c/2⌉ are faulty).
+
+  - clustered prior ('clusters'): its clusters. Cluster c is bad with probability
+    π_c P(Bin(m_c, q1) ≥ t_c) + (1 − π_c) P(Bin(m_c, q0) ≥ t_c) (for t_c = 1: π_c (1 − (1 −
+    q1)^{m_c}) + (1 − π_c)(1 − (1 − q0)^{m_c})), independently across clusters: K_bad is
+    Poisson binomial (exact).
+  - another correlated prior (graph_copula, ising, cascade, beta_bernoulli, fixed_count):
+    `communities` groups found by spectral clustering (scikit-learn, fixed seed) of the affinity
+    max(0, corr(B_i, B_j)) of its MONTE_CARLO draws (clients corrupted together are grouped
+    together; for a graph law these are the graph's communities as the law sees them), and the
+    law of K_bad from the same draws (Monte Carlo).
+  - independent prior ('bernoulli'): refused; no grouping carries information."""
+  name = law["name"]
+  if name == "bernoulli":
+    raise ConfigError("cluster_aggregate takes its groups from a prior of correlated corruption "
+                      "(clusters, a graph law, ...); the prior here is independent ('bernoulli'),"
+                      " which groups nobody. Allowed: a correlated honest_set with server_prior."
+                      "kind='mu_h', or set aggregator_options.cluster_aggregate.clusters and "
+                      ".f_clusters.")
+  if name == "clusters":
+    ids = honest_sets.cluster_assignment(num_clients, law.get("num_clusters", 5),
+                                         law.get("assignment"))
+    num = int(ids.max()) + 1
+    pis = np.broadcast_to(np.asarray(law.get("pi", 0.2), float), (num,))
+    q1, q0 = law.get("q1", 0.8), law.get("q0", 0.0)
+    sizes = np.bincount(ids, minlength=num)
+    import scipy.stats  # pylint: disable=g-import-not-at-top
+    t = _bad_threshold(sizes, inner)
+    bad = (pis * scipy.stats.binom.sf(t - 1, sizes, q1)
+           + (1 - pis) * scipy.stats.binom.sf(t - 1, sizes, q0))
+    cdf = np.cumsum(honest_sets.poisson_binomial_pmf(bad))
+    return ids, int(np.searchsorted(cdf, 1 - delta - 1e-12))
+  if not 2 <= communities <= num_clients:
+    raise ConfigError(f"server_prior.communities={communities} must be in [2, n={num_clients}].")
+  ids = _communities(law, num_clients, communities)
+  faulty = ~_honest_draws(law, num_clients)
+  onehot = np.eye(communities, dtype=np.float64)[ids]                  # [n, K]
+  t = _bad_threshold(np.bincount(ids, minlength=communities), inner)
+  k_bad = ((faulty.astype(np.float64) @ onehot) >= t).sum(1)
+  cdf = np.cumsum(np.bincount(k_bad, minlength=communities + 1) / len(k_bad))
   return ids, int(np.searchsorted(cdf, 1 - delta - 1e-12))
+
+
+def _bad_threshold(sizes: np.ndarray, inner: str) -> np.ndarray:
+  """t_c: the faulty clients that can move group c's aggregate without bound."""
+  return np.ones_like(sizes) if inner == "mean" else (sizes + 1) // 2
+
+
+def _communities(law: dict[str, Any], num_clients: int, communities: int) -> np.ndarray:
+  """Spectral clustering of max(0, corr(B_i, B_j)) under `law` into `communities` groups,
+  relabelled by first appearance (client 0 in group 0)."""
+  from sklearn.cluster import SpectralClustering  # pylint: disable=g-import-not-at-top
+  b = (~_honest_draws(law, num_clients)).astype(np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    corr = np.nan_to_num(np.corrcoef(b, rowvar=False), nan=0.0)
+  affinity = np.clip(corr, 0.0, None)
+  np.fill_diagonal(affinity, 1.0)
+  with warnings.catch_warnings():
+    # "Graph is not fully connected": uncorrelated groups are what the clustering separates.
+    warnings.simplefilter("ignore", UserWarning)
+    labels = SpectralClustering(n_clusters=communities, affinity="precomputed",
+                                random_state=0).fit_predict(affinity)
+  _, first = np.unique(labels, return_index=True)
+  order = np.argsort(np.argsort(first))
+  return order[labels].astype(np.int64)

@@ -120,7 +120,14 @@ def apply_overrides(base, overrides: Mapping[str, Any]):
       raise errors.ConfigError(f"sweep override {dotted!r}: config key {leaf!r} does not exist; allowed "
                        f"here: {', '.join(sorted(node.keys()))}.")
     with node.unlocked():
-      node[leaf] = value
+      try:
+        node[leaf] = value
+      except TypeError:
+        # A key whose default is one type and whose domain allows another (a probability or
+        # one per client): the type is the domain's to check (config.validate), not the
+        # default's.
+        with node.ignore_type():
+          node[leaf] = value
   return config
 
 
@@ -426,20 +433,27 @@ def _draw_values(arrays: dict) -> dict[str, np.ndarray]:
   return out
 
 
-def _config_without(workdir: str, pid: str, key: str) -> dict | None:
-  """The point's saved config (points/<id>.json) without `key`, or None if unreadable."""
+def _config_without(workdir: str, pid: str, key: str | Sequence[str]) -> dict | None:
+  """The point's saved config (points/<id>.json) without `key` (one dotted key, or several),
+  or None if unreadable."""
   try:
     with open(config_path(workdir, pid)) as fh:
       config = json.load(fh)["config"]
   except (OSError, ValueError, KeyError, TypeError):
     return None
-  config.pop(key, None)
+  for dotted in ([key] if isinstance(key, str) else key):
+    *path, leaf = dotted.split(".")
+    node = config
+    for part in path:
+      node = node.get(part, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict):
+      node.pop(leaf, None)
   return config
 
 
 def paired_comparisons(rows: list[dict], workdir: str, *, series: str = "aggregator",
                        baseline: str | None = None, only: Sequence[str] | None = None,
-                       series_key: str | None = None,
+                       series_key: str | Sequence[str] | None = None,
                        log: Callable[[str], None] = print) -> list[dict]:
   """Paired comparisons between points that differ only in tag `series` (the aggregator): in
   each group of such points, every value against `baseline` (default: the group's first point
@@ -451,7 +465,8 @@ def paired_comparisons(rows: list[dict], workdir: str, *, series: str = "aggrega
   `only` restricts the comparison to those point ids (the current sweep's: results.csv keeps the
   rows of points an earlier sweep left in the workdir), and two points are paired only when
   their saved configs (points/<id>.json) are equal apart from the config key `series_key`
-  (default: `series`) that the tag sets."""
+  (default: `series`; several dotted keys when the tag sets more than one, e.g. a rule with the
+  server's prior) that the tag sets."""
   points = _by_point(rows)
   if only is not None:
     points = {p: e for p, e in points.items() if p in set(only)}

@@ -83,8 +83,10 @@ def main(argv):
                      style=config.plot.style, metric=config.plot.metric, subtitle=subtitle,
                      log=log)
   ids = [sweep.point_id(sweep.apply_overrides(config.base, p.overrides)) for p in points]
+  series_keys = tuple(config.plot.get("series_keys", ())) or None
   compared = sweep.paired_comparisons(rows, _WORKDIR.value, series=config.plot.series,
-                                      baseline=_COMPARE_BASELINE.value, only=ids, log=log)
+                                      baseline=_COMPARE_BASELINE.value, only=ids,
+                                      series_key=series_keys, log=log)
   if compared:
     sweep.write_comparisons(os.path.join(_WORKDIR.value, "comparisons.csv"), compared)
     print(f"\nPaired comparisons ({config.plot.metric}; each {config.plot.series} against "
@@ -100,6 +102,8 @@ def main(argv):
         rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
         style=config.plot.style, subtitle=subtitle, log=log,
         worst_name=worst_case.short_name(config.base.honest_set_options.worst_case.criterion))
+  if hasattr(module, "report"):  # a sweep's own analysis (e.g. configs/sweep_mu_aware.py)
+    paths += module.report(config, rows, _WORKDIR.value, set(ids), log=log)
   print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.csv')}, timings.csv, points/<id>.json"
         + (", comparisons.csv" if compared else "") +
         "".join(f", {os.path.basename(p)}" for p in paths))

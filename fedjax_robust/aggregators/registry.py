@@ -142,7 +142,11 @@ _RULES: dict[str, _Entry] = {
                                          "server_prior"),
                  "iterations": D.POSITIVE_INT,
                  "faulty_scale": D.Float(1, low_open=True,
-                                         note="the faulty density's scale over the honest one")}),
+                                         note="the faulty density's scale over the honest one"),
+                 "coupling": D.Choice("prior", "none"),
+                 "prior_coupling": D.Tuple(D.Tuple(D.FINITE, 1), 1, optional=True,
+                                           note="[n, n] couplings; None: from server_prior"),
+                 "mean_field_sweeps": D.POSITIVE_INT}),
     "cluster_aggregate": _Entry(prior_aware.cluster_aggregate_stage, "rule", domains={
         "clusters": D.Tuple(D.NONNEGATIVE_INT, 1, optional=True,
                             note="one cluster id per client; None: from the server's prior"),

@@ -1,0 +1,324 @@
+"""Does knowing μ_H buy honest accuracy, and what does a wrong prior cost? (issue 15)
+
+The rules that use the server's prior (`fedjax_robust.server_prior`,
+`aggregators.prior_aware`) against the classic ones on the same draws, where some clients are
+far less reliable than others: the 5 clients 0–4 are corrupted with marginal probability 0.5,
+the other 20 with 0.05 (E[b] = 3.5, n = 25, declared f = 5), under three laws with those
+marginals:
+- independent: Bernoulli(p_i) per client;
+- clustered:   5 clusters of 5 (clients 0–4 the first); cluster c compromised with π_c
+               (0.5/0.9 for the first, 0.05/0.9 for the others), then its members Byzantine
+               with q1 = 0.9 (q0 = 0);
+- graph:       a Gaussian copula with marginals p_i (τ = 0.5) along a stochastic block graph
+               (5 blocks of 5, the same grouping; p_in = 0.8, p_out = 0.05, seed 0).
+
+Rules (the `rule` tag):
+- classic, declared f = 5: mean, trimmed_mean, geometric_median, nnm+trimmed_mean,
+  bucketing+geometric_median;
+- with the server's prior: posterior_filter (the prior's P(honest), and its couplings for a
+  correlated law), trimmed_mean and nnm+trimmed_mean with f = the prior's 0.95-quantile of b
+  ("@quantile_f"), geometric_median weighted by reliability 1 − p_i ("@reliability"),
+  adaptive_trim capped at the quantile f, cluster_aggregate (the prior's clusters, or its
+  communities for the graph law; cross-cluster f from the prior's law of the number of groups
+  holding a faulty client).
+A rule's label carries the prior when it is not the correct one: "|×2", "|×0.5" (the prior's
+corruption probabilities scaled), "|permuted" (the prior attached to the wrong clients), "|absent"
+(no prior: posterior_filter with the exchangeable P(faulty) = f/n, adaptive_trim capped at f).
+The quantile-f rules have no "|permuted" point: a relabelling leaves the law of b unchanged.
+A rule the misspecified prior makes undefined (under ×2 the correlated laws' 0.95-quantile of b
+is 13 of 25, no honest majority; 3 of the 5 groups hold a faulty majority, no majority of clean
+groups) is refused at config time: the point is left out and the report lists it with the
+reason.
+
+Blocks of points (all with 32 draws, 100 rounds; the same draws of μ_H for every rule of a
+setting):
+- main:  digits (Dirichlet α = 1) × {ALIE, sign flip, label flip, label noise} × 3 laws, every
+         rule, prior correct;
+- prior: digits α = 1, ALIE, 3 laws, the prior rules with the prior ×2, ×0.5, permuted, absent;
+- tasks: digits α = 0.3 and the synthetic task, ALIE, 3 laws, every rule, prior correct;
+- worst: the classic worst case at the declared f (digits α = 1, ALIE; the honest set of size
+         n − f maximizing the mean final honest loss, greedy + 1 swap sweep, 2 seeds), for the
+         classic rules and the prior rules whose prior is the independent law's.
+
+  python launch/sweep.py --config=configs/sweep_mu_aware.py --workdir=runs/mu_aware
+
+A subset: --config.grid.blocks=main --config.grid.threats=alie --config.grid.mu_h=independent.
+The sweep ends with `report`: each rule's paired difference from the best classic rule of its
+setting (the classic rule with the highest mean; over the same draws), printed, written to
+mu_aware_gains.csv and plotted in mu_aware_gains.png.
+"""
+
+import os
+
+import ml_collections
+import numpy as np
+
+from configs import default
+from fedjax_robust import config as config_lib
+from fedjax_robust import evaluation
+from fedjax_robust import sweep
+from fedjax_robust.sweep import Point
+from fedjax_robust.sweep import as_list
+from fedjax_robust.errors import ConfigError
+
+N = 25
+UNRELIABLE = 5                                  # clients 0..4
+P_UNRELIABLE, P_RELIABLE = 0.5, 0.05
+P = (P_UNRELIABLE,) * UNRELIABLE + (P_RELIABLE,) * (N - UNRELIABLE)
+Q1 = 0.9
+TAU = 0.5
+BLOCKS = (5,) * 5
+
+CLASSIC = ("mean", "trimmed_mean", "geometric_median", "nnm+trimmed_mean",
+           "bucketing+geometric_median")
+# label -> (aggregator, server_prior overrides); every one of them uses the prior.
+AWARE = {
+    "posterior_filter": ("posterior_filter", {}),
+    "trimmed_mean@quantile_f": ("trimmed_mean", {"server_prior.declared_f": "quantile"}),
+    "nnm+trimmed_mean@quantile_f": ("nnm+trimmed_mean", {"server_prior.declared_f": "quantile"}),
+    "geometric_median@reliability": ("geometric_median", {"server_prior.weights": "reliability"}),
+    "adaptive_trim@quantile_f": ("adaptive_trim", {"server_prior.declared_f": "quantile"}),
+    "cluster_aggregate": ("cluster_aggregate",
+                          {"aggregator_options.cluster_aggregate.inner": "median"}),
+}
+# Rules defined without a prior ("absent"): what the server runs knowing only f.
+ABSENT = {"posterior_filter": "posterior_filter", "adaptive_trim@quantile_f": "adaptive_trim"}
+PRIORS = {"×2": {"server_prior.scale": 2.0}, "×0.5": {"server_prior.scale": 0.5},
+          "permuted": {"server_prior.permuted": True}}
+MU_H = ("independent", "clustered", "graph")
+# Points of the prior block the rule refuses under a misspecified prior: tags -> the reason.
+REFUSED: dict[tuple, str] = {}
+THREATS = ("alie", "sign_flip", "label_flip", "label_noise")
+TASKS = {"digits_a1": {"data.name": "digits", "data.alpha": 1.0},
+         "digits_a0.3": {"data.name": "digits", "data.alpha": 0.3},
+         "synthetic": {"data.name": "synthetic", "data.synthetic_alpha": 1.0,
+                       "data.synthetic_beta": 1.0, "data.holdout_fraction": 0.2}}
+
+
+def get_config():
+  base = default.get_config()
+  base.num_clients = N
+  base.f = 5
+  base.num_samples = 32
+  base.training.num_rounds = 100
+  base.theory.enabled = False
+  c = ml_collections.ConfigDict()
+  c.base = base
+  c.grid = ml_collections.ConfigDict({
+      "blocks": ("main", "prior", "tasks", "worst"), "mu_h": MU_H, "threats": THREATS,
+      "rules": tuple(CLASSIC) + tuple(AWARE)})
+  c.plot = ml_collections.ConfigDict({"x": "mu_H", "series": "rule", "style": "threat",
+                                      "metric": "honest_holdout_accuracy",
+                                      # what a rule label sets (f: a quantile f)
+                                      "series_keys": ("aggregator", "server_prior", "f",
+                                                      "aggregator_options")})
+  return c
+
+
+def mu_h_overrides(name: str) -> dict:
+  if name == "independent":
+    return {"honest_set": "bernoulli", "honest_set_options.bernoulli.p": P}
+  if name == "clustered":
+    pi = tuple(p / Q1 for p in P[::BLOCKS[0]])
+    return {"honest_set": "clusters", "honest_set_options.clusters.num_clusters": len(BLOCKS),
+            "honest_set_options.clusters.pi": pi, "honest_set_options.clusters.q1": Q1,
+            "honest_set_options.clusters.q0": 0.0}
+  if name == "graph":
+    return {"honest_set": "graph_copula", "honest_set_options.graph_copula.p": P,
+            "honest_set_options.graph_copula.tau": TAU, "graph.kind": "stochastic_block",
+            "graph.block_sizes": BLOCKS, "graph.p_in": 0.8, "graph.p_out": 0.05,
+            "graph.seed": 0}
+  raise ValueError(f"unknown μ_H {name!r} in this sweep; available: {', '.join(MU_H)}.")
+
+
+def rule_overrides(label: str, prior: str = "correct") -> dict:
+  """The overrides of a rule label under a prior ('correct', a PRIORS key, or 'absent')."""
+  if label in CLASSIC:
+    return {"aggregator": label}
+  aggregator, extra = AWARE[label]
+  if prior == "absent":
+    f = 5
+    return {"aggregator": ABSENT[label], "server_prior.kind": "marginals",
+            "server_prior.p_per_client": (f / N,) * N} if label == "posterior_filter" else \
+        {"aggregator": ABSENT[label]}
+  return {"aggregator": aggregator, "server_prior.kind": "mu_h", **extra,
+          **PRIORS.get(prior, {})}
+
+
+def _label(rule: str, prior: str) -> str:
+  return rule if prior == "correct" else f"{rule}|{prior}"
+
+
+def _rules(rules, mu_h):
+  # No grouping in an independent law: cluster_aggregate only under the correlated ones.
+  return [r for r in rules if not (r == "cluster_aggregate" and mu_h == "independent")]
+
+
+def points(c):
+  blocks = as_list(c.grid.blocks, str)
+  laws = as_list(c.grid.mu_h, str)
+  threats = as_list(c.grid.threats, str)
+  rules = as_list(c.grid.rules, str)
+  out = []
+
+  def add(block, task, threat, mu_h, rule, prior="correct", refusable=False):
+    tags = {"block": block, "task": task, "threat": threat, "mu_H": mu_h,
+            "rule": _label(rule, prior)}
+    point = Point(tags, {**TASKS[task], "attack": threat, **mu_h_overrides(mu_h),
+                         **rule_overrides(rule, prior)})
+    if refusable:
+      # A misspecified prior can make a rule undefined (a quantile f without an honest
+      # majority, no majority of clean groups): the point is left out and said so.
+      try:
+        config_lib.validate(sweep.apply_overrides(c.base, point.overrides))
+      except ConfigError as e:
+        REFUSED[tuple(tags.values())] = str(e)
+        return
+    out.append(point)
+
+  if "main" in blocks:
+    for threat in threats:
+      for mu_h in laws:
+        for rule in _rules(rules, mu_h):
+          add("main", "digits_a1", threat, mu_h, rule)
+  if "prior" in blocks:
+    for mu_h in laws:
+      for prior in (*PRIORS, "absent"):
+        for rule in _rules([r for r in rules if r in AWARE], mu_h):
+          if prior == "absent" and rule not in ABSENT:
+            continue
+          if prior == "permuted" and rule.endswith("@quantile_f"):
+            continue  # the law of b is the same under a relabelling: the correct prior's point
+          add("prior", "digits_a1", "alie", mu_h, rule, prior, refusable=True)
+  if "tasks" in blocks:
+    for task in ("digits_a0.3", "synthetic"):
+      for mu_h in laws:
+        for rule in _rules(rules, mu_h):
+          add("tasks", task, "alie", mu_h, rule)
+  if "worst" in blocks:
+    worst = {"honest_set": "worst_case", "honest_set_options.worst_case.seeds": 2,
+             "honest_set_options.worst_case.max_sweeps": 1}
+    for rule in rules:
+      if rule == "cluster_aggregate":
+        continue
+      tags = {"block": "worst", "task": "digits_a1", "threat": "alie", "mu_H": "worst_case",
+              "rule": rule}
+      # The prior rules keep the independent law's prior; the honest set is the worst one.
+      prior = ({} if rule in CLASSIC else
+               {"server_prior.kind": "marginals", "server_prior.p_per_client": P})
+      out.append(Point(tags, {**TASKS["digits_a1"], "attack": "alie", **rule_overrides(rule),
+                              **worst, **prior}))
+  return out
+
+
+def plot_note(c) -> str:
+  return (f"n = {N}; clients 0–{UNRELIABLE - 1} corrupted with marginal {P_UNRELIABLE}, the "
+          f"others {P_RELIABLE}; declared f = {c.base.f}; independent / clustered (q1 = {Q1}) / "
+          f"graph copula (τ = {TAU}, 5-block SBM) with those marginals.")
+
+
+def report(c, rows, workdir, ids, log=print) -> list[str]:
+  """Each rule minus the best classic rule of its setting (the same draws; the best = highest
+  mean of the plot's metric among CLASSIC), for every setting (task, threat, μ_H: the prior
+  block's points are compared with the main block's classic rules, which ran the same draws);
+  writes mu_aware_gains.csv and mu_aware_gains.png; returns the paths."""
+  metric = c.plot.metric
+  entries = {}
+  for r in rows:
+    if r["point"] in ids and r["metric"] == metric and r["statistic"] == "mean":
+      entries[r["point"]] = r
+  settings = {}
+  for pid, r in entries.items():
+    key = (r["task"], r["threat"], r["mu_H"])
+    settings.setdefault(key, {})[r["rule"]] = pid
+  table, lines = [], []
+  for key, by_rule in sorted(settings.items()):
+    classic = {rule: float(entries[pid]["value"]) for rule, pid in by_rule.items()
+               if rule in CLASSIC and np.isfinite(float(entries[pid]["value"]))}
+    if not classic:
+      continue
+    best = max(classic, key=classic.get)
+    try:
+      base_arrays = sweep.load_point(sweep.point_path(workdir, by_rule[best]))
+      base_values = sweep._draw_values(base_arrays)  # pylint: disable=protected-access
+    except sweep.NPZ_ERRORS:
+      log(f"mu_aware report: {key} best classic point unreadable; left out")
+      continue
+    for rule, pid in by_rule.items():
+      try:
+        arrays = sweep.load_point(sweep.point_path(workdir, pid))
+      except sweep.NPZ_ERRORS:
+        log(f"mu_aware report: {key} {rule} unreadable; left out")
+        continue
+      values = sweep._draw_values(arrays)  # pylint: disable=protected-access
+      # A per-rule worst case repeats a different honest set: not the same draws.
+      same = bool(np.array_equal(arrays["honest_masks"], base_arrays["honest_masks"]))
+      d = evaluation.paired_difference(values[metric], base_values[metric])
+      table.append({"block": entries[pid]["block"], "task": key[0], "threat": key[1],
+                    "mu_H": key[2],
+                    "rule": rule, "best_classic": best, "mean": float(entries[pid]["value"]),
+                    "best_classic_mean": classic[best], "same_draws": same,
+                    **{k: d[k] for k in ("mean", "ci_low", "ci_high", "p_value", "pairs",
+                                         "undefined")}} | {"gain": d["mean"]})
+  for tags, reason in REFUSED.items():
+    log(f"mu_aware report: refused {tags}: {reason}")
+  if not table:
+    return []
+  path = os.path.join(workdir, "mu_aware_gains.csv")
+  fields = ["block", "task", "threat", "mu_H", "rule", "mean", "best_classic",
+            "best_classic_mean", "gain", "ci_low", "ci_high", "p_value", "pairs", "undefined",
+            "same_draws"]
+  with open(path, "w") as fh:
+    fh.write(",".join(fields) + "\n")
+    for t in table:
+      fh.write(",".join(str(t[k]) for k in fields) + "\n")
+  pct = 100.0
+  log(f"\n{metric}: each rule minus the best classic rule of its setting (same draws; "
+      "paired t 95% CI; points)")
+  for t in table:
+    if t["rule"] in CLASSIC and t["rule"] != t["best_classic"]:
+      continue
+    lines.append(f"{t['block']:6s} {t['task']:12s} {t['threat']:12s} {t['mu_H']:12s} "
+                 f"{t['rule']:40s} {pct * t['mean']:6.2f}  vs {t['best_classic']:27s} "
+                 f"{pct * t['gain']:+6.2f} [{pct * t['ci_low']:+6.2f}, {pct * t['ci_high']:+6.2f}]")
+  log("\n".join(lines))
+  return [path] + _plot_gains(table, workdir, metric)
+
+
+def _plot_gains(table, workdir, metric) -> list[str]:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = [t for t in table if t["rule"] not in CLASSIC and t["block"] != "worst"]
+  if not rows:
+    return []
+  settings = list(dict.fromkeys((t["block"], t["task"], t["threat"], t["mu_H"]) for t in rows))
+  rules = list(dict.fromkeys(t["rule"] for t in rows))
+  fig, ax = plt.subplots(figsize=(max(10, 0.45 * len(settings) * 1.0 + 4), 6))
+  width = 0.8 / max(len(rules), 1)
+  for k, rule in enumerate(rules):
+    xs, ys, lo, hi = [], [], [], []
+    for i, s in enumerate(settings):
+      t = next((t for t in rows if (t["block"], t["task"], t["threat"], t["mu_H"]) == s
+                and t["rule"] == rule), None)
+      if t is None or not np.isfinite(t["gain"]):
+        continue
+      xs.append(i + (k - len(rules) / 2) * width)
+      ys.append(100 * t["gain"])
+      lo.append(100 * (t["gain"] - t["ci_low"]))
+      hi.append(100 * (t["ci_high"] - t["gain"]))
+    ax.errorbar(xs, ys, yerr=[lo, hi], fmt="os^vD<>ph*"[k // 10 % 10], ms=3, capsize=2,
+                label=rule, color=f"C{k % 10}")
+  ax.axhline(0, color="black", lw=0.8)
+  ax.set_xticks(range(len(settings)))
+  ax.set_xticklabels([" ".join(s) for s in settings], rotation=70, fontsize=7)
+  ax.set_ylabel(f"{metric} − best classic rule (points, paired 95% CI)")
+  ax.set_title("Knowing μ_H: each prior-using rule minus the best classic rule of its setting",
+               fontsize=10)
+  ax.legend(fontsize=6, ncol=3)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  path = os.path.join(workdir, "mu_aware_gains.png")
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return [path]
