@@ -223,10 +223,12 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   block's points are compared with the main block's classic rules, which ran the same draws);
   writes mu_aware_gains.csv and mu_aware_gains.png; returns the paths."""
   metric = c.plot.metric
-  entries = {}
+  entries, cvar90 = {}, {}
   for r in rows:
     if r["point"] in ids and r["metric"] == metric and r["statistic"] == "mean":
       entries[r["point"]] = r
+    if r["point"] in ids and r["metric"] == metric and r["statistic"] == "cvar90":
+      cvar90[r["point"]] = float(r["value"])   # the mean of the worst 10% of draws
   settings = {}
   for pid, r in entries.items():
     key = (r["task"], r["threat"], r["mu_H"])
@@ -257,6 +259,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       table.append({"block": entries[pid]["block"], "task": key[0], "threat": key[1],
                     "mu_H": key[2],
                     "rule": rule, "best_classic": best, "mean": float(entries[pid]["value"]),
+                    "cvar90": cvar90.get(pid, float("nan")),
                     "best_classic_mean": classic[best], "same_draws": same,
                     **{k: d[k] for k in ("mean", "ci_low", "ci_high", "p_value", "pairs",
                                          "undefined")}} | {"gain": d["mean"]})
@@ -265,7 +268,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   if not table:
     return []
   path = os.path.join(workdir, "mu_aware_gains.csv")
-  fields = ["block", "task", "threat", "mu_H", "rule", "mean", "best_classic",
+  fields = ["block", "task", "threat", "mu_H", "rule", "mean", "cvar90", "best_classic",
             "best_classic_mean", "gain", "ci_low", "ci_high", "p_value", "pairs", "undefined",
             "same_draws"]
   with open(path, "w") as fh:
@@ -273,13 +276,14 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     for t in table:
       fh.write(",".join(str(t[k]) for k in fields) + "\n")
   pct = 100.0
-  log(f"\n{metric}: each rule minus the best classic rule of its setting (same draws; "
-      "paired t 95% CI; points)")
+  log(f"\n{metric}: mean, CVaR0.9 (mean of the worst 10% of draws), and each rule minus the "
+      "best classic rule of its setting (same draws; paired t 95% CI; points)")
   for t in table:
     if t["rule"] in CLASSIC and t["rule"] != t["best_classic"]:
       continue
     lines.append(f"{t['block']:6s} {t['task']:12s} {t['threat']:12s} {t['mu_H']:12s} "
-                 f"{t['rule']:40s} {pct * t['mean']:6.2f}  vs {t['best_classic']:27s} "
+                 f"{t['rule']:36s} {pct * t['mean']:6.2f} {pct * t['cvar90']:6.2f}  vs "
+                 f"{t['best_classic']:27s} "
                  f"{pct * t['gain']:+6.2f} [{pct * t['ci_low']:+6.2f}, {pct * t['ci_high']:+6.2f}]")
   log("\n".join(lines))
   return [path] + _plot_gains(table, workdir, metric)

@@ -7,6 +7,7 @@ the honest metrics recorded between chunks.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -113,10 +114,16 @@ Progress = Callable[[dict], None]
 
 # Simulators and compiled programs reused across runs whose configurations differ only in what
 # the program does not depend on (μ_H, seed, number of draws): a sweep compiles once per shape.
-simulator_cache: dict[str, training.Simulator] = {}
+# Only the MAX_CACHED_SIMULATORS most recently used simulators are kept, with their programs:
+# every compiled program holds its JIT code pages, and an unbounded cache made a 245-point sweep
+# fail after ~100 points (XLA:CPU "LLVM compilation error: Cannot allocate memory", the process's
+# memory maps at the kernel's limit, then a crash).
+MAX_CACHED_SIMULATORS = 16
+simulator_cache: collections.OrderedDict[str, training.Simulator] = collections.OrderedDict()
 _programs: dict[tuple, Callable] = {}
 _NOT_IN_PROGRAM = ("seed", "honest_set", "honest_set_options", "graph", "num_samples",
                    "num_samples_per_chunk", "memory_budget_gb", "estimators")
+_NOT_IN_REFERENCE = ("f", "aggregator_options", "server_prior")
 
 # The number of draws trained at once (the vmapped width) is always a multiple of this; a chunk
 # with fewer draws is padded (padding rows are discarded). Measured on XLA:CPU (AVX, 8 float32
@@ -132,17 +139,26 @@ def align_draws(width: int) -> int:
   return -(-max(1, width) // DRAW_ALIGNMENT) * DRAW_ALIGNMENT
 
 
-def simulator(config, spec: str, fed: FederatedData) -> training.Simulator:
-  """`config_lib.make_simulator`, cached by everything its program depends on."""
+def simulator(config, spec: str, fed: FederatedData, *,
+              reference: str | None = None) -> training.Simulator:
+  """`config_lib.make_simulator`, cached by everything its program depends on. A reference
+  simulator (`reference="honest_optimum"`: the mean of the honest clients, no attack) does not
+  depend on the aggregator, its options, f or the server's prior: one serves every rule."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
-    c.aggregator = spec
-    for key in _NOT_IN_PROGRAM:
+    c.aggregator = spec if reference is None else f"reference:{reference}"
+    for key in _NOT_IN_PROGRAM + (() if reference is None else _NOT_IN_REFERENCE):
       del c[key]
   key = hashlib.sha256((c.to_json(sort_keys=True) + str(fed.input_shape) +
                         str(fed.num_classes)).encode()).hexdigest()
-  if key not in simulator_cache:
-    simulator_cache[key] = config_lib.make_simulator(config, spec, fed)
+  if key in simulator_cache:
+    simulator_cache.move_to_end(key)
+    return simulator_cache[key]
+  simulator_cache[key] = config_lib.make_simulator(config, spec, fed, reference=reference)
+  while len(simulator_cache) > MAX_CACHED_SIMULATORS:
+    _, evicted = simulator_cache.popitem(last=False)
+    for program_key in [k for k in _programs if k[1] == id(evicted)]:
+      del _programs[program_key]
   return simulator_cache[key]
 
 
@@ -738,7 +754,7 @@ def _run_references(exp: Experiment, init_key, run_key, log) -> None:
     by_masks = {}  # one run per distinct mask array (usually all specs share one)
     for spec, masks in exp.masks.items():
       if id(masks) not in by_masks:
-        sim = config_lib.make_simulator(config, spec, fed, reference="honest_optimum")
+        sim = simulator(config, spec, fed, reference="honest_optimum")
         log("honest optimum L_S* of every draw (mean of the honest clients, no attack)")
         by_masks[id(masks)] = run_monte_carlo(
             sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key, num_rounds=rounds,
