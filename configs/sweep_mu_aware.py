@@ -17,7 +17,9 @@ Rules (the `rule` tag):
   bucketing+geometric_median;
 - with the server's prior: posterior_filter (the prior's P(honest), and its couplings for a
   correlated law), trimmed_mean and nnm+trimmed_mean with f = the prior's 0.95-quantile of b
-  ("@quantile_f"), geometric_median weighted by reliability 1 − p_i ("@reliability"),
+  ("@quantile_f"), posterior_filter with the prior's marginals only, no couplings
+  ("@marginals", correlated laws), geometric_median weighted by reliability 1 − p_i
+  ("@reliability"),
   adaptive_trim capped at the quantile f, cluster_aggregate (the prior's clusters, or its
   communities for the graph law; cross-cluster f from the prior's law of the number of groups
   holding a faulty client).
@@ -74,6 +76,9 @@ CLASSIC = ("mean", "trimmed_mean", "geometric_median", "nnm+trimmed_mean",
 # label -> (aggregator, server_prior overrides); every one of them uses the prior.
 AWARE = {
     "posterior_filter": ("posterior_filter", {}),
+    # The same filter without the correlated law's couplings (its marginals only).
+    "posterior_filter@marginals": ("posterior_filter",
+                                   {"aggregator_options.posterior_filter.coupling": "none"}),
     "trimmed_mean@quantile_f": ("trimmed_mean", {"server_prior.declared_f": "quantile"}),
     "nnm+trimmed_mean@quantile_f": ("nnm+trimmed_mean", {"server_prior.declared_f": "quantile"}),
     "geometric_median@reliability": ("geometric_median", {"server_prior.weights": "reliability"}),
@@ -150,8 +155,10 @@ def _label(rule: str, prior: str) -> str:
 
 
 def _rules(rules, mu_h):
-  # No grouping in an independent law: cluster_aggregate only under the correlated ones.
-  return [r for r in rules if not (r == "cluster_aggregate" and mu_h == "independent")]
+  # No grouping and no coupling in an independent law: cluster_aggregate and the marginals-only
+  # filter only under the correlated ones.
+  return [r for r in rules if not (r in ("cluster_aggregate", "posterior_filter@marginals")
+                                   and mu_h == "independent")]
 
 
 def points(c):
@@ -184,7 +191,8 @@ def points(c):
   if "prior" in blocks:
     for mu_h in laws:
       for prior in (*PRIORS, "absent"):
-        for rule in _rules([r for r in rules if r in AWARE], mu_h):
+        for rule in _rules([r for r in rules if r in AWARE and r != "posterior_filter@marginals"],
+                           mu_h):
           if prior == "absent" and rule not in ABSENT:
             continue
           if prior == "permuted" and rule.endswith("@quantile_f"):
@@ -199,8 +207,8 @@ def points(c):
     worst = {"honest_set": "worst_case", "honest_set_options.worst_case.seeds": 2,
              "honest_set_options.worst_case.max_sweeps": 1}
     for rule in rules:
-      if rule == "cluster_aggregate":
-        continue
+      if rule in ("cluster_aggregate", "posterior_filter@marginals"):
+        continue  # no grouping, no coupling: the worst case keeps the independent law's prior
       tags = {"block": "worst", "task": "digits_a1", "threat": "alie", "mu_H": "worst_case",
               "rule": rule}
       # The prior rules keep the independent law's prior; the honest set is the worst one.
@@ -261,8 +269,8 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                     "rule": rule, "best_classic": best, "mean": float(entries[pid]["value"]),
                     "cvar90": cvar90.get(pid, float("nan")),
                     "best_classic_mean": classic[best], "same_draws": same,
-                    **{k: d[k] for k in ("mean", "ci_low", "ci_high", "p_value", "pairs",
-                                         "undefined")}} | {"gain": d["mean"]})
+                    "gain": d["mean"],
+                    **{k: d[k] for k in ("ci_low", "ci_high", "p_value", "pairs", "undefined")}})
   for tags, reason in REFUSED.items():
     log(f"mu_aware report: refused {tags}: {reason}")
   if not table:
@@ -286,43 +294,104 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                  f"{t['best_classic']:27s} "
                  f"{pct * t['gain']:+6.2f} [{pct * t['ci_low']:+6.2f}, {pct * t['ci_high']:+6.2f}]")
   log("\n".join(lines))
+  log("\n" + regret_summary(table))
   return [path] + _plot_gains(table, workdir, metric)
 
 
+def regret_summary(table) -> str:
+  """Per rule, over the settings of the main and tasks blocks (prior correct): the mean and the
+  worst of its difference from the best classic rule of the setting, and in how many settings
+  its paired 95% CI lies above 0 (wins), below 0 (losses) or covers 0. A classic rule's
+  difference is ≤ 0 by definition (the best classic rule has 0); what it shows is how much a
+  rule fixed in advance loses where another classic rule is best."""
+  by_rule = {}
+  for t in table:
+    if t["block"] in ("main", "tasks") and np.isfinite(t["gain"]):
+      by_rule.setdefault(t["rule"], []).append(t)
+  lines = ["rule (main + tasks blocks, prior correct)  settings  mean diff  worst diff   "
+           "wins  ties  losses   (points vs the best classic rule of each setting)"]
+  for rule, ts in by_rule.items():
+    gains = np.array([t["gain"] for t in ts])
+    wins = sum(t["ci_low"] > 0 for t in ts)
+    losses = sum(t["ci_high"] < 0 for t in ts)
+    lines.append(f"{rule:42s} {len(ts):8d}  {100 * gains.mean():+9.2f}  {100 * gains.min():+10.2f}"
+                 f"   {wins:4d}  {len(ts) - wins - losses:4d}  {losses:6d}")
+  return "\n".join(lines)
+
+
 def _plot_gains(table, workdir, metric) -> list[str]:
+  """mu_aware_gains.png: a panel per block (main, tasks, prior); in each, every prior-using
+  rule's paired difference from the best classic rule of its setting, with its 95% CI."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  rows = [t for t in table if t["rule"] not in CLASSIC and t["block"] != "worst"]
-  if not rows:
+  rows = [t for t in table if t["rule"] not in CLASSIC and t["block"] != "worst"
+          and np.isfinite(t["gain"])]
+  blocks = [b for b in ("main", "tasks", "prior") if any(t["block"] == b for t in rows)]
+  if not blocks:
     return []
-  settings = list(dict.fromkeys((t["block"], t["task"], t["threat"], t["mu_H"]) for t in rows))
-  rules = list(dict.fromkeys(t["rule"] for t in rows))
-  fig, ax = plt.subplots(figsize=(max(10, 0.45 * len(settings) * 1.0 + 4), 6))
-  width = 0.8 / max(len(rules), 1)
-  for k, rule in enumerate(rules):
-    xs, ys, lo, hi = [], [], [], []
-    for i, s in enumerate(settings):
-      t = next((t for t in rows if (t["block"], t["task"], t["threat"], t["mu_H"]) == s
-                and t["rule"] == rule), None)
-      if t is None or not np.isfinite(t["gain"]):
-        continue
-      xs.append(i + (k - len(rules) / 2) * width)
-      ys.append(100 * t["gain"])
-      lo.append(100 * (t["gain"] - t["ci_low"]))
-      hi.append(100 * (t["ci_high"] - t["gain"]))
-    ax.errorbar(xs, ys, yerr=[lo, hi], fmt="os^vD<>ph*"[k // 10 % 10], ms=3, capsize=2,
-                label=rule, color=f"C{k % 10}")
-  ax.axhline(0, color="black", lw=0.8)
-  ax.set_xticks(range(len(settings)))
-  ax.set_xticklabels([" ".join(s) for s in settings], rotation=70, fontsize=7)
-  ax.set_ylabel(f"{metric} − best classic rule (points, paired 95% CI)")
-  ax.set_title("Knowing μ_H: each prior-using rule minus the best classic rule of its setting",
-               fontsize=10)
-  ax.legend(fontsize=6, ncol=3)
-  ax.grid(alpha=0.3)
+  fig, axes = plt.subplots(len(blocks), 1, figsize=(15, 4.6 * len(blocks)), squeeze=False)
+  for ax, block in zip(axes[:, 0], blocks):
+    if block == "prior":
+      _plot_priors(ax, rows)
+      continue
+    mine = [t for t in rows if t["block"] == block]
+    settings = list(dict.fromkeys((t["task"], t["threat"], t["mu_H"]) for t in mine))
+    rules = list(dict.fromkeys(t["rule"] for t in mine))
+    width = 0.8 / len(rules)
+    for k, rule in enumerate(rules):
+      pts = [(i, t) for i, st in enumerate(settings) for t in mine
+             if (t["task"], t["threat"], t["mu_H"]) == st and t["rule"] == rule]
+      ax.errorbar([i + (k - (len(rules) - 1) / 2) * width for i, _ in pts],
+                  [100 * t["gain"] for _, t in pts],
+                  yerr=[[100 * (t["gain"] - t["ci_low"]) for _, t in pts],
+                        [100 * (t["ci_high"] - t["gain"]) for _, t in pts]],
+                  fmt="os^vD<>ph*"[k // 10 % 10], ms=3, capsize=2, lw=0.8, label=rule,
+                  color=f"C{k % 10}")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(settings)))
+    ax.set_xticklabels([" ".join(st) for st in settings], rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel("points vs best classic")
+    ax.set_title({"main": "digits α = 1, every threat, prior correct",
+                  "tasks": "digits α = 0.3 and the synthetic task, ALIE, prior correct"}[block],
+                 fontsize=9)
+    ax.legend(fontsize=6, ncol=4, loc="lower left")
+    ax.grid(alpha=0.3)
+  fig.suptitle(f"Knowing μ_H: {metric} of each prior-using rule minus the best classic rule of "
+               "its setting (same draws; paired 95% CI)", fontsize=10)
   fig.tight_layout()
   path = os.path.join(workdir, "mu_aware_gains.png")
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
   return [path]
+
+
+def _plot_priors(ax, rows) -> None:
+  """The prior panel: per (μ_H, rule), the difference under each prior (correct: the main
+  block's ALIE point; ×2, ×0.5, permuted, absent: the prior block's)."""
+  priors = ("correct", *PRIORS, "absent")
+  mine = [t for t in rows if t["block"] == "prior"]
+  groups = list(dict.fromkeys((t["mu_H"], t["rule"].split("|")[0]) for t in mine))
+  def find(law, rule, prior):
+    label = rule if prior == "correct" else f"{rule}|{prior}"
+    block = "main" if prior == "correct" else "prior"
+    return next((t for t in rows if t["block"] == block and t["task"] == "digits_a1"
+                 and t["threat"] == "alie" and t["mu_H"] == law and t["rule"] == label), None)
+  width = 0.8 / len(priors)
+  for k, prior in enumerate(priors):
+    pts = [(i, t) for i, (law, rule) in enumerate(groups)
+           for t in [find(law, rule, prior)] if t is not None]
+    ax.errorbar([i + (k - (len(priors) - 1) / 2) * width for i, _ in pts],
+                [100 * t["gain"] for _, t in pts],
+                yerr=[[100 * (t["gain"] - t["ci_low"]) for _, t in pts],
+                      [100 * (t["ci_high"] - t["gain"]) for _, t in pts]],
+                fmt="o", ms=3, capsize=2, lw=0.8, label=f"prior {prior}", color=f"C{k}")
+  ax.axhline(0, color="black", lw=0.8)
+  ax.set_xticks(range(len(groups)))
+  ax.set_xticklabels([f"{law}: {rule}" for law, rule in groups], rotation=20, ha="right",
+                     fontsize=7)
+  ax.set_ylabel("points vs best classic")
+  ax.set_title("the prior correct, ×2, ×0.5, permuted (on the wrong clients) or absent "
+               "(digits α = 1, ALIE)", fontsize=9)
+  ax.legend(fontsize=7, ncol=5, loc="lower left")
+  ax.grid(alpha=0.3)

@@ -88,8 +88,8 @@ def test_coupled_posterior_filter_matches_numpy(seed):
   j[np.ix_(range(4), range(4))] = rng.uniform(0.5, 3.0)
   np.fill_diagonal(j, 0.0)
   p = rng.uniform(0.6, 0.99, n)
-  got = prior_aware.posterior_filter(jnp.asarray(x, jnp.float32), prior_honest=jnp.asarray(p),
-                                     coupling=jnp.asarray(j))
+  got = jax.jit(prior_aware.posterior_filter)(jnp.asarray(x, jnp.float32),
+                                              prior_honest=jnp.asarray(p), coupling=jnp.asarray(j))
   want, post = np_coupled_posterior_filter(x, p, j)
   np.testing.assert_allclose(got.posterior, post, atol=2e-4)
   np.testing.assert_allclose(got.value, want, rtol=1e-4, atol=1e-4)
@@ -99,8 +99,9 @@ def test_zero_coupling_is_the_independent_filter():
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.normal(size=(10, 20)), jnp.float32).at[:2].add(6.0)
   prior = jnp.asarray(rng.uniform(0.5, 0.95, 10))
-  a = prior_aware.posterior_filter(x, prior_honest=prior)
-  b = prior_aware.posterior_filter(x, prior_honest=prior, coupling=jnp.zeros((10, 10)))
+  a = jax.jit(lambda u: prior_aware.posterior_filter(u, prior_honest=prior))(x)
+  b = jax.jit(lambda u: prior_aware.posterior_filter(u, prior_honest=prior,
+                                                     coupling=jnp.zeros((10, 10))))(x)
   np.testing.assert_allclose(a.posterior, b.posterior, atol=1e-5)
   np.testing.assert_allclose(a.value, b.value, rtol=1e-5, atol=1e-5)
 
@@ -114,9 +115,11 @@ def test_a_faulty_neighbour_raises_suspicion_and_vmap_matches():
   prior = jnp.asarray(1 - p_faulty, jnp.float32)
   x = rng.normal(size=(n, 40))
   x[0] = np.nan                                   # certainly faulty: its cluster mates inherit it
-  coupled = prior_aware.posterior_filter(jnp.asarray(x, jnp.float32), prior_honest=prior,
-                                         coupling=jnp.asarray(j, jnp.float32))
-  alone = prior_aware.posterior_filter(jnp.asarray(x, jnp.float32), prior_honest=prior)
+  coupled_fn = jax.jit(lambda u: prior_aware.posterior_filter(
+      u, prior_honest=prior, coupling=jnp.asarray(j, jnp.float32)))
+  coupled = coupled_fn(jnp.asarray(x, jnp.float32))
+  alone = jax.jit(lambda u: prior_aware.posterior_filter(u, prior_honest=prior))(
+      jnp.asarray(x, jnp.float32))
   assert np.all(np.isfinite(coupled.value))
   assert coupled.posterior[0] == 0 and alone.posterior[0] == 0
   assert np.all(np.asarray(coupled.posterior[1:3]) < np.asarray(alone.posterior[1:3]) - 0.5)
@@ -125,11 +128,9 @@ def test_a_faulty_neighbour_raises_suspicion_and_vmap_matches():
   y = rng.normal(size=(n, 40))
   y[7] = np.inf
   batch = jnp.asarray(np.stack([x, y, rng.normal(size=(n, 40))]), jnp.float32)
-  fn = lambda u: prior_aware.posterior_filter(u, prior_honest=prior,  # pylint: disable=unnecessary-lambda-assignment
-                                              coupling=jnp.asarray(j, jnp.float32)).value
-  out = jax.vmap(fn)(batch)
+  out = jax.jit(jax.vmap(lambda u: coupled_fn(u).value))(batch)
   for k in range(3):
-    np.testing.assert_allclose(out[k], fn(batch[k]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[k], coupled_fn(batch[k]).value, rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(out[k]))
 
 
