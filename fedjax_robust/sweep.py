@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import gc
 import itertools
 import json
 import os
@@ -36,7 +35,6 @@ import textwrap
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
 import numpy as np
 
 from fedjax_robust import config as config_lib
@@ -411,12 +409,6 @@ def run(base, points: Sequence[Point], workdir: str, *,
            "accuracy, loss +inf)" if diverged else "")
         + (f"; WARNING: the clipping stage never clipped ({', '.join(never)} = 0): these are "
            "the numbers of the rule without clipping" if never else ""))
-    # Every point compiles its own programs (new closures: nothing to reuse across points);
-    # without this, their JIT code pages pile up until XLA:CPU fails to map more ("LLVM
-    # compilation error: Cannot allocate memory", then a crash) after ~80–100 points.
-    del exp
-    jax.clear_caches()
-    gc.collect()
   return rows
 
 

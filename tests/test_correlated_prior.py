@@ -19,8 +19,8 @@ from fedjax_robust import server_prior
 from fedjax_robust import sweep
 from fedjax_robust.aggregators import prior_aware
 from fedjax_robust.errors import ConfigError
+from test_prior_aware import np_log_densities
 
-TINY32 = float(np.finfo(np.float32).tiny)
 
 
 def np_coupled_posterior_filter(x, p, coupling, iterations=3, faulty_scale=10.0, sweeps=20):
@@ -33,12 +33,7 @@ def np_coupled_posterior_filter(x, p, coupling, iterations=3, faulty_scale=10.0,
   pf = 1 - p
   h = np.log(pf) - np.log1p(-pf) - j @ pf
   for _ in range(iterations):
-    r = np.linalg.norm(xf - centre, axis=1)
-    m = np.median(r[finite])
-    s = max(1.4826 * np.median(np.abs(r[finite] - m)), 1e-6 * m, TINY32)
-    sigma_f = faulty_scale * (m + s)
-    log_h = -0.5 * ((r - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
-    log_f = 0.5 * np.log(2 / np.pi) - np.log(sigma_f) - 0.5 * (r / sigma_f) ** 2
+    log_h, log_f = np_log_densities(xf, centre, finite, faulty_scale)
     evidence = np.where(finite, log_h - log_f, 0.0)
     q = np.where(finite, pf, 1.0)
     for _ in range(sweeps):

@@ -13,6 +13,17 @@ from fedjax_robust.errors import ConfigError
 TINY32 = float(np.finfo(np.float32).tiny)
 
 
+def np_log_densities(xf, centre, finite, faulty_scale):
+  """log L_h and log L_f of each row's distance to `centre` (the documented densities)."""
+  r = np.linalg.norm(xf - centre, axis=1)
+  m = np.median(r[finite])
+  s = max(1.4826 * np.median(np.abs(r[finite] - m)), 1e-6 * m, TINY32)
+  sigma_f = faulty_scale * (m + s)
+  log_h = -0.5 * ((r - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
+  log_f = 0.5 * np.log(2 / np.pi) - np.log(sigma_f) - 0.5 * (r / sigma_f) ** 2
+  return log_h, log_f
+
+
 def np_posterior_filter(x, p, iterations=3, faulty_scale=10.0):
   """The documented model in float64: densities written out, posteriors by logaddexp."""
   x = np.asarray(x, np.float64)
@@ -21,12 +32,7 @@ def np_posterior_filter(x, p, iterations=3, faulty_scale=10.0):
   xf = np.where(finite[:, None], x, 0.0)
   centre = np.median(x[finite], axis=0)
   for _ in range(iterations):
-    r = np.linalg.norm(xf - centre, axis=1)
-    m = np.median(r[finite])
-    s = max(1.4826 * np.median(np.abs(r[finite] - m)), 1e-6 * m, TINY32)
-    sigma_f = faulty_scale * (m + s)
-    log_h = -0.5 * ((r - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
-    log_f = 0.5 * np.log(2 / np.pi) - np.log(sigma_f) - 0.5 * (r / sigma_f) ** 2
+    log_h, log_f = np_log_densities(xf, centre, finite, faulty_scale)
     with np.errstate(divide="ignore"):
       a, b = np.log(p) + log_h, np.log1p(-p) + log_f
     post = np.where(finite, np.exp(a - np.logaddexp(a, b)), 0.0)
