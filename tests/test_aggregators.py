@@ -139,7 +139,7 @@ RULES = ["mean", "coordinate_median", "trimmed_mean", "meamed", "geometric_media
          "multi_krum", "minimum_diameter_averaging", "bulyan", "caf", "smea",
          "nnm+trimmed_mean", "nnm+geometric_median", "nnm+coordinate_median", "arc+krum"]
 # Not permutation invariant (a reference row, a random shuffle) or stateful: batching only.
-OTHER_RULES = ["monna", "bucketing+geometric_median", "centered_clipping",
+OTHER_RULES = ["monna", "bucketing+geometric_median", "centered_clipping", "rfa_one_step",
                "static_clipping+mean", "nnm+bucketing+trimmed_mean"]
 TIGHT = {"geometric_median": {"gtol": 1e-7}}  # properties of the rule, not of its stopping rule
 

@@ -43,6 +43,7 @@ from fedjax_robust.aggregators import clipping
 from fedjax_robust.aggregators.coordinatewise import coordinate_median
 from fedjax_robust.aggregators.coordinatewise import meamed
 from fedjax_robust.aggregators.coordinatewise import trimmed_mean
+from fedjax_robust.aggregators.geometric_median import rfa_one_step
 from fedjax_robust.aggregators.geometric_median import weiszfeld
 from fedjax_robust.aggregators.krum import krum
 from fedjax_robust.aggregators.krum import multi_krum
@@ -107,6 +108,8 @@ _RULES: dict[str, _Entry] = {
     "minimum_diameter_averaging": _Entry(minimum_diameter_averaging, "rule",
                                          domains={"max_subsets": _SUBSETS}),
     "monna": _Entry(monna, "rule", domains={"reference_index": D.Int(0, note="< n")}),
+    "rfa_one_step": _Entry(rfa_one_step, "rule",
+                           domains={"nu": D.POSITIVE}),
     "centered_clipping": _Entry(
         clipping.centered_clipping_with_share, "rule", _clipped_share,
         domains={"tau": D.POSITIVE,

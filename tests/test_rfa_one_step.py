@@ -1,0 +1,86 @@
+"""RFA's one-step variant (issue 17, item 3) against its formula in NumPy, against one Weiszfeld
+update of the geometric median, across rounds through the registry's state, and with NaN/±inf/
+huge rows."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_robust import aggregators
+
+# The module (the package exports a function of the same name).
+geometric_median = importlib.import_module("fedjax_robust.aggregators.geometric_median")
+
+
+def np_one_step(x, z, alpha=None, nu=1e-6):
+  x, z = np.asarray(x, np.float64), np.asarray(z, np.float64)
+  alpha = np.ones(len(x)) if alpha is None else np.asarray(alpha, np.float64)
+  beta = alpha / np.maximum(np.linalg.norm(x - z, axis=1), nu)
+  return beta @ x / beta.sum()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_step_matches_its_formula_and_one_weiszfeld_update(seed):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(9, 7))
+  x[:2] += 20.0
+  z = rng.normal(size=7)
+  alpha = rng.uniform(0.5, 2.0, 9)
+  one = jax.jit(geometric_median.rfa_one_step)
+  np.testing.assert_allclose(one(jnp.asarray(x, jnp.float32), center=jnp.asarray(z, jnp.float32)),
+                             np_one_step(x, z), rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(
+      one(jnp.asarray(x, jnp.float32), center=jnp.asarray(z, jnp.float32),
+          weights=jnp.asarray(alpha, jnp.float32)), np_one_step(x, z, alpha), rtol=2e-5, atol=2e-6)
+  # From the current mean it is the geometric median's first Weiszfeld update (maxiter = 1).
+  xj = jnp.asarray(x, jnp.float32)
+  gm = geometric_median.weiszfeld(xj, maxiter=1)
+  assert int(gm.num_iterations) == 1
+  np.testing.assert_allclose(one(xj, center=jnp.mean(xj, axis=0)), gm.median, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_one_step_carries_the_previous_aggregate_across_rounds():
+  rng = np.random.default_rng(4)
+  agg = aggregators.get("rfa_one_step", f=2)
+  state = agg.init(6)
+  z = np.zeros(6)
+  for _ in range(4):
+    x = rng.normal(size=(8, 6)) + 1.0
+    out, state, _ = agg.apply(jnp.asarray(x, jnp.float32), state, jax.random.key(0))
+    z = np_one_step(x, z)                       # the first round starts from z_prev = 0
+    np.testing.assert_allclose(out, z, rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_rows_get_no_weight_huge_ones_a_bounded_pull_and_vmap_matches():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(10, 5)).astype(np.float32)
+  z = jnp.asarray(rng.normal(size=5), jnp.float32)
+  clean = np_one_step(x[3:], z)
+  one = jax.jit(geometric_median.rfa_one_step)
+  for bad in (np.nan, np.inf, -np.inf):
+    y = x.copy()
+    y[:3] = bad
+    np.testing.assert_allclose(one(jnp.asarray(y), center=z), clean, rtol=1e-5, atol=1e-6)
+  # A huge finite row keeps its bounded pull, β_i x_i ≈ x_i/‖x_i − z‖ (a unit vector): the
+  # float32 rule computes it without overflow, as the float64 formula does.
+  y = x.copy()
+  y[:3] = 1e30
+  np.testing.assert_allclose(one(jnp.asarray(y), center=z), np_one_step(y, z), rtol=1e-4,
+                             atol=1e-5)
+  # A distance beyond the float32 range (3e38·√5) counts as infinite: no weight.
+  y[:3] = 3e38
+  np.testing.assert_allclose(one(jnp.asarray(y), center=z), clean, rtol=1e-5, atol=1e-6)
+  y = x.copy()
+  y[:] = np.nan
+  assert np.all(np.isnan(one(jnp.asarray(y), center=z)))    # no finite row: undefined
+  batch = np.stack([x, np.where(np.arange(10)[:, None] < 2, np.inf, x), x * 3])
+  centers = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+  out = jax.jit(jax.vmap(lambda u, c: geometric_median.rfa_one_step(u, center=c)))(
+      jnp.asarray(batch, jnp.float32), centers)
+  for k in range(3):
+    np.testing.assert_allclose(out[k], one(jnp.asarray(batch[k]), center=centers[k]),
+                               rtol=1e-6, atol=1e-7)
