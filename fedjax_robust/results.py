@@ -130,6 +130,12 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
   kept = ~diverged
   out.update({name: float(np.mean(np.asarray(v)[:, kept])) if kept.any() else float("nan")
               for name, v in run.aux.items() if name not in training.MAX_AUX})
+  # Cumulative communication over the run (per-round values summed over every round; the aux
+  # holds per-chunk means over equal chunks of rounds).
+  if "numbers_sent" in run.aux and kept.any():
+    rounds = int(run.rounds[-1])
+    for name in ("numbers_sent", "secure_averages"):
+      out[f"{name}_total"] = float(np.mean(np.asarray(run.aux[name])[:, kept]) * rounds)
   if theory is not None:
     out["theory"] = theory_report.summarize(theory, counts, f)
   return out

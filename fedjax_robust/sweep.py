@@ -169,7 +169,8 @@ def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
   rows += [{"point": pid, **tags, "metric": f"aux:{name}", "statistic": "mean", "value": value}
            for name, value in s.items()
            if name.endswith(("clipped_share", "gm_iterations", "kept_share", "present_share",
-                             "skipped_round"))]
+                             "skipped_round", "secure_averages", "numbers_sent",
+                             "secure_averages_total", "numbers_sent_total"))]
   # A mixed population: each behaviour's clients on their own data.
   for name, value in s.items():
     if name.startswith("behaviour_"):

@@ -132,7 +132,8 @@ def test_two_clipping_stages_keep_both_shares(rng):
   agg = aggregators.get("static_clipping+centered_clipping", f=2,
                         options={"static_clipping": {"threshold": 2.2}})
   _, _, aux = jax.jit(agg.apply)(jnp.asarray(x), agg.init(D), jax.random.key(0))
-  assert set(aux) == {"clipped_share", "centered_clipping.clipped_share"}
+  assert set(aux) == {"clipped_share", "centered_clipping.clipped_share", "secure_averages",
+                      "numbers_sent"}
   assert float(aux["clipped_share"]) == pytest.approx(np.mean(_norms(x)[0] > 2.2))
 
 

@@ -84,3 +84,44 @@ def test_nonfinite_rows_get_no_weight_huge_ones_a_bounded_pull_and_vmap_matches(
   for k in range(3):
     np.testing.assert_allclose(out[k], one(jnp.asarray(batch[k]), center=centers[k]),
                                rtol=1e-6, atol=1e-7)
+
+
+def test_communication_per_round_by_rule_and_in_the_summary():
+  """Secure averages and numbers sent (registry.communication): 1 secure average for the mean
+  and the one-step rule, 1 + the Weiszfeld iterations for the geometric median, each one
+  m·(d + ⌈log₂ m⌉) numbers; rules that need the rows in the clear: m·d. The summary's total
+  is the per-round count times the rounds."""
+  rng = np.random.default_rng(7)
+  n, d = 11, 6
+  x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  per_call = n * (d + 4)                                    # ⌈log₂ 11⌉ = 4
+  for spec, calls in (("mean", 1), ("rfa_one_step", 1), ("trimmed_mean", 0),
+                      ("nnm+mean", 0), ("bucketing+geometric_median", 0)):
+    agg = aggregators.get(spec, f=2)
+    _, _, aux = agg.apply(x, agg.init(d), jax.random.key(0))
+    assert float(aux["secure_averages"]) == calls, spec
+    assert float(aux["numbers_sent"]) == (calls * per_call if calls else n * d), spec
+  agg = aggregators.get("geometric_median", f=2, options={"geometric_median": {"maxiter": 4}})
+  _, _, aux = agg.apply(x, agg.init(d), jax.random.key(0))
+  iterations = int(geometric_median.weiszfeld(x, maxiter=4).num_iterations)
+  assert float(aux["gm_iterations"]) == iterations
+  assert float(aux["secure_averages"]) == 1 + iterations
+  assert float(aux["numbers_sent"]) == (1 + iterations) * per_call
+  # Drop-outs: m is the number of clients present.
+  agg = aggregators.get("mean", f=2, presence=True)
+  present = jnp.arange(n) < 7
+  _, _, aux = agg.apply(x, agg.init(d), jax.random.key(0), present=present)
+  assert float(aux["numbers_sent"]) == 7 * (d + 3)
+  # Through a run: the summary's total is rounds × the per-round count.
+  from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import results  # pylint: disable=g-import-not-at-top
+  from tests import tiny_config  # pylint: disable=g-import-not-at-top
+  c = tiny_config.get_config()
+  c.aggregator = "mean"
+  exp = experiment.run(c, log=lambda _: None)
+  s = results.summarize(exp)["aggregators"]["mean"]
+  num_params = experiment.simulator(c, "mean", exp.data).num_params
+  expected = c.num_clients * (num_params + int(np.ceil(np.log2(c.num_clients))))
+  assert s["numbers_sent"] == pytest.approx(expected)
+  assert s["numbers_sent_total"] == pytest.approx(expected * c.training.num_rounds)
+  assert s["secure_averages_total"] == pytest.approx(c.training.num_rounds)

@@ -13,7 +13,8 @@ def mean(updates: jax.Array, *, weights: jax.Array | None = None,
   """Average of the rows: (1/n) Σ_i x_i, or Σ_i w_i x_i / Σ_i w_i with client weights.
 
   Not robust: a single NaN, ±inf or huge row sets the result to NaN, ±inf or huge.
-  Cost: one pass over `[n, d]`, computed as a matrix product.
+  Cost: one pass over `[n, d]`, computed as a matrix product. Secure aggregation: yes, one
+  secure average a round (`registry.SECURE_AVERAGES`).
 
   Client drop-outs: with a boolean `present [n]`, the average of the m = Σ present rows
   (1/m) Σ_{i present} x_i (weighted: absent rows have weight 0); absent rows may hold any value,

@@ -76,8 +76,9 @@ def weiszfeld(updates: jax.Array, *, weights: jax.Array | None = None,
   iterations: set `maxiter=3` for its iteration count).
 
   Weiszfeld (1937); Pillutla, Kakade, Harchaoui, "Robust aggregation for federated learning",
-  IEEE TSP 2022 (RFA: 3–5 iterations; `maxiter=1` is their one-step variant). Each update is one
-  secure average in RFA, so `num_iterations` is its communication cost beyond z_0.
+  IEEE TSP 2022 (RFA: 3–5 iterations; `rfa_one_step` is their one-step variant). Secure
+  aggregation: yes; z_0 and each update are one secure average each (clients compute β_i from
+  the broadcast z_t), so a round costs 1 + `num_iterations` (`registry.SECURE_AVERAGES`).
 
   Algorithm, in two phases with the same updates and stopping rule (only phase 2, from z_0, when
   maxiter <= EXACT_ONLY_MAXITER):

@@ -14,6 +14,11 @@ no influence, and the rows keep their positions through the pre-aggregators, so 
 gets the same mask), `server_update` (a `[d]` update the server computed itself, e.g. FLTrust's
 on its root data). Options are checked against the function's other keyword arguments.
 
+Every pipeline reports its communication per round (aux "secure_averages", "numbers_sent",
+`communication`): only `mean`, `geometric_median` and `rfa_one_step` used alone can run under
+secure aggregation (`SECURE_AVERAGES`); every other rule, and every chain with a pre-aggregator,
+needs each update in the clear.
+
 Stages may report scalar diagnostics (the pipeline's `aux`): "gm_iterations" (geometric
 median), "clipped_share" (every clipping stage: the share of rows it clipped, see
 `clipping.Clipped`). When two stages report the same name, the later one's is
@@ -81,6 +86,32 @@ class _Entry:
 
 
 _SUBSETS = D.Int(1, note="the most subsets an exact search may enumerate")
+
+# Communication (RFA's accounting, Pillutla, Kakade, Harchaoui, IEEE TSP 2022): a rule whose
+# output the server can get from weighted sums of the rows runs under secure aggregation (only
+# Σ_i w_i x_i and Σ_i w_i are revealed, Bonawitz et al., CCS 2017), and costs per round the
+# number of secure averages below; every other rule, and every chain with a pre-aggregator,
+# needs each update in the clear (m uploads of d numbers). One secure average of m clients'
+# d-vectors sends m·(d + ⌈log₂ m⌉) numbers (O(m log m + m·d) in Bonawitz et al., the constant
+# taken as 1). Every pipeline reports both per round (aux "secure_averages", "numbers_sent").
+SECURE_AVERAGES: dict[str, Callable[[Mapping[str, jax.Array]], jax.Array]] = {
+    "mean": lambda aux: jnp.float32(1),
+    "rfa_one_step": lambda aux: jnp.float32(1),
+    # z_0 (the weighted mean) and one secure average per Weiszfeld update.
+    "geometric_median": lambda aux: 1 + aux["gm_iterations"].astype(jnp.float32),
+}
+
+
+def communication(name: str, aux: Mapping[str, jax.Array], m: jax.Array, d: int
+                  ) -> dict[str, jax.Array]:
+  """This round's secure averages and numbers sent for pipeline `name` (see SECURE_AVERAGES)
+  with m clients sending d-vectors."""
+  m = jnp.asarray(m, jnp.float32)
+  if name in SECURE_AVERAGES:
+    calls = SECURE_AVERAGES[name](aux)
+    log_m = jnp.ceil(jnp.log2(jnp.maximum(m, 1.0)))
+    return {"secure_averages": calls, "numbers_sent": calls * m * (d + log_m)}
+  return {"secure_averages": jnp.float32(0), "numbers_sent": m * d}
 
 
 def _clipped_share(result: clipping.Clipped):
@@ -377,6 +408,7 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
                                         domains=_RULES[pre].domains))
       built[-2:] = [dataclasses.replace(fused, name=f"{pre}+mean")]
   needs_server_update = any(stage.needs_server_update for stage in built)
+  pipeline_name = "+".join(s.name for s in built)
 
   def init(d, dtype=jnp.float32):
     return tuple(stage.init(d, dtype) for stage in built)
@@ -386,6 +418,7 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
                 server_update=server_update)
     aux = {}
     new_state = []
+    n_rows, d_cols = updates.shape
     keys = jax.random.split(key, len(stages))  # per stage as written: fusing keeps the keys
     for stage, stage_state, k in zip(built, state, keys):
       # Pre-aggregators that take `present` keep the rows' positions: the mask carries over.
@@ -394,6 +427,8 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
       new_state.append(s)
       for name, value in stage_aux.items():  # a second stage's same diagnostic: "stage.name"
         aux[f"{stage.name}.{name}" if name in aux else name] = value
+    m = n_rows if present is None else jnp.sum(present)
+    aux.update(communication(pipeline_name, aux, m, d_cols))
     return updates, tuple(new_state), aux
 
   return base.Aggregator(name="+".join(s.name for s in built), f=f, init=init, apply=apply,
