@@ -125,3 +125,17 @@ def test_communication_per_round_by_rule_and_in_the_summary():
   assert s["numbers_sent"] == pytest.approx(expected)
   assert s["numbers_sent_total"] == pytest.approx(expected * c.training.num_rounds)
   assert s["secure_averages_total"] == pytest.approx(c.training.num_rounds)
+
+
+def test_rfa_sweep_points_are_valid_and_vary_only_the_rule_and_threat():
+  from configs import sweep_rfa  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
+  c = sweep_rfa.get_config()
+  pts = sweep_rfa.points(c)
+  assert len(pts) == len(sweep_rfa.THREATS) * (2 + len(sweep_rfa.MAXITER))
+  for p in pts:
+    cfg = sweep.apply_overrides(c.base, p.overrides)
+    config_lib.validate(cfg)
+    if p.tags["rule"].startswith("geometric_median@"):
+      assert cfg.aggregator_options.geometric_median.maxiter == int(p.tags["rule"].split("@")[1])
