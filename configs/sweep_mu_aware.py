@@ -64,6 +64,7 @@ from fedjax_robust.sweep import as_list
 from fedjax_robust.errors import ConfigError
 
 N = 25
+F = 5                                           # the declared f
 UNRELIABLE = 5                                  # clients 0..4
 P_UNRELIABLE, P_RELIABLE = 0.5, 0.05
 P = (P_UNRELIABLE,) * UNRELIABLE + (P_RELIABLE,) * (N - UNRELIABLE)
@@ -103,7 +104,7 @@ TASKS = {"digits_a1": {"data.name": "digits", "data.alpha": 1.0},
 def get_config():
   base = default.get_config()
   base.num_clients = N
-  base.f = 5
+  base.f = F
   base.num_samples = 32
   base.training.num_rounds = 100
   base.theory.enabled = False
@@ -142,10 +143,10 @@ def rule_overrides(label: str, prior: str = "correct") -> dict:
     return {"aggregator": label}
   aggregator, extra = AWARE[label]
   if prior == "absent":
-    f = 5
+    if label != "posterior_filter":
+      return {"aggregator": ABSENT[label]}
     return {"aggregator": ABSENT[label], "server_prior.kind": "marginals",
-            "server_prior.p_per_client": (f / N,) * N} if label == "posterior_filter" else \
-        {"aggregator": ABSENT[label]}
+            "server_prior.p_per_client": (F / N,) * N}
   return {"aggregator": aggregator, "server_prior.kind": "mu_h", **extra,
           **PRIORS.get(prior, {})}
 
@@ -250,7 +251,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     best = max(classic, key=classic.get)
     try:
       base_arrays = sweep.load_point(sweep.point_path(workdir, by_rule[best]))
-      base_values = sweep._draw_values(base_arrays)  # pylint: disable=protected-access
+      base_values = sweep.draw_values(base_arrays)
     except sweep.NPZ_ERRORS:
       log(f"mu_aware report: {key} best classic point unreadable; left out")
       continue
@@ -260,7 +261,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       except sweep.NPZ_ERRORS:
         log(f"mu_aware report: {key} {rule} unreadable; left out")
         continue
-      values = sweep._draw_values(arrays)  # pylint: disable=protected-access
+      values = sweep.draw_values(arrays)
       # A per-rule worst case repeats a different honest set: not the same draws.
       same = bool(np.array_equal(arrays["honest_masks"], base_arrays["honest_masks"]))
       d = evaluation.paired_difference(values[metric], base_values[metric])

@@ -84,9 +84,9 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     mine = {e["rule"]: (pid, e) for pid, e in by.items() if e["threat"] == threat}
     if "mean" not in mine:
       continue
-    base_values = sweep._draw_values(sweep.load_point(sweep.point_path(workdir, mine["mean"][0])))  # pylint: disable=protected-access
+    base_values = sweep.draw_values(sweep.load_point(sweep.point_path(workdir, mine["mean"][0])))
     for rule, (pid, e) in mine.items():
-      values = sweep._draw_values(sweep.load_point(sweep.point_path(workdir, pid)))  # pylint: disable=protected-access
+      values = sweep.draw_values(sweep.load_point(sweep.point_path(workdir, pid)))
       d = evaluation.paired_difference(values[metric], base_values[metric])
       table.append({"threat": threat, "rule": rule, **{k: e.get(k, float("nan")) for k in (
           "mean", "mean_ci_low", "mean_ci_high", "cvar90", "gm_iterations", "secure_averages",

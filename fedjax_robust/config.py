@@ -527,12 +527,12 @@ def aggregator_options(config) -> dict[str, dict[str, Any]]:
   update units (derivation: `aggregators.clipping.published_tau_in_update_units`)."""
   options = config.aggregator_options.to_dict()
   stages = [s.strip() for spec in aggregator_specs(config) for s in spec.split("+")]
+  law = server_prior.spec(config) if config.server_prior.kind != "none" else None
   pf = options.get("posterior_filter", {})
-  if config.server_prior.kind != "none" and pf and "posterior_filter" in stages:
+  if law is not None and pf and "posterior_filter" in stages:
     if pf.get("prior_honest") is not None:
       raise ConfigError("aggregator_options.posterior_filter.prior_honest is set and so is "
                         f"server_prior.kind={config.server_prior.kind!r}; allowed: one of them.")
-    law = server_prior.spec(config)
     p, _ = server_prior.marginals(law, config.num_clients)
     pf["prior_honest"] = tuple(float(1 - x) for x in p)
     if pf.get("coupling") == "prior" and pf.get("prior_coupling") is None:
@@ -540,13 +540,13 @@ def aggregator_options(config) -> dict[str, dict[str, Any]]:
       if j is not None and np.any(j != 0):
         pf["prior_coupling"] = tuple(tuple(float(v) for v in row) for row in j)
   ca = options.get("cluster_aggregate", {})
-  if config.server_prior.kind != "none" and ca and "cluster_aggregate" in stages:
+  if law is not None and ca and "cluster_aggregate" in stages:
     if ca.get("clusters") is not None or ca.get("f_clusters") is not None:
       raise ConfigError("aggregator_options.cluster_aggregate.clusters/f_clusters are set and so "
                         f"is server_prior.kind={config.server_prior.kind!r}; allowed: one of "
                         "them.")
     ids, f_clusters = server_prior.cluster_quantile_f(
-        server_prior.spec(config), config.num_clients, config.server_prior.delta,
+        law, config.num_clients, config.server_prior.delta,
         config.server_prior.communities, ca.get("inner", "mean"))
     ca["clusters"], ca["f_clusters"] = tuple(int(i) for i in ids), f_clusters
   cc = options.get("centered_clipping", {})

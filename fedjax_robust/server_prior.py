@@ -105,10 +105,19 @@ def _permuted(law: dict[str, Any], num_clients: int) -> dict[str, Any]:
   if out.get("adjacency") is not None:
     out["adjacency"] = np.asarray(out["adjacency"])[np.ix_(perm, perm)]
   if law["name"] == "clusters":
-    ids = honest_sets.cluster_assignment(num_clients, law.get("num_clusters", 5),
-                                         law.get("assignment"))
-    out["assignment"] = tuple(int(i) for i in ids[perm])
+    out["assignment"] = tuple(int(i) for i in _cluster_ids(law, num_clients)[perm])
   return out
+
+
+def _with_defaults(law: dict[str, Any]) -> dict[str, Any]:
+  """`law` with the sampler's defaults for the parameters it leaves out."""
+  return {**honest_sets.options(law["name"]), **law}
+
+
+def _cluster_ids(law: dict[str, Any], num_clients: int) -> np.ndarray:
+  """The cluster of every client under a 'clusters' law."""
+  law = _with_defaults(law)
+  return honest_sets.cluster_assignment(num_clients, law["num_clusters"], law["assignment"])
 
 
 def _scaled(law: dict[str, Any], scale: float) -> dict[str, Any]:
@@ -118,7 +127,7 @@ def _scaled(law: dict[str, Any], scale: float) -> dict[str, Any]:
     raise ConfigError(f"server_prior.scale={scale} misspecifies the corruption probabilities of "
                       f"'bernoulli', 'clusters', 'graph_copula' and 'cascade' priors; the prior "
                       f"here is {name!r}. Allowed: scale=1 with it.")
-  value = law.get(key, honest_sets.options(name).get(key))
+  value = _with_defaults(law)[key]
   scaled = np.clip(np.asarray(value, float) * scale, 0.0, 1.0)
   return {**law, key: float(scaled) if scaled.ndim == 0 else tuple(map(float, scaled))}
 
@@ -128,7 +137,7 @@ def marginals(law: dict[str, Any], num_clients: int) -> tuple[np.ndarray, bool]:
   graph_copula: exact, their p_i; otherwise Monte Carlo over MONTE_CARLO draws, computed once
   per law)."""
   if law["name"] in ("bernoulli", "graph_copula"):
-    p = law.get("p", honest_sets.options(law["name"]).get("p"))
+    p = _with_defaults(law)["p"]
     return np.broadcast_to(np.asarray(p, float), (num_clients,)).copy(), True
   return 1.0 - _honest_draws(law, num_clients).mean(0), False
 
@@ -270,11 +279,11 @@ def cluster_quantile_f(law: dict[str, Any], num_clients: int, delta: float,
                       "kind='mu_h', or set aggregator_options.cluster_aggregate.clusters and "
                       ".f_clusters.")
   if name == "clusters":
-    ids = honest_sets.cluster_assignment(num_clients, law.get("num_clusters", 5),
-                                         law.get("assignment"))
+    full = _with_defaults(law)
+    ids = _cluster_ids(full, num_clients)
     num = int(ids.max()) + 1
-    pis = np.broadcast_to(np.asarray(law.get("pi", 0.2), float), (num,))
-    q1, q0 = law.get("q1", 0.8), law.get("q0", 0.0)
+    pis = np.broadcast_to(np.asarray(full["pi"], float), (num,))
+    q1, q0 = full["q1"], full["q0"]
     sizes = np.bincount(ids, minlength=num)
     import scipy.stats  # pylint: disable=g-import-not-at-top
     t = _bad_threshold(sizes, inner)

@@ -418,7 +418,7 @@ COMPARISON_FIELDS = ("a", "b", "metric", "same_draws", "mean", "ci_low", "ci_hig
                      "a_only_infinite", "b_only_infinite", "both_infinite", "undefined")
 
 
-def _draw_values(arrays: dict) -> dict[str, np.ndarray]:
+def draw_values(arrays: dict) -> dict[str, np.ndarray]:
   """A point's per-draw final metrics as the comparisons read them (results.loss_as_summarized:
   the honest loss of a diverged draw +inf, NaN where no client is honest; accuracies of diverged
   draws are NaN in the npz already)."""
@@ -495,7 +495,7 @@ def paired_comparisons(rows: list[dict], workdir: str, *, series: str = "aggrega
     base = readable(base_pid)
     if base is None:
       continue
-    base_values = _draw_values(base)
+    base_values = draw_values(base)
     base_config = _config_without(workdir, base_pid, series_key or series)
     for pid in pids:
       arrays = readable(pid) if pid != base_pid else None
@@ -506,7 +506,7 @@ def paired_comparisons(rows: list[dict], workdir: str, *, series: str = "aggrega
             f"{dict(key)} differ in more than the {series} (points/<id>.json) or a config "
             "file is missing; not paired")
         continue
-      values = _draw_values(arrays)
+      values = draw_values(arrays)
       if len(arrays["num_byzantine"]) != len(base["num_byzantine"]):
         log(f"sweep comparisons: {points[pid][series]} and {points[base_pid][series]} at "
             f"{dict(key)} have different numbers of draws; not paired")

@@ -283,4 +283,4 @@ def rfa_one_step(updates: jax.Array, *, center: jax.Array, weights: jax.Array | 
     return step(x, finite, jnp.where(jnp.isfinite(dist), dist, jnp.inf), z, alpha)
 
   return base.ordinary_or_exact(updates, fast, exact, z, alpha,
-                                extra_squared_norm=jnp.sum(z.astype(jnp.float32) ** 2))
+                                extra_squared_norm=base.vector_norm(z) ** 2)

@@ -81,17 +81,17 @@ def _mean_field(log_ratio: jax.Array, finite: jax.Array, prior: jax.Array, coupl
   inside = (pf > 0) & (pf < 1)
   safe = jnp.where(inside, pf, 0.5)
   j = coupling.astype(log_ratio.dtype)
-  field = jnp.log(safe) - jnp.log1p(-safe) - j @ jnp.where(inside, pf, jnp.where(pf >= 1, 1.0, 0))
-  evidence = jnp.where(finite, log_ratio, 0.0)
   fixed = jnp.where(pf >= 1, 1.0, 0.0)
+  start = jnp.where(inside, pf, fixed)          # the prior's P(faulty), clipped to [0, 1]
+  field = jnp.log(safe) - jnp.log1p(-safe) - j @ start
+  evidence = jnp.where(finite, log_ratio, 0.0)
 
   def sweep(_, q):
     target = jax.nn.sigmoid(field + j @ q - evidence)
     target = jnp.where(finite, jnp.where(inside, target, fixed), 1.0)
     return 0.5 * q + 0.5 * target
 
-  q0 = jnp.where(finite, jnp.where(inside, pf, fixed), 1.0)
-  q = jax.lax.fori_loop(0, sweeps, sweep, q0)
+  q = jax.lax.fori_loop(0, sweeps, sweep, jnp.where(finite, start, 1.0))
   return jnp.where(finite, 1.0 - q, 0.0).astype(log_ratio.dtype)
 
 

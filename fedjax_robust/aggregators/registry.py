@@ -431,7 +431,7 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
     aux.update(communication(pipeline_name, aux, m, d_cols))
     return updates, tuple(new_state), aux
 
-  return base.Aggregator(name="+".join(s.name for s in built), f=f, init=init, apply=apply,
+  return base.Aggregator(name=pipeline_name, f=f, init=init, apply=apply,
                          needs_server_update=needs_server_update)
 
 
