@@ -28,14 +28,9 @@ from fedjax_robust.errors import ConfigError
 from fedjax_robust import graphs
 from fedjax_robust import honest_sets
 from fedjax_robust import models
+from fedjax_robust import server_optimizers
 from fedjax_robust import server_prior
 from fedjax_robust import training
-
-_SERVER_OPTIMIZERS = {
-    "sgd": lambda c: optax.sgd(c.server_lr, momentum=c.server_momentum or None),
-    "adam": lambda c: optax.adam(c.server_lr),
-}
-
 
 _REQUIRED_HONEST_SET_DEFAULTS = {"fixed_count": {"num_byzantine": 5}, "bernoulli": {"p": 0.15},
                                  "beta_bernoulli": {"a": 1.0, "b": 5.0}}
@@ -151,7 +146,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.training = ml_collections.ConfigDict({
       "num_rounds": 200, "eval_every": 10, "local_steps": 1, "batch_size": 32,
       "client_lr": 0.5, "client_momentum": 0.9,
+      # Client sampling: m clients per round, uniformly without replacement (0: all n; else
+      # 2f < m <= n: the declared f applies to the m sampled, and the rules see only them).
+      "clients_per_round": 0,
+      # Local work per round: local_steps K minibatches drawn with replacement, or (epochs >= 1)
+      # E epochs of shuffled minibatches without replacement over the client's own data.
+      "local_epochs": 0,
+      # "momentum_gradient": worker momentum kept across rounds (D-SGD, RESAM); "model_delta":
+      # FedAvg (the local momentum restarts at zero each round). Both send θ − θ̄_i, θ̄_i the
+      # average of the last `tail_average` local iterates (1: the last one).
+      "client_update": "momentum_gradient", "tail_average": 1,
+      # The clients' learning rate over rounds: client_lr × an optax schedule.
+      "client_lr_schedule": "constant",
+      "client_lr_schedule_options": {k: dict(v) for k, v in training.LR_SCHEDULES.items() if v},
+      # Any optax optimizer by name (server_optimizers.names()), its options below;
+      # server_momentum is sgd's momentum.
       "server_optimizer": "sgd", "server_lr": 1.0, "server_momentum": 0.0,
+      "server_optimizer_options": {name: server_optimizers.options(name)
+                                   for name in server_optimizers.names()},
       # Pass each client's sample count to the aggregator as its weight (mean, trimmed_mean
       # and geometric_median have a weighted form).
       "weighted_aggregation": False,
@@ -242,7 +254,17 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "training.batch_size": D.Int(note="<= 0: all of a client's data per step"),
     "training.client_lr": D.POSITIVE,
     "training.client_momentum": D.Float(0, 1, high_open=True),
-    "training.server_optimizer": D.Choice(*_SERVER_OPTIMIZERS),
+    "training.clients_per_round": D.Int(0, note="0: all clients; else 2f < m <= num_clients"),
+    "training.local_epochs": D.Int(0, note="0: training.local_steps steps instead"),
+    "training.client_update": D.Choice(*training.CLIENT_UPDATES),
+    "training.tail_average": D.Int(1, note="1: the last local iterate"),
+    "training.client_lr_schedule": D.Choice(*training.LR_SCHEDULES),
+    "training.client_lr_schedule_options.cosine.alpha": D.PROBABILITY,
+    "training.client_lr_schedule_options.exponential.decay_rate": D.Float(0, 1, low_open=True),
+    "training.client_lr_schedule_options.exponential.transition_rounds": D.POSITIVE_INT,
+    "training.client_lr_schedule_options.step.boundaries": D.Tuple(D.POSITIVE_INT, 1),
+    "training.client_lr_schedule_options.step.factor": D.POSITIVE,
+    "training.server_optimizer": D.Choice(*server_optimizers.names()),
     "training.server_lr": D.POSITIVE,
     "training.server_momentum": D.Float(0, 1, high_open=True),
     "training.weighted_aggregation": D.Bool(),
@@ -265,6 +287,9 @@ def option_domains() -> dict[str, D.Domain]:
                 for k, d in honest_sets.option_domains(name).items()})
   for name in models.names():
     out.update({f"model_options.{name}.{k}": d for k, d in models.OPTION_DOMAINS[name].items()})
+  for name in server_optimizers.names():
+    out.update({f"training.server_optimizer_options.{name}.{k}": d
+                for k, d in server_optimizers.option_domains(name).items()})
   return out
 
 
@@ -378,6 +403,7 @@ def _validate(config) -> None:
     raise ConfigError(f"declared f={f!r} must satisfy 0 <= f < n/2 = {n / 2} "
                       f"(num_clients={n}): robust aggregation needs an honest majority.")
   specs = aggregator_specs(config)
+  _validate_rounds(config, specs)
   if not specs:
     raise ConfigError(f"config.aggregator names no aggregator: {config.aggregator!r}.")
   for spec in specs:
@@ -390,7 +416,8 @@ def _validate(config) -> None:
                           "taken from the test split), got data.root_examples="
                           f"{config.data.root_examples}.")
       continue
-    jax.eval_shape(agg, jax.ShapeDtypeStruct((n, 4), np.float32))  # trace-time checks of n, f
+    rows = config.training.clients_per_round or n  # the rule sees the clients of a round
+    jax.eval_shape(agg, jax.ShapeDtypeStruct((rows, 4), np.float32))  # trace-time checks of n, f
   comparison_pairs(config)
   # With honest_set='worst_case' every draw has b = f < n/2, which satisfies every condition:
   # a sweep can put μ_H conditioned on b = f beside the worst case at the same b.
@@ -449,6 +476,57 @@ def _validate(config) -> None:
   make_local_training(config)
 
 
+# Options fixed per client index, which a round of sampled clients cannot use.
+_PER_CLIENT_OPTIONS = {"posterior_filter": ("prior_honest", "prior_coupling"),
+                       "cluster_aggregate": ("clusters",)}
+
+
+def _validate_rounds(config, specs) -> None:
+  """Client sampling, local training and the server optimizer: the constraints between keys."""
+  t, n, f = config.training, config.num_clients, config.f
+  m = t.clients_per_round
+  if m:
+    if m > n or 2 * f >= m:
+      raise ConfigError(f"training.clients_per_round={m} must satisfy 2f = {2 * f} < m <= "
+                        f"num_clients = {n} (the declared f applies to the sampled clients), "
+                        "or be 0 (every client every round).")
+    behaviours = [name for name, _ in attacks.parse_population(config.attack)]
+    if "stale" in behaviours and m < n:
+      raise ConfigError(f"attack='stale' replays each client's own update of earlier rounds, "
+                        f"which a client sampled at random has not sent; training.clients_per_"
+                        f"round={m} < num_clients={n}. Allowed: clients_per_round 0 or {n} "
+                        "with it.")
+    if "mimic" in behaviours and config.attack_options.mimic.index >= m:
+      raise ConfigError(f"attack_options.mimic.index={config.attack_options.mimic.index} must "
+                        f"be < training.clients_per_round={m} (the row it copies among the "
+                        "sampled clients).")
+    stages = {s.strip() for spec in specs for s in spec.split("+")}
+    per_client = sorted(stage for stage in stages if stage in _PER_CLIENT_OPTIONS)
+    if per_client and m < n:
+      raise ConfigError(f"aggregator(s) {', '.join(per_client)} hold options per client index "
+                        f"({', '.join(o for s in per_client for o in _PER_CLIENT_OPTIONS[s])}), "
+                        f"which a round of sampled clients cannot use; training.clients_per_"
+                        f"round={m} < num_clients={n}. Allowed: clients_per_round 0 or {n}.")
+  if not t.local_epochs and t.tail_average > t.local_steps:
+    raise ConfigError(f"training.tail_average={t.tail_average} must be <= training.local_steps="
+                      f"{t.local_steps} (the iterates it averages).")
+  if t.client_lr_schedule == "step":
+    late = [b for b in t.client_lr_schedule_options.step.boundaries if b >= t.num_rounds]
+    if late:
+      raise ConfigError(f"training.client_lr_schedule_options.step.boundaries="
+                        f"{tuple(t.client_lr_schedule_options.step.boundaries)}: {late} never "
+                        f"apply (training.num_rounds={t.num_rounds}); allowed: rounds < "
+                        f"{t.num_rounds}.")
+  stages = {s.strip() for spec in specs for s in spec.split("+")}
+  if ("centered_clipping" in stages and t.local_epochs
+      and config.aggregator_options.centered_clipping.tau_units == "published_momentum"):
+    raise ConfigError("aggregator_options.centered_clipping.tau_units='published_momentum' "
+                      "converts τ with the number of local steps, which training.local_epochs="
+                      f"{t.local_epochs} makes depend on each client's data; allowed: "
+                      "tau_units='update' with local epochs.")
+  make_server_optimizer(config)
+
+
 def _validate_server_prior(config, specs) -> None:
   """A prior used for something, and what it is used for possible: quantile f with an honest
   majority, weights only for rules with a weighted form."""
@@ -503,8 +581,21 @@ def _validate_task(config) -> None:
 
 def make_local_training(config) -> training.LocalTraining:
   t = config.training
-  return training.LocalTraining(local_steps=t.local_steps, batch_size=t.batch_size,
-                                lr=t.client_lr, momentum=t.client_momentum)
+  schedule = t.client_lr_schedule_options.get(t.client_lr_schedule, {})
+  return training.LocalTraining(
+      local_steps=t.local_steps, batch_size=t.batch_size, lr=t.client_lr,
+      momentum=t.client_momentum, local_epochs=t.local_epochs, update=t.client_update,
+      tail_average=t.tail_average, lr_schedule=t.client_lr_schedule,
+      lr_schedule_options=tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v)
+                                for k, v in sorted(dict(schedule).items())),
+      num_rounds=t.num_rounds)
+
+
+def make_server_optimizer(config) -> optax.GradientTransformation:
+  t = config.training
+  return server_optimizers.build(t.server_optimizer, t.server_lr,
+                                 t.server_optimizer_options.get(t.server_optimizer, {}),
+                                 sgd_momentum=t.server_momentum)
 
 
 def make_data(config) -> data_lib.FederatedData:
@@ -564,7 +655,8 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
   """The simulator of one aggregator spec for this config and data.
 
   `reference` builds a reference run instead: "honest_optimum" (mean of the honest clients
-  only, no attack) or "oracle" (mean weighted by `client_weights`, no attack).
+  only, no attack) or "oracle" (mean weighted by `client_weights`, no attack); both with every
+  client taking part in every round (no client sampling) and the config's local training.
   """
   if reference is not None:
     model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
@@ -572,7 +664,7 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
     return training.Simulator(
         model=model, aggregator=aggregators.get("mean", f=0, weighted=True),
         attack=attacks.get("none", num_classes=fed.num_classes), local=make_local_training(config),
-        server_optimizer=_SERVER_OPTIMIZERS[config.training.server_optimizer](config.training),
+        server_optimizer=make_server_optimizer(config),
         num_clients=config.num_clients, honest_only=reference == "honest_optimum",
         l2=float(config.training.l2),
         client_weights=None if client_weights is None else tuple(map(float, client_weights)))
@@ -600,8 +692,9 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
       attack=attacks.Attack(config.attack) if mixed else behaviours[0][0],
       population=tuple(behaviours) if mixed else (),
       local=make_local_training(config),
-      server_optimizer=_SERVER_OPTIMIZERS[config.training.server_optimizer](config.training),
+      server_optimizer=make_server_optimizer(config),
       num_clients=config.num_clients, l2=float(config.training.l2),
+      clients_per_round=config.training.clients_per_round,
       measure_theory=bool(config.theory.enabled),
       client_weights=None if prior_weights is None else tuple(map(float, prior_weights)),
       root=fed.root if aggregator.needs_server_update else None)

@@ -541,7 +541,12 @@ _ASSUMED_CPU_FLOPS = 15e9
 def _flops_per_sample_round(config, num_params: int, max_count: int) -> float:
   """About 6 flops per parameter per example (forward + backward) for every client's minibatch."""
   t = config.training
-  return 6.0 * num_params * config.num_clients * t.local_steps * local_batch_size(config, max_count)
+  clients = t.clients_per_round or config.num_clients
+  steps = t.local_steps
+  if t.local_epochs:
+    batch = min(local_batch_size(config, max_count), max_count)
+    steps = t.local_epochs * -(-max_count // batch)
+  return 6.0 * num_params * clients * steps * local_batch_size(config, max_count)
 
 
 class _JobClock:

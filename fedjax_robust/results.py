@@ -130,6 +130,10 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
   kept = ~diverged
   out.update({name: float(np.mean(np.asarray(v)[:, kept])) if kept.any() else float("nan")
               for name, v in run.aux.items() if name not in training.MAX_AUX})
+  # Client sampling: the largest realized Byzantine count among the sampled, over rounds and
+  # draws (the per-round mean and the event shares are in the means above).
+  if "sampled_byzantine_max" in run.aux and kept.any():
+    out["sampled_byzantine_max"] = float(np.max(np.asarray(run.aux["sampled_byzantine_max"])[:, kept]))
   # Cumulative communication over the run (per-round values summed over every round; the aux
   # holds per-chunk means over equal chunks of rounds).
   if "numbers_sent" in run.aux and kept.any():
@@ -391,6 +395,7 @@ def format_table(summary: dict) -> str:
       + f", n={cfg['num_clients']}, declared f={cfg['f']}, attack={cfg['attack']}, "
       f"{cfg['training']['num_rounds']} rounds. Realized b: mean {law['mean']:.3f}{exact}; "
       f"P(b > f) = {law['p_exceeds_f']:.3f}; P(b ≥ n/2) = {law['p_no_honest_majority']:.3f}.")
+  extras += [line for line in [_describe_rounds(cfg["training"])] if line]
   if "server_prior" in summary:
     extras.append(server_prior.describe(summary["server_prior"]))
   if law["p_exceeds_f"] == 1.0:
@@ -410,6 +415,14 @@ def format_table(summary: dict) -> str:
     if "present_share" in s:
       extras.append(f"{name}: share of clients present per round, mean over rounds and draws: "
                     f"{s['present_share']:.3f}")
+    if "sampled_byzantine" in s:
+      m = cfg["training"]["clients_per_round"]
+      extras.append(
+          f"{name}: {m} of {cfg['num_clients']} clients sampled per round; Byzantine among them "
+          f"b_t: mean {s['sampled_byzantine']:.3f}, max {s['sampled_byzantine_max']:.0f}; rounds "
+          f"with b_t <= f: {100 * s['sampled_within_f']:.2f}%, with b_t < m/2 (RFA's event "
+          f"|S_t ∩ C| <= θm, θ < 1/2): {100 * s['sampled_minority']:.2f}% (over rounds and "
+          "draws)")
     if "kept_share" in s:
       extras.append(f"{name}: share of rows the filter kept per round, mean over rounds and "
                     f"draws: {s['kept_share']:.3f}")
@@ -431,6 +444,28 @@ def format_table(summary: dict) -> str:
                       f"draws: {s[key]:.3f}")
   lines.extend(extras)
   return "\n".join(lines)
+
+
+def _describe_rounds(t: Mapping[str, Any]) -> str:
+  """The round's protocol when it is not the default one (K = 1 step of D-SGD with worker
+  momentum, every client, constant η, the server's plain SGD), else ''."""
+  parts = []
+  if t.get("local_epochs"):
+    parts.append(f"{t['local_epochs']} local epoch(s) of batches of {t['batch_size']} without "
+                 "replacement")
+  elif t.get("local_steps", 1) != 1:
+    parts.append(f"{t['local_steps']} local steps")
+  if t.get("client_update", "momentum_gradient") != "momentum_gradient":
+    parts.append("FedAvg model deltas (local momentum reset each round)")
+  if t.get("tail_average", 1) > 1:
+    parts.append(f"tail average of the last {t['tail_average']} local iterates")
+  if t.get("client_lr_schedule", "constant") != "constant":
+    options = t.get("client_lr_schedule_options", {}).get(t["client_lr_schedule"], {})
+    parts.append(f"client lr {t['client_lr']} with a {t['client_lr_schedule']} schedule "
+                 f"({format_options(options)})")
+  if t.get("server_optimizer", "sgd") != "sgd":
+    parts.append(f"server optimizer {t['server_optimizer']} (lr {t['server_lr']})")
+  return "Rounds: " + "; ".join(parts) + "." if parts else ""
 
 
 def format_comparisons(summary: dict) -> str:

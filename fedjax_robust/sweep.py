@@ -170,7 +170,9 @@ def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
            for name, value in s.items()
            if name.endswith(("clipped_share", "gm_iterations", "kept_share", "present_share",
                              "skipped_round", "secure_averages", "numbers_sent",
-                             "secure_averages_total", "numbers_sent_total"))]
+                             "secure_averages_total", "numbers_sent_total",
+                             "sampled_byzantine", "sampled_byzantine_max", "sampled_within_f",
+                             "sampled_minority"))]
   # A mixed population: each behaviour's clients on their own data.
   for name, value in s.items():
     if name.startswith("behaviour_"):

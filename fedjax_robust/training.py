@@ -47,11 +47,12 @@ from fedjax_robust.theory import heterogeneity
 from fedjax_robust.theory import robustness as measured_robustness
 
 # Aggregator aux values reduced by their maximum over rounds (the others by their mean).
-MAX_AUX = ("kappa_ratio",)
+MAX_AUX = ("kappa_ratio", "sampled_byzantine_max")
 # fold_in tags of the per-draw keys (distinct from the round numbers the round keys use).
 _FAULT_TAG = 2 ** 30 + 1
 _BEHAVIOUR_TAG = 2 ** 30 + 2
 _PRESENCE_TAG = 2 ** 30 + 3
+_SAMPLING_TAG = 2 ** 30 + 4
 
 
 def assign_behaviours(key: jax.Array, honest: jax.Array, probs) -> jax.Array:
@@ -71,19 +72,115 @@ def fault_keys(key: jax.Array, num_clients: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_clients))
 
 
+# The clients' learning-rate schedules over rounds (η_t for round t; optax schedules), with
+# their options' defaults.
+LR_SCHEDULES = {"constant": {}, "cosine": {"alpha": 0.0},
+                "exponential": {"decay_rate": 0.99, "transition_rounds": 1},
+                "step": {"boundaries": (100,), "factor": 0.1}}
+# How a client's local optimizer state lives across rounds.
+CLIENT_UPDATES = ("momentum_gradient", "model_delta")
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalTraining:
-  """Client-side hyperparameters (static)."""
-  local_steps: int = 1        # K local SGD steps per round
-  batch_size: int = 32        # examples per step, drawn with replacement; <= 0: all local data
-  lr: float = 0.1             # η
+  """Client-side hyperparameters (static).
+
+  A round's local work is either K steps (`local_steps`) on minibatches drawn with replacement,
+  or E epochs (`local_epochs` ≥ 1): each epoch a fresh shuffle of the client's own examples cut
+  into ⌈m_max/B⌉ minibatches of B positions without replacement, the positions past the
+  client's count masked (a step whose minibatch holds no example of the client changes
+  nothing), so every example is visited exactly E times.
+
+  `update`: "momentum_gradient" (D-SGD with worker momentum kept across rounds, RESAM; K = 1
+  sends u_i = η m_i) or "model_delta" (FedAvg: the local momentum starts at zero each round).
+  Both send u_i = θ − θ̄_i, where θ̄_i is the average of the client's last `tail_average`
+  local iterates (1: the last iterate θ_i^K; a client with fewer real steps R_i averages all
+  R_i of them).
+
+  `lr_schedule`: η_t of round t, one of LR_SCHEDULES (optax schedules over rounds, `num_rounds`
+  the horizon of "cosine"), its options as ((name, value), ...).
+  """
+  local_steps: int = 1        # K local SGD steps per round (local_epochs = 0)
+  batch_size: int = 32        # examples per step; <= 0: all local data
+  lr: float = 0.1             # η (η_0 of a schedule)
   momentum: float = 0.9       # β of worker momentum (0: plain SGD)
+  local_epochs: int = 0       # E ≥ 1: E epochs without replacement instead of K steps
+  update: str = "momentum_gradient"
+  tail_average: int = 1
+  lr_schedule: str = "constant"
+  lr_schedule_options: tuple = ()
+  num_rounds: int = 0         # the schedules' horizon (cosine)
 
   def __post_init__(self):
     if self.local_steps < 1:
       raise ValueError(f"local_steps must be >= 1, got {self.local_steps}.")
     if not 0 <= self.momentum < 1:
       raise ValueError(f"client momentum must lie in [0, 1), got {self.momentum}.")
+    if self.local_epochs < 0:
+      raise ValueError(f"local_epochs must be >= 0 (0: local_steps), got {self.local_epochs}.")
+    if self.update not in CLIENT_UPDATES:
+      raise ValueError(f"client update {self.update!r} is not one of {', '.join(CLIENT_UPDATES)}.")
+    if self.tail_average < 1:
+      raise ValueError(f"tail_average must be >= 1 (1: the last iterate), got "
+                       f"{self.tail_average}.")
+    if self.lr_schedule not in LR_SCHEDULES:
+      raise ValueError(f"client lr schedule {self.lr_schedule!r} is not one of "
+                       f"{', '.join(LR_SCHEDULES)}.")
+    if self.lr_schedule == "cosine" and self.num_rounds < 1:
+      raise ValueError("the cosine schedule needs num_rounds >= 1 (its horizon).")
+
+  @property
+  def persistent_momentum(self) -> bool:
+    return self.update == "momentum_gradient"
+
+  def lr_at(self, round_: jax.Array) -> jax.Array:
+    """η_t, the clients' learning rate of round t."""
+    o = dict(LR_SCHEDULES[self.lr_schedule], **dict(self.lr_schedule_options))
+    if self.lr_schedule == "constant":
+      return jnp.asarray(self.lr, jnp.float32)
+    if self.lr_schedule == "cosine":
+      schedule = optax.cosine_decay_schedule(self.lr, self.num_rounds, alpha=o["alpha"])
+    elif self.lr_schedule == "exponential":
+      schedule = optax.exponential_decay(self.lr, o["transition_rounds"], o["decay_rate"],
+                                         staircase=True)
+    else:
+      schedule = optax.piecewise_constant_schedule(
+          self.lr, {int(b): float(o["factor"]) for b in o["boundaries"]})
+    return jnp.asarray(schedule(round_), jnp.float32)
+
+  def steps(self, max_count: int) -> int:
+    """Local steps per round of a client whose data is padded to `max_count` examples."""
+    if not self.local_epochs:
+      return self.local_steps
+    return self.local_epochs * -(-max_count // self.epoch_batch(max_count))
+
+  def epoch_batch(self, max_count: int) -> int:
+    """B of the epochs: batch_size, or every position when batch_size <= 0 or > max_count."""
+    return max_count if self.batch_size <= 0 else min(self.batch_size, max_count)
+
+
+def epoch_batches(key: jax.Array, count: jax.Array, max_count: int, batch: int,
+                  epochs: int) -> tuple[jax.Array, jax.Array]:
+  """The minibatches of E epochs without replacement: `(idx [E·J, B], real [E·J, B])`,
+  J = ⌈max_count/B⌉. Epoch e shuffles the client's `count` examples (`fold_in(key, e)`) and
+  cuts the shuffle into J blocks of B positions; positions ≥ count are padding (`real` False)."""
+  per_epoch = -(-max_count // batch)
+  positions = jnp.arange(per_epoch * batch)
+  real = positions < count
+
+  def one(e):
+    u = jax.random.uniform(jax.random.fold_in(key, e), (max_count,))
+    order = jnp.argsort(jnp.where(jnp.arange(max_count) < count, u, 2.0))
+    idx = jnp.take(order, jnp.minimum(positions, max_count - 1))
+    return idx.reshape(per_epoch, batch), real.reshape(per_epoch, batch)
+
+  idx, mask = jax.vmap(one)(jnp.arange(epochs))
+  return idx.reshape(-1, batch), mask.reshape(-1, batch)
+
+
+def sample_clients(key: jax.Array, num_clients: int, per_round: int) -> jax.Array:
+  """The clients of one round, `[m]` int32 sorted: m of n uniformly without replacement."""
+  return jnp.sort(jax.random.permutation(key, num_clients)[:per_round]).astype(jnp.int32)
 
 
 class RunState(NamedTuple):
@@ -121,6 +218,13 @@ class Simulator:
   # The server's root data set (x [m, ...], y [m]) for rules that compare with a server update
   # (FLTrust); the server trains on it with the clients' local procedure.
   root: tuple[Any, Any] | None = None
+  # Client sampling: m clients per round, uniformly without replacement (0: all n). Local
+  # training, the attack and the rule see the m sampled clients only (the rule's f applies to
+  # them); the others keep their momentum. aux: the realized Byzantine count among the sampled
+  # b_t (`sampled_byzantine`, its maximum `sampled_byzantine_max`), and the shares of rounds
+  # with b_t <= f (`sampled_within_f`) and with b_t < m/2 (`sampled_minority`: RFA's event
+  # |S_t ∩ C| <= θm for every θ < 1/2, Pillutla et al. 2022, Theorem 4).
+  clients_per_round: int = 0
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -134,6 +238,11 @@ class Simulator:
     if getattr(self.aggregator, "needs_server_update", False) and self.root is None:
       raise ValueError(f"aggregator {self.aggregator.name!r} compares with a server update on "
                        "root data; the simulator has no root data set.")
+
+  @property
+  def sampling(self) -> bool:
+    """Whether fewer than n clients take part in a round."""
+    return 0 < self.clients_per_round < self.num_clients
 
   @property
   def behaviours(self) -> tuple[Attack, ...]:
@@ -188,13 +297,16 @@ class Simulator:
     keep = valid.reshape(valid.shape + (1,) * (x.ndim - valid.ndim))
     return jnp.where(keep, x, 0.0), jnp.where(valid, y, 0)
 
-  def local_update(self, params, momentum, x, y, count, key, byzantine, fault_key=None):
-    """K local steps of one client; returns (update θ − θ_K `[d]`, new momentum `[d]`).
+  def local_update(self, params, momentum, x, y, count, key, byzantine, fault_key=None,
+                   lr=None):
+    """One client's local work (`LocalTraining`: K steps or E epochs, at learning rate `lr`,
+    default the constant η); returns (update θ − θ̄ `[d]`, new momentum `[d]`).
 
     `byzantine`: whether the client runs the attack (a bool), or `[K]` bools, which behaviour
     of the population it runs. `fault_key`: the client's key of data faults for the draw
     (`fault_keys`; needed when a behaviour corrupts data)."""
     cfg = self.local
+    lr = cfg.lr if lr is None else lr
     roles = jnp.atleast_1d(byzantine)
     behaviours = self.behaviours
 
@@ -237,13 +349,56 @@ class Simulator:
       xb, yb = poisoned(k_poison, x[idx], y[idx], idx)
       return jax.grad(self._loss)(p, xb, yb, jnp.ones((cfg.batch_size,), bool))
 
-    def step(carry, k):
-      p, m = carry
-      m = cfg.momentum * m + (1 - cfg.momentum) * gradient(p, k)
-      return (p - cfg.lr * m, m), None
+    def epoch_gradient(p, k, idx, real):
+      """The gradient on one minibatch of an epoch (positions past the data masked; a biased
+      client weights its examples by its sampling weights)."""
+      xb, yb = poisoned(k, *self._without_padding(x[idx], y[idx], real), idx)
+      w = real.astype(jnp.float32)
+      if biased:
+        w = jnp.where(is_biased, w * sample_weights[idx], w)
+      return jax.grad(self._loss)(p, xb, yb, w)
 
-    (local_params, momentum), _ = lax.scan(
-        step, (params, momentum), jax.random.split(key, cfg.local_steps))
+    max_count = x.shape[0]
+    total = cfg.steps(max_count)
+    if cfg.local_epochs:
+      batch = cfg.epoch_batch(max_count)
+      k_order, k_steps = jax.random.split(key)
+      idx, real = epoch_batches(k_order, count, max_count, batch, cfg.local_epochs)
+      inputs = (jax.random.split(k_steps, total), idx, real)
+      real_steps = cfg.local_epochs * -(-count // batch)  # R_i, the client's own steps
+    else:
+      inputs = (jax.random.split(key, total), None, None)
+      real_steps = total
+    tail = jnp.minimum(cfg.tail_average, real_steps)
+    if not cfg.persistent_momentum:  # FedAvg: the local optimizer starts afresh each round
+      momentum_in = jnp.zeros_like(momentum)
+    else:
+      momentum_in = momentum
+
+    def step(carry, inp):
+      p, m, done, tail_sum = carry
+      k, idx_, real_ = inp
+      if idx_ is None:
+        g = gradient(p, k)
+        m_new = cfg.momentum * m + (1 - cfg.momentum) * g
+        p_new, active = p - lr * m_new, jnp.array(True)
+      else:
+        active = jnp.any(real_)
+        g = epoch_gradient(p, k, idx_, real_)
+        m_new = jnp.where(active, cfg.momentum * m + (1 - cfg.momentum) * g, m)
+        p_new = jnp.where(active, p - lr * m_new, p)
+      done = done + active.astype(jnp.int32)
+      if cfg.tail_average > 1:  # the iterates of the last `tail` real steps
+        tail_sum = tail_sum + jnp.where(active & (done > real_steps - tail), p_new, 0.0)
+      return (p_new, m_new, done, tail_sum), None
+
+    init = (params, momentum_in, jnp.array(0, jnp.int32),
+            jnp.zeros_like(params) if cfg.tail_average > 1 else ())
+    (local_params, momentum, _, tail_sum), _ = lax.scan(step, init, inputs)
+    if cfg.tail_average > 1:
+      local_params = tail_sum / tail.astype(params.dtype)
+    if not cfg.persistent_momentum:
+      momentum = momentum_in
     return params - local_params, momentum
 
   def round(self, state: RunState, honest: jax.Array, key: jax.Array, train: ClientData
@@ -251,21 +406,39 @@ class Simulator:
     """One federated round for one honest mask `[n]` (`key`: the draw's key); returns the new
     state and aggregator aux."""
     roles = self.roles(honest, key)
-    byzantine = ~honest
     round_key = jax.random.fold_in(key, state.round)
     k_clients, k_attack, k_aggregator = jax.random.split(round_key, 3)
     behaviours = self.behaviours
     needs_fault_keys = any(a.corrupt_data is not None for a in behaviours)
     faults_ = fault_keys(key, self.num_clients) if needs_fault_keys else None
+    client_keys = jax.random.split(k_clients, self.num_clients)
+    weights = self._aggregation_weights(train, honest, state.params.dtype)
+    momentum_in = state.momentum
+    extra = {}
+    if self.sampling:  # the round's m clients; every per-client array taken at their indices
+      sampled = sample_clients(jax.random.fold_in(round_key, _SAMPLING_TAG), self.num_clients,
+                               self.clients_per_round)
+      take = lambda a: None if a is None else a[sampled]
+      honest, roles, faults_, client_keys, weights, momentum_in = map(
+          take, (honest, roles, faults_, client_keys, weights, momentum_in))
+      train = jax.tree.map(take, train)
+      b_t = jnp.sum(~honest)
+      extra.update(sampled_byzantine=b_t.astype(jnp.float32),
+                   sampled_byzantine_max=b_t.astype(jnp.float32),
+                   sampled_within_f=(b_t <= (self.aggregator.f or 0)).astype(jnp.float32),
+                   sampled_minority=(2 * b_t < self.clients_per_round).astype(jnp.float32))
+    byzantine = ~honest
     client_roles = roles if self.population else byzantine
+    lr = None if self.local.lr_schedule == "constant" else self.local.lr_at(state.round)
     updates, momentum = jax.vmap(self.local_update,
-                                 in_axes=(None, 0, 0, 0, 0, 0, 0, 0 if needs_fault_keys else None))(
-        state.params, state.momentum, train.x, train.y, train.counts,
-        jax.random.split(k_clients, self.num_clients), client_roles, faults_)
-    weights = self._aggregation_weights(train, honest, updates.dtype)
+                                 in_axes=(None, 0, 0, 0, 0, 0, 0, 0 if needs_fault_keys else None,
+                                          None))(
+        state.params, momentum_in, train.x, train.y, train.counts, client_keys, client_roles,
+        faults_, lr)
+    if self.sampling:  # the others keep their momentum
+      momentum = state.momentum.at[sampled].set(momentum)
     if self.honest_only:  # absent clients: their rows are zeros of weight 0 (0·NaN would poison)
       updates = jnp.where(honest[:, None], updates, jnp.zeros_like(updates))
-    extra = {}
     present = None
     if self.absences:
       present = jnp.ones_like(honest)
@@ -280,7 +453,7 @@ class Simulator:
       root_x, root_y = self.root
       server_update, server_momentum = self.local_update(
           state.params, state.server_momentum, jnp.asarray(root_x), jnp.asarray(root_y),
-          root_y.shape[0], jax.random.fold_in(round_key, self.num_clients), False)
+          root_y.shape[0], jax.random.fold_in(round_key, self.num_clients), False, lr=lr)
     agg_kwargs = {}
     if present is not None:
       agg_kwargs["present"] = present

@@ -1,0 +1,315 @@
+"""Rounds as deployed (issue 17): client sampling, local epochs, FedAvg deltas, tail averaging,
+client learning-rate schedules and the server optimizer by name, against NumPy and closed forms."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+from scipy import stats
+
+from conftest import set_key
+from conftest import tiny_config
+from fedjax_robust import aggregators
+from fedjax_robust import attacks
+from fedjax_robust import config as config_lib
+from fedjax_robust import experiment
+from fedjax_robust import models
+from fedjax_robust import results
+from fedjax_robust import server_optimizers
+from fedjax_robust import training
+from fedjax_robust.errors import ConfigError
+from test_training import C, FEATURES, client_data, np_grad
+
+
+def make_sim(*, n=4, f=1, aggregator="mean", attack="none", sampled=0, **local):
+  local = {"batch_size": 0, "lr": 0.3, "momentum": 0.0, **local}
+  return training.Simulator(
+      model=models.get("logistic", input_shape=(FEATURES, 1, 1), num_classes=C),
+      aggregator=aggregators.get(aggregator, f=f), attack=attacks.get(attack, num_classes=C),
+      local=training.LocalTraining(**local), server_optimizer=optax.sgd(1.0), num_clients=n,
+      clients_per_round=sampled)
+
+
+def dense(sim, params):
+  p = sim._unravel(params)["params"]["Dense_0"]
+  return np.asarray(p["kernel"], np.float64), np.asarray(p["bias"], np.float64)
+
+
+# ------------------------------------------------------------------------- client sampling
+
+
+def test_sampled_sets_have_size_m_and_uniform_inclusion():
+  n, m = 9, 4
+  idx = np.asarray(jax.vmap(lambda k: training.sample_clients(k, n, m))(
+      jax.random.split(jax.random.key(0), 4000)))
+  assert idx.shape == (4000, m)
+  assert all(len(set(row)) == m and list(row) == sorted(row) for row in idx[:200])
+  inclusion = np.bincount(idx.ravel(), minlength=n) / len(idx)
+  np.testing.assert_allclose(inclusion, m / n, atol=0.03)
+
+
+def test_byzantine_count_among_the_sampled_is_hypergeometric(rng):
+  """Given the draw (b Byzantine among n), b_t of every round ~ Hypergeometric(n, b, m)."""
+  n, m, f = 10, 5, 2
+  counts = (6, 7, 5, 8, 6, 9, 5, 7, 6, 8)
+  train, _, _ = client_data(rng, counts=counts)
+  sim = make_sim(n=n, f=f, attack="sign_flip", sampled=m)
+  honest = jnp.array([False, True, True, False, True, True, False, True, True, True])  # b = 3
+
+  def per_round(key):
+    def body(state, _):
+      return sim.round(state, honest, key, train)
+    _, aux = lax_scan(body, sim.init(jax.random.key(0)), 60)
+    return aux["sampled_byzantine"]
+
+  keys = jax.random.split(jax.random.key(3), 24)
+  b_t = np.asarray(jax.jit(jax.vmap(per_round))(keys)).ravel().astype(int)  # 1440 rounds
+  observed = np.bincount(b_t, minlength=m + 1)[:4]
+  expected = stats.hypergeom(n, 3, m).pmf(np.arange(4)) * len(b_t)
+  assert observed.sum() == len(b_t)
+  assert stats.chisquare(observed, expected).pvalue > 1e-3
+  np.testing.assert_allclose(observed / len(b_t), expected / len(b_t), atol=0.04)
+
+
+def lax_scan(body, state, length):
+  return jax.lax.scan(body, state, None, length=length)
+
+
+def test_unsampled_clients_keep_their_momentum_and_the_rule_sees_m_rows(rng):
+  n, m = 8, 5
+  train, _, _ = client_data(rng, counts=(5, 9, 3, 7, 6, 4, 8, 5))
+  sim = make_sim(n=n, f=2, sampled=m, momentum=0.9)
+  state = sim.init(jax.random.key(0))
+  state = state._replace(momentum=jnp.asarray(rng.normal(size=state.momentum.shape), jnp.float32))
+  new, aux = jax.jit(sim.round)(state, jnp.ones(n, bool), jax.random.key(1), train)
+  changed = np.any(np.asarray(new.momentum) != np.asarray(state.momentum), axis=1)
+  assert changed.sum() == m
+  d = sim.num_params
+  assert float(aux["numbers_sent"]) == m * (d + math.ceil(math.log2(m)))  # m rows, one average
+  # The server step is the mean of the m sampled clients' updates (momentum as carried).
+  x_new = np.asarray(new.momentum)
+  expected_step = 0.3 * x_new[changed].mean(0)
+  np.testing.assert_allclose(np.asarray(state.params) - np.asarray(new.params), expected_step,
+                             atol=1e-6)
+
+
+def test_full_participation_is_todays_round(rng):
+  """clients_per_round = n (or 0) is the round without sampling, bit for bit."""
+  train, _, _ = client_data(rng)
+  honest = jnp.array([True, False, True, True])
+  outs = []
+  for sampled in (0, 4):
+    sim = make_sim(attack="sign_flip", sampled=sampled, momentum=0.5, batch_size=2)
+    state, _ = jax.jit(functools.partial(sim.run_rounds, num_rounds=3))(
+        sim.init(jax.random.key(0)), honest, jax.random.key(1), train)
+    outs.append(np.asarray(state.params))
+  np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_defaults_reproduce_the_numbers_before_these_switches():
+  """The tiny job's final honest losses per draw, as the code before issue 17's round switches
+  computed them (commit 2ef35e6, K = 2, β = 0.5): the defaults changed nothing."""
+  c = tiny_config()
+  c.training.local_steps = 2
+  c.training.client_momentum = 0.5
+  exp = experiment.run(c, log=lambda _: None)
+  before = {"mean": [1.0966460704803467, 1.0645644664764404, 1.074741244316101,
+                     1.0739593505859375],
+            "nnm+trimmed_mean": [1.0854673385620117, 1.0561424493789673, 1.0708603858947754,
+                                 1.057983160018921]}
+  for spec, values in before.items():
+    np.testing.assert_allclose(np.asarray(exp.runs[spec].metrics["honest_loss"][-1]), values,
+                               rtol=1e-5)
+
+
+# ------------------------------------------------------------------------- local training
+
+
+@pytest.mark.parametrize("count,batch,epochs", [(7, 3, 2), (9, 9, 1), (5, 4, 3), (1, 2, 2)])
+def test_epochs_visit_every_example_once_per_epoch(count, batch, epochs):
+  max_count = 9
+  idx, real = training.epoch_batches(jax.random.key(count), jnp.int32(count), max_count, batch,
+                                     epochs)
+  idx, real = np.asarray(idx), np.asarray(real)
+  per_epoch = -(-max_count // batch)
+  assert idx.shape == (epochs * per_epoch, batch)
+  for e in range(epochs):
+    seen = idx[e * per_epoch:(e + 1) * per_epoch][real[e * per_epoch:(e + 1) * per_epoch]]
+    assert sorted(seen) == list(range(count))  # each real example exactly once, no padding
+  if epochs > 1 and count > 2:  # reshuffled each epoch
+    first = idx[:per_epoch][real[:per_epoch]]
+    assert any(not np.array_equal(first, idx[e * per_epoch:(e + 1) * per_epoch][
+        real[e * per_epoch:(e + 1) * per_epoch]]) for e in range(1, epochs))
+
+
+def np_sgd(w, b, steps, *, lr, beta, mw=None, mb=None):
+  """Local SGD with momentum on minibatches `steps` [(x, y), ...] (an empty batch: no step);
+  returns every iterate after a real step and the final momentum."""
+  mw = np.zeros_like(w) if mw is None else mw
+  mb = np.zeros_like(b) if mb is None else mb
+  iterates = []
+  for x, y in steps:
+    if len(y) == 0:
+      continue
+    gw, gb = np_grad(w, b, x, y)
+    mw, mb = beta * mw + (1 - beta) * gw, beta * mb + (1 - beta) * gb
+    w, b = w - lr * mw, b - lr * mb
+    iterates.append((w, b))
+  return iterates, mw, mb
+
+
+@pytest.mark.parametrize("epochs,batch,tail", [(2, 3, 1), (1, 4, 2), (3, 16, 2)])
+def test_local_epochs_and_tail_average_match_numpy(rng, epochs, batch, tail):
+  train, xs, ys = client_data(rng)
+  sim = make_sim(local_epochs=epochs, batch_size=batch, momentum=0.5, tail_average=tail,
+                 update="model_delta")
+  params = sim.init(jax.random.key(0)).params
+  key = jax.random.key(5)
+  i = 1  # 9 examples, padded to 9
+  update, _ = sim.local_update(params, jnp.zeros_like(params), train.x[i], train.y[i],
+                               train.counts[i], key, False)
+  b_eff = min(batch, train.x.shape[1])
+  k_order, _ = jax.random.split(key)
+  idx, real = training.epoch_batches(k_order, train.counts[i], train.x.shape[1], b_eff, epochs)
+  x, y = xs[i], ys[i]
+  steps = [(x[row[mask]], y[row[mask]]) for row, mask in zip(np.asarray(idx), np.asarray(real))]
+  w0, b0 = dense(sim, params)
+  iterates, _, _ = np_sgd(w0, b0, steps, lr=0.3, beta=0.5)
+  last = iterates[-min(tail, len(iterates)):]
+  w_bar = np.mean([it[0] for it in last], axis=0)
+  b_bar = np.mean([it[1] for it in last], axis=0)
+  got_w, got_b = dense(sim, update)
+  np.testing.assert_allclose(got_w, w0 - w_bar, atol=2e-5)
+  np.testing.assert_allclose(got_b, b0 - b_bar, atol=2e-5)
+
+
+def test_fedavg_with_the_mean_equals_numpy_fedavg(rng):
+  """FedAvg (local momentum reset each round, K full-batch steps, the model delta averaged,
+  server SGD with lr 1) against NumPy over 4 rounds; D-SGD's persistent momentum differs."""
+  train, xs, ys = client_data(rng)
+  K, lr, beta = 3, 0.3, 0.5
+  sim = make_sim(local_steps=K, momentum=beta, update="model_delta")
+  state = sim.init(jax.random.key(0))
+  w, b = dense(sim, state.params)
+  state, _ = jax.jit(functools.partial(sim.run_rounds, num_rounds=4))(
+      state, jnp.ones(4, bool), jax.random.key(1), train)
+  for _ in range(4):
+    deltas = []
+    for x, y in zip(xs, ys):
+      iterates, _, _ = np_sgd(w, b, [(x, y)] * K, lr=lr, beta=beta)
+      deltas.append((w - iterates[-1][0], b - iterates[-1][1]))
+    w = w - np.mean([d[0] for d in deltas], axis=0)
+    b = b - np.mean([d[1] for d in deltas], axis=0)
+  got_w, got_b = dense(sim, state.params)
+  np.testing.assert_allclose(got_w, w, atol=2e-5)
+  np.testing.assert_allclose(got_b, b, atol=2e-5)
+  persistent = make_sim(local_steps=K, momentum=beta)
+  other, _ = jax.jit(functools.partial(persistent.run_rounds, num_rounds=4))(
+      persistent.init(jax.random.key(0)), jnp.ones(4, bool), jax.random.key(1), train)
+  assert np.max(np.abs(np.asarray(other.params) - np.asarray(state.params))) > 1e-3
+
+
+@pytest.mark.parametrize("name,options,expected", [
+    ("cosine", (("alpha", 0.1),),
+     lambda t: 0.5 * (0.9 * 0.5 * (1 + np.cos(np.pi * min(t, 40) / 40)) + 0.1)),
+    ("exponential", (("decay_rate", 0.9), ("transition_rounds", 3)),
+     lambda t: 0.5 * 0.9 ** (t // 3)),
+    ("step", (("boundaries", (10, 25)), ("factor", 0.2)),
+     lambda t: 0.5 * 0.2 ** ((t >= 10) + (t >= 25))),
+])
+def test_client_lr_schedules_against_closed_forms(rng, name, options, expected):
+  local = training.LocalTraining(lr=0.5, lr_schedule=name, lr_schedule_options=options,
+                                 num_rounds=40)
+  for t in (0, 1, 3, 9, 10, 24, 25, 39):
+    np.testing.assert_allclose(float(local.lr_at(jnp.int32(t))), expected(t), rtol=1e-6)
+  # In a round: full batch, no momentum, so the update of round t is η_t ∇L_i(θ).
+  train, xs, ys = client_data(rng)
+  sim = make_sim(lr=0.5, lr_schedule=name, lr_schedule_options=options, num_rounds=40)
+  state = sim.init(jax.random.key(0))
+  state = state._replace(round=jnp.int32(12))
+  new, _ = jax.jit(sim.round)(state, jnp.ones(4, bool), jax.random.key(1), train)
+  w, b = dense(sim, state.params)
+  grads = [np_grad(w, b, x, y) for x, y in zip(xs, ys)]
+  got_w, _ = dense(sim, new.params)
+  np.testing.assert_allclose(got_w, w - expected(12) * np.mean([g[0] for g in grads], axis=0),
+                             atol=2e-5)
+
+
+# ------------------------------------------------------------------------- server optimizer
+
+
+def test_every_offered_server_optimizer_builds_and_steps():
+  assert {"sgd", "adam", "yogi", "adagrad", "adamw", "lamb"} <= set(server_optimizers.names())
+  for name in server_optimizers.names():
+    opt = server_optimizers.build(name, 0.1, server_optimizers.options(name))
+    p = jnp.ones(5)
+    u, _ = opt.update(jnp.arange(5.0) - 2, opt.init(p), p)
+    assert np.all(np.isfinite(np.asarray(u))), name
+
+
+def test_server_optimizer_options_reach_optax():
+  c = tiny_config()
+  c.training.server_optimizer = "adam"
+  c.training.server_lr = 0.05
+  c.training.server_optimizer_options.adam.b1 = 0.5
+  ours = config_lib.make_server_optimizer(c)
+  theirs = optax.adam(0.05, b1=0.5)
+  p = jnp.zeros(3)
+  s1, s2 = ours.init(p), theirs.init(p)
+  for g in (jnp.array([1.0, -2.0, 0.5]), jnp.array([0.3, 0.3, -1.0])):
+    u1, s1 = ours.update(g, s1, p)
+    u2, s2 = theirs.update(g, s2, p)
+    np.testing.assert_allclose(u1, u2, rtol=1e-6)
+  default, sd = optax.adam(0.05), optax.adam(0.05).init(p)
+  for g in (jnp.array([1.0, -2.0, 0.5]), jnp.array([0.3, 0.3, -1.0])):
+    u3, sd = default.update(g, sd, p)
+  assert not np.allclose(u1, u3)  # b1 = 0.5 took effect
+
+
+# ------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"training.clients_per_round": 2}, r"clients_per_round=2 must satisfy 2f = 2 < m"),
+    ({"training.clients_per_round": 7}, r"clients_per_round=7 must satisfy .* <= num_clients = 6"),
+    ({"training.clients_per_round": 4, "attack": "stale"}, r"attack='stale' replays"),
+    ({"training.clients_per_round": 4, "aggregator": "posterior_filter"},
+     r"posterior_filter hold options per client index"),
+    ({"training.tail_average": 2}, r"tail_average=2 must be <= training.local_steps=1"),
+    ({"training.client_lr_schedule": "step"}, r"boundaries=\(100,\): \[100\] never apply"),
+    ({"training.server_optimizer": "adam", "training.server_momentum": 0.9},
+     r"server_momentum=0.9 applies to server_optimizer='sgd'"),
+    ({"training.server_optimizer_options.yogi.b2": 1.0},
+     r"server_optimizer_options.yogi.b2=1.0 is outside its domain"),
+    ({"training.client_update": "fedprox"}, r"client_update='fedprox' is outside its domain"),
+    ({"training.local_epochs": 1, "aggregator": "centered_clipping"},
+     r"tau_units='published_momentum' converts"),
+])
+def test_bad_round_settings_are_refused_before_any_work(changes, match):
+  c = tiny_config()
+  for key, value in changes.items():
+    set_key(c, key, value)
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(c)
+
+
+def test_a_sampled_job_reports_the_sampled_byzantine_count():
+  c = tiny_config()
+  c.num_clients, c.f = 8, 1
+  c.honest_set_options.fixed_count.num_byzantine = 2
+  c.training.clients_per_round = 4
+  c.training.num_rounds, c.training.eval_every = 30, 30
+  exp = experiment.run(c, log=lambda _: None)
+  summary = results.summarize(exp)
+  s = summary["aggregators"]["mean"]
+  # Per round b_t ~ Hypergeometric(8, 2, 4): E[b_t] = 1, b_t <= 2, and P(b_t <= f = 1) =
+  # P(b_t < m/2 = 2) = 55/70 (over 4 draws × 30 rounds).
+  assert abs(s["sampled_byzantine"] - 1.0) < 0.15
+  assert s["sampled_byzantine_max"] == 2
+  assert abs(s["sampled_within_f"] - 55 / 70) < 0.1
+  assert s["sampled_minority"] == s["sampled_within_f"]
