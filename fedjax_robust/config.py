@@ -35,6 +35,7 @@ from fedjax_robust import training
 _REQUIRED_HONEST_SET_DEFAULTS = {"fixed_count": {"num_byzantine": 5}, "bernoulli": {"p": 0.15},
                                  "beta_bernoulli": {"a": 1.0, "b": 5.0}}
 WORST_CASE_CRITERIA = ("heterogeneity", "final_loss")
+PERSONALIZATIONS = ("none", "personal_head")
 
 
 def _options_of(names, options_fn, none_types) -> ml_collections.ConfigDict:
@@ -159,6 +160,11 @@ def base_config() -> ml_collections.ConfigDict:
       # The clients' learning rate over rounds: client_lr × an optax schedule.
       "client_lr_schedule": "constant",
       "client_lr_schedule_options": {k: dict(v) for k, v in training.LR_SCHEDULES.items() if v},
+      # Personalization (needs data.holdout_fraction > 0: each client is measured on its own
+      # held-out split): "personal_head" keeps the model's output layer per client, trained
+      # locally and never sent (FedPer); fine_tune_steps > 0 measures every client's model after
+      # that many full-batch local steps on its own data (honest_finetuned_holdout_*).
+      "personalization": "none", "fine_tune_steps": 0,
       # Any optax optimizer by name (server_optimizers.names()), its options below;
       # server_momentum is sgd's momentum.
       "server_optimizer": "sgd", "server_lr": 1.0, "server_momentum": 0.0,
@@ -259,6 +265,8 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "training.client_update": D.Choice(*training.CLIENT_UPDATES),
     "training.tail_average": D.Int(1, note="1: the last local iterate"),
     "training.client_lr_schedule": D.Choice(*training.LR_SCHEDULES),
+    "training.personalization": D.Choice(*PERSONALIZATIONS),
+    "training.fine_tune_steps": D.Int(0, note="0: no local fine-tuning"),
     "training.client_lr_schedule_options.cosine.alpha": D.PROBABILITY,
     "training.client_lr_schedule_options.exponential.decay_rate": D.Float(0, 1, low_open=True),
     "training.client_lr_schedule_options.exponential.transition_rounds": D.POSITIVE_INT,
@@ -525,6 +533,37 @@ def _validate_rounds(config, specs) -> None:
                       f"{t.local_epochs} makes depend on each client's data; allowed: "
                       "tau_units='update' with local epochs.")
   make_server_optimizer(config)
+  _validate_personalization(config, specs)
+
+
+def _validate_personalization(config, specs) -> None:
+  t = config.training
+  personal = t.personalization != "none"
+  if not personal and not t.fine_tune_steps:
+    return
+  what = (f"training.personalization={t.personalization!r}" if personal
+          else f"training.fine_tune_steps={t.fine_tune_steps}")
+  if config.data.holdout_fraction <= 0:
+    raise ConfigError(f"{what} is measured on each client's own held-out split; set "
+                      "data.holdout_fraction > 0 (e.g. 0.2), got data.holdout_fraction="
+                      f"{config.data.holdout_fraction}.")
+  if not personal:
+    return
+  if config.theory.enabled:
+    raise ConfigError(f"{what}: the theory block (theory.enabled=True) measures one global "
+                      "model's heterogeneity and κ; allowed: theory.enabled=False with "
+                      "personalization.")
+  hidden = {"mlp": len(config.model_options.mlp.hidden), "cnn": 1}.get(config.model, 0)
+  if not hidden:
+    raise ConfigError(f"{what} keeps the output layer personal; model={config.model!r}"
+                      + (" with model_options.mlp.hidden=()" if config.model == "mlp" else "")
+                      + " has no other layer to share. Allowed: mlp (with hidden layers) or "
+                      "cnn.")
+  for spec in specs:
+    if aggregators.get(spec, f=config.f, options=aggregator_options(config)).needs_server_update:
+      raise ConfigError(f"aggregator {spec!r} compares with the server's own update on root "
+                        f"data, and {what} leaves the server without an output layer; allowed: "
+                        "rules without a server update.")
 
 
 def _validate_server_prior(config, specs) -> None:
@@ -656,7 +695,9 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
 
   `reference` builds a reference run instead: "honest_optimum" (mean of the honest clients
   only, no attack) or "oracle" (mean weighted by `client_weights`, no attack); both with every
-  client taking part in every round (no client sampling) and the config's local training.
+  client taking part in every round (no client sampling) and the config's local training; the
+  honest-only run with the config's personalization and fine-tuning, the oracle without (one
+  global model).
   """
   if reference is not None:
     model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
@@ -666,6 +707,9 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
         attack=attacks.get("none", num_classes=fed.num_classes), local=make_local_training(config),
         server_optimizer=make_server_optimizer(config),
         num_clients=config.num_clients, honest_only=reference == "honest_optimum",
+        personal_head=(reference == "honest_optimum"
+                       and config.training.personalization == "personal_head"),
+        fine_tune_steps=config.training.fine_tune_steps if reference == "honest_optimum" else 0,
         l2=float(config.training.l2),
         client_weights=None if client_weights is None else tuple(map(float, client_weights)))
   model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
@@ -695,6 +739,8 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
       server_optimizer=make_server_optimizer(config),
       num_clients=config.num_clients, l2=float(config.training.l2),
       clients_per_round=config.training.clients_per_round,
+      personal_head=config.training.personalization == "personal_head",
+      fine_tune_steps=config.training.fine_tune_steps,
       measure_theory=bool(config.theory.enabled),
       client_weights=None if prior_weights is None else tuple(map(float, prior_weights)),
       root=fed.root if aggregator.needs_server_update else None)

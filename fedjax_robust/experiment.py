@@ -20,6 +20,7 @@ import zlib
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from fedjax_robust import config as config_lib
@@ -209,8 +210,10 @@ def _in_groups(fn, params, masks, *shared):
   same compiled program whatever W, so evaluation metrics are bit-identical across chunk sizes
   (XLA:CPU vectorizes the mean over the test set differently at W = 8 and W = 24, and simplifies
   a one-trip `lax.map` differently from a longer one)."""
-  parts = [jax.device_get(fn(params[g:g + DRAW_ALIGNMENT], masks[g:g + DRAW_ALIGNMENT], *shared))
-           for g in range(0, params.shape[0], DRAW_ALIGNMENT)]
+  width = jax.tree.leaves(params)[0].shape[0]
+  parts = [jax.device_get(fn(jax.tree.map(lambda a: a[g:g + DRAW_ALIGNMENT], params),
+                             masks[g:g + DRAW_ALIGNMENT], *shared))
+           for g in range(0, width, DRAW_ALIGNMENT)]
   return jax.tree.map(lambda *p: np.concatenate([np.asarray(x) for x in p]), *parts)
 
 
@@ -257,8 +260,8 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   evaluate = _program(
       "evaluate", sim,
       lambda: jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None) + (None,) * len(test))),
-      states0.params[:DRAW_ALIGNMENT], _pad_to(eval_masks[:chunk], chunk)[:DRAW_ALIGNMENT],
-      fed.train, *test)
+      jax.tree.map(lambda a: a[:DRAW_ALIGNMENT], sim.eval_params(states0)),
+      _pad_to(eval_masks[:chunk], chunk)[:DRAW_ALIGNMENT], fed.train, *test)
   smoothness = None
   if sim.measure_theory:
     smoothness = _program(
@@ -277,11 +280,11 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
     part_keys = _pad_to(all_keys[first:first + size], chunk)
     part_eval = _pad_to(eval_masks[first:first + size], chunk)
     states = training.replicate(initial, chunk)
-    history = [_in_groups(evaluate, states.params, part_eval, fed.train, *test)]
+    history = [_in_groups(evaluate, sim.eval_params(states), part_eval, fed.train, *test)]
     aux_history = []
     for step in range(num_steps):
       states, aux = advance(states, part_masks, part_keys, fed.train)
-      history.append(_in_groups(evaluate, states.params, part_eval, fed.train, *test))
+      history.append(_in_groups(evaluate, sim.eval_params(states), part_eval, fed.train, *test))
       aux_history.append(jax.device_get(aux))
       if progress is not None:
         progress(part, step + 1, num_steps)
@@ -387,7 +390,9 @@ def worst_case_mask(config, fed: FederatedData, spec: str) -> tuple[np.ndarray, 
   config = config.copy_and_resolve_references()
   config.theory.enabled = False  # the search measures final losses only
   sim = simulator(config, spec, fed)
-  gradients = sim.client_gradients(sim.init(init_key).params, fed.train)
+  # The proxy's gradients at the initial model (with personal heads: every head is the
+  # initial output layer, so the full initial model).
+  gradients = sim.client_gradients(ravel_pytree(sim.model.init(init_key))[0], fed.train)
   proxy_mask, proxy_value, proxy_info = worst_case.search(
       worst_case.heterogeneity_score(gradients), n, f,
       exhaustive_limit=options.exhaustive_limit, max_sweeps=options.max_sweeps)

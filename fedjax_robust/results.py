@@ -49,7 +49,8 @@ HONEST_ONLY_NAME = ("baseline without Byzantine clients: the same draws with the
 
 # The final-round metrics a summary gives intervals for, with their worst direction.
 HEADLINE = (("honest_loss", "max"), ("honest_accuracy", "min"), ("honest_holdout_loss", "max"),
-            ("honest_holdout_accuracy", "min"), ("test_accuracy", "min"))
+            ("honest_holdout_accuracy", "min"), ("honest_finetuned_holdout_loss", "max"),
+            ("honest_finetuned_holdout_accuracy", "min"), ("test_accuracy", "min"))
 
 
 def loss_as_summarized(loss: np.ndarray, diverged: np.ndarray, num_honest: np.ndarray
@@ -147,7 +148,8 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
 
 # Per-draw metrics compared pairwise (a − b on the same draws), with their better direction.
 COMPARED = (("honest_accuracy", "higher"), ("honest_loss", "lower"),
-            ("honest_holdout_accuracy", "higher"), ("test_accuracy", "higher"))
+            ("honest_holdout_accuracy", "higher"), ("honest_finetuned_holdout_accuracy", "higher"),
+            ("test_accuracy", "higher"))
 
 
 def comparisons(experiment: Experiment) -> list[dict]:
@@ -307,11 +309,13 @@ def format_table(summary: dict) -> str:
   cfg = summary["config"]
   aggs = dict(summary["aggregators"])
   holdout = any("honest_holdout_accuracy" in s for s in aggs.values())
+  tuned = any("honest_finetuned_holdout_accuracy" in s for s in aggs.values())
   configured = cfg.get("report", {}).get("interval", "normal")
   interval = evaluation.INTERVAL_NAMES[configured]
   header = (f"{'aggregator':<28} {'E[honest loss] [CI]':>27} {'median loss [CI]':>27} "
             f"{'E[honest acc %] [CI]':>22} {'median acc':>10} {'worst acc':>9} {'acc|b≤f':>8} "
             f"{'acc|b>f':>8}" + (f" {'held-out acc [CI]':>22}" if holdout else "")
+            + (f" {'fine-tuned acc [CI]':>22}" if tuned else "")
             + f" {'test acc':>8} {'diverged':>8}")
   backdoor = any("backdoor_accuracy" in s for s in aggs.values())
   if backdoor:
@@ -319,6 +323,7 @@ def format_table(summary: dict) -> str:
   lines = [f"Final round. honest loss/acc: in-sample (each honest client's own training data, "
            f"averaged over the honest set S)"
            + ("; held-out: each honest client's own held-out split" if holdout else "")
+           + ("; fine-tuned: the same after each client's local fine-tuning" if tuned else "")
            + f"; test: the global test set. [CI] of a mean: {interval}; of a median: "
            f"{evaluation.MEDIAN_INTERVAL_NAME}.", header, "-" * len(header)]
   rows = list(aggs.items())
@@ -334,6 +339,8 @@ def format_table(summary: dict) -> str:
         f"{_pct(s['honest_accuracy_given_b_le_f']['mean']):>8} "
         f"{_pct(s['honest_accuracy_given_b_gt_f']['mean']):>8}"
         + (f" {est(s.get('honest_holdout_accuracy'), percent=True):>22}" if holdout else "")
+        + (f" {est(s.get('honest_finetuned_holdout_accuracy'), percent=True):>22}" if tuned
+           else "")
         + f" {_pct(s['test_accuracy']['mean']):>8} {s['diverged']['count']:>8d}"
         + (f" {_pct(s['backdoor_accuracy']['mean']):>10}" if backdoor and
            "backdoor_accuracy" in s else ""))
@@ -463,8 +470,14 @@ def _describe_rounds(t: Mapping[str, Any]) -> str:
     options = t.get("client_lr_schedule_options", {}).get(t["client_lr_schedule"], {})
     parts.append(f"client lr {t['client_lr']} with a {t['client_lr_schedule']} schedule "
                  f"({format_options(options)})")
+  if t.get("personalization", "none") != "none":
+    parts.append("a personal output layer per client (never sent; FedPer)")
+  if t.get("fine_tune_steps", 0):
+    parts.append(f"local fine-tuning at evaluation: {t['fine_tune_steps']} full-batch steps")
   if t.get("server_optimizer", "sgd") != "sgd":
     parts.append(f"server optimizer {t['server_optimizer']} (lr {t['server_lr']})")
+  if t.get("clients_per_round", 0) and parts is not None:
+    parts.append("the honest-only baseline (when shown) with every client in every round")
   return "Rounds: " + "; ".join(parts) + "." if parts else ""
 
 

@@ -156,7 +156,8 @@ def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
   s = summary["aggregators"][summary["config"]["aggregator"]]
   rows = []
   for metric in ("honest_loss", "honest_accuracy", "honest_holdout_loss",
-                 "honest_holdout_accuracy", "test_accuracy", "honest_accuracy_given_b_le_f",
+                 "honest_holdout_accuracy", "honest_finetuned_holdout_loss",
+                 "honest_finetuned_holdout_accuracy", "test_accuracy", "honest_accuracy_given_b_le_f",
                  "honest_accuracy_given_b_gt_f", "honest_loss_given_b_le_f",
                  "honest_loss_given_b_gt_f", "honest_excess_loss", "backdoor_accuracy"):
     if metric in s:

@@ -33,6 +33,7 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
@@ -64,6 +65,17 @@ def assign_behaviours(key: jax.Array, honest: jax.Array, probs) -> jax.Array:
   k = jax.random.categorical(jax.random.fold_in(key, _BEHAVIOUR_TAG), logits,
                              shape=honest.shape) + 1
   return jnp.where(honest, 0, k).astype(jnp.int32)
+
+
+def personal_layer_marks(params):
+  """A pytree like `params` with 1 on the leaves of the model's output layer (the last `Dense`
+  of the top-level modules, in flax's creation order) and 0 elsewhere."""
+  layers = params["params"]
+  dense = sorted((k for k in layers if k.startswith("Dense_")), key=lambda k: int(k[6:]))
+  if not dense:
+    raise ValueError("the model has no Dense output layer to keep personal.")
+  return {"params": {k: jax.tree.map(lambda a, last=(k == dense[-1]): jnp.full(
+      a.shape, 1.0 if last else 0.0, jnp.float32), v) for k, v in layers.items()}}
 
 
 def fault_keys(key: jax.Array, num_clients: int) -> jax.Array:
@@ -191,6 +203,9 @@ class RunState(NamedTuple):
   attack_state: Any            # one state per behaviour of the population
   round: jax.Array             # int32 rounds done
   server_momentum: Any = ()    # [d] momentum of the server's own update (FLTrust's root data)
+  # [n, d_p] each client's personal parameters (personalization; client-side, never sent:
+  # `params` then holds the shared parameters only).
+  personal: Any = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,12 +240,31 @@ class Simulator:
   # with b_t <= f (`sampled_within_f`) and with b_t < m/2 (`sampled_minority`: RFA's event
   # |S_t ∩ C| <= θm for every θ < 1/2, Pillutla et al. 2022, Theorem 4).
   clients_per_round: int = 0
+  # Personalization (FedPer, Arivazhagan et al. 2019): the model's output layer is personal,
+  # one per client, trained locally and never sent; the rule aggregates the other (shared)
+  # parameters. The evaluation then measures each client with its own head.
+  personal_head: bool = False
+  # Local fine-tuning at evaluation: every client takes this many full-batch gradient steps
+  # (client lr, no momentum) from its model on its own training data, measured on its held-out
+  # split (honest_finetuned_holdout_*). 0: none.
+  fine_tune_steps: int = 0
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
     flat, unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
     object.__setattr__(self, "_unravel", unravel)
     object.__setattr__(self, "num_params", flat.size)
+    shared = np.arange(flat.size)
+    if self.personal_head:
+      marks, _ = ravel_pytree(personal_layer_marks(shapes))
+      marks = np.asarray(marks) > 0
+      if marks.all():
+        raise ValueError(f"model {self.model.name!r} has no layer before its output layer: "
+                         "with a personal output layer nothing would be shared.")
+      shared = np.flatnonzero(~marks)
+      object.__setattr__(self, "_personal_idx", np.flatnonzero(marks))
+    object.__setattr__(self, "_shared_idx", shared)
+    object.__setattr__(self, "num_shared", shared.size)
     if self.population:
       probs = [p for _, p in self.population]
       if any(p <= 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
@@ -266,13 +300,35 @@ class Simulator:
     return self.model.apply(self._unravel(params), x)
 
   def init(self, key: jax.Array) -> RunState:
-    params, _ = ravel_pytree(self.model.init(key))
+    """The initial state; with a personal head every client's head starts from the same
+    initial output layer."""
+    full, _ = ravel_pytree(self.model.init(key))
+    params, personal = full, ()
+    if self.personal_head:
+      params = full[self._shared_idx]
+      personal = jnp.broadcast_to(full[self._personal_idx],
+                                  (self.num_clients, self._personal_idx.size))
     return RunState(params, self.server_optimizer.init(params),
-                    jnp.zeros((self.num_clients, params.size), params.dtype),
+                    jnp.zeros((self.num_clients, full.size), full.dtype),
                     self.aggregator.init(params.size),
                     tuple(a.init(params.size, self.num_clients) for a in self.behaviours),
                     jnp.array(0, jnp.int32),
-                    jnp.zeros_like(params) if self.root is not None else ())
+                    jnp.zeros_like(params) if self.root is not None else (), personal)
+
+  def full_params(self, shared: jax.Array, personal: jax.Array) -> jax.Array:
+    """Client models `[..., d]` from the shared parameters `[d_s]` and personal ones
+    `[..., d_p]` (a personal head); `shared` itself without one."""
+    if not self.personal_head:
+      return shared
+    lead = personal.shape[:-1]
+    full = jnp.zeros(lead + (self.num_params,), shared.dtype)
+    full = full.at[..., self._shared_idx].set(jnp.broadcast_to(shared, lead + shared.shape))
+    return full.at[..., self._personal_idx].set(personal)
+
+  def eval_params(self, state: RunState):
+    """What `evaluate` takes: the global parameters, or (shared, personal) with a personal
+    head (batched states give batched values)."""
+    return (state.params, state.personal) if self.personal_head else state.params
 
   def _loss(self, params, x, y, weights):
     return self._data_loss(self.logits(params, x), y, weights) + self._penalty(params)
@@ -413,7 +469,7 @@ class Simulator:
     faults_ = fault_keys(key, self.num_clients) if needs_fault_keys else None
     client_keys = jax.random.split(k_clients, self.num_clients)
     weights = self._aggregation_weights(train, honest, state.params.dtype)
-    momentum_in = state.momentum
+    momentum_in, personal_in = state.momentum, state.personal
     extra = {}
     if self.sampling:  # the round's m clients; every per-client array taken at their indices
       sampled = sample_clients(jax.random.fold_in(round_key, _SAMPLING_TAG), self.num_clients,
@@ -421,6 +477,7 @@ class Simulator:
       take = lambda a: None if a is None else a[sampled]
       honest, roles, faults_, client_keys, weights, momentum_in = map(
           take, (honest, roles, faults_, client_keys, weights, momentum_in))
+      personal_in = take(personal_in) if self.personal_head else ()
       train = jax.tree.map(take, train)
       b_t = jnp.sum(~honest)
       extra.update(sampled_byzantine=b_t.astype(jnp.float32),
@@ -430,11 +487,18 @@ class Simulator:
     byzantine = ~honest
     client_roles = roles if self.population else byzantine
     lr = None if self.local.lr_schedule == "constant" else self.local.lr_at(state.round)
+    start = self.full_params(state.params, personal_in)  # [d], or [n, d] with personal heads
     updates, momentum = jax.vmap(self.local_update,
-                                 in_axes=(None, 0, 0, 0, 0, 0, 0, 0 if needs_fault_keys else None,
-                                          None))(
-        state.params, momentum_in, train.x, train.y, train.counts, client_keys, client_roles,
+                                 in_axes=(0 if self.personal_head else None, 0, 0, 0, 0, 0, 0,
+                                          0 if needs_fault_keys else None, None))(
+        start, momentum_in, train.x, train.y, train.counts, client_keys, client_roles,
         faults_, lr)
+    personal = state.personal
+    if self.personal_head:  # the head stays with the client; only the shared part is sent
+      new_personal = personal_in - updates[:, self._personal_idx]
+      updates = updates[:, self._shared_idx]
+      personal = (state.personal.at[sampled].set(new_personal) if self.sampling
+                  else new_personal)
     if self.sampling:  # the others keep their momentum
       momentum = state.momentum.at[sampled].set(momentum)
     if self.honest_only:  # absent clients: their rows are zeros of weight 0 (0·NaN would poison)
@@ -488,7 +552,7 @@ class Simulator:
     steps, opt_state = self.server_optimizer.update(aggregate, state.server_opt_state, state.params)
     params = optax.apply_updates(state.params, steps)
     return RunState(params, opt_state, momentum, aggregator_state, tuple(attack_states),
-                    state.round + 1, server_momentum), aux
+                    state.round + 1, server_momentum, personal), aux
 
   def behaviour_codes(self, masks: jax.Array, keys: jax.Array) -> jax.Array:
     """`[S, n]` int32 behaviour of every client in each draw (0 honest, k the k-th behaviour of
@@ -530,16 +594,29 @@ class Simulator:
 
   def client_metrics(self, params: jax.Array, train: ClientData) -> tuple[jax.Array, jax.Array]:
     """Loss L_i (with the ℓ2 term when `l2` > 0) and accuracy `[n]` of the model on each
-    client's own data (padding excluded); accuracy is NaN for a regression model."""
+    client's own data (padding excluded); accuracy is NaN for a regression model. `params`:
+    one model `[d]`, or one per client `[n, d]` (personalized models)."""
     weights = valid_mask(train.counts, train.x.shape[1])
 
-    def one(x, y, w):
+    def one(p, x, y, w):
       x, y = self._without_padding(x, y, w)
-      logits = self.logits(params, x)
-      return (self._data_loss(logits, y, w) + self._penalty(params),
+      logits = self.logits(p, x)
+      return (self._data_loss(logits, y, w) + self._penalty(p),
               self._accuracy(logits, y, w))
 
-    return jax.vmap(one)(train.x, train.y, weights)
+    per_client = 0 if params.ndim == 2 else None
+    return jax.vmap(one, in_axes=(per_client, 0, 0, 0))(params, train.x, train.y, weights)
+
+  def fine_tune(self, params: jax.Array, train: ClientData) -> jax.Array:
+    """Each client's model after `fine_tune_steps` full-batch gradient steps (client lr η, no
+    momentum) on its own training data, `[n, d]`; `params` `[d]` or `[n, d]`."""
+    def one(p, x, y, count):
+      valid = jnp.arange(x.shape[0]) < count
+      xb, yb = self._without_padding(x, y, valid)
+      step = lambda q, _: (q - self.local.lr * jax.grad(self._loss)(q, xb, yb, valid), None)
+      return lax.scan(step, p, None, length=self.fine_tune_steps)[0]
+    per_client = 0 if params.ndim == 2 else None
+    return jax.vmap(one, in_axes=(per_client, 0, 0, 0))(params, train.x, train.y, train.counts)
 
   def honest_objective(self, params: jax.Array, honest: jax.Array, train: ClientData
                        ) -> jax.Array:
@@ -572,17 +649,34 @@ class Simulator:
     (with the same ℓ2 term as `honest_loss`, so the two differ by the generalization gap only)
     and accuracy on its own held-out examples; honest clients without held-out examples (a
     client with one example keeps it for training) are left out of the mean, which is NaN when
-    no honest client has any."""
+    no honest client has any.
+
+    Personalized (`personal_head`; `params` is then (shared, personal `[n, d_p]`)): every
+    client is measured with its own model; the test metrics and the backdoor success rate are
+    the mean over i ∈ S of client i's model on the global test set. With `fine_tune_steps`,
+    `honest_finetuned_holdout_loss/accuracy` measure each client's model after its local
+    fine-tuning (`fine_tune`) on its held-out split, averaged like the held-out metrics."""
     if honest.dtype != jnp.bool_:  # behaviour codes (`behaviour_codes`): 0 = honest
       codes, honest = honest, honest == 0
     else:
       codes = None
+    if self.personal_head:  # (shared, personal): every client's own model [n, d]
+      params = self.full_params(*params)
     loss, acc = self.client_metrics(params, train)
     h = honest.astype(jnp.float32)
     num_honest = jnp.sum(h)
-    logits = self.logits(params, test_x)
     ones = jnp.ones(test_y.shape, bool)
     extra = {}
+    if self.personal_head:  # the global test set: the mean over S of each client's own model
+      test_loss_i, test_acc_i = jax.vmap(
+          lambda p: (lambda o: (self._data_loss(o, test_y, ones),
+                                self._accuracy(o, test_y, ones)))(self.logits(p, test_x)))(params)
+      test_loss = jnp.where(num_honest > 0, h @ test_loss_i / num_honest, jnp.nan)
+      test_accuracy = jnp.where(num_honest > 0, h @ test_acc_i / num_honest, jnp.nan)
+    else:
+      logits = self.logits(params, test_x)
+      test_loss = self._data_loss(logits, test_y, ones)
+      test_accuracy = self._accuracy(logits, test_y, ones)
     if self.population and codes is not None:  # each behaviour's clients, on their own data
       for k, attack in enumerate(self.behaviours):
         members = (codes == k + 1).astype(jnp.float32)
@@ -594,28 +688,39 @@ class Simulator:
     backdoor = next((a for a in self.behaviours if a.trigger is not None), None)
     if backdoor is not None:
       target = backdoor.target_label
-      triggered = self.logits(params, backdoor.trigger(test_x))
-      extra["backdoor_accuracy"] = models_lib.masked_accuracy(
-          triggered, jnp.full(test_y.shape, target), test_y != target)
+      success = lambda p: models_lib.masked_accuracy(
+          self.logits(p, backdoor.trigger(test_x)), jnp.full(test_y.shape, target),
+          test_y != target)
+      if self.personal_head:  # mean over S of each honest client's own model
+        extra["backdoor_accuracy"] = jnp.where(
+            num_honest > 0, h @ jax.vmap(success)(params) / num_honest, jnp.nan)
+      else:
+        extra["backdoor_accuracy"] = success(params)
     if holdout is not None:
-      held_loss, held_acc = self.client_metrics(params, holdout)
       counted = (honest.astype(bool) & (holdout.counts > 0)).astype(jnp.float32)
       num_counted = jnp.sum(counted)
-      extra["honest_holdout_loss"] = jnp.where(num_counted > 0,
-                                               counted @ held_loss / num_counted, jnp.nan)
-      extra["honest_holdout_accuracy"] = jnp.where(num_counted > 0,
-                                                   counted @ held_acc / num_counted, jnp.nan)
+      held = {"holdout": params}
+      if self.fine_tune_steps:
+        held["finetuned_holdout"] = self.fine_tune(params, train)
+      for name, p in held.items():
+        held_loss, held_acc = self.client_metrics(p, holdout)
+        extra[f"honest_{name}_loss"] = jnp.where(num_counted > 0,
+                                                 counted @ held_loss / num_counted, jnp.nan)
+        extra[f"honest_{name}_accuracy"] = jnp.where(num_counted > 0,
+                                                     counted @ held_acc / num_counted, jnp.nan)
     if self.measure_theory:
       stats = heterogeneity.gram_statistics(self.client_gradients(params, train))
       extra["honest_heterogeneity"], extra["honest_gradient_sq"] = heterogeneity.set_statistics(
           stats, honest)
     return extra | {
-        # 1.0 where training diverged: a parameter is NaN or ±inf (the model is undefined).
-        "diverged": (~jnp.all(jnp.isfinite(params))).astype(jnp.float32),
+        # 1.0 where training diverged: a parameter is NaN or ±inf (the model is undefined; with
+        # personal heads: a shared parameter or an honest client's head).
+        "diverged": (~jnp.all(jnp.isfinite(params) if params.ndim == 1 else
+                              jnp.isfinite(params) | ~honest[:, None])).astype(jnp.float32),
         "honest_loss": jnp.where(num_honest > 0, h @ loss / num_honest, jnp.nan),
         "honest_accuracy": jnp.where(num_honest > 0, h @ acc / num_honest, jnp.nan),
-        "test_loss": self._data_loss(logits, test_y, ones),
-        "test_accuracy": self._accuracy(logits, test_y, ones),
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
     }
 
 

@@ -313,3 +313,97 @@ def test_a_sampled_job_reports_the_sampled_byzantine_count():
   assert s["sampled_byzantine_max"] == 2
   assert abs(s["sampled_within_f"] - 55 / 70) < 0.1
   assert s["sampled_minority"] == s["sampled_within_f"]
+
+
+# ------------------------------------------------------------------------- personalization
+
+
+def personal_sim(n=4, **kw):
+  return training.Simulator(
+      model=models.get("mlp", input_shape=(FEATURES, 1, 1), num_classes=C, hidden=(5,)),
+      aggregator=aggregators.get("mean", f=1), attack=attacks.get("none", num_classes=C),
+      local=training.LocalTraining(batch_size=0, lr=0.3, momentum=0.5),
+      server_optimizer=optax.sgd(1.0), num_clients=n, personal_head=True, **kw)
+
+
+def test_personal_heads_never_enter_an_aggregate(rng):
+  train, _, _ = client_data(rng)
+  sim = personal_sim()
+  d_head = 5 * C + C  # the output layer's kernel and bias
+  assert sim.num_shared == sim.num_params - d_head
+  state = sim.init(jax.random.key(0))
+  # Every client's head made different, so the clients' models differ.
+  state = state._replace(personal=state.personal + jnp.asarray(
+      rng.normal(size=state.personal.shape), jnp.float32))
+  assert state.params.shape == (sim.num_shared,)
+  new, aux = jax.jit(sim.round)(state, jnp.ones(4, bool), jax.random.key(1), train)
+  # By hand: each client's local update of its own full model, split into shared/personal.
+  full = sim.full_params(state.params, state.personal)
+  keys = jax.random.split(jax.random.split(jax.random.fold_in(jax.random.key(1), 0), 3)[0], 4)
+  updates = np.stack([np.asarray(sim.local_update(full[i], state.momentum[i], train.x[i],
+                                                  train.y[i], train.counts[i], keys[i], False)[0])
+                      for i in range(4)])
+  shared, personal = sim._shared_idx, sim._personal_idx
+  np.testing.assert_allclose(np.asarray(new.params),
+                             np.asarray(state.params) - updates[:, shared].mean(0), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(new.personal),
+                             np.asarray(state.personal) - updates[:, personal], atol=1e-6)
+  # The rule saw n rows of d_s numbers: one secure average of them.
+  assert float(aux["numbers_sent"]) == 4 * (sim.num_shared + 2)
+  # The heads stay apart: a client's head is its own.
+  assert np.min(np.abs(np.asarray(new.personal[0] - new.personal[1]))) > 0
+
+
+def test_personalized_evaluation_uses_each_clients_own_model(rng):
+  train, _, _ = client_data(rng)
+  holdout, _, _ = client_data(rng, counts=(2, 3, 1, 2))
+  sim = personal_sim(fine_tune_steps=3)
+  state = sim.init(jax.random.key(0))
+  state = state._replace(personal=state.personal + jnp.asarray(
+      rng.normal(size=state.personal.shape), jnp.float32))
+  honest = jnp.array([True, True, False, True])
+  test_x, test_y = holdout.x[0], holdout.y[0]
+  got = sim.evaluate(sim.eval_params(state), honest, train, test_x, test_y, holdout)
+  full = np.asarray(sim.full_params(state.params, state.personal))
+
+  def accuracy(p, x, y, count):
+    logits = np.asarray(sim.logits(jnp.asarray(p), x[:count]))
+    return np.mean(np.argmax(logits, 1) == np.asarray(y[:count]))
+
+  own = [accuracy(full[i], holdout.x[i], holdout.y[i], int(holdout.counts[i])) for i in (0, 1, 3)]
+  np.testing.assert_allclose(float(got["honest_holdout_accuracy"]), np.mean(own), atol=1e-6)
+  tuned = np.asarray(sim.fine_tune(jnp.asarray(full), train))
+  for i in range(4):  # full-batch gradient steps on the client's own data, by hand
+    p = jnp.asarray(full[i])
+    x, y = sim._without_padding(train.x[i], train.y[i],
+                                jnp.arange(train.x.shape[1]) < train.counts[i])
+    for _ in range(3):
+      p = p - 0.3 * jax.grad(sim._loss)(p, x, y, jnp.arange(x.shape[0]) < train.counts[i])
+    np.testing.assert_allclose(tuned[i], np.asarray(p), atol=1e-6)
+  own_tuned = [accuracy(tuned[i], holdout.x[i], holdout.y[i], int(holdout.counts[i]))
+               for i in (0, 1, 3)]
+  np.testing.assert_allclose(float(got["honest_finetuned_holdout_accuracy"]), np.mean(own_tuned),
+                             atol=1e-6)
+  # The test set: the mean over the honest clients of their own models.
+  test_own = [accuracy(full[i], test_x, test_y, test_y.shape[0]) for i in (0, 1, 3)]
+  np.testing.assert_allclose(float(got["test_accuracy"]), np.mean(test_own), atol=1e-6)
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"training.personalization": "personal_head", "model": "mlp"},
+     r"data.holdout_fraction > 0"),
+    ({"training.fine_tune_steps": 3}, r"data.holdout_fraction > 0"),
+    ({"training.personalization": "personal_head", "data.holdout_fraction": 0.2},
+     r"model='logistic' has no other layer to share"),
+    ({"training.personalization": "personal_head", "data.holdout_fraction": 0.2,
+      "model": "mlp", "theory.enabled": True}, r"theory.enabled=False with personalization"),
+    ({"training.personalization": "personal_head", "data.holdout_fraction": 0.2,
+      "model": "mlp", "aggregator": "fltrust", "data.root_examples": 20},
+     r"aggregator 'fltrust' compares with the server's own update"),
+])
+def test_bad_personalization_settings_are_refused(changes, match):
+  c = tiny_config()
+  for key, value in changes.items():
+    set_key(c, key, value)
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(c)
