@@ -30,6 +30,11 @@ def bucketing(updates: jax.Array, *, key: jax.Array, bucket_size: int = 2,
   default is 1). With `weights`, returns the weighted bucket means and the
   bucket weights (sums) as a pair, so a weighted rule can follow. A bucket containing a
   non-finite row is non-finite: the rule that follows must drop it. Cost: one pass (gathers).
+
+  Secure aggregation: no — each bucket mean could be one secure average over its bucket, but
+  the rule that follows needs the bucket means in the clear (with s = 1, the updates
+  themselves), so the pipeline counts as clear, as does every chain with a pre-aggregator
+  (`registry.communication`).
   """
   n, d = base.check_updates(updates, "bucketing")
   s = _check_bucket_size(bucket_size)

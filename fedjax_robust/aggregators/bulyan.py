@@ -22,7 +22,9 @@ def bulyan(updates: jax.Array, *, f: int) -> jax.Array:
 
   Non-finite input: such rows have Krum score +inf and are selected only after every finite
   row, so with at most f of them none is among the θ. Cost: one Gram product, θ top-k passes on
-  `[n, n]`, a gather of θ rows and a sort of `[θ, d]`.
+  `[n, n]`, a gather of θ rows and a sort of `[θ, d]`. Secure aggregation: no — it needs
+  every update in the clear (the pairwise distances for the iterated Krum selection, then a
+  coordinate-wise sort of the selected rows).
   """
   n, _ = base.check_updates(updates, "bulyan", f=f, min_n=lambda f: 4 * f + 3)
   theta = n - 2 * f

@@ -86,14 +86,20 @@ def _check_threshold(threshold):
 
 
 def static_clipping_with_share(updates: jax.Array, *, threshold: float = 2.0) -> Clipped:
-  """`static_clipping` and its `clipped_share`: rows with ‖x_i‖ > C, or non-finite."""
+  """`static_clipping` and its `clipped_share`: rows with ‖x_i‖ > C, or non-finite.
+  Secure aggregation: no (see `static_clipping`)."""
   base.check_updates(updates, "static_clipping")
   _check_threshold(threshold)
   return _scale_rows(updates, lambda norms, _: _clip_factors(norms, threshold), _scaled)
 
 
 def static_clipping(updates: jax.Array, *, threshold: float = 2.0) -> jax.Array:
-  """x_i ← x_i · min(1, C/‖x_i‖) with a fixed C = `threshold`. Cost: two passes over `[n, d]`."""
+  """x_i ← x_i · min(1, C/‖x_i‖) with a fixed C = `threshold`. Cost: two passes over `[n, d]`.
+
+  Secure aggregation: no — the clipping uses only each row's own norm, but the rule that follows
+  needs the clipped rows in the clear, so the pipeline counts as clear, as does every chain
+  with a pre-aggregator (`registry.communication`).
+  """
   return static_clipping_with_share(updates, threshold=threshold).value
 
 
@@ -134,7 +140,7 @@ def adaptive_robust_clipping_with_share(updates: jax.Array, *, f: int) -> Clippe
   """`adaptive_robust_clipping` and its `clipped_share`: rows with a norm above the (k+1)-th
   largest, and non-finite rows. At most k/n when at most k rows are non-finite (fewer on ties
   at the (k+1)-th norm, which are left as they are); each non-finite row beyond the k-th is
-  also counted (it is sent to 0)."""
+  also counted (it is sent to 0). Secure aggregation: no (see `adaptive_robust_clipping`)."""
   n, _ = base.check_updates(updates, "adaptive_robust_clipping", f=f, min_n=lambda f: f + 1)
   return _scale_rows(updates, _arc_factors(n, f), _scaled)
 
@@ -144,7 +150,9 @@ def adaptive_robust_clipping(updates: jax.Array, *, f: int) -> jax.Array:
   the norm of the (k+1)-th largest (Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, 2024).
 
   Non-finite rows count as the largest norms and are sent to 0. Cost: two passes plus a sort of
-  n norms. Needs n > f.
+  n norms. Needs n > f. Secure aggregation: no — it needs every update in the clear (the
+  threshold is an order statistic of the n row norms, and the rule that follows gets the
+  clipped rows).
   """
   return adaptive_robust_clipping_with_share(updates, f=f).value
 
@@ -199,6 +207,7 @@ def centered_clipping_with_share(updates: jax.Array, *, center: jax.Array, tau: 
   iteration's share is the one that says what the output is: when it is 0 the last step is
   v_L = v_{L−1} + (1/n) Σ (x_i − v_{L−1}) = (1/n) Σ x_i, the plain mean, whatever the earlier
   iterations clipped (a row at distance 0 from v is not counted: clipping leaves it as is).
+  Secure aggregation: no (see `centered_clipping`).
   """
   n, _ = base.check_updates(updates, "centered_clipping")
   if not tau > 0:
@@ -244,6 +253,11 @@ def centered_clipping(updates: jax.Array, *, center: jax.Array, tau: float = 10.
   Defaults τ = 10, L = 3, as in Karimireddy et al.'s experiments (ByzFL: τ = 100, L = 1). A
   non-finite row contributes clip(·) = 0 (see the module docstring),
   still counted in 1/n. Cost: two passes over `[n, d]` per iteration.
+
+  Secure aggregation: no, as counted here (`registry.SECURE_AVERAGES`): the server computes each
+  row's clip factor c_i = min(1, τ/‖x_i − v‖) from the row. Each iteration uses only Σ c_i x_i
+  and Σ c_i, so clients computing c_i from a broadcast v could make it one secure average per
+  iteration, as `rfa_one_step` does; that variant is not counted.
 
   τ is in the units of the rows (`tau_units="update"`, the only value the rule itself takes).
   Karimireddy et al.'s τ = 10 is for their momentum buffers, which are 1/(η(1 − β)) times

@@ -169,7 +169,8 @@ def _coordinate_count(fraction: float, d: int) -> int:
 
 def signguard_with_share(updates: Array, *, key: Array, lower: float = 0.1, upper: float = 3.0,
                          coordinate_fraction: float = 0.1) -> Filtered:
-  """`signguard` and the share of rows it averaged (`Filtered`)."""
+  """`signguard` and the share of rows it averaged (`Filtered`). Secure aggregation: no (see
+  `signguard`)."""
   n, d = base.check_updates(updates, "signguard")
   if not (0.0 <= lower <= 1.0 <= upper < math.inf):
     raise ValueError(f"signguard needs 0 <= lower <= 1 <= upper < inf, got lower={lower}, "
@@ -233,6 +234,8 @@ def signguard(updates: Array, *, key: Array, lower: float = 0.1, upper: float = 
   Non-finite rows: norm +inf (never in S₁), left out of the clustering and of the feature
   scaling, never averaged. Huge finite rows fail the norm filter unless most rows are huge.
   Cost: one pass for the norms, a gather of `[n, k]`, then O(n) per Lloyd iteration.
+  Secure aggregation: no — it needs every update in the clear (each row's norm and their
+  median, and each row's sign statistics, clustered by 2-means).
   """
   return signguard_with_share(updates, key=key, lower=lower, upper=upper,
                               coordinate_fraction=coordinate_fraction).value
@@ -292,7 +295,8 @@ def average_linkage_majority(distances: Array, valid: Array) -> Array:
 
 def clipped_clustering_with_share(updates: Array, *, state: NormHistory,
                                   history: int = 10_000) -> tuple[Filtered, NormHistory]:
-  """`clipped_clustering` and the share of rows it averaged: `(Filtered, new_state)`."""
+  """`clipped_clustering` and the share of rows it averaged: `(Filtered, new_state)`.
+  Secure aggregation: no (see `clipped_clustering`)."""
   n, _ = base.check_updates(updates, "clipped_clustering")
   if history < n:
     raise ValueError(f"clipped_clustering needs history >= n = {n} (one round's norms), got "
@@ -339,6 +343,8 @@ def clipped_clustering(updates: Array, *, state: NormHistory,
   from every row), so the two clusters and the "larger" are over the finite rows; they are never
   averaged. No finite row: the zero vector. Huge rows clip exactly.
   Cost: one Gram product, a sort of the history, and O(n³) for the clustering.
+  Secure aggregation: no — it needs every update in the clear (the pairwise cosine distances,
+  clustered by average linkage, and each row's norm, added to the history).
   """
   out, new_state = clipped_clustering_with_share(updates, state=state, history=history)
   return out.value, new_state
@@ -411,7 +417,8 @@ def hdbscan_majority_members(distances: Array, valid: Array) -> Array:
 
 
 def flame_with_share(updates: Array, *, key: Array, noise_lambda: float = 0.001) -> Filtered:
-  """`flame` and the share of rows it averaged (`Filtered`)."""
+  """`flame` and the share of rows it averaged (`Filtered`). Secure aggregation: no (see
+  `flame`)."""
   _, d = base.check_updates(updates, "flame")
   if not 0.0 <= noise_lambda < math.inf:
     raise ValueError(f"flame needs a finite noise_lambda >= 0, got {noise_lambda}.")
@@ -457,5 +464,7 @@ def flame(updates: Array, *, key: Array, noise_lambda: float = 0.001) -> Array:
   infinitely far), never averaged. If S_t = +inf (at least half the rows non-finite, or with
   norms beyond the float range) the bound and the noise are undefined and the output is the
   zero vector. Huge finite rows clip exactly. Cost: one Gram product, O(n²) for the clustering.
+  Secure aggregation: no — it needs every update in the clear (the pairwise cosine distances,
+  clustered by HDBSCAN, and the median of the row norms).
   """
   return flame_with_share(updates, key=key, noise_lambda=noise_lambda).value

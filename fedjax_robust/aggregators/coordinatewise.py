@@ -22,6 +22,8 @@ def coordinate_median(updates: jax.Array, *, present: jax.Array | None = None) -
 
   Non-finite input: exact as long as fewer than n/2 rows are non-finite at a coordinate (the
   middle order statistics are then finite values). Cost: a sort of `[n, d]` along clients.
+  Secure aggregation: no — it needs every update in the clear (each coordinate's values are
+  sorted over the clients).
 
   Client drop-outs: with a boolean `present [n]`, the median of the m = Σ present values of each
   coordinate (the same even-m convention); absent rows may hold any value (they are set to NaN,
@@ -65,7 +67,9 @@ def trimmed_mean(updates: jax.Array, *, f: int, weights: jax.Array | None = None
 
   Non-finite input: exact as long as at most f rows are non-finite (NaN and +inf are dropped
   from the top, −inf from the bottom; weighted: as long as their weight lies in the trimmed
-  mass). Cost: a sort of `[n, d]` along clients, fused with the sum.
+  mass). Cost: a sort of `[n, d]` along clients, fused with the sum. Secure aggregation: no —
+  it needs every update in the clear (each coordinate's values are sorted over the clients to
+  drop the f largest and f smallest).
 
   Client drop-outs: with a boolean `present [n]` and m = Σ present, the rule on the present rows
   with f unchanged (all f Byzantine clients may be present): drop the f largest and f smallest
@@ -145,6 +149,8 @@ def meamed(updates: jax.Array, *, f: int) -> jax.Array:
   Non-finite input: d = +inf for a non-finite value and a window holding one is never taken, so
   the result is exact while at most f rows are non-finite (and the median is finite); otherwise
   NaN. Cost: a sort of `[n, d]` and O(n) fused elementwise work per coordinate.
+  Secure aggregation: no — it needs every update in the clear (each coordinate's values are
+  sorted over the clients and compared with the coordinate's median).
   """
   n, _ = base.check_updates(updates, "meamed", f=f, min_n=lambda f: f + 1)
   k = n - f

@@ -16,7 +16,8 @@ from fedjax_robust.aggregators.clustering import Filtered
 
 
 def fltrust_with_share(updates: jax.Array, *, server_update: jax.Array) -> Filtered:
-  """`fltrust` and the share of rows with a positive trust score (`Filtered.kept_share`)."""
+  """`fltrust` and the share of rows with a positive trust score (`Filtered.kept_share`).
+  Secure aggregation: no (see `fltrust`)."""
   n, d = base.check_updates(updates, "fltrust")
   if server_update.shape != (d,):
     raise ValueError(f"fltrust: server_update must have shape ({d},), got {server_update.shape}.")
@@ -70,5 +71,10 @@ def fltrust(updates: jax.Array, *, server_update: jax.Array) -> jax.Array:
   computed on rows scaled by an exact power of two, so nothing overflows and each x̃_i has norm
   ‖g₀‖ exactly (‖g₀‖ itself must be within the float range).
   Cost: one matrix-vector product for the cosines and one for the weighted sum.
+
+  Secure aggregation: no, as counted here (`registry.SECURE_AVERAGES`): the server compares
+  each row with its own update g₀ (a cosine and a norm per row). Clients given g₀ could compute
+  their own weights and send one secure average of Σ TS_i x̃_i and Σ TS_i, but that reveals g₀,
+  the update of the server's private root data, to them; that variant is not counted.
   """
   return fltrust_with_share(updates, server_update=server_update).value

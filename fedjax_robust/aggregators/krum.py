@@ -39,6 +39,8 @@ def krum(updates: jax.Array, *, f: int, present: jax.Array | None = None) -> jax
   """Krum: the row x_{i*} with the lowest `krum_scores` (ties: lowest index). Needs n ≥ 2f + 3.
 
   Non-finite input: never selects a non-finite row while at most f rows are non-finite.
+  Secure aggregation: no — it needs every update in the clear (the pairwise distances between
+  the rows, and the output is one client's row).
 
   Client drop-outs: with a boolean `present [n]` and m = Σ present, the present row of lowest
   score over the present rows (m − f − 2 neighbours, f unchanged); absent rows may hold any
@@ -59,6 +61,8 @@ def multi_krum(updates: jax.Array, *, f: int, m: int | None = None,
   m = n − f by default (m = 1 is Krum). Needs n ≥ 2f + 3 and 1 ≤ m ≤ n.
 
   Non-finite input: non-finite rows have score +inf, so they are selected only if m > n − b.
+  Secure aggregation: no — it needs every update in the clear (the pairwise distances between
+  the rows, to score and select individual rows).
 
   Client drop-outs: with a boolean `present [n]`, the average of the m present rows of lowest
   score over the present rows (`krum_scores`, f unchanged), m = (Σ present) − f by default;

@@ -41,6 +41,8 @@ def minimum_diameter_averaging(updates: jax.Array, *, f: int,
   Cost: one Gram product, then O(C(n, f)·(n − f)²) on `[n, n]` in chunks of 2048 subsets.
   Non-finite input: such a row is at distance +inf from all others, so a subset containing it
   has infinite diameter and is never chosen while at most f rows are non-finite.
+  Secure aggregation: no — it needs every update in the clear (the pairwise distances between
+  the rows, to find the subset of smallest diameter).
   """
   n, _ = base.check_updates(updates, "minimum_diameter_averaging", f=f,
                             min_n=lambda f: 2 * f + 1)

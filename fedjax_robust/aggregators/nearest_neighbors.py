@@ -22,6 +22,8 @@ def nearest_neighbor_mixing(updates: jax.Array, *, f: int,
   non-finite; a non-finite row, and any row whose neighbourhood includes one, comes out as NaN
   (the rule that follows must drop it). Cost: the `[n, n]` distances
   (one Gram product) and one `[n, n] × [n, d]` product; no `[n, n − f, d]` tensor is built.
+  Secure aggregation: no — it needs every update in the clear (the pairwise distances between
+  the rows, and each output row mixes individual rows).
 
   Client drop-outs: with a boolean `present [n]` and m = Σ present, each present row becomes the
   mean of its m − f nearest present rows, itself included (f unchanged); the rows keep their
@@ -72,6 +74,8 @@ def monna(updates: jax.Array, *, f: int, reference_index: int = 0) -> jax.Array:
 
   Non-finite rows are at distance +inf, so they are not averaged while at most f rows are
   non-finite (and the reference is finite). Cost: two passes over `[n, d]`.
+  Secure aggregation: no — it needs every update in the clear (each row's distance to the
+  reference row, to rank the rows and select the n − f nearest).
   """
   n, _ = base.check_updates(updates, "monna", f=f, min_n=lambda f: f + 1)
   if not 0 <= reference_index < n:

@@ -172,6 +172,9 @@ def posterior_filter(updates: jax.Array, *, prior_honest: jax.Array, iterations:
   NaN) makes the value and honest_mass NaN; Σ π_i = 0 (no finite row, or every p_i = 0 on them)
   gives NaN (no honest client, the aggregate is undefined). Cost per iteration: one fused
   distance pass and one matrix-vector product, O(n·d), plus the coordinate median's sort.
+  Secure aggregation: no — it needs every update in the clear (the coordinate-wise median of
+  the rows as the first centre, and each row's distance to the centre, with their median and
+  MAD).
 
   Args:
     updates: `[n, d]`.
@@ -260,7 +263,9 @@ def adaptive_trim(updates: jax.Array, *, max_f: int, gap_factor: float = 2.0) ->
   largest-gap heuristic written for this project (issue 15).
 
   Cost: a coordinate median (a sort of `[n, d]`), one fused distance pass, a sort of n values,
-  one matrix-vector product.
+  one matrix-vector product. Secure aggregation: no — it needs every update in the clear (the
+  coordinate-wise median of the rows as the centre, and every row's distance to it, sorted to
+  find the largest gap).
 
   Returns:
     `AdaptiveTrim(value [d], num_removed int32)`.
@@ -331,6 +336,11 @@ def cluster_aggregate(updates: jax.Array, *, clusters: tuple[int, ...], f_cluste
 
   Cost: one `[K, n] × [n, d]` product (mean) or one coordinate median per cluster (median), and
   a trimmed mean over `[K, d]`.
+
+  Secure aggregation: no — with inner = "mean" each cluster's mean could be one secure average
+  over its members, but the trimmed mean across clusters sorts the K cluster aggregates
+  coordinate-wise, so they are in the clear (a singleton cluster's is its client's update);
+  inner = "median" sorts the rows themselves.
   """
   n, _ = base.check_updates(updates, "cluster_aggregate")
   clusters = tuple(int(c) for c in clusters)
@@ -382,7 +392,8 @@ def posterior_filter_stage(updates: jax.Array, *, prior_honest: tuple[float, ...
   comes from the server's prior (`config.server_prior`, filled in by
   `config.aggregator_options`); without one the rule is refused. With `coupling="prior"` and a
   correlated prior, `prior_coupling` is filled in the same way (`server_prior.coupling`);
-  `coupling="none"` treats the clients as independent under any prior."""
+  `coupling="none"` treats the clients as independent under any prior. Secure aggregation: no
+  (see `posterior_filter`)."""
   if prior_honest is None:
     raise ConfigError("posterior_filter needs the server's prior P(client i honest): set "
                       "server_prior.kind ('mu_h' or 'marginals'), or "
@@ -403,7 +414,8 @@ def posterior_filter_stage(updates: jax.Array, *, prior_honest: tuple[float, ...
 
 
 def adaptive_trim_stage(updates: jax.Array, *, f: int, gap_factor: float = 2.0) -> AdaptiveTrim:
-  """`adaptive_trim` as a registered rule: the cap on the rows removed is the declared f."""
+  """`adaptive_trim` as a registered rule: the cap on the rows removed is the declared f.
+  Secure aggregation: no (see `adaptive_trim`)."""
   return adaptive_trim(updates, max_f=f, gap_factor=gap_factor)
 
 
@@ -412,7 +424,8 @@ def cluster_aggregate_stage(updates: jax.Array, *, clusters: tuple[int, ...] | N
   """`cluster_aggregate` as a registered rule: `clusters` and `f_clusters` from the config, or
   from a server prior of clustered corruption (`config.aggregator_options` fills them in: the
   prior's clusters, and f_clusters the (1 − δ)-quantile of the number of clusters holding a
-  faulty client, `server_prior.cluster_quantile_f`)."""
+  faulty client, `server_prior.cluster_quantile_f`). Secure aggregation: no (see
+  `cluster_aggregate`)."""
   if clusters is None or f_clusters is None:
     raise ConfigError("cluster_aggregate needs clusters (one id per client) and f_clusters: set "
                       "aggregator_options.cluster_aggregate.clusters and .f_clusters, or a "

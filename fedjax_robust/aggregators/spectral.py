@@ -65,6 +65,8 @@ def caf(updates: jax.Array, *, f: int) -> jax.Array:
   Guerraoui, Stephan, "Towards trustworthy federated learning with untrusted participants",
   2025 (as in ByzFL, with an exact eigenpair instead of one power-method step). Needs n > 2f.
   Cost: one Gram product, then O(n³) per iteration, then one pass for the mean.
+  Secure aggregation: no — it needs every update in the clear (the Gram matrix of the rows, and
+  each row's projection on the top eigenvector, compared with their maximum).
   """
   n, _ = base.check_updates(updates, "caf", f=f, min_n=lambda f: 2 * f + 1)
   x, gram, valid = _centred_gram(updates)
@@ -112,6 +114,8 @@ def smea(updates: jax.Array, *, f: int, max_subsets: int = 100_000) -> jax.Array
   Allouah, Guerraoui, Gupta, Pinot, Stephan, "On the privacy-robustness-utility trilemma in
   distributed learning", ICML 2023. Exact over all C(n, f) subsets (`max_subsets` bounds it;
   above, a clear error). Needs n > 2f. Cost: one Gram product, then O(C(n, f)·(n − f)³).
+  Secure aggregation: no — it needs every update in the clear (the Gram matrix of the rows, for
+  the covariance of every subset of n − f rows).
   """
   n, _ = base.check_updates(updates, "smea", f=f, min_n=lambda f: 2 * f + 1)
   check_subset_count("smea", n, f, max_subsets)
@@ -144,7 +148,8 @@ def divide_and_conquer(updates: jax.Array, *, key: jax.Array, f: int, iterations
   v and the scores come from the `[n, n]` Gram matrix of the centred rows (score_i = s₁²u₁ᵢ²
   with (s₁², u₁) its top eigenpair), never from an SVD of `[n, d]`. Rows with a NaN or ±inf
   entry are left out of μ, score +inf (removed first) and never averaged. `key` draws the
-  coordinates (one subkey per iteration).
+  coordinates (one subkey per iteration). Secure aggregation: no — it needs every update in the
+  clear (the Gram matrix of the rows, and each row's score, ranked to remove rows).
   """
   removed = int(-(-round(c * f * 1e9) // 10**9))  # ⌈c·f⌉ without float noise (c·f = 5.0000001)
   n, d = base.check_updates(updates, "dnc", f=f, min_n=lambda _: removed + 1)
