@@ -643,10 +643,14 @@ def write_metrics_csv(experiment: Experiment, path: str) -> None:
         if e == 0:
           continue
         for metric, values in run.aux.items():
-          values = np.where(diverged, np.nan, np.asarray(values[e - 1], np.float64))
-          s = evaluation.summarize(values, worst="max")
-          writer.writerow({"aggregator": name, "round": int(rnd), "metric": f"aux:{metric}",
-                           **{k: s[k] for k in fields[3:]}})
+          series = {metric: np.asarray(values[e - 1], np.float64)}
+          if metric in ("numbers_sent", "secure_averages"):  # communication up to this round
+            chunk_rounds = np.diff(run.rounds[:e + 1]).astype(np.float64)
+            series[f"{metric}_cumulative"] = chunk_rounds @ np.asarray(values[:e], np.float64)
+          for label, v in series.items():
+            s = evaluation.summarize(np.where(diverged, np.nan, v), worst="max")
+            writer.writerow({"aggregator": name, "round": int(rnd), "metric": f"aux:{label}",
+                             **{k: s[k] for k in fields[3:]}})
   os.replace(path + ".tmp", path)
 
 

@@ -125,6 +125,16 @@ def test_communication_per_round_by_rule_and_in_the_summary():
   assert s["numbers_sent"] == pytest.approx(expected)
   assert s["numbers_sent_total"] == pytest.approx(expected * c.training.num_rounds)
   assert s["secure_averages_total"] == pytest.approx(c.training.num_rounds)
+  # metrics.csv: the communication up to each evaluation round.
+  import csv  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    results.write_metrics_csv(exp, f"{tmp}/metrics.csv")
+    with open(f"{tmp}/metrics.csv") as fh:
+      rows = [r for r in csv.DictReader(fh) if r["aggregator"] == "mean"
+              and r["metric"] == "aux:numbers_sent_cumulative"]
+  assert [int(r["round"]) for r in rows] == [5, 10]
+  assert [float(r["mean"]) for r in rows] == pytest.approx([5 * expected, 10 * expected])
 
 
 def test_rfa_sweep_points_are_valid_and_vary_only_the_rule_and_threat():
