@@ -301,6 +301,7 @@ class ThroughputRow:
   sample_rounds_per_s: float
   peak_memory_mb: float    # XLA's buffer plan (arguments + outputs + temporaries), or RSS growth
   speedup: float = math.nan  # over the sequential baseline
+  block: int = 0           # draws per block of `blocked` (0: all S vmapped at once)
 
 
 def _peak_device_bytes():
@@ -311,12 +312,26 @@ def _peak_device_bytes():
   return stats.get("peak_bytes_in_use")
 
 
+def blocked(run: Callable, block: int) -> Callable:
+  """`run(states, masks, keys, train)` over S draws as `lax.map` over S/B blocks of B vmapped
+  draws (one compiled program; the working set is a block's)."""
+  def fn(states, masks, keys, train):
+    num = masks.shape[0]
+    split = lambda a: a.reshape((num // block, block) + a.shape[1:])
+    out = jax.lax.map(lambda args: run(*args, train),
+                      (jax.tree.map(split, states), split(masks), split(keys)))
+    return jax.tree.map(lambda a: a.reshape((num,) + a.shape[2:]), out)
+  return fn
+
+
 def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_rounds: int,
                            *, baseline_samples: int = 1, repeats: int = 2,
+                           block_sizes: Sequence[int] = (0,),
                            log: Callable[[str], None] = print) -> list[ThroughputRow]:
   """Sample-rounds per second of `num_rounds` rounds of the vmapped training of S draws, for each
-  S in `sample_counts`, beside the sequential NumPy baseline (`baseline_samples` draws run one
-  after the other, one client at a time)."""
+  S in `sample_counts` and each block size B in `block_sizes` that divides S and is below it
+  (0: all S vmapped at once; else `blocked`), beside the sequential NumPy baseline
+  (`baseline_samples` draws run one after the other, one client at a time)."""
   from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
   from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
   from fedjax_robust import training  # pylint: disable=g-import-not-at-top
@@ -332,24 +347,32 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
   run = jax.vmap(functools.partial(sim.run_rounds, num_rounds=num_rounds),
                  in_axes=(0, 0, 0, None))
   for s in sample_counts:
-    states = training.replicate(initial, s)
-    start = time.perf_counter()
-    compiled = jax.jit(run).lower(states, masks[:s], keys[:s], fed.train).compile()
-    compile_s = time.perf_counter() - start
-    _block(compiled(states, masks[:s], keys[:s], fed.train))
-    seconds = time_call(lambda: compiled(states, masks[:s], keys[:s], fed.train), repeats)
-    mem = compiled.memory_analysis()
-    plan = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-            - mem.alias_size_in_bytes) if mem is not None else math.nan
-    peak = _peak_device_bytes()
-    rows.append(ThroughputRow("vmapped JAX", spec, s, num_rounds, compile_s, seconds,
-                              s * num_rounds / seconds,
-                              (peak if peak is not None else plan) / 2**20))
-    log(f"  vmapped S={s:<6} {seconds:8.3f} s  {rows[-1].sample_rounds_per_s:10.1f} "
-        f"sample-rounds/s  (compile {compile_s:.1f} s, memory {rows[-1].peak_memory_mb:.0f} MB)")
+    for block in block_sizes:
+      if block and (block >= s or s % block):
+        continue
+      states = training.replicate(initial, s)
+      program = blocked(run, block) if block else run
+      start = time.perf_counter()
+      compiled = jax.jit(program).lower(states, masks[:s], keys[:s], fed.train).compile()
+      compile_s = time.perf_counter() - start
+      _block(compiled(states, masks[:s], keys[:s], fed.train))
+      seconds = time_call(lambda: compiled(states, masks[:s], keys[:s], fed.train), repeats)
+      mem = compiled.memory_analysis()
+      plan = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+              - mem.alias_size_in_bytes) if mem is not None else math.nan
+      peak = _peak_device_bytes()
+      method = f"blocked JAX B={block}" if block else "vmapped JAX"
+      rows.append(ThroughputRow(method, spec, s, num_rounds, compile_s, seconds,
+                                s * num_rounds / seconds,
+                                (peak if peak is not None else plan) / 2**20, block=block))
+      log(f"  {method:<20} S={s:<6} {seconds:8.3f} s  {rows[-1].sample_rounds_per_s:10.1f} "
+          f"sample-rounds/s  (compile {compile_s:.1f} s, memory "
+          f"{rows[-1].peak_memory_mb:.0f} MB)")
 
   # The sequential baseline: same data, model, attack and rule, in NumPy.
-  if numpy_reference.has(spec) and config.attack in ("none", "alie"):
+  if not baseline_samples:
+    log("  (sequential NumPy baseline skipped: baseline_samples=0)")
+  elif numpy_reference.has(spec) and config.attack in ("none", "alie"):
     flatten, unflatten = numpy_layout(sim)
     counts = np.asarray(fed.train.counts)
     xs = [np.asarray(fed.train.x[i, :c], np.float64).reshape(c, -1) for i, c in enumerate(counts)]
@@ -373,11 +396,75 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
     base_rate = baseline_samples * num_rounds / seconds
     rows.append(ThroughputRow("sequential NumPy", spec, baseline_samples, num_rounds, 0.0,
                               seconds, base_rate, math.nan, 1.0))
-    log(f"  sequential S={baseline_samples:<3} {seconds:8.3f} s  {base_rate:10.1f} sample-rounds/s")
+    log(f"  {'sequential NumPy':<20} S={baseline_samples:<6} {seconds:8.3f} s  {base_rate:10.1f} "
+        "sample-rounds/s")
     for r in rows[:-1]:
       r.speedup = r.sample_rounds_per_s / base_rate
   else:
     log(f"  (no sequential NumPy baseline for {spec!r} with attack {config.attack!r})")
+  return rows
+
+
+@dataclasses.dataclass
+class PhaseRow:
+  spec: str
+  samples: int
+  phase: str                # local_training, attack, aggregation, round
+  seconds: float            # one round's phase for S draws (median)
+  sample_rounds_per_s: float
+
+
+def monte_carlo_phases(config, spec: str, sample_counts: Sequence[int], *, repeats: int = 3,
+                       log: Callable[[str], None] = print) -> list[PhaseRow]:
+  """Where a round's time goes as S grows: each phase of `training.Simulator.round` compiled and
+  timed alone for S draws at the initial model — local training of every client (vmapped over
+  draws and clients), the attack on the `[S, n, d]` updates, the rule on them — beside one whole
+  round. The phases do not add up to the round exactly (XLA fuses across them in the round)."""
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import training  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate(config)
+  fed = config_lib.make_data(config)
+  sim = experiment.simulator(config, spec, fed)
+  n = sim.num_clients
+  masks = jnp.asarray(experiment.draw_masks(config_with(config, num_samples=max(sample_counts)),
+                                            fed))
+  keys = training.sample_keys(jax.random.key(1), masks.shape[0])
+  initial = sim.init(jax.random.key(2))
+  train = fed.train
+
+  def local(params, momentum, key, honest):
+    return jax.vmap(sim.local_update, in_axes=(None, 0, 0, 0, 0, 0, 0))(
+        params, momentum, train.x, train.y, train.counts, jax.random.split(key, n), ~honest)
+
+  def attack(updates, key, honest, state):
+    if sim.attack.poison is None:
+      return updates
+    return sim.attack.poison(key, updates, ~honest, state[0], None)[0]
+
+  def aggregate(updates, key, state):
+    return sim.aggregator.apply(updates, state, key, None)[0]
+
+  rows = []
+  for s in sample_counts:
+    states = training.replicate(initial, s)
+    m, k = masks[:s], keys[:s]
+    updates = jax.jit(jax.vmap(local, in_axes=(0, 0, 0, 0)))(states.params, states.momentum, k,
+                                                              m)[0]
+    programs = {
+        "local_training": (jax.vmap(local), (states.params, states.momentum, k, m)),
+        "attack": (jax.vmap(attack), (updates, k, m, states.attack_state)),
+        "aggregation": (jax.vmap(aggregate), (updates, k, states.aggregator_state)),
+        "round": (jax.vmap(functools.partial(sim.run_rounds, num_rounds=1),
+                           in_axes=(0, 0, 0, None)), (states, m, k, train)),
+    }
+    for phase, (fn, args) in programs.items():
+      compiled = jax.jit(fn).lower(*args).compile()
+      _block(compiled(*args))
+      seconds = time_call(lambda: compiled(*args), repeats)
+      rows.append(PhaseRow(spec, s, phase, seconds, s / seconds))
+      log(f"  S={s:<6} {phase:<15} {1e3 * seconds:9.2f} ms  {s / seconds:10.1f} sample-rounds/s")
   return rows
 
 
@@ -390,11 +477,11 @@ def config_with(config, **updates):
 
 
 def format_throughput(rows: Sequence[ThroughputRow]) -> str:
-  header = (f"{'method':<18} {'spec':<22} {'S':>6} {'rounds':>6} {'seconds':>9} "
+  header = (f"{'method':<22} {'spec':<22} {'S':>6} {'rounds':>6} {'seconds':>9} "
             f"{'sample-rounds/s':>16} {'speed-up':>9} {'memory MB':>10} {'compile s':>9}")
   lines = [header, "-" * len(header)]
   for r in rows:
-    lines.append(f"{r.method:<18} {r.spec:<22} {r.samples:>6} {r.rounds:>6} {r.seconds:>9.3f} "
+    lines.append(f"{r.method:<22} {r.spec:<22} {r.samples:>6} {r.rounds:>6} {r.seconds:>9.3f} "
                  f"{r.sample_rounds_per_s:>16.1f} {r.speedup:>8.1f}× {r.peak_memory_mb:>10.0f} "
                  f"{r.compile_s:>9.1f}")
   return "\n".join(lines)

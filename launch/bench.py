@@ -11,7 +11,9 @@ bandwidth, and the same inputs through the NumPy references (and ByzFL's rules w
 bench_time_vs_d.png.
 
 Monte Carlo: sample-rounds/s and memory of the vmapped training of the default digits job as
-S grows, beside the sequential NumPy baseline. Writes monte_carlo.csv.
+S grows (and with `monte_carlo.block_sizes`, the S draws run as a lax.map over blocks of B),
+beside the sequential NumPy baseline; `monte_carlo.phases=True` also times local training, the
+attack and the rule of one round alone per S. Writes monte_carlo.csv (monte_carlo_phases.csv).
 """
 
 import os
@@ -38,6 +40,10 @@ def main(argv):
   c = _CONFIG.value
   if c.mode not in _MODES:
     raise app.UsageError(f"--config.mode={c.mode!r} is not one of {', '.join(_MODES)}")
+  blocks = tuple(c.monte_carlo.block_sizes)
+  if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in blocks):
+    raise app.UsageError(f"--config.monte_carlo.block_sizes={blocks!r}: non-negative ints "
+                         "(0: all S draws at once; B: lax.map over blocks of B draws).")
   log = lambda m: print(m, flush=True)
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
@@ -61,10 +67,16 @@ def main(argv):
     log(f"\nMonte Carlo throughput: default digits job, {m.spec}, {m.num_rounds} rounds")
     rows = benchmark.monte_carlo_throughput(
         default.get_config(), m.spec, tuple(m.sample_counts), m.num_rounds,
-        baseline_samples=m.baseline_samples, log=log)
+        baseline_samples=m.baseline_samples, block_sizes=tuple(m.block_sizes), log=log)
     log("\n" + benchmark.format_throughput(rows))
     benchmark.write_csv(rows, os.path.join(workdir, "monte_carlo.csv"))
     log(f"\nwrote {workdir}/monte_carlo.csv")
+    if m.phases:
+      log(f"\nPhases of one round, each compiled alone ({m.spec}):")
+      phases = benchmark.monte_carlo_phases(default.get_config(), m.spec,
+                                            tuple(m.sample_counts), log=log)
+      benchmark.write_csv(phases, os.path.join(workdir, "monte_carlo_phases.csv"))
+      log(f"wrote {workdir}/monte_carlo_phases.csv")
 
 
 if __name__ == "__main__":

@@ -65,3 +65,20 @@ def test_numpy_geometric_median_with_equal_iteration_counts():
         "geometric_median": {"maxiter": maxiter, "gtol": 0.0, "ftol": 0.0}})
     np.testing.assert_allclose(np.asarray(rule(x)),
                                numpy_reference.geometric_median(x, iterations=maxiter), atol=1e-5)
+
+
+def test_blocked_draws_train_the_same_models_as_one_vmapped_batch():
+  """`benchmark.blocked` (lax.map over blocks of vmapped draws) is the same computation per
+  draw as vmapping all S at once: same final parameters, draw by draw."""
+  import functools  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  fed = config_lib.make_data(config)
+  sim = experiment.simulator(config, "trimmed_mean", fed)
+  masks = jax.numpy.asarray(np.random.default_rng(0).random((8, 6)) > 0.2)
+  keys = training.sample_keys(jax.random.key(1), 8)
+  states = training.replicate(sim.init(jax.random.key(2)), 8)
+  run = jax.vmap(functools.partial(sim.run_rounds, num_rounds=3), in_axes=(0, 0, 0, None))
+  whole, _ = jax.jit(run)(states, masks, keys, fed.train)
+  blocks, _ = jax.jit(benchmark.blocked(run, 4))(states, masks, keys, fed.train)
+  assert np.abs(np.asarray(whole.params) - np.asarray(states.params)).max() > 1e-3
+  np.testing.assert_allclose(np.asarray(blocks.params), np.asarray(whole.params), atol=1e-6)

@@ -407,3 +407,24 @@ def test_bad_personalization_settings_are_refused(changes, match):
     set_key(c, key, value)
   with pytest.raises(ConfigError, match=match):
     config_lib.validate(c)
+
+
+def test_sampling_composes_with_absence_faults_and_mixed_populations():
+  """Drop-out with rate 1 mixed with label noise: only the sampled clients of the drop-out
+  behaviour are absent, so the share absent of a round is at most b_t/m (and below it when a
+  label-noise client is sampled)."""
+  c = tiny_config()
+  c.num_clients, c.f = 10, 1
+  c.aggregator = "mean,trimmed_mean"
+  c.honest_set_options.fixed_count.num_byzantine = 3
+  c.attack = "dropout:0.5,label_noise:0.5"
+  c.attack_options.dropout.rate = 1.0
+  c.training.clients_per_round = 6
+  exp = experiment.run(c, log=lambda _: None)
+  for spec in ("mean", "trimmed_mean"):
+    aux = exp.runs[spec].aux
+    present = np.asarray(aux["present_share"])
+    sampled_b = np.asarray(aux["sampled_byzantine"])
+    dropped = 1 - present
+    assert np.all(dropped <= sampled_b / 6 + 1e-6)  # only sampled faulty clients drop out
+    assert np.any(dropped > 0) and np.any(dropped < sampled_b / 6 - 1e-3)  # some label noise
