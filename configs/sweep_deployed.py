@@ -25,7 +25,7 @@ import os
 
 import ml_collections
 
-from configs import default
+from configs import sweep_rfa
 from fedjax_robust import evaluation
 from fedjax_robust import sweep
 from fedjax_robust.sweep import Point
@@ -39,11 +39,7 @@ SAMPLED = 15
 
 
 def get_config():
-  base = default.get_config()
-  base.num_samples = 64
-  base.training.num_rounds = 100
-  base.data.alpha = 0.3
-  base.theory.enabled = False
+  base = sweep_rfa.get_config().base  # RFA's setting: digits α = 0.3, 64 draws × 100 rounds
   base.estimators.honest_optimum = False
   base.training.fine_tune_steps = FINE_TUNE_STEPS
   c = ml_collections.ConfigDict()
