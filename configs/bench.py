@@ -28,7 +28,7 @@ def get_config():
   c.monte_carlo = ml_collections.ConfigDict({
       "spec": "trimmed_mean", "sample_counts": (1, 16, 256, 1024), "num_rounds": 20,
       "baseline_samples": 1,
-      # Draws per block (`benchmark.blocked`: lax.map over blocks of vmapped draws); 0: all S
+      # Draws per block (`training.blocked`: lax.map over blocks of vmapped draws); 0: all S
       # at once. Each B below S that divides it is measured beside it.
       "block_sizes": (0,),
       # Also time each phase of a round (local training, attack, rule) alone per S.

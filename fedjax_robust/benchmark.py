@@ -312,25 +312,13 @@ def _peak_device_bytes():
   return stats.get("peak_bytes_in_use")
 
 
-def blocked(run: Callable, block: int) -> Callable:
-  """`run(states, masks, keys, train)` over S draws as `lax.map` over S/B blocks of B vmapped
-  draws (one compiled program; the working set is a block's)."""
-  def fn(states, masks, keys, train):
-    num = masks.shape[0]
-    split = lambda a: a.reshape((num // block, block) + a.shape[1:])
-    out = jax.lax.map(lambda args: run(*args, train),
-                      (jax.tree.map(split, states), split(masks), split(keys)))
-    return jax.tree.map(lambda a: a.reshape((num,) + a.shape[2:]), out)
-  return fn
-
-
 def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_rounds: int,
                            *, baseline_samples: int = 1, repeats: int = 2,
                            block_sizes: Sequence[int] = (0,),
                            log: Callable[[str], None] = print) -> list[ThroughputRow]:
   """Sample-rounds per second of `num_rounds` rounds of the vmapped training of S draws, for each
   S in `sample_counts` and each block size B in `block_sizes` that divides S and is below it
-  (0: all S vmapped at once; else `blocked`), beside the sequential NumPy baseline
+  (0: all S vmapped at once; else `training.blocked`), beside the sequential NumPy baseline
   (`baseline_samples` draws run one after the other, one client at a time)."""
   from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
   from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
@@ -351,7 +339,7 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
       if block and (block >= s or s % block):
         continue
       states = training.replicate(initial, s)
-      program = blocked(run, block) if block else run
+      program = training.blocked(run, block) if block else run
       start = time.perf_counter()
       compiled = jax.jit(program).lower(states, masks[:s], keys[:s], fed.train).compile()
       compile_s = time.perf_counter() - start

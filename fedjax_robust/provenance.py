@@ -119,8 +119,13 @@ def reuse_mismatch(saved: dict | None) -> str | None:
   return "; ".join(diffs) or None
 
 
-def record(*, seed: int | None, draws_per_chunk: int | dict | None = None) -> dict:
+def record(*, seed: int | None, draws_per_chunk: int | dict | None = None,
+           draws_per_block: int | None = None) -> dict:
   """The provenance block of a result: code version, environment, seed and the vmapped width
-  the draws ran at (per aggregator when a dict)."""
-  return {"code": code_version(), "environment": environment(), "seed": None if seed is None else int(seed),
-          "draws_per_chunk": draws_per_chunk}
+  the draws ran at (per aggregator when a dict), and the draws per block inside a chunk when
+  the chunk ran in blocks (`experiment.block_size`)."""
+  out = {"code": code_version(), "environment": environment(),
+         "seed": None if seed is None else int(seed), "draws_per_chunk": draws_per_chunk}
+  if draws_per_block:
+    out["draws_per_block"] = int(draws_per_block)
+  return out

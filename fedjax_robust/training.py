@@ -732,6 +732,18 @@ def sample_keys(key: jax.Array, num_samples: int, draw_ids=None) -> jax.Array:
   return jax.vmap(lambda s: jax.random.fold_in(key, s))(ids)
 
 
+def blocked(run, block: int):
+  """`run(states, masks, keys, train)` over S draws as `lax.map` over S/B blocks of B vmapped
+  draws (one compiled program; the working set is a block's)."""
+  def fn(states, masks, keys, train):
+    num = masks.shape[0]
+    split = lambda a: a.reshape((num // block, block) + a.shape[1:])
+    out = jax.lax.map(lambda args: run(*args, train),
+                      (jax.tree.map(split, states), split(masks), split(keys)))
+    return jax.tree.map(lambda a: a.reshape((num,) + a.shape[2:]), out)
+  return fn
+
+
 def replicate(state: RunState, num_samples: int) -> RunState:
   """The same initial state for every sample (common initial model across draws of μ_H)."""
   return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_samples, *a.shape)), state)

@@ -68,7 +68,7 @@ def test_numpy_geometric_median_with_equal_iteration_counts():
 
 
 def test_blocked_draws_train_the_same_models_as_one_vmapped_batch():
-  """`benchmark.blocked` (lax.map over blocks of vmapped draws) is the same computation per
+  """`training.blocked` (lax.map over blocks of vmapped draws) is the same computation per
   draw as vmapping all S at once: same final parameters, draw by draw."""
   import functools  # pylint: disable=g-import-not-at-top
   config = tiny_config()
@@ -79,6 +79,28 @@ def test_blocked_draws_train_the_same_models_as_one_vmapped_batch():
   states = training.replicate(sim.init(jax.random.key(2)), 8)
   run = jax.vmap(functools.partial(sim.run_rounds, num_rounds=3), in_axes=(0, 0, 0, None))
   whole, _ = jax.jit(run)(states, masks, keys, fed.train)
-  blocks, _ = jax.jit(benchmark.blocked(run, 4))(states, masks, keys, fed.train)
+  blocks, _ = jax.jit(training.blocked(run, 4))(states, masks, keys, fed.train)
   assert np.abs(np.asarray(whole.params) - np.asarray(states.params)).max() > 1e-3
   np.testing.assert_allclose(np.asarray(blocks.params), np.asarray(whole.params), atol=1e-6)
+
+
+def test_a_chunk_in_blocks_gives_every_draw_the_same_numbers(monkeypatch):
+  """run_monte_carlo runs a chunk as blocks of DRAWS_PER_BLOCK draws on CPU: 72 draws in one
+  chunk (blocks of 8 = gcd(72, 64)), 128 draws (blocks of 64) and chunks of 8 (no blocks) give
+  every draw bit-identical final metrics."""
+  config = tiny_config()
+  config.training.num_rounds, config.training.eval_every = 6, 3
+  fed = config_lib.make_data(config)
+  sim = experiment.simulator(config, "nnm+trimmed_mean", fed)
+  masks = np.random.default_rng(1).random((128, 6)) > 0.25
+  _, init_key, run_key = experiment._keys(config)  # pylint: disable=protected-access
+  assert experiment.block_size(72) == 8 and experiment.block_size(128) == 64
+  assert experiment.block_size(64) == 0
+  run = lambda m, chunk: experiment.run_monte_carlo(
+      sim, fed, jax.numpy.asarray(m), init_key=init_key, run_key=run_key, num_rounds=6,
+      eval_every=3, chunk=chunk).metrics["honest_loss"][-1]
+  small = run(masks, 8)
+  np.testing.assert_array_equal(run(masks[:72], 72), small[:72])
+  np.testing.assert_array_equal(run(masks, 128), small)
+  monkeypatch.setattr(experiment, "DRAWS_PER_BLOCK", {})  # one block: the chunk vmapped at once
+  np.testing.assert_array_equal(run(masks, 128), small)
