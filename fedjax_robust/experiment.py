@@ -124,7 +124,8 @@ MAX_CACHED_SIMULATORS = 16
 simulator_cache: collections.OrderedDict[str, training.Simulator] = collections.OrderedDict()
 _programs: dict[tuple, Callable] = {}
 _NOT_IN_PROGRAM = ("seed", "honest_set", "honest_set_options", "graph", "num_samples",
-                   "num_samples_per_chunk", "memory_budget_gb", "estimators")
+                   "num_samples_per_chunk", "memory_budget_gb", "estimators", "report",
+                   "draw_condition")
 _NOT_IN_REFERENCE = ("f", "aggregator_options", "server_prior")
 
 # The number of draws trained at once (the vmapped width) is always a multiple of this; a chunk

@@ -86,6 +86,36 @@ def test_chunked_runs_give_the_same_numbers():
   assert chunked.metrics["honest_loss"].shape == (3, 5)
 
 
+def test_chunks_and_points_of_the_same_shape_compile_once(monkeypatch):
+  """Every chunk of a run, and a second run that differs only in what the program does not
+  depend on (μ_H's parameters, S, the chunk count, the report's interval, the draw condition),
+  reuse the compiled programs: no new compile."""
+  compiles = []
+  real = experiment._program  # pylint: disable=protected-access
+
+  def counting(kind, sim, build, *args):
+    def counted():
+      compiles.append(kind)
+      return build()
+    return real(kind, sim, counted, *args)
+
+  monkeypatch.setattr(experiment, "_program", counting)
+  c = get_config()
+  c.aggregator = "trimmed_mean"
+  c.honest_set = "bernoulli"
+  c.honest_set_options.bernoulli.p = 0.2
+  c.num_samples, c.num_samples_per_chunk = 24, 8       # three chunks
+  experiment.run(c, log=lambda _: None)
+  first = list(compiles)
+  assert sorted(k.split("/")[0] for k in first) == ["advance5", "evaluate"], first
+  c.honest_set_options.bernoulli.p = 0.4
+  c.num_samples = 40                                    # five chunks
+  c.report.interval = "normal"
+  c.draw_condition = "honest_majority"
+  experiment.run(c, log=lambda _: None)
+  assert compiles == first  # nothing compiled again
+
+
 def test_honest_optimum_and_oracle_estimators():
   c = get_config()
   c.honest_set = "bernoulli"
