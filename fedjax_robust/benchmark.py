@@ -302,6 +302,8 @@ class ThroughputRow:
   peak_memory_mb: float    # XLA's buffer plan (arguments + outputs + temporaries), or RSS growth
   speedup: float = math.nan  # over the sequential baseline
   block: int = 0           # draws per block of `blocked` (0: all S vmapped at once)
+  # XLA's estimate of the bytes one round reads and writes per draw (`round_bytes_per_draw`).
+  bytes_per_sample_round: float = math.nan
 
 
 def _peak_device_bytes():
@@ -310,6 +312,20 @@ def _peak_device_bytes():
   except Exception:  # pylint: disable=broad-except
     stats = {}
   return stats.get("peak_bytes_in_use")
+
+
+def round_bytes_per_draw(sim, states, masks, keys, train) -> float:
+  """XLA's cost-analysis estimate of the bytes one round of S vmapped draws reads and writes
+  (every fused operation's operands and results, after fusion), divided by S: the memory
+  traffic the compiled program plans per sample-round. Compiled for one round, since XLA counts
+  a loop's body once whatever its trip count. Not a hardware measurement: caches can serve
+  part of it, and it is NaN where the backend gives no estimate."""
+  program = jax.jit(jax.vmap(functools.partial(sim.run_rounds, num_rounds=1),
+                             in_axes=(0, 0, 0, None)))
+  cost = program.lower(states, masks, keys, train).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  total = (cost or {}).get("bytes accessed")
+  return math.nan if total is None else float(total) / masks.shape[0]
 
 
 def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_rounds: int,
@@ -350,12 +366,17 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
               - mem.alias_size_in_bytes) if mem is not None else math.nan
       peak = _peak_device_bytes()
       method = f"blocked JAX B={block}" if block else "vmapped JAX"
+      moved = (round_bytes_per_draw(sim, states, masks[:s], keys[:s], fed.train) if not block
+               else math.nan)
       rows.append(ThroughputRow(method, spec, s, num_rounds, compile_s, seconds,
                                 s * num_rounds / seconds,
-                                (peak if peak is not None else plan) / 2**20, block=block))
+                                (peak if peak is not None else plan) / 2**20, block=block,
+                                bytes_per_sample_round=moved))
       log(f"  {method:<20} S={s:<6} {seconds:8.3f} s  {rows[-1].sample_rounds_per_s:10.1f} "
           f"sample-rounds/s  (compile {compile_s:.1f} s, memory "
-          f"{rows[-1].peak_memory_mb:.0f} MB)")
+          f"{rows[-1].peak_memory_mb:.0f} MB"
+          + ("" if math.isnan(moved) else f", XLA's estimate {moved / 2**20:.2f} MB moved per "
+             "sample-round") + ")")
 
   # The sequential baseline: same data, model, attack and rule, in NumPy.
   if not baseline_samples:
@@ -466,10 +487,11 @@ def config_with(config, **updates):
 
 def format_throughput(rows: Sequence[ThroughputRow]) -> str:
   header = (f"{'method':<22} {'spec':<22} {'S':>6} {'rounds':>6} {'seconds':>9} "
-            f"{'sample-rounds/s':>16} {'speed-up':>9} {'memory MB':>10} {'compile s':>9}")
+            f"{'sample-rounds/s':>16} {'speed-up':>9} {'memory MB':>10} {'compile s':>9} "
+            f"{'MB/sample-round':>15}")
   lines = [header, "-" * len(header)]
   for r in rows:
     lines.append(f"{r.method:<22} {r.spec:<22} {r.samples:>6} {r.rounds:>6} {r.seconds:>9.3f} "
                  f"{r.sample_rounds_per_s:>16.1f} {r.speedup:>8.1f}× {r.peak_memory_mb:>10.0f} "
-                 f"{r.compile_s:>9.1f}")
+                 f"{r.compile_s:>9.1f} {r.bytes_per_sample_round / 2**20:>15.2f}")
   return "\n".join(lines)

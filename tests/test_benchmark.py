@@ -104,3 +104,20 @@ def test_a_chunk_in_blocks_gives_every_draw_the_same_numbers(monkeypatch):
   np.testing.assert_array_equal(run(masks, 128), small)
   monkeypatch.setattr(experiment, "DRAWS_PER_BLOCK", {})  # one block: the chunk vmapped at once
   np.testing.assert_array_equal(run(masks, 128), small)
+
+
+def test_bytes_moved_per_sample_round_is_per_draw_and_covers_the_state():
+  """XLA's estimate of a round's memory traffic per draw: at least the momentum `[n, d]` read
+  and written once, and per draw the same at S = 8 and S = 32 (it scales with S)."""
+  config = tiny_config()
+  config.model = "mlp"
+  fed = config_lib.make_data(config)
+  sim = experiment.simulator(config, "trimmed_mean", fed)
+  masks = jax.numpy.asarray(np.random.default_rng(0).random((32, 6)) > 0.2)
+  keys = training.sample_keys(jax.random.key(1), 32)
+  per_draw = []
+  for s in (8, 32):
+    states = training.replicate(sim.init(jax.random.key(2)), s)
+    per_draw.append(benchmark.round_bytes_per_draw(sim, states, masks[:s], keys[:s], fed.train))
+  assert per_draw[0] >= 2 * 4 * sim.num_clients * sim.num_params
+  np.testing.assert_allclose(per_draw[1], per_draw[0], rtol=0.1)
