@@ -238,7 +238,7 @@ class Simulator:
   # them); the others keep their momentum. aux: the realized Byzantine count among the sampled
   # b_t (`sampled_byzantine`, its maximum `sampled_byzantine_max`), and the shares of rounds
   # with b_t <= f (`sampled_within_f`) and with b_t < m/2 (`sampled_minority`: RFA's event
-  # |S_t ∩ C| <= θm for every θ < 1/2, Pillutla et al. 2022, Theorem 4).
+  # |S_t ∩ C| <= θm for some θ < 1/2, Pillutla et al. 2022, Theorem 4).
   clients_per_round: int = 0
   # Personalization (FedPer, Arivazhagan et al. 2019): the model's output layer is personal,
   # one per client, trained locally and never sent; the rule aggregates the other (shared)
