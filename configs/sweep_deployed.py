@@ -109,8 +109,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   def paired(a, b, metric):
     if a not in find or b not in find or metric not in values[find[a]]:
       return None
-    d = evaluation.paired_difference(values[find[a]][metric], values[find[b]][metric])
-    return d
+    return evaluation.paired_difference(values[find[a]][metric], values[find[b]][metric])
 
   def fmt(d):
     return ("n/a" if d is None else
@@ -125,7 +124,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     e = by[pid]
     lines.append(f"  {setting:14s} {rule:6s} held-out {cell(e, held)}   fine-tuned "
                  f"{cell(e, tuned)}")
-    table.append({**e})
+    table.append(e)
   lines.append("  paired differences (points, paired t 95% CI):")
   for setting in PERSONALIZATIONS:
     for metric, label in ((held, "held-out"), (tuned, "fine-tuned")):
@@ -146,7 +145,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     lines.append(f"  {setting:11s} {rule:13s} {cell(e, held)}  vs mean {fmt(d)}  b_t "
                  f"{e.get('sampled_byzantine', float('nan')):.3f}  b_t<=f "
                  f"{100 * e.get('sampled_within_f', float('nan')):.1f}%")
-    table.append({**e})
+    table.append(e)
   for line in lines:
     log(line)
   if not table:

@@ -314,6 +314,21 @@ def _peak_device_bytes():
   return stats.get("peak_bytes_in_use")
 
 
+def _monte_carlo_job(config, spec: str, num_samples: int):
+  """The Monte Carlo benchmarks' job: (data, simulator of `spec`, `num_samples` honest masks,
+  their keys, the initial state)."""
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import training  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate(config)
+  fed = config_lib.make_data(config)
+  sim = experiment.simulator(config, spec, fed)
+  masks = jnp.asarray(experiment.draw_masks(config_with(config, num_samples=num_samples), fed))
+  keys = training.sample_keys(jax.random.key(1), num_samples)
+  return fed, sim, masks, keys, sim.init(jax.random.key(2))
+
+
 def round_bytes_per_draw(sim, states, masks, keys, train) -> float:
   """XLA's cost-analysis estimate of the bytes one round of S vmapped draws reads and writes
   (every fused operation's operands and results, after fusion), divided by S: the memory
@@ -337,16 +352,9 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
   (0: all S vmapped at once; else `training.blocked`), beside the sequential NumPy baseline
   (`baseline_samples` draws run one after the other, one client at a time)."""
   from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
-  from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
   from fedjax_robust import training  # pylint: disable=g-import-not-at-top
 
-  config_lib.validate(config)
-  fed = config_lib.make_data(config)
-  sim = experiment.simulator(config, spec, fed)
-  masks = jnp.asarray(experiment.draw_masks(config_with(config, num_samples=max(sample_counts)),
-                                            fed))
-  keys = training.sample_keys(jax.random.key(1), masks.shape[0])
-  initial = sim.init(jax.random.key(2))
+  fed, sim, masks, keys, initial = _monte_carlo_job(config, spec, max(sample_counts))
   rows = []
   run = jax.vmap(functools.partial(sim.run_rounds, num_rounds=num_rounds),
                  in_axes=(0, 0, 0, None))
@@ -429,18 +437,10 @@ def monte_carlo_phases(config, spec: str, sample_counts: Sequence[int], *, repea
   timed alone for S draws at the initial model — local training of every client (vmapped over
   draws and clients), the attack on the `[S, n, d]` updates, the rule on them — beside one whole
   round. The phases do not add up to the round exactly (XLA fuses across them in the round)."""
-  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
-  from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
   from fedjax_robust import training  # pylint: disable=g-import-not-at-top
 
-  config_lib.validate(config)
-  fed = config_lib.make_data(config)
-  sim = experiment.simulator(config, spec, fed)
+  fed, sim, masks, keys, initial = _monte_carlo_job(config, spec, max(sample_counts))
   n = sim.num_clients
-  masks = jnp.asarray(experiment.draw_masks(config_with(config, num_samples=max(sample_counts)),
-                                            fed))
-  keys = training.sample_keys(jax.random.key(1), masks.shape[0])
-  initial = sim.init(jax.random.key(2))
   train = fed.train
 
   def local(params, momentum, key, honest):

@@ -493,6 +493,7 @@ def _validate_rounds(config, specs) -> None:
   """Client sampling, local training and the server optimizer: the constraints between keys."""
   t, n, f = config.training, config.num_clients, config.f
   m = t.clients_per_round
+  stages = {s.strip() for spec in specs for s in spec.split("+")}
   if m:
     if m > n or 2 * f >= m:
       raise ConfigError(f"training.clients_per_round={m} must satisfy 2f = {2 * f} < m <= "
@@ -508,7 +509,6 @@ def _validate_rounds(config, specs) -> None:
       raise ConfigError(f"attack_options.mimic.index={config.attack_options.mimic.index} must "
                         f"be < training.clients_per_round={m} (the row it copies among the "
                         "sampled clients).")
-    stages = {s.strip() for spec in specs for s in spec.split("+")}
     per_client = sorted(stage for stage in stages if stage in _PER_CLIENT_OPTIONS)
     if per_client and m < n:
       raise ConfigError(f"aggregator(s) {', '.join(per_client)} hold options per client index "
@@ -525,7 +525,6 @@ def _validate_rounds(config, specs) -> None:
                         f"{tuple(t.client_lr_schedule_options.step.boundaries)}: {late} never "
                         f"apply (training.num_rounds={t.num_rounds}); allowed: rounds < "
                         f"{t.num_rounds}.")
-  stages = {s.strip() for spec in specs for s in spec.split("+")}
   if ("centered_clipping" in stages and t.local_epochs
       and config.aggregator_options.centered_clipping.tau_units == "published_momentum"):
     raise ConfigError("aggregator_options.centered_clipping.tau_units='published_momentum' "

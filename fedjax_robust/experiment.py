@@ -138,8 +138,8 @@ DRAW_ALIGNMENT = 8
 # Draws per block inside a chunk's compiled program: the chunk's rounds run as a `lax.map` over
 # blocks of vmapped draws (`training.blocked`), so a block's [B, n, d] working set stays in cache
 # while the chunk can stay large. Per backend, measured (BUILD.md, "Monte Carlo"): on this CPU
-# the digits job with the trimmed mean ran 1752 sample-rounds/s at S = 256 vmapped at once and
-# 2668 in blocks of 64 (2571 at S = 16); on the H100 one block (the GPU wants width). A block is
+# the digits job with the trimmed mean ran 1902 sample-rounds/s at S = 1024 vmapped at once and
+# 2880 in blocks of 64 (2572 at S = 16); on the H100 one block (the GPU wants width). A block is
 # a multiple of DRAW_ALIGNMENT, so a draw's numbers do not depend on it.
 DRAWS_PER_BLOCK = {"cpu": 64}
 
@@ -567,13 +567,11 @@ _ASSUMED_CPU_FLOPS = 15e9
 
 def _flops_per_sample_round(config, num_params: int, max_count: int) -> float:
   """About 6 flops per parameter per example (forward + backward) for every client's minibatch."""
-  t = config.training
-  clients = t.clients_per_round or config.num_clients
-  steps = t.local_steps
-  if t.local_epochs:
-    batch = min(local_batch_size(config, max_count), max_count)
-    steps = t.local_epochs * -(-max_count // batch)
-  return 6.0 * num_params * clients * steps * local_batch_size(config, max_count)
+  local = config_lib.make_local_training(config)
+  clients = config.training.clients_per_round or config.num_clients
+  batch = (local.epoch_batch(max_count) if local.local_epochs
+           else local_batch_size(config, max_count))
+  return 6.0 * num_params * clients * local.steps(max_count) * batch
 
 
 class _JobClock:

@@ -457,6 +457,9 @@ def _describe_rounds(t: Mapping[str, Any]) -> str:
   """The round's protocol when it is not the default one (K = 1 step of D-SGD with worker
   momentum, every client, constant η, the server's plain SGD), else ''."""
   parts = []
+  if t.get("clients_per_round", 0):
+    parts.append(f"{t['clients_per_round']} clients sampled per round (the honest-only "
+                 "baseline, when shown, with every client in every round)")
   if t.get("local_epochs"):
     parts.append(f"{t['local_epochs']} local epoch(s) of batches of {t['batch_size']} without "
                  "replacement")
@@ -476,8 +479,6 @@ def _describe_rounds(t: Mapping[str, Any]) -> str:
     parts.append(f"local fine-tuning at evaluation: {t['fine_tune_steps']} full-batch steps")
   if t.get("server_optimizer", "sgd") != "sgd":
     parts.append(f"server optimizer {t['server_optimizer']} (lr {t['server_lr']})")
-  if t.get("clients_per_round", 0) and parts is not None:
-    parts.append("the honest-only baseline (when shown) with every client in every round")
   return "Rounds: " + "; ".join(parts) + "." if parts else ""
 
 

@@ -92,6 +92,4 @@ def build(name: str, learning_rate: float, opts: Mapping[str, Any] | None = None
     raise ConfigError(f"training.server_momentum={sgd_momentum} applies to "
                       f"server_optimizer='sgd'; got server_optimizer={name!r} (set its own "
                       f"options under training.server_optimizer_options.{name}).")
-  kwargs = {k: (int(v) if isinstance(options(name)[k], int) and not isinstance(v, bool) else v)
-            for k, v in opts.items()}
-  return getattr(optax, name)(learning_rate, **kwargs)
+  return getattr(optax, name)(learning_rate, **opts)

@@ -665,18 +665,18 @@ class Simulator:
     loss, acc = self.client_metrics(params, train)
     h = honest.astype(jnp.float32)
     num_honest = jnp.sum(h)
+    honest_mean = lambda v: jnp.where(num_honest > 0, h @ v / num_honest, jnp.nan)
     ones = jnp.ones(test_y.shape, bool)
     extra = {}
+
+    def on_test(p):
+      outputs = self.logits(p, test_x)
+      return self._data_loss(outputs, test_y, ones), self._accuracy(outputs, test_y, ones)
+
     if self.personal_head:  # the global test set: the mean over S of each client's own model
-      test_loss_i, test_acc_i = jax.vmap(
-          lambda p: (lambda o: (self._data_loss(o, test_y, ones),
-                                self._accuracy(o, test_y, ones)))(self.logits(p, test_x)))(params)
-      test_loss = jnp.where(num_honest > 0, h @ test_loss_i / num_honest, jnp.nan)
-      test_accuracy = jnp.where(num_honest > 0, h @ test_acc_i / num_honest, jnp.nan)
+      test_loss, test_accuracy = map(honest_mean, jax.vmap(on_test)(params))
     else:
-      logits = self.logits(params, test_x)
-      test_loss = self._data_loss(logits, test_y, ones)
-      test_accuracy = self._accuracy(logits, test_y, ones)
+      test_loss, test_accuracy = on_test(params)
     if self.population and codes is not None:  # each behaviour's clients, on their own data
       for k, attack in enumerate(self.behaviours):
         members = (codes == k + 1).astype(jnp.float32)
@@ -692,8 +692,7 @@ class Simulator:
           self.logits(p, backdoor.trigger(test_x)), jnp.full(test_y.shape, target),
           test_y != target)
       if self.personal_head:  # mean over S of each honest client's own model
-        extra["backdoor_accuracy"] = jnp.where(
-            num_honest > 0, h @ jax.vmap(success)(params) / num_honest, jnp.nan)
+        extra["backdoor_accuracy"] = honest_mean(jax.vmap(success)(params))
       else:
         extra["backdoor_accuracy"] = success(params)
     if holdout is not None:
@@ -717,8 +716,8 @@ class Simulator:
         # personal heads: a shared parameter or an honest client's head).
         "diverged": (~jnp.all(jnp.isfinite(params) if params.ndim == 1 else
                               jnp.isfinite(params) | ~honest[:, None])).astype(jnp.float32),
-        "honest_loss": jnp.where(num_honest > 0, h @ loss / num_honest, jnp.nan),
-        "honest_accuracy": jnp.where(num_honest > 0, h @ acc / num_honest, jnp.nan),
+        "honest_loss": honest_mean(loss),
+        "honest_accuracy": honest_mean(acc),
         "test_loss": test_loss,
         "test_accuracy": test_accuracy,
     }
