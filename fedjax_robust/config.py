@@ -30,6 +30,7 @@ from fedjax_robust import honest_sets
 from fedjax_robust import models
 from fedjax_robust import server_optimizers
 from fedjax_robust import server_prior
+from fedjax_robust import sharding
 from fedjax_robust import training
 
 _REQUIRED_HONEST_SET_DEFAULTS = {"fixed_count": {"num_byzantine": 5}, "bernoulli": {"p": 0.15},
@@ -57,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Draws trained at once; 0: as many as fit in memory_budget_gb (estimated). Same numbers.
   c.num_samples_per_chunk = 0
   c.memory_budget_gb = 4.0
+  # Devices (fedjax_robust.sharding): "" one device; "draws" every chunk's draws split over all
+  # devices (same numbers, draw by draw); "draws=4,clients=2" also each draw's clients.
+  c.mesh = ""
   # One or more comma-separated specs; '+' chains pre-aggregators before a rule.
   c.aggregator = "mean,trimmed_mean,geometric_median,nnm+trimmed_mean"
   c.aggregator_options = _options_of(aggregators.names(), aggregators.options,
@@ -195,6 +199,7 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "num_samples": D.POSITIVE_INT,
     "num_samples_per_chunk": D.Int(0, note="0: as many as fit in memory_budget_gb"),
     "memory_budget_gb": D.POSITIVE,
+    "mesh": D.Domain("str", note="'' (one device), 'draws', 'draws=D' or 'draws=D,clients=C'"),
     "aggregator": D.Domain("str", note="comma-separated specs such as 'nnm+trimmed_mean'"),
     "attack": D.Domain("str", note="an attack or fault name, or a mixture 'name:p,name:p' "
                        "(see attacks.parse_population)"),
@@ -407,6 +412,7 @@ def _validate(config) -> None:
       continue  # a required parameter left unset: reported below if its law is chosen
     domain.check(dotted, value)
   n, f = config.num_clients, config.f
+  sharding.check(config.mesh, n)
   if 2 * f >= n:
     raise ConfigError(f"declared f={f!r} must satisfy 0 <= f < n/2 = {n / 2} "
                       f"(num_clients={n}): robust aggregation needs an honest majority.")

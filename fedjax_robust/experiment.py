@@ -29,6 +29,7 @@ from fedjax_robust import evaluation
 from fedjax_robust import honest_sets
 from fedjax_robust import provenance
 from fedjax_robust import server_prior
+from fedjax_robust import sharding
 from fedjax_robust import training
 from fedjax_robust import worst_case
 from fedjax_robust.theory import report as theory_report
@@ -153,9 +154,11 @@ def block_size(chunk: int) -> int:
   return math.gcd(chunk, target)
 
 
-def align_draws(width: int) -> int:
-  """`width` rounded up to a multiple of DRAW_ALIGNMENT."""
-  return -(-max(1, width) // DRAW_ALIGNMENT) * DRAW_ALIGNMENT
+def align_draws(width: int, devices: int = 1) -> int:
+  """`width` rounded up to a multiple of DRAW_ALIGNMENT per device (`devices` on the mesh's
+  draws axis)."""
+  unit = DRAW_ALIGNMENT * devices
+  return -(-max(1, width) // unit) * unit
 
 
 def simulator(config, spec: str, fed: FederatedData, *,
@@ -212,14 +215,16 @@ def memory_per_draw(config, num_params: int, max_count: int | None = None) -> in
   return 4 * (8 * n * num_params + n * max(local_batch_size(config, max_count), 64) * 1024)
 
 
-def chunk_size(config, num_params: int, num_samples: int, max_count: int | None = None) -> int:
-  """Draws trained at once, a multiple of DRAW_ALIGNMENT: `num_samples_per_chunk`, or (0) as
-  many as fit in `memory_budget_gb` by `memory_per_draw`, never more than S needs. A draw's
-  numbers do not depend on this (see DRAW_ALIGNMENT)."""
+def chunk_size(config, num_params: int, num_samples: int, max_count: int | None = None,
+               devices: int = 1) -> int:
+  """Draws trained at once, a multiple of DRAW_ALIGNMENT per device (`devices` on the mesh's
+  draws axis): `num_samples_per_chunk`, or (0) as many as fit in `memory_budget_gb` per device
+  by `memory_per_draw`, never more than S needs. A draw's numbers do not depend on this (see
+  DRAW_ALIGNMENT)."""
   if config.num_samples_per_chunk:
-    return align_draws(min(config.num_samples_per_chunk, num_samples))
+    return align_draws(min(config.num_samples_per_chunk, num_samples), devices)
   fit = int(config.memory_budget_gb * 2**30 // memory_per_draw(config, num_params, max_count))
-  return align_draws(min(num_samples, max(fit, 1)))
+  return align_draws(min(num_samples, max(fit * devices, 1)), devices)
 
 
 def _in_groups(fn, params, masks, *shared):
@@ -232,14 +237,137 @@ def _in_groups(fn, params, masks, *shared):
   parts = [jax.device_get(fn(jax.tree.map(lambda a: a[g:g + DRAW_ALIGNMENT], params),
                              masks[g:g + DRAW_ALIGNMENT], *shared))
            for g in range(0, width, DRAW_ALIGNMENT)]
+  return _concat(parts)
+
+
+def _concat(parts):
   return jax.tree.map(lambda *p: np.concatenate([np.asarray(x) for x in p]), *parts)
+
+
+class _OneDevice:
+  """How a chunk's draws are placed and its programs built on the default device."""
+
+  def __init__(self, sim, chunk: int):
+    self.sim, self.chunk = sim, chunk
+    self.block = block_size(chunk)
+
+  def put(self, host, *, keys: bool = False):
+    return jnp.asarray(host) if not keys else host
+
+  def states(self, initial):
+    return training.replicate(initial, self.chunk)
+
+  def advance(self, eval_every, *args):
+    def build():
+      run = jax.vmap(functools.partial(self.sim.run_rounds, num_rounds=eval_every),
+                     in_axes=(0, 0, 0, None))
+      return jax.jit(training.blocked(run, self.block) if self.block else run, donate_argnums=0)
+    return _program(f"advance{eval_every}/{self.block}", self.sim, build, *args)
+
+  def grouped(self, kind: str, fn, params, masks, *shared):
+    """`fn(params, masks, *shared) -> (dict of) [W, ...]` per group of DRAW_ALIGNMENT draws,
+    as a callable of the same arguments returning host arrays in draw order."""
+    program = _program(kind, self.sim, lambda: jax.jit(fn),
+                       jax.tree.map(lambda a: a[:DRAW_ALIGNMENT], params),
+                       masks[:DRAW_ALIGNMENT], *shared)
+    return lambda p, m, *sh: _in_groups(program, p, m, *sh)
+
+  gather = staticmethod(lambda x: jax.device_get(x))
+
+
+class _Mesh(_OneDevice):
+  """A chunk's draws split over the mesh's draws axis (each device runs the one-device program
+  on its W/D draws, blocks included), each draw's clients over its clients axis
+  (`sharding.constrain`, XLA's partitioner; no blocks)."""
+
+  def __init__(self, sim, chunk: int, mesh):
+    self.sim, self.chunk, self.mesh = sim, chunk, mesh
+    self.devices = sharding.draws_of(mesh)
+    self.by_clients = sharding.clients_of(mesh) > 1
+    self.block = 0 if self.by_clients else block_size(chunk // self.devices)
+    self.name = f"mesh{dict(mesh.shape)}"
+
+  def put(self, host, *, keys: bool = False):
+    if keys:  # typed keys travel as their raw data
+      self.key_impl = jax.random.key_impl(host)
+      host = jax.random.key_data(host)
+    return sharding.put(self.mesh, host, sharding.P(sharding.DRAWS))
+
+  def replicated(self, tree):
+    return sharding.put_tree(self.mesh, tree, sharding.P())
+
+  def _state_specs(self, state):
+    """Every leaf split over the draws; with a clients axis the momentum rows `[W, n, d]` also
+    over the clients (they stay on the device that trains the client)."""
+    specs = jax.tree.map(lambda _: sharding.P(sharding.DRAWS), state)
+    if self.by_clients:
+      specs = specs._replace(momentum=sharding.P(sharding.DRAWS, sharding.CLIENTS))
+    return specs
+
+  def states(self, initial):
+    host = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (self.chunk,) + a.shape),
+                        initial)
+    return jax.tree.map(lambda a, spec: sharding.put(self.mesh, a, spec), host,
+                        self._state_specs(host))
+
+  def train_data(self, train):
+    """The clients' data: replicated, or split over the clients axis."""
+    return sharding.put_tree(self.mesh, train, sharding.P(
+        sharding.CLIENTS if self.by_clients else None))
+
+  def _keys(self, data):
+    return jax.random.wrap_key_data(data, impl=self.key_impl)
+
+  def advance(self, eval_every, *args):
+    def build():
+      run_rounds = functools.partial(self.sim.run_rounds, num_rounds=eval_every)
+      if self.by_clients:
+        run = jax.vmap(run_rounds, in_axes=(0, 0, 0, None), spmd_axis_name=sharding.DRAWS)
+        named = lambda spec: jax.sharding.NamedSharding(self.mesh, spec)
+        states = jax.tree.map(named, self._state_specs(args[0]))
+        return jax.jit(lambda st, m, k, train: run(st, m, self._keys(k), train),
+                       out_shardings=(states, named(sharding.P(sharding.DRAWS))),
+                       donate_argnums=0)
+      run = jax.vmap(run_rounds, in_axes=(0, 0, 0, None))
+      run = training.blocked(run, self.block) if self.block else run
+      return sharding.shard_draws(lambda st, m, k, train: run(st, m, self._keys(k), train),
+                                  self.mesh, 3, 1, donate=True)
+    with jax.set_mesh(self.mesh):
+      return _program(f"advance{eval_every}/{self.block}/{self.name}", self.sim, build, *args)
+
+  def grouped(self, kind: str, fn, params, masks, *shared):
+    """Group j takes draws j·G ... j·G + G − 1 of every device's own W/D draws (G =
+    DRAW_ALIGNMENT) and runs the one-device program of G draws on each device, on the data
+    already there; the groups' outputs are gathered and put back in draw order. (One program
+    partitioned over the mesh changed the honest loss of some draws by 1 ulp on XLA:CPU.)"""
+    group = DRAW_ALIGNMENT
+    key = (kind, id(self.sim), "per-device")
+    if key not in _programs:  # jit compiles it once per device, on first use
+      _programs[key] = jax.jit(fn)
+    program = _programs[key]
+    local = self.chunk // self.devices
+    order = np.argsort(sharding.group_order(self.chunk, self.devices, group))
+    draws = jax.sharding.NamedSharding(self.mesh, sharding.P(sharding.DRAWS))
+
+    def run(p, m, *sh):
+      mine = sharding.local_parts((p, m))
+      common = sharding.local_parts(sh)
+      parts = []
+      for j in range(0, local, group):
+        outs = {device: program(*jax.tree.map(lambda a: a[j:j + group], mine[device]),
+                                *common[device]) for device in mine}
+        parts.append(jax.tree.map(sharding.gather, sharding.assemble(outs, draws)))
+      return jax.tree.map(lambda a: a[order], _concat(parts))
+    return run
+
+  gather = staticmethod(lambda x: jax.tree.map(sharding.gather, x))
 
 
 def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Array, *,
                     init_key: jax.Array, run_key: jax.Array, num_rounds: int, eval_every: int,
                     spec: str = "", chunk: int | None = None,
                     progress: Callable[[int, int, int], None] | None = None,
-                    draw_ids: np.ndarray | None = None) -> AggregatorRun:
+                    draw_ids: np.ndarray | None = None, mesh=None) -> AggregatorRun:
   """Trains S models, one per honest mask `[S, n]`, and evaluates them every `eval_every` rounds.
 
   The S draws run `chunk` at a time (rounded up to a multiple of DRAW_ALIGNMENT; all at once by
@@ -247,10 +375,13 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   fold_in(run_key, draw_ids[s]) when `draw_ids` is given (common random numbers). A draw's
   numbers are bit-identical whatever the chunk size and whichever draws share its chunk
   (measured on XLA:CPU; see DRAW_ALIGNMENT and `aggregators.base.uniform_cond`).
+  With a `mesh` (`sharding.make`), a chunk's draws are split over its draws axis (the chunk is
+  then a multiple of DRAW_ALIGNMENT per device) and each draw's clients over its clients axis.
   `progress(chunk_index, evaluation_step, num_steps_per_chunk)` is called after each step.
   """
   num_samples = masks.shape[0]
-  chunk = align_draws(num_samples if chunk is None else min(chunk, num_samples))
+  devices = sharding.draws_of(mesh)
+  chunk = align_draws(num_samples if chunk is None else min(chunk, num_samples), devices)
   all_keys = training.sample_keys(run_key, num_samples, draw_ids)
   # A mixed population: the evaluation takes each client's behaviour code in place of the
   # honest mask (0 = honest), to report every behaviour's metrics; the draw's composition is
@@ -263,33 +394,29 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
     eval_masks = codes
   else:
     eval_masks = masks
+  place = _OneDevice(sim, chunk) if mesh is None else _Mesh(sim, chunk, mesh)
   initial = sim.init(init_key)
   # The evaluation's shared inputs after (params, mask, train): the test set, and each
   # client's held-out split when there is one (honest_holdout_* metrics).
   test = (fed.test_x, fed.test_y) + ((fed.holdout,) if fed.holdout is not None else ())
+  train = everyone = fed.train  # what training reads, and what the evaluation reads
+  if mesh is not None:
+    train, everyone, test = (place.train_data(train), place.replicated(train),
+                             place.replicated(test))
   start = time.perf_counter()
-  states0 = training.replicate(initial, chunk)
-  probe_masks, probe_keys = _pad_to(masks[:chunk], chunk), _pad_to(all_keys[:chunk], chunk)
-  block = block_size(chunk)
-
-  def build_advance():
-    run = jax.vmap(functools.partial(sim.run_rounds, num_rounds=eval_every),
-                   in_axes=(0, 0, 0, None))
-    return jax.jit(training.blocked(run, block) if block else run, donate_argnums=0)
-
-  advance = _program(f"advance{eval_every}/{block}", sim, build_advance, states0, probe_masks,
-                     probe_keys, fed.train)
-  evaluate = _program(
-      "evaluate", sim,
-      lambda: jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None) + (None,) * len(test))),
-      jax.tree.map(lambda a: a[:DRAW_ALIGNMENT], sim.eval_params(states0)),
-      _pad_to(eval_masks[:chunk], chunk)[:DRAW_ALIGNMENT], fed.train, *test)
+  states0 = place.states(initial)
+  chunk_of = lambda a, first: place.put(_pad_to(a[first:first + chunk], chunk),
+                                        keys=a is all_keys)
+  probe_masks, probe_keys = chunk_of(masks, 0), chunk_of(all_keys, 0)
+  advance = place.advance(eval_every, states0, probe_masks, probe_keys, train)
+  evaluate = place.grouped(
+      "evaluate", jax.vmap(sim.evaluate, in_axes=(0, 0, None) + (None,) * len(test)),
+      sim.eval_params(states0), chunk_of(eval_masks, 0), everyone, *test)
   smoothness = None
   if sim.measure_theory:
-    smoothness = _program(
-        "smoothness", sim,
-        lambda: jax.jit(jax.vmap(sim.honest_smoothness, in_axes=(0, 0, None))),
-        states0.params[:DRAW_ALIGNMENT], probe_masks[:DRAW_ALIGNMENT], fed.train)
+    smoothness = place.grouped(
+        "smoothness", jax.vmap(sim.honest_smoothness, in_axes=(0, 0, None)),
+        states0.params, probe_masks, everyone)
   compile_seconds = time.perf_counter() - start
 
   num_steps = num_rounds // eval_every
@@ -298,16 +425,15 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   start = time.perf_counter()
   for part, first in enumerate(starts):
     size = min(chunk, num_samples - first)
-    part_masks = _pad_to(masks[first:first + size], chunk)
-    part_keys = _pad_to(all_keys[first:first + size], chunk)
-    part_eval = _pad_to(eval_masks[first:first + size], chunk)
-    states = training.replicate(initial, chunk)
-    history = [_in_groups(evaluate, sim.eval_params(states), part_eval, fed.train, *test)]
+    part_masks, part_keys = chunk_of(masks, first), chunk_of(all_keys, first)
+    part_eval = chunk_of(eval_masks, first)
+    states = place.states(initial)
+    history = [evaluate(sim.eval_params(states), part_eval, everyone, *test)]
     aux_history = []
     for step in range(num_steps):
-      states, aux = advance(states, part_masks, part_keys, fed.train)
-      history.append(_in_groups(evaluate, sim.eval_params(states), part_eval, fed.train, *test))
-      aux_history.append(jax.device_get(aux))
+      states, aux = advance(states, part_masks, part_keys, train)
+      history.append(evaluate(sim.eval_params(states), part_eval, everyone, *test))
+      aux_history.append(place.gather(aux))
       if progress is not None:
         progress(part, step + 1, num_steps)
     history_parts.append({k: np.stack([np.asarray(h[k])[:size] for h in history])
@@ -315,7 +441,7 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
     aux_parts.append({k: np.stack([np.asarray(a[k])[:size] for a in aux_history])
                       for k in (aux_history[0] if aux_history else {})})
     if smoothness is not None:
-      final_parts.append(_in_groups(smoothness, states.params, part_masks, fed.train)[:size])
+      final_parts.append(smoothness(states.params, part_masks, everyone)[:size])
   run_seconds = time.perf_counter() - start
   return AggregatorRun(
       spec=spec,
@@ -656,7 +782,9 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   # The job, before any compile: what runs, in how many chunks, what it needs.
   sims = {spec: simulator(config, spec, fed) for spec in specs}
   num_params = max(sim.num_params for sim in sims.values())
-  chunk = chunk_size(config, num_params, S, max_count)
+  mesh = sharding.make(config.mesh)
+  devices = sharding.draws_of(mesh)
+  chunk = chunk_size(config, num_params, S, max_count, devices)
   num_chunks = -(-S // chunk)
   per_draw = memory_per_draw(config, num_params, max_count)
   budget = config.memory_budget_gb * 2**30
@@ -667,7 +795,8 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
       f"{num_chunks} chunk(s) of {chunk} draws per aggregator"
       + (f" ({chunk * num_chunks - S} padding draws)" if chunk * num_chunks > S else "")
       + f"; memory per chunk ≈ {_human_bytes(chunk * per_draw)} (budget "
-      f"{config.memory_budget_gb:g} GB)"
+      f"{config.memory_budget_gb:g} GB" + (" per device" if devices > 1 else "") + ")"
+      + (f"; {sharding.describe(mesh)}" if mesh is not None else "")
       + (f"; time ≈ {human_seconds(estimate)} (rough, from the work; refined as it runs)"
          if np.isfinite(estimate) else ""))
   if t.batch_size > max_count:
@@ -675,7 +804,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         f"client: {max_count} examples); minibatches are drawn with replacement, so each local "
         f"step processes {t.batch_size} examples per client: ≈ {_human_bytes(per_draw)} per draw, "
         f"{chunk} draw(s) per chunk.")
-  if chunk * per_draw > budget:
+  if chunk // devices * per_draw > budget:
     log(f"WARNING: a chunk of {chunk} draws needs ≈ {_human_bytes(chunk * per_draw)}, beyond "
         f"memory_budget_gb={config.memory_budget_gb:g}"
         + (" (set by num_samples_per_chunk)" if config.num_samples_per_chunk else
@@ -716,7 +845,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
       if found is None:
         log(f"{spec}: searching the worst case by final honest loss")
         found = worst_case_mask(config, fed, spec)
-        if path:
+        if path and sharding.is_writer():
           _save_worst_case(path, key, *found)
       mask, worst[spec] = found
       log(f"{spec}: {format_worst_case(worst[spec])}")
@@ -731,12 +860,14 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     runs[spec] = run_monte_carlo(
         sim, fed, jnp.asarray(masks[spec]), init_key=init_key, run_key=run_key,
         num_rounds=t.num_rounds, eval_every=t.eval_every, spec=spec, chunk=chunk,
-        progress=clock.callback(spec, num_chunks, t.eval_every))
-    runs[spec].provenance = provenance.record(seed=config.seed, draws_per_chunk=chunk,
-                                              draws_per_block=block_size(chunk))
+        progress=clock.callback(spec, num_chunks, t.eval_every), mesh=mesh)
+    runs[spec].provenance = provenance.record(
+        seed=config.seed, draws_per_chunk=chunk,
+        draws_per_block=block_size(chunk // devices) if sharding.clients_of(mesh) == 1 else 0,
+        mesh=sharding.describe(mesh))
     log(f"{spec}: compiled in {runs[spec].compile_seconds:.1f} s, ran in "
         f"{runs[spec].run_seconds:.1f} s")
-    if path:
+    if path and sharding.is_writer():  # multi-host: process 0 writes
       runs[spec].save(path, key)
   exp = Experiment(config, fed, masks, runs, worst, server_prior=prior_info)
   _run_references(exp, init_key, run_key, log)

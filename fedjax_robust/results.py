@@ -228,7 +228,9 @@ def summarize(experiment: Experiment) -> dict:
       "provenance": provenance.record(
           seed=config.seed,
           draws_per_chunk={name: int(run.draws_per_chunk)
-                           for name, run in experiment.runs.items()}),
+                           for name, run in experiment.runs.items()},
+          mesh=", ".join(sorted({(run.provenance or {}).get("mesh", "")
+                                 for run in experiment.runs.values()} - {""}))),
       "byzantine_count": {**evaluation.count_law(_counts(experiment), n, f=config.f,
                                                  exact_pmf=exact),
                           "condition": config.draw_condition},

@@ -43,6 +43,7 @@ from fedjax_robust import evaluation
 from fedjax_robust import experiment
 from fedjax_robust import provenance
 from fedjax_robust import results
+from fedjax_robust import sharding
 from fedjax_robust import worst_case
 
 # Per-draw theory arrays kept in a point's npz (theory.report.per_draw).
@@ -381,23 +382,25 @@ def run(base, points: Sequence[Point], workdir: str, *,
     # The npz first: a point is in results.csv only once its per-draw values are on disk.
     theory = exp.theory.get(config.aggregator, {})
     record = summary["provenance"]
-    with open(config_path(workdir, pid) + ".tmp", "w") as fh:
-      json.dump({"point": pid, "tags": dict(point.tags), "config": summary["config"],
-                 "provenance": record}, fh, indent=1, allow_nan=True)
-    os.replace(config_path(workdir, pid) + ".tmp", config_path(workdir, pid))
-    save_point(point_path(workdir, pid), tags=json.dumps(dict(point.tags)),
-               num_byzantine=counts, provenance=json.dumps(record),
-               honest_masks=np.asarray(exp.masks[config.aggregator], bool),
-               **{f"final_{k}": v[-1] for k, v in results.defined_metrics(run_).items()},
-               **{f"theory_{k}": np.asarray(theory[k]) for k in THEORY_DRAWS if k in theory})
     rows = _in_sweep_order(rows + _rows(pid, point.tags, summary), order)
-    _write_results(path, rows)
     s = summary["aggregators"][config.aggregator]
     timings = [t for t in timings if t["point"] != pid]
     timings = _in_sweep_order(timings + [{"point": pid, **point.tags,
                                           **{k: getattr(run_, k) for k in TIMING_FIELDS}}],
                              order)
-    _write_csv(timings_path, timings, TIMING_FIELDS)
+    if sharding.is_writer():  # multi-host: process 0 writes, every process keeps the rows
+      with open(config_path(workdir, pid) + ".tmp", "w") as fh:
+        json.dump({"point": pid, "tags": dict(point.tags), "config": summary["config"],
+                   "provenance": record}, fh, indent=1, allow_nan=True)
+      os.replace(config_path(workdir, pid) + ".tmp", config_path(workdir, pid))
+      save_point(point_path(workdir, pid), tags=json.dumps(dict(point.tags)),
+                 num_byzantine=counts, provenance=json.dumps(record),
+                 honest_masks=np.asarray(exp.masks[config.aggregator], bool),
+                 **{f"final_{k}": v[-1] for k, v in results.defined_metrics(run_).items()},
+                 **{f"theory_{k}": np.asarray(theory[k]) for k in THEORY_DRAWS
+                    if k in theory})
+      _write_results(path, rows)
+      _write_csv(timings_path, timings, TIMING_FIELDS)
     elapsed = time.perf_counter() - start
     acc = s["honest_accuracy"]["mean"]  # NaN when undefined (regression, every draw diverged)
     headline = (f"E[honest acc] {100 * acc:.2f}%" if np.isfinite(acc)

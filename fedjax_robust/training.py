@@ -39,6 +39,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from fedjax_robust import models as models_lib
+from fedjax_robust import sharding
 from fedjax_robust.aggregators import Aggregator
 from fedjax_robust.attacks import Attack
 from fedjax_robust.data import ClientData
@@ -501,6 +502,11 @@ class Simulator:
                   else new_personal)
     if self.sampling:  # the others keep their momentum
       momentum = state.momentum.at[sampled].set(momentum)
+    # A mesh with a clients axis: each device trains its own clients (rows), then the updates
+    # move to coordinate columns in one all-to-all for the attack and the rule (no-ops otherwise).
+    momentum = sharding.constrain(momentum, sharding.P(sharding.CLIENTS, None))
+    updates = sharding.constrain(sharding.constrain(updates, sharding.P(sharding.CLIENTS, None)),
+                                 sharding.P(None, sharding.CLIENTS))
     if self.honest_only:  # absent clients: their rows are zeros of weight 0 (0·NaN would poison)
       updates = jnp.where(honest[:, None], updates, jnp.zeros_like(updates))
     present = None

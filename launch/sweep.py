@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 
 from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import evaluation  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import worst_case  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -47,6 +48,7 @@ _COMPARE_BASELINE = flags.DEFINE_string(
 _RECOMPUTE = flags.DEFINE_bool(
     "recompute", False, "Recompute every point, even those already in --workdir (points made "
     "by other code or another JAX/backend are recomputed anyway).")
+_START = sharding.define_distributed_flags()
 
 
 def _sweep_module(path: str):
@@ -64,7 +66,9 @@ def main(argv):
   config = _CONFIG.value
   module = _sweep_module(config_flags.get_config_filename(flags.FLAGS["config"]))
   points = module.points(config)
-  log = lambda m: print(m, flush=True)  # pylint: disable=unnecessary-lambda-assignment
+  _START(config.base.mesh)
+  writer = sharding.is_writer()  # multi-host: process 0 prints and writes
+  log = (lambda m: print(m, flush=True)) if writer else (lambda _: None)
   try:
     rows = sweep.run(config.base, points, _WORKDIR.value, log=log, recompute=_RECOMPUTE.value)
   except KeyboardInterrupt:
@@ -74,6 +78,8 @@ def main(argv):
           f"{os.path.join(_WORKDIR.value, 'results.csv')}; rerun the same command to resume.",
           file=sys.stderr)
     sys.exit(130)
+  if not writer:
+    return
   print()
   print(sweep.table(rows, config.plot.metric,
                     interval_name=evaluation.INTERVAL_NAMES[config.base.report.interval]))

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import results  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
 _CONFIG = errors.define_config_flag(
@@ -29,6 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where results are wri
 _RECOMPUTE = flags.DEFINE_bool(
     "recompute", False, "Ignore the cached runs in --workdir/runs and train everything again "
     "(cached runs made by other code or another JAX/backend are recomputed anyway).")
+_START = sharding.define_distributed_flags()
 
 
 def _progress(p: dict) -> None:
@@ -42,10 +44,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = _WORKDIR.value
+  _START(_CONFIG.value.mesh)
+  writer = sharding.is_writer()  # multi-host: process 0 prints and writes
   try:
-    exp = experiment.run(_CONFIG.value, workdir=workdir, progress=_progress,
-                         recompute=_RECOMPUTE.value,
-                         log=lambda msg: print(msg, flush=True))
+    exp = experiment.run(_CONFIG.value, workdir=workdir,
+                         progress=_progress if writer else None, recompute=_RECOMPUTE.value,
+                         log=(lambda msg: print(msg, flush=True)) if writer else (lambda _: None))
   except KeyboardInterrupt:
     saved = sorted(os.listdir(os.path.join(workdir, "runs"))) if os.path.isdir(
         os.path.join(workdir, "runs")) else []
@@ -53,6 +57,8 @@ def main(argv):
           f"{os.path.join(workdir, 'runs')}; rerun the same command to resume from them.",
           file=sys.stderr)
     sys.exit(130)
+  if not writer:
+    return
   summary = results.write_all(exp, workdir)
   print()
   print(results.format_table(summary))

@@ -1,5 +1,6 @@
 """Worst case beside expected case, chunked Monte Carlo, and the reference estimators."""
 
+import collections
 import itertools
 
 import jax
@@ -100,6 +101,9 @@ def test_chunks_and_points_of_the_same_shape_compile_once(monkeypatch):
     return real(kind, sim, counted, *args)
 
   monkeypatch.setattr(experiment, "_program", counting)
+  # Fresh caches: another test in this process may have compiled the same programs.
+  monkeypatch.setattr(experiment, "simulator_cache", collections.OrderedDict())
+  monkeypatch.setattr(experiment, "_programs", {})
   c = get_config()
   c.aggregator = "trimmed_mean"
   c.honest_set = "bernoulli"

@@ -1,0 +1,244 @@
+"""Devices: a mesh with named axes for the Monte Carlo draws and the clients; multi-host start.
+
+`config.mesh` names the mesh (`parse`): "" runs on one device as before; "draws" shards the
+draws of every chunk across all devices; "draws=4,clients=2" uses 8 devices, the draws over 4
+and each draw's clients over 2.
+
+* **draws** (`shard_draws`): the chunk's draws are split across the axis with `shard_map`; each
+  device runs the single-device program on its W/D draws, so there is no communication during
+  training and a draw's numbers are bit-identical to a one-device run (tested on 8 simulated CPU
+  devices). Results leave the devices once per evaluation step (`gather`), never per round.
+* **clients** (`constrain`, large n): local training runs sharded over the clients (each device
+  trains n/C clients, its momentum rows stay there); before the attack and the aggregation the
+  `[n, d]` updates are resharded from client rows to coordinate columns, which XLA implements
+  as one all-to-all, so coordinate-wise rules (trimmed mean, median, ...) work on their own
+  coordinates and norm-based ones (geometric median, Krum, clipping) sum partial squared norms
+  across the axis (an all-reduce of n numbers). Sums are taken in another order than on one
+  device: numbers agree to float32 rounding, not bitwise.
+
+Multi-host (`initialize`, GPU pods and TPU slices): every process calls
+`jax.distributed.initialize()` before touching a device; the mesh then spans every process's
+devices, every process builds the same configuration and masks, trains the draws its own
+devices hold, and `gather` assembles the full results on every process (only process 0 writes
+files: `is_writer`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fedjax_robust import errors
+
+DRAWS, CLIENTS = "draws", "clients"
+AXES = (DRAWS, CLIENTS)
+
+
+def parse(spec: str) -> dict[str, int]:
+  """`config.mesh` as {axis: size}; "" -> {} (no mesh); a bare "draws" takes every device.
+
+  Raises ValueError naming the key, the value and what is allowed."""
+  spec = (spec or "").strip()
+  if not spec:
+    return {}
+  sizes = {}
+  for part in spec.split(","):
+    name, _, size = part.strip().partition("=")
+    name = name.strip()
+    if name not in AXES or name in sizes:
+      raise ValueError(f"mesh={spec!r}: axis {name!r} is not allowed; axes are {AXES}, each "
+                       "at most once, e.g. 'draws', 'draws=4' or 'draws=4,clients=2'")
+    if not size.strip():
+      if name != DRAWS:
+        raise ValueError(f"mesh={spec!r}: the {name} axis needs a size ('{name}=2')")
+      sizes[name] = 0  # every device left over
+      continue
+    try:
+      sizes[name] = int(size)
+    except ValueError:
+      sizes[name] = -1
+    if sizes[name] < 1:
+      raise ValueError(f"mesh={spec!r}: {name}={size.strip()!r} is not a positive integer")
+  return sizes
+
+
+def axis_sizes(spec: str, num_devices: int | None = None) -> dict[str, int]:
+  """{draws: D, clients: C} for `spec` on `num_devices` devices (default: all of them); raises
+  ValueError when they do not divide the devices."""
+  sizes = parse(spec)
+  total = jax.device_count() if num_devices is None else num_devices
+  if not sizes:
+    return {DRAWS: 1, CLIENTS: 1}
+  clients = sizes.get(CLIENTS, 1)
+  draws = sizes.get(DRAWS, 1)
+  if draws == 0:
+    if total % clients:
+      raise ValueError(f"mesh={spec!r}: clients={clients} does not divide the {total} "
+                       "devices")
+    draws = total // clients
+  if draws * clients > total:
+    raise ValueError(f"mesh={spec!r} needs {draws * clients} devices; this process sees "
+                     f"{total} ({jax.default_backend()}; on a CPU, "
+                     "XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)")
+  return {DRAWS: draws, CLIENTS: clients}
+
+
+def check(spec: str, num_clients: int, num_devices: int | None = None) -> None:
+  """Config-time check of `config.mesh` against the devices (default: all) and n."""
+  sizes = axis_sizes(spec, num_devices)
+  if num_clients % sizes[CLIENTS]:
+    raise ValueError(f"mesh={spec!r}: clients={sizes[CLIENTS]} must divide num_clients="
+                     f"{num_clients} (each device trains the same number of clients)")
+
+
+def make(spec: str) -> jax.sharding.Mesh | None:
+  """The mesh `spec` names over the first D·C devices (None for ""). Axes are Auto: XLA's
+  partitioner places what `constrain` does not."""
+  if not parse(spec):
+    return None
+  sizes = axis_sizes(spec)
+  devices = np.asarray(jax.devices()[:sizes[DRAWS] * sizes[CLIENTS]]).reshape(
+      sizes[DRAWS], sizes[CLIENTS])
+  return jax.sharding.Mesh(devices, AXES,
+                           axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def describe(mesh: jax.sharding.Mesh | None) -> str:
+  if mesh is None:
+    return "one device"
+  return (f"mesh draws={mesh.shape[DRAWS]} × clients={mesh.shape[CLIENTS]} over "
+          f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s)"
+          + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
+
+
+def draws_of(mesh: jax.sharding.Mesh | None) -> int:
+  return 1 if mesh is None else mesh.shape[DRAWS]
+
+
+def clients_of(mesh: jax.sharding.Mesh | None) -> int:
+  return 1 if mesh is None else mesh.shape[CLIENTS]
+
+
+def constrain(x: jax.Array, spec: P) -> jax.Array:
+  """`x` constrained to `spec` on the mesh being traced for when it has a clients axis of size
+  > 1 (`with jax.set_mesh(mesh)`), else `x` unchanged: the single-device program is untouched."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or dict(mesh.shape).get(CLIENTS, 1) == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def put(mesh: jax.sharding.Mesh, host, spec: P) -> jax.Array:
+  """The global array with value `host` (the same on every process) laid out as `spec`; every
+  process fills only its own devices' shards (no transfer between processes)."""
+  host = np.asarray(host)
+  return jax.make_array_from_callback(host.shape, NamedSharding(mesh, spec),
+                                      lambda index: host[index])
+
+
+def put_tree(mesh: jax.sharding.Mesh, tree, spec: P):
+  return jax.tree.map(lambda a: put(mesh, a, spec), tree)
+
+
+def gather(x) -> np.ndarray:
+  """The whole of a (possibly multi-process) array on the host of every process."""
+  if jax.process_count() > 1 and isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+def shard_draws(fn: Callable, mesh: jax.sharding.Mesh, num_sharded: int, num_replicated: int,
+                donate: bool = False):
+  """`fn(*sharded, *replicated)` jitted with the first `num_sharded` arguments (pytrees with a
+  leading draws axis) split over the mesh's draws axis and the rest replicated; each device runs
+  `fn` on its own draws (its outputs: pytrees with a leading draws axis)."""
+  in_specs = (P(DRAWS),) * num_sharded + (P(),) * num_replicated
+  mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(DRAWS), check_vma=False)
+  return jax.jit(mapped, donate_argnums=(0,) if donate else ())
+
+
+def group_order(width: int, num_devices: int, group: int) -> np.ndarray:
+  """The draws a chunk of `width` draws evaluates in its groups: group j takes `group` draws
+  from each device's contiguous W/D (device-major), so concatenated group outputs hold draw
+  `order[k]` at position k."""
+  local = width // num_devices
+  return np.concatenate([
+      (np.arange(num_devices)[:, None] * local + j + np.arange(group)[None, :]).reshape(-1)
+      for j in range(0, local, group)])
+
+
+def local_parts(tree) -> dict:
+  """{device: the tree of the shards on that device} over this process's devices."""
+  leaves, treedef = jax.tree.flatten(tree)
+  by_device = [{shard.device: shard.data for shard in leaf.addressable_shards}
+               for leaf in leaves]
+  return {device: treedef.unflatten([b[device] for b in by_device]) for device in by_device[0]}
+
+
+def assemble(parts: dict, sharding_) -> object:
+  """The global arrays (laid out as `sharding_`) made of `parts`, {device: tree of arrays on
+  that device} (every addressable device's part, the leading axis split as `sharding_` says)."""
+  devices = list(parts)
+  leaves = [jax.tree.leaves(parts[d]) for d in devices]
+  treedef = jax.tree.structure(parts[devices[0]])
+  span = np.prod([sharding_.mesh.shape[a] for a in (sharding_.spec[0],)
+                  if a is not None]) if sharding_.spec else 1
+  out = []
+  for i, first in enumerate(leaves[0]):
+    shape = (first.shape[0] * int(span),) + first.shape[1:]
+    out.append(jax.make_array_from_single_device_arrays(
+        shape, sharding_, [leaves[k][i] for k in range(len(devices))]))
+  return treedef.unflatten(out)
+
+
+def initialize(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
+  """`jax.distributed.initialize()` (multi-host GPU and TPU: arguments from the cluster
+  environment when empty; on a CPU, local processes need all three)."""
+  kwargs = {}
+  if coordinator:
+    kwargs["coordinator_address"] = coordinator
+  if num_processes:
+    kwargs["num_processes"] = num_processes
+  if process_id >= 0:
+    kwargs["process_id"] = process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def is_writer() -> bool:
+  """Whether this process writes results (process 0 of a multi-host run, or the only one)."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def define_distributed_flags():
+  """The launchers' multi-host flags; returns `start(mesh)`, to call first in `main`: with
+  --distributed it runs `initialize` and checks the mesh (`config.mesh`) is set, since without
+  one every process would train every draw."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  distributed = flags.DEFINE_bool(
+      "distributed", False, "Multi-host: call jax.distributed.initialize() first (GPU pods, TPU "
+      "slices; on a CPU give the three flags below); every process trains the draws its "
+      "devices hold on the mesh of --config.mesh; process 0 writes the results.")
+  coordinator = flags.DEFINE_string("coordinator_address", "",
+                                    "host:port of process 0 (with --distributed).")
+  processes = flags.DEFINE_integer("num_processes", 0, "Processes in all (with --distributed).")
+  process_id = flags.DEFINE_integer("process_id", -1, "This process's index (--distributed).")
+
+  def start(mesh: str) -> None:
+    if not distributed.value:
+      return
+    if not parse(mesh):
+      raise errors.ConfigError("--distributed needs a mesh to share the draws: set --config.mesh "
+                       "(e.g. --config.mesh=draws); config.mesh='' runs every draw in every "
+                       "process")
+    initialize(coordinator.value, processes.value, process_id.value)
+  return start
