@@ -31,6 +31,11 @@ def get_config():
       # Draws per block (`training.blocked`: lax.map over blocks of vmapped draws); 0: all S
       # at once. Each B below S that divides it is measured beside it.
       "block_sizes": (0,),
+      # Device meshes (config.mesh syntax; "" one device): e.g. ("", "draws=2", "draws") with
+      # XLA_FLAGS=--xla_force_host_platform_device_count=8 for 1, 2 and 8 simulated devices.
+      "meshes": ("",),
+      # ByzFL's own federated loop on the same job, when `byzfl` is importable (vs_byzfl).
+      "byzfl": True,
       # Also time each phase of a round (local training, attack, rule) alone per S.
       "phases": False})
   return c

@@ -304,6 +304,8 @@ class ThroughputRow:
   block: int = 0           # draws per block of `blocked` (0: all S vmapped at once)
   # XLA's estimate of the bytes one round reads and writes per draw (`round_bytes_per_draw`).
   bytes_per_sample_round: float = math.nan
+  devices: int = 1         # on the mesh's draws axis (`sharding`)
+  vs_byzfl: float = math.nan  # over ByzFL's own federated loop on the same job (byzfl_loop)
 
 
 def _peak_device_bytes():
@@ -345,46 +347,76 @@ def round_bytes_per_draw(sim, states, masks, keys, train) -> float:
 
 def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_rounds: int,
                            *, baseline_samples: int = 1, repeats: int = 2,
-                           block_sizes: Sequence[int] = (0,),
+                           block_sizes: Sequence[int] = (0,), meshes: Sequence[str] = ("",),
+                           byzfl: bool = True,
                            log: Callable[[str], None] = print) -> list[ThroughputRow]:
   """Sample-rounds per second of `num_rounds` rounds of the vmapped training of S draws, for each
-  S in `sample_counts` and each block size B in `block_sizes` that divides S and is below it
-  (0: all S vmapped at once; else `training.blocked`), beside the sequential NumPy baseline
-  (`baseline_samples` draws run one after the other, one client at a time)."""
+  S in `sample_counts`, each block size B in `block_sizes` that divides S and is below it
+  (0: all S vmapped at once; else `training.blocked`; per device on a mesh) and each mesh of
+  `meshes` ("" one device, else `config.mesh` syntax: the draws split over devices, S a
+  multiple of their number), beside the sequential NumPy baseline (`baseline_samples` draws run
+  one after the other, one client at a time) and, with `byzfl` when the package is importable,
+  ByzFL's own federated loop on the same job (`byzfl_loop`; column vs_byzfl)."""
   from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top
   from fedjax_robust import training  # pylint: disable=g-import-not-at-top
 
   fed, sim, masks, keys, initial = _monte_carlo_job(config, spec, max(sample_counts))
   rows = []
   run = jax.vmap(functools.partial(sim.run_rounds, num_rounds=num_rounds),
                  in_axes=(0, 0, 0, None))
-  for s in sample_counts:
-    for block in block_sizes:
-      if block and (block >= s or s % block):
-        continue
-      states = training.replicate(initial, s)
-      program = training.blocked(run, block) if block else run
-      start = time.perf_counter()
-      compiled = jax.jit(program).lower(states, masks[:s], keys[:s], fed.train).compile()
-      compile_s = time.perf_counter() - start
-      _block(compiled(states, masks[:s], keys[:s], fed.train))
-      seconds = time_call(lambda: compiled(states, masks[:s], keys[:s], fed.train), repeats)
-      mem = compiled.memory_analysis()
-      plan = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-              - mem.alias_size_in_bytes) if mem is not None else math.nan
-      peak = _peak_device_bytes()
-      method = f"blocked JAX B={block}" if block else "vmapped JAX"
-      moved = (round_bytes_per_draw(sim, states, masks[:s], keys[:s], fed.train) if not block
-               else math.nan)
-      rows.append(ThroughputRow(method, spec, s, num_rounds, compile_s, seconds,
-                                s * num_rounds / seconds,
-                                (peak if peak is not None else plan) / 2**20, block=block,
-                                bytes_per_sample_round=moved))
-      log(f"  {method:<20} S={s:<6} {seconds:8.3f} s  {rows[-1].sample_rounds_per_s:10.1f} "
-          f"sample-rounds/s  (compile {compile_s:.1f} s, memory "
-          f"{rows[-1].peak_memory_mb:.0f} MB"
-          + ("" if math.isnan(moved) else f", XLA's estimate {moved / 2**20:.2f} MB moved per "
-             "sample-round") + ")")
+  for mesh_spec in meshes:
+    mesh = sharding.make(mesh_spec)
+    devices = sharding.draws_of(mesh)
+    for s in sample_counts:
+      for block in block_sizes:
+        if block and (block >= s // devices or (s // devices) % block):
+          continue
+        if s % devices:
+          log(f"  (mesh {mesh_spec!r}: S={s} is not a multiple of its {devices} devices)")
+          break
+        if mesh is None:
+          args = (training.replicate(initial, s), masks[:s], keys[:s], fed.train)
+          program = training.blocked(run, block) if block else run
+          start = time.perf_counter()
+          compiled = jax.jit(program).lower(*args).compile()
+        else:
+          place = experiment._Mesh(sim, s, mesh)  # pylint: disable=protected-access
+          place.block = block
+          args = (place.states(initial), place.put(np.asarray(masks[:s])),
+                  place.put(keys[:s], keys=True), place.train_data(fed.train))
+          start = time.perf_counter()
+          compiled = place.advance(num_rounds, *args)
+        compile_s = time.perf_counter() - start
+        live = [args]
+
+        def call():  # the mesh's program donates the states: each call takes the last ones
+          out = compiled(*live[0])
+          if mesh is not None:
+            live[0] = (out[0],) + live[0][1:]
+          return out
+        _block(call())
+        seconds = time_call(call, repeats)
+        mem = compiled.memory_analysis()
+        plan = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                - mem.alias_size_in_bytes) if mem is not None else math.nan
+        peak = _peak_device_bytes()
+        method = (f"blocked JAX B={block}" if block else "vmapped JAX") + (
+            f" on {devices} dev" if mesh is not None else "")
+        moved = (round_bytes_per_draw(sim, *args) if not block and mesh is None
+                 else math.nan)
+        rows.append(ThroughputRow(method, spec, s, num_rounds, compile_s, seconds,
+                                  s * num_rounds / seconds,
+                                  (peak if peak is not None else plan) / 2**20, block=block,
+                                  bytes_per_sample_round=moved, devices=devices))
+        log(f"  {method:<26} S={s:<6} {seconds:8.3f} s  {rows[-1].sample_rounds_per_s:10.1f} "
+            f"sample-rounds/s  (compile {compile_s:.1f} s, memory "
+            f"{rows[-1].peak_memory_mb:.0f} MB"
+            + ("" if math.isnan(moved) else f", XLA's estimate {moved / 2**20:.2f} MB moved "
+               "per sample-round") + ")")
+  if byzfl:
+    _versus_byzfl(rows, config, spec, fed, np.asarray(masks[0]), num_rounds, log)
 
   # The sequential baseline: same data, model, attack and rule, in NumPy.
   if not baseline_samples:
@@ -416,10 +448,50 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
     log(f"  {'sequential NumPy':<20} S={baseline_samples:<6} {seconds:8.3f} s  {base_rate:10.1f} "
         "sample-rounds/s")
     for r in rows[:-1]:
-      r.speedup = r.sample_rounds_per_s / base_rate
+      if r.method != BYZFL_LOOP:
+        r.speedup = r.sample_rounds_per_s / base_rate
   else:
     log(f"  (no sequential NumPy baseline for {spec!r} with attack {config.attack!r})")
   return rows
+
+
+BYZFL_LOOP = "ByzFL's own loop"
+
+
+def _versus_byzfl(rows, config, spec: str, fed, honest: np.ndarray, num_rounds: int,
+                  log: Callable[[str], None]) -> None:
+  """Appends ByzFL's own federated loop on the same clients' data, model, batch, learning rate,
+  momentum, f and rule (`byzfl_loop`, one draw's honest set, one torch thread) and sets every
+  row's vs_byzfl; says why when it cannot."""
+  from fedjax_robust import byzfl_loop  # pylint: disable=g-import-not-at-top
+
+  if not byzfl_loop.available():
+    log("  (ByzFL's loop: the byzfl package is not importable here; install it in a separate "
+        "venv, BUILD.md, for the vs_byzfl column)")
+    return
+  why = ("the rule has no ByzFL equivalent" if spec not in byzfl_loop.RULES else
+         "ByzFL's loop runs ALIE or no attack" if config.attack not in ("none", "alie") else
+         "the model is not the MLP" if config.model != "mlp" else
+         "more than one local step" if config.training.local_steps != 1 else "")
+  if why:
+    log(f"  (no ByzFL loop for {spec!r}: {why})")
+    return
+  counts = np.asarray(fed.train.counts)
+  xs = [np.asarray(fed.train.x[i, :c], np.float32).reshape(c, -1) for i, c in enumerate(counts)]
+  ys = [np.asarray(fed.train.y[i, :c]) for i, c in enumerate(counts)]
+  t = config.training
+  options = config.aggregator_options.get(spec, {})
+  rate = byzfl_loop.rounds_per_second(
+      xs, ys, honest, spec=spec, f=config.f, hidden=tuple(config.model_options.mlp.hidden),
+      num_classes=fed.num_classes, batch_size=t.batch_size, lr=t.client_lr,
+      momentum=t.client_momentum, num_rounds=num_rounds, attack=config.attack,
+      aggregator_parameters={"T": options["maxiter"]} if spec == "geometric_median" else None)
+  rows.append(ThroughputRow(BYZFL_LOOP, spec, 1, num_rounds, 0.0, num_rounds / rate, rate,
+                            math.nan, devices=0, vs_byzfl=1.0))
+  log(f"  {BYZFL_LOOP:<26} S=1      {num_rounds / rate:8.3f} s  {rate:10.1f} sample-rounds/s "
+      "(one torch thread)")
+  for r in rows[:-1]:
+    r.vs_byzfl = r.sample_rounds_per_s / rate
 
 
 @dataclasses.dataclass
@@ -486,12 +558,13 @@ def config_with(config, **updates):
 
 
 def format_throughput(rows: Sequence[ThroughputRow]) -> str:
-  header = (f"{'method':<22} {'spec':<22} {'S':>6} {'rounds':>6} {'seconds':>9} "
-            f"{'sample-rounds/s':>16} {'speed-up':>9} {'memory MB':>10} {'compile s':>9} "
-            f"{'MB/sample-round':>15}")
+  header = (f"{'method':<28} {'spec':<22} {'S':>6} {'rounds':>6} {'seconds':>9} "
+            f"{'sample-rounds/s':>16} {'speed-up':>9} {'vs ByzFL':>9} {'memory MB':>10} "
+            f"{'compile s':>9} {'MB/sample-round':>15}")
   lines = [header, "-" * len(header)]
   for r in rows:
-    lines.append(f"{r.method:<22} {r.spec:<22} {r.samples:>6} {r.rounds:>6} {r.seconds:>9.3f} "
-                 f"{r.sample_rounds_per_s:>16.1f} {r.speedup:>8.1f}× {r.peak_memory_mb:>10.0f} "
-                 f"{r.compile_s:>9.1f} {r.bytes_per_sample_round / 2**20:>15.2f}")
+    lines.append(f"{r.method:<28} {r.spec:<22} {r.samples:>6} {r.rounds:>6} {r.seconds:>9.3f} "
+                 f"{r.sample_rounds_per_s:>16.1f} {r.speedup:>8.1f}× {r.vs_byzfl:>8.1f}× "
+                 f"{r.peak_memory_mb:>10.0f} {r.compile_s:>9.1f} "
+                 f"{r.bytes_per_sample_round / 2**20:>15.2f}")
   return "\n".join(lines)

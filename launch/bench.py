@@ -12,8 +12,11 @@ bench_time_vs_d.png.
 
 Monte Carlo: sample-rounds/s and memory of the vmapped training of the default digits job as
 S grows (and with `monte_carlo.block_sizes`, the S draws run as a lax.map over blocks of B),
-beside the sequential NumPy baseline; `monte_carlo.phases=True` also times local training, the
-attack and the rule of one round alone per S. Writes monte_carlo.csv (monte_carlo_phases.csv).
+beside the sequential NumPy baseline and, when `byzfl` is importable, ByzFL's own federated loop
+(Client/Server/RobustAggregator) on the same job (column vs_byzfl); `monte_carlo.meshes` adds the
+draws split over devices (e.g. '("","draws=2","draws")' with
+XLA_FLAGS=--xla_force_host_platform_device_count=8); `monte_carlo.phases=True` also times local
+training, the attack and the rule of one round alone per S. Writes monte_carlo.csv (monte_carlo_phases.csv).
 """
 
 import os
@@ -26,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from fedjax_robust import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "bench.py")
 _CONFIG = errors.define_config_flag(_DEFAULT_CONFIG, "Benchmark configuration.", lock_config=True)
@@ -44,6 +48,11 @@ def main(argv):
   if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in blocks):
     raise app.UsageError(f"--config.monte_carlo.block_sizes={blocks!r}: non-negative ints "
                          "(0: all S draws at once; B: lax.map over blocks of B draws).")
+  for mesh in c.monte_carlo.meshes:
+    try:
+      sharding.axis_sizes(mesh)
+    except ValueError as e:
+      raise app.UsageError(f"--config.monte_carlo.meshes: {e}") from None
   log = lambda m: print(m, flush=True)
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
@@ -67,7 +76,8 @@ def main(argv):
     log(f"\nMonte Carlo throughput: default digits job, {m.spec}, {m.num_rounds} rounds")
     rows = benchmark.monte_carlo_throughput(
         default.get_config(), m.spec, tuple(m.sample_counts), m.num_rounds,
-        baseline_samples=m.baseline_samples, block_sizes=tuple(m.block_sizes), log=log)
+        baseline_samples=m.baseline_samples, block_sizes=tuple(m.block_sizes),
+        meshes=tuple(m.meshes), byzfl=m.byzfl, log=log)
     log("\n" + benchmark.format_throughput(rows))
     benchmark.write_csv(rows, os.path.join(workdir, "monte_carlo.csv"))
     log(f"\nwrote {workdir}/monte_carlo.csv")

@@ -1,6 +1,8 @@
 """The benchmark's references: the sequential NumPy training baseline is the simulator's
 algorithm, and the NumPy aggregation references agree with the JAX rules at benchmark scale."""
 
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -121,3 +123,48 @@ def test_bytes_moved_per_sample_round_is_per_draw_and_covers_the_state():
     per_draw.append(benchmark.round_bytes_per_draw(sim, states, masks[:s], keys[:s], fed.train))
   assert per_draw[0] >= 2 * 4 * sim.num_clients * sim.num_params
   np.testing.assert_allclose(per_draw[1], per_draw[0], rtol=0.1)
+
+
+def test_monte_carlo_bench_on_a_mesh_and_against_byzfls_loop(monkeypatch):
+  """A mesh row per S its devices divide (the advance program of `run_monte_carlo`), and the
+  ByzFL column: ByzFL's loop gets the job's data, model, batch, learning rate, momentum, f and
+  GM iterations, and every row's vs_byzfl is its rate over ByzFL's."""
+  from fedjax_robust import byzfl_loop
+  c = tiny_config()
+  c.model = "mlp"
+  c.aggregator_options.geometric_median.maxiter = 7
+  seen = {}
+
+  def fake_rate(xs, ys, honest, **kw):
+    seen.update(kw, xs=xs, ys=ys, honest=honest)
+    return 4.0
+
+  monkeypatch.setattr(byzfl_loop, "available", lambda: True)
+  monkeypatch.setattr(byzfl_loop, "rounds_per_second", fake_rate)
+  lines = []
+  rows = benchmark.monte_carlo_throughput(c, "geometric_median", (8,), 2, baseline_samples=0,
+                                          repeats=1, meshes=("draws=1",), log=lines.append)
+  assert [(r.method, r.devices) for r in rows] == [
+      ("vmapped JAX on 1 dev", 1), (benchmark.BYZFL_LOOP, 0)]
+  for r in rows:
+    assert r.vs_byzfl == pytest.approx(r.sample_rounds_per_s / 4.0)
+  assert seen["spec"] == "geometric_median" and seen["f"] == c.f
+  assert seen["aggregator_parameters"] == {"T": 7}
+  assert seen["hidden"] == tuple(c.model_options.mlp.hidden)
+  assert (seen["batch_size"], seen["lr"], seen["momentum"]) == (
+      c.training.batch_size, c.training.client_lr, c.training.client_momentum)
+  fed = config_lib.make_data(c)
+  counts = np.asarray(fed.train.counts)
+  assert [len(x) for x in seen["xs"]] == list(counts)
+  np.testing.assert_array_equal(seen["xs"][2], np.asarray(fed.train.x[2, :counts[2]]).reshape(
+      counts[2], -1))
+  # Not importable, or not the same job: said, no row.
+  rows = rows[:1]
+  rows[0].vs_byzfl = math.nan
+  c.model = "logistic"
+  benchmark._versus_byzfl(rows, c, "mean", fed, np.ones(6, bool), 2, lines.append)
+  assert len(rows) == 1 and math.isnan(rows[0].vs_byzfl)
+  assert lines[-1] == "  (no ByzFL loop for 'mean': the model is not the MLP)"
+  monkeypatch.setattr(byzfl_loop, "available", lambda: False)
+  benchmark._versus_byzfl(rows, c, "mean", fed, np.ones(6, bool), 2, lines.append)
+  assert "byzfl package is not importable" in lines[-1] and len(rows) == 1

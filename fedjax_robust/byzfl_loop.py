@@ -1,0 +1,138 @@
+"""ByzFL's own federated training loop, timed: the yardstick for a "ratio to ByzFL's loop" column.
+
+ByzFL (`pip install byzfl`, which brings PyTorch) is optional: this module imports without it, and
+`available()` says whether it can run. Tested against byzfl 0.0.11.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+# Our spec -> (ByzFL aggregator, [ByzFL pre-aggregators]). Each gets {"f": f}; ByzFL's
+# RobustAggregator passes on only the parameters a class takes (Average, Median and
+# GeometricMedian take no f).
+RULES = {
+    "mean": ("Average", []),
+    "median": ("Median", []),
+    "trimmed_mean": ("TrMean", []),
+    "geometric_median": ("GeometricMedian", []),
+    "krum": ("Krum", []),
+    "nnm+trimmed_mean": ("TrMean", ["NNM"]),
+}
+
+
+def available() -> bool:
+  """Whether `byzfl` and `torch` import."""
+  try:
+    import byzfl  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return True
+
+
+def rounds_per_second(xs, ys, honest, *, spec: str, f: int, hidden=(64, 32), num_classes=10,
+                      batch_size=32, lr=0.5, momentum=0.9, num_rounds=20, attack="alie", seed=0,
+                      warmup_rounds=2, aggregator_parameters=None) -> float:
+  """Rounds per second of ByzFL's own D-SGD loop, its `Client`, `ByzantineClient` and `Server`
+  (with its `RobustAggregator`), run one round at a time exactly as `byzfl.benchmark.train`
+  runs them, on one CPU thread (`torch.set_num_threads(1)`).
+
+  One timed round: every honest `Client.compute_gradients()` (the next batch of its shuffled
+  `DataLoader`, forward and backward of the MLP), `get_flat_gradients_with_momentum()`,
+  `ByzantineClient.apply_attack(honest_vectors)`, `Server.update_model_with_gradients(...)`
+  (pre-aggregators, aggregator, SGD step at `lr`), then the new global state sent to each client
+  with `set_model_state`. `warmup_rounds` untimed rounds come first; ByzFL's periodic evaluation
+  is not run.
+
+  xs[i] is client i's float32 features `[m_i, features]`, ys[i] its integer labels. Adaptations
+  to ByzFL's API: it builds models by name from `byzfl.fed_framework.models`, so our MLP
+  (features -> *hidden -> num_classes, ReLU) is registered there for the call; its Byzantine
+  clients hold no data, so clients with `honest[i]` False only count: ALIE (`ALittleIsEnough`,
+  ByzFL's default tau = 1.5, mean + tau·std) sends their vectors. With `attack="none"` every
+  client is an honest `Client` and the attack is ByzFL's "NoAttack". `spec` is a key of `RULES`,
+  whose aggregators get `f`; `aggregator_parameters` overrides the aggregator's, e.g. {"T": 100}
+  for GeometricMedian's iterations (ByzFL's default T = 3, nu = 0.1). Server SGD without
+  momentum or weight decay; the momentum is the clients' (ByzFL's D-SGD).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.utils import data as torch_data  # pylint: disable=g-import-not-at-top
+  import byzfl  # pylint: disable=g-import-not-at-top
+  from byzfl.fed_framework import models as byzfl_models  # pylint: disable=g-import-not-at-top
+  from byzfl.utils import misc  # pylint: disable=g-import-not-at-top
+
+  if attack not in ("alie", "none"):
+    raise ValueError(f"attack must be 'alie' or 'none', got {attack!r}")
+  agg_name, pre_names = RULES[spec]
+  honest = np.asarray(honest, bool)
+  if attack == "none":
+    honest = np.ones_like(honest)
+  num_byzantine = int(np.sum(~honest))
+  sizes = [xs[0].shape[1], *hidden, num_classes]
+
+  class Mlp(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      layers = []
+      for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+      self.net = torch.nn.Sequential(*layers[:-1])
+
+    def forward(self, x):
+      return self.net(x)
+
+  model_name = "fedjax_robust_mlp_" + "_".join(map(str, sizes))
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  setattr(byzfl_models, model_name, Mlp)
+  try:
+    misc.set_random_seed(seed)
+
+    def loader(x, y, shuffle=True):
+      dataset = torch_data.TensorDataset(torch.as_tensor(np.asarray(x, np.float32)),
+                                         torch.as_tensor(np.asarray(y, np.int64)))
+      return torch_data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
+
+    aggregator_info = {"name": agg_name,
+                       "parameters": {"f": f, **(aggregator_parameters or {})}}
+    pre_agg_list = [{"name": name, "parameters": {"f": f}} for name in pre_names]
+    common = {"model_name": model_name, "device": "cpu", "learning_rate": float(lr),
+              "weight_decay": 0.0, "milestones": [], "learning_rate_decay": 1.0}
+    clients = [
+        byzfl.Client({**common, "optimizer_name": None, "loss_name": "CrossEntropyLoss",
+                      "LabelFlipping": False, "training_dataloader": loader(xs[i], ys[i]),
+                      "momentum": float(momentum), "nb_labels": num_classes,
+                      "store_per_client_metrics": False})
+        for i in np.flatnonzero(honest)]
+    server = byzfl.Server({**common, "optimizer_name": "SGD", "aggregator_info": aggregator_info,
+                           "pre_agg_list": pre_agg_list,
+                           "test_loader": loader(xs[0][:1], ys[0][:1], shuffle=False)})
+    byz_client = byzfl.ByzantineClient({
+        "name": "ALittleIsEnough" if attack == "alie" else "NoAttack", "f": num_byzantine,
+        "parameters": {"aggregator_info": aggregator_info, "pre_agg_list": pre_agg_list,
+                       "f": num_byzantine}})
+    state = server.get_dict_parameters()
+    for client in clients:
+      client.set_model_state(state)
+
+    def one_round():  # byzfl.benchmark.train's D-SGD step, minus loss bookkeeping
+      for client in clients:
+        client.compute_gradients()
+      honest_gradients = [client.get_flat_gradients_with_momentum() for client in clients]
+      byz_vectors = byz_client.apply_attack(honest_gradients)
+      server.update_model_with_gradients(honest_gradients + byz_vectors)
+      new_state = server.get_dict_parameters()
+      for client in clients:
+        client.set_model_state(new_state)
+
+    for _ in range(warmup_rounds):
+      one_round()
+    start = time.perf_counter()
+    for _ in range(num_rounds):
+      one_round()
+    return num_rounds / (time.perf_counter() - start)
+  finally:
+    delattr(byzfl_models, model_name)
+    torch.set_num_threads(threads)
