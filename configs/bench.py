@@ -37,5 +37,8 @@ def get_config():
       # ByzFL's own federated loop on the same job, when `byzfl` is importable (vs_byzfl).
       "byzfl": True,
       # Also time each phase of a round (local training, attack, rule) alone per S.
-      "phases": False})
+      "phases": False,
+      # Options of the job's rules, over configs/default.py's (e.g. geometric_median.maxiter=3;
+      # ByzFL's loop gets the same iteration count).
+      "aggregator_options": {"geometric_median": {"maxiter": 100}}})
   return c

@@ -73,9 +73,18 @@ def main(argv):
   if c.mode in ("monte_carlo", "all"):
     from configs import default  # pylint: disable=g-import-not-at-top
     m = c.monte_carlo
-    log(f"\nMonte Carlo throughput: default digits job, {m.spec}, {m.num_rounds} rounds")
+    job = default.get_config()
+    for rule, options in c.monte_carlo.aggregator_options.items():  # e.g. GM's maxiter
+      for key, value in options.items():
+        if rule not in job.aggregator_options or key not in job.aggregator_options[rule]:
+          raise app.UsageError(f"--config.monte_carlo.aggregator_options.{rule}.{key}: no such "
+                               "option of a registered rule")
+        job.aggregator_options[rule][key] = value
+    log(f"\nMonte Carlo throughput: default digits job, {m.spec}, {m.num_rounds} rounds"
+        + "".join(f", {rule}.{k}={v}" for rule, o in m.aggregator_options.items()
+                  for k, v in o.items()))
     rows = benchmark.monte_carlo_throughput(
-        default.get_config(), m.spec, tuple(m.sample_counts), m.num_rounds,
+        job, m.spec, tuple(m.sample_counts), m.num_rounds,
         baseline_samples=m.baseline_samples, block_sizes=tuple(m.block_sizes),
         meshes=tuple(m.meshes), byzfl=m.byzfl, log=log)
     log("\n" + benchmark.format_throughput(rows))
@@ -83,7 +92,7 @@ def main(argv):
     log(f"\nwrote {workdir}/monte_carlo.csv")
     if m.phases:
       log(f"\nPhases of one round, each compiled alone ({m.spec}):")
-      phases = benchmark.monte_carlo_phases(default.get_config(), m.spec,
+      phases = benchmark.monte_carlo_phases(job, m.spec,
                                             tuple(m.sample_counts), log=log)
       benchmark.write_csv(phases, os.path.join(workdir, "monte_carlo_phases.csv"))
       log(f"wrote {workdir}/monte_carlo_phases.csv")
