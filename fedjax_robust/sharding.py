@@ -25,6 +25,7 @@ files: `is_writer`).
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import jax
@@ -219,11 +220,17 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def define_distributed_flags():
-  """The launchers' multi-host flags; returns `start(mesh)`, to call first in `main`: with
+def define_flags():
+  """The launchers' device flags; returns `start(mesh)`, to call first in `main`, before any
+  device is used: --cpu_devices sets the number of CPU devices (`jax_num_cpu_devices`); with
   --distributed it runs `initialize` and checks the mesh (`config.mesh`) is set, since without
   one every process would train every draw."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  cpu_devices = flags.DEFINE_integer(
+      "cpu_devices", 0, "CPU devices JAX creates. 0: one per core this process may use when "
+      "--config.mesh is a bare 'draws' (all devices), else JAX's default (one). XLA:CPU runs "
+      "one device's small batched operations on about one core, so a mesh of one device per "
+      "core trains the draws in parallel (BUILD.md, 'Devices'); the numbers do not change.")
   distributed = flags.DEFINE_bool(
       "distributed", False, "Multi-host: call jax.distributed.initialize() first (GPU pods, TPU "
       "slices; on a CPU give the three flags below); every process trains the draws its "
@@ -234,6 +241,15 @@ def define_distributed_flags():
   process_id = flags.DEFINE_integer("process_id", -1, "This process's index (--distributed).")
 
   def start(mesh: str) -> None:
+    count = cpu_devices.value
+    if count < 0:
+      raise errors.ConfigError(f"--cpu_devices={count}: a number of devices >= 1 (0: one per "
+                               "core with --config.mesh=draws, else one)")
+    if count == 0 and parse(mesh).get(DRAWS) == 0:
+      count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+          os.cpu_count() or 1)
+    if count:  # the CPU backend only: a GPU or TPU host's accelerators are unaffected
+      jax.config.update("jax_num_cpu_devices", count)
     if not distributed.value:
       return
     if not parse(mesh):

@@ -48,7 +48,7 @@ _COMPARE_BASELINE = flags.DEFINE_string(
 _RECOMPUTE = flags.DEFINE_bool(
     "recompute", False, "Recompute every point, even those already in --workdir (points made "
     "by other code or another JAX/backend are recomputed anyway).")
-_START = sharding.define_distributed_flags()
+_START = sharding.define_flags()
 
 
 def _sweep_module(path: str):

@@ -30,7 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where results are wri
 _RECOMPUTE = flags.DEFINE_bool(
     "recompute", False, "Ignore the cached runs in --workdir/runs and train everything again "
     "(cached runs made by other code or another JAX/backend are recomputed anyway).")
-_START = sharding.define_distributed_flags()
+_START = sharding.define_flags()
 
 
 def _progress(p: dict) -> None:
