@@ -7,7 +7,10 @@ and each draw's clients over 2.
 * **draws** (`shard_draws`): the chunk's draws are split across the axis with `shard_map`; each
   device runs the single-device program on its W/D draws, so there is no communication during
   training and a draw's numbers are bit-identical to a one-device run (tested on 8 simulated CPU
-  devices). Results leave the devices once per evaluation step (`gather`), never per round.
+  devices). The evaluation runs the one-device program on each device's own draws
+  (`local_parts`, `assemble`). Results leave the devices once per evaluation step (`gather`),
+  never per round. On a CPU, one device per core (`define_flags`' --cpu_devices) trains the
+  draws of every core in parallel, which one XLA:CPU device does not.
 * **clients** (`constrain`, large n): local training runs sharded over the clients (each device
   trains n/C clients, its momentum rows stay there); before the attack and the aggregation the
   `[n, d]` updates are resharded from client rows to coordinate columns, which XLA implements
@@ -29,7 +32,6 @@ import os
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -215,30 +217,29 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
-def define_flags():
+def define_flags(flag_values=None):
   """The launchers' device flags; returns `start(mesh)`, to call first in `main`, before any
   device is used: --cpu_devices sets the number of CPU devices (`jax_num_cpu_devices`); with
   --distributed it runs `initialize` and checks the mesh (`config.mesh`) is set, since without
   one every process would train every draw."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  where = {"flag_values": flags.FLAGS if flag_values is None else flag_values}
   cpu_devices = flags.DEFINE_integer(
       "cpu_devices", 0, "CPU devices JAX creates. 0: one per core this process may use when "
       "--config.mesh is a bare 'draws' (all devices), else JAX's default (one). XLA:CPU runs "
       "one device's small batched operations on about one core, so a mesh of one device per "
-      "core trains the draws in parallel (BUILD.md, 'Devices'); the numbers do not change.")
+      "core trains the draws in parallel (BUILD.md, 'Devices'); the numbers do not change.",
+      **where)
   distributed = flags.DEFINE_bool(
       "distributed", False, "Multi-host: call jax.distributed.initialize() first (GPU pods, TPU "
       "slices; on a CPU give the three flags below); every process trains the draws its "
-      "devices hold on the mesh of --config.mesh; process 0 writes the results.")
+      "devices hold on the mesh of --config.mesh; process 0 writes the results.", **where)
   coordinator = flags.DEFINE_string("coordinator_address", "",
-                                    "host:port of process 0 (with --distributed).")
-  processes = flags.DEFINE_integer("num_processes", 0, "Processes in all (with --distributed).")
-  process_id = flags.DEFINE_integer("process_id", -1, "This process's index (--distributed).")
+                                    "host:port of process 0 (with --distributed).", **where)
+  processes = flags.DEFINE_integer("num_processes", 0, "Processes in all (with --distributed).",
+                                   **where)
+  process_id = flags.DEFINE_integer("process_id", -1, "This process's index (--distributed).",
+                                    **where)
 
   def start(mesh: str) -> None:
     count = cpu_devices.value

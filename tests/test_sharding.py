@@ -101,14 +101,15 @@ def test_two_process_distributed_run_gives_the_single_process_numbers(tmp_path):
         [sys.executable, train, f"--config={config}", "--config.mesh=draws",
          "--config.aggregator=nnm+trimmed_mean",
          f"--workdir={workdir}", "--distributed", f"--coordinator_address=localhost:{port}",
-         "--num_processes=2", f"--process_id={i}"], env=_env(2), stdout=subprocess.PIPE,
+         "--num_processes=2", f"--process_id={i}", "--cpu_devices=2"], env=_env(1),
+        stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     return logs
 
   logs = distributed(tmp_path / "mh")
-  assert "in 2 processes" in logs[0] and "wrote" in logs[0]
+  assert "over 4 cpu device(s) in 2 processes" in logs[0] and "wrote" in logs[0]
   assert "wrote" not in logs[1]  # only process 0 writes
   c = tiny_config()  # this process: one device
   c.aggregator = "nnm+trimmed_mean"
@@ -153,3 +154,26 @@ def test_group_order_takes_each_devices_draws_in_turn():
   order = sharding.group_order(32, 2, 8)
   np.testing.assert_array_equal(order, np.r_[0:8, 16:24, 8:16, 24:32])
   assert sorted(order) == list(range(32))
+
+
+def test_launcher_flags_one_cpu_device_per_core_for_a_bare_draws_mesh(monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(sharding.jax.config, "update", lambda *a: calls.append(a))
+
+  def start(mesh, *argv):
+    values = flags.FlagValues()
+    begin = sharding.define_flags(values)
+    values(["launcher", *argv])
+    calls.clear()
+    begin(mesh)
+    return list(calls)
+
+  cores = len(os.sched_getaffinity(0))
+  assert start("draws") == [("jax_num_cpu_devices", cores)]
+  assert start("draws", "--cpu_devices=3") == [("jax_num_cpu_devices", 3)]
+  assert start("") == [] and start("draws=2") == []  # JAX's default device count
+  with pytest.raises(errors.ConfigError, match="--cpu_devices=-1"):
+    start("draws", "--cpu_devices=-1")
+  with pytest.raises(errors.ConfigError, match="--distributed needs a mesh"):
+    start("", "--distributed")
