@@ -314,6 +314,7 @@ def test_a_sampled_job_reports_the_sampled_byzantine_count():
   c.honest_set_options.fixed_count.num_byzantine = 2
   c.training.clients_per_round = 4
   c.training.num_rounds, c.training.eval_every = 30, 30
+  c.aggregator = "mean"  # the one asserted
   exp = experiment.run(c, log=lambda _: None)
   summary = results.summarize(exp)
   s = summary["aggregators"]["mean"]
