@@ -73,6 +73,17 @@ def main(full: bool):
     got = run(sim, fed, masks, mesh, chunk)
     out[f"{spec}@{mesh_spec}"] = {"diff": differences(ref, got),
                                   "draws_per_chunk": got.draws_per_chunk}
+  # A second run of the same shapes (other masks, fewer draws, two chunks) compiles nothing:
+  # neither an AOT program nor a per-device evaluation.
+  programs = dict(experiment._programs)  # pylint: disable=protected-access
+  jitted = {k: v._cache_size() for k, v in programs.items() if hasattr(v, "_cache_size")}
+  mesh = sharding.make("draws")
+  run(sim, fed, masks[::-1][:12], mesh, 64)
+  run(sim, fed, np.concatenate([masks, masks[:60]]), mesh, 64)
+  out["recompiled"] = (sorted(set(experiment._programs) - set(programs), key=str)  # pylint: disable=protected-access
+                       + [str(k) for k, size in jitted.items()
+                          if experiment._programs[k]._cache_size() != size])  # pylint: disable=protected-access
+  out["per_device_programs"] = sorted(jitted.values())
   # Where the draws live: a chunk's states and the advance program's outputs.
   mesh = sharding.make("draws")
   place = experiment._Mesh(sim, 64, mesh)  # pylint: disable=protected-access

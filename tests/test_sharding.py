@@ -49,6 +49,12 @@ def test_draws_sharded_over_8_devices_equal_one_device_draw_by_draw(checks):
   assert got["diff"] and all(v == 0.0 for v in got["diff"].values()), got["diff"]
 
 
+def test_a_sharded_run_of_the_same_shapes_compiles_nothing(checks):
+  # The per-device evaluation compiled once on each of the 8 devices, then never again.
+  assert checks["per_device_programs"] == [8]
+  assert checks["recompiled"] == []
+
+
 def test_the_draws_axis_is_actually_sharded(checks):
   layout = checks["layout"]
   for key in ("input_spec", "output_spec", "momentum_spec", "aux_spec"):
