@@ -116,7 +116,49 @@ def main(full: bool):
     out[f"{spec}@clients"] = {"diff": differences(ref, got), "scale": scale,
                               "collectives": sorted({op for op, _ in found}),
                               "whole_update_gathers": whole}
+  if full:
+    out["paths"] = paths_on_two_devices()
   print("RESULT " + json.dumps(out))
+
+
+def paths_on_two_devices():
+  """Whole jobs (`experiment.run`) on mesh 'draws=2' vs one device: {case: identical?} over every
+  metric of every run and reference (mixtures with absences, personal heads with fine-tuning,
+  the theory, client sampling, the honest-only baseline, the worst-case search)."""
+  cases = {}
+  c = get_config()
+  c.attack = "dropout:0.5,label_noise:0.5"
+  c.num_clients, c.f = 8, 1
+  c.honest_set_options.fixed_count.num_byzantine = 3
+  cases["mixture"] = c
+  c = get_config()
+  c.model, c.aggregator, c.data.holdout_fraction = "mlp", "mean", 0.2
+  c.training.personalization, c.training.fine_tune_steps = "personal_head", 2
+  cases["personal"] = c
+  c = get_config()
+  c.theory.enabled, c.aggregator = True, "trimmed_mean"
+  cases["theory"] = c
+  c = get_config()
+  c.training.clients_per_round, c.aggregator = 4, "trimmed_mean"
+  cases["sampling"] = c
+  c = get_config()
+  c.estimators.honest_optimum, c.aggregator = True, "geometric_median"
+  cases["honest_optimum"] = c
+  c = get_config()
+  c.honest_set, c.aggregator, c.num_clients = "worst_case", "mean", 5
+  c.honest_set_options.worst_case.criterion = "final_loss"
+  cases["worst_case"] = c
+  out = {}
+  for name, c in cases.items():
+    metrics = []
+    for mesh in ("", "draws=2"):
+      c.mesh = mesh
+      exp = experiment.run(c, log=lambda _: None)
+      metrics.append({f"{s}.{k}": v for runs in (exp.runs, exp.references)
+                      for s, r in runs.items() for k, v in r.metrics.items()})
+    out[name] = bool(metrics[0]) and metrics[0].keys() == metrics[1].keys() and all(
+        np.array_equal(metrics[0][k], metrics[1][k], equal_nan=True) for k in metrics[0])
+  return out
 
 
 if __name__ == "__main__":

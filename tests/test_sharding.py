@@ -87,6 +87,9 @@ def test_clients_sharded_mean_and_geometric_median_and_draws_over_two_devices():
   # all-reduce): its stopping test may stop an iteration earlier or later than on one device.
   _assert_clients_run(checks["geometric_median@clients"], metrics_tol=1e-4)
   assert "all-reduce" in checks["geometric_median@clients"]["collectives"]
+  # Whole jobs over two devices: every metric of every run and reference bit-identical.
+  assert checks["paths"] == {k: True for k in ("mixture", "personal", "theory", "sampling",
+                                               "honest_optimum", "worst_case")}
 
 
 def _free_port() -> int:
