@@ -29,6 +29,7 @@ from fedjax_robust import graphs
 from fedjax_robust import honest_sets
 from fedjax_robust import models
 from fedjax_robust import server_optimizers
+from fedjax_robust import privacy
 from fedjax_robust import server_prior
 from fedjax_robust import sharding
 from fedjax_robust import training
@@ -181,6 +182,13 @@ def base_config() -> ml_collections.ConfigDict:
       # convex with μ = λ; the reported losses include it).
       "l2": 0.0,
   })
+  # Client-level differential privacy (fedjax_robust.privacy): kind "client" clips every sent
+  # update to L2 norm `clip` and adds N(0, (noise_multiplier·clip)²) noise per coordinate, on the
+  # client, before the attack sees it; ε at `delta` for the run by dp-accounting's `accountant`.
+  # target_epsilon > 0 sets noise_multiplier to the smallest σ reaching it.
+  c.privacy = ml_collections.ConfigDict({
+      "kind": "none", "clip": 1.0, "noise_multiplier": 1.0, "target_epsilon": 0.0,
+      "delta": 1e-5, "accountant": "pld"})
   # Theory beside experiment (fedjax_robust.theory): the heterogeneity (G, B) of every draw's
   # honest set along training, the measured κ̂ of the pipeline, the robust D-GD bound per draw
   # and its tightness. Costs one full-batch gradient per client at every evaluation, and a
@@ -236,6 +244,12 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "server_prior.delta": D.Float(0, 1, low_open=True, high_open=True),
     "server_prior.weights": D.Choice(*server_prior.WEIGHTS),
     "draw_condition": D.Choice(*honest_sets.CONDITIONS),
+    "privacy.kind": D.Choice(*privacy.KINDS),
+    "privacy.clip": D.Float(0, low_open=True, note="L2 norm every sent update is clipped to"),
+    "privacy.noise_multiplier": D.Float(0, note="σ: noise std σ·clip per coordinate"),
+    "privacy.target_epsilon": D.Float(0, note="0: use noise_multiplier"),
+    "privacy.delta": D.Float(0, 1, low_open=True, high_open=True),
+    "privacy.accountant": D.Choice(*privacy.ACCOUNTANTS),
     "report.interval": D.Choice(*evaluation.INTERVALS),
     "report.bootstrap_resamples": D.Int(100, note="bootstrap resamples per interval"),
     "report.compare": D.Domain("str", note="'' (each against the first), 'none', or pairs "
@@ -386,6 +400,53 @@ def make_adjacency(config, fed: data_lib.FederatedData | None = None) -> np.ndar
   return graphs.build(g.kind, config.num_clients, edges=g.edges, p=g.p, width=g.width,
                       block_sizes=g.block_sizes, p_in=g.p_in, p_out=g.p_out, k=g.k,
                       features=None if fed is None else label_distributions(fed), seed=g.seed)
+
+
+def privacy_fields(config) -> dict:
+  """The Simulator's client-level DP settings (`privacy_clip` 0: off); a target ε must have been
+  resolved into noise_multiplier first (`resolve_privacy`)."""
+  p = config.privacy
+  if p.kind == "none":
+    return {}
+  if p.target_epsilon:
+    raise ValueError("privacy.target_epsilon is resolved by resolve_privacy before the simulator")
+  return {"privacy_clip": float(p.clip), "privacy_noise": float(p.noise_multiplier)}
+
+
+def resolve_privacy(config):
+  """(config, info): with privacy on, the noise multiplier for privacy.target_epsilon (when
+  set; the returned config carries it and target 0) and the run's ε at δ from the accountant
+  (`privacy.epsilon`, composed over training.num_rounds). info is None when privacy is off."""
+  p = config.privacy
+  if p.kind == "none":
+    return config, None
+  rounds = config.training.num_rounds
+  sigma = float(p.noise_multiplier)
+  if p.target_epsilon:
+    try:
+      sigma = privacy.noise_for_epsilon(p.target_epsilon, rounds, p.delta, p.accountant)
+    except ValueError as e:
+      raise ConfigError(f"privacy.target_epsilon={p.target_epsilon!r}: no noise multiplier in "
+                        f"[1, 10^4] reaches it over {rounds} rounds at delta={p.delta:g} ({e})"
+                        ) from None
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.privacy.noise_multiplier = sigma
+      config.privacy.target_epsilon = 0.0
+  eps = (privacy.epsilon(sigma, rounds, p.delta, p.accountant) if sigma > 0 else float("inf"))
+  return config, {"kind": p.kind, "clip": float(p.clip), "noise_multiplier": sigma,
+                  "delta": float(p.delta), "epsilon": eps, "accountant": p.accountant,
+                  "rounds": rounds, "target_epsilon": float(p.target_epsilon) or None}
+
+
+def describe_privacy(info: dict) -> str:
+  return (f"privacy: client-level DP, every sent update clipped to L2 norm {info['clip']:g} "
+          f"plus N(0, ({info['noise_multiplier']:.4g}·{info['clip']:g})²) per coordinate"
+          + (f" (σ set for target ε = {info['target_epsilon']:g})" if info["target_epsilon"]
+             else "")
+          + f"; ε = {info['epsilon']:.4g} at δ = {info['delta']:g} over {info['rounds']} rounds "
+          f"({info['accountant'].upper()} accountant, local model: no amplification by "
+          "sampling claimed)")
 
 
 def validate(config) -> None:
@@ -716,6 +777,7 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
                        and config.training.personalization == "personal_head"),
         fine_tune_steps=config.training.fine_tune_steps if reference == "honest_optimum" else 0,
         l2=float(config.training.l2),
+        **(privacy_fields(config) if reference == "honest_optimum" else {}),
         client_weights=None if client_weights is None else tuple(map(float, client_weights)))
   model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
                      **config.model_options.get(config.model, {}))
@@ -746,6 +808,7 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
       clients_per_round=config.training.clients_per_round,
       personal_head=config.training.personalization == "personal_head",
       fine_tune_steps=config.training.fine_tune_steps,
+      **privacy_fields(config),
       measure_theory=bool(config.theory.enabled),
       client_weights=None if prior_weights is None else tuple(map(float, prior_weights)),
       root=fed.root if aggregator.needs_server_update else None)

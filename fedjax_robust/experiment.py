@@ -476,6 +476,8 @@ class Experiment:
   objectives: dict | None = None
   # The server's prior and what it set (server_prior.resolve), when config.server_prior is on.
   server_prior: dict | None = None
+  # Client-level DP: σ, clip, and the run's ε at δ (config_lib.resolve_privacy), when on.
+  privacy: dict | None = None
 
 
 def _keys(config):
@@ -775,6 +777,9 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   config, prior_info = server_prior.resolve(config)
   if prior_info:
     log(server_prior.describe(prior_info))
+  config, privacy_info = config_lib.resolve_privacy(config)
+  if privacy_info:
+    log(config_lib.describe_privacy(privacy_info))
   fed = config_lib.make_data(config)
   max_count = int(fed.train.counts.max())
   log(f"data {fed.name}: {config.num_clients} clients, {int(fed.train.counts.sum())} training "
@@ -877,7 +882,8 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         f"{runs[spec].run_seconds:.1f} s")
     if path and sharding.is_writer():  # multi-host: process 0 writes
       runs[spec].save(path, key)
-  exp = Experiment(config, fed, masks, runs, worst, server_prior=prior_info)
+  exp = Experiment(config, fed, masks, runs, worst, server_prior=prior_info,
+                   privacy=privacy_info)
   _run_references(exp, init_key, run_key, log)
   _run_theory(exp, log)
   return exp

@@ -260,6 +260,8 @@ def summarize(experiment: Experiment) -> dict:
     out["oracle"] = experiment.oracle
   if experiment.server_prior is not None:
     out["server_prior"] = experiment.server_prior
+  if getattr(experiment, "privacy", None) is not None:
+    out["privacy"] = experiment.privacy
   if experiment.objectives is not None:
     out["objectives"] = experiment.objectives
   return out
@@ -407,6 +409,8 @@ def format_table(summary: dict) -> str:
   extras += [line for line in [_describe_rounds(cfg["training"])] if line]
   if "server_prior" in summary:
     extras.append(server_prior.describe(summary["server_prior"]))
+  if "privacy" in summary:
+    extras.append(config_lib.describe_privacy(summary["privacy"]))
   if law["p_exceeds_f"] == 1.0:
     extras.append(f"NOTE: the realized b exceeds the declared f={cfg['f']} in every draw: the "
                   "rules run beyond the corruption they were configured for.")

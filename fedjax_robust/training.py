@@ -39,6 +39,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from fedjax_robust import models as models_lib
+from fedjax_robust import privacy
 from fedjax_robust import sharding
 from fedjax_robust.aggregators import Aggregator
 from fedjax_robust.attacks import Attack
@@ -55,6 +56,7 @@ _FAULT_TAG = 2 ** 30 + 1
 _BEHAVIOUR_TAG = 2 ** 30 + 2
 _PRESENCE_TAG = 2 ** 30 + 3
 _SAMPLING_TAG = 2 ** 30 + 4
+_PRIVACY_TAG = 2 ** 30 + 5
 
 
 def assign_behaviours(key: jax.Array, honest: jax.Array, probs) -> jax.Array:
@@ -249,6 +251,11 @@ class Simulator:
   # (client lr, no momentum) from its model on its own training data, measured on its held-out
   # split (honest_finetuned_holdout_*). 0: none.
   fine_tune_steps: int = 0
+  # Client-level DP (`privacy.clip_and_noise`): every sent update clipped to L2 norm
+  # `privacy_clip` plus N(0, (privacy_noise·privacy_clip)²) noise, before the attack sees it.
+  # 0: off.
+  privacy_clip: float = 0.0
+  privacy_noise: float = 0.0
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -502,6 +509,9 @@ class Simulator:
                   else new_personal)
     if self.sampling:  # the others keep their momentum
       momentum = state.momentum.at[sampled].set(momentum)
+    if self.privacy_clip:  # each client privatizes what it sends (absent rows are zeroed below)
+      updates = privacy.clip_and_noise(jax.random.fold_in(round_key, _PRIVACY_TAG), updates,
+                                       clip=self.privacy_clip, noise_multiplier=self.privacy_noise)
     # A mesh with a clients axis: each device trains its own clients (rows), then the updates
     # move to coordinate columns in one all-to-all for the attack and the rule (no-ops otherwise).
     momentum = sharding.constrain(momentum, sharding.P(sharding.CLIENTS, None))
