@@ -423,9 +423,7 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
     log("  (sequential NumPy baseline skipped: baseline_samples=0)")
   elif numpy_reference.has(spec) and config.attack in ("none", "alie"):
     flatten, unflatten = numpy_layout(sim)
-    counts = np.asarray(fed.train.counts)
-    xs = [np.asarray(fed.train.x[i, :c], np.float64).reshape(c, -1) for i, c in enumerate(counts)]
-    ys = [np.asarray(fed.train.y[i, :c]) for i, c in enumerate(counts)]
+    xs, ys = _client_arrays(fed, np.float64)
     t = config.training
     z = config.attack_options.alie.z
     attack = (None if config.attack == "none" else
@@ -458,6 +456,14 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
 BYZFL_LOOP = "ByzFL's own loop"
 
 
+def _client_arrays(fed, dtype):
+  """Each client's own examples without padding: features flattened `[m_i, features]` as
+  `dtype`, and labels."""
+  counts = np.asarray(fed.train.counts)
+  return ([np.asarray(fed.train.x[i, :c], dtype).reshape(c, -1) for i, c in enumerate(counts)],
+          [np.asarray(fed.train.y[i, :c]) for i, c in enumerate(counts)])
+
+
 def _versus_byzfl(rows, config, spec: str, fed, honest: np.ndarray, num_rounds: int,
                   log: Callable[[str], None]) -> None:
   """Appends ByzFL's own federated loop on the same clients' data, model, batch, learning rate,
@@ -476,9 +482,7 @@ def _versus_byzfl(rows, config, spec: str, fed, honest: np.ndarray, num_rounds: 
   if why:
     log(f"  (no ByzFL loop for {spec!r}: {why})")
     return
-  counts = np.asarray(fed.train.counts)
-  xs = [np.asarray(fed.train.x[i, :c], np.float32).reshape(c, -1) for i, c in enumerate(counts)]
-  ys = [np.asarray(fed.train.y[i, :c]) for i, c in enumerate(counts)]
+  xs, ys = _client_arrays(fed, np.float32)
   t = config.training
   options = config.aggregator_options.get(spec, {})
   rate = byzfl_loop.rounds_per_second(

@@ -160,6 +160,15 @@ def block_size(chunk: int, devices: int = 1) -> int:
   return math.gcd(chunk, target)
 
 
+def _block_of(chunk: int, mesh) -> int:
+  """Draws per block on each device for a chunk of `chunk` draws on `mesh` (None: one device);
+  0 with a clients axis (XLA's partitioner places those programs, without blocks)."""
+  if sharding.clients_of(mesh) > 1:
+    return 0
+  devices = sharding.draws_of(mesh)
+  return block_size(chunk // devices, devices)
+
+
 def align_draws(width: int, devices: int = 1) -> int:
   """`width` rounded up to a multiple of DRAW_ALIGNMENT per device (`devices` on the mesh's
   draws axis)."""
@@ -221,12 +230,12 @@ def memory_per_draw(config, num_params: int, max_count: int | None = None) -> in
   return 4 * (8 * n * num_params + n * max(local_batch_size(config, max_count), 64) * 1024)
 
 
-def chunk_size(config, num_params: int, num_samples: int, max_count: int | None = None,
-               devices: int = 1) -> int:
-  """Draws trained at once, a multiple of DRAW_ALIGNMENT per device (`devices` on the mesh's
-  draws axis): `num_samples_per_chunk`, or (0) as many as fit in `memory_budget_gb` per device
-  by `memory_per_draw`, never more than S needs. A draw's numbers do not depend on this (see
+def chunk_size(config, num_params: int, num_samples: int, max_count: int | None = None) -> int:
+  """Draws trained at once, a multiple of DRAW_ALIGNMENT per device of `config.mesh`'s draws
+  axis: `num_samples_per_chunk`, or (0) as many as fit in `memory_budget_gb` per device by
+  `memory_per_draw`, never more than S needs. A draw's numbers do not depend on this (see
   DRAW_ALIGNMENT)."""
+  devices = sharding.axis_sizes(config.mesh)[sharding.DRAWS]
   if config.num_samples_per_chunk:
     return align_draws(min(config.num_samples_per_chunk, num_samples), devices)
   fit = int(config.memory_budget_gb * 2**30 // memory_per_draw(config, num_params, max_count))
@@ -255,7 +264,7 @@ class _OneDevice:
 
   def __init__(self, sim, chunk: int):
     self.sim, self.chunk = sim, chunk
-    self.block = block_size(chunk)
+    self.block = _block_of(chunk, None)
 
   def put(self, host, *, keys: bool = False):
     return jnp.asarray(host) if not keys else host
@@ -290,7 +299,7 @@ class _Mesh(_OneDevice):
     self.sim, self.chunk, self.mesh = sim, chunk, mesh
     self.devices = sharding.draws_of(mesh)
     self.by_clients = sharding.clients_of(mesh) > 1
-    self.block = 0 if self.by_clients else block_size(chunk // self.devices, self.devices)
+    self.block = _block_of(chunk, mesh)
     self.name = f"mesh{dict(mesh.shape)}"
 
   def put(self, host, *, keys: bool = False):
@@ -353,7 +362,6 @@ class _Mesh(_OneDevice):
     program = _programs[key]
     local = self.chunk // self.devices
     order = np.argsort(sharding.group_order(self.chunk, self.devices, group))
-    draws = jax.sharding.NamedSharding(self.mesh, sharding.P(sharding.DRAWS))
 
     def run(p, m, *sh):
       mine = sharding.local_parts((p, m))
@@ -362,7 +370,7 @@ class _Mesh(_OneDevice):
       for j in range(0, local, group):
         outs = {device: program(*jax.tree.map(lambda a: a[j:j + group], mine[device]),
                                 *common[device]) for device in mine}
-        parts.append(jax.tree.map(sharding.gather, sharding.assemble(outs, draws)))
+        parts.append(jax.tree.map(sharding.gather, sharding.assemble(outs, self.mesh)))
       return jax.tree.map(lambda a: a[order], _concat(parts))
     return run
 
@@ -491,13 +499,12 @@ def _final_honest_losses(config, sim: training.Simulator, fed: FederatedData, ma
   fold_in(run_key, draw_ids[k]) (a diverged training: +inf); the draws run in chunks of
   `chunk_size`, and a draw's numbers do not depend on its batch position."""
   _, init_key, run_key = _keys(config)
-  mesh = sharding.make(config.mesh)
   out = run_monte_carlo(sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
                         num_rounds=config.training.num_rounds,
                         eval_every=config.training.num_rounds,
                         chunk=chunk_size(config, sim.num_params, len(masks),
-                                         int(fed.train.counts.max()), sharding.draws_of(mesh)),
-                        draw_ids=np.asarray(draw_ids), mesh=mesh)
+                                         int(fed.train.counts.max())),
+                        draw_ids=np.asarray(draw_ids), mesh=sharding.make(config.mesh))
   loss = np.asarray(out.metrics["honest_loss"][-1], np.float64)
   diverged = (out.metrics["diverged"][-1] > 0) if "diverged" in out.metrics else False
   return np.where(np.isfinite(loss) & ~diverged, loss, np.inf)
@@ -796,7 +803,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   num_params = max(sim.num_params for sim in sims.values())
   mesh = sharding.make(config.mesh)
   devices = sharding.draws_of(mesh)
-  chunk = chunk_size(config, num_params, S, max_count, devices)
+  chunk = chunk_size(config, num_params, S, max_count)
   num_chunks = -(-S // chunk)
   per_draw = memory_per_draw(config, num_params, max_count)
   budget = config.memory_budget_gb * 2**30
@@ -875,8 +882,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         progress=clock.callback(spec, num_chunks, t.eval_every), mesh=mesh)
     runs[spec].provenance = provenance.record(
         seed=config.seed, draws_per_chunk=chunk,
-        draws_per_block=(block_size(chunk // devices, devices)
-                         if sharding.clients_of(mesh) == 1 else 0),
+        draws_per_block=_block_of(chunk, mesh),
         mesh=sharding.describe(mesh))
     log(f"{spec}: compiled in {runs[spec].compile_seconds:.1f} s, ran in "
         f"{runs[spec].run_seconds:.1f} s")
@@ -932,12 +938,11 @@ def _run_references(exp: Experiment, init_key, run_key, log) -> None:
       if id(masks) not in by_masks:
         sim = simulator(config, spec, fed, reference="honest_optimum")
         log("honest optimum L_S* of every draw (mean of the honest clients, no attack)")
-        mesh = sharding.make(config.mesh)
         by_masks[id(masks)] = run_monte_carlo(
             sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key, num_rounds=rounds,
-            eval_every=every, spec="honest_optimum", mesh=mesh,
+            eval_every=every, spec="honest_optimum", mesh=sharding.make(config.mesh),
             chunk=chunk_size(config, sim.num_params, config.num_samples,
-                             int(fed.train.counts.max()), sharding.draws_of(mesh)))
+                             int(fed.train.counts.max())))
       exp.references[spec] = by_masks[id(masks)]
   if config.estimators.oracle:
     spec = config_lib.honest_set_spec(config)

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 
 KINDS = ("none", "client")
 ACCOUNTANTS = ("pld", "rdp")
+# The noise multipliers `noise_for_epsilon` searches (a target needing less noise is refused).
+SIGMA_RANGE = (1.0, 1e4)
 
 
 def clip_and_noise(key: jax.Array, updates: jax.Array, *, clip: float,
@@ -72,5 +74,5 @@ def noise_for_epsilon(target_epsilon: float, rounds: int, delta: float,
   import dp_accounting  # pylint: disable=g-import-not-at-top
   return float(dp_accounting.calibrate_dp_mechanism(
       lambda: _accountant(accountant), lambda s: _event(s, rounds), target_epsilon, delta,
-      dp_accounting.ExplicitBracketInterval(1.0, 1e4),
+      dp_accounting.ExplicitBracketInterval(*SIGMA_RANGE),
       tol=1e-4 * max(1.0, target_epsilon)))

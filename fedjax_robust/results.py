@@ -260,7 +260,7 @@ def summarize(experiment: Experiment) -> dict:
     out["oracle"] = experiment.oracle
   if experiment.server_prior is not None:
     out["server_prior"] = experiment.server_prior
-  if getattr(experiment, "privacy", None) is not None:
+  if experiment.privacy is not None:
     out["privacy"] = experiment.privacy
   if experiment.objectives is not None:
     out["objectives"] = experiment.objectives

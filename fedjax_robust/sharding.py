@@ -61,12 +61,9 @@ def parse(spec: str) -> dict[str, int]:
         raise ValueError(f"mesh={spec!r}: the {name} axis needs a size ('{name}=2')")
       sizes[name] = 0  # every device left over
       continue
-    try:
-      sizes[name] = int(size)
-    except ValueError:
-      sizes[name] = -1
-    if sizes[name] < 1:
+    if not size.strip().isdigit() or int(size) < 1:
       raise ValueError(f"mesh={spec!r}: {name}={size.strip()!r} is not a positive integer")
+    sizes[name] = int(size)
   return sizes
 
 
@@ -183,20 +180,14 @@ def local_parts(tree) -> dict:
   return {device: treedef.unflatten([b[device] for b in by_device]) for device in by_device[0]}
 
 
-def assemble(parts: dict, sharding_) -> object:
-  """The global arrays (laid out as `sharding_`) made of `parts`, {device: tree of arrays on
-  that device} (every addressable device's part, the leading axis split as `sharding_` says)."""
-  devices = list(parts)
-  leaves = [jax.tree.leaves(parts[d]) for d in devices]
-  treedef = jax.tree.structure(parts[devices[0]])
-  span = np.prod([sharding_.mesh.shape[a] for a in (sharding_.spec[0],)
-                  if a is not None]) if sharding_.spec else 1
-  out = []
-  for i, first in enumerate(leaves[0]):
-    shape = (first.shape[0] * int(span),) + first.shape[1:]
-    out.append(jax.make_array_from_single_device_arrays(
-        shape, sharding_, [leaves[k][i] for k in range(len(devices))]))
-  return treedef.unflatten(out)
+def assemble(parts: dict, mesh: jax.sharding.Mesh):
+  """The global arrays split over `mesh`'s draws axis made of `parts`, {device: tree of arrays
+  on that device} (every addressable device's part of the leading axis)."""
+  draws = NamedSharding(mesh, P(DRAWS))
+  return jax.tree.map(
+      lambda *shards: jax.make_array_from_single_device_arrays(
+          (shards[0].shape[0] * mesh.shape[DRAWS],) + shards[0].shape[1:], draws, list(shards)),
+      *parts.values())
 
 
 def initialize(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
@@ -254,8 +245,8 @@ def define_flags(flag_values=None):
     if not distributed.value:
       return
     if not parse(mesh):
-      raise errors.ConfigError("--distributed needs a mesh to share the draws: set --config.mesh "
-                       "(e.g. --config.mesh=draws); config.mesh='' runs every draw in every "
-                       "process")
+      raise errors.ConfigError("--distributed needs a mesh to share the draws: set "
+                               "--config.mesh (e.g. --config.mesh=draws); config.mesh='' runs "
+                               "every draw in every process")
     initialize(coordinator.value, processes.value, process_id.value)
   return start
