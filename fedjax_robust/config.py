@@ -29,6 +29,7 @@ from fedjax_robust import graphs
 from fedjax_robust import honest_sets
 from fedjax_robust import models
 from fedjax_robust import server_optimizers
+from fedjax_robust import compression
 from fedjax_robust import privacy
 from fedjax_robust import server_prior
 from fedjax_robust import sharding
@@ -189,6 +190,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.privacy = ml_collections.ConfigDict({
       "kind": "none", "clip": 1.0, "noise_multiplier": 1.0, "target_epsilon": 0.0,
       "delta": 1e-5, "accountant": "pld"})
+  # Compressed updates (fedjax_robust.compression): what every client sends. kind "top_k",
+  # "random_k" (unbiased, d/k-scaled), "shared_random_k" (the same coordinates for all clients),
+  # "qsgd" (s = levels), "sign" (scaled sign; rule "majority_vote" is signSGD's vote); k
+  # coordinates of the sparsifiers (0: ⌈ratio·d⌉); error feedback for top_k and sign;
+  # aggregate_in "k": with shared_random_k the rule works on the k shared coordinates.
+  c.compression = ml_collections.ConfigDict({
+      "kind": "none", "k": 0, "ratio": 0.1, "levels": 4, "error_feedback": False,
+      "aggregate_in": "d"})
   # Theory beside experiment (fedjax_robust.theory): the heterogeneity (G, B) of every draw's
   # honest set along training, the measured κ̂ of the pipeline, the robust D-GD bound per draw
   # and its tightness. Costs one full-batch gradient per client at every evaluation, and a
@@ -250,6 +259,13 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "privacy.target_epsilon": D.Float(0, note="0: use noise_multiplier"),
     "privacy.delta": D.Float(0, 1, low_open=True, high_open=True),
     "privacy.accountant": D.Choice(*privacy.ACCOUNTANTS),
+    "compression.kind": D.Choice(*compression.KINDS),
+    "compression.k": D.Int(0, note="coordinates sent by top_k/random_k/shared_random_k; 0: "
+                           "⌈ratio·d⌉; at most d"),
+    "compression.ratio": D.Float(0, 1, low_open=True, note="k/d when k is 0"),
+    "compression.levels": D.POSITIVE_INT,
+    "compression.error_feedback": D.Bool(),
+    "compression.aggregate_in": D.Choice(*compression.SPACES, note="'k': shared_random_k only"),
     "report.interval": D.Choice(*evaluation.INTERVALS),
     "report.bootstrap_resamples": D.Int(100, note="bootstrap resamples per interval"),
     "report.compare": D.Domain("str", note="'' (each against the first), 'none', or pairs "
@@ -402,6 +418,48 @@ def make_adjacency(config, fed: data_lib.FederatedData | None = None) -> np.ndar
                       features=None if fed is None else label_distributions(fed), seed=g.seed)
 
 
+def make_compression(config) -> compression.Compression:
+  """The clients' compressor (`compression.Compression`); a combination it refuses (error
+  feedback with an unbiased compressor, aggregate_in='k' without shared coordinates) is a
+  ConfigError naming the keys."""
+  c = config.compression
+  try:
+    return compression.Compression(kind=c.kind, k=int(c.k), ratio=float(c.ratio),
+                                   levels=int(c.levels), error_feedback=bool(c.error_feedback),
+                                   aggregate_in=c.aggregate_in)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def compression_info(config, num_sent: int) -> dict | None:
+  """What the clients send per round under config.compression (None: uncompressed): k, the
+  bits of one client and of a round's m senders."""
+  spec = make_compression(config)
+  if not spec.on:
+    return None
+  m = config.training.clients_per_round or config.num_clients
+  bits = spec.bits(num_sent)
+  return {"kind": spec.kind, "d": num_sent, "k": spec.size(num_sent) if spec.sparsifies else None,
+          "levels": spec.levels if spec.kind == "qsgd" else None,
+          "error_feedback": spec.error_feedback, "aggregate_in": spec.aggregate_in,
+          "bits_per_client_round": bits, "bits_per_round": bits * m,
+          "uncompressed_bits_per_round": 32 * num_sent * m}
+
+
+def describe_compression(info: dict) -> str:
+  what = {"top_k": "top-k", "random_k": "random-k (×d/k, unbiased)",
+          "shared_random_k": "shared random-k (×d/k, the same coordinates for all clients)",
+          "qsgd": f"QSGD with s = {info['levels']} levels", "sign": "scaled sign"}[info["kind"]]
+  return (f"compression: {what}" + (f", k = {info['k']:,} of d = {info['d']:,}" if info["k"]
+                                     else f", d = {info['d']:,}")
+          + (", error feedback" if info["error_feedback"] else "")
+          + (", the rule aggregates the k shared coordinates" if info["aggregate_in"] == "k"
+             else "")
+          + f"; {info['bits_per_client_round']:,} bits per client per round, "
+          f"{info['bits_per_round']:,} per round ({info['bits_per_round'] / info['uncompressed_bits_per_round']:.3g}× "
+          "the uncompressed float32 updates)")
+
+
 def privacy_fields(config) -> dict:
   """The Simulator's client-level DP settings (`privacy_clip` 0: off); a target ε must have been
   resolved into noise_multiplier first (`resolve_privacy`)."""
@@ -474,6 +532,7 @@ def _validate(config) -> None:
     domain.check(dotted, value)
   n, f = config.num_clients, config.f
   sharding.check(config.mesh, n)
+  make_compression(config)  # its combinations (error feedback, aggregate_in)
   if 2 * f >= n:
     raise ConfigError(f"declared f={f!r} must satisfy 0 <= f < n/2 = {n / 2} "
                       f"(num_clients={n}): robust aggregation needs an honest majority.")
@@ -778,6 +837,8 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
         fine_tune_steps=config.training.fine_tune_steps if reference == "honest_optimum" else 0,
         l2=float(config.training.l2),
         **(privacy_fields(config) if reference == "honest_optimum" else {}),
+        compression=(make_compression(config) if reference == "honest_optimum"
+                     else compression.Compression()),
         client_weights=None if client_weights is None else tuple(map(float, client_weights)))
   model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
                      **config.model_options.get(config.model, {}))
@@ -809,6 +870,7 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
       personal_head=config.training.personalization == "personal_head",
       fine_tune_steps=config.training.fine_tune_steps,
       **privacy_fields(config),
+      compression=make_compression(config),
       measure_theory=bool(config.theory.enabled),
       client_weights=None if prior_weights is None else tuple(map(float, prior_weights)),
       root=fed.root if aggregator.needs_server_update else None)

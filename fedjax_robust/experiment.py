@@ -312,11 +312,13 @@ class _Mesh(_OneDevice):
     return sharding.put_tree(self.mesh, tree, sharding.P())
 
   def _state_specs(self, state):
-    """Every leaf split over the draws; with a clients axis the momentum rows `[W, n, d]` also
-    over the clients (they stay on the device that trains the client)."""
+    """Every leaf split over the draws; with a clients axis the momentum (and error-feedback)
+    rows `[W, n, d]` also over the clients (they stay on the device that trains the client)."""
     specs = jax.tree.map(lambda _: sharding.P(sharding.DRAWS), state)
     if self.by_clients:
       specs = specs._replace(momentum=sharding.P(sharding.DRAWS, sharding.CLIENTS))
+      if not isinstance(state.residual, tuple):  # error-feedback residuals: rows like momentum
+        specs = specs._replace(residual=sharding.P(sharding.DRAWS, sharding.CLIENTS))
     return specs
 
   def states(self, initial):
@@ -486,6 +488,8 @@ class Experiment:
   server_prior: dict | None = None
   # Client-level DP: σ, clip, and the run's ε at δ (config_lib.resolve_privacy), when on.
   privacy: dict | None = None
+  # Compressed updates: kind, k, bits per round (config_lib.compression_info), when on.
+  compression: dict | None = None
 
 
 def _keys(config):
@@ -801,6 +805,9 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   # The job, before any compile: what runs, in how many chunks, what it needs.
   sims = {spec: simulator(config, spec, fed) for spec in specs}
   num_params = max(sim.num_params for sim in sims.values())
+  compression_info = config_lib.compression_info(config, next(iter(sims.values())).num_shared)
+  if compression_info:
+    log(config_lib.describe_compression(compression_info))
   mesh = sharding.make(config.mesh)
   devices = sharding.draws_of(mesh)
   chunk = chunk_size(config, num_params, S, max_count)
@@ -889,7 +896,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     if path and sharding.is_writer():  # multi-host: process 0 writes
       runs[spec].save(path, key)
   exp = Experiment(config, fed, masks, runs, worst, server_prior=prior_info,
-                   privacy=privacy_info)
+                   privacy=privacy_info, compression=compression_info)
   _run_references(exp, init_key, run_key, log)
   _run_theory(exp, log)
   return exp

@@ -30,13 +30,22 @@ SIGMA_RANGE = (1.0, 1e4)
 
 
 def clip_and_noise(key: jax.Array, updates: jax.Array, *, clip: float,
-                   noise_multiplier: float) -> jax.Array:
+                   noise_multiplier: float, coordinates: jax.Array | None = None) -> jax.Array:
   """Each row of `updates` `[n, d]` scaled to L2 norm at most `clip`, plus independent
   N(0, (noise_multiplier·clip)²) noise per coordinate. A non-finite row stays non-finite (it is
-  not a client's honest update; the attack replaces Byzantine rows after this)."""
+  not a client's honest update; the attack replaces Byzantine rows after this).
+
+  `coordinates` (bool `[n, d]` or `[d]`): the coordinates a client sends (a data-independent
+  sparsifier's, `compression`); the row is restricted to them before clipping, and only they
+  get noise (the others stay 0). Restricting does not raise a row's norm, so the sensitivity
+  and the guarantee are those of the full vector."""
+  if coordinates is not None:
+    updates = jnp.where(coordinates, updates, jnp.zeros((), updates.dtype))
   norms = jnp.sqrt(jnp.sum(updates * updates, axis=1, keepdims=True))
   scale = jnp.minimum(1.0, clip / jnp.maximum(norms, jnp.finfo(updates.dtype).tiny))
   noise = jax.random.normal(key, updates.shape, updates.dtype)
+  if coordinates is not None:
+    noise = jnp.where(coordinates, noise, jnp.zeros((), noise.dtype))
   return updates * scale + (noise_multiplier * clip) * noise
 
 

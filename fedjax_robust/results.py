@@ -262,6 +262,8 @@ def summarize(experiment: Experiment) -> dict:
     out["server_prior"] = experiment.server_prior
   if experiment.privacy is not None:
     out["privacy"] = experiment.privacy
+  if experiment.compression is not None:
+    out["compression"] = experiment.compression
   if experiment.objectives is not None:
     out["objectives"] = experiment.objectives
   return out
@@ -411,6 +413,8 @@ def format_table(summary: dict) -> str:
     extras.append(server_prior.describe(summary["server_prior"]))
   if "privacy" in summary:
     extras.append(config_lib.describe_privacy(summary["privacy"]))
+  if "compression" in summary:
+    extras.append(config_lib.describe_compression(summary["compression"]))
   if law["p_exceeds_f"] == 1.0:
     extras.append(f"NOTE: the realized b exceeds the declared f={cfg['f']} in every draw: the "
                   "rules run beyond the corruption they were configured for.")

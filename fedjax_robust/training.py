@@ -38,6 +38,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from fedjax_robust import compression as compression_lib
 from fedjax_robust import models as models_lib
 from fedjax_robust import privacy
 from fedjax_robust import sharding
@@ -57,6 +58,8 @@ _BEHAVIOUR_TAG = 2 ** 30 + 2
 _PRESENCE_TAG = 2 ** 30 + 3
 _SAMPLING_TAG = 2 ** 30 + 4
 _PRIVACY_TAG = 2 ** 30 + 5
+_COMPRESSION_TAG = 2 ** 30 + 6
+_COORDINATES_TAG = 2 ** 30 + 7
 
 
 def assign_behaviours(key: jax.Array, honest: jax.Array, probs) -> jax.Array:
@@ -209,6 +212,8 @@ class RunState(NamedTuple):
   # [n, d_p] each client's personal parameters (personalization; client-side, never sent:
   # `params` then holds the shared parameters only).
   personal: Any = ()
+  # [n, d_s] each client's error-feedback residual (compression with error feedback).
+  residual: Any = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +261,10 @@ class Simulator:
   # 0: off.
   privacy_clip: float = 0.0
   privacy_noise: float = 0.0
+  # Compressed updates (`compression_lib.Compression`): what every client sends, after its
+  # privacy mechanism (before it for the coordinates of a data-independent sparsifier), and the
+  # space the rule aggregates in.
+  compression: compression_lib.Compression = compression_lib.Compression()
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -277,6 +286,14 @@ class Simulator:
       probs = [p for _, p in self.population]
       if any(p <= 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
         raise ValueError(f"population probabilities must be > 0 and sum to 1, got {probs}.")
+    c = self.compression
+    if c.k > self.num_shared and c.sparsifies:
+      raise ValueError(f"compression.k={c.k} exceeds the {self.num_shared} parameters sent.")
+    if c.aggregate_in == "k" and jax.tree.leaves(self.aggregator.init(c.size(self.num_shared),
+                                                                      jnp.float32)):
+      raise ValueError(f"compression.aggregate_in='k': aggregator {self.aggregator.name!r} "
+                       "keeps a state across rounds in d, which a rule working on the round's "
+                       "shared coordinates cannot; use aggregate_in='d'.")
     if getattr(self.aggregator, "needs_server_update", False) and self.root is None:
       raise ValueError(f"aggregator {self.aggregator.name!r} compares with a server update on "
                        "root data; the simulator has no root data set.")
@@ -321,7 +338,9 @@ class Simulator:
                     self.aggregator.init(params.size),
                     tuple(a.init(params.size, self.num_clients) for a in self.behaviours),
                     jnp.array(0, jnp.int32),
-                    jnp.zeros_like(params) if self.root is not None else (), personal)
+                    jnp.zeros_like(params) if self.root is not None else (), personal,
+                    jnp.zeros((self.num_clients, params.size), params.dtype)
+                    if self.compression.error_feedback else ())
 
   def full_params(self, shared: jax.Array, personal: jax.Array) -> jax.Array:
     """Client models `[..., d]` from the shared parameters `[d_s]` and personal ones
@@ -509,9 +528,13 @@ class Simulator:
                   else new_personal)
     if self.sampling:  # the others keep their momentum
       momentum = state.momentum.at[sampled].set(momentum)
-    if self.privacy_clip:  # each client privatizes what it sends (absent rows are zeroed below)
-      updates = privacy.clip_and_noise(jax.random.fold_in(round_key, _PRIVACY_TAG), updates,
-                                       clip=self.privacy_clip, noise_multiplier=self.privacy_noise)
+    updates, residual, coords = self._privatize_and_compress(
+        round_key, updates,
+        take(state.residual) if self.sampling and self.compression.error_feedback
+        else state.residual)
+    if self.compression.error_feedback:
+      residual = state.residual.at[sampled].set(residual) if self.sampling else residual
+      residual = sharding.constrain(residual, sharding.P(sharding.CLIENTS, None))
     # A mesh with a clients axis: each device trains its own clients (rows), then the updates
     # move to coordinate columns in one all-to-all for the attack and the rule (no-ops otherwise).
     momentum = sharding.constrain(momentum, sharding.P(sharding.CLIENTS, None))
@@ -539,8 +562,8 @@ class Simulator:
       agg_kwargs["present"] = present
     if server_update is not None:
       agg_kwargs["server_update"] = server_update
-    server_rule = lambda u: self.aggregator.apply(u, state.aggregator_state, k_aggregator,
-                                                  weights, **agg_kwargs)[0]
+    server_rule = lambda u: self._aggregate(u, state.aggregator_state, k_aggregator, weights,
+                                            coords, agg_kwargs)[0]
     attack_states = list(state.attack_state)
     if len(behaviours) == 1:
       if self.attack.poison is not None:
@@ -553,8 +576,10 @@ class Simulator:
           poisoned, attack_states[k] = attack.poison(jax.random.fold_in(k_attack, k), clean,
                                                      roles[:, k], attack_states[k], server_rule)
           updates = jnp.where(roles[:, k, None], poisoned, updates)
-    aggregate, aggregator_state, aux = self.aggregator.apply(
-        updates, state.aggregator_state, k_aggregator, weights, **agg_kwargs)
+    if self.compression.on:  # what the server decodes from every row (Byzantine ones cut too)
+      updates = compression_lib.project(updates, self.compression, coords[0])
+    aggregate, aggregator_state, aux = self._aggregate(
+        updates, state.aggregator_state, k_aggregator, weights, coords, agg_kwargs)
     if present is not None:  # too few clients present for the declared f: the round is skipped
       enough = jnp.sum(present) > 2 * (self.aggregator.f or 0)
       aggregate = jnp.where(enough, aggregate, jnp.zeros_like(aggregate))
@@ -568,7 +593,39 @@ class Simulator:
     steps, opt_state = self.server_optimizer.update(aggregate, state.server_opt_state, state.params)
     params = optax.apply_updates(state.params, steps)
     return RunState(params, opt_state, momentum, aggregator_state, tuple(attack_states),
-                    state.round + 1, server_momentum, personal), aux
+                    state.round + 1, server_momentum, personal, residual), aux
+
+  def _privatize_and_compress(self, round_key, updates, residual):
+    """(sent `[n, d]`, new residual, (mask, shared index)): each client's privacy mechanism and
+    compressor on its update plus its error-feedback residual (`compression_lib` module doc:
+    a data-independent sparsifier selects first and privatizes the k coordinates it sends; the
+    other compressors compress the privatized vector)."""
+    spec = self.compression
+    if spec.error_feedback:
+      updates = updates + residual
+    n, d = updates.shape
+    mask, shared_idx = compression_lib.coordinates(
+        jax.random.fold_in(round_key, _COORDINATES_TAG), spec, n, d)
+    if self.privacy_clip:  # each client privatizes what it sends (absent rows are zeroed below)
+      updates = privacy.clip_and_noise(jax.random.fold_in(round_key, _PRIVACY_TAG), updates,
+                                       clip=self.privacy_clip, noise_multiplier=self.privacy_noise,
+                                       coordinates=mask)
+    sent = compression_lib.compress(jax.random.fold_in(round_key, _COMPRESSION_TAG), updates,
+                                    spec, mask)
+    return sent, (updates - sent if spec.error_feedback else residual), (mask, shared_idx)
+
+  def _aggregate(self, updates, aggregator_state, key, weights, coords, agg_kwargs):
+    """The aggregator on the decoded rows `[n, d]`, or, with `aggregate_in="k"`, on their
+    shared coordinates `[n, k]` (O(n·k) work), its aggregate scattered back into `[d]`."""
+    if self.compression.aggregate_in != "k":
+      return self.aggregator.apply(updates, aggregator_state, key, weights, **agg_kwargs)
+    idx = coords[1]
+    server_update = agg_kwargs.get("server_update")
+    kwargs = dict(agg_kwargs, **({} if server_update is None
+                                 else {"server_update": server_update[idx]}))
+    small, state, aux = self.aggregator.apply(updates[:, idx], aggregator_state, key, weights,
+                                              **kwargs)
+    return jnp.zeros((updates.shape[1],), small.dtype).at[idx].set(small), state, aux
 
   def behaviour_codes(self, masks: jax.Array, keys: jax.Array) -> jax.Array:
     """`[S, n]` int32 behaviour of every client in each draw (0 honest, k the k-th behaviour of

@@ -180,3 +180,24 @@ def meamed(updates: jax.Array, *, f: int) -> jax.Array:
     best_sum = jnp.where(take, sums[j + k] - sums[j], best_sum)
     found |= valid
   return best_sum / k
+
+
+def majority_vote(updates: jax.Array) -> jax.Array:
+  """signSGD's majority vote with a robust scale: sign(Σ_i sign(x_i)) · median_i ‖x_i‖₁/d.
+
+  Bernstein, Zhao, Azizzadenesheli, Anandkumar, "signSGD with majority vote is communication
+  efficient and fault tolerant", ICLR 2019: each coordinate moves by the sign most clients
+  agree on (0 on a tie). The step length is the median over the clients of their mean absolute
+  coordinate (for scaled-sign rows sign(x)·s_i, the median of the s_i), so that a few huge
+  rows cannot set it; with sign compression (`compression` "sign") this is the decoded
+  majority vote of the clients' scaled signs.
+
+  Non-finite input: a row with a NaN or ±inf entry takes no part (neither in the vote nor in
+  the scale); NaN when no row is finite. Cost: one pass over `[n, d]` and a median of n norms.
+  """
+  n, _ = base.check_updates(updates, "majority_vote")
+  finite = base.finite_rows(updates)
+  clean = base.zero_nonfinite_rows(updates, finite)
+  votes = jnp.ones((n,), updates.dtype) @ jnp.sign(clean)
+  scales = jnp.where(finite, jnp.mean(jnp.abs(clean), axis=1), jnp.nan)
+  return jnp.sign(votes) * jnp.nanmedian(scales)

@@ -46,6 +46,7 @@ from fedjax_robust.aggregators.fltrust import fltrust_with_share
 from fedjax_robust.aggregators import prior_aware
 from fedjax_robust.aggregators import clipping
 from fedjax_robust.aggregators.coordinatewise import coordinate_median
+from fedjax_robust.aggregators.coordinatewise import majority_vote
 from fedjax_robust.aggregators.coordinatewise import meamed
 from fedjax_robust.aggregators.coordinatewise import trimmed_mean
 from fedjax_robust.aggregators.geometric_median import rfa_one_step
@@ -129,6 +130,7 @@ _RULES: dict[str, _Entry] = {
     "coordinate_median": _Entry(coordinate_median, "rule"),
     "trimmed_mean": _Entry(trimmed_mean, "rule"),
     "meamed": _Entry(meamed, "rule"),
+    "majority_vote": _Entry(majority_vote, "rule"),
     "geometric_median": _Entry(
         weiszfeld, "rule", lambda r: (r.median, {"gm_iterations": r.num_iterations}),
         {"nu": D.POSITIVE, "maxiter": D.Int(1, note="0 would make the rule the mean"),
