@@ -427,7 +427,7 @@ def resolve_privacy(config):
       sigma = privacy.noise_for_epsilon(p.target_epsilon, rounds, p.delta, p.accountant)
     except ValueError as e:
       raise ConfigError(f"privacy.target_epsilon={p.target_epsilon!r}: no noise multiplier in "
-                        f"[{privacy.SIGMA_RANGE[0]:g}, {privacy.SIGMA_RANGE[1]:g}] reaches it over {rounds} rounds at delta={p.delta:g} ({e})"
+                        f"[{privacy.SIGMA_RANGE['client'][0]:g}, {privacy.SIGMA_RANGE['client'][1]:g}] reaches it over {rounds} rounds at delta={p.delta:g} ({e})"
                         ) from None
     config = config.copy_and_resolve_references()
     with config.unlocked():

@@ -5,7 +5,9 @@ One round, for one draw of the honest set (mask `honest [n]`):
   1. every client starts from the global model θ and runs K local SGD steps on minibatches of its
      own data with worker momentum m_i ← β m_i + (1 − β) g_i, θ_i ← θ_i − η m_i (RESAM,
      Farhadkhani et al. ICML 2022; ByzFL's D-SGD), vmapped over the client axis; Byzantine
-     clients under a data-poisoning attack train on poisoned minibatches;
+     clients under a data-poisoning attack train on poisoned minibatches; with example-level
+     DP every step's gradient is DP-SGD's (Poisson-sampled minibatch, per-example clipping,
+     Gaussian noise; `fedjax_robust.privacy`);
   2. updates u_i = θ − θ_i^K are stacked into `[n, d]` (for K = 1: u_i = η m_i);
   3. a model-poisoning attack replaces the Byzantine rows (adaptive attacks may query the
      server's aggregation of this round, its state and randomness included);
@@ -57,6 +59,7 @@ _BEHAVIOUR_TAG = 2 ** 30 + 2
 _PRESENCE_TAG = 2 ** 30 + 3
 _SAMPLING_TAG = 2 ** 30 + 4
 _PRIVACY_TAG = 2 ** 30 + 5
+_DP_SGD_TAG = 2 ** 30 + 6  # folded into a local step's key
 
 
 def assign_behaviours(key: jax.Array, honest: jax.Array, probs) -> jax.Array:
@@ -256,6 +259,12 @@ class Simulator:
   # 0: off.
   privacy_clip: float = 0.0
   privacy_noise: float = 0.0
+  # Example-level DP (DP-SGD, `privacy` kind "example"): every client's local step takes a
+  # Poisson-sampled minibatch (rate min(1, B/m_i), B = local.batch_size), clips each example's
+  # gradient to L2 norm `dp_sgd_clip`, sums them, adds N(0, (dp_sgd_noise·dp_sgd_clip)²) per
+  # coordinate and divides by B (`privacy.noisy_clipped_sum`). 0: off.
+  dp_sgd_clip: float = 0.0
+  dp_sgd_noise: float = 0.0
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -277,6 +286,16 @@ class Simulator:
       probs = [p for _, p in self.population]
       if any(p <= 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
         raise ValueError(f"population probabilities must be > 0 and sum to 1, got {probs}.")
+    if self.dp_sgd_clip:
+      if self.local.batch_size < 1 or self.local.local_epochs:
+        raise ValueError(f"DP-SGD samples each local step's minibatch by Poisson sampling at "
+                         f"rate B/m_i: it needs local_steps with batch_size B >= 1, got "
+                         f"batch_size={self.local.batch_size}, local_epochs="
+                         f"{self.local.local_epochs}.")
+      biased = [a.name for a in self.behaviours if a.sample_weights is not None]
+      if biased:
+        raise ValueError(f"DP-SGD samples every example with the same probability; "
+                         f"{', '.join(biased)} samples its minibatches with other weights.")
     if getattr(self.aggregator, "needs_server_update", False) and self.root is None:
       raise ValueError(f"aggregator {self.aggregator.name!r} compares with a server update on "
                        "root data; the simulator has no root data set.")
@@ -354,6 +373,10 @@ class Simulator:
   def _penalty(self, params):
     return 0.5 * self.l2 * jnp.sum(params ** 2) if self.l2 else 0.0
 
+  def _example_loss(self, params, x, y):
+    """The data loss of one example (`x` without its batch axis), without the ℓ2 term."""
+    return self._data_loss(self.logits(params, x[None]), y[None], jnp.ones((1,), bool))
+
   @staticmethod
   def _without_padding(x, y, valid):
     """Padding zeroed before the model sees it: masking only the loss would still let NaN or
@@ -362,13 +385,15 @@ class Simulator:
     return jnp.where(keep, x, 0.0), jnp.where(valid, y, 0)
 
   def local_update(self, params, momentum, x, y, count, key, byzantine, fault_key=None,
-                   lr=None):
+                   lr=None, example_dp=True):
     """One client's local work (`LocalTraining`: K steps or E epochs, at learning rate `lr`,
     default the constant η); returns (update θ − θ̄ `[d]`, new momentum `[d]`).
 
     `byzantine`: whether the client runs the attack (a bool), or `[K]` bools, which behaviour
     of the population it runs. `fault_key`: the client's key of data faults for the draw
-    (`fault_keys`; needed when a behaviour corrupts data)."""
+    (`fault_keys`; needed when a behaviour corrupts data). `example_dp`: whether the
+    simulator's DP-SGD (`dp_sgd_clip` > 0) applies (False: the server's own update on its root
+    data, which no client owns)."""
     cfg = self.local
     lr = cfg.lr if lr is None else lr
     roles = jnp.atleast_1d(byzantine)
@@ -413,6 +438,24 @@ class Simulator:
       xb, yb = poisoned(k_poison, x[idx], y[idx], idx)
       return jax.grad(self._loss)(p, xb, yb, jnp.ones((cfg.batch_size,), bool))
 
+    def private_gradient(p, k):
+      """DP-SGD's gradient (Abadi et al. 2016): the step's Poisson-sampled minibatch
+      (`privacy.poisson_sample`, key fold_in(k, _DP_SGD_TAG)), each example's gradient over all
+      m_max positions (vmapped; padding never sampled), clipped to C, summed, plus
+      N(0, σ²C²·I), divided by B. Data poisoning applies to the examples as in `gradient`. The
+      ℓ2 term is data-independent: its gradient λθ is added after the noise, unclipped
+      (post-processing, no privacy cost)."""
+      _, k_poison = jax.random.split(k)
+      k_sample, k_noise = jax.random.split(jax.random.fold_in(k, _DP_SGD_TAG))
+      xb, yb = poisoned(k_poison, *self._without_padding(x, y, valid), jnp.arange(x.shape[0]))
+      per_example = jax.vmap(jax.grad(self._example_loss), in_axes=(None, 0, 0))(p, xb, yb)
+      included = privacy.poisson_sample(k_sample, count, x.shape[0], cfg.batch_size)
+      g = privacy.noisy_clipped_sum(k_noise, per_example, included, clip=self.dp_sgd_clip,
+                                    noise_multiplier=self.dp_sgd_noise) / cfg.batch_size
+      return g + jax.grad(self._penalty)(p) if self.l2 else g
+
+    step_gradient = private_gradient if self.dp_sgd_clip and example_dp else gradient
+
     def epoch_gradient(p, k, idx, real):
       """The gradient on one minibatch of an epoch (positions past the data masked; a biased
       client weights its examples by its sampling weights)."""
@@ -443,7 +486,7 @@ class Simulator:
       p, m, done, tail_sum = carry
       k, idx_, real_ = inp
       if idx_ is None:
-        g = gradient(p, k)
+        g = step_gradient(p, k)
         m_new = cfg.momentum * m + (1 - cfg.momentum) * g
         p_new, active = p - lr * m_new, jnp.array(True)
       else:
@@ -533,7 +576,8 @@ class Simulator:
       root_x, root_y = self.root
       server_update, server_momentum = self.local_update(
           state.params, state.server_momentum, jnp.asarray(root_x), jnp.asarray(root_y),
-          root_y.shape[0], jax.random.fold_in(round_key, self.num_clients), False, lr=lr)
+          root_y.shape[0], jax.random.fold_in(round_key, self.num_clients), False, lr=lr,
+          example_dp=False)
     agg_kwargs = {}
     if present is not None:
       agg_kwargs["present"] = present
