@@ -41,7 +41,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-KINDS = ("none", "client")
+KINDS = ("none", "client", "example")
 ACCOUNTANTS = ("pld", "rdp")
 # The noise multipliers the calibration searches, per kind (a target needing less noise is
 # refused). DP-SGD's floor 0.3: TensorFlow Privacy's tutorials (tutorials/README.md) note that σ
