@@ -183,10 +183,13 @@ def base_config() -> ml_collections.ConfigDict:
       # convex with μ = λ; the reported losses include it).
       "l2": 0.0,
   })
-  # Client-level differential privacy (fedjax_robust.privacy): kind "client" clips every sent
-  # update to L2 norm `clip` and adds N(0, (noise_multiplier·clip)²) noise per coordinate, on the
-  # client, before the attack sees it; ε at `delta` for the run by dp-accounting's `accountant`.
-  # target_epsilon > 0 sets noise_multiplier to the smallest σ reaching it.
+  # Differential privacy (fedjax_robust.privacy): kind "client" clips every sent update to L2
+  # norm `clip` and adds N(0, (noise_multiplier·clip)²) noise per coordinate, on the client,
+  # before the attack sees it; kind "example" (DP-SGD) does so to each example's gradient inside
+  # every local step, on Poisson-sampled minibatches of expected size training.batch_size, the
+  # noisy sum divided by it. ε at `delta` for the run by dp-accounting's `accountant` (for
+  # "example": the client with the fewest examples). target_epsilon > 0 sets noise_multiplier to
+  # the smallest σ reaching it.
   c.privacy = ml_collections.ConfigDict({
       "kind": "none", "clip": 1.0, "noise_multiplier": 1.0, "target_epsilon": 0.0,
       "delta": 1e-5, "accountant": "pld"})
@@ -254,7 +257,8 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "server_prior.weights": D.Choice(*server_prior.WEIGHTS),
     "draw_condition": D.Choice(*honest_sets.CONDITIONS),
     "privacy.kind": D.Choice(*privacy.KINDS),
-    "privacy.clip": D.Float(0, low_open=True, note="L2 norm every sent update is clipped to"),
+    "privacy.clip": D.Float(0, low_open=True, note="L2 norm every sent update (kind 'client') "
+                            "or every example's gradient (kind 'example') is clipped to"),
     "privacy.noise_multiplier": D.Float(0, note="σ: noise std σ·clip per coordinate"),
     "privacy.target_epsilon": D.Float(0, note="0: use noise_multiplier"),
     "privacy.delta": D.Float(0, 1, low_open=True, high_open=True),
@@ -461,50 +465,92 @@ def describe_compression(info: dict) -> str:
 
 
 def privacy_fields(config) -> dict:
-  """The Simulator's client-level DP settings (`privacy_clip` 0: off); a target ε must have been
-  resolved into noise_multiplier first (`resolve_privacy`)."""
+  """The Simulator's DP settings: client-level (`privacy_clip`) or example-level (`dp_sgd_clip`)
+  clip and noise multiplier, none when privacy is off; a target ε must have been resolved into
+  noise_multiplier first (`resolve_privacy`)."""
   p = config.privacy
   if p.kind == "none":
     return {}
   if p.target_epsilon:
     raise ValueError("privacy.target_epsilon is resolved by resolve_privacy before the simulator")
-  return {"privacy_clip": float(p.clip), "privacy_noise": float(p.noise_multiplier)}
+  prefix = "privacy" if p.kind == "client" else "dp_sgd"
+  return {f"{prefix}_clip": float(p.clip), f"{prefix}_noise": float(p.noise_multiplier)}
 
 
-def resolve_privacy(config):
+def resolve_privacy(config, counts: np.ndarray | None = None):
   """(config, info): with privacy on, the noise multiplier for privacy.target_epsilon (when
-  set; the returned config carries it and target 0) and the run's ε at δ from the accountant
-  (`privacy.epsilon`, composed over training.num_rounds). info is None when privacy is off."""
+  set; the returned config carries it and target 0) and the run's ε at δ from the accountant;
+  info is None when privacy is off.
+
+  "client": `privacy.epsilon`, composed over T = training.num_rounds. "example" (DP-SGD) needs
+  the clients' training example counts m_i (`counts`, known once the data are loaded): a
+  client's T·K local steps at rate q_i = min(1, B/m_i) (`privacy.dp_sgd_epsilon`); ε grows with
+  q_i, so ε and the calibration are those of the client with the fewest examples, the largest
+  ε of any client."""
   p = config.privacy
   if p.kind == "none":
     return config, None
   rounds = config.training.num_rounds
+  sampling = {}  # DP-SGD's: B, q, the fewest examples, K and T·K
+  if p.kind == "client":
+    epsilon_of = lambda s: privacy.epsilon(s, rounds, p.delta, p.accountant)
+    calibrate = lambda: privacy.noise_for_epsilon(p.target_epsilon, rounds, p.delta,
+                                                  p.accountant)
+    horizon = f"over {rounds} rounds"
+  else:
+    if counts is None:
+      raise ValueError("privacy.kind='example' is resolved with the clients' example counts, "
+                       "after the data are loaded")
+    counts = np.asarray(counts)
+    batch, fewest = int(config.training.batch_size), int(counts.min())
+    q = privacy.dp_sgd_rate(batch, fewest)
+    local_steps = make_local_training(config).steps(int(counts.max()))
+    steps = rounds * local_steps
+    sampling = {"batch_size": batch, "sampling_rate": q, "fewest_examples": fewest,
+                "local_steps": local_steps, "steps": steps}
+    epsilon_of = lambda s: privacy.dp_sgd_epsilon(q, s, steps, p.delta, p.accountant)
+    calibrate = lambda: privacy.dp_sgd_noise_for_epsilon(p.target_epsilon, q, steps, p.delta,
+                                                         p.accountant)
+    horizon = (f"over {rounds} rounds × {local_steps} local steps at sampling rate q = min(1, "
+               f"{batch}/{fewest}) = {q:.4g} (B over the fewest examples of a client)")
   sigma = float(p.noise_multiplier)
   if p.target_epsilon:
+    low, high = privacy.SIGMA_RANGE[p.kind]
     try:
-      sigma = privacy.noise_for_epsilon(p.target_epsilon, rounds, p.delta, p.accountant)
+      sigma = calibrate()
     except ValueError as e:
       raise ConfigError(f"privacy.target_epsilon={p.target_epsilon!r}: no noise multiplier in "
-                        f"[{privacy.SIGMA_RANGE[0]:g}, {privacy.SIGMA_RANGE[1]:g}] reaches it over {rounds} rounds at delta={p.delta:g} ({e})"
+                        f"[{low:g}, {high:g}] reaches it {horizon} at delta={p.delta:g} ({e})"
                         ) from None
     config = config.copy_and_resolve_references()
     with config.unlocked():
       config.privacy.noise_multiplier = sigma
       config.privacy.target_epsilon = 0.0
-  eps = (privacy.epsilon(sigma, rounds, p.delta, p.accountant) if sigma > 0 else float("inf"))
+  eps = epsilon_of(sigma) if sigma > 0 else float("inf")
   return config, {"kind": p.kind, "clip": float(p.clip), "noise_multiplier": sigma,
                   "delta": float(p.delta), "epsilon": eps, "accountant": p.accountant,
-                  "rounds": rounds, "target_epsilon": float(p.target_epsilon) or None}
+                  "rounds": rounds, "target_epsilon": float(p.target_epsilon) or None,
+                  **sampling}
 
 
 def describe_privacy(info: dict) -> str:
+  """One line: what is clipped and noised, σ (and its target), and ε at δ over what."""
+  noise = (f"plus N(0, ({info['noise_multiplier']:.4g}·{info['clip']:g})²) per coordinate"
+           + (f" (σ set for target ε = {info['target_epsilon']:g})" if info["target_epsilon"]
+              else ""))
+  accountant = info["accountant"].upper()
+  if info["kind"] == "example":
+    return (f"privacy: example-level DP (DP-SGD) in every client's local steps, Poisson-sampled "
+            f"minibatches of expected size B = {info['batch_size']} (rate q_i = min(1, B/m_i)), "
+            f"each example's gradient clipped to L2 norm {info['clip']:g}, {noise}, over B; "
+            f"ε = {info['epsilon']:.4g} at δ = {info['delta']:g} for the client with the fewest "
+            f"examples (m = {info['fewest_examples']}, q = {info['sampling_rate']:.4g}: the "
+            f"largest ε of any client) over T·K = {info['rounds']}·{info['local_steps']} = "
+            f"{info['steps']} steps ({accountant} accountant; every round composed, no "
+            "amplification by client sampling claimed)")
   return (f"privacy: client-level DP, every sent update clipped to L2 norm {info['clip']:g} "
-          f"plus N(0, ({info['noise_multiplier']:.4g}·{info['clip']:g})²) per coordinate"
-          + (f" (σ set for target ε = {info['target_epsilon']:g})" if info["target_epsilon"]
-             else "")
-          + f"; ε = {info['epsilon']:.4g} at δ = {info['delta']:g} over {info['rounds']} rounds "
-          f"({info['accountant'].upper()} accountant, local model: no amplification by "
-          "sampling claimed)")
+          f"{noise}; ε = {info['epsilon']:.4g} at δ = {info['delta']:g} over {info['rounds']} "
+          f"rounds ({accountant} accountant, local model: no amplification by sampling claimed)")
 
 
 def validate(config) -> None:
@@ -570,8 +616,9 @@ def _validate(config) -> None:
     except data_lib.DatasetUnavailableError as e:
       raise ConfigError(f"data.name={config.data.name!r}: {e}") from None
   behaviours = [name for name, _ in attacks.parse_population(config.attack)]
-  for name in behaviours:
-    attacks.get(name, num_classes=num_classes, options=config.attack_options.get(name, {}))
+  _validate_privacy(config, [attacks.get(name, num_classes=num_classes,
+                                         options=config.attack_options.get(name, {}))
+                             for name in behaviours])
   absences = [name for name in behaviours if name in faults.ABSENCE]
   if absences:
     for spec in specs:
@@ -659,6 +706,30 @@ def _validate_rounds(config, specs) -> None:
                       "tau_units='update' with local epochs.")
   make_server_optimizer(config)
   _validate_personalization(config, specs)
+
+
+def _validate_privacy(config, behaviours) -> None:
+  """DP-SGD's needs (privacy.kind='example'): local steps on Poisson-sampled minibatches of
+  expected size training.batch_size >= 1, every example of a client with the same probability
+  (no behaviour among `behaviours`, the population's attacks, that biases the sampling)."""
+  if config.privacy.kind != "example":
+    return
+  t = config.training
+  if t.batch_size < 1:
+    raise ConfigError(f"privacy.kind='example' (DP-SGD) samples every local step's minibatch "
+                      f"with expected size training.batch_size, got training.batch_size="
+                      f"{t.batch_size} (all local data); allowed: training.batch_size >= 1.")
+  if t.local_epochs:
+    raise ConfigError(f"privacy.kind='example' (DP-SGD) draws a Poisson-sampled minibatch at "
+                      f"every local step, which training.local_epochs={t.local_epochs} "
+                      "(shuffled epochs without replacement) replaces; allowed: "
+                      "training.local_epochs=0 (training.local_steps steps).")
+  biased = [a.name for a in behaviours if a.sample_weights is not None]
+  if biased:
+    raise ConfigError(f"attack={config.attack!r}: {', '.join(biased)} samples a client's "
+                      "minibatches with unequal weights, and privacy.kind='example' (DP-SGD) "
+                      "samples each of its examples with the same probability; allowed: "
+                      "behaviours without biased sampling, or privacy.kind 'client' or 'none'.")
 
 
 def _validate_personalization(config, specs) -> None:

@@ -217,17 +217,20 @@ def _pad_to(x: jax.Array, size: int) -> jax.Array:
 
 
 def local_batch_size(config, max_count: int | None = None) -> int:
-  """Examples per local step: `training.batch_size`, or (<= 0) the largest client's data."""
+  """Examples computed per local step: `training.batch_size`, or (<= 0) the largest client's
+  data; with DP-SGD (privacy.kind='example') every position of the largest client's data (each
+  example's gradient is computed, the Poisson-sampled ones kept)."""
   b = config.training.batch_size
-  return b if b > 0 else (max_count or 64)
+  return b if b > 0 and config.privacy.kind != "example" else (max_count or 64)
 
 
 def memory_per_draw(config, num_params: int, max_count: int | None = None) -> int:
   """Estimated bytes one draw needs: about 8 `[n, d]` float32 arrays (momentum, updates, an
   aggregator's working copies) plus the model's activations on every client's minibatch (taken
-  as 1024 floats per example)."""
-  n = config.num_clients
-  return 4 * (8 * n * num_params + n * max(local_batch_size(config, max_count), 64) * 1024)
+  as 1024 floats per example); with DP-SGD also the per-example gradients, `[n, m_max, d]`."""
+  n, batch = config.num_clients, local_batch_size(config, max_count)
+  per_example = n * batch * num_params if config.privacy.kind == "example" else 0
+  return 4 * (8 * n * num_params + n * max(batch, 64) * 1024 + per_example)
 
 
 def chunk_size(config, num_params: int, num_samples: int, max_count: int | None = None) -> int:
@@ -486,7 +489,8 @@ class Experiment:
   objectives: dict | None = None
   # The server's prior and what it set (server_prior.resolve), when config.server_prior is on.
   server_prior: dict | None = None
-  # Client-level DP: σ, clip, and the run's ε at δ (config_lib.resolve_privacy), when on.
+  # DP (client- or example-level): σ, clip, and the run's ε at δ with what it is over
+  # (config_lib.resolve_privacy), when on.
   privacy: dict | None = None
   # Compressed updates: kind, k, bits per round (config_lib.compression_info), when on.
   compression: dict | None = None
@@ -788,15 +792,16 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   config, prior_info = server_prior.resolve(config)
   if prior_info:
     log(server_prior.describe(prior_info))
-  config, privacy_info = config_lib.resolve_privacy(config)
-  if privacy_info:
-    log(config_lib.describe_privacy(privacy_info))
   fed = config_lib.make_data(config)
   max_count = int(fed.train.counts.max())
   log(f"data {fed.name}: {config.num_clients} clients, {int(fed.train.counts.sum())} training "
       f"examples (per client {int(fed.train.counts.min())}..{max_count}), "
       f"{fed.test_y.shape[0]} test examples, "
       + ("real targets (regression)" if fed.num_classes is None else f"{fed.num_classes} classes"))
+  # DP: σ for a target ε, and ε; DP-SGD's accounting needs the clients' example counts.
+  config, privacy_info = config_lib.resolve_privacy(config, np.asarray(fed.train.counts))
+  if privacy_info:
+    log(config_lib.describe_privacy(privacy_info))
   _, init_key, run_key = _keys(config)
   specs = config_lib.aggregator_specs(config)
   t = config.training
@@ -825,7 +830,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
       + (f"; {sharding.describe(mesh)}" if mesh is not None else "")
       + (f"; time ≈ {human_seconds(estimate)} (rough, from the work; refined as it runs)"
          if np.isfinite(estimate) else ""))
-  if t.batch_size > max_count:
+  if t.batch_size > max_count and config.privacy.kind != "example":  # DP-SGD: q = 1
     log(f"WARNING: training.batch_size={t.batch_size} exceeds every client's data (largest "
         f"client: {max_count} examples); minibatches are drawn with replacement, so each local "
         f"step processes {t.batch_size} examples per client: ≈ {_human_bytes(per_draw)} per draw, "

@@ -5,7 +5,9 @@ One round, for one draw of the honest set (mask `honest [n]`):
   1. every client starts from the global model θ and runs K local SGD steps on minibatches of its
      own data with worker momentum m_i ← β m_i + (1 − β) g_i, θ_i ← θ_i − η m_i (RESAM,
      Farhadkhani et al. ICML 2022; ByzFL's D-SGD), vmapped over the client axis; Byzantine
-     clients under a data-poisoning attack train on poisoned minibatches;
+     clients under a data-poisoning attack train on poisoned minibatches; with example-level
+     DP every step's gradient is DP-SGD's (Poisson-sampled minibatch, per-example clipping,
+     Gaussian noise; `fedjax_robust.privacy`);
   2. updates u_i = θ − θ_i^K are stacked into `[n, d]` (for K = 1: u_i = η m_i);
   3. a model-poisoning attack replaces the Byzantine rows (adaptive attacks may query the
      server's aggregation of this round, its state and randomness included);
@@ -60,6 +62,7 @@ _SAMPLING_TAG = 2 ** 30 + 4
 _PRIVACY_TAG = 2 ** 30 + 5
 _COMPRESSION_TAG = 2 ** 30 + 6
 _COORDINATES_TAG = 2 ** 30 + 7
+_DP_SGD_TAG = 2 ** 30 + 8  # folded into a local step's key
 
 
 def assign_behaviours(key: jax.Array, honest: jax.Array, probs) -> jax.Array:
@@ -265,6 +268,12 @@ class Simulator:
   # privacy mechanism (before it for the coordinates of a data-independent sparsifier), and the
   # space the rule aggregates in.
   compression: compression_lib.Compression = compression_lib.Compression()
+  # Example-level DP (DP-SGD, `privacy` kind "example"): every client's local step takes a
+  # Poisson-sampled minibatch (rate min(1, B/m_i), B = local.batch_size), clips each example's
+  # gradient to L2 norm `dp_sgd_clip`, sums them, adds N(0, (dp_sgd_noise·dp_sgd_clip)²) per
+  # coordinate and divides by B (`privacy.noisy_clipped_sum`). 0: off.
+  dp_sgd_clip: float = 0.0
+  dp_sgd_noise: float = 0.0
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -294,6 +303,16 @@ class Simulator:
       raise ValueError(f"compression.aggregate_in='k': aggregator {self.aggregator.name!r} "
                        "keeps a state across rounds in d, which a rule working on the round's "
                        "shared coordinates cannot; use aggregate_in='d'.")
+    if self.dp_sgd_clip:
+      if self.local.batch_size < 1 or self.local.local_epochs:
+        raise ValueError(f"DP-SGD samples each local step's minibatch by Poisson sampling at "
+                         f"rate B/m_i: it needs local_steps with batch_size B >= 1, got "
+                         f"batch_size={self.local.batch_size}, local_epochs="
+                         f"{self.local.local_epochs}.")
+      biased = [a.name for a in self.behaviours if a.sample_weights is not None]
+      if biased:
+        raise ValueError(f"DP-SGD samples every example with the same probability; "
+                         f"{', '.join(biased)} samples its minibatches with other weights.")
     if getattr(self.aggregator, "needs_server_update", False) and self.root is None:
       raise ValueError(f"aggregator {self.aggregator.name!r} compares with a server update on "
                        "root data; the simulator has no root data set.")
@@ -373,6 +392,10 @@ class Simulator:
   def _penalty(self, params):
     return 0.5 * self.l2 * jnp.sum(params ** 2) if self.l2 else 0.0
 
+  def _example_loss(self, params, x, y):
+    """The data loss of one example (`x` without its batch axis), without the ℓ2 term."""
+    return self._data_loss(self.logits(params, x[None]), y[None], jnp.ones((1,), bool))
+
   @staticmethod
   def _without_padding(x, y, valid):
     """Padding zeroed before the model sees it: masking only the loss would still let NaN or
@@ -381,13 +404,17 @@ class Simulator:
     return jnp.where(keep, x, 0.0), jnp.where(valid, y, 0)
 
   def local_update(self, params, momentum, x, y, count, key, byzantine, fault_key=None,
-                   lr=None):
+                   lr=None, example_dp=True, coordinates=None):
     """One client's local work (`LocalTraining`: K steps or E epochs, at learning rate `lr`,
     default the constant η); returns (update θ − θ̄ `[d]`, new momentum `[d]`).
 
     `byzantine`: whether the client runs the attack (a bool), or `[K]` bools, which behaviour
     of the population it runs. `fault_key`: the client's key of data faults for the draw
-    (`fault_keys`; needed when a behaviour corrupts data)."""
+    (`fault_keys`; needed when a behaviour corrupts data). `example_dp`: whether the
+    simulator's DP-SGD (`dp_sgd_clip` > 0) applies (False: the server's own update on its root
+    data, which no client owns). `coordinates` (bool `[d]`, or None): with DP-SGD, the
+    coordinates the client sends this round (a data-independent sparsifier's): each step's
+    per-example gradients are restricted to them before clipping and noised on them only."""
     cfg = self.local
     lr = cfg.lr if lr is None else lr
     roles = jnp.atleast_1d(byzantine)
@@ -432,6 +459,25 @@ class Simulator:
       xb, yb = poisoned(k_poison, x[idx], y[idx], idx)
       return jax.grad(self._loss)(p, xb, yb, jnp.ones((cfg.batch_size,), bool))
 
+    def private_gradient(p, k):
+      """DP-SGD's gradient (Abadi et al. 2016): the step's Poisson-sampled minibatch
+      (`privacy.poisson_sample`, key fold_in(k, _DP_SGD_TAG)), each example's gradient over all
+      m_max positions (vmapped; padding never sampled), clipped to C, summed, plus
+      N(0, σ²C²·I), divided by B. Data poisoning applies to the examples as in `gradient`. The
+      ℓ2 term is data-independent: its gradient λθ is added after the noise, unclipped
+      (post-processing, no privacy cost)."""
+      _, k_poison = jax.random.split(k)
+      k_sample, k_noise = jax.random.split(jax.random.fold_in(k, _DP_SGD_TAG))
+      xb, yb = poisoned(k_poison, *self._without_padding(x, y, valid), jnp.arange(x.shape[0]))
+      per_example = jax.vmap(jax.grad(self._example_loss), in_axes=(None, 0, 0))(p, xb, yb)
+      included = privacy.poisson_sample(k_sample, count, x.shape[0], cfg.batch_size)
+      g = privacy.noisy_clipped_sum(k_noise, per_example, included, clip=self.dp_sgd_clip,
+                                    noise_multiplier=self.dp_sgd_noise,
+                                    coordinates=coordinates) / cfg.batch_size
+      return g + jax.grad(self._penalty)(p) if self.l2 else g
+
+    step_gradient = private_gradient if self.dp_sgd_clip and example_dp else gradient
+
     def epoch_gradient(p, k, idx, real):
       """The gradient on one minibatch of an epoch (positions past the data masked; a biased
       client weights its examples by its sampling weights)."""
@@ -462,7 +508,7 @@ class Simulator:
       p, m, done, tail_sum = carry
       k, idx_, real_ = inp
       if idx_ is None:
-        g = gradient(p, k)
+        g = step_gradient(p, k)
         m_new = cfg.momentum * m + (1 - cfg.momentum) * g
         p_new, active = p - lr * m_new, jnp.array(True)
       else:
@@ -515,11 +561,23 @@ class Simulator:
     client_roles = roles if self.population else byzantine
     lr = None if self.local.lr_schedule == "constant" else self.local.lr_at(state.round)
     start = self.full_params(state.params, personal_in)  # [d], or [n, d] with personal heads
+    # The coordinates of a data-independent sparsifier (`[n, d_s]` or `[d_s]`), known to the
+    # clients before they train: DP-SGD then privatizes those coordinates only.
+    coords = compression_lib.coordinates(jax.random.fold_in(round_key, _COORDINATES_TAG),
+                                         self.compression, byzantine.shape[0], self.num_shared)
+    subspace = None
+    if self.dp_sgd_clip and coords[0] is not None:
+      subspace = coords[0]
+      if self.personal_head:  # the personal head is trained (and privatized) whole
+        subspace = jnp.ones(subspace.shape[:-1] + (self.num_params,), bool).at[
+            ..., self._shared_idx].set(subspace)
     updates, momentum = jax.vmap(self.local_update,
                                  in_axes=(0 if self.personal_head else None, 0, 0, 0, 0, 0, 0,
-                                          0 if needs_fault_keys else None, None))(
+                                          0 if needs_fault_keys else None, None, None,
+                                          None if subspace is None or subspace.ndim == 1
+                                          else 0))(
         start, momentum_in, train.x, train.y, train.counts, client_keys, client_roles,
-        faults_, lr)
+        faults_, lr, True, subspace)
     personal = state.personal
     if self.personal_head:  # the head stays with the client; only the shared part is sent
       new_personal = personal_in - updates[:, self._personal_idx]
@@ -528,8 +586,8 @@ class Simulator:
                   else new_personal)
     if self.sampling:  # the others keep their momentum
       momentum = state.momentum.at[sampled].set(momentum)
-    updates, residual, coords = self._privatize_and_compress(
-        round_key, updates,
+    updates, residual = self._privatize_and_compress(
+        round_key, updates, coords,
         take(state.residual) if self.sampling and self.compression.error_feedback
         else state.residual)
     if self.compression.error_feedback:
@@ -556,7 +614,8 @@ class Simulator:
       root_x, root_y = self.root
       server_update, server_momentum = self.local_update(
           state.params, state.server_momentum, jnp.asarray(root_x), jnp.asarray(root_y),
-          root_y.shape[0], jax.random.fold_in(round_key, self.num_clients), False, lr=lr)
+          root_y.shape[0], jax.random.fold_in(round_key, self.num_clients), False, lr=lr,
+          example_dp=False)
     agg_kwargs = {}
     if present is not None:
       agg_kwargs["present"] = present
@@ -595,24 +654,22 @@ class Simulator:
     return RunState(params, opt_state, momentum, aggregator_state, tuple(attack_states),
                     state.round + 1, server_momentum, personal, residual), aux
 
-  def _privatize_and_compress(self, round_key, updates, residual):
-    """(sent `[n, d]`, new residual, (mask, shared index)): each client's privacy mechanism and
-    compressor on its update plus its error-feedback residual (`compression_lib` module doc:
-    a data-independent sparsifier selects first and privatizes the k coordinates it sends; the
-    other compressors compress the privatized vector)."""
+  def _privatize_and_compress(self, round_key, updates, coords, residual):
+    """(sent `[n, d]`, new residual): each client's privacy mechanism and compressor on its
+    update plus its error-feedback residual (`compression_lib` module doc: a data-independent
+    sparsifier selects its coordinates `coords` = (mask, shared index) first and privatizes
+    the k coordinates it sends; the other compressors compress the privatized vector)."""
     spec = self.compression
     if spec.error_feedback:
       updates = updates + residual
-    n, d = updates.shape
-    mask, shared_idx = compression_lib.coordinates(
-        jax.random.fold_in(round_key, _COORDINATES_TAG), spec, n, d)
+    mask = coords[0]
     if self.privacy_clip:  # each client privatizes what it sends (absent rows are zeroed below)
       updates = privacy.clip_and_noise(jax.random.fold_in(round_key, _PRIVACY_TAG), updates,
                                        clip=self.privacy_clip, noise_multiplier=self.privacy_noise,
                                        coordinates=mask)
     sent = compression_lib.compress(jax.random.fold_in(round_key, _COMPRESSION_TAG), updates,
                                     spec, mask)
-    return sent, (updates - sent if spec.error_feedback else residual), (mask, shared_idx)
+    return sent, (updates - sent if spec.error_feedback else residual)
 
   def _aggregate(self, updates, aggregator_state, key, weights, coords, agg_kwargs):
     """The aggregator on the decoded rows `[n, d]`, or, with `aggregate_in="k"`, on their

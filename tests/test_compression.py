@@ -138,7 +138,8 @@ def test_error_feedback_sends_everything_eventually():
   total_in, total_sent = np.zeros((n, d)), np.zeros((n, d))
   for t in range(5):
     x = rng.normal(size=(n, d)).astype(np.float32)
-    sent, new, _ = sim._privatize_and_compress(jax.random.key(t), jnp.asarray(x), residual)
+    sent, new = sim._privatize_and_compress(jax.random.key(t), jnp.asarray(x), (None, None),
+                                            residual)
     np.testing.assert_allclose(np.asarray(new), x + np.asarray(residual) - np.asarray(sent),
                                atol=1e-6)
     assert np.all(np.count_nonzero(np.asarray(sent), axis=1) == 3)
@@ -270,3 +271,23 @@ def test_byzantine_rows_are_cut_to_the_wire_format():
   honest = np.asarray(C.scaled_sign(jnp.asarray(x[1:])))
   np.testing.assert_array_equal(
       np.asarray(C.project(jnp.asarray(honest), C.Compression(kind="sign"), None)), honest)
+
+
+def test_dp_sgd_on_the_sent_coordinates_clips_and_noises_only_them():
+  g = np.zeros((6, 100), np.float32)
+  g[:, :4] = 2.0  # restricted to coordinates 2..51: norm √(2·4) = 2√2, clipped to 1
+  coords = np.zeros(100, bool)
+  coords[2:52] = True
+  included = np.array([True, True, False, True, True, True])
+  out = np.asarray(privacy.noisy_clipped_sum(jax.random.key(0), jnp.asarray(g),
+                                             jnp.asarray(included), clip=1.0,
+                                             noise_multiplier=0.0,
+                                             coordinates=jnp.asarray(coords)))
+  want = np.zeros(100)
+  want[2:4] = 5 * 2.0 / math.sqrt(8)
+  np.testing.assert_allclose(out, want, rtol=1e-6)
+  noisy = np.asarray(jax.vmap(lambda k: privacy.noisy_clipped_sum(
+      k, jnp.zeros((3, 100)), jnp.ones(3, bool), clip=2.0, noise_multiplier=0.5,
+      coordinates=jnp.asarray(coords)))(jax.random.split(jax.random.key(1), 400)))
+  assert np.all(noisy[:, ~coords] == 0)
+  assert abs(noisy[:, coords].std() - 1.0) < 0.02  # σC = 1 on 20,000 values
