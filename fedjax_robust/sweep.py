@@ -391,7 +391,9 @@ def run(base, points: Sequence[Point], workdir: str, *,
     if sharding.is_writer():  # multi-host: process 0 writes, every process keeps the rows
       with open(config_path(workdir, pid) + ".tmp", "w") as fh:
         json.dump({"point": pid, "tags": dict(point.tags), "config": summary["config"],
-                   "provenance": record}, fh, indent=1, allow_nan=True)
+                   "provenance": record,
+                   **{k: summary[k] for k in ("privacy", "compression") if k in summary}},
+                  fh, indent=1, allow_nan=True)
       os.replace(config_path(workdir, pid) + ".tmp", config_path(workdir, pid))
       save_point(point_path(workdir, pid), tags=json.dumps(dict(point.tags)),
                  num_byzantine=counts, provenance=json.dumps(record),

@@ -1,0 +1,116 @@
+"""Privacy × compression × robust rule on digits under ALIE (issue 18's table).
+
+The default job's setting (digits, Dirichlet α = 1, n = 25, Bernoulli(p = 0.15), declared f = 5,
+ALIE z = 3, 200 rounds), 64 draws, on the same draws in every cell:
+
+  - privacy: none, or DP-SGD (example-level, `privacy.kind = "example"`: Poisson-sampled
+    minibatches of expected size B = 32, per-example clipping to C = 1, Gaussian noise) with σ
+    calibrated to ε = 8 or ε = 1 at δ = 1e-5 for the client with the fewest examples;
+  - compression: none, top-k, or shared random-k, both at k = ⌈0.1·d⌉ (with shared random-k
+    DP-SGD noises the k sent coordinates only);
+  - rule: trimmed mean, NNM + trimmed mean.
+
+  python launch/sweep.py --config=configs/sweep_dp_compression.py --workdir=runs/dp_compression
+
+The report prints the honest held-out accuracy (mean, 95% CI) per cell with the ε reached and
+the bits per round, and writes dp_compression.csv.
+"""
+
+import json
+import os
+
+import ml_collections
+
+from configs import default
+from fedjax_robust import sweep
+from fedjax_robust.sweep import Point
+from fedjax_robust.sweep import as_list
+
+PRIVACY = {"none": {"privacy.kind": "none"},
+           "eps8": {"privacy.kind": "example", "privacy.target_epsilon": 8.0},
+           "eps1": {"privacy.kind": "example", "privacy.target_epsilon": 1.0}}
+COMPRESSION = {"none": {"compression.kind": "none"},
+               "top_k": {"compression.kind": "top_k"},
+               "shared_random_k": {"compression.kind": "shared_random_k"}}
+RULES = ("trimmed_mean", "nnm+trimmed_mean")
+
+
+def get_config():
+  base = default.get_config()
+  base.num_samples = 64
+  base.aggregator = RULES[0]
+  base.estimators.honest_optimum = False
+  base.theory.enabled = False
+  base.privacy.clip = 1.0
+  base.compression.ratio = 0.1
+  c = ml_collections.ConfigDict()
+  c.base = base
+  c.grid = ml_collections.ConfigDict({"privacy": tuple(PRIVACY),
+                                      "compression": tuple(COMPRESSION), "rules": RULES})
+  c.plot = ml_collections.ConfigDict({"x": "privacy", "series": "rule", "style": "compression",
+                                      "metric": "honest_holdout_accuracy"})
+  return c
+
+
+def points(c):
+  return [Point({"privacy": p, "compression": k, "rule": r},
+                {**PRIVACY[p], **COMPRESSION[k], "aggregator": r})
+          for p in as_list(c.grid.privacy, str) for k in as_list(c.grid.compression, str)
+          for r in as_list(c.grid.rules, str)]
+
+
+def plot_note(c) -> str:
+  return (f"digits, n = {c.base.num_clients}, Bernoulli(p = "
+          f"{c.base.honest_set_options.bernoulli.p}), f = {c.base.f}, ALIE z = "
+          f"{c.base.attack_options.alie.z}; DP-SGD B = {c.base.training.batch_size}, "
+          f"C = {c.base.privacy.clip}; k = ⌈{c.base.compression.ratio}·d⌉.")
+
+
+def report(c, rows, workdir, ids, log=print) -> list[str]:
+  """The table: per (privacy, compression) the accuracy of each rule with its 95% CI, the ε
+  reached (DP-SGD, the client with the fewest examples) and the bits one round sends."""
+  metric = c.plot.metric
+  cells = {}
+  for r in rows:
+    if r["point"] not in ids or r["metric"] != metric:
+      continue
+    cell = cells.setdefault((r["privacy"], r["compression"]), {})
+    cell.setdefault(r["rule"], {"point": r["point"]})[r["statistic"]] = float(r["value"])
+  if not cells:
+    return []
+  records = {}
+  for cell, by_rule in cells.items():
+    with open(sweep.config_path(workdir, next(iter(by_rule.values()))["point"])) as fh:
+      records[cell] = json.load(fh)
+  # An uncompressed round sends 32·d bits per client: what every compressed point records.
+  plain = next((r["compression"]["uncompressed_bits_per_round"] for r in records.values()
+                if r.get("compression")), float("nan"))
+  table = []
+  for (p, k), by_rule in cells.items():
+    privacy, compression = records[p, k].get("privacy"), records[p, k].get("compression")
+    row = {"privacy": p, "compression": k,
+           "epsilon": privacy["epsilon"] if privacy else float("inf"),
+           "noise_multiplier": privacy["noise_multiplier"] if privacy else 0.0,
+           "bits_per_round": compression["bits_per_round"] if compression else plain}
+    for rule in RULES:
+      e = by_rule.get(rule, {})
+      row.update({f"{rule}_{s}": e.get(s, float("nan"))
+                  for s in ("mean", "mean_ci_low", "mean_ci_high")})
+    table.append(row)
+  path = os.path.join(workdir, "dp_compression.csv")
+  fields = list(table[0])
+  with open(path, "w") as fh:
+    fh.write(",".join(fields) + "\n")
+    for t in table:
+      fh.write(",".join(str(t[f]) for f in fields) + "\n")
+  log(f"\n{metric} (%, mean [95% CI]) per privacy × compression; ε at δ = "
+      f"{c.base.privacy.delta:g} for the client with the fewest examples")
+  log(f"{'privacy':8s} {'compression':16s} {'ε':>7s} {'σ':>7s} {'bits/round':>11s}  "
+      + "  ".join(f"{rule:>26s}" for rule in RULES))
+  for t in table:
+    log(f"{t['privacy']:8s} {t['compression']:16s} {t['epsilon']:7.3g} "
+        f"{t['noise_multiplier']:7.3g} {t['bits_per_round']:11.3g}  "
+        + "  ".join(f"{100 * t[f'{r}_mean']:6.2f} [{100 * t[f'{r}_mean_ci_low']:6.2f}, "
+                    f"{100 * t[f'{r}_mean_ci_high']:6.2f}]" for r in RULES))
+  return [path]
+

@@ -1,0 +1,180 @@
+"""Does the cost of privacy plus robustness grow with the model dimension d, and does
+compression bend the curve? (issue 18; Guerraoui et al., PODC 2021; Zhu et al. 2023)
+
+Guerraoui, Gupta, Pinot, Rouault and Stephan showed that with DP-SGD noise at the workers the
+robust rules' error grows with d (their condition asks for a batch size ∝ √d). The remedy under
+study is to lower the dimension the noise and the rule live in: shared random-k, where every
+client privatizes and sends the same k = ⌈ratio·d⌉ coordinates and the rule aggregates in k
+dimensions.
+
+Two tasks, d from 10² to 10⁵, at a fixed ε (DP-SGD, δ = 1e-5, the client with the fewest
+examples), under ALIE (z = 3), n = 25, Bernoulli(p = 0.15), declared f = 5:
+  - synthetic: least squares on the synthetic regression task, d = dim + 1 ∈ {10², 10³, 10⁴, 10⁵};
+  - digits: an MLP with one hidden layer of width w ∈ {1, 13, 133, 1333}, d = 75w + 10
+    (85 … 99,985).
+Rules: mean, trimmed mean, geometric median, NNM + trimmed mean; each with privacy and no
+compression, with privacy and shared random-k (aggregated in k dimensions), and without privacy
+or compression (the control: what the model and the attack cost at that d).
+
+  python launch/sweep.py --config=configs/sweep_dp_dimension.py --workdir=runs/dp_dimension
+
+The report writes dp_dimension.csv and dp_error_vs_dimension.png: the honest error against d
+(log scale) per rule, a panel per task: the honest loss L_S (synthetic) and the honest held-out
+error 1 − accuracy (digits), mean and 95% CI over the draws.
+"""
+
+import math
+import os
+
+import ml_collections
+
+from configs import default
+from fedjax_robust.sweep import Point
+from fedjax_robust.sweep import as_list
+
+SYNTHETIC_D = (100, 1000, 10000, 100000)
+DIGITS_WIDTHS = (1, 13, 133, 1333)
+RULES = ("mean", "trimmed_mean", "geometric_median", "nnm+trimmed_mean")
+SETTINGS = {  # privacy and compression of each line
+    "dp": {"privacy.kind": "example", "compression.kind": "none"},
+    "dp+shared_random_k": {"privacy.kind": "example", "compression.kind": "shared_random_k",
+                           "compression.aggregate_in": "k"},
+    "no_dp": {"privacy.kind": "none", "compression.kind": "none"},
+}
+METRICS = {"synthetic": "honest_loss", "digits": "honest_holdout_accuracy"}
+
+
+def get_config():
+  base = default.get_config()
+  base.num_samples = 8
+  base.training.num_rounds = 100
+  base.training.eval_every = 20
+  base.training.batch_size = 32
+  base.estimators.honest_optimum = False
+  base.theory.enabled = False
+  base.privacy.target_epsilon = 8.0
+  base.privacy.clip = 1.0
+  base.compression.ratio = 0.1
+  base.data.synthetic_examples_per_client = 64
+  c = ml_collections.ConfigDict()
+  c.base = base
+  c.grid = ml_collections.ConfigDict({
+      "tasks": ("synthetic", "digits"), "synthetic_d": SYNTHETIC_D,
+      "digits_widths": DIGITS_WIDTHS, "rules": RULES, "settings": tuple(SETTINGS)})
+  # The generic plots: a panel per rule, a line per task and setting (`line`); the report's
+  # dp_error_vs_dimension.png is the one to read (log d, each task's own error).
+  c.plot = ml_collections.ConfigDict({"x": "d", "series": "rule", "style": "line",
+                                      "metric": "honest_loss"})
+  return c
+
+
+def _task(task: str, size: int) -> tuple[int, dict]:
+  """(d, overrides) of one task at one size."""
+  if task == "synthetic":
+    return size, {"data.name": "synthetic", "data.synthetic_task": "regression",
+                  "model": "linear_regression",
+                  "data.synthetic_dim": size - 1, "data.holdout_fraction": 0.0}
+  return 75 * size + 10, {"data.name": "digits", "model": "mlp",
+                          "model_options.mlp.hidden": (size,)}
+
+
+def points(c):
+  out = []
+  for task in as_list(c.grid.tasks, str):
+    sizes = as_list(c.grid.synthetic_d if task == "synthetic" else c.grid.digits_widths, int)
+    for size in sizes:
+      d, overrides = _task(task, size)
+      for setting in as_list(c.grid.settings, str):
+        for rule in as_list(c.grid.rules, str):
+          out.append(Point({"task": task, "d": d, "setting": setting, "rule": rule,
+                            "line": f"{task}:{setting}"},
+                           {**overrides, **SETTINGS[setting], "aggregator": rule}))
+  return out
+
+
+def plot_note(c) -> str:
+  return (f"ALIE z = {c.base.attack_options.alie.z}, n = {c.base.num_clients}, f = {c.base.f}; "
+          f"DP-SGD ε = {c.base.privacy.target_epsilon:g}, B = {c.base.training.batch_size}, "
+          f"C = {c.base.privacy.clip:g}; shared random-k k = ⌈{c.base.compression.ratio}·d⌉.")
+
+
+def report(c, rows, workdir, ids, log=print) -> list[str]:
+  """Error against d per task, rule and setting (CSV and plot)."""
+  table = {}
+  for r in rows:
+    if r["point"] not in ids or r["metric"] != METRICS[r["task"]]:
+      continue
+    e = table.setdefault(r["point"], {k: r[k] for k in ("task", "d", "setting", "rule")})
+    e[r["statistic"]] = float(r["value"])
+  entries = []
+  for e in table.values():
+    if "mean" not in e:
+      continue
+    error = {"synthetic": lambda v: v, "digits": lambda v: 1.0 - v}[e["task"]]
+    lo, hi = error(e.get("mean_ci_low", math.nan)), error(e.get("mean_ci_high", math.nan))
+    entries.append({**{k: e[k] for k in ("task", "d", "setting", "rule")},
+                    "error": error(e["mean"]), "error_ci_low": min(lo, hi),
+                    "error_ci_high": max(lo, hi), "diverged_share": math.nan})
+  for r in rows:  # a diverged draw is counted, never averaged in
+    if (r["point"] in table and r["metric"] == "diverged" and r["statistic"] == "share"):
+      for e in entries:
+        if all(e[k] == table[r["point"]][k] for k in ("task", "d", "setting", "rule")):
+          e["diverged_share"] = float(r["value"])
+  if not entries:
+    return []
+  entries.sort(key=lambda e: (e["task"], e["setting"], e["rule"], int(e["d"])))
+  path = os.path.join(workdir, "dp_dimension.csv")
+  fields = list(entries[0])
+  with open(path, "w") as fh:
+    fh.write(",".join(fields) + "\n")
+    for e in entries:
+      fh.write(",".join(str(e[f]) for f in fields) + "\n")
+  log("\nhonest error against d (synthetic: honest loss L_S; digits: held-out error 1 − acc), "
+      "mean [95% CI]")
+  for task in dict.fromkeys(e["task"] for e in entries):
+    for setting in dict.fromkeys(e["setting"] for e in entries):
+      for rule in dict.fromkeys(e["rule"] for e in entries):
+        mine = [e for e in entries if (e["task"], e["setting"], e["rule"]) == (task, setting, rule)]
+        if mine:
+          log(f"{task:9s} {setting:19s} {rule:17s} " + "  ".join(
+              f"d={int(e['d']):>6d}: {e['error']:.4g} [{e['error_ci_low']:.4g}, "
+              f"{e['error_ci_high']:.4g}]" + (f" ({100 * e['diverged_share']:.0f}% diverged)"
+                                              if e["diverged_share"] > 0 else "")
+              for e in mine))
+  return [path, _plot(entries, workdir, plot_note(c))]
+
+
+def _plot(entries, workdir, note) -> str:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  tasks = list(dict.fromkeys(e["task"] for e in entries))
+  rules = list(dict.fromkeys(e["rule"] for e in entries))
+  styles = {"dp": "-", "dp+shared_random_k": "--", "no_dp": ":"}
+  fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.6), squeeze=False)
+  for ax, task in zip(axes[0], tasks):
+    for i, rule in enumerate(rules):
+      for setting, ls in styles.items():
+        mine = [e for e in entries if (e["task"], e["rule"], e["setting"]) == (task, rule, setting)]
+        if not mine:
+          continue
+        ax.errorbar([e["d"] for e in mine], [e["error"] for e in mine],
+                    yerr=[[max(e["error"] - e["error_ci_low"], 0) for e in mine],
+                          [max(e["error_ci_high"] - e["error"], 0) for e in mine]],
+                    color=f"C{i}", linestyle=ls, marker="o", capsize=2, markersize=3,
+                    label=f"{rule}, {setting}")
+    ax.set_xscale("log")
+    if task == "synthetic":
+      ax.set_yscale("log")
+    ax.set_xlabel("d (parameters sent)")
+    ax.set_ylabel("honest loss L_S" if task == "synthetic" else "honest held-out error")
+    ax.set_title(task, fontsize=9)
+    ax.grid(alpha=0.3)
+  axes[0, -1].legend(fontsize=6, ncol=1, loc="best")
+  fig.suptitle("Privacy (solid), privacy + shared random-k (dashed), neither (dotted) against d\n"
+               + note, fontsize=8)
+  fig.tight_layout()
+  path = os.path.join(workdir, "dp_error_vs_dimension.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
