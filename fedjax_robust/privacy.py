@@ -41,6 +41,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fedjax_robust.errors import ConfigError
+
 KINDS = ("none", "client", "example")
 ACCOUNTANTS = ("pld", "rdp")
 # The noise multipliers the calibration searches, per kind (a target needing less noise is
@@ -132,7 +134,27 @@ def _accountant(kind: str):
   raise ValueError(f"privacy.accountant={kind!r}: one of {ACCOUNTANTS}")
 
 
+# The PLD accountant discretizes a Gaussian's privacy loss on a grid of step 1e-3 spanning about
+# 1/(2m²) for noise multiplier m: past this many points (m < 0.005) it would need gigabytes
+# (σ = 0.01 over 20 rounds asked for 3 GiB in one array), so such a σ is refused with the way out.
+PLD_MAX_POINTS = 2e7
+
+
+def _gaussian_multiplier(event) -> float:
+  """The noise multiplier of the Gaussian inside `event` (composed or sampled)."""
+  while not hasattr(event, "noise_multiplier"):
+    event = event.event
+  return float(event.noise_multiplier)
+
+
 def _epsilon_of(event, delta: float, accountant: str) -> float:
+  m = _gaussian_multiplier(event)
+  if accountant == "pld" and (m <= 0 or 0.5 / m ** 2 / 1e-3 > PLD_MAX_POINTS):
+    raise ConfigError(
+        f"privacy.noise_multiplier: the Gaussian's multiplier {m:.3g} (per round for kind "
+        f"'client': σ/(2√T)) is too small for the PLD accountant (a grid of ≈ "
+        f"{0.5 / max(m, 1e-30) ** 2 / 1e-3:.3g} points, at most {PLD_MAX_POINTS:.0e}); use "
+        "privacy.accountant='rdp' (an upper bound) or more noise.")
   acc = _accountant(accountant)
   acc.compose(event)
   return float(acc.get_epsilon(delta))

@@ -186,14 +186,15 @@ def test_k_space_aggregation_equals_d_space_on_the_shared_coordinates(spec):
 
 
 def test_a_job_in_k_space_gives_the_d_space_numbers():
-  """A whole job with shared random-k and ALIE: the rule on the [n, k] shared coordinates and
-  the rule on the decoded [n, d] rows agree draw by draw (the Byzantine rows cut to the shared
-  coordinates in both)."""
+  """A whole job with shared random-k, client-level DP and ALIE: the geometric median on the
+  [n, k] shared coordinates and on the decoded [n, d] rows agree draw by draw (the noise on the
+  k coordinates only, the Byzantine rows cut to them in both)."""
   out = {}
   for space in ("d", "k"):
     c = tiny_config()
     c.num_samples = 8
-    c.aggregator = "trimmed_mean,geometric_median"
+    c.aggregator = "geometric_median"
+    c.privacy.kind, c.privacy.noise_multiplier = "client", 0.5
     c.compression.kind, c.compression.ratio, c.compression.aggregate_in = (
         "shared_random_k", 0.25, space)
     exp = experiment.run(c, log=lambda *a: None)

@@ -341,3 +341,13 @@ def test_dp_sgd_refuses_what_it_cannot_sample(key, value, attack):
   with pytest.raises(errors.ConfigError, match=key) as e:
     config_lib.validate(c)
   assert "privacy.kind='example'" in str(e.value) and "allowed" in str(e.value)
+
+
+def test_a_noise_too_small_for_the_pld_grid_is_refused_not_run_out_of_memory():
+  """σ = 0.01 over 20 rounds asked dp-accounting's PLD for a 3 GiB array; now a ConfigError
+  says how to proceed, and RDP still answers."""
+  with pytest.raises(errors.ConfigError, match="accountant='rdp'"):
+    privacy.epsilon(0.01, 20, 1e-5, "pld")
+  assert privacy.epsilon(0.01, 20, 1e-5, "rdp") > 1e3
+  with pytest.raises(errors.ConfigError, match="too small for the PLD"):
+    privacy.dp_sgd_epsilon(0.5, 0.001, 10, 1e-5, "pld")
