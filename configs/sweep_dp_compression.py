@@ -97,12 +97,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       row.update({f"{rule}_{s}": e.get(s, float("nan"))
                   for s in ("mean", "mean_ci_low", "mean_ci_high")})
     table.append(row)
-  path = os.path.join(workdir, "dp_compression.csv")
-  fields = list(table[0])
-  with open(path, "w") as fh:
-    fh.write(",".join(fields) + "\n")
-    for t in table:
-      fh.write(",".join(str(t[f]) for f in fields) + "\n")
+  path = sweep.write_table(os.path.join(workdir, "dp_compression.csv"), table)
   log(f"\n{metric} (%, mean [95% CI]) per privacy × compression; ε at δ = "
       f"{c.base.privacy.delta:g} for the client with the fewest examples")
   log(f"{'privacy':8s} {'compression':16s} {'ε':>7s} {'σ':>7s} {'bits/round':>11s}  "

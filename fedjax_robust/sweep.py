@@ -270,6 +270,17 @@ def _write_csv(path: str, rows: list[dict], last: Sequence[str]) -> None:
   os.replace(path + ".tmp", path)
 
 
+def write_table(path: str, table: list[dict]) -> str:
+  """A report's table to CSV at `path` (columns: the first row's keys, in order); returns
+  `path`."""
+  with open(path + ".tmp", "w", newline="") as fh:
+    writer = csv.DictWriter(fh, fieldnames=list(table[0]), restval="")
+    writer.writeheader()
+    writer.writerows(table)
+  os.replace(path + ".tmp", path)
+  return path
+
+
 def _write_results(path: str, rows: list[dict]) -> None:
   _write_csv(path, rows, ("metric", "statistic", "value"))
 
