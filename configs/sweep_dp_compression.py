@@ -48,7 +48,8 @@ def get_config():
   c.grid = ml_collections.ConfigDict({"privacy": tuple(PRIVACY),
                                       "compression": tuple(COMPRESSION), "rules": RULES})
   c.plot = ml_collections.ConfigDict({"x": "privacy", "series": "rule", "style": "compression",
-                                      "metric": "honest_holdout_accuracy"})
+                                      "metric": "honest_holdout_accuracy",
+                                      "series_keys": ("aggregator",)})
   return c
 
 
