@@ -98,6 +98,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+# The heaviest default test (two launcher processes, twice: ~45 s of the 2-core run); the mesh
+# it spans is the draws mesh test_draws_sharded_over_8_devices checks draw by draw by default.
+@pytest.mark.slow
 def test_two_process_distributed_run_gives_the_single_process_numbers(tmp_path):
   """Two processes with 2 CPU devices each (a 4-device mesh over draws), process 0 writing;
   the same draws.csv as one process on one device; a rerun resumes from process 0's files."""
