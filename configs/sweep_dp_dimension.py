@@ -5,7 +5,12 @@ Guerraoui, Gupta, Pinot, Rouault and Stephan showed that with DP-SGD noise at th
 robust rules' error grows with d (their condition asks for a batch size ∝ √d). The remedy under
 study is to lower the dimension the noise and the rule live in: shared random-k, where every
 client privatizes and sends the same k = ⌈ratio·d⌉ coordinates and the rule aggregates in k
-dimensions.
+dimensions. With k = ⌈ratio·d⌉ the noise still lives in a dimension ∝ d, so only the constant
+can move; the line with a fixed k (`K_FIXED` = 64 shared coordinates whatever d) is the one
+where it may bend: the decoded update is (d/k)·(clipped k-coordinate gradient +
+N(0, σ²C²I_k)/B), whose signal to noise ratio per round, B/(σ√k), no longer depends on d; the
+price is the sparsifier's own variance (each coordinate is sent once every d/k rounds on
+average).
 
 Two tasks, d from 10² to 10⁵, at a fixed ε (DP-SGD, δ = 1e-5, the client with the fewest
 examples), under ALIE (z = 3), n = 25, Bernoulli(p = 0.15), declared f = 5:
@@ -18,8 +23,9 @@ examples), under ALIE (z = 3), n = 25, Bernoulli(p = 0.15), declared f = 5:
     gradients `[n, m_max, d]` make each of its points take tens of minutes on 2 CPU cores
     (`--config.grid.digits_widths=1,13,133,1333` on an accelerator).
 Rules: mean, trimmed mean, geometric median, NNM + trimmed mean; each with privacy and no
-compression, with privacy and shared random-k (aggregated in k dimensions), and without privacy
-or compression (the control: what the model and the attack cost at that d).
+compression, with privacy and shared random-k at k = ⌈ratio·d⌉ and at k = 64 (both aggregated
+in k dimensions), and without privacy or compression (the control: what the model and the
+attack cost at that d).
 
   python launch/sweep.py --config=configs/sweep_dp_dimension.py --workdir=runs/dp_dimension
 
@@ -41,10 +47,13 @@ from fedjax_robust.sweep import as_list
 SYNTHETIC_D = (100, 1000, 10000, 100000)
 DIGITS_WIDTHS = (1, 13, 133)
 RULES = ("mean", "trimmed_mean", "geometric_median", "nnm+trimmed_mean")
+K_FIXED = 64  # shared coordinates of the fixed-k line (every d of the grid is at least 85)
 SETTINGS = {  # privacy and compression of each line
     "dp": {"privacy.kind": "example", "compression.kind": "none"},
     "dp+shared_random_k": {"privacy.kind": "example", "compression.kind": "shared_random_k",
                            "compression.aggregate_in": "k"},
+    "dp+shared_random_k_fixed": {"privacy.kind": "example", "compression.kind": "shared_random_k",
+                                 "compression.k": K_FIXED, "compression.aggregate_in": "k"},
     "no_dp": {"privacy.kind": "none", "compression.kind": "none"},
 }
 METRICS = {"synthetic": "honest_loss", "digits": "honest_holdout_accuracy"}
@@ -105,7 +114,8 @@ def points(c):
 def plot_note(c) -> str:
   return (f"ALIE z = {c.base.attack_options.alie.z}, n = {c.base.num_clients}, f = {c.base.f}; "
           f"DP-SGD ε = {c.base.privacy.target_epsilon:g}, B = {c.base.training.batch_size}, "
-          f"C = {c.base.privacy.clip:g}; shared random-k k = ⌈{c.base.compression.ratio}·d⌉.")
+          f"C = {c.base.privacy.clip:g}; shared random-k k = ⌈{c.base.compression.ratio}·d⌉ "
+          f"or {K_FIXED}.")
 
 
 def report(c, rows, workdir, ids, log=print) -> list[str]:
@@ -141,7 +151,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       for rule in dict.fromkeys(e["rule"] for e in entries):
         mine = [e for e in entries if (e["task"], e["setting"], e["rule"]) == (task, setting, rule)]
         if mine:
-          log(f"{task:9s} {setting:19s} {rule:17s} " + "  ".join(
+          log(f"{task:9s} {setting:24s} {rule:17s} " + "  ".join(
               f"d={int(e['d']):>6d}: {e['error']:.4g} [{e['error_ci_low']:.4g}, "
               f"{e['error_ci_high']:.4g}]" + (f" ({100 * e['diverged_share']:.0f}% diverged)"
                                               if e["diverged_share"] > 0 else "")
@@ -155,7 +165,8 @@ def _plot(entries, workdir, note) -> str:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   tasks = list(dict.fromkeys(e["task"] for e in entries))
   rules = list(dict.fromkeys(e["rule"] for e in entries))
-  styles = {"dp": "-", "dp+shared_random_k": "--", "no_dp": ":"}
+  styles = {"dp": "-", "dp+shared_random_k": "--", "dp+shared_random_k_fixed": "-.",
+            "no_dp": ":"}
   fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.6), squeeze=False)
   for ax, task in zip(axes[0], tasks):
     for i, rule in enumerate(rules):
@@ -176,7 +187,8 @@ def _plot(entries, workdir, note) -> str:
     ax.set_title(task, fontsize=9)
     ax.grid(alpha=0.3)
   axes[0, -1].legend(fontsize=6, ncol=1, loc="best")
-  fig.suptitle("Privacy (solid), privacy + shared random-k (dashed), neither (dotted) against d\n"
+  fig.suptitle("Privacy (solid), privacy + shared random-k at k ∝ d (dashed) and at fixed k "
+               "(dash-dot), neither (dotted) against d\n"
                + note, fontsize=8)
   fig.tight_layout()
   path = os.path.join(workdir, "dp_error_vs_dimension.png")

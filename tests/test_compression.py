@@ -292,3 +292,45 @@ def test_dp_sgd_on_the_sent_coordinates_clips_and_noises_only_them():
       coordinates=jnp.asarray(coords)))(jax.random.split(jax.random.key(1), 400)))
   assert np.all(noisy[:, ~coords] == 0)
   assert abs(noisy[:, coords].std() - 1.0) < 0.02  # σC = 1 on 20,000 values
+
+
+def test_the_d_sweep_names_the_real_d_and_reports_error_with_its_divergence(tmp_path):
+  """configs/sweep_dp_dimension.py: every line at every size is a valid config; `d` is the model's
+  parameter count (what a client sends); the fixed-k line sends K_FIXED <= d coordinates; the
+  report turns held-out accuracy into error (CI bounds swapped) and carries the diverged share."""
+  import csv  # pylint: disable=g-import-not-at-top
+  from configs import sweep_dp_dimension as dim  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import models  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
+  c = dim.get_config()
+  points = dim.points(c)
+  assert len(points) == (len(dim.SYNTHETIC_D) + len(dim.DIGITS_WIDTHS)) * 4 * len(dim.RULES)
+  sizes = {}  # (model, width or input dimension) -> parameters
+  for p in points:
+    pc = sweep.apply_overrides(c.base, p.overrides)
+    if p.tags["rule"] == dim.RULES[0]:  # a group's points differ only in the rule (the
+      # default job's four rules)
+      config_lib.validate(pc)
+    if pc.data.name == "digits":
+      key = ("mlp", tuple(pc.model_options.mlp.hidden))
+      make = lambda: models.get("mlp", input_shape=(8, 8, 1), num_classes=10, hidden=key[1])
+    else:
+      key = ("linear_regression", pc.data.synthetic_dim)
+      make = lambda: models.get("linear_regression", input_shape=(key[1],), num_classes=None)
+    if key not in sizes:
+      shapes = jax.eval_shape(make().init, jax.random.key(0))
+      sizes[key] = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+    assert sizes[key] == p.tags["d"], (key, p.tags)
+    if p.tags["setting"] == "dp+shared_random_k_fixed":
+      assert pc.compression.k == dim.K_FIXED <= p.tags["d"]
+  tags = {"task": "digits", "d": 985, "setting": "dp", "rule": "mean", "line": "digits:dp"}
+  rows = [{**tags, "point": "p1", "metric": m, "statistic": s, "value": v}
+          for m, s, v in [("honest_holdout_accuracy", "mean", 0.7),
+                          ("honest_holdout_accuracy", "mean_ci_low", 0.6),
+                          ("honest_holdout_accuracy", "mean_ci_high", 0.8),
+                          ("diverged", "share", 0.125)]]
+  dim.report(c, rows, str(tmp_path), {"p1"}, log=lambda *_: None)
+  (got,) = list(csv.DictReader(open(tmp_path / "dp_dimension.csv")))
+  assert [float(got[k]) for k in ("error", "error_ci_low", "error_ci_high", "diverged_share")
+          ] == pytest.approx([0.3, 0.2, 0.4, 0.125])
+  assert (tmp_path / "dp_error_vs_dimension.png").stat().st_size > 0
