@@ -17,11 +17,15 @@ examples), under ALIE (z = 3), n = 25, Bernoulli(p = 0.15), declared f = 5:
   - synthetic: least squares on the synthetic regression task, d = dim + 1 ∈ {10², 10³, 10⁴, 10⁵},
     without covariate shift (β = 0: inputs x ~ N(0, diag(j^-1.2)), so ‖x‖ and the targets keep
     their scale as d grows; with β = 1 the inputs' means grow ‖x‖² ∝ d and client lr 0.5
-    diverged already without privacy), client lr 0.2;
-  - digits: an MLP with one hidden layer of width w ∈ {1, 13, 133}, d = 75w + 10 (85, 985,
-    9,985); w = 1333 (d = 99,985) is left out of the default grid: DP-SGD's per-example
-    gradients `[n, m_max, d]` make each of its points take tens of minutes on 2 CPU cores
-    (`--config.grid.digits_widths=1,13,133,1333` on an accelerator).
+    diverged already without privacy) and without concept shift (α = 0: with α = 1 each
+    client's own model differs from the global one in every coordinate, and at d = 1000 the
+    control without privacy or attack ended at L_S = 3.40 from 3.58 at θ = 0, so the error
+    measured no learning), client lr 0.2; the clients differ by their samples only;
+  - digits: an MLP with one hidden layer of width w ∈ {4, 13, 40, 133}, d = 75w + 10 (310, 985,
+    3,010, 9,985); w = 1 (d = 85) learned nothing even without privacy (89% error);
+    w = 1333 (d = 99,985) is left out of the default grid: DP-SGD's per-example gradients
+    `[n, m_max, d]` make each of its points take tens of minutes on 2 CPU cores
+    (`--config.grid.digits_widths=4,13,40,133,1333` on an accelerator).
 Rules: mean, trimmed mean, geometric median, NNM + trimmed mean; each with privacy and no
 compression, with privacy and shared random-k at k = ⌈ratio·d⌉ and at k = 64 (both aggregated
 in k dimensions), and without privacy or compression (the control: what the model and the
@@ -45,9 +49,9 @@ from fedjax_robust.sweep import Point
 from fedjax_robust.sweep import as_list
 
 SYNTHETIC_D = (100, 1000, 10000, 100000)
-DIGITS_WIDTHS = (1, 13, 133)
+DIGITS_WIDTHS = (4, 13, 40, 133)
 RULES = ("mean", "trimmed_mean", "geometric_median", "nnm+trimmed_mean")
-K_FIXED = 64  # shared coordinates of the fixed-k line (every d of the grid is at least 85)
+K_FIXED = 64  # shared coordinates of the fixed-k line (every d of the grid is at least 100)
 SETTINGS = {  # privacy and compression of each line
     "dp": {"privacy.kind": "example", "compression.kind": "none"},
     "dp+shared_random_k": {"privacy.kind": "example", "compression.kind": "shared_random_k",
@@ -91,6 +95,7 @@ def _task(task: str, size: int) -> tuple[int, dict]:
   if task == "synthetic":
     return size, {"data.name": "synthetic", "data.synthetic_task": "regression",
                   "model": "linear_regression", "data.synthetic_beta": 0.0,
+                  "data.synthetic_alpha": 0.0,
                   "training.client_lr": 0.2,
                   "data.synthetic_dim": size - 1, "data.holdout_fraction": 0.0}
   return 75 * size + 10, {"data.name": "digits", "model": "mlp",
@@ -119,33 +124,53 @@ def plot_note(c) -> str:
 
 
 def report(c, rows, workdir, ids, log=print) -> list[str]:
-  """Error against d per task, rule and setting (CSV and plot)."""
+  """Error against d per task, rule and setting, and what privacy adds to it: each private
+  setting minus the no-privacy control at the same task, d and rule, paired over the same draws
+  (`sweep.paired_comparisons`); CSV and plot."""
+  tags = ("task", "d", "setting", "rule")
   table = {}
   for r in rows:
-    if r["point"] not in ids or r["metric"] != METRICS[r["task"]]:
-      continue
-    e = table.setdefault(r["point"], {k: r[k] for k in ("task", "d", "setting", "rule")})
-    e[r["statistic"]] = float(r["value"])
+    if r["point"] in ids and (r["metric"] == METRICS[r["task"]]
+                              or (r["metric"], r["statistic"]) == ("diverged", "share")):
+      e = table.setdefault(r["point"], {**{k: r[k] for k in tags}, "d": int(float(r["d"]))})
+      e[(r["metric"], r["statistic"])] = float(r["value"])
+  # Error = the honest loss (synthetic) or 1 − held-out accuracy (digits): a difference of
+  # accuracies changes sign, and a CI's bounds swap.
+  sign = {"synthetic": 1.0, "digits": -1.0}
+  excess = {}
+  compared = sweep.paired_comparisons(
+      [{k: v for k, v in r.items() if k != "line"} for r in rows], workdir, series="setting",
+      baseline="no_dp", only=sorted(ids), series_key=("privacy", "compression"), log=log)
+  for cmp in compared:
+    if cmp["metric"] == METRICS[cmp["task"]] and cmp["a"] != "no_dp":
+      s_ = sign[cmp["task"]]
+      lo, hi = s_ * cmp["ci_low"], s_ * cmp["ci_high"]
+      excess[(cmp["task"], int(float(cmp["d"])), cmp["a"], cmp["rule"])] = {
+          "dp_excess": s_ * cmp["mean"], "dp_excess_ci_low": min(lo, hi),
+          "dp_excess_ci_high": max(lo, hi), "dp_excess_pairs": cmp["pairs"]}
   entries = []
   for e in table.values():
-    if "mean" not in e:
+    metric = METRICS[e["task"]]
+    if (metric, "mean") not in e:
       continue
-    error = {"synthetic": lambda v: v, "digits": lambda v: 1.0 - v}[e["task"]]
-    lo, hi = error(e.get("mean_ci_low", math.nan)), error(e.get("mean_ci_high", math.nan))
-    entries.append({**{k: e[k] for k in ("task", "d", "setting", "rule")},
-                    "error": error(e["mean"]), "error_ci_low": min(lo, hi),
-                    "error_ci_high": max(lo, hi), "diverged_share": math.nan})
-  for r in rows:  # a diverged draw is counted, never averaged in
-    if (r["point"] in table and r["metric"] == "diverged" and r["statistic"] == "share"):
-      for e in entries:
-        if all(e[k] == table[r["point"]][k] for k in ("task", "d", "setting", "rule")):
-          e["diverged_share"] = float(r["value"])
+    s_ = sign[e["task"]]
+    offset = 0.0 if e["task"] == "synthetic" else 1.0
+    lo, hi = (offset + s_ * e.get((metric, f"mean_ci_{b}"), math.nan) for b in ("low", "high"))
+    entries.append({**{k: e[k] for k in tags}, "error": offset + s_ * e[(metric, "mean")],
+                    "error_ci_low": min(lo, hi), "error_ci_high": max(lo, hi),
+                    # a diverged draw is counted, never averaged in
+                    "diverged_share": e.get(("diverged", "share"), math.nan),
+                    **excess.get((e["task"], e["d"], e["setting"], e["rule"]),
+                                 dict.fromkeys(("dp_excess", "dp_excess_ci_low",
+                                                "dp_excess_ci_high", "dp_excess_pairs"),
+                                               math.nan))})
   if not entries:
     return []
   entries.sort(key=lambda e: (e["task"], e["setting"], e["rule"], int(e["d"])))
   path = sweep.write_table(os.path.join(workdir, "dp_dimension.csv"), entries)
   log("\nhonest error against d (synthetic: honest loss L_S; digits: held-out error 1 − acc), "
-      "mean [95% CI]")
+      "mean [95% CI]; private settings: (Δ what privacy adds, paired over the same draws with "
+      "the no-privacy control, mean [paired-t 95% CI])")
   for task in dict.fromkeys(e["task"] for e in entries):
     for setting in dict.fromkeys(e["setting"] for e in entries):
       for rule in dict.fromkeys(e["rule"] for e in entries):
@@ -153,13 +178,18 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
         if mine:
           log(f"{task:9s} {setting:24s} {rule:17s} " + "  ".join(
               f"d={int(e['d']):>6d}: {e['error']:.4g} [{e['error_ci_low']:.4g}, "
-              f"{e['error_ci_high']:.4g}]" + (f" ({100 * e['diverged_share']:.0f}% diverged)"
-                                              if e["diverged_share"] > 0 else "")
+              f"{e['error_ci_high']:.4g}]"
+              + (f" (Δ {e['dp_excess']:+.3g} [{e['dp_excess_ci_low']:+.3g}, "
+                 f"{e['dp_excess_ci_high']:+.3g}])" if not math.isnan(e["dp_excess"]) else "")
+              + (f" ({100 * e['diverged_share']:.0f}% diverged)"
+                 if e["diverged_share"] > 0 else "")
               for e in mine))
   return [path, _plot(entries, workdir, plot_note(c))]
 
 
 def _plot(entries, workdir, note) -> str:
+  """Top: the error per task against d; bottom: what privacy adds (paired, CI), with a √d
+  guide through the smallest d (the growth the PODC 2021 analysis predicts for ‖noise‖)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -167,26 +197,41 @@ def _plot(entries, workdir, note) -> str:
   rules = list(dict.fromkeys(e["rule"] for e in entries))
   styles = {"dp": "-", "dp+shared_random_k": "--", "dp+shared_random_k_fixed": "-.",
             "no_dp": ":"}
-  fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.6), squeeze=False)
-  for ax, task in zip(axes[0], tasks):
-    for i, rule in enumerate(rules):
-      for setting, ls in styles.items():
-        mine = [e for e in entries if (e["task"], e["rule"], e["setting"]) == (task, rule, setting)]
-        if not mine:
-          continue
-        ax.errorbar([e["d"] for e in mine], [e["error"] for e in mine],
-                    yerr=[[max(e["error"] - e["error_ci_low"], 0) for e in mine],
-                          [max(e["error_ci_high"] - e["error"], 0) for e in mine]],
-                    color=f"C{i}", linestyle=ls, marker="o", capsize=2, markersize=3,
-                    label=f"{rule}, {setting}")
-    ax.set_xscale("log")
-    if task == "synthetic":
-      ax.set_yscale("log")
-    ax.set_xlabel("d (parameters sent)")
-    ax.set_ylabel("honest loss L_S" if task == "synthetic" else "honest held-out error")
-    ax.set_title(task, fontsize=9)
-    ax.grid(alpha=0.3)
-  axes[0, -1].legend(fontsize=6, ncol=1, loc="best")
+  fig, axes = plt.subplots(2, len(tasks), figsize=(6 * len(tasks), 8.6), squeeze=False)
+  for column, task in enumerate(tasks):
+    for row, (value, low, high) in enumerate((("error", "error_ci_low", "error_ci_high"),
+                                              ("dp_excess", "dp_excess_ci_low",
+                                               "dp_excess_ci_high"))):
+      ax = axes[row, column]
+      for i, rule in enumerate(rules):
+        for setting, ls in styles.items():
+          mine = [e for e in entries if not math.isnan(e[value])
+                  and (e["task"], e["rule"], e["setting"]) == (task, rule, setting)]
+          if not mine:
+            continue
+          ax.errorbar([e["d"] for e in mine], [e[value] for e in mine],
+                      yerr=[[max(e[value] - e[low], 0) for e in mine],
+                            [max(e[high] - e[value], 0) for e in mine]],
+                      color=f"C{i}", linestyle=ls, marker="o", capsize=2, markersize=3,
+                      label=f"{rule}, {setting}")
+      ax.set_xscale("log")
+      ax.set_xlabel("d (parameters sent)")
+      what = "honest loss L_S" if task == "synthetic" else "honest held-out error"
+      ax.set_ylabel(what if row == 0 else f"privacy's cost: Δ {what} vs no privacy")
+      ax.set_title(task, fontsize=9)
+      ax.grid(alpha=0.3)
+      first = [e[value] for e in entries if e["task"] == task and e["setting"] == "dp"
+               and not math.isnan(e[value])
+               and e["d"] == min(x["d"] for x in entries if x["task"] == task)]
+      if row == 1 and first and sum(first) > 0:
+        ds = sorted({e["d"] for e in entries if e["task"] == task})
+        anchor = sum(first) / len(first)
+        ax.plot(ds, [anchor * math.sqrt(d / ds[0]) for d in ds], color="grey", lw=0.8,
+                label="∝ √d through the privacy line's mean at the smallest d")
+        ax.set_ylim(top=max(e[high] for e in entries if e["task"] == task
+                            and not math.isnan(e[high])) * 1.15)
+    axes[0, column].legend(fontsize=6, ncol=1, loc="best")
+  axes[1, -1].legend(fontsize=6, ncol=1, loc="best")
   fig.suptitle("Privacy (solid), privacy + shared random-k at k ∝ d (dashed) and at fixed k "
                "(dash-dot), neither (dotted) against d\n"
                + note, fontsize=8)

@@ -3,12 +3,15 @@ unbiasedness by Monte Carlo CIs), bits by formula, error feedback's bookkeeping,
 projection, the majority vote, aggregation in the shared k-space against d-space, and the switch
 off leaving today's numbers unchanged."""
 
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from conftest import tiny_config
 from fedjax_robust import aggregators
@@ -323,14 +326,31 @@ def test_the_d_sweep_names_the_real_d_and_reports_error_with_its_divergence(tmp_
     assert sizes[key] == p.tags["d"], (key, p.tags)
     if p.tags["setting"] == "dp+shared_random_k_fixed":
       assert pc.compression.k == dim.K_FIXED <= p.tags["d"]
-  tags = {"task": "digits", "d": 985, "setting": "dp", "rule": "mean", "line": "digits:dp"}
-  rows = [{**tags, "point": "p1", "metric": m, "statistic": s, "value": v}
-          for m, s, v in [("honest_holdout_accuracy", "mean", 0.7),
-                          ("honest_holdout_accuracy", "mean_ci_low", 0.6),
-                          ("honest_holdout_accuracy", "mean_ci_high", 0.8),
-                          ("diverged", "share", 0.125)]]
-  dim.report(c, rows, str(tmp_path), {"p1"}, log=lambda *_: None)
-  (got,) = list(csv.DictReader(open(tmp_path / "dp_dimension.csv")))
-  assert [float(got[k]) for k in ("error", "error_ci_low", "error_ci_high", "diverged_share")
-          ] == pytest.approx([0.3, 0.2, 0.4, 0.125])
+  # Two points of one line at one d: privacy (p1) and its no-privacy control (p0), 4 draws.
+  os.makedirs(tmp_path / "points")
+  acc = {"p0": np.array([0.9, 0.8, 0.85, 0.95]), "p1": np.array([0.7, 0.5, 0.75, 0.85])}
+  rows = []
+  for pid, setting in (("p0", "no_dp"), ("p1", "dp")):
+    tags = {"task": "digits", "d": "985", "setting": setting, "rule": "mean",
+            "line": f"digits:{setting}"}
+    sweep.save_point(sweep.point_path(str(tmp_path), pid), tags=json.dumps(tags),
+                     num_byzantine=np.array([1, 2, 0, 3]), honest_masks=np.ones((4, 5), bool),
+                     final_honest_holdout_accuracy=acc[pid])
+    with open(sweep.config_path(str(tmp_path), pid), "w") as fh:
+      json.dump({"config": {"privacy": {"kind": setting}, "seed": 0}}, fh)
+    rows += [{**tags, "point": pid, "metric": m, "statistic": st, "value": v}
+             for m, st, v in [("honest_holdout_accuracy", "mean", acc[pid].mean()),
+                              ("honest_holdout_accuracy", "mean_ci_low", acc[pid].mean() - 0.1),
+                              ("honest_holdout_accuracy", "mean_ci_high", acc[pid].mean() + 0.1),
+                              ("diverged", "share", 0.125 if pid == "p1" else 0.0)]]
+  dim.report(c, rows, str(tmp_path), {"p0", "p1"}, log=lambda *_: None)
+  got = {r["setting"]: r for r in csv.DictReader(open(tmp_path / "dp_dimension.csv"))}
+  assert [float(got["dp"][k]) for k in ("error", "error_ci_low", "error_ci_high",
+                                         "diverged_share")] == pytest.approx([0.3, 0.2, 0.4, 0.125])
+  # Privacy's cost in error = −(accuracy difference), its paired-t CI with bounds swapped.
+  diff = acc["p0"] - acc["p1"]
+  half = scipy.stats.t.ppf(0.975, 3) * diff.std(ddof=1) / 2
+  assert [float(got["dp"][k]) for k in ("dp_excess", "dp_excess_ci_low", "dp_excess_ci_high")
+          ] == pytest.approx([diff.mean(), diff.mean() - half, diff.mean() + half])
+  assert got["no_dp"]["dp_excess"] == "nan"
   assert (tmp_path / "dp_error_vs_dimension.png").stat().st_size > 0
