@@ -189,14 +189,16 @@ def test_k_space_aggregation_equals_d_space_on_the_shared_coordinates(spec):
 
 
 def test_a_job_in_k_space_gives_the_d_space_numbers():
-  """A whole job with shared random-k, client-level DP and ALIE: the geometric median on the
-  [n, k] shared coordinates and on the decoded [n, d] rows agree draw by draw (the noise on the
-  k coordinates only, the Byzantine rows cut to them in both)."""
+  """A whole job with shared random-k, client-level DP and ALIE: NNM+TM on the [n, k]
+  shared coordinates and on the decoded [n, d] rows agree draw by draw (the noise on the k
+  coordinates only, the Byzantine rows cut to them in both; NNM's distances see the same
+  coordinates in both spaces). The rules alone, the geometric median among them, are checked in
+  k space against d space by the test above."""
   out = {}
   for space in ("d", "k"):
     c = tiny_config()
     c.num_samples = 8
-    c.aggregator = "geometric_median"
+    c.aggregator = "nnm+trimmed_mean"
     c.privacy.kind, c.privacy.noise_multiplier = "client", 0.5
     c.compression.kind, c.compression.ratio, c.compression.aggregate_in = (
         "shared_random_k", 0.25, space)
