@@ -123,6 +123,15 @@ def plot_note(c) -> str:
           f"or {K_FIXED}.")
 
 
+def _as_error(task, mean, low, high, *, difference=False):
+  """Error = the honest loss (synthetic) or 1 − held-out accuracy (digits), with its CI in
+  order: a (difference of) accuracy changes sign, and the CI's bounds swap."""
+  sign = 1.0 if task == "synthetic" else -1.0
+  offset = 0.0 if difference or task == "synthetic" else 1.0
+  lo, hi = offset + sign * low, offset + sign * high
+  return offset + sign * mean, min(lo, hi), max(lo, hi)
+
+
 def report(c, rows, workdir, ids, log=print) -> list[str]:
   """Error against d per task, rule and setting, and what privacy adds to it: each private
   setting minus the no-privacy control at the same task, d and rule, paired over the same draws
@@ -134,30 +143,25 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                               or (r["metric"], r["statistic"]) == ("diverged", "share")):
       e = table.setdefault(r["point"], {**{k: r[k] for k in tags}, "d": int(float(r["d"]))})
       e[(r["metric"], r["statistic"])] = float(r["value"])
-  # Error = the honest loss (synthetic) or 1 − held-out accuracy (digits): a difference of
-  # accuracies changes sign, and a CI's bounds swap.
-  sign = {"synthetic": 1.0, "digits": -1.0}
   excess = {}
   compared = sweep.paired_comparisons(
       [{k: v for k, v in r.items() if k != "line"} for r in rows], workdir, series="setting",
       baseline="no_dp", only=sorted(ids), series_key=("privacy", "compression"), log=log)
   for cmp in compared:
     if cmp["metric"] == METRICS[cmp["task"]] and cmp["a"] != "no_dp":
-      s_ = sign[cmp["task"]]
-      lo, hi = s_ * cmp["ci_low"], s_ * cmp["ci_high"]
+      m, lo, hi = _as_error(cmp["task"], cmp["mean"], cmp["ci_low"], cmp["ci_high"],
+                            difference=True)
       excess[(cmp["task"], int(float(cmp["d"])), cmp["a"], cmp["rule"])] = {
-          "dp_excess": s_ * cmp["mean"], "dp_excess_ci_low": min(lo, hi),
-          "dp_excess_ci_high": max(lo, hi), "dp_excess_pairs": cmp["pairs"]}
+          "dp_excess": m, "dp_excess_ci_low": lo, "dp_excess_ci_high": hi,
+          "dp_excess_pairs": cmp["pairs"]}
   entries = []
   for e in table.values():
     metric = METRICS[e["task"]]
     if (metric, "mean") not in e:
       continue
-    s_ = sign[e["task"]]
-    offset = 0.0 if e["task"] == "synthetic" else 1.0
-    lo, hi = (offset + s_ * e.get((metric, f"mean_ci_{b}"), math.nan) for b in ("low", "high"))
-    entries.append({**{k: e[k] for k in tags}, "error": offset + s_ * e[(metric, "mean")],
-                    "error_ci_low": min(lo, hi), "error_ci_high": max(lo, hi),
+    m, lo, hi = _as_error(e["task"], e[(metric, "mean")],
+                          *(e.get((metric, f"mean_ci_{b}"), math.nan) for b in ("low", "high")))
+    entries.append({**{k: e[k] for k in tags}, "error": m, "error_ci_low": lo, "error_ci_high": hi,
                     # a diverged draw is counted, never averaged in
                     "diverged_share": e.get(("diverged", "share"), math.nan),
                     **excess.get((e["task"], e["d"], e["setting"], e["rule"]),
@@ -220,11 +224,10 @@ def _plot(entries, workdir, note) -> str:
       ax.set_ylabel(what if row == 0 else f"privacy's cost: Δ {what} vs no privacy")
       ax.set_title(task, fontsize=9)
       ax.grid(alpha=0.3)
-      first = [e[value] for e in entries if e["task"] == task and e["setting"] == "dp"
-               and not math.isnan(e[value])
-               and e["d"] == min(x["d"] for x in entries if x["task"] == task)]
+      ds = sorted({e["d"] for e in entries if e["task"] == task})
+      first = [e[value] for e in entries if (e["task"], e["setting"], e["d"]) == (task, "dp", ds[0])
+               and not math.isnan(e[value])]
       if row == 1 and first and sum(first) > 0:
-        ds = sorted({e["d"] for e in entries if e["task"] == task})
         anchor = sum(first) / len(first)
         ax.plot(ds, [anchor * math.sqrt(d / ds[0]) for d in ds], color="grey", lw=0.8,
                 label="∝ √d through the privacy line's mean at the smallest d")
