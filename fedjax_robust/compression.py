@@ -12,9 +12,12 @@ sees), after local training and before the attack sees the honest rows:
     then work in the k-dimensional space (`aggregate_in="k"`).
   - **qsgd** with s levels (Alistarh et al., NeurIPS 2017): ‖x‖·sign(x_j)·ξ_j/s, where ξ_j
     rounds s|x_j|/‖x‖ up with probability equal to its fractional part (unbiased).
-  - **sign**: sign(x_j)·‖x‖₁/d, the scaled sign (Karimireddy et al., ICML 2019), with the
+  - **sign**: s(x_j)·‖x‖₁/d, the scaled sign (Karimireddy et al., ICML 2019), with the
     majority vote (`aggregators` "majority_vote", signSGD of Bernstein et al., ICLR 2019) as
-    its natural rule.
+    its natural rule. One bit per coordinate, as signSGD sends: s(t) = +1 for t ≥ 0 and −1
+    for t < 0 (`signs`), so a coordinate that is exactly 0 (e.g. the weight of a pixel blank in
+    all of a client's images) is sent, and decoded, as +‖x‖₁/d; the majority vote reads its +1
+    the same way. Every decoded row takes the two values ±‖x‖₁/d only.
 
 Error feedback (Seide et al. 2014; Karimireddy et al. 2019): a client keeps the residual
 e_i ← e_i + x_i − C(e_i + x_i) and sends C(e_i + x_i); only for the contractive compressors
@@ -34,7 +37,8 @@ Bits sent by one client in one round (`bits_per_client`, 32-bit floats, indices 
 bits): none 32d; top_k k(32 + ⌈log₂ d⌉); random_k 32k + 32 (the values and the client's seed,
 from which the server regenerates the coordinates); shared_random_k 32k; qsgd
 32 + d(1 + ⌈log₂(s + 1)⌉) (norm, then sign and level of each coordinate, without QSGD's Elias
-coding: an upper bound on its coded length); sign d + 32.
+coding: an upper bound on its coded length); sign d + 32 (one bit s(x_j) per coordinate, zeros
+included, and the 32-bit scale: exactly what `scaled_sign` decodes from).
 """
 
 from __future__ import annotations
@@ -150,9 +154,16 @@ def qsgd(key: jax.Array, x: jax.Array, levels: int) -> jax.Array:
   return norm * jnp.sign(x) * xi / levels
 
 
+def signs(x: jax.Array) -> jax.Array:
+  """The one-bit sign s(x_j) of every entry, in x's dtype: +1 for x_j ≥ 0 (a zero, −0 too, is
+  sent as +1), −1 for x_j < 0; −1 for NaN (whose row's scale is NaN, so the row decodes to NaN
+  either way)."""
+  return jnp.where(x >= 0, jnp.ones((), x.dtype), -jnp.ones((), x.dtype))
+
+
 def scaled_sign(x: jax.Array) -> jax.Array:
-  """sign(x_j)·‖x‖₁/d of each row."""
-  return jnp.sign(x) * jnp.mean(jnp.abs(x), axis=1, keepdims=True)
+  """s(x_j)·‖x‖₁/d of each row (`signs`: a zero coordinate is sent as +)."""
+  return signs(x) * jnp.mean(jnp.abs(x), axis=1, keepdims=True)
 
 
 def compress(key: jax.Array, x: jax.Array, spec: Compression,
@@ -192,6 +203,6 @@ def project(updates: jax.Array, spec: Compression, mask: jax.Array | None) -> ja
     return top_k(updates, spec.size(updates.shape[-1]))
   if spec.kind == "shared_random_k":
     return jnp.where(mask, updates, jnp.zeros((), updates.dtype))
-  if spec.kind == "sign":  # the sign bits and one scale: sign(x)·max|x| keeps an honest row
-    return jnp.sign(updates) * jnp.max(jnp.abs(updates), axis=1, keepdims=True)
+  if spec.kind == "sign":  # the sign bits and one scale: s(x)·max|x| keeps an honest row
+    return signs(updates) * jnp.max(jnp.abs(updates), axis=1, keepdims=True)
   return updates

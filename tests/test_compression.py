@@ -115,6 +115,54 @@ def test_scaled_sign_and_the_majority_vote_against_numpy():
   np.testing.assert_array_equal(np.sign(out)[agree], np.sign(np.sign(sent[2:]).sum(0))[agree])
 
 
+def _sign_message(row):
+  """An independent sign encoder: the bits signSGD puts on the wire for one row, d sign bits
+  (1 for x_j >= 0, so an exact 0 is a 1) and the float32 scale ‖x‖₁/d, as a list of 0/1."""
+  scale = np.float32(np.abs(row.astype(np.float64)).mean())
+  return [int(v >= 0) for v in row] + [int(b) for b in np.unpackbits(
+      np.frombuffer(scale.tobytes(), np.uint8))]
+
+
+def _sign_decode(bits, d):
+  scale = np.frombuffer(np.packbits(np.array(bits[d:], np.uint8)).tobytes(), np.float32)[0]
+  return np.where(np.array(bits[:d]) == 1, scale, -scale).astype(np.float32)
+
+
+def test_sign_compression_sends_what_its_bit_count_says():
+  """Issue 36: zeros (weights of pixels blank in every image) are coordinates too. The decoded
+  row must be what d sign bits and one 32-bit scale carry, and their count the bit count."""
+  rng = np.random.default_rng(11)
+  d = 60
+  x = rng.normal(size=(5, d)).astype(np.float32)
+  x[:, :23] = 0.0                      # 38% exact zeros, as in a digits round
+  x[1, 30] = -0.0
+  x[4] = 0.0                           # a client that did not move
+  sent = np.asarray(C.scaled_sign(jnp.asarray(x)))
+  for row, got in zip(x, sent):
+    bits = _sign_message(row)
+    assert len(bits) == C.bits_per_client("sign", d) == C.Compression(kind="sign").bits(d)
+    np.testing.assert_allclose(got, _sign_decode(bits, d), rtol=1e-6, atol=0)  # scale: float64
+    assert len(np.unique(np.abs(got))) == 1  # ±one scale: one bit per coordinate suffices
+  # The server's decoding of any row keeps what the wire holds: an honest row is unchanged.
+  np.testing.assert_array_equal(
+      np.asarray(C.project(jnp.asarray(sent), C.Compression(kind="sign"), None)), sent)
+
+
+def test_majority_vote_reads_a_zero_as_plus_and_breaks_a_tie_to_plus():
+  x = np.array([[0.0, 1.0, -2.0, 0.0],
+                [0.0, 1.0, -2.0, 3.0],
+                [-1.0, -1.0, 2.0, -3.0],
+                [-1.0, -1.0, -2.0, -3.0],
+                [np.nan, -1.0, -1.0, -1.0]], np.float32)  # non-finite: takes no part
+  out = np.asarray(aggregators.get("majority_vote", f=1)(jnp.asarray(x)))
+  finite = x[:4]
+  bits = np.where(finite >= 0, 1.0, -1.0)          # what each client sends
+  votes = bits.sum(0)                               # [0, 0, -2, 0]
+  scale = np.median(np.abs(finite).mean(1))
+  np.testing.assert_allclose(out, np.where(votes >= 0, 1.0, -1.0) * scale, rtol=1e-6)
+  np.testing.assert_allclose(out, [scale, scale, -scale, scale], rtol=1e-6)
+
+
 def test_bits_per_client_by_formula():
   d = 2410
   assert C.bits_per_client("none", d) == 32 * 2410

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fedjax_robust import compression
 from fedjax_robust.aggregators import base
 from fedjax_robust.aggregators import order_statistics
 
@@ -183,21 +184,24 @@ def meamed(updates: jax.Array, *, f: int) -> jax.Array:
 
 
 def majority_vote(updates: jax.Array) -> jax.Array:
-  """signSGD's majority vote with a robust scale: sign(Σ_i sign(x_i)) · median_i ‖x_i‖₁/d.
+  """signSGD's majority vote with a robust scale: s(Σ_i s(x_i)) · median_i ‖x_i‖₁/d.
 
   Bernstein, Zhao, Azizzadenesheli, Anandkumar, "signSGD with majority vote is communication
   efficient and fault tolerant", ICLR 2019: each coordinate moves by the sign most clients
-  agree on (0 on a tie). The step length is the median over the clients of their mean absolute
-  coordinate (for scaled-sign rows sign(x)·s_i, the median of the s_i), so that a few huge
-  rows cannot set it; with sign compression (`compression` "sign") this is the decoded
-  majority vote of the clients' scaled signs.
+  agree on. Signs are one bit, as in signSGD and in sign compression (`compression.signs`):
+  s(t) = +1 for t ≥ 0, −1 for t < 0, so a client's coordinate that is exactly 0 votes +1 (it
+  is what that client sends), and a tied vote moves the coordinate by +1 (the server's answer is
+  one bit too). The step length is the median over the clients of their mean absolute
+  coordinate (for scaled-sign rows s(x)·s_i, the median of the s_i), so that a few huge rows
+  cannot set it; with sign compression (`compression` "sign") this is the decoded majority vote
+  of the clients' scaled signs.
 
   Non-finite input: a row with a NaN or ±inf entry takes no part (neither in the vote nor in
   the scale); NaN when no row is finite. Cost: one pass over `[n, d]` and a median of n norms.
   """
-  n, _ = base.check_updates(updates, "majority_vote")
+  base.check_updates(updates, "majority_vote")
   finite = base.finite_rows(updates)
   clean = base.zero_nonfinite_rows(updates, finite)
-  votes = jnp.ones((n,), updates.dtype) @ jnp.sign(clean)
+  votes = finite.astype(updates.dtype) @ compression.signs(clean)
   scales = jnp.where(finite, jnp.mean(jnp.abs(clean), axis=1), jnp.nan)
-  return jnp.sign(votes) * jnp.nanmedian(scales)
+  return compression.signs(votes) * jnp.nanmedian(scales)
