@@ -170,16 +170,21 @@ def points(c):
   out = []
 
   def add(block, task, threat, mu_h, rule, prior="correct", refusable=False):
+    def overrides(prior):
+      return {**TASKS[task], "attack": threat, **mu_h_overrides(mu_h),
+              **rule_overrides(rule, prior)}
     tags = {"block": block, "task": task, "threat": threat, "mu_H": mu_h,
             "rule": _label(rule, prior)}
-    point = Point(tags, {**TASKS[task], "attack": threat, **mu_h_overrides(mu_h),
-                         **rule_overrides(rule, prior)})
+    point = Point(tags, overrides(prior))
     if refusable:
       # A misspecified prior can make a rule undefined (a quantile f without an honest
-      # majority, no majority of clean groups): the point is left out and said so.
+      # majority, no majority of clean groups): the point is left out and said so. An error
+      # the same point with the correct prior has too is not the prior's doing (a bad base
+      # setting): it stops the sweep.
       try:
         config_lib.validate(sweep.apply_overrides(c.base, point.overrides))
       except ConfigError as e:
+        config_lib.validate(sweep.apply_overrides(c.base, overrides("correct")))
         REFUSED[tuple(tags.values())] = str(e)
         return
     out.append(point)

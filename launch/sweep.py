@@ -64,9 +64,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  # Devices first: a sweep config's points() may validate its points, and validating a mesh
+  # counts the devices, which starts the backend (after which the CPU device count is fixed).
+  _START(config.base.mesh)
   module = _sweep_module(config_flags.get_config_filename(flags.FLAGS["config"]))
   points = module.points(config)
-  _START(config.base.mesh)
   writer = sharding.is_writer()  # multi-host: process 0 prints and writes
   log = (lambda m: print(m, flush=True)) if writer else (lambda _: None)
   try:

@@ -279,3 +279,19 @@ def test_the_simulator_cache_is_bounded_and_the_reference_shared(monkeypatch):
   c.server_prior.kind = "marginals"                          # a rule's prior: not the reference's
   c.server_prior.p_per_client = (0.1,) * c.num_clients
   assert experiment.simulator(c, "nnm+trimmed_mean", fed, reference="honest_optimum") is ref
+
+
+def test_mu_aware_sweep_refuses_only_what_the_misspecified_prior_causes():
+  """A setting wrong for every point (rounds not a multiple of eval_every) is the user's error,
+  raised by points(); it was recorded as the prior's refusal of every point of the prior block,
+  which then ran nothing and exited 0."""
+  from configs import sweep_mu_aware  # pylint: disable=g-import-not-at-top
+  c = sweep_mu_aware.get_config()
+  c.grid.blocks = ("prior",)
+  c.grid.mu_h = ("independent",)
+  c.grid.rules = ("trimmed_mean@quantile_f",)
+  c.base.training.num_rounds = 1
+  sweep_mu_aware.REFUSED.clear()
+  with pytest.raises(ConfigError, match="num_rounds=1 must be a positive multiple"):
+    sweep_mu_aware.points(c)
+  assert not sweep_mu_aware.REFUSED

@@ -1,9 +1,12 @@
-import math
 """Resumable sweeps: an interrupted sweep, rerun, gives the table of an uninterrupted one, byte
 for byte; damaged point files are recomputed; grids from the command line; tables and plots."""
 
 import importlib.util
+import math
 import os
+import subprocess
+import sys
+import textwrap
 import types
 
 import ml_collections
@@ -284,3 +287,50 @@ def test_single_run_plot_title_says_what_was_run(tmp_path, monkeypatch):
   assert " ".join(title.split()) == fig["suptitle"]
   assert "5–95% over draws" in fig["legend"]
   assert any("whiskers 5–95%" in t for t in fig["axes"])
+
+
+# The smallest μ_H-aware sweep whose points() validates configs: the prior block, one law, one
+# rule (its ×2 and ×0.5 priors: 2 points), 2 draws of 1 round.
+_MU_AWARE_TINY = ("--config.grid.blocks=prior", "--config.grid.mu_h=independent",
+                  "--config.grid.rules=trimmed_mean@quantile_f", "--config.base.num_samples=2",
+                  "--config.base.training.num_rounds=1", "--config.base.training.eval_every=1",
+                  "--config.base.model=logistic", "--config.base.estimators.honest_optimum=False")
+
+
+def test_sweep_launcher_sets_up_devices_before_building_points(tmp_path):
+  """points() of configs/sweep_mu_aware.py validates its prior block's configs, and validating
+  the default mesh ('draws') counts the devices, which starts the JAX backend: the launcher must
+  make its CPU devices (one per core for mesh='draws') before that (it set them after, and
+  crashed: 'jax_num_cpu_devices config should be updated before backends are initialized').
+  sweep.run is replaced by a probe, so nothing trains: what is checked is that the launcher gets
+  to the sweep with every point built and one device per core."""
+  probe = textwrap.dedent(f"""
+      import runpy, sys
+      sys.path.insert(0, {ROOT!r})
+      import jax
+      from fedjax_robust import sweep
+      def probe(base, points, workdir, **kwargs):
+        print("PROBE", len(points), jax.device_count(), flush=True)
+        return []
+      sweep.run = probe
+      sys.argv = ["launch/sweep.py", "--config=configs/sweep_mu_aware.py",
+                  "--workdir={tmp_path}", *{list(_MU_AWARE_TINY)!r}]
+      runpy.run_path("launch/sweep.py", run_name="__main__")
+      """)
+  out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f"PROBE 2 {len(os.sched_getaffinity(0))}\n" in out.stdout
+
+
+@pytest.mark.slow
+def test_mu_aware_sweep_runs_from_the_command_line(tmp_path):
+  """The documented command of configs/sweep_mu_aware.py, at a tiny size and the default mesh:
+  both points run and the report is printed."""
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "sweep.py"),
+                        "--config=configs/sweep_mu_aware.py", f"--workdir={tmp_path}",
+                        *_MU_AWARE_TINY], capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "sweep: 2 points, 0 already done, 2 to run" in out.stdout
+  assert {r["rule"] for r in sweep.read_results(str(tmp_path / "results.csv"))} == {
+      "trimmed_mean@quantile_f|×2", "trimmed_mean@quantile_f|×0.5"}
