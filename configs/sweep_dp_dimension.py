@@ -235,11 +235,7 @@ def _plot(entries, workdir, note) -> str:
                             and not math.isnan(e[high])) * 1.15)
     axes[0, column].legend(fontsize=6, ncol=1, loc="best")
   axes[1, -1].legend(fontsize=6, ncol=1, loc="best")
-  fig.suptitle("Privacy (solid), privacy + shared random-k at k ∝ d (dashed) and at fixed k "
-               "(dash-dot), neither (dotted) against d\n"
-               + note, fontsize=8)
-  fig.tight_layout()
-  path = os.path.join(workdir, "dp_error_vs_dimension.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return sweep.save_figure(
+      fig, os.path.join(workdir, "dp_error_vs_dimension.png"),
+      "Privacy (solid), privacy + shared random-k at k ∝ d (dashed) and at fixed k (dash-dot), "
+      "neither (dotted) against d", note, dpi=110)

@@ -697,16 +697,24 @@ def describe(base, points: Sequence[Point], *, x: str | None = None, note: str =
   return ", ".join(parts) + (f". {note}" if note else "")
 
 
-def _figure_saver(plt, workdir: str, subtitle: str, paths: list[str]):
-  """`save(fig, name, title)`: titles the figure with `title` and `subtitle` (wrapped to its
-  width), writes `workdir/name` and appends the path to `paths`."""
+def save_figure(fig, path: str, title: str, subtitle: str = "", *, dpi: int = 120) -> str:
+  """Titles `fig` with `title` and `subtitle`, each wrapped to the figure's width (a narrow
+  figure, one panel, gets more lines, never a line past its edges), lays it out with the title
+  inside, writes `path` and closes the figure; returns `path`."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  width = int(12.5 * fig.get_size_inches()[0])  # characters per line at fontsize 9
+  fig.suptitle("\n".join(textwrap.fill(t, width) for t in (title, subtitle) if t), fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
+def _figure_saver(workdir: str, subtitle: str, paths: list[str]):
+  """`save(fig, name, title)`: `save_figure` to `workdir/name` with `subtitle`, the path
+  appended to `paths`."""
   def save(fig, name, title):
-    width = int(12.5 * fig.get_size_inches()[0])  # characters per line at fontsize 9
-    fig.suptitle("\n".join(textwrap.fill(t, width) for t in (title, subtitle) if t), fontsize=9)
-    fig.tight_layout()
-    paths.append(os.path.join(workdir, name))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, os.path.join(workdir, name), title, subtitle))
   return save
 
 
@@ -747,7 +755,7 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
   style_colors = {st: f"C{i}" for i, st in enumerate(st for st in styles if st != worst_label)}
   paths = []
 
-  save = _figure_saver(plt, workdir, subtitle, paths)
+  save = _figure_saver(workdir, subtitle, paths)
 
   cols = min(len(series_values), 3)
   nrows = -(-len(series_values) // cols)
@@ -921,7 +929,7 @@ def plot_theory(rows: list[dict], workdir: str, *, x: str, series: str, style: s
 
   worst_name = worst_name or worst_case.short_name("final_loss")
 
-  save = _figure_saver(plt, workdir, subtitle, paths)
+  save = _figure_saver(workdir, subtitle, paths)
 
   cols = min(len(series_values), 3)
   nrows = -(-len(series_values) // cols)

@@ -404,3 +404,28 @@ def test_the_d_sweep_names_the_real_d_and_reports_error_with_its_divergence(tmp_
           ] == pytest.approx([diff.mean(), diff.mean() - half, diff.mean() + half])
   assert got["no_dp"]["dp_excess"] == "nan"
   assert (tmp_path / "dp_error_vs_dimension.png").stat().st_size > 0
+
+
+def test_the_d_sweep_plot_title_is_inside_the_figure_with_one_task(tmp_path, monkeypatch):
+  """dp_error_vs_dimension.png with one task (`--config.grid.tasks=synthetic`) is one panel wide:
+  its title, wrapped to that width, must lie inside the figure as saved (it was one line per
+  sentence, wider than the figure and cut on both sides: 'ivacy (solid), …')."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from configs import sweep_dp_dimension as dim  # pylint: disable=g-import-not-at-top
+  figures = []
+  monkeypatch.setattr(plt, "close", figures.append)  # keep the figure as it was saved
+  entries = [{"task": "synthetic", "d": d, "setting": setting, "rule": "trimmed_mean",
+              "error": 1.0 + d / 1e5, "error_ci_low": 0.9, "error_ci_high": 1.2 + d / 1e5,
+              "diverged_share": 0.0, "dp_excess": 0.1 if setting == "dp" else math.nan,
+              "dp_excess_ci_low": 0.05, "dp_excess_ci_high": 0.15, "dp_excess_pairs": 8}
+             for d in (100, 1000) for setting in ("dp", "no_dp")]
+  path = dim._plot(entries, str(tmp_path), dim.plot_note(dim.get_config()))  # pylint: disable=protected-access
+  assert os.path.getsize(path) > 0 and len(figures) == 1
+  fig = figures[0]
+  fig.canvas.draw()
+  title = fig._suptitle  # pylint: disable=protected-access
+  inside = title.get_window_extent().transformed(fig.transFigure.inverted())
+  assert inside.x0 >= 0 and inside.y0 >= 0 and inside.x1 <= 1 and inside.y1 <= 1, inside
+  assert "Privacy (solid)" in title.get_text() and "ALIE z = 3" in title.get_text()
