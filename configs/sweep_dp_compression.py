@@ -68,8 +68,8 @@ def plot_note(c) -> str:
 
 
 def report(c, rows, workdir, ids, log=print) -> list[str]:
-  """The table: per (privacy, compression) the accuracy of each rule with its 95% CI, the ε
-  reached (DP-SGD, the client with the fewest examples) and the bits one round sends."""
+  """The table: per (privacy, compression) the accuracy of each rule that ran with its 95% CI,
+  the ε reached (DP-SGD, the client with the fewest examples) and the bits one round sends."""
   metric = c.plot.metric
   cells = {}
   for r in rows:
@@ -79,6 +79,8 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     cell.setdefault(r["rule"], {"point": r["point"]})[r["statistic"]] = float(r["value"])
   if not cells:
     return []
+  # The columns: the rules that ran, in the sweep's order (not every rule the config knows).
+  rules = list(dict.fromkeys(rule for by_rule in cells.values() for rule in by_rule))
   records = {}
   for cell, by_rule in cells.items():
     with open(sweep.config_path(workdir, next(iter(by_rule.values()))["point"])) as fh:
@@ -93,7 +95,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
            "epsilon": privacy["epsilon"] if privacy else float("inf"),
            "noise_multiplier": privacy["noise_multiplier"] if privacy else 0.0,
            "bits_per_round": compression["bits_per_round"] if compression else plain}
-    for rule in RULES:
+    for rule in rules:
       e = by_rule.get(rule, {})
       row.update({f"{rule}_{s}": e.get(s, float("nan"))
                   for s in ("mean", "mean_ci_low", "mean_ci_high")})
@@ -102,11 +104,11 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   log(f"\n{metric} (%, mean [95% CI]) per privacy × compression; ε at δ = "
       f"{c.base.privacy.delta:g} for the client with the fewest examples")
   log(f"{'privacy':8s} {'compression':16s} {'ε':>7s} {'σ':>7s} {'bits/round':>11s}  "
-      + "  ".join(f"{rule:>26s}" for rule in RULES))
+      + "  ".join(f"{rule:>26s}" for rule in rules))
   for t in table:
     log(f"{t['privacy']:8s} {t['compression']:16s} {t['epsilon']:7.3g} "
         f"{t['noise_multiplier']:7.3g} {t['bits_per_round']:11.3g}  "
         + "  ".join(f"{100 * t[f'{r}_mean']:6.2f} [{100 * t[f'{r}_mean_ci_low']:6.2f}, "
-                    f"{100 * t[f'{r}_mean_ci_high']:6.2f}]" for r in RULES))
+                    f"{100 * t[f'{r}_mean_ci_high']:6.2f}]" for r in rules))
   return [path]
 

@@ -429,3 +429,35 @@ def test_the_d_sweep_plot_title_is_inside_the_figure_with_one_task(tmp_path, mon
   inside = title.get_window_extent().transformed(fig.transFigure.inverted())
   assert inside.x0 >= 0 and inside.y0 >= 0 and inside.x1 <= 1 and inside.y1 <= 1, inside
   assert "Privacy (solid)" in title.get_text() and "ALIE z = 3" in title.get_text()
+
+
+def test_the_privacy_compression_table_has_a_column_per_rule_that_ran(tmp_path):
+  """configs/sweep_dp_compression.py with `--config.grid.rules=trimmed_mean`: the report's
+  columns are the rules that ran (it printed a `nan [nan, nan]` column for NNM + trimmed mean,
+  which never ran)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  from configs import sweep_dp_compression as dpc  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
+  c = dpc.get_config()
+  c.grid.rules = ("trimmed_mean",)
+  points = dpc.points(c)
+  os.makedirs(tmp_path / "points")
+  rows = []
+  for i, p in enumerate(points[:2]):  # (none, none) and (none, top_k)
+    pid = f"p{i}"
+    with open(sweep.config_path(str(tmp_path), pid), "w") as fh:
+      json.dump({"config": {}, **({"compression": {"bits_per_round": 1e4,
+                                                  "uncompressed_bits_per_round": 1e5}}
+                                 if i else {})}, fh)
+    rows += [{**p.tags, "point": pid, "metric": "honest_holdout_accuracy", "statistic": st,
+              "value": v} for st, v in (("mean", 0.9 - i / 10), ("mean_ci_low", 0.85 - i / 10),
+                                        ("mean_ci_high", 0.95 - i / 10))]
+  logs = []
+  dpc.report(c, rows, str(tmp_path), {"p0", "p1"}, log=logs.append)
+  with open(tmp_path / "dp_compression.csv") as fh:
+    table = list(csv.DictReader(fh))
+  assert [k for k in table[0] if k.endswith("_mean")] == ["trimmed_mean_mean"]
+  assert [float(t["trimmed_mean_mean"]) for t in table] == pytest.approx([0.9, 0.8])
+  printed = "\n".join(logs)
+  assert "nnm+trimmed_mean" not in printed and "nan" not in printed
+  assert "90.00 [ 85.00,  95.00]" in printed and "80.00 [ 75.00,  85.00]" in printed
