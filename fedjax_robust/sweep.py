@@ -326,11 +326,12 @@ def config_path(workdir: str, pid: str) -> str:
 
 def run(base, points: Sequence[Point], workdir: str, *,
         log: Callable[[str], None] = print, stop_after: int | None = None,
-        recompute: bool = False) -> list[dict]:
+        recompute: bool = False, metric: str | None = None) -> list[dict]:
   """Runs every point not yet done in `workdir` (see the module docstring); returns all rows of
   results.csv. A point done by other code or another JAX/backend (its npz's provenance,
   `provenance.reuse_mismatch`) is named and recomputed; `recompute` recomputes every point.
-  `stop_after` ends the sweep after that many new points (to test resumption)."""
+  `stop_after` ends the sweep after that many new points (to test resumption). Each point's
+  progress line gives E[`metric`] (the one the sweep's table shows; `progress_value`)."""
   experiment.check_workdir(workdir)
   os.makedirs(os.path.join(workdir, "points"), exist_ok=True)
   path = os.path.join(workdir, "results.csv")
@@ -415,9 +416,7 @@ def run(base, points: Sequence[Point], workdir: str, *,
       _write_results(path, rows)
       _write_csv(timings_path, timings, TIMING_FIELDS)
     elapsed = time.perf_counter() - start
-    acc = s["honest_accuracy"]["mean"]  # NaN when undefined (regression, every draw diverged)
-    headline = (f"E[honest acc] {100 * acc:.2f}%" if np.isfinite(acc)
-                else f"E[honest loss] {s['honest_loss']['mean']:.4g}")
+    headline = progress_value(s, metric)
     eta = elapsed / (i + 1) * (len(todo) - i - 1)
     diverged = s["diverged"]["count"]
     never = [k for k, v in s.items() if k.endswith("clipped_share") and v == 0.0]
@@ -430,6 +429,18 @@ def run(base, points: Sequence[Point], workdir: str, *,
         + (f"; WARNING: the clipping stage never clipped ({', '.join(never)} = 0): these are "
            "the numbers of the rule without clipping" if never else ""))
   return rows
+
+
+def progress_value(summary: dict, metric: str | None = None) -> str:
+  """'E[<metric>] <mean>' of one rule's summary, named as the sweep table names it (accuracies
+  in percent): `metric`, or by default the held-out accuracy where it is measured, else the
+  in-sample one; the honest loss where the accuracy is undefined (a regression task, or every
+  draw diverged)."""
+  names = [metric] if metric else ["honest_holdout_accuracy", "honest_accuracy"]
+  name = next((m for m in names if m in summary and np.isfinite(summary[m]["mean"])),
+              "honest_loss")
+  mean = summary[name]["mean"]
+  return f"E[{name}] " + (f"{100 * mean:.2f}%" if _is_percent(name) else f"{mean:.4g}")
 
 
 COMPARISON_FIELDS = ("a", "b", "metric", "same_draws", "mean", "ci_low", "ci_high", "p_value",

@@ -72,7 +72,8 @@ def main(argv):
   writer = sharding.is_writer()  # multi-host: process 0 prints and writes
   log = (lambda m: print(m, flush=True)) if writer else (lambda _: None)
   try:
-    rows = sweep.run(config.base, points, _WORKDIR.value, log=log, recompute=_RECOMPUTE.value)
+    rows = sweep.run(config.base, points, _WORKDIR.value, log=log, recompute=_RECOMPUTE.value,
+                     metric=config.plot.metric)
   except KeyboardInterrupt:
     done = len({r["point"] for r in sweep.read_results(
         os.path.join(_WORKDIR.value, "results.csv"))})
