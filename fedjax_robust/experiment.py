@@ -60,12 +60,15 @@ class AggregatorRun:
   # What made these numbers (provenance.record): code version, software, device, seed, chunk.
   provenance: dict | None = None
 
-  def save(self, path: str, fingerprint: str) -> None:
+  def save(self, path: str, config) -> None:
+    """Writes the run to `path` with `config` (`run_config` or `reference_config`: what made
+    these numbers), its `fingerprint` and the run's provenance."""
     arrays = {f"metric.{k}": v for k, v in self.metrics.items()}
     arrays.update({f"aux.{k}": v for k, v in self.aux.items()})
     arrays.update({f"final.{k}": v for k, v in self.final.items()})
     tmp = path + ".tmp.npz"
-    np.savez(tmp, rounds=self.rounds, fingerprint=fingerprint, spec=self.spec,
+    np.savez(tmp, rounds=self.rounds, fingerprint=fingerprint(config),
+             config=config.to_json(sort_keys=True), spec=self.spec,
              timing=np.array([self.compile_seconds, self.run_seconds]),
              draws_per_chunk=self.draws_per_chunk,
              provenance=json.dumps(self.provenance or provenance.record(
@@ -73,16 +76,24 @@ class AggregatorRun:
     os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written result
 
   @classmethod
-  def load(cls, path: str, fingerprint: str,
+  def load(cls, path: str, config,
            log: Callable[[str], None] | None = None) -> "AggregatorRun | None":
-    """The saved run, or None if absent, made by a different configuration, made by other code
-    or another numerical stack (`provenance.reuse_mismatch`: named through `log`, recomputed),
-    or unreadable (a truncated or damaged file is named through `log` and will be recomputed)."""
+    """The run saved with the same `config` (see `save`), or None if absent, made by a
+    different configuration (the keys that changed are named through `log`, from the
+    configuration saved beside the run), made by other code or another numerical stack
+    (`provenance.reuse_mismatch`: named through `log`), or unreadable (a truncated or damaged
+    file is named through `log`); each of these is recomputed."""
     if not os.path.exists(path):
       return None
     try:
       with np.load(path) as z:
-        if str(z["fingerprint"]) != fingerprint:
+        if str(z["fingerprint"]) != fingerprint(config):
+          if log is not None:
+            changes = (config_changes(json.loads(str(z["config"])),
+                                      json.loads(config.to_json()))
+                       if "config" in z.files else "the file does not record its configuration")
+            log(f"cached run {path} was made with another configuration ({changes}); "
+                "recomputing it.")
           return None
         saved = json.loads(str(z["provenance"])) if "provenance" in z.files else None
         stale = provenance.reuse_mismatch(saved)
@@ -105,10 +116,78 @@ class AggregatorRun:
 
 
 def fingerprint(config) -> str:
-  """A hash of the configuration of one aggregator's run (with the code and numerical stack,
-  checked by `provenance.reuse_mismatch` when a cached run is loaded, everything that determines
-  its numbers)."""
+  """A hash of a configuration: a sweep point's id, and, of `run_config` or `reference_config`,
+  the key of a cached run (with the code and numerical stack, checked by
+  `provenance.reuse_mismatch` when a cached run is loaded, everything that determines its
+  numbers)."""
   return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Keys no aggregator's run reads: how its numbers are summarized and printed, and which other
+# runs are made. Changing them reuses the cached runs. report.*: the intervals, resamples and
+# compared pairs of the summaries; estimators.*: the reference runs (cached on their own, by
+# `reference_config`); theory.objectives: the objectives solved after the runs. (The draws per
+# chunk stay in: they shape the compiled program, and a run records the width it ran at.)
+NOT_IN_RUN = ("report", "estimators", "theory.objectives")
+
+
+def _drop(config, keys) -> None:
+  """Deletes the dotted `keys` from an unlocked ConfigDict."""
+  for key in keys:
+    *path, leaf = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    del node[leaf]
+
+
+def run_config(config, spec: str):
+  """What determines the numbers of `spec`'s run: `config` with `aggregator` = `spec`, less
+  NOT_IN_RUN. Its `fingerprint` keys the cached run, and it is saved beside the run, so that a
+  recomputation names the keys that changed (`config_changes`)."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.aggregator = spec
+    _drop(c, NOT_IN_RUN)
+  return c
+
+
+def reference_config(config, masks: np.ndarray):
+  """The same for the honest-only baseline trained on the draws `masks` `[S, n]`: `run_config`
+  of the reference, less what its simulator never reads (_NOT_IN_REFERENCE), plus a digest of
+  the masks (under a worst case searched per aggregator they come from the search, not from
+  the configuration)."""
+  c = run_config(config, "reference:honest_optimum")
+  masks = np.asarray(masks, bool)
+  with c.unlocked():
+    _drop(c, _NOT_IN_REFERENCE)
+    c.honest_masks_sha256 = hashlib.sha256(
+        str(masks.shape).encode() + np.packbits(masks).tobytes()).hexdigest()[:16]
+  return c
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(_leaves(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def config_changes(saved: dict, now: dict, most: int = 8) -> str:
+  """The leaves that differ between two configurations (as JSON dicts), 'key: old → new', at most
+  `most` named; a key one side lacks shows as '(absent)'."""
+  old, new = _leaves(saved), _leaves(now)
+  shown = lambda tree, k: repr(tree[k]) if k in tree else "(absent)"
+  changed = [f"{k}: {shown(old, k)} → {shown(new, k)}"
+             for k in sorted(old.keys() | new.keys())
+             if k not in old or k not in new or json.dumps(old[k]) != json.dumps(new[k])]
+  if not changed:
+    return "no key differs from the one the file records (fingerprinted by older code)"
+  return "; ".join(changed[:most]) + (f"; and {len(changed) - most} more" if len(changed) > most
+                                      else "")
 
 
 # Called after every evaluation step with a dict: spec, chunk, num_chunks, round, num_rounds,
@@ -127,7 +206,10 @@ _programs: dict[tuple, Callable] = {}
 _NOT_IN_PROGRAM = ("seed", "honest_set", "honest_set_options", "graph", "num_samples",
                    "num_samples_per_chunk", "memory_budget_gb", "estimators", "report",
                    "draw_condition")
-_NOT_IN_REFERENCE = ("f", "aggregator_options", "server_prior")
+# What a reference simulator (`config_lib.make_simulator(reference=...)`: the mean, no attack, no
+# theory measurements) does not read either.
+_NOT_IN_REFERENCE = ("f", "aggregator_options", "server_prior", "attack", "attack_options",
+                     "theory")
 
 # The number of draws trained at once (the vmapped width) is always a multiple of this; a chunk
 # with fewer draws is padded (padding rows are discarded). Measured on XLA:CPU (AVX, 8 float32
@@ -778,9 +860,13 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   as `<spec>.worst_case.json`) or the max-heterogeneity proxy (criterion "heterogeneity", found
   once, not a loss maximum); draws then differ only by their training randomness, so their
   intervals cover training noise only. With a `workdir`, each aggregator's draws are saved to
-  `workdir/runs/<spec>.npz` as soon as it finishes, and a rerun with the same configuration
-  loads them instead of training again (a damaged file, or one made by other code or another
-  JAX/backend, is named and recomputed; `recompute` ignores every cached file). Before any
+  `workdir/runs/<spec>.npz` as soon as it finishes (the honest-only baseline of
+  `estimators.honest_optimum` to `runs/honest_only.npz`), and a rerun with the same
+  configuration (`run_config`: the keys of NOT_IN_RUN, which only change what is printed or
+  which other runs are made, do not count) loads them instead of training again (a damaged
+  file, one made by other code or another JAX/backend, or one made by another configuration is
+  named — with the keys that changed — and recomputed; `recompute` ignores every cached file).
+  Before any
   training it logs the whole job: draws × rounds × aggregators, chunks, memory per chunk and a
   rough time estimate; `progress` then gets whole-job fractions and ETAs.
   """
@@ -867,10 +953,9 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   runs = {}
   for spec in specs:
     path = os.path.join(workdir, "runs", spec + ".npz") if workdir else None
-    spec_config = config.copy_and_resolve_references()
-    spec_config.aggregator = spec
+    spec_config = run_config(config, spec)
     key = fingerprint(spec_config)
-    cached = AggregatorRun.load(path, key, log) if path and not recompute else None
+    cached = AggregatorRun.load(path, spec_config, log) if path and not recompute else None
     if spec not in masks:  # worst case by final loss: searched for this aggregator
       found = _load_worst_case(path, key, log) if path and not recompute else None
       if found is None:
@@ -899,10 +984,10 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     log(f"{spec}: compiled in {runs[spec].compile_seconds:.1f} s, ran in "
         f"{runs[spec].run_seconds:.1f} s")
     if path and sharding.is_writer():  # multi-host: process 0 writes
-      runs[spec].save(path, key)
+      runs[spec].save(path, spec_config)
   exp = Experiment(config, fed, masks, runs, worst, server_prior=prior_info,
                    privacy=privacy_info, compression=compression_info)
-  _run_references(exp, init_key, run_key, log)
+  _run_references(exp, init_key, run_key, log, workdir=workdir, recompute=recompute)
   _run_theory(exp, log)
   return exp
 
@@ -940,22 +1025,45 @@ def _run_theory(exp: Experiment, log) -> None:
                       "weights_from": how}
 
 
-def _run_references(exp: Experiment, init_key, run_key, log) -> None:
-  """The optional reference runs of `config.estimators`."""
+def _run_references(exp: Experiment, init_key, run_key, log, *, workdir: str | None = None,
+                    recompute: bool = False) -> None:
+  """The optional reference runs of `config.estimators`. The honest-only baseline (honest
+  optimum) is one run per distinct set of draws (usually every spec shares one), cached like an
+  aggregator's run: `workdir/runs/honest_only.npz`, or `runs/<spec>.honest_only.npz` for each
+  spec's own draws (a worst case searched per aggregator), keyed by `reference_config`."""
   config, fed = exp.config, exp.data
   rounds, every = config.training.num_rounds, config.training.eval_every
   if config.estimators.honest_optimum:
-    by_masks = {}  # one run per distinct mask array (usually all specs share one)
+    configs = {spec: reference_config(config, masks) for spec, masks in exp.masks.items()}
+    shared = len({fingerprint(c) for c in configs.values()}) == 1
+    by_key = {}
     for spec, masks in exp.masks.items():
-      if id(masks) not in by_masks:
-        sim = simulator(config, spec, fed, reference="honest_optimum")
-        log("honest optimum L_S* of every draw (mean of the honest clients, no attack)")
-        by_masks[id(masks)] = run_monte_carlo(
-            sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key, num_rounds=rounds,
-            eval_every=every, spec="honest_optimum", mesh=sharding.make(config.mesh),
-            chunk=chunk_size(config, sim.num_params, config.num_samples,
-                             int(fed.train.counts.max())))
-      exp.references[spec] = by_masks[id(masks)]
+      ref_config = configs[spec]
+      key = fingerprint(ref_config)
+      if key not in by_key:
+        name = "honest_only" if shared else f"{spec}.honest_only"
+        path = os.path.join(workdir, "runs", name + ".npz") if workdir else None
+        cached = AggregatorRun.load(path, ref_config, log) if path and not recompute else None
+        if cached is not None:
+          log(f"honest optimum L_S* of every draw: loaded from {path}")
+          by_key[key] = cached
+        else:
+          sim = simulator(config, spec, fed, reference="honest_optimum")
+          log("honest optimum L_S* of every draw (mean of the honest clients, no attack)")
+          mesh = sharding.make(config.mesh)
+          chunk = chunk_size(config, sim.num_params, config.num_samples,
+                             int(fed.train.counts.max()))
+          ref = run_monte_carlo(
+              sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
+              num_rounds=rounds, eval_every=every, spec="honest_optimum", mesh=mesh, chunk=chunk)
+          ref.provenance = provenance.record(
+              seed=config.seed, draws_per_chunk=ref.draws_per_chunk,
+              draws_per_block=_block_of(ref.draws_per_chunk, mesh),
+              mesh=sharding.describe(mesh))
+          if path and sharding.is_writer():
+            ref.save(path, ref_config)
+          by_key[key] = ref
+      exp.references[spec] = by_key[key]
   if config.estimators.oracle:
     spec = config_lib.honest_set_spec(config)
     weights = honest_sets.expected_objective_weights(spec["p"], config.num_clients)

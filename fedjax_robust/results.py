@@ -670,18 +670,44 @@ DRAW_THEORY = ("g2", "b2", "kappa_ratio", "smoothness", "bound", "valid", "error
                "bound_plugin", "tightness_plugin")
 
 
+def baselines(experiment: Experiment) -> list[tuple[str, AggregatorRun]]:
+  """The honest-only baseline runs (estimators.honest_optimum), each once, named as draws.csv
+  and the cache name them: 'honest_only' when every aggregator's draws share one, else
+  '<spec>.honest_only' for each aggregator's own draws (a worst case searched per aggregator)."""
+  refs = experiment.references
+  if len({id(r) for r in refs.values()}) == 1:
+    return [("honest_only", next(iter(refs.values())))]
+  seen, out = set(), []
+  for spec, run in refs.items():
+    if id(run) not in seen:
+      seen.add(id(run))
+      out.append((f"{spec}.honest_only", run))
+  return out
+
+
 def write_draws_csv(experiment: Experiment, path: str) -> None:
   """One row per draw of μ_H: its realized b, whether it has no honest majority (b ≥ n/2, run
   anyway and flagged here), each aggregator's final-round metrics and, with theory measurements,
   its per-draw theory (theory.report.per_draw: G², B², κ ratio, bound, validity, measured error,
-  tightness)."""
+  tightness), then the honest-only baseline's final-round metrics (`baselines`: the draws the
+  paired comparisons against it pair). Each run has a `<name>:diverged` column (1: a non-finite
+  parameter at the final model); a diverged draw's other values of that run are left empty (its
+  accuracies would be those of NaN logits, its loss NaN), so a column's average is over the
+  draws that did not diverge, as in the tables."""
   counts = _counts(experiment)
   n = experiment.config.num_clients
-  columns = [(name, metric, experiment.runs[name].metrics[metric][-1])
-             for name, run in experiment.runs.items() for metric in run.metrics]
+  diverged = {name: diverged_draws(run)[-1] for name, run in experiment.runs.items()}
+  metrics_of = lambda name, run: (
+      [(name, "diverged", diverged[name].astype(int))]
+      + [(name, metric, values[-1]) for metric, values in run.metrics.items()
+         if metric != "diverged"])
+  columns = [c for name, run in experiment.runs.items() for c in metrics_of(name, run)]
   columns += [(name, f"theory_{key}", np.asarray(theory[key], np.float64))
               for name, theory in experiment.theory.items() for key in DRAW_THEORY
               if key in theory]
+  for name, run in baselines(experiment):
+    diverged[name] = diverged_draws(run)[-1]
+    columns += metrics_of(name, run)
   # A mixed population: how many clients of each behaviour the draw has (the same draws, hence
   # the same composition, for every aggregator: taken from the first run that records it).
   composition = next((run.final for run in experiment.runs.values()
@@ -693,9 +719,12 @@ def write_draws_csv(experiment: Experiment, path: str) -> None:
     writer.writerow(["draw", "num_byzantine", "no_honest_majority",
                      *[f"num_{name}" for name, _ in behaviours],
                      *[f"{name}:{metric}" for name, metric, _ in columns]])
+    cell = lambda name, metric, values, s: (
+        int(values[s]) if metric == "diverged" else "" if diverged[name][s]
+        else float(values[s]))
     for s, b in enumerate(counts):
       writer.writerow([s, int(b), int(2 * b >= n), *[int(v[s]) for _, v in behaviours],
-                       *[float(values[s]) for _, _, values in columns]])
+                       *[cell(*column, s) for column in columns]])
   os.replace(path + ".tmp", path)
 
 
@@ -716,10 +745,25 @@ def format_options(options: Mapping[str, Any], rename: Mapping[str, str] | None 
                    if v is not None)
 
 
-def plot(experiment: Experiment, path: str) -> str:
+def diverged_label(name: str, run: AggregatorRun) -> str:
+  """A rule's label in the plot: its name, and, when draws diverged, how many of the S and that
+  its curve and box are over the others (none: no curve)."""
+  diverged = diverged_draws(run)[-1]
+  k, total = int(diverged.sum()), int(diverged.size)
+  if not k:
+    return name
+  if k == total:
+    return f"{name} ({k}/{total} diverged: nothing to plot)"
+  return f"{name} ({k}/{total} diverged; the other {total - k} plotted)"
+
+
+def figure(experiment: Experiment):
   """Honest accuracy over rounds (mean, 5–95% band over draws) and its final distribution (box:
   quartiles, whiskers 5–95%), titled with what was run: the data, n, μ_H and its parameters, the
-  declared f, the attack and its options, S and the rounds. Returns the figure's title."""
+  declared f, the attack and its options, S and the rounds. A rule's curve, band and box are
+  over its draws that did not diverge by the final round (the same draws at every round), and
+  its label says how many of the S diverged (`diverged_label`). Returns the figure (the caller
+  closes it) and its title."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -743,15 +787,22 @@ def plot(experiment: Experiment, path: str) -> str:
   fig, (ax, box) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
   finals, names = [], []
   for name, run in experiment.runs.items():
-    acc = 100 * defined_metrics(run)["honest_accuracy"]  # diverged draws left out
-    mean = np.nanmean(acc, axis=1)
-    lo, hi = np.nanquantile(acc, 0.05, axis=1), np.nanquantile(acc, 0.95, axis=1)
-    (line,) = ax.plot(run.rounds, mean, label=name)
-    ax.fill_between(run.rounds, lo, hi, color=line.get_color(), alpha=0.2)
+    kept = ~diverged_draws(run)[-1]
+    acc = 100 * np.asarray(defined_metrics(run)["honest_accuracy"], np.float64)[:, kept]
+    label = diverged_label(name, run)
+    defined = ~np.all(np.isnan(acc), axis=1)  # rounds with a draw to average (none: no curve)
+    if defined.any():
+      rounds, acc_defined = run.rounds[defined], acc[defined]
+      (line,) = ax.plot(rounds, np.nanmean(acc_defined, axis=1), label=label)
+      ax.fill_between(rounds, np.nanquantile(acc_defined, 0.05, axis=1),
+                      np.nanquantile(acc_defined, 0.95, axis=1), color=line.get_color(),
+                      alpha=0.2)
+    else:
+      ax.plot([], [], label=label)
     finals.append(acc[-1][~np.isnan(acc[-1])])
-    names.append(name)
+    names.append(label)
   ax.set(xlabel="round", ylabel="honest accuracy (%)",
-         title="line: mean over draws; band: 5–95% over draws")
+         title="line: mean over the draws that did not diverge; band: 5–95% over them")
   ax.title.set_fontsize(9)
   ax.grid(alpha=0.3)
   handles, labels = ax.get_legend_handles_labels()
@@ -765,6 +816,13 @@ def plot(experiment: Experiment, path: str) -> str:
   box.grid(alpha=0.3)
   fig.suptitle(textwrap.fill(title, 150), fontsize=9)
   fig.tight_layout()
+  return fig, title
+
+
+def plot(experiment: Experiment, path: str) -> str:
+  """`figure` saved to `path`; returns its title."""
+  fig, title = figure(experiment)
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (after figure's backend)
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return title
