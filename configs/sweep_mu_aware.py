@@ -26,6 +26,10 @@ Rules (the `rule` tag):
 A rule's label carries the prior when it is not the correct one: "|×2", "|×0.5" (the prior's
 corruption probabilities scaled), "|permuted" (the prior attached to the wrong clients), "|absent"
 (no prior: posterior_filter with the exchangeable P(faulty) = f/n, adaptive_trim capped at f).
+The `prior` tag says which of these the setting gives the server ("correct"; "independent" in
+the worst block, whose prior is the independent law's; a classic rule ignores it), so the
+generic paired table compares rules under the same prior, never one misspecification with
+another.
 The quantile-f rules have no "|permuted" point: a relabelling leaves the law of b unchanged.
 A rule the misspecified prior makes undefined (under ×2 the correlated laws' 0.95-quantile of b
 is 13 of 25, no honest majority; 3 of the 5 groups hold a faulty majority, no majority of clean
@@ -173,7 +177,7 @@ def points(c):
     def overrides(prior):
       return {**TASKS[task], "attack": threat, **mu_h_overrides(mu_h),
               **rule_overrides(rule, prior)}
-    tags = {"block": block, "task": task, "threat": threat, "mu_H": mu_h,
+    tags = {"block": block, "task": task, "threat": threat, "mu_H": mu_h, "prior": prior,
             "rule": _label(rule, prior)}
     point = Point(tags, overrides(prior))
     if refusable:
@@ -216,7 +220,7 @@ def points(c):
       if rule in ("cluster_aggregate", "posterior_filter@marginals"):
         continue  # no grouping, no coupling: the worst case keeps the independent law's prior
       tags = {"block": "worst", "task": "digits_a1", "threat": "alie", "mu_H": "worst_case",
-              "rule": rule}
+              "prior": "independent", "rule": rule}
       # The prior rules keep the independent law's prior; the honest set is the worst one.
       prior = ({} if rule in CLASSIC else
                {"server_prior.kind": "marginals", "server_prior.p_per_client": P})

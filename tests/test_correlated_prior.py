@@ -295,3 +295,35 @@ def test_mu_aware_sweep_refuses_only_what_the_misspecified_prior_causes():
   with pytest.raises(ConfigError, match="num_rounds=1 must be a positive multiple"):
     sweep_mu_aware.points(c)
   assert not sweep_mu_aware.REFUSED
+
+
+def test_mu_aware_prior_block_pairs_rules_under_the_same_prior(tmp_path):
+  """The generic paired table of the prior block compared every rule with the group's first
+  point whatever its prior ('posterior_filter|×0.5 − posterior_filter|×2': two
+  misspecifications, no baseline); the prior is now a tag, so a group holds one prior and
+  every pair is two rules under the same one."""
+  from configs import sweep_mu_aware  # pylint: disable=g-import-not-at-top
+  c = sweep_mu_aware.get_config()
+  c.grid.blocks = ("prior",)
+  c.grid.mu_h = ("independent",)
+  c.grid.rules = ("posterior_filter", "trimmed_mean@quantile_f")
+  pts = sweep_mu_aware.points(c)
+  workdir = str(tmp_path)
+  os.makedirs(tmp_path / "points")
+  rng = np.random.default_rng(0)
+  masks = rng.random((4, 25)) > 0.2
+  rows = []
+  for i, p in enumerate(pts):
+    pid = f"p{i}"
+    sweep.save_point(sweep.point_path(workdir, pid), tags=json.dumps(p.tags),
+                     num_byzantine=(~masks).sum(1), honest_masks=masks,
+                     final_honest_holdout_accuracy=rng.random(4))
+    with open(sweep.config_path(workdir, pid), "w") as fh:
+      json.dump({"config": json.loads(sweep.apply_overrides(c.base, p.overrides).to_json())}, fh)
+    rows.append({"point": pid, **p.tags, "metric": "honest_holdout_accuracy",
+                 "statistic": "mean", "value": 0.5})
+  compared = sweep.paired_comparisons(rows, workdir, series="rule",
+                                      series_key=tuple(c.plot.series_keys), log=lambda _: None)
+  pairs = {(x["a"], x["b"]) for x in compared}
+  assert pairs == {("trimmed_mean@quantile_f|×2", "posterior_filter|×2"),
+                   ("trimmed_mean@quantile_f|×0.5", "posterior_filter|×0.5")}
