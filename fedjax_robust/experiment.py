@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 import numpy as np
 
+from fedjax_robust import aggregators
 from fedjax_robust import config as config_lib
 from fedjax_robust import evaluation
 from fedjax_robust import honest_sets
@@ -32,6 +33,7 @@ from fedjax_robust import server_prior
 from fedjax_robust import sharding
 from fedjax_robust import training
 from fedjax_robust import worst_case
+from fedjax_robust.aggregators import minimum_diameter
 from fedjax_robust.theory import report as theory_report
 from fedjax_robust.data import FederatedData
 from fedjax_robust.errors import ConfigError
@@ -191,7 +193,9 @@ def config_changes(saved: dict, now: dict, most: int = 8) -> str:
 
 
 # Called after every evaluation step with a dict: spec, chunk, num_chunks, round, num_rounds,
-# and, for the whole job, fraction (of all aggregators' and chunks' steps), elapsed and eta (s).
+# and, over every training of the job (each aggregator's chunks, then the honest-only
+# baseline's), fraction (of their steps), elapsed and eta (s; None until a step without compiling
+# has been timed, see `_JobClock`); after: None, or on the last step the phases still to come.
 Progress = Callable[[dict], None]
 
 # Simulators and compiled programs reused across runs whose configurations differ only in what
@@ -315,16 +319,96 @@ def memory_per_draw(config, num_params: int, max_count: int | None = None) -> in
   return 4 * (8 * n * num_params + n * max(batch, 64) * 1024 + per_example)
 
 
-def chunk_size(config, num_params: int, num_samples: int, max_count: int | None = None) -> int:
-  """Draws trained at once, a multiple of DRAW_ALIGNMENT per device of `config.mesh`'s draws
-  axis: `num_samples_per_chunk`, or (0) as many as fit in `memory_budget_gb` per device by
-  `memory_per_draw`, never more than S needs. A draw's numbers do not depend on this (see
-  DRAW_ALIGNMENT)."""
-  devices = sharding.axis_sizes(config.mesh)[sharding.DRAWS]
+def fixed_memory(fed: FederatedData) -> int:
+  """Bytes each device holds whatever the chunk: the clients' training data and held-out splits,
+  the test set and the server's root data (replicated on every device of a mesh)."""
+  return int(sum(np.dtype(a.dtype).itemsize * math.prod(a.shape) for a in jax.tree.leaves(
+      (fed.train, fed.test_x, fed.test_y, fed.holdout, fed.root))))
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+  """How a job's draws are chunked, and the memory per device that plan is estimated to take:
+  `fixed` + `draws_per_device` × `per_draw` bytes (the chunk's padding draws included, since
+  they are computed), against `budget` (`memory_budget_gb`, per device)."""
+  chunk: int             # draws trained at once, over all the devices of the draws axis
+  devices: int           # devices on the mesh's draws axis
+  per_draw: int          # bytes, `memory_per_draw`
+  fixed: int             # bytes, `fixed_memory`
+  budget: int            # bytes per device
+  automatic: bool        # chosen from the budget (num_samples_per_chunk = 0)
+
+  @property
+  def draws_per_device(self) -> int:
+    return self.chunk // self.devices
+
+  @property
+  def bytes_per_device(self) -> int:
+    return self.fixed + self.draws_per_device * self.per_draw
+
+  @property
+  def largest_chunk(self) -> int:
+    """The largest chunk within the budget (0: not even DRAW_ALIGNMENT draws per device)."""
+    fit = max(self.budget - self.fixed, 0) // self.per_draw
+    return fit // DRAW_ALIGNMENT * DRAW_ALIGNMENT * self.devices
+
+  def describe(self) -> str:
+    """'memory ≈ 2.02 GB per device (256 draws × 8 MB + 1 MB of data; budget 4 GB)'."""
+    where = " per device" if self.devices > 1 else ""
+    return (f"memory ≈ {_human_bytes(self.bytes_per_device)}{where} ({self.draws_per_device} "
+            f"draws × {_human_bytes(self.per_draw)} + {_human_bytes(self.fixed)} of data; "
+            f"budget {self.budget / 2**30:g} GB{where})")
+
+  def warning(self) -> str:
+    """'' when the plan is within the budget, else what exceeds what and what to change."""
+    if self.bytes_per_device <= self.budget:
+      return ""
+    need = -(-self.bytes_per_device * 100 // 2**30) / 100  # GB, rounded up to 0.01
+    what = (f"WARNING: memory: a chunk of {self.chunk} draws ({self.draws_per_device} per "
+            f"device) is estimated at {_human_bytes(self.bytes_per_device)} per device "
+            f"({self.draws_per_device} × {_human_bytes(self.per_draw)} per draw + "
+            f"{_human_bytes(self.fixed)} of data), more than memory_budget_gb="
+            f"{self.budget / 2**30:g}.")
+    if self.largest_chunk:  # num_samples_per_chunk asked for more than fits
+      return (f"{what} num_samples_per_chunk sets this chunk; set num_samples_per_chunk="
+              f"{self.largest_chunk} (or 0: chosen from the budget), or memory_budget_gb="
+              f"{need:g} if the device has that much.")
+    return (f"{what} The smallest chunk is {DRAW_ALIGNMENT} draws per device (DRAW_ALIGNMENT); "
+            f"set memory_budget_gb={need:g} if the device has that much, or make a draw "
+            "cheaper (training.batch_size, num_clients, the model).")
+
+
+def memory_plan(config, num_params: int, num_samples: int, max_count: int | None = None, *,
+                fixed: int = 0, devices: int | None = None) -> MemoryPlan:
+  """The chunking of `num_samples` draws over `devices` (default: `config.mesh`'s draws axis):
+  `num_samples_per_chunk` as given (rounded up to DRAW_ALIGNMENT per device), or (0) the fewest
+  chunks whose memory per device, `fixed` + draws per device × `memory_per_draw` (padding
+  included), stays within `memory_budget_gb`, the draws spread evenly over them (S = 1024 with
+  room for 1008: two chunks of 512, not 1008 + 1008 with 992 padding draws). When not even
+  DRAW_ALIGNMENT draws per device fit, that smallest chunk (`MemoryPlan.warning` says so).
+  A draw's numbers do not depend on the chunking (see DRAW_ALIGNMENT)."""
+  if devices is None:
+    devices = sharding.axis_sizes(config.mesh)[sharding.DRAWS]
+  plan = functools.partial(
+      MemoryPlan, devices=devices, per_draw=memory_per_draw(config, num_params, max_count),
+      fixed=fixed, budget=int(config.memory_budget_gb * 2**30),
+      automatic=not config.num_samples_per_chunk)
   if config.num_samples_per_chunk:
-    return align_draws(min(config.num_samples_per_chunk, num_samples), devices)
-  fit = int(config.memory_budget_gb * 2**30 // memory_per_draw(config, num_params, max_count))
-  return align_draws(min(num_samples, max(fit * devices, 1)), devices)
+    return plan(chunk=align_draws(min(config.num_samples_per_chunk, num_samples), devices))
+  room = plan(chunk=devices).largest_chunk // devices  # draws per device within the budget
+  need = align_draws(num_samples, devices) // devices  # per device, all the draws at once
+  if room == 0:
+    return plan(chunk=DRAW_ALIGNMENT * devices)
+  chunks = -(-need // room)
+  return plan(chunk=align_draws(-(-need // chunks), 1) * devices)
+
+
+def chunk_size(config, num_params: int, num_samples: int, max_count: int | None = None, *,
+               fixed: int = 0) -> int:
+  """Draws trained at once (`memory_plan(...).chunk`): a multiple of DRAW_ALIGNMENT per device
+  of `config.mesh`'s draws axis, within `memory_budget_gb` per device whenever the smallest
+  chunk is, `fixed` bytes per device (`fixed_memory`) included."""
+  return memory_plan(config, num_params, num_samples, max_count, fixed=fixed).chunk
 
 
 def _in_groups(fn, params, masks, *shared):
@@ -593,7 +677,7 @@ def _final_honest_losses(config, sim: training.Simulator, fed: FederatedData, ma
                         num_rounds=config.training.num_rounds,
                         eval_every=config.training.num_rounds,
                         chunk=chunk_size(config, sim.num_params, len(masks),
-                                         int(fed.train.counts.max())),
+                                         int(fed.train.counts.max()), fixed=fixed_memory(fed)),
                         draw_ids=np.asarray(draw_ids), mesh=sharding.make(config.mesh))
   loss = np.asarray(out.metrics["honest_loss"][-1], np.float64)
   diverged = (out.metrics["diverged"][-1] > 0) if "diverged" in out.metrics else False
@@ -789,7 +873,10 @@ def human_seconds(seconds: float) -> str:
 
 
 def _human_bytes(n: float) -> str:
-  return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+  """'4.04 GB', '81 MB', '0.5 MB' (GB = 2^30 bytes, as memory_budget_gb)."""
+  if n >= 2**30:
+    return f"{n / 2**30:.2f} GB"
+  return f"{n / 2**20:.0f} MB" if n >= 10 * 2**20 else f"{n / 2**20:.1f} MB"
 
 
 # A rough work rate for the up-front time estimate (XLA:CPU on 2 cores runs the default digits
@@ -806,48 +893,98 @@ def _flops_per_sample_round(config, num_params: int, max_count: int) -> float:
   return 6.0 * num_params * clients * local.steps(max_count) * batch
 
 
-class _JobClock:
-  """Whole-job progress over every aggregator's chunks and evaluation steps. The ETA is the
-  measured time per step (steady state: after each aggregator's first step, which includes its
-  compilation) times the steps left, plus the measured compile time for each aggregator left."""
+# The plan warns when a rule's exact subset search is estimated above this many CPU seconds.
+SUBSET_SEARCH_WARN_SECONDS = 60.0
 
-  def __init__(self, total_steps: int, num_specs: int, progress: Progress | None):
+
+def _rows_at_rule(config, spec: str) -> int:
+  """The rows the last stage of `spec` aggregates: a round's clients, regrouped by the
+  pre-aggregators before it (bucketing: ⌈m/s⌉), read from their traced output's shape."""
+  stages = aggregators.split_spec(spec)
+  rows = config.training.clients_per_round or config.num_clients
+  if len(stages) == 1:
+    return rows
+  pre = aggregators.chain(*stages[:-1], lambda u: u, f=config.f,
+                          options=config_lib.aggregator_options(config))
+  out = jax.eval_shape(lambda u: pre.apply(u, pre.init(1), jax.random.key(0))[0],
+                       jax.ShapeDtypeStruct((rows, 1), jnp.float32))
+  return out.shape[0]
+
+
+def _subset_searches(config, specs: list[str], draws: int) -> dict[str, tuple[str, float]]:
+  """For each spec whose rule searches every subset of n − f rows (`minimum_diameter.SEARCH_COST`:
+  MDA, SMEA), what the job's `draws` (padding included) × rounds aggregations cost: a line for
+  the plan, and the estimated CPU seconds."""
+  out = {}
+  for spec in specs:
+    rule = aggregators.split_spec(spec)[-1]
+    if rule not in minimum_diameter.SEARCH_COST:
+      continue
+    n, f, rounds = _rows_at_rule(config, spec), config.f, config.training.num_rounds
+    seconds = draws * rounds * minimum_diameter.search_seconds(rule, n, f)
+    out[spec] = (f"{spec}: exact search over C(n={n}, f={f}) = {math.comb(n, f):,} subsets of "
+                 f"{n - f} rows at every aggregation, {draws} draws × {rounds} rounds: "
+                 f"{draws * rounds * math.comb(n, f):.3g} subsets, ≈ {human_seconds(seconds)} "
+                 "on the 2-core CPU where its rate was measured", seconds)
+  return out
+
+
+class _JobClock:
+  """Progress over every training of the job: each aggregator's chunks and evaluation steps, then
+  the honest-only baseline's (`estimators.honest_optimum`). A run's first step includes its
+  compilation (and its programs' first calls), so it is timed apart from the steady steps:
+
+      ETA = (steps left − first steps left) × median steady step + first steps left × mean first
+
+  with one first step left per run not started yet. While steady steps are left and none has been
+  timed, the ETA is None (unknown: a step that compiled gives no rate). `after` names what the
+  job does once the last step is done (not in the fraction nor the ETA); the last step's report
+  carries it. `now` is the clock (a fake one in the tests)."""
+
+  def __init__(self, total_steps: int, num_runs: int, progress: Progress | None,
+               after: tuple[str, ...] = (), now: Callable[[], float] = time.perf_counter):
     self.total, self.done = max(total_steps, 1), 0
-    self.specs_left = num_specs
-    self.start = time.perf_counter()
+    self.runs_left = num_runs
+    self.now = now
+    self.start = now()
     self.progress = progress
+    self.after = tuple(after)
     self.step_seconds: list[float] = []
-    self.compile_seconds: list[float] = []
+    self.first_seconds: list[float] = []
 
   def skip(self, steps: int) -> None:
+    """A run loaded from the cache: its steps leave the job."""
     self.total = max(self.total - steps, 1)
-    self.specs_left -= 1
+    self.runs_left -= 1
+
+  def eta(self) -> float | None:
+    left = max(self.total - self.done, 0)
+    steady_left = left - self.runs_left
+    if steady_left > 0 and not self.step_seconds:
+      return None
+    steady = float(np.median(self.step_seconds)) if self.step_seconds else 0.0
+    first = float(np.mean(self.first_seconds)) if self.first_seconds else 0.0
+    return steady_left * steady + self.runs_left * first
 
   def callback(self, spec: str, num_chunks: int, eval_every: int):
-    last = [time.perf_counter()]
-    count = [0]
-    self.specs_left -= 1
+    """`run_monte_carlo`'s progress for one run, started now (its compilation included)."""
+    last = [self.now()]
+    started = [False]
+    self.runs_left -= 1
 
     def report(chunk: int, step: int, num_steps: int) -> None:
-      now = time.perf_counter()
+      now = self.now()
       seconds, last[0] = now - last[0], now
       self.done += 1
-      count[0] += 1
-      if count[0] == 1:
-        self.compile_seconds.append(seconds)  # compiling + one step
-      else:
-        self.step_seconds.append(seconds)
-        if count[0] == 2:  # a steady step is known: the first one's excess was compiling
-          self.compile_seconds[-1] = max(self.compile_seconds[-1] - seconds, 0.0)
+      (self.step_seconds if started[0] else self.first_seconds).append(seconds)
+      started[0] = True
       if self.progress is None:
         return
-      per_step = (float(np.median(self.step_seconds)) if self.step_seconds
-                  else self.compile_seconds[-1])
-      compile_each = float(np.mean(self.compile_seconds)) if self.step_seconds else 0.0
       self.progress({"spec": spec, "chunk": chunk + 1, "num_chunks": num_chunks,
                      "round": step * eval_every, "num_rounds": num_steps * eval_every,
-                     "fraction": self.done / self.total, "elapsed": now - self.start,
-                     "eta": per_step * (self.total - self.done) + compile_each * self.specs_left})
+                     "fraction": min(self.done / self.total, 1.0), "elapsed": now - self.start,
+                     "eta": self.eta(),
+                     "after": self.after if self.done >= self.total else None})
     return report
 
 
@@ -867,8 +1004,10 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   file, one made by other code or another JAX/backend, or one made by another configuration is
   named — with the keys that changed — and recomputed; `recompute` ignores every cached file).
   Before any
-  training it logs the whole job: draws × rounds × aggregators, chunks, memory per chunk and a
-  rough time estimate; `progress` then gets whole-job fractions and ETAs.
+  training it logs the whole job: draws × rounds × aggregators (+ the honest-only baseline),
+  chunks, the memory per device (`memory_plan`), the cost of exact subset searches (MDA, SMEA)
+  and a rough time estimate, with a warning for each of them over its limit; `progress` then
+  gets the share of the trainings done and their ETA (`_JobClock`).
   """
   config_lib.validate(config)
   if workdir:
@@ -901,31 +1040,47 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     log(config_lib.describe_compression(compression_info))
   mesh = sharding.make(config.mesh)
   devices = sharding.draws_of(mesh)
-  chunk = chunk_size(config, num_params, S, max_count)
+  memory = memory_plan(config, num_params, S, max_count, fixed=fixed_memory(fed),
+                       devices=devices)
+  chunk, per_draw = memory.chunk, memory.per_draw
   num_chunks = -(-S // chunk)
-  per_draw = memory_per_draw(config, num_params, max_count)
-  budget = config.memory_budget_gb * 2**30
-  flops = _flops_per_sample_round(config, num_params, max_count) * S * t.num_rounds * len(specs)
-  estimate = flops / _ASSUMED_CPU_FLOPS if jax.default_backend() == "cpu" else float("nan")
+  # The honest-only baseline (estimators.honest_optimum) trains too: once, or once per
+  # aggregator when each searches its own worst case.
+  references = 0
+  if config.estimators.honest_optimum:
+    per_spec = (config.honest_set == "worst_case"
+                and config.honest_set_options.worst_case.criterion != "heterogeneity")
+    references = len(specs) if per_spec else 1
+  flops = (_flops_per_sample_round(config, num_params, max_count) * S * t.num_rounds
+           * (len(specs) + references))
+  searches = _subset_searches(config, specs, chunk * num_chunks)
+  estimate = (flops / _ASSUMED_CPU_FLOPS + sum(s for _, s in searches.values())
+              if jax.default_backend() == "cpu" else float("nan"))
   log(f"job: {S} draws × {t.num_rounds} rounds × {len(specs)} aggregator(s) "
-      f"({S * t.num_rounds * len(specs):,} sample-rounds, {num_params:,} parameters); "
+      + (f"+ {references} honest-only baseline(s) " if references else "")
+      + f"({S * t.num_rounds * (len(specs) + references):,} sample-rounds, "
+      f"{num_params:,} parameters); "
       f"{num_chunks} chunk(s) of {chunk} draws per aggregator"
       + (f" ({chunk * num_chunks - S} padding draws)" if chunk * num_chunks > S else "")
-      + f"; memory per chunk ≈ {_human_bytes(chunk * per_draw)} (budget "
-      f"{config.memory_budget_gb:g} GB" + (" per device" if devices > 1 else "") + ")"
+      + f"; {memory.describe()}"
       + (f"; {sharding.describe(mesh)}" if mesh is not None else "")
       + (f"; time ≈ {human_seconds(estimate)} (rough, from the work; refined as it runs)"
          if np.isfinite(estimate) else ""))
+  for spec, (line, seconds) in searches.items():
+    log(line)
+    if seconds > SUBSET_SEARCH_WARN_SECONDS:
+      log(f"WARNING: {spec}: its exact subset search alone is estimated at ≈ "
+          f"{human_seconds(seconds)} on a 2-core CPU (this warning's threshold: "
+          f"{human_seconds(SUBSET_SEARCH_WARN_SECONDS)}); it grows as C(n, f). Fewer rows "
+          "(training.clients_per_round, or bucketing before the rule) or a smaller f shrink it; "
+          "a rule without subset search (e.g. multi_krum, nnm+trimmed_mean) avoids it.")
   if t.batch_size > max_count and config.privacy.kind != "example":  # DP-SGD: q = 1
     log(f"WARNING: training.batch_size={t.batch_size} exceeds every client's data (largest "
         f"client: {max_count} examples); minibatches are drawn with replacement, so each local "
         f"step processes {t.batch_size} examples per client: ≈ {_human_bytes(per_draw)} per draw, "
         f"{chunk} draw(s) per chunk.")
-  if chunk // devices * per_draw > budget:
-    log(f"WARNING: a chunk of {chunk} draws needs ≈ {_human_bytes(chunk * per_draw)}, beyond "
-        f"memory_budget_gb={config.memory_budget_gb:g}"
-        + (" (set by num_samples_per_chunk)" if config.num_samples_per_chunk else
-           f" (the smallest chunk is {DRAW_ALIGNMENT} draws)") + ".")
+  if memory.warning():
+    log(memory.warning())
   if estimate > 3600:
     log(f"WARNING: this job is estimated at ≈ {human_seconds(estimate)} on this CPU.")
 
@@ -949,7 +1104,10 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         f"2 × {options.fresh_seeds} fresh = ≤ {most * options.seeds + 2 * options.fresh_seeds:,}"
         f" trainings of {t.num_rounds} rounds each, before the {S} draws")
 
-  clock = _JobClock(len(specs) * num_chunks * num_steps, len(specs), progress)
+  clock = _JobClock((len(specs) + references) * num_chunks * num_steps, len(specs) + references,
+                    progress, after=tuple(name for name, on in (
+                        ("the oracle's training", config.estimators.oracle),
+                        ("the theory of every draw", config.theory.enabled)) if on))
   runs = {}
   for spec in specs:
     path = os.path.join(workdir, "runs", spec + ".npz") if workdir else None
@@ -987,7 +1145,12 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
       runs[spec].save(path, spec_config)
   exp = Experiment(config, fed, masks, runs, worst, server_prior=prior_info,
                    privacy=privacy_info, compression=compression_info)
-  _run_references(exp, init_key, run_key, log, workdir=workdir, recompute=recompute)
+  # One baseline per distinct set of draws: fewer than planned when searched worst cases agree.
+  distinct = len({fingerprint(reference_config(config, m)) for m in masks.values()})
+  for _ in range(references - distinct if references else 0):
+    clock.skip(num_chunks * num_steps)
+  _run_references(exp, init_key, run_key, log, workdir=workdir, recompute=recompute,
+                  clock=clock)
   _run_theory(exp, log)
   return exp
 
@@ -1026,7 +1189,7 @@ def _run_theory(exp: Experiment, log) -> None:
 
 
 def _run_references(exp: Experiment, init_key, run_key, log, *, workdir: str | None = None,
-                    recompute: bool = False) -> None:
+                    recompute: bool = False, clock: _JobClock | None = None) -> None:
   """The optional reference runs of `config.estimators`. The honest-only baseline (honest
   optimum) is one run per distinct set of draws (usually every spec shares one), cached like an
   aggregator's run: `workdir/runs/honest_only.npz`, or `runs/<spec>.honest_only.npz` for each
@@ -1047,15 +1210,19 @@ def _run_references(exp: Experiment, init_key, run_key, log, *, workdir: str | N
         if cached is not None:
           log(f"honest optimum L_S* of every draw: loaded from {path}")
           by_key[key] = cached
+          if clock is not None:
+            clock.skip(-(-config.num_samples // cached.draws_per_chunk) * (rounds // every))
         else:
           sim = simulator(config, spec, fed, reference="honest_optimum")
           log("honest optimum L_S* of every draw (mean of the honest clients, no attack)")
           mesh = sharding.make(config.mesh)
           chunk = chunk_size(config, sim.num_params, config.num_samples,
-                             int(fed.train.counts.max()))
+                             int(fed.train.counts.max()), fixed=fixed_memory(fed))
           ref = run_monte_carlo(
               sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
-              num_rounds=rounds, eval_every=every, spec="honest_optimum", mesh=mesh, chunk=chunk)
+              num_rounds=rounds, eval_every=every, spec="honest_optimum", mesh=mesh, chunk=chunk,
+              progress=(clock.callback("honest_optimum", -(-config.num_samples // chunk), every)
+                        if clock is not None else None))
           ref.provenance = provenance.record(
               seed=config.seed, draws_per_chunk=ref.draws_per_chunk,
               draws_per_block=_block_of(ref.draws_per_chunk, mesh),

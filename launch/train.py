@@ -34,10 +34,17 @@ _START = sharding.define_flags()
 
 
 def _progress(p: dict) -> None:
-  print(f"  [{100 * p['fraction']:5.1f}% of the job] {p['spec']}: chunk {p['chunk']}/"
+  """One line per evaluation step: the share of the job's trainings done (every aggregator's,
+  then the honest-only baseline's), and the ETA of the trainings left, which a step that
+  compiled cannot give; after the last step, what the job still does."""
+  eta = ("after the next step (this one compiled)" if p["eta"] is None
+         else experiment.human_seconds(p["eta"]))
+  print(f"  [{100 * p['fraction']:5.1f}% of the training] {p['spec']}: chunk {p['chunk']}/"
         f"{p['num_chunks']}, round {p['round']}/{p['num_rounds']}  elapsed "
-        f"{experiment.human_seconds(p['elapsed'])}  ETA {experiment.human_seconds(p['eta'])}",
-        flush=True)
+        f"{experiment.human_seconds(p['elapsed'])}  ETA {eta}", flush=True)
+  if p["after"] is not None:
+    print("  training done; next: " + ", ".join(p["after"] + ("writing the tables and files",))
+          + " (not in the ETA)", flush=True)
 
 
 def main(argv):

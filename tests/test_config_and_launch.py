@@ -118,8 +118,9 @@ def test_launcher_end_to_end(tmp_path):
   out = run_launcher(tmp_path, "--config.aggregator=trimmed_mean", "--config.num_samples=3",
                      "--config.attack_options.alie.z=nan")
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "[100.0% of the job] trimmed_mean: chunk 1/1, round 10/10" in out.stdout
-  assert "ETA" in out.stdout
+  assert "[100.0% of the training] trimmed_mean: chunk 1/1, round 10/10" in out.stdout
+  assert "ETA after the next step (this one compiled)" in out.stdout
+  assert "training done; next: writing the tables and files (not in the ETA)" in out.stdout
   assert "job: 3 draws × 10 rounds × 1 aggregator(s)" in out.stdout
   assert "E[honest loss]" in out.stdout and "P(b>f)" in out.stdout
   summary = json.loads((tmp_path / "summary.json").read_text())

@@ -1,9 +1,12 @@
 """experiment.py's cache: what a cached run is keyed by, what a recomputation says, and the
-honest-only baseline cached like a rule's run."""
+honest-only baseline cached like a rule's run; the job's plan before any compile (chunking
+against the memory budget, the cost of exact subset searches) and its progress while it runs."""
 
 import csv
+import math
 
 import numpy as np
+import pytest
 
 from conftest import tiny_config
 from fedjax_robust import experiment
@@ -90,3 +93,194 @@ def test_the_honest_only_baseline_is_cached_and_written_per_draw(tmp_path):
   np.testing.assert_array_equal(
       [float(r["honest_only:honest_loss"]) for r in rows],
       np.asarray(first.references["mean"].metrics["honest_loss"][-1], np.float64))
+
+
+# ------------------------------------------------------------------ chunks within the budget
+
+GB = 2**30
+
+
+def test_the_issue_reproducer_fits_its_budget():
+  """`launch/train.py --config.num_samples=1024` (digits, 2410 parameters, largest client 76
+  examples, 2 CPU devices): one chunk of 1024 was planned at 512 × 8,481,600 = 4.34e9 bytes per
+  device against a budget of 4 GB = 4.29e9; now two chunks of 512."""
+  c = tiny_config()
+  c.num_clients, c.num_samples, c.memory_budget_gb = 25, 1024, 4.0
+  plan = experiment.memory_plan(c, 2410, 1024, 76, fixed=500_000, devices=2)
+  assert plan.per_draw == 8_481_600
+  assert plan.chunk == 512 and plan.bytes_per_device <= 4 * GB
+  assert plan.warning() == ""
+  # The same budget on one device: 506.4 draws fit; one chunk of 512 was planned (506 rounded
+  # up to 8), now three of 344 (504 fit in whole groups of 8; 1024 draws need three).
+  c.mesh = ""
+  chunk = experiment.chunk_size(c, 2410, 1024, 76)
+  assert chunk == 344 and chunk * plan.per_draw <= 4 * GB
+
+
+@pytest.mark.parametrize("devices", [1, 2, 4])
+def test_automatic_chunks_never_exceed_the_budget_when_the_smallest_chunk_fits(devices):
+  c = tiny_config()
+  per_draw = experiment.memory_per_draw(c, 1000, 20)
+  unit = experiment.DRAW_ALIGNMENT
+  for fixed in (0, 3 * per_draw + 7):
+    for draws_in_budget in (7.5, 8, 9, 15.9, 16, 100, 503.7, 504, 1000, 5000):
+      c.memory_budget_gb = (fixed + draws_in_budget * per_draw) / GB
+      budget = int(c.memory_budget_gb * GB)
+      for samples in (1, 7, 8, 9, 100, 1000, 1010, 1024, 4096):
+        plan = experiment.memory_plan(c, 1000, samples, 20, fixed=fixed, devices=devices)
+        assert plan.chunk % (unit * devices) == 0
+        assert plan.chunk <= -(-samples // (unit * devices)) * unit * devices  # no extra chunk
+        room = (budget - fixed) // per_draw // unit * unit  # whole groups of draws per device
+        if room == 0:  # not even the smallest chunk fits: it is taken, and said
+          assert plan.chunk == unit * devices
+          assert "smallest chunk is 8 draws per device" in plan.warning()
+          continue
+        assert plan.fixed + plan.chunk // devices * per_draw <= budget, (samples, devices)
+        assert plan.warning() == ""
+        # The fewest chunks the budget allows, the draws spread evenly over them.
+        need = -(-samples // (unit * devices)) * unit
+        assert -(-samples // plan.chunk) == -(-need // room)
+
+
+def test_a_chunk_set_beyond_the_budget_is_said_with_what_to_change():
+  c = tiny_config()
+  per_draw = experiment.memory_per_draw(c, 1000, 20)
+  c.memory_budget_gb = (1_000_000 + 20 * per_draw) / GB
+  c.num_samples_per_chunk = 64
+  plan = experiment.memory_plan(c, 1000, 256, 20, fixed=1_000_000, devices=2)
+  assert plan.chunk == 64 and plan.bytes_per_device > plan.budget
+  text = plan.warning()
+  assert text.startswith("WARNING: memory: a chunk of 64 draws (32 per device) is estimated at")
+  assert "more than memory_budget_gb=" in text
+  # 20 draws per device fit: 16 in whole groups of 8, so 32 over the two devices.
+  assert "set num_samples_per_chunk=32 (or 0: chosen from the budget)" in text
+  c.num_samples_per_chunk = 0
+  assert experiment.memory_plan(c, 1000, 256, 20, fixed=1_000_000, devices=2).chunk == 32
+  c.memory_budget_gb = 1e-4
+  text = experiment.memory_plan(c, 1000, 256, 20, fixed=1_000_000, devices=2).warning()
+  assert "The smallest chunk is 8 draws per device (DRAW_ALIGNMENT)" in text
+  need = math.ceil((1_000_000 + 8 * per_draw) * 100 / GB) / 100
+  assert f"set memory_budget_gb={need:g} if the device has that much" in text
+
+
+# ------------------------------------------------------------------ progress and its ETA
+
+
+class _FakeClock:
+  """A clock that reads `t`, which the test advances."""
+
+  def __init__(self):
+    self.t = 0.0
+
+  def __call__(self):
+    return self.t
+
+
+def test_the_eta_leaves_out_compiling_and_the_last_step_names_what_follows():
+  """Two runs (an aggregator, then the honest-only baseline) of 1 chunk × 3 steps: each first
+  step compiles (100 s, then 50 s), steady steps take 2 s. The old clock took the first step
+  for the rate: ETA 5 × 100 s = 8 min 20 s with 56 s left."""
+  now, seen = _FakeClock(), []
+  clock = experiment._JobClock(6, 2, seen.append, after=("the theory of every draw",), now=now)
+  steps = [("mean", 100.0), ("mean", 2.0), ("mean", 2.0),
+           ("honest_optimum", 50.0), ("honest_optimum", 2.0), ("honest_optimum", 2.0)]
+  report = None
+  for i, (spec, seconds) in enumerate(steps):
+    if i % 3 == 0:
+      report = clock.callback(spec, 1, 5)  # the run starts: compiling begins
+    now.t += seconds
+    report(0, i % 3 + 1, 3)
+  etas = [p["eta"] for p in seen]
+  assert etas[0] is None  # only a step that compiled was timed: no rate yet
+  # Steady steps left × 2 s, plus the baseline's first step taken as the mean first (100 s).
+  assert etas[1:3] == [3 * 2.0 + 100.0, 2 * 2.0 + 100.0]
+  # The baseline's first step compiled (50 s): the ETA after it is its 2 steady steps only.
+  assert etas[3:] == [2 * 2.0, 1 * 2.0, 0.0]
+  assert [p["fraction"] for p in seen] == [k / 6 for k in range(1, 7)]
+  assert [p["after"] for p in seen] == [None] * 5 + [("the theory of every draw",)]
+  assert seen[-1]["elapsed"] == sum(s for _, s in steps)
+
+
+def test_a_run_loaded_from_the_cache_leaves_the_clock():
+  now, seen = _FakeClock(), []
+  clock = experiment._JobClock(4, 2, seen.append, now=now)
+  clock.skip(2)  # the first aggregator's run was cached
+  report = clock.callback("b", 1, 1)
+  for step, seconds in ((1, 30.0), (2, 1.0)):
+    now.t += seconds
+    report(0, step, 2)
+  assert [(p["fraction"], p["eta"], p["after"]) for p in seen] == [(0.5, None, None),
+                                                                  (1.0, 0.0, ())]
+
+
+def test_the_job_counts_the_baseline_and_announces_what_follows_training():
+  c = tiny_config()
+  c.aggregator = "mean"
+  c.estimators.honest_optimum = True
+  logs, seen = [], []
+  experiment.run(c, log=logs.append, progress=seen.append)
+  job = next(line for line in logs if line.startswith("job:"))
+  assert "4 draws × 10 rounds × 1 aggregator(s) + 1 honest-only baseline(s) (80 sample-rounds" in job
+  assert [p["spec"] for p in seen] == ["mean"] * 2 + ["honest_optimum"] * 2
+  assert [p["fraction"] for p in seen] == [0.25, 0.5, 0.75, 1.0]
+  assert seen[0]["eta"] is None and seen[-1]["eta"] == 0
+  assert [p["after"] for p in seen] == [None] * 3 + [()]
+
+
+# ------------------------------------------------------------------ the cost of subset searches
+
+
+class _PlanRead(Exception):
+  """Raised by the test's log at the first compile: the plan is all the test needs."""
+
+
+def _plan(config) -> list[str]:
+  logs = []
+
+  def log(line):
+    logs.append(line)
+    if "compiling" in line:
+      raise _PlanRead
+
+  with pytest.raises(_PlanRead):
+    experiment.run(config, log=log)
+  return logs
+
+
+def test_the_plan_estimates_and_warns_about_an_exact_subset_search():
+  """The issue's job: MDA on 25 clients with f = 5 searches C(25, 5) = 53,130 subsets of 20
+  rows at each of 256 draws × 200 rounds; at 4 ns per distance looked up (400 per subset) that is
+  ≈ 1 h 13 min of CPU, which the plan used not to mention."""
+  from fedjax_robust.aggregators import minimum_diameter  # pylint: disable=g-import-not-at-top
+  c = tiny_config()
+  c.num_clients, c.f, c.num_samples = 25, 5, 256
+  c.aggregator = "mean,minimum_diameter_averaging"
+  c.honest_set_options.fixed_count.num_byzantine = 5
+  c.training.num_rounds, c.training.eval_every = 200, 10
+  logs = _plan(c)
+  seconds = 256 * 200 * math.comb(25, 5) * 20**2 * 4e-9
+  assert seconds == pytest.approx(
+      256 * 200 * minimum_diameter.search_seconds("minimum_diameter_averaging", 25, 5))
+  line = next(x for x in logs if x.startswith("minimum_diameter_averaging: exact search"))
+  assert ("C(n=25, f=5) = 53,130 subsets of 20 rows at every aggregation, 256 draws × 200 "
+          f"rounds: 2.72e+09 subsets, ≈ {experiment.human_seconds(seconds)}") in line
+  assert experiment.human_seconds(seconds) == "1 h 12 min"
+  warning = next(x for x in logs if x.startswith("WARNING: minimum_diameter_averaging"))
+  assert "this warning's threshold: 1 min 00 s" in warning and "training.clients_per_round" in warning
+  job = next(x for x in logs if x.startswith("job:"))
+  assert "time ≈ 1 h" in job  # the search is in the job's estimate
+  assert logs.index(warning) < len(logs) - 1  # said before the first compile
+
+
+def test_the_subset_search_counts_the_rows_the_rule_sees():
+  c = tiny_config()
+  c.num_clients, c.f = 25, 5
+  c.training.num_rounds = 10
+  c.aggregator_options.bucketing.bucket_size = 2
+  specs = ["bucketing+mda", "nnm+smea", "mean"]
+  found = experiment._subset_searches(c, specs, 8)
+  assert list(found) == ["bucketing+mda", "nnm+smea"]
+  assert "C(n=13, f=5) = 1,287 subsets of 8 rows" in found["bucketing+mda"][0]  # ⌈25/2⌉ rows
+  assert found["nnm+smea"][1] == pytest.approx(8 * 10 * math.comb(25, 5) * 20**3 * 1.5e-8)
+  c.training.clients_per_round = 15
+  assert "C(n=15, f=5) = 3,003 subsets" in experiment._subset_searches(c, ["mda"], 8)["mda"][0]

@@ -280,12 +280,13 @@ def test_the_job_is_announced_with_chunks_memory_and_eta(tmp_path):
   job = next(line for line in logs if line.startswith("job:"))
   assert "20 draws × 10 rounds × 2 aggregator(s)" in job
   assert "3 chunk(s) of 8 draws per aggregator (4 padding draws)" in job
-  assert "memory per chunk ≈" in job and "time ≈" in job
+  assert "; memory ≈ " in job and " of data; budget 4 GB)" in job and "time ≈" in job
   assert any("WARNING: training.batch_size=5000 exceeds every client's data" in line
              for line in logs)
   fractions = [p["fraction"] for p in progress]
   assert len(progress) == 2 * 3 * 2 and fractions == sorted(fractions) and fractions[-1] == 1
-  assert all(p["eta"] >= 0 for p in progress) and progress[-1]["eta"] == 0
+  assert progress[0]["eta"] is None  # only a step that compiled has been timed
+  assert all(p["eta"] >= 0 for p in progress[1:]) and progress[-1]["eta"] == 0
   assert experiment.human_seconds(7325) == "2 h 02 min"
   assert experiment.human_seconds(200) == "3 min 20 s"
 
@@ -378,7 +379,7 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
   proc = subprocess.Popen([sys.executable, "-c", bootstrap], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, cwd=ROOT)
   for line in proc.stdout:
-    if "% of the job]" in line:
+    if "% of the training]" in line:
       break
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
