@@ -761,8 +761,8 @@ def figure(experiment: Experiment):
   """Honest accuracy over rounds (mean, 5–95% band over draws) and its final distribution (box:
   quartiles, whiskers 5–95%), titled with what was run: the data, n, μ_H and its parameters, the
   declared f, the attack and its options, S and the rounds. A rule's curve, band and box are
-  over its draws that did not diverge by the final round (the same draws at every round), and
-  its label says how many of the S diverged (`diverged_label`). Returns the figure (the caller
+  over its draws that did not diverge by the final round (the same draws at every round), its
+  curve dashed when some did, and its label says how many of the S (`diverged_label`). Returns the figure (the caller
   closes it) and its title."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -793,7 +793,8 @@ def figure(experiment: Experiment):
     defined = ~np.all(np.isnan(acc), axis=1)  # rounds with a draw to average (none: no curve)
     if defined.any():
       rounds, acc_defined = run.rounds[defined], acc[defined]
-      (line,) = ax.plot(rounds, np.nanmean(acc_defined, axis=1), label=label)
+      (line,) = ax.plot(rounds, np.nanmean(acc_defined, axis=1), label=label,
+                        linestyle="-" if kept.all() else "--")
       ax.fill_between(rounds, np.nanquantile(acc_defined, 0.05, axis=1),
                       np.nanquantile(acc_defined, 0.95, axis=1), color=line.get_color(),
                       alpha=0.2)
@@ -802,7 +803,8 @@ def figure(experiment: Experiment):
     finals.append(acc[-1][~np.isnan(acc[-1])])
     names.append(label)
   ax.set(xlabel="round", ylabel="honest accuracy (%)",
-         title="line: mean over the draws that did not diverge; band: 5–95% over them")
+         title="line: mean over the draws that did not diverge (dashed: some did); band: "
+               "5–95% over them")
   ax.title.set_fontsize(9)
   ax.grid(alpha=0.3)
   handles, labels = ax.get_legend_handles_labels()
