@@ -5,9 +5,9 @@ of the base config) and tags (labels for tables and plots). Build grids with `ax
 `product`; `as_list` turns a grid axis given on the command line as one comma-separated string
 (`--config.grid.aggregators=mean,trimmed_mean`) into its values. Each point runs one aggregator
 on S draws of μ_H. Its files, in the order they are written:
-- `workdir/points/<id>.json`: its tags, full resolved config and provenance (code version,
-  JAX/jaxlib, backend and devices, seed, draws per chunk): the point id of results.csv resolves
-  to it;
+- `workdir/points/<id>.json`: its record (`load_record`): tags, full resolved config,
+  provenance (code version, JAX/jaxlib, backend and devices, seed, draws per chunk) and its rows
+  of results.csv: the point id of results.csv resolves to it;
 - `workdir/points/<id>.npz`: its per-draw values and provenance (written to a temporary file,
   then renamed);
 - `workdir/results.csv`: its statistics (one row per point × metric × statistic; the file is
@@ -17,17 +17,20 @@ on S draws of μ_H. Its files, in the order they are written:
 - `workdir/timings.csv`: its compile and run seconds (one row per point; kept out of
   results.csv because they differ from run to run).
 A rerun with the same workdir skips the points already in results.csv whose npz reads back in
-full; a point whose npz is missing, truncated or unreadable is named in the log and recomputed
-(its stale rows replaced), so an interrupted sweep loses at most the point in progress; so is a
-point computed by other code or another JAX/backend (named with both versions). Points
-that differ only in μ_H, the seed or the number of draws reuse the compiled program of an
-earlier point (`experiment.simulator_cache`).
+full and whose record reads; a point whose npz or record is missing, truncated or unreadable is
+named in the log and recomputed (its stale rows replaced), so an interrupted sweep loses at most
+the point in progress; so is a point computed by other code or another JAX/backend (named with
+both versions). A results.csv that does not read back in full (cut mid-row) is named and rebuilt
+from the records (a record without rows, from older code: its point is recomputed). Reused
+points carry the current sweep's tags. Points that differ only in μ_H, the seed or the number
+of draws reuse the compiled program of an earlier point (`experiment.simulator_cache`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import os
@@ -240,12 +243,41 @@ def _number(text: str) -> int | float:
     return float(text)
 
 
+RESULTS_FIELDS = ("point", "metric", "statistic", "value")
+
+
+class DamagedResults(ValueError):
+  """A results.csv that does not read back in full: what is wrong with it."""
+
+
 def read_results(path: str) -> list[dict]:
-  """The rows of a sweep's results.csv (tags as strings, values as int or float); [] if absent."""
+  """The rows of a sweep's results.csv (tags as strings, values as int or float); [] if absent.
+
+  The file is written whole and atomically, so a sound one ends with a line end and every row
+  has a field per column and a number for its value; anything else (a file cut mid-row, an
+  empty file, a missing column) raises DamagedResults saying what and where."""
   if not os.path.exists(path):
     return []
   with open(path, newline="") as fh:
-    return [{**r, "value": _number(r["value"])} for r in csv.DictReader(fh)]
+    text = fh.read()
+  if not text.endswith("\n"):
+    raise DamagedResults("it is empty" if not text
+                         else "it ends mid-row (no line end after its last row)")
+  reader = csv.DictReader(io.StringIO(text, newline=""))
+  missing = [k for k in RESULTS_FIELDS if k not in (reader.fieldnames or ())]
+  if missing:
+    raise DamagedResults(f"its header lacks the column(s) {', '.join(missing)}")
+  rows = []
+  for r in reader:
+    if None in r or None in r.values():
+      raise DamagedResults(f"line {reader.line_num} has {len(r) - (None in r)} fields, the "
+                           f"header {len(reader.fieldnames)}")
+    try:
+      rows.append({**r, "value": _number(r["value"])})
+    except ValueError:
+      raise DamagedResults(f"line {reader.line_num}'s value {r['value']!r} is not a "
+                           "number") from None
+  return rows
 
 
 def read_timings(path: str) -> list[dict]:
@@ -257,14 +289,27 @@ def read_timings(path: str) -> list[dict]:
             for r in csv.DictReader(fh)]
 
 
-def _write_csv(path: str, rows: list[dict], last: Sequence[str]) -> None:
-  """Rows to `path` atomically (a temporary file, synced, then renamed): 'point', the tags
-  sorted, then the columns `last`."""
+def _csv_text(rows: list[dict], last: Sequence[str]) -> str:
+  """Rows as CSV text: 'point', the tags sorted, then the columns `last`."""
   fields = (["point"] + sorted({k for r in rows for k in r} - {"point", *last}) + list(last))
+  out = io.StringIO(newline="")
+  writer = csv.DictWriter(out, fieldnames=fields, restval="")
+  writer.writeheader()
+  writer.writerows(rows)
+  return out.getvalue()
+
+
+def _write_csv(path: str, rows: list[dict], last: Sequence[str], *,
+               unless_same: bool = False) -> None:
+  """Rows to `path` (`_csv_text`) atomically (a temporary file, synced, then renamed);
+  `unless_same`: not if the file already holds that text."""
+  text = _csv_text(rows, last)
+  if unless_same and os.path.exists(path):
+    with open(path, newline="") as fh:
+      if fh.read() == text:
+        return
   with open(path + ".tmp", "w", newline="") as fh:
-    writer = csv.DictWriter(fh, fieldnames=fields, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
+    fh.write(text)
     fh.flush()
     os.fsync(fh.fileno())
   os.replace(path + ".tmp", path)
@@ -281,8 +326,8 @@ def write_table(path: str, table: list[dict]) -> str:
   return path
 
 
-def _write_results(path: str, rows: list[dict]) -> None:
-  _write_csv(path, rows, ("metric", "statistic", "value"))
+def _write_results(path: str, rows: list[dict], *, unless_same: bool = False) -> None:
+  _write_csv(path, rows, RESULTS_FIELDS[1:], unless_same=unless_same)
 
 
 def point_path(workdir: str, pid: str) -> str:
@@ -320,8 +365,51 @@ def _in_sweep_order(rows: list[dict], order: Mapping[str, int]) -> list[dict]:
 
 
 def config_path(workdir: str, pid: str) -> str:
-  """`workdir/points/<id>.json`: the point's tags, its full resolved config and provenance."""
+  """`workdir/points/<id>.json`: the point's record (`load_record`)."""
   return os.path.join(workdir, "points", pid + ".json")
+
+
+# What reading a damaged points/<id>.json raises (JSONDecodeError and UnicodeDecodeError are
+# ValueErrors).
+RECORD_ERRORS = (OSError, ValueError, KeyError, TypeError)
+
+
+def load_record(path: str) -> dict:
+  """A point's record: its tags, full resolved config, provenance and (written since issue 36)
+  its rows of results.csv as [metric, statistic, value as written]; raises one of RECORD_ERRORS
+  if the file is missing, cut or unreadable or lacks its tags, config or provenance."""
+  with open(path, encoding="utf-8") as fh:
+    record = json.load(fh)
+  if not isinstance(record, dict):
+    raise TypeError(f"{path} holds a {type(record).__name__}, not a point's record")
+  for key in ("tags", "config", "provenance"):
+    if key not in record:
+      raise KeyError(f"{key!r} not in {path}")
+  return record
+
+
+def _rows_from_records(workdir: str, order: Mapping[str, int],
+                       log: Callable[[str], None]) -> list[dict]:
+  """results.csv's rows rebuilt from the records in workdir/points (the sweep's points in its
+  order, then any others by id); a record that is unreadable or has no rows is named, and its
+  point is not in the rows (so a point of the sweep is recomputed)."""
+  names = [f[:-len(".json")] for f in os.listdir(os.path.join(workdir, "points"))
+           if f.endswith(".json") and not f.startswith(".")]
+  rows = []
+  for pid in sorted(names, key=lambda p: (order.get(p, len(order)), p)):
+    what = "recomputing it" if pid in order else "left out of results.csv"
+    try:
+      record = load_record(config_path(workdir, pid))
+      if "rows" not in record:
+        log(f"sweep: WARNING {config_path(workdir, pid)} has no rows (written before records "
+            f"kept them); {what}")
+        continue
+      rows += [{"point": pid, **record["tags"], "metric": m, "statistic": st,
+                "value": _number(v)} for m, st, v in record["rows"]]
+    except RECORD_ERRORS as e:
+      log(f"sweep: WARNING {config_path(workdir, pid)} is unreadable ({type(e).__name__}: {e}); "
+          f"{what}")
+  return rows
 
 
 def run(base, points: Sequence[Point], workdir: str, *,
@@ -350,20 +438,40 @@ def run(base, points: Sequence[Point], workdir: str, *,
     config_lib.validate(c)
   ids = [point_id(c) for c in configs]
   order = {pid: i for i, pid in enumerate(dict.fromkeys(ids))}
-  # Timing rows of results.csv files written before timings.csv existed are dropped.
-  rows = [r for r in read_results(path) if r["metric"] != "seconds"]
-  timings = read_timings(timings_path)
+  tags_of = {}
+  for pid, p in zip(ids, points):
+    tags_of.setdefault(pid, dict(p.tags))
+  try:
+    rows = read_results(path)
+  except DamagedResults as e:
+    log(f"sweep: WARNING {path} is damaged ({e}); rebuilt from the points' records "
+        "(points/<id>.json)")
+    rows = _rows_from_records(workdir, order, log)
+  # Timing rows of results.csv files written before timings.csv existed are dropped. A point of
+  # this sweep carries its current tags (a sweep config may have added or renamed one).
+  rows = [{"point": r["point"], **tags_of[r["point"]],
+           **{k: r[k] for k in RESULTS_FIELDS[1:]}} if r["point"] in tags_of else r
+          for r in rows if r["metric"] != "seconds"]
+  timings = [{"point": t["point"], **tags_of[t["point"]],
+              **{k: t[k] for k in TIMING_FIELDS if k in t}} if t["point"] in tags_of else t
+             for t in read_timings(timings_path)]
   done = set()
   for pid in dict.fromkeys(r["point"] for r in rows):
     if pid not in order:
       continue  # not a point of this sweep: kept as it is
-    tags = {k: v for k, v in next(r for r in rows if r["point"] == pid).items()
-            if k not in ("point", "metric", "statistic", "value")}
+    tags = tags_of[pid]
     try:
       arrays = load_point(point_path(workdir, pid))
     except NPZ_ERRORS as e:
       log(f"sweep: WARNING point {pid} {tags} is in results.csv but "
           f"{point_path(workdir, pid)} is missing or unreadable ({type(e).__name__}: {e}); "
+          "recomputing it")
+      continue
+    try:
+      load_record(config_path(workdir, pid))
+    except RECORD_ERRORS as e:
+      log(f"sweep: WARNING point {pid} {tags} is in results.csv but "
+          f"{config_path(workdir, pid)} is missing or unreadable ({type(e).__name__}: {e}); "
           "recomputing it")
       continue
     stale = provenance.reuse_mismatch(
@@ -378,6 +486,9 @@ def run(base, points: Sequence[Point], workdir: str, *,
   stale = {r["point"] for r in rows} & (set(order) - done)
   rows = [r for r in rows if r["point"] not in stale]
   timings = [t for t in timings if t["point"] not in stale]
+  if sharding.is_writer() and rows:  # a rebuilt or relabelled table on disk before long work
+    _write_results(path, rows, unless_same=True)
+    _write_csv(timings_path, timings, TIMING_FIELDS, unless_same=True)
   todo, queued = [], set()
   for c, p, pid in zip(configs, points, ids):
     if pid not in done and pid not in queued:
@@ -394,7 +505,8 @@ def run(base, points: Sequence[Point], workdir: str, *,
     # The npz first: a point is in results.csv only once its per-draw values are on disk.
     theory = exp.theory.get(config.aggregator, {})
     record = summary["provenance"]
-    rows = _in_sweep_order(rows + _rows(pid, point.tags, summary), order)
+    new_rows = _rows(pid, point.tags, summary)
+    rows = _in_sweep_order(rows + new_rows, order)
     s = summary["aggregators"][config.aggregator]
     timings = [t for t in timings if t["point"] != pid]
     timings = _in_sweep_order(timings + [{"point": pid, **point.tags,
@@ -404,7 +516,10 @@ def run(base, points: Sequence[Point], workdir: str, *,
       with open(config_path(workdir, pid) + ".tmp", "w") as fh:
         json.dump({"point": pid, "tags": dict(point.tags), "config": summary["config"],
                    "provenance": record,
-                   **{k: summary[k] for k in ("privacy", "compression") if k in summary}},
+                   **{k: summary[k] for k in ("privacy", "compression") if k in summary},
+                   # results.csv's rows of the point, each value as csv writes it (str), so a
+                   # damaged results.csv is rebuilt byte for byte
+                   "rows": [[r["metric"], r["statistic"], str(r["value"])] for r in new_rows]},
                   fh, indent=1, allow_nan=True)
       os.replace(config_path(workdir, pid) + ".tmp", config_path(workdir, pid))
       save_point(point_path(workdir, pid), tags=json.dumps(dict(point.tags)),

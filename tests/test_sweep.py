@@ -2,8 +2,10 @@
 for byte; damaged point files are recomputed; grids from the command line; tables and plots."""
 
 import importlib.util
+import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -350,3 +352,85 @@ def test_progress_line_shows_the_tables_metric_by_its_name(tmp_path):
     mean = next(r["value"] for r in rows if (r["metric"], r["statistic"]) == (shown, "mean"))
     progress = next(m for m in logs if m.startswith("[1/1]"))
     assert f": E[{shown}] {100 * mean:.2f}% in " in progress, progress
+
+
+@pytest.fixture(scope="module")
+def computed_sweep(tmp_path_factory):
+  """The four points of `points()` computed once: (workdir, rows); each test damages a copy."""
+  workdir = str(tmp_path_factory.mktemp("computed") / "w")
+  return workdir, sweep.run(base(), points(), workdir, log=lambda _: None)
+
+
+def _copy_of(computed, tmp_path) -> str:
+  shutil.copytree(computed[0], tmp_path / "w")
+  return str(tmp_path / "w")
+
+
+def test_a_damaged_point_record_is_named_and_recomputed(computed_sweep, tmp_path):
+  """A points/<id>.json cut short or missing was neither named nor recomputed: the point counted
+  as done and its paired comparisons vanished (13 → 9 lines in the issue's run). Like a damaged
+  npz, it is named in the log and its point recomputed."""
+  workdir = _copy_of(computed_sweep, tmp_path)
+  results_csv = os.path.join(workdir, "results.csv")
+  whole = open(results_csv, "rb").read()
+  compared = sweep.paired_comparisons(computed_sweep[1], computed_sweep[0], log=lambda _: None)
+  pids = list(dict.fromkeys(r["point"] for r in computed_sweep[1]))
+  cut, missing = sweep.config_path(workdir, pids[1]), sweep.config_path(workdir, pids[3])
+  with open(cut, "r+") as fh:
+    fh.truncate(os.path.getsize(cut) // 2)
+  os.remove(missing)
+  logs = []
+  again = sweep.run(base(), points(), workdir, log=logs.append)
+  warnings = [m for m in logs if "WARNING" in m]
+  assert len(warnings) == 2 and cut in warnings[0] and missing in warnings[1], warnings
+  assert "2 already done, 2 to run" in logs[2]
+  assert values(again) == values(computed_sweep[1])
+  assert open(results_csv, "rb").read() == whole
+  assert len(sweep.paired_comparisons(again, workdir, log=lambda _: None)) == len(compared) > 0
+
+
+def test_a_cut_results_csv_is_named_and_rebuilt_from_the_point_files(computed_sweep, tmp_path):
+  """A results.csv cut mid-row made the resume crash (TypeError in read_results: the cut row's
+  missing fields are None). It is named, rebuilt from the points' records (points/<id>.json
+  keeps each point's rows) byte for byte, and the sweep goes on; a point whose record has no
+  rows (written by older code) is named and recomputed."""
+  workdir = _copy_of(computed_sweep, tmp_path)
+  results_csv = os.path.join(workdir, "results.csv")
+  whole = open(results_csv, "rb").read()
+  middle = whole.index(b"\n", len(whole) // 2) + 8  # 8 characters into a row
+  for damage in ("cut", "old record"):
+    if damage == "old record":
+      record = sweep.config_path(workdir, computed_sweep[1][0]["point"])
+      with open(record) as fh:
+        saved = json.load(fh)
+      del saved["rows"]
+      with open(record, "w") as fh:
+        json.dump(saved, fh)
+    with open(results_csv, "wb") as fh:
+      fh.write(whole[:middle])
+    with pytest.raises(sweep.DamagedResults, match="ends mid-row"):
+      sweep.read_results(results_csv)
+    logs = []
+    again = sweep.run(base(), points(), workdir, log=logs.append)
+    assert results_csv in logs[0] and "ends mid-row" in logs[0] and "rebuilt" in logs[0], logs
+    if damage == "cut":
+      assert "4 already done, 0 to run" in logs[1], logs
+    else:
+      assert record in logs[1] and "no rows" in logs[1], logs
+      assert "3 already done, 1 to run" in logs[2], logs
+    assert values(again) == values(computed_sweep[1])
+    assert open(results_csv, "rb").read() == whole
+
+
+def test_a_reused_point_carries_the_sweeps_current_tags(computed_sweep, tmp_path):
+  """Tags label points; a sweep config that adds one (configs/sweep_mu_aware.py's `prior`)
+  relabels the points it reuses, so its tables group them by it."""
+  workdir = _copy_of(computed_sweep, tmp_path)
+  relabelled = [sweep.Point({**p.tags, "prior": "correct"}, p.overrides) for p in points()]
+  logs = []
+  rows = sweep.run(base(), relabelled, workdir, log=logs.append)
+  assert "4 already done, 0 to run" in logs[-1]
+  on_disk = sweep.read_results(os.path.join(workdir, "results.csv"))
+  assert {r["prior"] for r in rows} == {r["prior"] for r in on_disk} == {"correct"}
+  assert {r["prior"] for r in sweep.read_timings(os.path.join(workdir, "timings.csv"))} == {
+      "correct"}
