@@ -1,6 +1,7 @@
 """SignGuard, clipped clustering, FLAME and FLTrust against float64 NumPy transcriptions of their
 definitions (scikit-learn's HDBSCAN and AgglomerativeClustering as the clusterers of record)."""
 
+from fractions import Fraction
 import warnings
 
 import jax
@@ -60,46 +61,64 @@ def np_cosine_distances(x):
   return dist
 
 
-TIE = 1e-5   # a float64 comparison closer than this may go either way in float32
+TIE = clustering.TWO_MEANS_TIE   # the documented relative tolerance of a 2-means tie
+BAND = 2.0 ** -21                # a relative margin this close to TIE may round either way
 
 
-def np_two_means_majority(features, valid):
-  """The docstring's 2-means: maximin seeds, Lloyd's iterations until no change (cap 100),
-  ties to c₁; the larger cluster, ties to the cluster of the first valid row. Also says whether
-  a comparison came within TIE of a tie (sign statistics lie on a lattice, where exact ties are
-  common and float32 may break them the other way)."""
-  f = features[valid]
-  ambiguous = False
+def np_two_means_majority(counts, scale, valid):
+  """The docstring's 2-means in exact rational arithmetic (fractions.Fraction) on the features
+  counts_ij / scale_j: maximin seeds (ties: lowest index), Lloyd's iterations until no change
+  (cap 100), a row to c₂ only when ‖f − c₂‖² < (1 − TIE)·‖f − c₁‖²; the larger cluster, ties to
+  the cluster of the first valid row. Also says whether a decision came within BAND of the
+  tolerance's edge (never the case for exact ties), where float32 may round either way; and
+  whether any decision met an exact tie."""
+  rows = [[Fraction(int(a), int(s) if s > 0 else 1) for a, s in zip(r, scale)]
+          for r, ok in zip(counts, valid) if ok]
+  flags = {"ambiguous": False, "tie": False}
+
+  def dist(r, c):
+    return sum((a - b) ** 2 for a, b in zip(r, c))
+
+  def mean(members):
+    return [sum(col) / len(members) for col in zip(*members)]
+
+  def note(ratio):   # ratio = smaller / larger of two compared distances, in [0, 1]
+    flags["tie"] |= ratio == 1
+    flags["ambiguous"] |= abs(ratio - (1 - Fraction(TIE))) < Fraction(BAND)
 
   def farthest(c):
-    nonlocal ambiguous
-    dist = ((f - c) ** 2).sum(1)
-    top = dist.max()
-    ambiguous |= bool(np.any((dist < top) & (dist > top - TIE)))
-    return f[np.argmax(dist)]
+    d = [dist(r, c) for r in rows]
+    top = max(d)
+    for v in d:
+      if top > 0:
+        note(v / top)
+    return rows[next(i for i, v in enumerate(d) if v >= (1 - Fraction(TIE)) * top)]
 
   def assign(c1, c2):
-    nonlocal ambiguous
-    margin = ((f - c1) ** 2).sum(1) - ((f - c2) ** 2).sum(1)
-    ambiguous |= bool(np.any(np.abs(margin) < TIE))
-    return margin > 0
+    out = []
+    for r in rows:
+      d1, d2 = dist(r, c1), dist(r, c2)
+      if max(d1, d2) > 0:
+        note(min(d1, d2) / max(d1, d2))
+      out.append(d2 < (1 - Fraction(TIE)) * d1)
+    return np.array(out, bool)
 
-  c1 = farthest(f.mean(0))
+  c1 = farthest(mean(rows))
   c2 = farthest(c1)
   second = assign(c1, c2)
   for _ in range(clustering.KMEANS_MAX_ITERATIONS):
     if (~second).any():
-      c1 = f[~second].mean(0)
+      c1 = mean([r for r, s in zip(rows, second) if not s])
     if second.any():
-      c2 = f[second].mean(0)
+      c2 = mean([r for r, s in zip(rows, second) if s])
     new = assign(c1, c2)
     if np.array_equal(new, second):
       break
     second = new
   pick = second.sum() > (~second).sum() or (second.sum() == (~second).sum() and second[0])
-  out = np.zeros(len(features), bool)
+  out = np.zeros(len(counts), bool)
   out[np.flatnonzero(valid)[second == pick]] = True
-  return out, ambiguous
+  return out, flags["ambiguous"], flags["tie"]
 
 
 def np_signguard(x, key, lower=0.1, upper=3.0, fraction=0.1):
@@ -110,10 +129,8 @@ def np_signguard(x, key, lower=0.1, upper=3.0, fraction=0.1):
   k = min(d, max(1, int(np.floor(fraction * d + 1e-9))))
   cols = np.arange(d) if k == d else np.asarray(jax.random.choice(key, d, (k,), replace=False))
   s = np.sign(np.where(finite[:, None], x, 0.0)[:, cols])
-  feats = np.stack([(s > 0).mean(1), (s == 0).mean(1), (s < 0).mean(1)], axis=1)
-  top = feats[finite].max(0)
-  feats = feats / np.where(top > 0, top, 1.0)
-  majority, ambiguous = np_two_means_majority(feats, finite)
+  counts = np.stack([(s > 0).sum(1), (s == 0).sum(1), (s < 0).sum(1)], axis=1)
+  majority, ambiguous, _ = np_two_means_majority(counts, counts[finite].max(0), finite)
   kept = norm_ok & majority
   if not kept.any():
     kept = norm_ok
@@ -225,6 +242,50 @@ def test_signguard_nonfinite_rows_and_fallbacks():
   x[:6] = np.nan
   out = signguard(jnp.asarray(x), key=key, coordinate_fraction=0.25)
   assert np.all(np.asarray(out.value) == 0) and out.kept_share == 0
+
+
+def test_two_means_honours_its_tie_rule_eager_and_jitted():
+  """Issue 36: a row exactly as far from both centres goes to c₁, whether the call is eager or
+  jitted. The issue's features [[1,0,1/3],[5/6,0,1/2],[1/3,0,1],[5/6,0,1/2],[2/3,0,2/3]] are
+  the counts below over their column maxima (6, 0, 6); row 4 is 2/9 from both seeds (c₁ = row 2,
+  c₂ = row 0), so it starts with c₁, and the rows {0, 1, 3} are the larger cluster (float32
+  features gave [1 1 0 1 0] eager and [1 1 0 1 1] jitted)."""
+  two_means = clustering._two_means_majority  # pylint: disable=protected-access
+  jitted = jax.jit(two_means)
+  counts = np.array([[6, 0, 2], [5, 0, 3], [2, 0, 6], [5, 0, 3], [4, 0, 4]])
+  valid = np.ones(5, bool)
+  want, _, tie = np_two_means_majority(counts, counts.max(0), valid)
+  assert tie and want.tolist() == [True, True, False, True, False]
+  for fn in (two_means, jitted):
+    np.testing.assert_array_equal(fn(jnp.asarray(counts), jnp.asarray(counts.max(0)),
+                                     jnp.asarray(valid)), want)
+  # Tie-heavy inputs: sign statistics of 2-12 coordinates of float updates (no exact zeros, as
+  # in the issue), 2-5 distinct patterns over 12 rows, some rows invalid. All are jitted and
+  # vmapped, the first 8 also eager (each eager call compiles its loop). On float32 features
+  # the earlier code put 13 of these 150 jitted (11 vmapped) in the wrong cluster.
+  rng = np.random.default_rng(36)
+  inputs, wants, ties = [], [], []
+  while len(inputs) < 150:
+    k = int(rng.integers(2, 13))
+    patterns = rng.multinomial(k, [0.5, 0.0, 0.5], size=int(rng.integers(2, 6)))
+    counts = patterns[rng.integers(0, len(patterns), 12)]
+    valid = rng.random(12) > 0.1
+    if not valid.any():
+      continue
+    scale = counts[valid].max(0)
+    want, ambiguous, tie = np_two_means_majority(counts, scale, valid)
+    assert not ambiguous
+    inputs.append((counts, scale, valid))
+    wants.append(want)
+    ties.append(tie)
+  assert sum(ties) >= 100 and sum(ties[:8]) >= 6, ties   # the inputs exercise the tie rule
+  for (counts, scale, valid), want in zip(inputs, wants):
+    np.testing.assert_array_equal(jitted(counts, scale, valid), want)
+  stacked = [jnp.asarray(np.stack(a)) for a in zip(*inputs)]
+  np.testing.assert_array_equal(jax.jit(jax.vmap(two_means))(*stacked), np.stack(wants))
+  for (counts, scale, valid), want in list(zip(inputs, wants))[:8]:
+    np.testing.assert_array_equal(two_means(jnp.asarray(counts), jnp.asarray(scale),
+                                            jnp.asarray(valid)), want)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -123,28 +123,57 @@ def _median(values: Array) -> Array:
 # SignGuard
 
 
-def _two_means_majority(features: Array, valid: Array) -> Array:
-  """The larger cluster of a deterministic 2-means of the valid rows of `features [n, k]`, `[n]`.
+# Relative tolerance of SignGuard's 2-means: two squared distances closer than this count as
+# equal. With its 3 statistics each is computed from exact integers with at most 8 float32
+# roundings, all of non-negative terms (relative error ≤ 8u, u = 2^-24), so two exactly equal
+# ones differ by at most 16u of the larger; 2^-18 = 64u leaves a factor of 4.
+TWO_MEANS_TIE = 2.0 ** -18
+
+
+def _two_means_majority(counts: Array, scale: Array, valid: Array) -> Array:
+  """The larger cluster of a deterministic 2-means of the valid rows of the features
+  f_ij = counts_ij / scale_j (`counts [n, k]` and `scale [k]` non-negative integers; a column of
+  scale 0 is all 0), `[n]` bool.
 
   Seeds: c₁ = the valid row farthest from the valid rows' mean, c₂ = the valid row farthest from
   c₁ (ties: lowest index). Lloyd's iterations: each valid row goes to the nearer centre (ties:
   c₁), each centre becomes the mean of its rows (kept where it has none), until no assignment
   changes (at most `KMEANS_MAX_ITERATIONS`). Larger cluster: more valid rows; ties: the cluster
   of the lowest-index valid row.
+
+  Exact ties are frequent (the features lie on a lattice of small rationals), so every decision
+  is made on integers as far as they go: a centre is kept as its members' integer count sums
+  S_j and their number m, and the squared distance of row i to it, times m², as
+  Σ_j (m·counts_ij − S_j)² / scale_j² from the exact integers m·counts_ij − S_j. Two distances
+  are compared as such products (‖f_i − c₁‖²·m₁²m₂² against ‖f_i − c₂‖²·m₁²m₂²); they are equal
+  when they differ by at most `TWO_MEANS_TIE` (2^-18) of the larger, which covers their float32
+  rounding (≤ 16 ulps between two exactly equal values), so a tie resolves as documented
+  whatever the evaluation order (eager, jit, vmap). A genuine relative difference below 2^-18
+  also counts as a tie. Integer sums stay exact while n·max counts < 2^31.
   """
-  count = jnp.maximum(jnp.sum(valid), 1).astype(features.dtype)
-  mean = (valid.astype(features.dtype) @ features) / count
+  counts = counts.astype(jnp.int32)
+  denominator = jnp.where(scale > 0, scale, 1).astype(jnp.float32)
+  denominator = denominator * denominator
 
-  def farthest_from(c):
-    return features[jnp.argmax(jnp.where(valid, jnp.sum((features - c) ** 2, axis=1), -1.0))]
+  def spread(total, m):  # m²·‖f_i − total/m‖² `[n]`
+    e = (m * counts - total[None, :]).astype(jnp.float32)
+    return jnp.sum(e * e / denominator, axis=1)
 
-  def assign(c1, c2):   # True: the row goes to c₂
-    return valid & (jnp.sum((features - c2) ** 2, axis=1) < jnp.sum((features - c1) ** 2, axis=1))
+  def farthest_from(total, m):  # the row's counts: a centre of one member
+    far = jnp.where(valid, spread(total, m), -1.0)
+    top = jnp.max(far)
+    return counts[jnp.argmax(valid & (far >= top - TWO_MEANS_TIE * top))]
+
+  def assign(c1, c2):   # True: the row goes to c₂ (strictly nearer beyond the tolerance)
+    (s1, m1), (s2, m2) = c1, c2
+    v1 = spread(s1, m1) * (m2 * m2).astype(jnp.float32)
+    v2 = spread(s2, m2) * (m1 * m1).astype(jnp.float32)
+    return valid & (v2 < v1 - TWO_MEANS_TIE * v1)
 
   def centre(members, old):
-    weights = members.astype(features.dtype)
-    total = jnp.sum(weights)
-    return jnp.where(total > 0, (weights @ features) / jnp.maximum(total, 1.0), old)
+    m = jnp.sum(members, dtype=jnp.int32)
+    new = (members.astype(jnp.int32) @ counts, m)
+    return jax.tree.map(lambda a, b: jnp.where(m > 0, a, b), new, old)
 
   def step(carry):
     second, _, c1, c2, it = carry
@@ -152,8 +181,9 @@ def _two_means_majority(features: Array, valid: Array) -> Array:
     new = assign(c1, c2)
     return new, jnp.any(new != second), c1, c2, it + 1
 
-  c1 = farthest_from(mean)
-  c2 = farthest_from(c1)
+  one = jnp.ones((), jnp.int32)
+  c1 = (farthest_from(valid.astype(jnp.int32) @ counts, jnp.sum(valid, dtype=jnp.int32)), one)
+  c2 = (farthest_from(c1[0], one), one)
   init = (assign(c1, c2), jnp.array(True), c1, c2, jnp.array(0, jnp.int32))
   second, *_ = lax.while_loop(lambda c: c[1] & (c[4] < KMEANS_MAX_ITERATIONS), step, init)
   n_second = jnp.sum(second)
@@ -186,11 +216,10 @@ def signguard_with_share(updates: Array, *, key: Array, lower: float = 0.1, uppe
     median = _median(norms)
     norm_ok = rows.finite & (norms >= lower * median) & (norms <= upper * median)
     signs = rows.x if k == d else rows.x[:, coordinates]
-    features = jnp.stack([jnp.mean(signs > 0, axis=1), jnp.mean(signs == 0, axis=1),
-                          jnp.mean(signs < 0, axis=1)], axis=1).astype(jnp.float32)
-    largest = jnp.max(jnp.where(rows.finite[:, None], features, 0.0), axis=0)
-    features = features / jnp.where(largest > 0, largest, 1.0)
-    kept = norm_ok & _two_means_majority(features, rows.finite)
+    counts = jnp.stack([jnp.sum(signs > 0, axis=1), jnp.sum(signs == 0, axis=1),
+                        jnp.sum(signs < 0, axis=1)], axis=1).astype(jnp.int32)
+    largest = jnp.max(jnp.where(rows.finite[:, None], counts, 0), axis=0)
+    kept = norm_ok & _two_means_majority(counts, largest, rows.finite)
     kept = jnp.where(jnp.any(kept), kept, norm_ok)
     return rows.average(kept, median)
 
