@@ -477,16 +477,22 @@ def flame(updates: Array, *, key: Array, noise_lambda: float = 0.001) -> Array:
   with the noise drawn from `key`. The HDBSCAN labelling is exact (not an approximation) for
   this configuration; see `hdbscan_majority_members`.
 
-  Choices where the published codes differ (the authors released no code; the FLAME code copied
-  across backdoor-FL benchmarks runs `hdbscan.HDBSCAN(min_cluster_size=n//2 + 1, min_samples=1,
-  allow_single_cluster=True)`, keeps the most populous label, keeps every client when all are
-  noise, clips to the median norm of all updates and adds N(0, (λ·median)²) to the model):
+  Choices where the published codes differ (the authors released no code). The FLAME code
+  copied across backdoor-FL benchmarks builds the n × n matrix of cosine distances, fits
+  `hdbscan.HDBSCAN(min_cluster_size=n//2 + 1, min_samples=1, allow_single_cluster=True)` to its
+  ROWS as feature vectors (Euclidean distances between rows of distances), keeps the most
+  populous label (every client when all are noise), clips the admitted updates to the median
+  norm of the ADMITTED clients (its list of norms is filled in the loop over them; some later
+  copies take the median over all n) and adds N(0, (λ·median)²) to the model. Here:
   - Distances between the clients' updates x_i (the rule's input), as several of those codes do
     (model − global model); the paper and others compare the local models W_i = G + x_i, whose
     angles the shared G dominates.
-  - HDBSCAN on the precomputed cosine distances, as the paper describes and some codes do;
-    others pass the rows of the distance matrix as feature vectors (Euclidean metric on them),
-    which is a different clustering.
+  - HDBSCAN on the precomputed cosine distances, as the paper describes and some codes do
+    (metric "precomputed" or "cosine"); clustering the rows of the distance matrix, as the
+    copied code does, is a different clustering.
+  - S_t is the median norm of all n updates, as the paper's algorithm takes it, not of the
+    admitted ones; the two differ when the rows left out are not balanced around the median
+    (large rows left out make the copied code's bound smaller).
   - The noise is added to the aggregate update, which is adding it to the aggregated model (as
     that code does): N(0, (λ S_t)²) per coordinate, λ = 0.001 as in the paper for image tasks.
   Non-finite rows: norm +inf in S_t (like a huge row), left out of HDBSCAN (never members, as if
