@@ -3,6 +3,8 @@ client learning-rate schedules and the server optimizer by name, against NumPy a
 
 import functools
 import math
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -425,3 +427,29 @@ def test_sampling_composes_with_absence_faults_and_mixed_populations():
     dropped = 1 - present
     assert np.all(dropped <= sampled_b / 6 + 1e-6)  # only sampled faulty clients drop out
     assert np.any(dropped > 0) and np.any(dropped < sampled_b / 6 - 1e-3)  # some label noise
+
+
+def test_build_md_deployed_b_t_numbers_say_what_they_are():
+  """Issue 36: BUILD.md's deployed-rounds paragraph called b_t's measured mean 2.46
+  "15·E[b]/25", which is 2.25 under the law (E[b] = 3.75). Its figures are checked here against
+  the sweep's own 64 draws: their mean Byzantine count b̄, the expectation 15·b̄/25 it gives b_t,
+  and E[b] = n·p."""
+  from configs import sweep_deployed  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
+  c = sweep_deployed.get_config()
+  point = next(p for p in sweep_deployed.points(c) if p.tags["block"] == "deployed")
+  cfg = sweep.apply_overrides(c.base, point.overrides)
+  b = (~experiment.draw_masks(cfg, None)).sum(1)
+  n, m, p = cfg.num_clients, cfg.training.clients_per_round, cfg.honest_set_options.bernoulli.p
+  with open(os.path.join(os.path.dirname(__file__), "..", "BUILD.md")) as fh:
+    text = " ".join(fh.read().split())
+  found = re.search(r"b_t among the sampled has mean ([\d.]+) over rounds and draws \(its "
+                    r"expectation given these (\d+) draws is (\d+)·b̄/(\d+) = ([\d.]+), b̄ = "
+                    r"([\d.]+) their mean Byzantine count; under the law, \d+·E\[b\]/\d+ = "
+                    r"([\d.]+) with E\[b\] = (\d+)·([\d.]+) = ([\d.]+)\)", text)
+  assert found, "BUILD.md's b_t sentence"
+  measured, draws, sampled, clients, given, b_bar, law, n_doc, p_doc, mean_b = found.groups()
+  assert (int(draws), int(sampled), int(clients), int(n_doc)) == (len(b), m, n, n)
+  assert float(b_bar) == b.mean() and float(given) == pytest.approx(m * b.mean() / n)
+  assert float(p_doc) == p and float(mean_b) == n * p and float(law) == pytest.approx(m * p)
+  assert abs(float(measured) - float(given)) < 0.05   # within ~4 standard errors over 6,400 rounds

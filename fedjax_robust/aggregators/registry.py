@@ -93,8 +93,12 @@ _SUBSETS = D.Int(1, note="the most subsets an exact search may enumerate")
 # Σ_i w_i x_i and Σ_i w_i are revealed, Bonawitz et al., CCS 2017), and costs per round the
 # number of secure averages below; every other rule, and every chain with a pre-aggregator,
 # needs each update in the clear (m uploads of d numbers). One secure average of m clients'
-# d-vectors sends m·(d + ⌈log₂ m⌉) numbers (O(m log m + m·d) in Bonawitz et al., the constant
-# taken as 1). Every pipeline reports both per round (aux "secure_averages", "numbers_sent").
+# d-vectors sends m·(d + ⌈log₂ m⌉) numbers: O(m log m + m·d), O(log m + d) per client, with the
+# protocol of Bell, Bonawitz, Gascón, Lepoint, Raykova, "Secure single-server aggregation with
+# (poly)logarithmic overhead", CCS 2020 (the constant taken as 1); Bonawitz et al.'s 2017
+# protocol costs more, quadratically in m (server communication O(m² + m·d), client
+# computation O(m² + m·d), server computation O(m²·d)). Every pipeline reports both per round
+# (aux "secure_averages", "numbers_sent").
 SECURE_AVERAGES: dict[str, Callable[[Mapping[str, jax.Array]], jax.Array]] = {
     "mean": lambda aux: jnp.float32(1),
     "rfa_one_step": lambda aux: jnp.float32(1),
