@@ -34,6 +34,7 @@ the whole argument); aggregator specs keep their '+':
 import ml_collections
 
 from configs import default
+from fedjax_robust.errors import ConfigError
 from fedjax_robust.sweep import Point
 from fedjax_robust.sweep import as_list
 from fedjax_robust.sweep import axis
@@ -87,8 +88,8 @@ def mu_h_overrides(name: str, p: float) -> dict:
             "graph.k": NEIGHBOURS}
   if name == "worst_case":
     return {"honest_set": "worst_case"}
-  raise ValueError(f"unknown μ_H {name!r} in this sweep; available: independent, clustered, "
-                   "graph, worst_case.")
+  raise ConfigError(f"grid.mu_h={name!r} is not a μ_H of this sweep; allowed: independent, "
+                    "clustered, graph, worst_case.")
 
 
 def points(c):

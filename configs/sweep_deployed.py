@@ -26,6 +26,7 @@ import os
 import ml_collections
 
 from configs import sweep_rfa
+from fedjax_robust import domains as D
 from fedjax_robust import evaluation
 from fedjax_robust import sweep
 from fedjax_robust.sweep import Point
@@ -55,6 +56,9 @@ def get_config():
 
 
 def points(c):
+  for key in ("personalization_rules", "deployed_rules"):
+    for r in as_list(c.grid[key], str):
+      D.Choice(*RULES).check(f"grid.{key}", r)
   out = []
   for p in as_list(c.grid.personalizations, str):
     for r in as_list(c.grid.personalization_rules, str):

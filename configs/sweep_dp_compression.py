@@ -22,6 +22,7 @@ import os
 import ml_collections
 
 from configs import default
+from fedjax_robust import domains as D
 from fedjax_robust import sweep
 from fedjax_robust.sweep import Point
 from fedjax_robust.sweep import as_list
@@ -54,10 +55,14 @@ def get_config():
 
 
 def points(c):
+  privacy, compression = as_list(c.grid.privacy, str), as_list(c.grid.compression, str)
+  for p in privacy:
+    D.Choice(*PRIVACY).check("grid.privacy", p)
+  for k in compression:
+    D.Choice(*COMPRESSION).check("grid.compression", k)
   return [Point({"privacy": p, "compression": k, "rule": r},
                 {**PRIVACY[p], **COMPRESSION[k], "aggregator": r})
-          for p in as_list(c.grid.privacy, str) for k in as_list(c.grid.compression, str)
-          for r in as_list(c.grid.rules, str)]
+          for p in privacy for k in compression for r in as_list(c.grid.rules, str)]
 
 
 def plot_note(c) -> str:

@@ -44,6 +44,7 @@ import os
 import ml_collections
 
 from configs import default
+from fedjax_robust import domains as D
 from fedjax_robust import sweep
 from fedjax_robust.sweep import Point
 from fedjax_robust.sweep import as_list
@@ -104,11 +105,16 @@ def _task(task: str, size: int) -> tuple[int, dict]:
 
 def points(c):
   out = []
-  for task in as_list(c.grid.tasks, str):
+  tasks, settings = as_list(c.grid.tasks, str), as_list(c.grid.settings, str)
+  for task in tasks:
+    D.Choice(*METRICS).check("grid.tasks", task)
+  for setting in settings:
+    D.Choice(*SETTINGS).check("grid.settings", setting)
+  for task in tasks:
     sizes = as_list(c.grid.synthetic_d if task == "synthetic" else c.grid.digits_widths, int)
     for size in sizes:
       d, overrides = _task(task, size)
-      for setting in as_list(c.grid.settings, str):
+      for setting in settings:
         for rule in as_list(c.grid.rules, str):
           out.append(Point({"task": task, "d": d, "setting": setting, "rule": rule,
                             "line": f"{task}:{setting}"},

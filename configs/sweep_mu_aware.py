@@ -61,6 +61,7 @@ import numpy as np
 
 from configs import default
 from fedjax_robust import config as config_lib
+from fedjax_robust import domains as D
 from fedjax_robust import evaluation
 from fedjax_robust import sweep
 from fedjax_robust.sweep import Point
@@ -138,7 +139,8 @@ def mu_h_overrides(name: str) -> dict:
             "honest_set_options.graph_copula.tau": TAU, "graph.kind": "stochastic_block",
             "graph.block_sizes": BLOCKS, "graph.p_in": 0.8, "graph.p_out": 0.05,
             "graph.seed": 0}
-  raise ValueError(f"unknown μ_H {name!r} in this sweep; available: {', '.join(MU_H)}.")
+  raise ConfigError(f"grid.mu_h={name!r} is not a μ_H of this sweep; allowed: "
+                    f"{', '.join(MU_H)}.")
 
 
 def rule_overrides(label: str, prior: str = "correct") -> dict:
@@ -171,6 +173,10 @@ def points(c):
   laws = as_list(c.grid.mu_h, str)
   threats = as_list(c.grid.threats, str)
   rules = as_list(c.grid.rules, str)
+  for key, values, allowed in (("blocks", blocks, ("main", "prior", "tasks", "worst")),
+                               ("mu_h", laws, MU_H), ("rules", rules, (*CLASSIC, *AWARE))):
+    for value in values:
+      D.Choice(*allowed).check(f"grid.{key}", value)
   out = []
 
   def add(block, task, threat, mu_h, rule, prior="correct", refusable=False):

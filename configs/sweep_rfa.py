@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from configs import default
+from fedjax_robust import domains as D
 from fedjax_robust import evaluation
 from fedjax_robust import sweep
 from fedjax_robust.sweep import Point
@@ -56,8 +57,11 @@ def get_config():
 
 def points(c):
   table = rules()
+  names = as_list(c.grid.rules, str)
+  for r in names:
+    D.Choice(*table).check("grid.rules", r)
   return [Point({"threat": t, "rule": r}, {"attack": t, **table[r]})
-          for t in as_list(c.grid.threats, str) for r in as_list(c.grid.rules, str)]
+          for t in as_list(c.grid.threats, str) for r in names]
 
 
 def plot_note(c) -> str:

@@ -297,7 +297,7 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "training.eval_every": D.Int(1, note="num_rounds must be a multiple"),
     "training.local_steps": D.POSITIVE_INT,
     "training.batch_size": D.Int(note="<= 0: all of a client's data per step"),
-    "training.client_lr": D.POSITIVE,
+    "training.client_lr": D.LEARNING_RATE,
     "training.client_momentum": D.Float(0, 1, high_open=True),
     "training.clients_per_round": D.Int(0, note="0: all clients; else 2f < m <= num_clients"),
     "training.local_epochs": D.Int(0, note="0: training.local_steps steps instead"),
@@ -312,7 +312,7 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "training.client_lr_schedule_options.step.boundaries": D.Tuple(D.POSITIVE_INT, 1),
     "training.client_lr_schedule_options.step.factor": D.POSITIVE,
     "training.server_optimizer": D.Choice(*server_optimizers.names()),
-    "training.server_lr": D.POSITIVE,
+    "training.server_lr": D.LEARNING_RATE,
     "training.server_momentum": D.Float(0, 1, high_open=True),
     "training.weighted_aggregation": D.Bool(),
     "training.l2": D.NONNEGATIVE,
@@ -586,9 +586,15 @@ def _validate(config) -> None:
   _validate_rounds(config, specs)
   if not specs:
     raise ConfigError(f"config.aggregator names no aggregator: {config.aggregator!r}.")
+  _validate_bucketing(config, specs)
   for spec in specs:
     agg = aggregators.get(spec, f=f, options=aggregator_options(config),
                           weighted=config.training.weighted_aggregation)
+    if config.compression.aggregate_in == "k" and jax.tree.leaves(agg.init(4, np.float32)):
+      raise ConfigError(f"compression.aggregate_in='k': aggregator {spec!r} keeps a state across "
+                        "rounds in the d coordinates, which a rule working on each round's k "
+                        "shared coordinates cannot; allowed: aggregate_in='d' with it, or a rule "
+                        "without a state.")
     if agg.needs_server_update:
       if config.data.root_examples < 1:
         raise ConfigError(f"aggregator {spec!r} compares every update with the server's own "
@@ -655,6 +661,36 @@ def _validate(config) -> None:
     raise ConfigError(f"training.num_rounds={t.num_rounds} must be a positive multiple of "
                       f"training.eval_every={t.eval_every}.")
   make_local_training(config)
+
+
+def _validate_bucketing(config, specs) -> None:
+  """Bucketing's buckets of s clients among the m of a round (num_clients, or
+  training.clients_per_round when clients are sampled) need s < m: with s >= m one bucket holds
+  every client, and the rule after it sees only their mean."""
+  bucketed = [spec for spec in specs if "bucketing" in aggregators.split_spec(spec)]
+  s = config.aggregator_options.bucketing.bucket_size
+  m = config.training.clients_per_round or config.num_clients
+  if bucketed and s >= m:
+    rows = (f"training.clients_per_round={m}" if config.training.clients_per_round
+            else f"num_clients={m}")
+    raise ConfigError(f"aggregator_options.bucketing.bucket_size={s} (in {', '.join(bucketed)}) "
+                      f"is not below the m clients of a round ({rows}): one bucket would hold "
+                      f"every client and the rule after it see only their mean; allowed: 1 <= "
+                      f"bucket_size < {m} (the paper's default is 2).")
+
+
+def _validate_worst_case(config, num_classes: int | None) -> None:
+  """The worst case's criterion defined on this task (worst_case.check), and its seed cap not
+  below its seeds."""
+  options = config.honest_set_options.worst_case
+  worst_case.check(options.criterion, convex=theory_report.is_convex_task(config),
+                   classifier=num_classes is not None,
+                   holdout=config.data.holdout_fraction > 0,
+                   global_model=config.training.personalization == "none")
+  if options.max_seeds < options.seeds:
+    raise ConfigError(f"honest_set_options.worst_case.max_seeds={options.max_seeds} is below "
+                      f"seeds={options.seeds}: the sets tied with the top get more seeds, not "
+                      f"fewer. Allowed: max_seeds >= {options.seeds} (= seeds: R fixed).")
 
 
 # Options fixed per client index, which a round of sampled clients cannot use.
@@ -834,16 +870,22 @@ def make_server_optimizer(config) -> optax.GradientTransformation:
 
 
 def make_data(config) -> data_lib.FederatedData:
+  """The federated data of config.data; a request the data cannot meet (more clients than
+  examples, min_size or root_examples too large for the data set) is a ConfigError naming it."""
   d = config.data
-  return data_lib.load(
-      d.name, num_clients=config.num_clients, partition=d.partition, alpha=d.alpha,
-      shards_per_client=d.shards_per_client, gamma=d.gamma, min_size=d.min_size,
-      test_fraction=d.test_fraction, data_dir=d.data_dir, seed=config.seed,
-      synthetic_examples_per_client=d.synthetic_examples_per_client, synthetic_dim=d.synthetic_dim,
-      synthetic_num_classes=d.synthetic_num_classes, synthetic_alpha=d.synthetic_alpha,
-      synthetic_beta=d.synthetic_beta, synthetic_task=d.synthetic_task,
-      synthetic_noise=d.synthetic_noise, holdout_fraction=d.holdout_fraction,
-      root_examples=d.root_examples)
+  try:
+    return data_lib.load(
+        d.name, num_clients=config.num_clients, partition=d.partition, alpha=d.alpha,
+        shards_per_client=d.shards_per_client, gamma=d.gamma, min_size=d.min_size,
+        test_fraction=d.test_fraction, data_dir=d.data_dir, seed=config.seed,
+        synthetic_examples_per_client=d.synthetic_examples_per_client,
+        synthetic_dim=d.synthetic_dim, synthetic_num_classes=d.synthetic_num_classes,
+        synthetic_alpha=d.synthetic_alpha, synthetic_beta=d.synthetic_beta,
+        synthetic_task=d.synthetic_task, synthetic_noise=d.synthetic_noise,
+        holdout_fraction=d.holdout_fraction, root_examples=d.root_examples)
+  except ValueError as e:  # data.load's refusals of its arguments
+    raise ConfigError(f"data.name={d.name!r} with num_clients={config.num_clients}, "
+                      f"data.partition={d.partition!r}: {e}") from None
 
 
 def aggregator_options(config) -> dict[str, dict[str, Any]]:
@@ -884,6 +926,23 @@ def aggregator_options(config) -> dict[str, dict[str, Any]]:
   return options
 
 
+def _check_compression_size(config, model, data_name: str) -> None:
+  """A sparsifier's compression.k is at most d, the parameters a client sends (the model's, less
+  its output layer when it stays personal): known once the data give the model its input shape,
+  so checked here, before the simulator is built and anything compiles."""
+  spec = make_compression(config)
+  if not (spec.sparsifies and spec.k):
+    return
+  shapes = jax.eval_shape(model.init, jax.random.key(0))
+  d = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
+  if config.training.personalization == "personal_head":
+    d -= sum(int(np.sum(leaf)) for leaf in jax.tree.leaves(training.personal_layer_marks(shapes)))
+  if spec.k > d:
+    raise ConfigError(f"compression.k={spec.k} exceeds d = {d:,}, the parameters each client "
+                      f"sends (model={config.model!r} on data.name={data_name!r}); allowed: "
+                      f"1 <= k <= {d:,}, or 0 (k = ⌈compression.ratio·d⌉).")
+
+
 def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
                    reference: str | None = None,
                    client_weights=None) -> training.Simulator:
@@ -895,9 +954,10 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
   honest-only run with the config's personalization and fine-tuning, the oracle without (one
   global model).
   """
+  model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
+                     **config.model_options.get(config.model, {}))
+  _check_compression_size(config, model, fed.name)
   if reference is not None:
-    model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
-                       **config.model_options.get(config.model, {}))
     return training.Simulator(
         model=model, aggregator=aggregators.get("mean", f=0, weighted=True),
         attack=attacks.get("none", num_classes=fed.num_classes), local=make_local_training(config),
@@ -911,8 +971,6 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
         compression=(make_compression(config) if reference == "honest_optimum"
                      else compression.Compression()),
         client_weights=None if client_weights is None else tuple(map(float, client_weights)))
-  model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
-                     **config.model_options.get(config.model, {}))
   behaviours = [(attacks.get(name, num_classes=fed.num_classes,
                              options=config.attack_options.get(name, {})), p)
                 for name, p in attacks.parse_population(config.attack)]

@@ -144,10 +144,13 @@ class Domain:
     invalid = ["abc", _INF]
     if self.nan_means is None:
       invalid.append(math.nan)
+    # Just outside a closed end: 1 for an int, else 1e-3 or 0.1% of the end, whichever is more
+    # (1e-3 is lost in the rounding of a large end such as FLOAT32_MAX).
+    step = lambda end: 1 if self.kind == "int" else max(1e-3, abs(end) * 1e-3)
     if self.low != -_INF:
-      invalid.append(self.low if self.low_open else self.low - (1 if self.kind == "int" else 1e-3))
+      invalid.append(self.low if self.low_open else self.low - step(self.low))
     if self.high != _INF:
-      invalid.append(self.high if self.high_open else self.high + (1 if self.kind == "int" else 1e-3))
+      invalid.append(self.high if self.high_open else self.high + step(self.high))
     if self.kind == "int":
       invalid.append(float(valid[0]) + 0.5)
     if not self.optional:
@@ -197,6 +200,12 @@ NONNEGATIVE = Float(0)
 FINITE = Float()
 POSITIVE_INT = Int(1)
 NONNEGATIVE_INT = Int(0)
+# Training computes in float32, whose largest finite value is ≈ 3.4e38: a larger learning rate is
+# inf there, and the first step makes every parameter non-finite. Below it, a rate too large for
+# the task is an experiment whose draws diverge, which the run reports as diverged.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+LEARNING_RATE = Float(0, FLOAT32_MAX, low_open=True,
+                      note="finite in float32, in which training computes: a larger rate is inf")
 
 
 def OneOf(*alternatives: Domain) -> Domain:  # pylint: disable=invalid-name

@@ -45,7 +45,7 @@ AXES = (DRAWS, CLIENTS)
 def parse(spec: str) -> dict[str, int]:
   """`config.mesh` as {axis: size}; "" -> {} (no mesh); a bare "draws" takes every device.
 
-  Raises ValueError naming the key, the value and what is allowed."""
+  Raises a ConfigError naming the key, the value and what is allowed."""
   spec = (spec or "").strip()
   if not spec:
     return {}
@@ -54,22 +54,23 @@ def parse(spec: str) -> dict[str, int]:
     name, _, size = part.strip().partition("=")
     name = name.strip()
     if name not in AXES or name in sizes:
-      raise ValueError(f"mesh={spec!r}: axis {name!r} is not allowed; axes are {AXES}, each "
-                       "at most once, e.g. 'draws', 'draws=4' or 'draws=4,clients=2'")
+      raise errors.ConfigError(f"mesh={spec!r}: axis {name!r} is not allowed; axes are {AXES}, "
+                               "each at most once, e.g. 'draws', 'draws=4' or 'draws=4,clients=2'")
     if not size.strip():
       if name != DRAWS:
-        raise ValueError(f"mesh={spec!r}: the {name} axis needs a size ('{name}=2')")
+        raise errors.ConfigError(f"mesh={spec!r}: the {name} axis needs a size ('{name}=2')")
       sizes[name] = 0  # every device left over
       continue
     if not size.strip().isdigit() or int(size) < 1:
-      raise ValueError(f"mesh={spec!r}: {name}={size.strip()!r} is not a positive integer")
+      raise errors.ConfigError(f"mesh={spec!r}: {name}={size.strip()!r} is not a positive "
+                               "integer")
     sizes[name] = int(size)
   return sizes
 
 
 def axis_sizes(spec: str, num_devices: int | None = None) -> dict[str, int]:
   """{draws: D, clients: C} for `spec` on `num_devices` devices (default: all of them); raises
-  ValueError when they do not divide the devices."""
+  a ConfigError when they do not divide the devices."""
   sizes = parse(spec)
   total = jax.device_count() if num_devices is None else num_devices
   if not sizes:
@@ -78,13 +79,13 @@ def axis_sizes(spec: str, num_devices: int | None = None) -> dict[str, int]:
   draws = sizes.get(DRAWS, 1)
   if draws == 0:
     if total % clients:
-      raise ValueError(f"mesh={spec!r}: clients={clients} does not divide the {total} "
-                       "devices")
+      raise errors.ConfigError(f"mesh={spec!r}: clients={clients} does not divide the {total} "
+                               "devices")
     draws = total // clients
   if draws * clients > total:
-    raise ValueError(f"mesh={spec!r} needs {draws * clients} devices; this process sees "
-                     f"{total} ({jax.default_backend()}; on a CPU, "
-                     "XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)")
+    raise errors.ConfigError(f"mesh={spec!r} needs {draws * clients} devices; this process sees "
+                             f"{total} ({jax.default_backend()}; on a CPU, "
+                             "XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)")
   return {DRAWS: draws, CLIENTS: clients}
 
 
@@ -92,8 +93,8 @@ def check(spec: str, num_clients: int, num_devices: int | None = None) -> None:
   """Config-time check of `config.mesh` against the devices (default: all) and n."""
   sizes = axis_sizes(spec, num_devices)
   if num_clients % sizes[CLIENTS]:
-    raise ValueError(f"mesh={spec!r}: clients={sizes[CLIENTS]} must divide num_clients="
-                     f"{num_clients} (each device trains the same number of clients)")
+    raise errors.ConfigError(f"mesh={spec!r}: clients={sizes[CLIENTS]} must divide num_clients="
+                             f"{num_clients} (each device trains the same number of clients)")
 
 
 def make(spec: str) -> jax.sharding.Mesh | None:

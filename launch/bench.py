@@ -22,12 +22,14 @@ training, the attack and the rule of one round alone per S. Writes monte_carlo.c
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from fedjax_robust import aggregators  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust import domains as D  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -36,26 +38,71 @@ _CONFIG = errors.define_config_flag(_DEFAULT_CONFIG, "Benchmark configuration.",
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench", "Where the CSV files and plot go.")
 
 _MODES = ("aggregators", "monte_carlo", "all")
+# The declared domain of every key of configs/bench.py (aggregator options: the rules' own).
+_DOMAINS = {
+    "mode": D.Choice(*_MODES),
+    "rules": D.Domain("str", note="comma-separated aggregator specs"),
+    "grid": D.Tuple(D.Tuple(D.POSITIVE_INT, 2), 1, note="(n, d) pairs"),
+    "f_fraction": D.Float(0, 0.5, high_open=True, note="f = max(1, ⌊f_fraction·n⌋)"),
+    "batch": D.POSITIVE_INT,
+    "repeats": D.POSITIVE_INT,
+    "max_elements": D.POSITIVE_INT,
+    "reference_max_elements": D.NONNEGATIVE_INT,
+    "reference_repeats": D.NONNEGATIVE_INT,
+    "monte_carlo.spec": D.Domain("str", note="an aggregator spec"),
+    "monte_carlo.sample_counts": D.Tuple(D.POSITIVE_INT, 1, note="values of S"),
+    "monte_carlo.num_rounds": D.POSITIVE_INT,
+    "monte_carlo.baseline_samples": D.Int(0, note="0: no sequential NumPy baseline"),
+    "monte_carlo.block_sizes": D.Tuple(D.NONNEGATIVE_INT, 1, note="0: all S draws at once; B: "
+                                       "lax.map over blocks of B draws"),
+    "monte_carlo.meshes": D.Tuple(D.Domain("str"), 1, note="config.mesh syntax, '' one device"),
+    "monte_carlo.byzfl": D.Bool(),
+    "monte_carlo.phases": D.Bool(),
+}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  c = _CONFIG.value
-  if c.mode not in _MODES:
-    raise app.UsageError(f"--config.mode={c.mode!r} is not one of {', '.join(_MODES)}")
-  blocks = tuple(c.monte_carlo.block_sizes)
-  if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in blocks):
-    raise app.UsageError(f"--config.monte_carlo.block_sizes={blocks!r}: non-negative ints "
-                         "(0: all S draws at once; B: lax.map over blocks of B draws).")
+def _check(c) -> None:
+  """Every key against its domain, the meshes against the devices and the Monte Carlo job's
+  rule and options against the default job, before any timing (a ConfigError names the key)."""
+  for dotted, domain in _DOMAINS.items():
+    node = c
+    for part in dotted.split("."):
+      node = node[part]
+    domain.check(dotted, node)
   for mesh in c.monte_carlo.meshes:
     try:
       sharding.axis_sizes(mesh)
-    except ValueError as e:
-      raise app.UsageError(f"--config.monte_carlo.meshes: {e}") from None
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f"monte_carlo.meshes: {e}") from None
+  if c.mode in ("monte_carlo", "all"):
+    job = _monte_carlo_job(c)
+    config_lib.validate(job)
+    aggregators.get(c.monte_carlo.spec, f=job.f, options=config_lib.aggregator_options(job))
+
+
+def _monte_carlo_job(c):
+  """configs/default.py's job with the options of `monte_carlo.aggregator_options`."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  job = default.get_config()
+  for rule, options in c.monte_carlo.aggregator_options.items():  # e.g. GM's maxiter
+    for key, value in options.items():
+      if rule not in job.aggregator_options or key not in job.aggregator_options[rule]:
+        raise errors.ConfigError(f"monte_carlo.aggregator_options.{rule}.{key}: no such option "
+                                 "of a registered rule.")
+      job.aggregator_options[rule][key] = value
+  return job
+
+
+def main(_):  # errors.run_main refuses positional arguments
+  c = _CONFIG.value
+  _check(c)
   log = lambda m: print(m, flush=True)
   workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise errors.ConfigError(f"--workdir {workdir!r} cannot be created ({e.strerror or e}); "
+                             "choose a writable directory.") from None
   import jax  # pylint: disable=g-import-not-at-top
   log(f"devices: {jax.devices()}")
   if c.mode in ("aggregators", "all"):
@@ -71,15 +118,8 @@ def main(argv):
     benchmark.plot_time_vs_d(rows, os.path.join(workdir, "bench_time_vs_d.png"))
     log(f"\nwrote {workdir}/bench.csv, bench_time_vs_d.png")
   if c.mode in ("monte_carlo", "all"):
-    from configs import default  # pylint: disable=g-import-not-at-top
     m = c.monte_carlo
-    job = default.get_config()
-    for rule, options in c.monte_carlo.aggregator_options.items():  # e.g. GM's maxiter
-      for key, value in options.items():
-        if rule not in job.aggregator_options or key not in job.aggregator_options[rule]:
-          raise app.UsageError(f"--config.monte_carlo.aggregator_options.{rule}.{key}: no such "
-                               "option of a registered rule")
-        job.aggregator_options[rule][key] = value
+    job = _monte_carlo_job(c)
     log(f"\nMonte Carlo throughput: default digits job, {m.spec}, {m.num_rounds} rounds"
         + "".join(f", {rule}.{k}={v}" for rule, o in m.aggregator_options.items()
                   for k, v in o.items()))

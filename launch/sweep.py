@@ -24,7 +24,6 @@ import importlib.util
 import os
 import sys
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -51,24 +50,41 @@ _RECOMPUTE = flags.DEFINE_bool(
 _START = sharding.define_flags()
 
 
-def _sweep_module(path: str):
+def _sweep_module(path: str, config):
+  """The sweep config file's module; a file that is not a sweep config (no points(config), or a
+  get_config() without `base`, `grid` and `plot`) is a ConfigError."""
   spec = importlib.util.spec_from_file_location("sweep_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  if not hasattr(module, "points"):
-    raise errors.ConfigError(f"sweep config {path} must define points(config).")
+  missing = [k for k in ("base", "grid", "plot") if k not in config]
+  if not hasattr(module, "points") or missing:
+    raise errors.ConfigError(
+        f"--config={path} is not a sweep config: it must define points(config), and its "
+        f"get_config() must have the keys base, grid and plot"
+        + (f" (missing: {', '.join(missing)})" if missing else "")
+        + "; launch/train.py runs an experiment config.")
   return module
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def _check_plot_tags(plot, points) -> None:
+  """plot.x, plot.series and plot.style name tags of every point (else the figures and paired
+  comparisons would be left out after the whole sweep has run)."""
+  tags = sorted(set.intersection(*(set(p.tags) for p in points))) if points else []
+  for key in ("x", "series", "style"):
+    if plot[key] not in tags:
+      raise errors.ConfigError(f"plot.{key}={plot[key]!r} is not a tag of every point of this "
+                               f"sweep; allowed: {', '.join(tags) or 'none'}."
+                               f"{errors.close_matches(str(plot[key]), tags)}")
+
+
+def main(_):  # errors.run_main refuses positional arguments
   config = _CONFIG.value
+  module = _sweep_module(config_flags.get_config_filename(flags.FLAGS["config"]), config)
   # Devices first: a sweep config's points() may validate its points, and validating a mesh
   # counts the devices, which starts the backend (after which the CPU device count is fixed).
   _START(config.base.mesh)
-  module = _sweep_module(config_flags.get_config_filename(flags.FLAGS["config"]))
   points = module.points(config)
+  _check_plot_tags(config.plot, points)
   writer = sharding.is_writer()  # multi-host: process 0 prints and writes
   log = (lambda m: print(m, flush=True)) if writer else (lambda _: None)
   try:

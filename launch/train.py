@@ -12,7 +12,6 @@ rerun with the same configuration and code reuses; --recompute ignores them) int
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -47,9 +46,7 @@ def _progress(p: dict) -> None:
           + " (not in the ETA)", flush=True)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(_):  # errors.run_main refuses positional arguments
   workdir = _WORKDIR.value
   _START(_CONFIG.value.mesh)
   writer = sharding.is_writer()  # multi-host: process 0 prints and writes

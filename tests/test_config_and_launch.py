@@ -13,6 +13,7 @@ from conftest import tiny_config
 from fedjax_robust import config as config_lib
 from fedjax_robust import experiment
 from fedjax_robust import results
+from fedjax_robust.errors import ConfigError
 
 
 def mutate(**changes):
@@ -39,23 +40,81 @@ def mutate(**changes):
     ({"training__num_rounds": 12}, r"num_rounds=12 must be a positive multiple of .*eval_every=5"),
     ({"training__server_optimizer": "adagradd"},
      r"training.server_optimizer='adagradd' is outside its domain: one of .*'adagrad'"),
+    # Learning rates past float32's largest finite value are inf in training (issue 36, 16).
+    ({"training__client_lr": 1e39}, r"training.client_lr=1e\+39 is outside its domain: a "
+                                    r"finite float in \(0, 3.40282e\+38\] \(finite in float32"),
+    ({"training__client_lr": 1e300}, r"training.client_lr=1e\+300 is outside its domain"),
+    ({"training__server_lr": 1e39}, r"training.server_lr=1e\+39 is outside its domain"),
+    # Buckets of s >= m clients: one bucket, the rule after it sees only the mean.
+    ({"aggregator": "bucketing+mean", "aggregator_options__bucketing__bucket_size": 30},
+     r"aggregator_options.bucketing.bucket_size=30 \(in bucketing\+mean\) is not below the m "
+     r"clients of a round \(num_clients=6\).*allowed: 1 <= bucket_size < 6"),
+    ({"aggregator": "mean,bucketing+trimmed_mean",
+      "aggregator_options__bucketing__bucket_size": 6}, r"bucket_size=6 \(in "
+                                                        r"bucketing\+trimmed_mean\)"),
+    ({"aggregator": "bucketing+mean", "aggregator_options__bucketing__bucket_size": 4,
+      "training__clients_per_round": 4},
+     r"bucket_size=4 .*\(training.clients_per_round=4\).*allowed: 1 <= bucket_size < 4"),
+    # A rule with a state in d cannot work on the k shared coordinates of a round.
+    ({"aggregator": "mean,centered_clipping", "compression__kind": "shared_random_k",
+      "compression__aggregate_in": "k"},
+     r"compression.aggregate_in='k': aggregator 'centered_clipping' keeps a state across rounds"),
 ])
 def test_bad_config_values_are_rejected(changes, match):
   with pytest.raises(ValueError, match=match):
     config_lib.validate(mutate(**changes))
 
 
+def test_the_largest_allowed_values_are_accepted():
+  # The boundaries of the refusals above: float32's largest finite learning rate, m − 1
+  # clients per bucket, and a stateless rule on the shared coordinates.
+  for changes in [{"training__client_lr": float(np.finfo(np.float32).max)},
+                  {"aggregator": "bucketing+mean", "aggregator_options__bucketing__bucket_size": 5},
+                  {"aggregator": "bucketing+mean", "aggregator_options__bucketing__bucket_size": 3,
+                   "training__clients_per_round": 4},
+                  {"aggregator": "mean,trimmed_mean", "compression__kind": "shared_random_k",
+                   "compression__aggregate_in": "k"}]:
+    config_lib.validate(mutate(**changes))
+  with pytest.raises(ValueError, match="client_lr"):
+    config_lib.validate(mutate(training__client_lr=float(np.nextafter(
+        np.float32(np.finfo(np.float32).max), np.float32(np.inf), dtype=np.float64))))
+
+
+def test_data_and_compression_requests_are_refused_before_any_compile():
+  # Known once the data are loaded, before any simulator is built: a data set too small for
+  # the request, and a sparsifier's k over d (logistic on 8×8 digits: d = 64·10 + 10 = 650; an
+  # mlp's personal output layer, 32·10 + 10, is not sent: d = 64·32 + 32 = 2,080).
+  with pytest.raises(ConfigError, match=r"data.name='digits' with num_clients=6, "
+                                       r"data.partition='dirichlet': .*min_size=10000"):
+    config_lib.make_data(mutate(data__min_size=10000))
+  fed = config_lib.make_data(tiny_config())
+  for kind in ("top_k", "random_k", "shared_random_k"):
+    c = mutate(compression__kind=kind, compression__k=651)
+    with pytest.raises(ConfigError, match=r"compression.k=651 exceeds d = 650, the parameters "
+                                          r"each client sends \(model='logistic'"):
+      config_lib.make_simulator(c, "mean", fed)
+  assert config_lib.make_simulator(mutate(compression__kind="top_k", compression__k=650), "mean",
+                                   fed).num_shared == 650
+  personal = dict(model="mlp", training__personalization="personal_head", theory__enabled=False,
+                  data__holdout_fraction=0.2, compression__kind="top_k")
+  fed = config_lib.make_data(mutate(**personal))
+  with pytest.raises(ConfigError, match=r"compression.k=2081 exceeds d = 2,080"):
+    config_lib.make_simulator(mutate(**personal, compression__k=2081), "mean", fed)
+  assert config_lib.make_simulator(mutate(**personal, compression__k=2080), "mean",
+                                   fed).num_shared == 2080
+
+
 def test_unknown_key_in_a_config_file_is_rejected():
   c = tiny_config()
   c.unlock()
   c.aggregater = "mean"
-  with pytest.raises(ValueError, match=r"config key 'aggregater' does not exist. Did you mean "
+  with pytest.raises(ConfigError, match=r"config key 'aggregater' does not exist. Did you mean "
                                        r"'aggregator'.* Allowed here: .*aggregator"):
     config_lib.validate(c)
   c = tiny_config()
   c.data.unlock()
   c.data.alpah = 0.3
-  with pytest.raises(ValueError, match=r"config key 'data.alpah' does not exist.*alpha"):
+  with pytest.raises(ConfigError, match=r"config key 'data.alpah' does not exist.*alpha"):
     config_lib.validate(c)
 
 

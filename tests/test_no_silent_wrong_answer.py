@@ -1,9 +1,11 @@
 """A printed number is what the config says: declared option domains, divergence reported, draws
 independent of their batch, caches crash-safe, errors a person can read."""
 
+import concurrent.futures
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,10 +25,12 @@ from fedjax_robust import aggregators
 from fedjax_robust import attacks
 from fedjax_robust import config as config_lib
 from fedjax_robust import domains
+from fedjax_robust import errors
 from fedjax_robust import experiment
 from fedjax_robust import honest_sets
 from fedjax_robust import models
 from fedjax_robust import results
+from fedjax_robust import sharding
 from fedjax_robust.errors import ConfigError
 
 
@@ -364,6 +368,145 @@ def test_unknown_keys_with_the_default_config_files(tmp_path, argv, expected):
                         f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=300,
                        cwd=ROOT)
   assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
+
+
+# Bad launcher input, one row per way in (issue 36, item 14): (launcher, flags, what the one
+# paragraph must name). {tiny} is tests/tiny_config.py, {raising} a config file whose
+# get_config() raises. Each case exits 2 with `error: ...` and nothing else on stderr (absl's
+# and XLA's log lines aside), no traceback, and nothing compiled.
+_REFUSALS = [
+    # absl's own flag parser (it exits 1 with "FATAL Flags parsing error")
+    ("train.py", ["--bogus=1"], ["Unknown command line flag 'bogus'"]),
+    ("train.py", ["--cpu_devices=abc"], ["--cpu_devices=abc"]),
+    ("sweep.py", ["--recompute=maybe"], ["--recompute=maybe"]),
+    ("bench.py", ["--config.repeats=x"], ["--config.repeats=x"]),
+    ("train.py", ["--config={tiny}", "extra"], ["unexpected argument(s) 'extra'"]),
+    # the config file
+    ("train.py", ["--config=configs/nope.py"], ["--config=configs/nope.py: no such file"]),
+    ("train.py", ["--config={raising}"], ["RuntimeError: boom", "line 2"]),
+    ("sweep.py", ["--config={tiny}"], ["is not a sweep config"]),
+    # the devices, set up before the config is validated
+    ("train.py", ["--config={tiny}", "--config.mesh=bogus"], ["mesh='bogus'"]),
+    ("sweep.py", ["--config.base.mesh=draws=0"], ["mesh='draws=0'"]),
+    # checks that came after the data were loaded, or after the whole sweep had run
+    ("train.py", ["--config={tiny}", "--config.compression.kind=top_k", "--config.compression.k=100000"],
+     ["compression.k=100000", "d = 650"]),
+    ("train.py", ["--config={tiny}", "--config.compression.kind=shared_random_k",
+                  "--config.compression.aggregate_in=k", "--config.aggregator=centered_clipping"],
+     ["compression.aggregate_in='k'", "'centered_clipping'"]),
+    ("train.py", ["--config={tiny}", "--config.data.min_size=10000"], ["min_size=10000"]),
+    ("sweep.py", ["--config.grid.mu_h=bogus"], ["grid.mu_h='bogus'"]),
+    ("sweep.py", ["--config.plot.x=nope"], ["plot.x='nope'"]),
+    # values that cannot work (issue 36, item 16)
+    ("train.py", ["--config={tiny}", "--config.training.client_lr=1e39"], ["training.client_lr=1e+39"]),
+    ("train.py", ["--config={tiny}", "--config.aggregator=bucketing+mean",
+                  "--config.aggregator_options.bucketing.bucket_size=30"],
+     ["bucket_size=30", "num_clients=6"]),
+    # the benchmark's config (absl's usage text, exit 1, or a traceback before)
+    ("bench.py", ["--config.mode=bogus"], ["mode='bogus'"]),
+    ("bench.py", ["--config.monte_carlo.block_sizes=(-1,)"], ["monte_carlo.block_sizes=(-1,)"]),
+    ("bench.py", ["--config.monte_carlo.sample_counts=(0,)"], ["monte_carlo.sample_counts=(0,)"]),
+    ("bench.py", ["--config.mode=aggregators", "--config.repeats=0"], ["repeats=0"]),
+]
+# One of each way in for the default run; every row in the slow one.
+_QUICK = (0, 5, 8, 10)
+_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")  # absl's (and XLA's) log lines
+
+
+def _run_refusals(rows, tmp_path):
+  tiny = os.path.join(ROOT, "tests", "tiny_config.py")
+  raising = tmp_path / "raising_config.py"
+  raising.write_text("def get_config():\n  raise RuntimeError('boom')\n")
+
+  def run(i):
+    script, args, _ = rows[i]
+    args = [a.format(tiny=tiny, raising=raising) for a in args]
+    return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args,
+                           f"--workdir={tmp_path / str(i)}"], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    outs = list(pool.map(run, range(len(rows))))
+  for (script, args, names), out in zip(rows, outs):
+    lines = [l for l in out.stderr.splitlines() if l.strip() and not _LOG_LINE.match(l)]
+    case = f"{script} {' '.join(args)}: {out.stderr[-1500:]}"
+    assert out.returncode == 2, case
+    assert len(lines) == 1 and lines[0].startswith("error: "), case
+    assert all(name in lines[0] for name in names), case
+    assert "Traceback" not in out.stderr and "compiling" not in out.stdout, case
+
+
+def test_bad_launcher_input_exits_2_in_one_paragraph(tmp_path):
+  _run_refusals([_REFUSALS[i] for i in _QUICK], tmp_path)
+
+
+@pytest.mark.slow
+def test_every_bad_launcher_input_exits_2_in_one_paragraph(tmp_path):
+  _run_refusals(_REFUSALS, tmp_path)
+
+
+def test_flag_parser_refusals_are_config_errors():
+  # absl's parse errors (it would exit 1) as ConfigErrors naming the flag and the value.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  flags.DEFINE_integer("n", 0, "", flag_values=fv)
+  flags.DEFINE_bool("b", False, "", flag_values=fv)
+  for argv, name in [(["prog", "--n=abc"], "--n=abc"), (["prog", "--b=maybe"], "--b=maybe"),
+                     (["prog", "--nn=1"], "Unknown command line flag 'nn'")]:
+    fv.unparse_flags()
+    with pytest.raises(ConfigError, match=re.escape(name)):
+      errors.parse_flags(argv, flag_values=fv)
+  fv.unparse_flags()
+  assert errors.parse_flags(["prog", "--n=3", "rest"], flag_values=fv) == ["prog", "rest"]
+  assert fv.n == 3
+
+
+def test_config_files_that_do_not_load_are_named(tmp_path):
+  cases = {"syntax.py": ("def get_config(:\n", r"SyntaxError: .*syntax.py, line 1: def "
+                                                  r"get_config\(:"),
+           "imports.py": ("import no_such_module_xyz\n", r"ModuleNotFoundError: .*line 1"),
+           "raises.py": ("def get_config():\n  return {}['x']\n", r"get_config\(\) raised "
+                                                               r"KeyError: 'x' .*line 2"),
+           "none.py": ("X = 1\n", r"defines no get_config\(\)")}
+  for name, (text, match) in cases.items():
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"--config={re.escape(str(path))}: .*{match}"):
+      errors.load_config_file(str(path))
+  with pytest.raises(ConfigError, match=r"--config=nope.py: no such file 'nope.py'"):
+    errors.load_config_file("nope.py")
+  (tmp_path / "arg.py").write_text("def get_config(arg):\n  return {'arg': arg}\n")
+  assert errors.load_config_file(f"{tmp_path / 'arg.py'}:small") == {"arg": "small"}
+
+
+def test_mesh_specs_outside_the_syntax_are_config_errors():
+  # Parsed when the launcher sets up the devices, before config.validate wraps errors.
+  for spec, match in [("bogus", "axis 'bogus' is not allowed"), ("draws=0", "draws='0' is not a "
+                      "positive integer"), ("clients", "the clients axis needs a size"),
+                      ("draws=64", "needs 64 devices")]:
+    with pytest.raises(ConfigError, match=rf"mesh='{spec}'.* {match}"):
+      sharding.axis_sizes(spec)
+
+
+def test_sweep_grid_values_are_refused_naming_the_key():
+  # A value a sweep config looks up in its own tables (a rule label, a μ_H, a block, a task):
+  # refused by points() naming grid.<key> and the value, not a KeyError or a silent default.
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  cases = {"sweep_core": ["mu_h"], "sweep_rfa": ["rules"],
+           "sweep_dp_compression": ["privacy", "compression"],
+           "sweep_dp_dimension": ["tasks", "settings"],
+           "sweep_deployed": ["personalization_rules", "deployed_rules"],
+           "sweep_mu_aware": ["blocks", "mu_h", "rules"]}
+  for name, keys in cases.items():
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs",
+                                                                     f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for key in keys:
+      c = module.get_config()
+      c.grid[key] = ("no_such_value",)
+      with pytest.raises(ConfigError, match=rf"grid.{key}='no_such_value'"):
+        module.points(c)
 
 
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
