@@ -11,10 +11,12 @@ For each p the server declares f = round(p·n), and:
                (3-nearest neighbours in label distribution; τ = 0.5): clients with similar
                data are corrupted together;
 - worst_case:  the classic worst case at the declared f: the honest set of size n − f
-               maximizing the mean final honest loss over R seeds under the configured attack,
-               searched per aggregator (honest_set_options.worst_case, criterion "final_loss";
-               exhaustive when C(n, f) is small, else greedy + swaps; the pick re-measured on
-               fresh seeds). Its interval covers training noise only (one set repeated). With
+               maximizing the mean of a criterion over R seeds under the configured attack
+               (honest_set_options.worst_case.criterion: "final_loss" by default, or the
+               quantity a sweep plots, worst_case.CRITERIA), searched per aggregator
+               (exhaustive when C(n, f) is small, else greedy + swaps; the sets tied with the
+               top get more seeds; the pick re-measured on fresh seeds). Its interval covers
+               training noise only (one set repeated). With
                criterion "heterogeneity" the point is instead the max-heterogeneity honest set
                (proxy, not a loss maximum): cheap, but not a worst case.
 
@@ -34,6 +36,7 @@ the whole argument); aggregator specs keep their '+':
 import ml_collections
 
 from configs import default
+from fedjax_robust import worst_case
 from fedjax_robust.errors import ConfigError
 from fedjax_robust.sweep import Point
 from fedjax_robust.sweep import as_list
@@ -111,7 +114,9 @@ def plot_note(c) -> str:
 
 
 def _worst_case_note(options) -> str:
-  if options.criterion == "final_loss":
-    return (f"the honest set of size n − f maximizing the mean final honest loss over "
-            f"{options.seeds} seeds (one set repeated: its interval is training noise only)")
+  if options.criterion in worst_case.CRITERIA:
+    return (f"the honest set of size n − f maximizing the mean "
+            f"{worst_case.CRITERIA[options.criterion].quantity} over {options.seeds} seeds, up "
+            f"to {options.max_seeds} for the sets tied with the top (one set repeated: its "
+            "interval is training noise only)")
   return "the max-heterogeneity honest set (proxy, not a loss maximum; one set repeated)"

@@ -667,66 +667,129 @@ def _keys(config):
   return tuple(jax.random.fold_in(root, i) for i in range(3))  # masks, init, run
 
 
-def _final_honest_losses(config, sim: training.Simulator, fed: FederatedData, masks: np.ndarray,
-                         draw_ids: np.ndarray) -> np.ndarray:
-  """The final honest loss `[K]` of training under each mask `[K, n]` with draw key
-  fold_in(run_key, draw_ids[k]) (a diverged training: +inf); the draws run in chunks of
-  `chunk_size`, and a draw's numbers do not depend on its batch position."""
+def criterion_measure(config, sim: training.Simulator, fed: FederatedData, criterion: str,
+                      spec: str) -> worst_case.Measure:
+  """One training per row: honest masks `[K, n]` and draw ids `[K]` -> the value `[K]` of
+  `criterion` (worst_case.CRITERIA) at the end of training under mask k with draw key
+  fold_in(run_key, draw_ids[k]); a diverged training is +inf. The draws run in chunks of
+  `chunk_size`, and a draw's numbers do not depend on its batch position.
+
+  - an evaluation metric (final_loss, holdout_loss; honest_error, holdout_error as 1 − accuracy)
+    is read at θ_T;
+  - excess_loss is L_S(θ_T) − L_S* with L_S* of each distinct mask solved once
+    (theory.report.convex_constants);
+  - theory_error is theory.report.per_draw's `error` of the trainings (`sim` must measure the
+    theory: its rounds are evaluated every training.eval_every, as the run's).
+  A value undefined without divergence (NaN: e.g. no honest client with held-out examples) is an
+  error naming the sets, never scored."""
+  crit = worst_case.CRITERIA[criterion]
+  theory = criterion == "theory_error"
+  if theory and not sim.measure_theory:
+    raise ValueError("criterion 'theory_error' needs a simulator that measures the theory.")
+  convex = theory_report.is_convex_task(config)
+  solved = {}  # mask bytes -> its convex constants (each distinct honest set solved once)
   _, init_key, run_key = _keys(config)
-  out = run_monte_carlo(sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
-                        num_rounds=config.training.num_rounds,
-                        eval_every=config.training.num_rounds,
-                        chunk=chunk_size(config, sim.num_params, len(masks),
-                                         int(fed.train.counts.max()), fixed=fixed_memory(fed)),
-                        draw_ids=np.asarray(draw_ids), mesh=sharding.make(config.mesh))
-  loss = np.asarray(out.metrics["honest_loss"][-1], np.float64)
-  diverged = (out.metrics["diverged"][-1] > 0) if "diverged" in out.metrics else False
-  return np.where(np.isfinite(loss) & ~diverged, loss, np.inf)
+  every = config.training.eval_every if theory else config.training.num_rounds
+
+  def constants(masks: np.ndarray) -> dict:
+    new = {m.tobytes(): m for m in masks if m.tobytes() not in solved}
+    if new:
+      out = theory_report.convex_constants(config, fed, sim, np.stack(list(new.values())))
+      for i, key in enumerate(new):
+        solved[key] = {k: (v[i] if np.ndim(v) else v) for k, v in out.items()}
+    rows = [solved[m.tobytes()] for m in masks]
+    return {k: (np.array([r[k] for r in rows]) if np.ndim(v) == 0 and k != "smoothness_exact"
+                else v) for k, v in rows[0].items()}
+
+  def measure(masks: np.ndarray, draw_ids: np.ndarray) -> np.ndarray:
+    masks = np.asarray(masks, bool)
+    run = run_monte_carlo(sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
+                          num_rounds=config.training.num_rounds, eval_every=every, spec=spec,
+                          chunk=chunk_size(config, sim.num_params, len(masks),
+                                           int(fed.train.counts.max()), fixed=fixed_memory(fed)),
+                          draw_ids=np.asarray(draw_ids), mesh=sharding.make(config.mesh))
+    if theory:
+      value = theory_report.per_draw(config, run, np.sum(~masks, axis=1),
+                                     exact=constants(masks) if convex else None,
+                                     spec=spec)["error"]
+    elif criterion == "excess_loss":
+      value = (np.asarray(run.metrics["honest_loss"][-1], np.float64)
+               - constants(masks)["optimum"])
+    else:
+      value = np.asarray(run.metrics[crit.metric][-1], np.float64)
+      value = 1.0 - value if crit.complement else value
+    diverged = np.asarray(run.metrics["diverged"][-1]) > 0
+    undefined = np.isnan(value) & ~diverged
+    if undefined.any():
+      raise ValueError(
+          f"worst-case criterion {criterion!r} ({crit.quantity}) is undefined (NaN) for the "
+          f"honest sets with Byzantine clients "
+          f"{[worst_case.byzantine(m) for m in masks[undefined][:3]]}; it cannot be maximized.")
+    return np.where(np.isfinite(value) & ~diverged, value, np.inf)
+
+  return measure
 
 
-def final_loss_score(config, sim: training.Simulator, fed: FederatedData,
-                     draw_ids: np.ndarray) -> worst_case.Score:
-  """The batched score of the worst-case search: candidate masks `[K, n]` -> `[K]` mean final
-  honest loss over the R = len(draw_ids) draws with those ids, the same R for every candidate
-  (common random numbers: a mask's score does not depend on its batch position or on the other
-  candidates); a diverged training makes its candidate's score +inf. All K·R trainings run as one
-  batch, in chunks of `chunk_size`."""
+def criterion_score(config, sim: training.Simulator, fed: FederatedData, criterion: str,
+                    spec: str, draw_ids: np.ndarray) -> worst_case.Score:
+  """A batched score: candidate masks `[K, n]` -> `[K]` mean of `criterion` over the R =
+  len(draw_ids) draws with those ids, the same R for every candidate (common random numbers: a
+  mask's score does not depend on its batch position or on the other candidates); a diverged
+  training makes its candidate's score +inf. All K·R trainings run as one batch."""
+  measure = criterion_measure(config, sim, fed, criterion, spec)
   draw_ids = np.asarray(draw_ids)
 
   def score(candidates: np.ndarray) -> np.ndarray:
-    losses = _final_honest_losses(config, sim, fed, np.repeat(candidates, len(draw_ids), axis=0),
-                                  np.tile(draw_ids, len(candidates)))
-    return worst_case.mean_over_seeds(losses, len(draw_ids))
+    values = measure(np.repeat(candidates, len(draw_ids), axis=0),
+                     np.tile(draw_ids, len(candidates)))
+    return worst_case.mean_over_seeds(values, len(draw_ids))
 
   return score
 
 
-def _loss_summary(values: np.ndarray) -> dict:
+def _value_summary(values: np.ndarray) -> dict:
+  """Mean, 95% CI half-width and count of re-measured values, and whether they are `identical`
+  (at least two, finite, all equal: deterministic training repeats one value, which has no
+  interval)."""
+  values = np.asarray(values, np.float64)
   s = evaluation.summarize(values, worst="max")
-  return {"mean": s["mean"], "ci95": s["ci95"], "count": s["count"]}
+  identical = bool(values.size >= 2 and np.all(np.isfinite(values))
+                   and np.all(values == values[0]))
+  return {"mean": s["mean"], "ci95": float("nan") if identical else s["ci95"],
+          "count": s["count"], "identical": identical}
 
 
 def worst_case_mask(config, fed: FederatedData, spec: str) -> tuple[np.ndarray, dict]:
   """The honest set of size n − f chosen by `config.honest_set_options.worst_case`, and a
-  description of it (JSON-ready).
+  description of it (JSON-ready; summary.json's `worst_case` / `max_heterogeneity_proxy`).
 
   - criterion "heterogeneity": the max-heterogeneity honest set (a proxy, not a loss maximum:
     var_S of the clients' gradients at the initial model, closed form; no training).
-  - criterion "final_loss": the worst case, max over |S| = n − f of the mean final honest loss
-    over R = `seeds` trainings per candidate. Every candidate trains with the same R draw ids
-    SEARCH_DRAW_OFFSET + r (common random numbers: the score of a mask does not depend on where
-    it sits in the batch, and candidates differ only by their Byzantine set); a diverged training
-    scores +inf. The maximum of noisy means is optimistic, so the pick — and the proxy's pick, for
-    comparison — are re-measured on `fresh_seeds` draws with ids 0, 1, … (disjoint from the
-    search's; the ids of the worst-case run's own draws), and the info reports the search score,
-    the fresh loss (mean ± 95% CI over the fresh seeds), optimism = search − fresh, the proxy's
-    pick, its search rank and fresh loss, and the paired fresh gap pick − proxy.
-  """
+  - any other criterion (worst_case.CRITERIA): the worst case, max over |S| = n − f of the
+    criterion's mean over trainings per candidate (`criterion_measure`). Every candidate trains
+    with the same draw ids SEARCH_DRAW_OFFSET + r (common random numbers: the score of a mask
+    does not depend on where it sits in the batch, and candidates differ only by their Byzantine
+    set); a diverged training scores +inf. The search scores every set on R = `seeds` seeds;
+    then the sets tied with the top get more seeds, doubling up to `max_seeds`, until the top
+    set's lead over each of them passes a one-sided paired t-test at `separation_confidence`
+    (worst_case.separate). The maximum of noisy means is optimistic, so the pick — and the
+    proxy's pick, for comparison — are re-measured on `fresh_seeds` draws with ids 0, 1, …
+    (disjoint from the search's; the ids of the worst-case run's own draws).
+
+  The info of a worst case: `criterion`, `quantity`, `label`, `method`, `scored`, `trainings`;
+  the race (worst_case.separate): `seeds` (R, every scored set), `max_seeds`, `confidence`,
+  `pick_seeds` (the seeds the pick's score averages), `pick` {mean, se, seeds}, `separated`
+  (True / False / None with one set), `gap` {mean, se, seeds} over the `runner_up`, `tied`,
+  `stopped`, `top` (the TOP_SETS sets of largest mean on the pick's seeds); `score` =
+  `search_score` (the pick's mean), `fresh` {mean, ci95, count} (the interval of the maximum on
+  fresh seeds), `optimism` = search − fresh, the `proxy` (its search score, `rank` of `rank_of`
+  with `rank_text` saying among which sets, fresh value) and `gap_vs_proxy` (fresh, paired)."""
   options = config.honest_set_options.worst_case
+  criterion = options.criterion
   n, f = config.num_clients, config.f
   _, init_key, _ = _keys(config)
   config = config.copy_and_resolve_references()
-  config.theory.enabled = False  # the search measures final losses only
+  config.theory.enabled = criterion == "theory_error"  # measured only for the theory's error
   sim = simulator(config, spec, fed)
   # The proxy's gradients at the initial model (with personal heads: every head is the
   # initial output layer, so the full initial model).
@@ -734,65 +797,109 @@ def worst_case_mask(config, fed: FederatedData, spec: str) -> tuple[np.ndarray, 
   proxy_mask, proxy_value, proxy_info = worst_case.search(
       worst_case.heterogeneity_score(gradients), n, f,
       exhaustive_limit=options.exhaustive_limit, max_sweeps=options.max_sweeps)
-  proxy = {"name": worst_case.PROXY_NAME, "byzantine": np.flatnonzero(~proxy_mask).tolist(),
+  proxy = {"name": worst_case.PROXY_NAME, "byzantine": worst_case.byzantine(proxy_mask),
            "heterogeneity": float(proxy_value), "method": proxy_info["method"]}
-  if options.criterion == "heterogeneity":
+  if criterion == worst_case.PROXY:
     return proxy_mask, {
-        "criterion": "heterogeneity", "label": worst_case.describe("heterogeneity", n, f, 0),
+        "criterion": criterion, "label": worst_case.describe(criterion, n, f, 0),
         "method": proxy_info["method"], "scored": proxy_info["scored"], "trainings": 0,
         "score": float(proxy_value), "byzantine": proxy["byzantine"],
         "interval": worst_case.TRAINING_NOISE_ONLY}
 
   R, fresh = int(options.seeds), int(options.fresh_seeds)
-  search_ids = worst_case.SEARCH_DRAW_OFFSET + np.arange(R)
-  memo = worst_case.MemoizedScore(final_loss_score(config, sim, fed, search_ids))
-  mask, value, info = worst_case.search(memo, n, f, exhaustive_limit=options.exhaustive_limit,
-                                        max_sweeps=options.max_sweeps)
-  proxy["search_score"] = float(memo(proxy_mask[None])[0])  # free when the search was exhaustive
-  proxy["rank"], proxy["rank_of"] = memo.rank(proxy_mask), len(memo.table)
+  table = worst_case.SeedTable(criterion_measure(config, sim, fed, criterion, spec), R)
+  _, _, info = worst_case.search(table, n, f, exhaustive_limit=options.exhaustive_limit,
+                                 max_sweeps=options.max_sweeps)
+  mask, race = worst_case.separate(table, honest=n - f, max_seeds=int(options.max_seeds),
+                                   confidence=float(options.separation_confidence))
+  added = proxy_mask.tobytes() not in table.table  # a greedy search may not have scored it
+  proxy["search_score"] = float(table(proxy_mask[None])[0])
+  proxy["rank"], proxy["rank_of"] = table.rank(proxy_mask)
+  proxy["rank_text"] = worst_case.rank_text(proxy["rank"], proxy["rank_of"], info["method"], n,
+                                            f, added=added)
   fresh_ids = np.arange(fresh)
-  losses = _final_honest_losses(config, sim, fed,
-                                np.repeat(np.stack([mask, proxy_mask]), fresh, axis=0),
-                                np.tile(fresh_ids, 2))
-  pick_fresh, proxy_fresh = losses[:fresh], losses[fresh:]
-  proxy["fresh_loss"] = _loss_summary(proxy_fresh)
-  fresh_summary = _loss_summary(pick_fresh)
+  values = table.measure(np.repeat(np.stack([mask, proxy_mask]), fresh, axis=0),
+                         np.tile(fresh_ids, 2))
+  pick_fresh, proxy_fresh = values[:fresh], values[fresh:]
+  proxy["fresh"] = _value_summary(proxy_fresh)
+  fresh_summary = _value_summary(pick_fresh)
+  score = race["pick"]["mean"]
   return mask, {
-      **info, "criterion": "final_loss", "label": worst_case.describe("final_loss", n, f, R),
+      **info, **race, "criterion": criterion,
+      "quantity": worst_case.CRITERIA[criterion].quantity,
+      "label": worst_case.describe(criterion, n, f, R, int(options.max_seeds)),
       "maximizes_over": f"honest sets S with |S| = n − f = {n - f}",
-      "seeds": R, "fresh_seeds": fresh,
-      "search_draw_ids": [int(search_ids[0]), int(search_ids[-1])],
+      "fresh_seeds": fresh,
+      "search_draw_ids": [worst_case.SEARCH_DRAW_OFFSET,
+                          worst_case.SEARCH_DRAW_OFFSET + race["pick_seeds"] - 1],
       "fresh_draw_ids": [0, fresh - 1],
-      "trainings": R * len(memo.table) + 2 * fresh,
-      "score": float(value), "search_score": float(value), "fresh_loss": fresh_summary,
-      "optimism": float(value - fresh_summary["mean"]),
-      "byzantine": np.flatnonzero(~mask).tolist(),
+      "trainings": table.trainings + 2 * fresh,
+      "score": score, "search_score": score, "fresh": fresh_summary,
+      "optimism": float(score - fresh_summary["mean"]),
+      "byzantine": worst_case.byzantine(mask),
       "proxy": proxy,
-      "gap_vs_proxy": _loss_summary(pick_fresh - proxy_fresh),
+      "gap_vs_proxy": _value_summary(pick_fresh - proxy_fresh),
       "interval": worst_case.TRAINING_NOISE_ONLY}
 
 
+def _spread(value: float, spread: float, what: str, identical: bool, seeds: int) -> str:
+  """'v ± s (what)', or 'v (identical on every one of the k seeds)' when there is no spread."""
+  if identical:
+    return f"{value:.4g} (identical on all {seeds} seeds)"
+  return f"{value:.4g} ± {spread:.4g} ({what})"
+
+
+def _separation_text(info: dict) -> str:
+  """Whether the pick is a clear maximum: its paired lead over the runner-up and the test it
+  passed, or why it could not be separated."""
+  gap = info.get("gap")
+  test = f"one-sided paired t-tests, family-wise {100 * info['confidence']:g}%"
+  if info["separated"] is None:
+    return "the only candidate set"
+  lead = (f"lead over the runner-up {info['runner_up']} "
+          + _spread(gap["mean"], gap["se"], "paired se", gap["se"] == 0.0, gap["seeds"]))
+  if info["separated"]:
+    return f"separated from every other set ({test}); {lead}"
+  if info["stopped"].startswith("seed cap"):
+    return (f"NOT separated: {info['tied']} set(s) still tied with it ({test}) at the cap of "
+            f"{info['max_seeds']} seeds; {lead}")
+  return (f"NOT separated: tied with {info['tied']} set(s) on every seed (identical values or "
+          f"all diverged: more seeds cannot separate them); {lead}")
+
+
 def format_worst_case(info: dict) -> str:
-  """One line on a chosen honest set: the worst case with its search score, fresh re-measurement,
-  optimism and the proxy's gap, or the proxy named as such (summaries saved before these fields
+  """One line on a chosen honest set: the worst case with its seeds, whether it separated from
+  the runner-up, its fresh re-measurement (the interval of the maximum), optimism and the proxy's
+  rank among the sets scored, or the proxy named as such (summaries saved before these fields
   existed print what they have)."""
-  if info.get("criterion") != "final_loss":
+  criterion = info.get("criterion")
+  if criterion not in worst_case.CRITERIA:
     return (f"{info.get('label', worst_case.PROXY_NAME)}: Byzantine clients "
             f"{info['byzantine']} ({info['method']}); interval: "
             f"{info.get('interval', worst_case.TRAINING_NOISE_ONLY)}")
-  label = info.get("label", "worst case by final honest loss")
-  if "fresh_loss" not in info:
+  label = info.get("label", worst_case.short_name(criterion))
+  if "fresh" not in info:
     return f"{label}: Byzantine clients {info['byzantine']} ({info['method']})"
-  fresh, proxy, gap = info["fresh_loss"], info["proxy"], info["gap_vs_proxy"]
+  fresh, proxy, gap, pick = info["fresh"], info["proxy"], info["gap_vs_proxy"], info["pick"]
+  same = proxy["byzantine"] == info["byzantine"]
   return (f"{label}: Byzantine clients {info['byzantine']} ({info['method']}, "
-          f"{info['scored']} sets, {info['trainings']} trainings); mean final honest loss "
-          f"{info['search_score']:.4f} on the search's {info['seeds']} seeds, "
-          f"{fresh['mean']:.4f} ± {fresh['ci95']:.4f} on {info['fresh_seeds']} fresh seeds "
-          f"(optimism of the search {info['optimism']:+.4f}). {proxy['name']}: Byzantine "
-          f"clients {proxy['byzantine']}, rank {proxy['rank']} of {proxy['rank_of']} by search "
-          f"score, fresh loss {proxy['fresh_loss']['mean']:.4f} ± "
-          f"{proxy['fresh_loss']['ci95']:.4f}; gap worst − proxy (fresh, paired) "
-          f"{gap['mean']:+.4f} ± {gap['ci95']:.4f}. Interval of the run: {info['interval']}")
+          f"{info['scored']} sets scored, {info['trainings']} trainings). Search: "
+          + _spread(pick["mean"], pick["se"], "se", pick["se"] == 0.0, info["pick_seeds"])
+          + f" on {info['pick_seeds']} search seeds ({info['seeds']} for every set, up to "
+          f"{info['max_seeds']} for the sets tied with the top), {_separation_text(info)}. "
+          f"Fresh: " + _spread(fresh["mean"], fresh["ci95"], "95% CI", fresh.get("identical"),
+                                info["fresh_seeds"])
+          + f" on {info['fresh_seeds']} fresh seeds (optimism of the search "
+          f"{info['optimism']:+.4g}). {proxy['name']}: "
+          + ("the same set" if same else f"Byzantine clients {proxy['byzantine']}")
+          + f", {proxy['rank_text']} by mean over the search's {info['seeds']} seeds"
+          + ("" if same else
+             ", fresh " + _spread(proxy["fresh"]["mean"], proxy["fresh"]["ci95"], "95% CI",
+                                  proxy["fresh"].get("identical"), info["fresh_seeds"])
+             + "; gap worst − proxy (fresh, paired) "
+             + _spread(gap["mean"], gap["ci95"], "95% CI", gap.get("identical"),
+                       info["fresh_seeds"]))
+          + f". Interval of the run: {info['interval']}")
 
 
 def _worst_case_path(run_path: str) -> str:
@@ -993,8 +1100,8 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   """Validates `config`, builds the data and the honest masks, and runs every aggregator.
 
   With `honest_set = "worst_case"` every draw uses one honest set of size n − f: the worst case
-  (criterion "final_loss": searched per aggregator, see `worst_case_mask`; saved beside the run
-  as `<spec>.worst_case.json`) or the max-heterogeneity proxy (criterion "heterogeneity", found
+  (a maximum of the criterion, e.g. "final_loss": searched per aggregator, see `worst_case_mask`;
+  saved beside the run as `<spec>.worst_case.json`) or the max-heterogeneity proxy (criterion "heterogeneity", found
   once, not a loss maximum); draws then differ only by their training randomness, so their
   intervals cover training noise only. With a `workdir`, each aggregator's draws are saved to
   `workdir/runs/<spec>.npz` as soon as it finishes (the honest-only baseline of
@@ -1099,10 +1206,13 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     method, most = worst_case.search_size(config.num_clients, config.f,
                                           exhaustive_limit=options.exhaustive_limit,
                                           max_sweeps=options.max_sweeps)
-    log(f"{worst_case.describe('final_loss', config.num_clients, config.f, options.seeds)}: "
-        f"{method} search per aggregator, ≤ {most} honest sets × {options.seeds} seeds + "
-        f"2 × {options.fresh_seeds} fresh = ≤ {most * options.seeds + 2 * options.fresh_seeds:,}"
-        f" trainings of {t.num_rounds} rounds each, before the {S} draws")
+    label = worst_case.describe(options.criterion, config.num_clients, config.f, options.seeds,
+                                options.max_seeds)
+    log(f"{label}: {method} search per aggregator, ≤ {most} honest sets × {options.seeds} seeds "
+        f"(+ up to {options.max_seeds - options.seeds} more seeds for each set tied with the "
+        f"top) + 2 × {options.fresh_seeds} fresh = ≤ "
+        f"{most * options.max_seeds + 2 * options.fresh_seeds:,} trainings of {t.num_rounds} "
+        f"rounds each, before the {S} draws")
 
   clock = _JobClock((len(specs) + references) * num_chunks * num_steps, len(specs) + references,
                     progress, after=tuple(name for name, on in (
@@ -1114,10 +1224,11 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     spec_config = run_config(config, spec)
     key = fingerprint(spec_config)
     cached = AggregatorRun.load(path, spec_config, log) if path and not recompute else None
-    if spec not in masks:  # worst case by final loss: searched for this aggregator
+    if spec not in masks:  # a worst case (not the proxy): searched for this aggregator
       found = _load_worst_case(path, key, log) if path and not recompute else None
       if found is None:
-        log(f"{spec}: searching the worst case by final honest loss")
+        log(f"{spec}: searching the worst case by "
+            f"{worst_case.CRITERIA[config.honest_set_options.worst_case.criterion].quantity}")
         found = worst_case_mask(config, fed, spec)
         if path and sharding.is_writer():
           _save_worst_case(path, key, *found)

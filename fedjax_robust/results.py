@@ -209,7 +209,7 @@ def _counts(experiment: Experiment, spec: str | None = None) -> np.ndarray:
 def summarize(experiment: Experiment) -> dict:
   """Everything summary.json holds: the config, the law of b, per-aggregator estimates, and,
   when present, the reference runs and the one honest set a `worst_case` run repeated: under
-  `worst_case` (criterion "final_loss", a maximum of loss) or `max_heterogeneity_proxy`
+  `worst_case` (a maximum of its criterion, worst_case.CRITERIA) or `max_heterogeneity_proxy`
   (criterion "heterogeneity", not a loss maximum), each with the `interval` it supports."""
   config = experiment.config
   n = config.num_clients
@@ -254,7 +254,8 @@ def summarize(experiment: Experiment) -> dict:
   if alie is not None:
     out["alie_degenerate"] = alie
   for name, info in experiment.worst_case.items():  # the proxy is never filed as a worst case
-    key = "worst_case" if info.get("criterion") == "final_loss" else "max_heterogeneity_proxy"
+    key = ("worst_case" if info.get("criterion") in worst_case.CRITERIA
+           else "max_heterogeneity_proxy")
     out.setdefault(key, {})[name] = info
   if experiment.oracle is not None:
     out["oracle"] = experiment.oracle
