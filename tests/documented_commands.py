@@ -48,7 +48,9 @@ _TINY_GRID = {
     "configs/sweep_rfa.py": {"grid.rules": "rfa_one_step", "grid.threats": "alie"},
     "configs/sweep_deployed.py": {},
     "configs/sweep_mu_aware.py": {"grid.blocks": "main", "grid.threats": "alie",
-                                  "grid.mu_h": "independent"},
+                                  "grid.mu_h": "independent",
+                                  # a tuned classic rule (and its tuning points), a prior rule
+                                  "grid.rules": "trimmed_mean,posterior_filter"},
     "configs/sweep_dp_compression.py": {"grid.privacy": "none", "grid.compression": "none",
                                         "grid.rules": "trimmed_mean"},
     "configs/sweep_dp_dimension.py": {"grid.tasks": "synthetic", "grid.synthetic_d": "10",
