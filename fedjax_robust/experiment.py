@@ -210,10 +210,10 @@ _programs: dict[tuple, Callable] = {}
 _NOT_IN_PROGRAM = ("seed", "honest_set", "honest_set_options", "graph", "num_samples",
                    "num_samples_per_chunk", "memory_budget_gb", "estimators", "report",
                    "draw_condition")
-# What a reference simulator (`config_lib.make_simulator(reference=...)`: the mean, no attack, no
-# theory measurements) does not read either.
-_NOT_IN_REFERENCE = ("f", "aggregator_options", "server_prior", "attack", "attack_options",
-                     "theory")
+# What a reference simulator (`config_lib.make_simulator(reference=...)`: the mean, no attack)
+# does not read either. It reads `theory`: with the theory on, the honest-only baseline records
+# h_t and ‖∇L_S(θ_t)‖² at every round too (`simulator`), the non-convex theory's baseline.
+_NOT_IN_REFERENCE = ("f", "aggregator_options", "server_prior", "attack", "attack_options")
 
 # The number of draws trained at once (the vmapped width) is always a multiple of this; a chunk
 # with fewer draws is padded (padding rows are discarded). Measured on XLA:CPU (AVX, 8 float32
@@ -277,7 +277,12 @@ def simulator(config, spec: str, fed: FederatedData, *,
   if key in simulator_cache:
     simulator_cache.move_to_end(key)
     return simulator_cache[key]
-  simulator_cache[key] = config_lib.make_simulator(config, spec, fed, reference=reference)
+  sim = config_lib.make_simulator(config, spec, fed, reference=reference)
+  if reference == "honest_optimum" and config.theory.enabled:
+    # The non-convex theory compares a rule's ‖∇L_S(θ_t)‖² with the honest-only run's on the
+    # same draws (theory.report.per_draw's `excess`): the baseline measures it too.
+    sim = dataclasses.replace(sim, measure_theory=True)
+  simulator_cache[key] = sim
   while len(simulator_cache) > MAX_CACHED_SIMULATORS:
     _, evicted = simulator_cache.popitem(last=False)
     for program_key in [k for k in _programs if k[1] == id(evicted)]:
@@ -1283,7 +1288,8 @@ def _run_theory(exp: Experiment, log) -> None:
             config, exp.data, simulator(config, spec, exp.data), masks)
       exact = exact_by_masks[id(masks)]
     exp.theory[spec] = theory_report.per_draw(
-        config, run, np.sum(~np.asarray(masks, bool), axis=1), exact=exact, spec=spec)
+        config, run, np.sum(~np.asarray(masks, bool), axis=1), exact=exact, spec=spec,
+        reference=exp.references.get(spec))
   if (theory_report.is_convex_task(config) and config.theory.objectives
       and config.honest_set != "worst_case"):
     spec = next(iter(exp.runs))

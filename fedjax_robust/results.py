@@ -8,6 +8,7 @@ import json
 import os
 from typing import Any, Mapping
 
+import ml_collections
 import numpy as np
 
 from fedjax_robust import config as config_lib
@@ -124,13 +125,15 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
     if name.startswith("behaviour_"):
       v = np.where(diverged, np.nan, np.asarray(run.metrics[name][-1], np.float64))
       out[name] = evaluation.summarize(v, worst="max" if name.endswith("_loss") else "min")
-  # Aggregator diagnostics averaged over rounds and draws; the per-round κ ratio is reported
-  # (as κ̂, a maximum) in the theory block instead.
+  # Aggregator diagnostics averaged over rounds and draws; the per-round κ ratio (as the
+  # attack's ratio, a maximum) and the per-round h_t, u_t are reported in the theory block
+  # instead.
   # Diverged draws are left out (their NaN rows would count as clipped, their iterations as
   # whatever the NaN made them).
   kept = ~diverged
   out.update({name: float(np.mean(np.asarray(v)[:, kept])) if kept.any() else float("nan")
-              for name, v in run.aux.items() if name not in training.MAX_AUX})
+              for name, v in run.aux.items()
+              if name not in training.MAX_AUX + training.ROUND_AUX})
   # Client sampling: the largest realized Byzantine count among the sampled, over rounds and
   # draws (the per-round mean and the event shares are in the means above).
   if "sampled_byzantine_max" in run.aux and kept.any():
@@ -570,60 +573,97 @@ def _g(x: float) -> str:
   return "n/a" if x is None or np.isnan(x) else f"{x:.3g}"
 
 
-ERROR_NAMES = {"excess_loss": "L_S(θ_T) − L_S*",
-               "gradient_norm": "(1/T)Σ‖∇L_S(θ_t)‖² (on the evaluation rounds)"}
+def _error_name(t: dict) -> str:
+  if t["error_kind"] == "excess_loss":
+    return "L_S(θ_T) − L_S*"
+  return (f"(1/(T − t₀))Σ_{{t₀≤t<T}}‖∇L_S(θ_t)‖², after a burn-in of t₀ = {t['burn_in']} rounds "
+          f"(T − t₀ = {t['rounds']}; the bound restarts at θ_t₀)")
+
+
+# Where theory beside experiment is run under the theorems' premises.
+THEORY_CONFIGS = ("configs/theory_synthetic.py (convex, exact constants) or "
+                  "configs/theory_digits.py (digits)")
 
 
 def format_theory(summary: dict) -> str:
   """The theory beside the measurement, one row per aggregator: heterogeneity of the realized
-  honest sets (E[G²], E[B²]), κ (lower bound f/(n−2f), published bound, κ̂ measured on draws with
-  b = f), P(bound invalid), E[bound | valid], the measured error on the same draws and on all,
-  and the tightness bound/measured (median and 90% quantile over valid draws). '' if no run has
-  theory measurements."""
+  honest sets (E[G²], E[B²]), κ (lower bound f/(n−2f), published bound) and the attack's ratio
+  (on draws with b = f), P(bound invalid), E[bound | valid] and its Byzantine term, the measured
+  error on the valid draws and on all, bound/measured (median and 90% quantile over valid
+  draws), Byzantine term/measured (median), violations, and the data-dependent bound (κ =
+  max(attack's ratio, f/(n−2f))). A job whose training is not robust D-GD (theory.report.premises)
+  gets one line pointing to the theory configurations instead, whether its theory measurements
+  are on or not; '' for a D-GD job without them."""
+  cfg = summary["config"]
+  prem = theory_report.premises(ml_collections.ConfigDict(cfg))
   rows = {name: s["theory"] for name, s in summary["aggregators"].items() if "theory" in s}
+  if not prem["dgd"]:
+    return ("Theory: the robust D-GD bounds (Allouah et al., NeurIPS 2023) are about full-batch "
+            "D-GD, and this job trains otherwise (" + "; ".join(prem["reasons"]) + ")"
+            + (", so they are not printed (per-draw values: draws.csv, theory_*)" if rows else "")
+            + f"; theory beside experiment: python launch/sweep.py --config={THEORY_CONFIGS}.")
   if not rows:
     return ""
   first = next(iter(rows.values()))
-  header = (f"{'aggregator':<28} {'E[G²]':>9} {'E[B²]':>8} {'κ low':>7} {'κ bound':>8} "
-            f"{'κ̂ (b=f)':>8} {'P(inv)':>6} {'E[bound|valid]':>14} {'E[err|valid]':>12} "
-            f"{'E[err]':>9} {'tight q50':>9} {'tight q90':>9} {'viol':>4} "
-            f"{'plug-in bound':>13} {'tight q50':>9}")
-  lines = [f"Theory beside experiment — error = {ERROR_NAMES[first['error_kind']]}; bound: "
-           f"robust D-GD with the published κ; plug-in: the same bound with κ̂ "
-           f"(over valid draws: b ≤ f, κB² < 1)", header, "-" * len(header)]
+  byzantine = "κG²/(2μ(1 − κB²))" if first["error_kind"] == "excess_loss" else "κG²/(1 − κB²)"
+  excess = first["compared"] == "excess"
+  compared = "excess" if excess else "err"
+  header = (f"{'aggregator':<28} {'E[G²]':>9} {'E[B²]':>8} {'κ low':>7} {'κ pub':>7} "
+            f"{'atk ratio':>9} {'P(inv)':>6} {'E[bound|val]':>12} {'E[κ-term|val]':>13} "
+            f"{'E[err|val]':>10} {'E[err]':>9}" + (f" {'E[excess|val]':>13}" if excess else "")
+            + f" {'bnd/err q50':>11} {'bnd/err q90':>11} {f'κ-term/{compared} q50':>17} "
+            f"{'viol':>4} {'E[dd bound|val]':>15} {'dd bnd/err q50':>14}")
+  lines = [
+      "Theory beside experiment (robust D-GD, Allouah et al. NeurIPS 2023), over the valid draws "
+      "(b ≤ f, κB² < 1, step ≤ 1/L):",
+      f"  err = {_error_name(first)}; bound: the robust D-GD bound on err with the published κ; "
+      f"κ-term: its Byzantine term {byzantine} (the bound less its optimization transient), "
+      + ("compared with excess = err − the honest-only run's err on the same draws (the "
+         "transient cancels) in κ-term/excess;" if excess else
+         "compared with err in κ-term/err;"),
+      "  atk ratio: max_t ‖F(x) − x̄_S‖²/var_S of this attack on the draws with b = f (the "
+      "attack's ratio, not a robustness coefficient); dd bound: data-dependent, the same bound "
+      "with κ = max(atk ratio, f/(n − 2f)), assumes the attack seen is the worst (no rule's "
+      "guarantee).", header, "-" * len(header)]
   notes = []
   for name, t in rows.items():
     k = t["kappa"]
     lines.append(
         f"{name:<28} {_g(t['g2']['mean']):>9} {_g(t['b2']['mean']):>8} {_g(k['lower']):>7} "
-        f"{_g(k['upper']):>8} {_g(k['kappa_hat']):>8} {t['p_invalid']:>6.3f} "
-        f"{_g(t['bound_given_valid']['mean']):>14} {_g(t['error_given_valid']['mean']):>12} "
-        f"{_g(t['error']['mean']):>9} {_g(t['tightness']['q50']):>9} "
-        f"{_g(t['tightness']['q90']):>9} {t['violations']:>4d} "
-        f"{_g(t['bound_plugin_given_valid']['mean']):>13} {_g(t['tightness_plugin']['q50']):>9}")
+        f"{_g(k['upper']):>7} {_g(k['attack_ratio']):>9} {t['p_invalid']:>6.3f} "
+        f"{_g(t['bound_given_valid']['mean']):>12} "
+        f"{_g(t['byzantine_term_given_valid']['mean']):>13} "
+        f"{_g(t['error_given_valid']['mean']):>10} {_g(t['error']['mean']):>9}"
+        + (f" {_g(t['excess_given_valid']['mean']):>13}" if excess else "")
+        + f" {_g(t['tightness']['q50']):>11} {_g(t['tightness']['q90']):>11} "
+        f"{_g(t['byzantine_ratio']['q50']):>17} {t['violations']:>4d} "
+        f"{_g(t['bound_plugin_given_valid']['mean']):>15} {_g(t['tightness_plugin']['q50']):>14}")
     if t["violations"] or t["violations_plugin"]:
-      exact = t["premises"]["dgd"] and t["error_kind"] == "excess_loss"
+      exact = t["error_kind"] == "excess_loss"
       notes.append(
           f"{'FINDING' if exact else 'NOTE'}: {name}: {t['violations']} valid draw(s) with the "
-          f"published-κ bound below the measured error, {t['violations_plugin']} with the plug-in "
-          "bound (κ̂ ≤ κ, so the plug-in bound is no guarantee)"
-          + ("." if exact else "; the theorem's premises are not all met or L is estimated, so "
-             "this is not a counterexample."))
-    extra = (f"P(breakdown: f/n ≥ 1/(2 + B₀²), B₀² = max_t h_t/u_t) = {t['p_breakdown']:.3f}"
-             + (f"; {t['error_nonpositive']} valid draw(s) with measured error ≤ 0 (rounding; "
-                "no tightness)" if t.get("error_nonpositive") else ""))
+          f"published-κ bound below the measured error, {t['violations_plugin']} with the "
+          "data-dependent bound (its κ may be below the rule's, so it is no guarantee)"
+          + ("." if exact else "; L is estimated, so this is not a counterexample."))
+    extra = [f"attack ratio on draws with b < f: {_g(k['attack_ratio_b_lt_f'])}, b > f: "
+             f"{_g(k['attack_ratio_b_gt_f'])} (not mixed into atk ratio)"]
+    if t.get("error_nonpositive"):
+      extra.append(f"{t['error_nonpositive']} valid draw(s) with measured error ≤ 0 (rounding; "
+                   "no ratio)")
+    if excess and t.get("compared_nonpositive"):
+      extra.append(f"{t['compared_nonpositive']} valid draw(s) with err ≤ the honest-only run's "
+                   "(no κ-term/excess)")
     if "lower_bound_order" in t:
-      extra += (f"; lower-bound order f/(n − (2 + B²)f)·G²/μ (constant omitted) over valid "
-                f"draws: mean {_g(t['lower_bound_order']['mean'])}")
-    notes.append(f"{name}: {extra}; κ̂ on draws with b < f: {_g(k['kappa_hat_b_lt_f'])}, "
-                 f"b > f: {_g(k['kappa_hat_b_gt_f'])} (not mixed into κ̂)")
+      extra.append(f"lower-bound order f/(n − (2 + B²)f)·G²/μ (constant omitted) over valid "
+                   f"draws: mean {_g(t['lower_bound_order']['mean'])}")
+    notes.append(f"{name}: " + "; ".join(extra))
     if k["upper"] is None:
       notes.append(f"{name}: no published κ recorded ({k.get('source') or 'none'}); only the "
-                   "plug-in bound is given.")
-  prem = first["premises"]
-  if not prem["dgd"]:
-    notes.append("Premises not met (the bounds are reference values, not guarantees): "
-                 + "; ".join(prem["reasons"]) + ".")
+                   "data-dependent bound is given.")
+  n, f = cfg["num_clients"], cfg["f"]
+  notes.append(f"Breakdown: f/n = {f / n:.3g} is past breakdown only for (G, B) classes with "
+               f"B² ≥ (n − 2f)/f = {_g(first['breakdown_b2'])}; a draw with finite h_t lies in a "
+               "class below it (B² = 0, G² = max_t h_t), so no draw is flagged.")
   if first["error_kind"] == "gradient_norm":
     notes.append("L is estimated (Hessian power iteration at θ_T) and L_S* by 0: an estimate.")
   return "\n".join(lines + notes)
@@ -655,6 +695,8 @@ def write_metrics_csv(experiment: Experiment, path: str) -> None:
         if e == 0:
           continue
         for metric, values in run.aux.items():
+          if metric in training.ROUND_AUX:  # per round, for the theory (draws.csv has its G²)
+            continue
           series = {metric: np.asarray(values[e - 1], np.float64)}
           if metric in ("numbers_sent", "secure_averages"):  # communication up to this round
             chunk_rounds = np.diff(run.rounds[:e + 1]).astype(np.float64)

@@ -214,9 +214,10 @@ THEORY_METRICS = {"theory_g2": "g2", "theory_b2": "b2", "theory_bound": "bound_g
                   "theory_error_given_valid": "error_given_valid", "theory_error": "error",
                   "theory_tightness": "tightness", "theory_bound_plugin": "bound_plugin_given_valid",
                   "theory_error_given_valid_plugin": "error_given_valid_plugin",
-                  "theory_tightness_plugin": "tightness_plugin", "theory_lower_bound_order": "lower_bound_order"}
-THEORY_SCALARS = ("p_invalid", "p_breakdown", "violations", "p_invalid_plugin",
-                  "violations_plugin")
+                  "theory_tightness_plugin": "tightness_plugin", "theory_lower_bound_order": "lower_bound_order",
+                  "theory_byzantine_term": "byzantine_term_given_valid",
+                  "theory_byzantine_ratio": "byzantine_ratio", "theory_excess": "excess_given_valid"}
+THEORY_SCALARS = ("p_invalid", "violations", "p_invalid_plugin", "violations_plugin")
 
 
 def _theory_rows(pid: str, tags: Mapping[str, Any], t: dict) -> list[dict]:
@@ -230,7 +231,7 @@ def _theory_rows(pid: str, tags: Mapping[str, Any], t: dict) -> list[dict]:
   k = t["kappa"]
   rows += [{"point": pid, **tags, "metric": "theory_kappa", "statistic": name,
             "value": float("nan") if k[name] is None else k[name]}
-           for name in ("lower", "upper", "kappa_hat")]
+           for name in ("lower", "upper", "attack_ratio", "plugin")]
   return rows
 
 
@@ -1005,20 +1006,28 @@ def _by_point(rows: list[dict]) -> dict[str, dict]:
 
 
 def theory_table(rows: list[dict]) -> str:
-  """One line per point with theory rows: its tags, κ (published bound, κ̂), E[G²], E[B²],
-  P(invalid), E[bound | valid], E[measured error | valid], E[error] over all draws, tightness
-  (median and 90% quantile of bound/measured over valid draws) and violations (valid draws whose
-  bound is below the measured error: a finding); '' if none."""
+  """One line per point with theory rows: its tags, κ (published bound, the attack's ratio),
+  E[G²], E[B²], P(invalid), E[bound | valid], E[measured error | valid], E[error] over all draws,
+  tightness (median and 90% quantile of bound/measured over valid draws), the median of the
+  Byzantine term κG²/(1 − κB²) over what it is compared with (`κ-term/excess`: the excess of the
+  error over the honest-only run's, or `κ-term/err`), violations (valid draws whose bound is
+  below the measured error: a finding) and the median bound/measured of the data-dependent bound
+  (κ = max(attack's ratio, f/(n − 2f))); '' if none."""
   points = {p: e for p, e in _by_point(rows).items() if ("theory", "p_invalid") in e}
   if not points:
     return ""
   tags = [k for k in next(iter(points.values())) if isinstance(k, str)]
-  cols = [("κ bound", ("theory_kappa", "upper")), ("κ̂", ("theory_kappa", "kappa_hat")),
+  # The Byzantine term κG²/(1 − κB²) is divided by the excess over the honest-only run where the
+  # points have one (non-convex), else by the error (theory.report.per_draw's `compared`).
+  compared = ("excess" if any(np.isfinite(e.get(("theory_excess", "mean"), np.nan))
+                              for e in points.values()) else "err")
+  cols = [("κ bound", ("theory_kappa", "upper")), ("atk ratio", ("theory_kappa", "attack_ratio")),
           ("E[G²]", ("theory_g2", "mean")), ("E[B²]", ("theory_b2", "mean")),
           ("P(inv)", ("theory", "p_invalid")), ("E[bnd|val]", ("theory_bound", "mean")),
           ("E[err|val]", ("theory_error_given_valid", "mean")), ("E[err]", ("theory_error", "mean")),
-          ("tight q50", ("theory_tightness", "q50")), ("tight q90", ("theory_tightness", "q90")),
-          ("viol", ("theory", "violations")), ("plug-in q50", ("theory_tightness_plugin", "q50"))]
+          ("bnd/err q50", ("theory_tightness", "q50")), ("bnd/err q90", ("theory_tightness", "q90")),
+          (f"κ-term/{compared}", ("theory_byzantine_ratio", "q50")),
+          ("viol", ("theory", "violations")), ("dd bnd/err", ("theory_tightness_plugin", "q50"))]
   lines = ["  ".join(f"{t:>16}" for t in tags) + "  " + "  ".join(f"{c:>11}" for c, _ in cols)]
   for e in points.values():
     cells = []

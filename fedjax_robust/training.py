@@ -54,6 +54,9 @@ from fedjax_robust.theory import robustness as measured_robustness
 
 # Aggregator aux values reduced by their maximum over rounds (the others by their mean).
 MAX_AUX = ("kappa_ratio", "sampled_byzantine_max")
+# Aux values kept round by round (`[num_rounds]` per draw, not reduced): the theory's h_t(S) and
+# u_t(S) = ‖∇L_S(θ_t)‖² at every round t (a (G, B) certificate needs each round's pair).
+ROUND_AUX = ("honest_heterogeneity", "honest_gradient_sq")
 # fold_in tags of the per-draw keys (distinct from the round numbers the round keys use).
 _FAULT_TAG = 2 ** 30 + 1
 _BEHAVIOUR_TAG = 2 ** 30 + 2
@@ -235,8 +238,9 @@ class Simulator:
   # λ of the ℓ2 term λ/2‖θ‖² in every client's loss L_i (0: none).
   l2: float = 0.0
   # Record the theory's quantities: the (f, κ) ratio of every round (aux `kappa_ratio`, max
-  # over the rounds of a chunk), and at every evaluation the heterogeneity h_t(S) and
-  # ‖∇L_S(θ_t)‖² of the draw's honest set (see `evaluate`).
+  # over the rounds of a chunk), and at every round t, at the model θ_t the round starts from,
+  # the heterogeneity h_t(S) and u_t(S) = ‖∇L_S(θ_t)‖² of the draw's honest set (ROUND_AUX; one
+  # full-batch gradient per client per round).
   measure_theory: bool = False
   # A mixed population: ((behaviour, π), ...) over the faulty clients; () = every faulty client
   # runs `attack`.
@@ -536,6 +540,11 @@ class Simulator:
     state and aggregator aux."""
     roles = self.roles(honest, key)
     round_key = jax.random.fold_in(key, state.round)
+    theory = {}
+    if self.measure_theory:  # at θ_t, over every client (before any client sampling)
+      stats = heterogeneity.gram_statistics(self.client_gradients(state.params, train))
+      theory["honest_heterogeneity"], theory["honest_gradient_sq"] = (
+          heterogeneity.set_statistics(stats, honest))
     k_clients, k_attack, k_aggregator = jax.random.split(round_key, 3)
     behaviours = self.behaviours
     needs_fault_keys = any(a.corrupt_data is not None for a in behaviours)
@@ -647,8 +656,8 @@ class Simulator:
       extra["skipped_round"] = (~enough).astype(jnp.float32)
     aux = {**aux, **extra}
     if self.measure_theory:
-      aux = {**aux, "kappa_ratio": measured_robustness.robustness_ratio(updates, aggregate,
-                                                                         honest)}
+      aux = {**aux, **theory,
+             "kappa_ratio": measured_robustness.robustness_ratio(updates, aggregate, honest)}
     steps, opt_state = self.server_optimizer.update(aggregate, state.server_opt_state, state.params)
     params = optax.apply_updates(state.params, steps)
     return RunState(params, opt_state, momentum, aggregator_state, tuple(attack_states),
@@ -716,11 +725,16 @@ class Simulator:
   def run_rounds(self, state: RunState, honest: jax.Array, key: jax.Array, train: ClientData,
                  num_rounds: int) -> tuple[RunState, Mapping[str, jax.Array]]:
     """`num_rounds` rounds by `lax.scan`; aux values are averaged over the rounds, those of
-    MAX_AUX maximized (NaN rounds ignored)."""
+    MAX_AUX maximized (NaN rounds ignored), those of ROUND_AUX kept per round `[num_rounds]`."""
     state, aux = lax.scan(lambda s, _: self.round(s, honest, key, train), state, None,
                           length=num_rounds)
-    return state, {k: (jnp.nanmax(a.astype(jnp.float32), axis=0) if k in MAX_AUX
-                       else jnp.mean(a.astype(jnp.float32), axis=0)) for k, a in aux.items()}
+
+    def reduce(k, a):
+      if k in ROUND_AUX:
+        return a
+      a = a.astype(jnp.float32)
+      return jnp.nanmax(a, axis=0) if k in MAX_AUX else jnp.mean(a, axis=0)
+    return state, {k: reduce(k, a) for k, a in aux.items()}
 
   def client_metrics(self, params: jax.Array, train: ClientData) -> tuple[jax.Array, jax.Array]:
     """Loss L_i (with the ℓ2 term when `l2` > 0) and accuracy `[n]` of the model on each
@@ -837,10 +851,6 @@ class Simulator:
                                                  counted @ held_loss / num_counted, jnp.nan)
         extra[f"honest_{name}_accuracy"] = jnp.where(num_counted > 0,
                                                      counted @ held_acc / num_counted, jnp.nan)
-    if self.measure_theory:
-      stats = heterogeneity.gram_statistics(self.client_gradients(params, train))
-      extra["honest_heterogeneity"], extra["honest_gradient_sq"] = heterogeneity.set_statistics(
-          stats, honest)
     return extra | {
         # 1.0 where training diverged: a parameter is NaN or ±inf (the model is undefined; with
         # personal heads: a shared parameter or an honest client's head).

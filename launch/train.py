@@ -7,6 +7,9 @@
 Prints progress while it runs, then a table of final-round estimates over samples, and writes
 summary.json, metrics.csv, honest_accuracy.png and the per-sample arrays (runs/*.npz, which a
 rerun with the same configuration and code reuses; --recompute ignores them) into --workdir.
+A job whose training is not robust D-GD (the default: minibatches, worker momentum) prints one
+line on the theory instead of the bounds, pointing to launch/sweep.py with
+configs/theory_synthetic.py or configs/theory_digits.py, which run D-GD with the theory on.
 """
 
 import os

@@ -141,13 +141,14 @@ def test_a_rank_deficient_honest_set_has_no_pl_bound_and_is_invalid():
   exact = report.convex_constants(c, fed, sim, masks)
   np.testing.assert_array_equal(exact["pl"] == 0, [True, False, True, False])
   assert exact["optimum"][0] == pytest.approx(0.0, abs=1e-5)  # interpolation: L_S* = 0
-  num_evals = c.training.num_rounds // c.training.eval_every + 1
+  every = c.training.eval_every
+  num_evals = c.training.num_rounds // every + 1
   S = len(masks)
-  run = types.SimpleNamespace(
-      spec="trimmed_mean", aux={}, final={},
-      metrics={"honest_loss": np.linspace(50.0, 10.0, num_evals)[:, None] + np.zeros((1, S)),
-               "honest_heterogeneity": np.full((num_evals, S), 0.1),
-               "honest_gradient_sq": np.full((num_evals, S), 1.0)})
+  run = types.SimpleNamespace(  # h_t, u_t per round: [evaluation steps, S, rounds per step]
+      spec="trimmed_mean", final={},
+      aux={"honest_heterogeneity": np.full((num_evals - 1, S, every), 0.1),
+           "honest_gradient_sq": np.full((num_evals - 1, S, every), 1.0)},
+      metrics={"honest_loss": np.linspace(50.0, 10.0, num_evals)[:, None] + np.zeros((1, S))})
   c.training.client_lr = 0.5 / float(np.max(exact["smoothness"]))
   with np.errstate(all="raise"):  # no division by zero
     theory = report.per_draw(c, run, (~masks).sum(1), exact=exact)

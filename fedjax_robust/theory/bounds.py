@@ -6,10 +6,17 @@ dissimilarity of S with κB² < 1 (Allouah et al., NeurIPS 2023; ../shared/REFER
   non-convex:  (1/T) Σ_{t<T} ‖∇L_S(θ_t)‖² ≤ κG²/(1 − κB²) + 2L(L_S(θ_0) − L_S*)/((1 − κB²)T)
   μ-PL:        L_S(θ_T) − L_S* ≤ κG²/(2μ(1 − κB²)) + (1 − μ(1 − κB²)/L)^T (L_S(θ_0) − L_S*)
 
+The first term of each, κG²/(1 − κB²) (over 2μ under μ-PL), is the Byzantine term: what the
+bound keeps however long training runs; the second is the optimization transient.
+
 A draw's bound is *valid* (its theorem applies) iff its realized b ≤ f (the rule's κ is for f
-Byzantine clients) and κB² < 1. Breakdown: no algorithm is robust when f/n ≥ 1/(2 + B²); the
-lower bound on the error of any algorithm is of order f/(n − (2 + B²)f)·G²/μ (for f/n below the
-breakdown point).
+Byzantine clients) and κB² < 1. Breakdown: no algorithm is robust on the class of (G, B)-dissimilar
+objectives when f/n ≥ 1/(2 + B²), i.e. when B² ≥ (n − 2f)/f; below it the lower bound on the error
+of any algorithm is of order f/(n − (2 + B²)f)·G²/μ. Breakdown is a property of a class, not of a
+draw: a measured trajectory lies in the (G², B²) class for every pair on its certificate curve
+G²(B²) below, so it would be past breakdown only if G²(B²) were infinite for every B² below
+(n − 2f)/f, which a trajectory with finite h_t never is (at B² = 0, G² = max_t h_t). So no draw is
+flagged; `breakdown_b2` gives the class boundary of the declared f.
 
 Sources: Allouah, Guerraoui, Gupta, Pinot, Rizk, "Robust distributed learning: tight error bounds
 and breakdown point under data heterogeneity", NeurIPS 2023 (arXiv:2309.13591) for (G, B)-gradient
@@ -40,6 +47,20 @@ from fedjax_robust.theory import heterogeneity
 KAPPA_B2_GRID = np.linspace(0.0, 0.99, 100)
 
 
+def nonconvex_byzantine_term(kappa, g2, b2):
+  """κG²/(1 − κB²): the non-convex bound without its transient; +inf where κB² ≥ 1."""
+  shrink = 1.0 - kappa * np.asarray(b2, np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    value = kappa * np.asarray(g2, np.float64) / shrink
+  return np.where(shrink > 0, value, np.inf)
+
+
+def pl_byzantine_term(kappa, g2, b2, pl_constant):
+  """κG²/(2μ(1 − κB²)): the μ-PL bound without its transient; +inf where κB² ≥ 1."""
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return nonconvex_byzantine_term(kappa, g2, b2) / (2.0 * np.asarray(pl_constant, np.float64))
+
+
 def nonconvex_bound(kappa, g2, b2, smoothness, initial_gap, num_rounds):
   """κG²/(1 − κB²) + 2L(L_S(θ_0) − L_S*)/((1 − κB²)T); +inf where κB² ≥ 1."""
   shrink = 1.0 - kappa * np.asarray(b2, np.float64)
@@ -53,7 +74,7 @@ def pl_bound(kappa, g2, b2, smoothness, pl_constant, initial_gap, num_rounds):
   shrink = 1.0 - kappa * np.asarray(b2, np.float64)
   with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
     rate = np.clip(1.0 - pl_constant * shrink / smoothness, 0.0, 1.0)
-    value = kappa * g2 / (2.0 * pl_constant * shrink) + rate ** num_rounds * initial_gap
+    value = pl_byzantine_term(kappa, g2, b2, pl_constant) + rate ** num_rounds * initial_gap
   return np.where(shrink > 0, value, np.inf)
 
 
@@ -65,9 +86,10 @@ def lower_bound_rate(f: int, n: int, b2) -> np.ndarray:
     return np.where(denominator > 0, f / denominator, np.inf)
 
 
-def breakdown(f: int, n: int, b2) -> np.ndarray:
-  """True where f/n ≥ 1/(2 + B²): no algorithm is robust at this heterogeneity."""
-  return f / n >= 1.0 / (2.0 + np.asarray(b2, np.float64))
+def breakdown_b2(f: int, n: int) -> float:
+  """(n − 2f)/f: the B² from which f/n ≥ 1/(2 + B²), i.e. no algorithm is robust on the class of
+  (G, B)-dissimilar objectives whatever G (+inf for f = 0)."""
+  return (n - 2 * f) / f if f else float("inf")
 
 
 def best_pair(kappa: float, heterogeneity_t: np.ndarray, gradient_sq_t: np.ndarray,

@@ -1,4 +1,4 @@
-"""κ measured in a run: the (f, κ)-robustness ratio of the vectors actually submitted each round.
+"""The (f, κ)-robustness ratio of the vectors actually submitted each round: the attack's ratio.
 
 A rule F is (f, κ)-robust if ‖F(x) − x̄_S‖² ≤ κ·(1/|S|) Σ_{i∈S} ‖x_i − x̄_S‖² for every honest set
 S of size n − f (Allouah et al., AISTATS 2023, Definition 2). In a run, each round's submitted
@@ -7,14 +7,18 @@ vectors (after the attack) and the server's output give the ratio
     r_t(S) = ‖F(x) − x̄_S‖² / ((1/|S|) Σ_{i∈S} ‖x_i − x̄_S‖²)
 
 for the draw's realized S. `training.Simulator` records max_t r_t per evaluation chunk (aux
-`kappa_ratio`); `pipeline_kappa` turns the per-draw maxima into κ̂ of the pipeline.
+`kappa_ratio`); `pipeline_kappa` turns the per-draw maxima into the attack's ratio.
 
-Draws with b ≠ f: the definition quantifies over |S| = n − f only. A draw with b = f measures the
-definition's ratio on its S; κ̂ of the pipeline is the maximum over those draws (and rounds), a
-lower estimate of the pipeline's κ under the configured attack. A draw with b < f has a larger
-honest set: its ratio is reported per draw and separately (`kappa_hat_b_lt_f`) but not mixed into
-κ̂. A draw with b > f is outside the guarantee (more Byzantine clients than the rule assumes): its
-ratio is reported separately (`kappa_hat_b_gt_f`) and never enters κ̂.
+The attack's ratio (the maximum over the draws with b = f and their rounds) is a property of the
+attack seen on these vectors, not a robustness coefficient: κ of the rule is a supremum over
+every input, so κ ≥ the attack's ratio, and κ ≥ f/(n − 2f) for every rule (Allouah et al.,
+AISTATS 2023, Proposition 1); the ratio of one attack is often below that lower bound. A bound
+built on it must say so (theory.report: the data-dependent κ = max(attack's ratio, f/(n − 2f))).
+
+Draws with b ≠ f: the definition quantifies over |S| = n − f only. A draw with b < f has a larger
+honest set: its ratio is reported per draw and separately (`attack_ratio_b_lt_f`) but not mixed
+into the attack's ratio. A draw with b > f is outside the guarantee (more Byzantine clients than
+the rule assumes): its ratio is reported separately (`attack_ratio_b_gt_f`) and never enters it.
 """
 
 from __future__ import annotations
@@ -43,9 +47,9 @@ def robustness_ratio(updates: jax.Array, aggregate: jax.Array, honest: jax.Array
 
 
 def pipeline_kappa(ratios: np.ndarray, counts: np.ndarray, f: int) -> dict:
-  """κ̂ from per-draw ratios `[S]` (each draw's max over rounds) and realized b `[S]`: the max over
-  draws with b = f, and, reported apart, over draws with b < f and b > f (see the module
-  docstring). NaN where no draw of that kind has a defined ratio."""
+  """The attack's ratio from per-draw ratios `[S]` (each draw's max over rounds) and realized b
+  `[S]`: the max over draws with b = f, and, reported apart, over draws with b < f and b > f (see
+  the module docstring). NaN where no draw of that kind has a defined ratio."""
   ratios = np.asarray(ratios, np.float64)
   counts = np.asarray(counts)
 
@@ -53,5 +57,5 @@ def pipeline_kappa(ratios: np.ndarray, counts: np.ndarray, f: int) -> dict:
     values = ratios[sel & ~np.isnan(ratios)]
     return float(values.max()) if values.size else float("nan")
 
-  return {"kappa_hat": top(counts == f), "draws_b_eq_f": int(np.sum(counts == f)),
-          "kappa_hat_b_lt_f": top(counts < f), "kappa_hat_b_gt_f": top(counts > f)}
+  return {"attack_ratio": top(counts == f), "draws_b_eq_f": int(np.sum(counts == f)),
+          "attack_ratio_b_lt_f": top(counts < f), "attack_ratio_b_gt_f": top(counts > f)}
