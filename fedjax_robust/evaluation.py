@@ -159,8 +159,11 @@ def quantile_interval(values, q: float = 0.5, *,
                       confidence: float = 0.95) -> tuple[float, float]:
   """The exact distribution-free CI of the q-quantile from order statistics (binomial;
   scipy.stats.quantile_test): valid for any continuous law, heavy tails and +inf values
-  (diverged draws) included. (NaN, NaN) where too few values exist for that confidence
-  (e.g. fewer than 6 for the median at 95%)."""
+  (diverged draws) included. With K values, the CI's lower end is the order statistic X_(j) with
+  P(Binomial(K, q) < j) ≤ (1 − confidence)/2; when even X_(1) does not reach that (K too small
+  for a tail quantile: q05 needs K ≥ 72 at 95%, the median K ≥ 6), the sample cannot bound the
+  quantile from below and the end is −inf (the interval (−inf, X_(k)] still covers with at least
+  that confidence); the upper end likewise +inf. (NaN, NaN) without any defined value."""
   import scipy.stats  # pylint: disable=g-import-not-at-top
   x = _defined(values)
   if x.size == 0:
@@ -168,7 +171,9 @@ def quantile_interval(values, q: float = 0.5, *,
   ci = scipy.stats.quantile_test(x, q=float(np.quantile(x[np.isfinite(x)], q))
                                  if np.any(np.isfinite(x)) else 0.0,
                                  p=q).confidence_interval(confidence)
-  return float(ci.low), float(ci.high)
+  # scipy gives NaN for an end no order statistic reaches: unbounded by the sample.
+  low, high = float(ci.low), float(ci.high)
+  return (-math.inf if np.isnan(low) else low), (math.inf if np.isnan(high) else high)
 
 
 def heavy_tail(values, *, worst: str = "max") -> bool:

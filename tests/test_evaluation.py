@@ -45,3 +45,22 @@ def test_cvar(rng):
   np.testing.assert_allclose(evaluation.cvar(x, 0.9, worst="min"), np.sort(x)[:100].mean())
   np.testing.assert_allclose(evaluation.cvar(x, 0.999), x.max())
   assert evaluation.summarize(x)["cvar90"] == evaluation.cvar(x, 0.9)
+
+
+def test_a_quantile_ci_the_sample_cannot_bound_is_unbounded_not_nan(rng):
+  """Issue 35, item 7: with 32 draws the exact 95% CI of q05 has no lower order statistic (all 32
+  values exceed q05 with probability 0.95^32 = 0.19 > 0.025): its lower end is −inf (the interval
+  (−inf, X_(k)] covers), not NaN; the upper end is the order statistic of the binomial law."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  x = rng.random(32)
+  lo, hi = evaluation.quantile_interval(x, 0.05)
+  # Upper end X_(k): the smallest k with P(Binomial(32, 0.05) ≥ k) ≤ 0.025.
+  k = next(k for k in range(1, 33) if scipy.stats.binom.sf(k - 1, 32, 0.05) <= 0.025)
+  assert lo == -np.inf and hi == np.sort(x)[k - 1]
+  assert evaluation.quantile_interval(x, 0.95)[1] == np.inf
+  ci = evaluation.intervals(x, worst="min", method="normal")["worst_quantile_ci"]
+  assert ci[0] == -np.inf and np.isfinite(ci[1])
+  assert evaluation.quantile_interval(x[:5], 0.5) == (-np.inf, np.inf)  # a median needs 6
+  assert not np.isnan(evaluation.quantile_interval(rng.random(72), 0.05)).any()
+  assert np.isnan(evaluation.quantile_interval(np.array([np.nan]), 0.5)).all()  # no value
+
