@@ -52,7 +52,8 @@ class AggregatorRun:
   spec: str
   rounds: np.ndarray                 # [E + 1] rounds at which metrics were taken (0 first)
   metrics: dict[str, np.ndarray]     # name -> [E + 1, S]
-  aux: dict[str, np.ndarray]         # aggregator diagnostics averaged per chunk -> [E, S]
+  aux: dict[str, np.ndarray]         # aggregator diagnostics averaged per chunk -> [E, S]; the
+                                     # theory's training.ROUND_AUX per round -> [E, S, e]
   compile_seconds: float
   run_seconds: float
   draws_per_chunk: int = 0           # the vmapped width the draws ran at (0: unknown)

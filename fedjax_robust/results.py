@@ -709,8 +709,9 @@ def write_metrics_csv(experiment: Experiment, path: str) -> None:
 
 
 # Per-draw theory columns of draws.csv.
-DRAW_THEORY = ("g2", "b2", "kappa_ratio", "smoothness", "bound", "valid", "error", "tightness",
-               "bound_plugin", "tightness_plugin")
+DRAW_THEORY = ("g2", "b2", "kappa_ratio", "smoothness", "bound", "bound_byzantine", "valid",
+               "error", "excess", "tightness", "byzantine_ratio", "bound_plugin",
+               "tightness_plugin")
 
 
 def baselines(experiment: Experiment) -> list[tuple[str, AggregatorRun]]:
@@ -731,12 +732,13 @@ def baselines(experiment: Experiment) -> list[tuple[str, AggregatorRun]]:
 def write_draws_csv(experiment: Experiment, path: str) -> None:
   """One row per draw of μ_H: its realized b, whether it has no honest majority (b ≥ n/2, run
   anyway and flagged here), each aggregator's final-round metrics and, with theory measurements,
-  its per-draw theory (theory.report.per_draw: G², B², κ ratio, bound, validity, measured error,
-  tightness), then the honest-only baseline's final-round metrics (`baselines`: the draws the
-  paired comparisons against it pair). Each run has a `<name>:diverged` column (1: a non-finite
-  parameter at the final model); a diverged draw's other values of that run are left empty (its
-  accuracies would be those of NaN logits, its loss NaN), so a column's average is over the
-  draws that did not diverge, as in the tables."""
+  its per-draw theory (theory.report.per_draw: G², B², the attack's κ ratio, bound and its
+  Byzantine term, validity, measured error and its excess over the honest-only run, tightness and
+  Byzantine term / measured), then the honest-only baseline's final-round metrics (`baselines`:
+  the draws the paired comparisons against it pair). Each run has a `<name>:diverged` column
+  (1: a non-finite parameter at the final model); a diverged draw's other values of that run are
+  left empty (its accuracies would be those of NaN logits, its loss NaN), so a column's average is
+  over the draws that did not diverge, as in the tables."""
   counts = _counts(experiment)
   n = experiment.config.num_clients
   diverged = {name: diverged_draws(run)[-1] for name, run in experiment.runs.items()}
