@@ -216,7 +216,8 @@ THEORY_METRICS = {"theory_g2": "g2", "theory_b2": "b2", "theory_bound": "bound_g
                   "theory_error_given_valid_plugin": "error_given_valid_plugin",
                   "theory_tightness_plugin": "tightness_plugin", "theory_lower_bound_order": "lower_bound_order",
                   "theory_byzantine_term": "byzantine_term_given_valid",
-                  "theory_byzantine_ratio": "byzantine_ratio", "theory_excess": "excess_given_valid"}
+                  "theory_byzantine_ratio": "byzantine_ratio",
+                  "theory_excess": "excess_given_valid"}
 THEORY_SCALARS = ("p_invalid", "violations", "p_invalid_plugin", "violations_plugin")
 
 
@@ -1025,7 +1026,8 @@ def theory_table(rows: list[dict]) -> str:
           ("E[G²]", ("theory_g2", "mean")), ("E[B²]", ("theory_b2", "mean")),
           ("P(inv)", ("theory", "p_invalid")), ("E[bnd|val]", ("theory_bound", "mean")),
           ("E[err|val]", ("theory_error_given_valid", "mean")), ("E[err]", ("theory_error", "mean")),
-          ("bnd/err q50", ("theory_tightness", "q50")), ("bnd/err q90", ("theory_tightness", "q90")),
+          ("bnd/err q50", ("theory_tightness", "q50")),
+          ("bnd/err q90", ("theory_tightness", "q90")),
           (f"κ-term/{compared}", ("theory_byzantine_ratio", "q50")),
           ("viol", ("theory", "violations")), ("dd bnd/err", ("theory_tightness_plugin", "q50"))]
   lines = ["  ".join(f"{t:>16}" for t in tags) + "  " + "  ".join(f"{c:>11}" for c, _ in cols)]

@@ -254,7 +254,8 @@ def _fake_run(h, u, loss, *, every, kappa_ratio=None, smoothness=1.0, spec="trim
   aux = {"honest_heterogeneity": per_chunk(h), "honest_gradient_sq": per_chunk(u)}
   if kappa_ratio is not None:
     aux["kappa_ratio"] = np.full((T // every, S), kappa_ratio, np.float32)
-  return types.SimpleNamespace(spec=spec, aux=aux, final={"honest_smoothness": np.full(S, smoothness)},
+  return types.SimpleNamespace(spec=spec, aux=aux,
+                               final={"honest_smoothness": np.full(S, smoothness)},
                                metrics={"honest_loss": np.asarray(loss, np.float64)})
 
 
