@@ -32,18 +32,34 @@ def cvar(values: np.ndarray, alpha: float, *, worst: str = "max") -> float:
   return float(np.mean(values[:k])) if k else float("nan")
 
 
+def identical_values(values) -> bool:
+  """Whether the defined (non-NaN) `values` are at least 2, finite and all equal: identical draws
+  (e.g. one honest set repeated under deterministic training), whose spread is zero because they
+  are copies, not because the estimate is exact over μ_H. Their value is exact; an interval or a
+  test over them would treat copies as replicates."""
+  x = _defined(values)
+  return bool(x.size >= 2 and np.all(np.isfinite(x)) and np.all(x == x[0]))
+
+
+IDENTICAL_NOTE = ("identical draws: every draw gave the same value (e.g. one honest set "
+                  "repeated under deterministic training), an exact value: no CI or test")
+
+
 def summarize(values: np.ndarray, *, worst: str = "max",
               quantiles: Sequence[float] = QUANTILES) -> dict[str, float]:
   """Mean, 95% CI half-width (normal approximation, 1.96·sd/√k), quantiles and worst value of
   the defined entries of `values` (NaN marks a sample where the quantity is undefined, e.g. no
   honest client). A sample where training diverged should be passed as +inf (loss): the mean is
   then +inf, as it should be, and quantiles stay meaningful ("inverted_cdf" picks sample values).
+  `identical` (0/1): the defined values are identical draws (`identical_values`); their CI
+  half-width is then NaN, not 0 (there is no interval, the value is exact).
   """
   if worst not in ("max", "min"):
     raise ValueError(f"worst must be 'max' or 'min', got {worst!r}.")
   values = np.asarray(values, np.float64)
   defined = values[~np.isnan(values)]
-  out = {"count": int(defined.size), "undefined": int(values.size - defined.size)}
+  out = {"count": int(defined.size), "undefined": int(values.size - defined.size),
+         "identical": int(identical_values(defined))}
   if defined.size == 0:
     nan = float("nan")
     return {**out, "mean": nan, "ci95": nan, "std": nan, "worst": nan,
@@ -54,7 +70,8 @@ def summarize(values: np.ndarray, *, worst: str = "max",
   else:
     std = 0.0
   mean = float(np.mean(defined))
-  ci = _Z95 * std / math.sqrt(defined.size) if np.isfinite(mean) else float("inf")
+  ci = (float("nan") if out["identical"] else
+        _Z95 * std / math.sqrt(defined.size) if np.isfinite(mean) else float("inf"))
   out.update(mean=mean, ci95=ci, std=std,
              worst=float(defined.max() if worst == "max" else defined.min()))
   for q in quantiles:
@@ -196,11 +213,18 @@ def intervals(values, *, worst: str = "max", method: str = "bca",
   1.96·sd/√k; 'bca'/'percentile': bootstrap), `median_ci` and `worst_quantile_ci` (q95 of a
   loss, q05 of an accuracy; exact order statistics), `cvar90_ci`
   of the worst tail (bootstrap, or NaN with 'normal'), `heavy_tail`, and the names of the
-  intervals shown."""
+  intervals shown. Identical draws (`identical_values`) get no interval of any kind (all NaN,
+  `identical` 1, as `summarize` gives it): their value is exact, and copies are not
+  replicates."""
   if method not in INTERVALS:
     raise ValueError(f"interval method must be one of {INTERVALS}, got {method!r}.")
   x = _defined(values)
   used = method
+  if identical_values(x):
+    nan = [float("nan"), float("nan")]
+    return {"interval": "none", "interval_name": IDENTICAL_NOTE, "identical": 1,
+            "mean_ci": nan, "median_ci": nan, "worst_quantile": 0.95 if worst == "max" else 0.05,
+            "worst_quantile_ci": nan, "cvar90_ci": nan, "heavy_tail": False}
   if method == "normal":
     s = summarize(x, worst=worst)
     mean_ci = (s["mean"] - s["ci95"], s["mean"] + s["ci95"])
@@ -215,7 +239,8 @@ def intervals(values, *, worst: str = "max", method: str = "bca",
           # The exact CI of the worst-side 95% quantile (q95 of a loss, q05 of an accuracy).
           "worst_quantile": 0.95 if worst == "max" else 0.05,
           "worst_quantile_ci": list(quantile_interval(x, 0.95 if worst == "max" else 0.05)),
-          "cvar90_ci": list(cvar_ci), "heavy_tail": heavy_tail(x, worst=worst)}
+          "cvar90_ci": list(cvar_ci), "heavy_tail": heavy_tail(x, worst=worst),
+          "identical": 0}
 
 
 # ----------------------------------------------------------------------- paired comparisons
@@ -229,9 +254,13 @@ def paired_difference(a, b, *, confidence: float = 0.95) -> dict:
   difference ranks as the largest, so a rule that diverges where the other does not is not
   compared only on the draws it survived; `wilcoxon_pairs`). Counted apart: `undefined` (a NaN on
   either side, e.g. the accuracy of a diverged draw), `a_only_infinite` / `b_only_infinite` and
-  `both_infinite`. With fewer than 2 pairs the estimates are NaN. When every finite difference is
-  the same c the CI is [c, c]; the t p-value is then undefined (NaN, sd = 0) unless c = 0 (no
-  difference in any draw: p = 1)."""
+  `both_infinite`. With fewer than 2 pairs the estimates are NaN.
+
+  `deterministic`: every difference (the Wilcoxon set, at least 2) is the same value c, so the
+  differences have no variance: the mean and median are c exactly and there is no CI and no
+  p-value (NaN; a test would count copies as replicates: 32 equal differences give a Wilcoxon
+  p < 1e-4 from nothing). `identical_draws`: moreover each side is one value repeated in every
+  draw (copies of one run, e.g. a worst-case point under deterministic training)."""
   import scipy.stats  # pylint: disable=g-import-not-at-top
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   if a.shape != b.shape:
@@ -249,7 +278,14 @@ def paired_difference(a, b, *, confidence: float = 0.95) -> dict:
          "both_infinite": int((inf_a & inf_b).sum()),
          "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
          "p_value": float("nan"), "wilcoxon_p": float("nan"), "median": float("nan"),
-         "heavy_tail": False, "test": "paired t"}
+         "heavy_tail": False, "test": "paired t", "deterministic": False,
+         "identical_draws": False}
+  if ranked.size >= 2 and np.all(ranked == ranked[0]):
+    out.update(deterministic=True, test="none (deterministic: no variance)",
+               identical_draws=bool(np.all(a == a[0]) and np.all(b == b[0])))
+    if d.size >= 2:
+      out["mean"] = out["median"] = float(d[0])
+    return out
   if np.any(ranked != 0):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # scipy's notes on ties and small samples
@@ -262,9 +298,7 @@ def paired_difference(a, b, *, confidence: float = 0.95) -> dict:
   # Heavy-tailed differences make the t interval unreliable: flagged (read the median and the
   # Wilcoxon p-value).
   out["heavy_tail"] = heavy_tail(d, worst="max") or heavy_tail(d, worst="min")
-  if np.ptp(d) == 0:
-    out.update(ci_low=float(d[0]), ci_high=float(d[0]),
-               p_value=1.0 if d[0] == 0 else float("nan"))
+  if np.ptp(d) == 0:  # the finite pairs agree (the one-sided divergences differ): no t test
     return out
   t = scipy.stats.ttest_rel(a[both], b[both])
   ci = t.confidence_interval(confidence)

@@ -54,6 +54,13 @@ HEADLINE = (("honest_loss", "max"), ("honest_accuracy", "min"), ("honest_holdout
             ("honest_finetuned_holdout_accuracy", "min"), ("test_accuracy", "min"))
 
 
+# The conditions on the realized b each HEADLINE metric is also summarized under: the worst
+# case's b (n − f honest), the declared f holding, and failing.
+CONDITIONS = {"b_eq_f": lambda b, f: b == f, "b_le_f": lambda b, f: b <= f,
+              "b_gt_f": lambda b, f: b > f}
+CONDITION_NAMES = {"b_eq_f": "b = f", "b_le_f": "b ≤ f", "b_gt_f": "b > f"}
+
+
 def loss_as_summarized(loss: np.ndarray, diverged: np.ndarray, num_honest: np.ndarray
                        ) -> np.ndarray:
   """An honest loss per draw as the summaries and comparisons read it: +inf where the draw
@@ -87,36 +94,42 @@ def summarize_run(run: AggregatorRun, counts: np.ndarray, *, num_clients: int, f
   are undefined and left out of the accuracy estimates, whose `count` says how many draws
   remain. The HEADLINE metrics also get `evaluation.intervals` (`interval`: the mean's CI,
   'bca'/'percentile' bootstrap or 'normal'; the median's exact CI; the worst tail's CVaR90 CI;
-  a heavy-tail flag); `by_b` splits loss and accuracy by the realized count b."""
+  a heavy-tail flag); `by_b` splits loss and accuracy by the realized count b.
+
+  Each HEADLINE metric (and the excess loss) is also given conditioned on the realized b
+  (`<metric>_given_b_eq_f`, `_b_le_f`, `_b_gt_f`, CONDITIONS, with the same intervals): a worst
+  case at the declared f has b = f in every draw, so it is compared with E[· | b = f] (and
+  E[· | b ≤ f]), never with the unconditioned mean, which the draws with b > f can dominate."""
   diverged = diverged_draws(run)[-1]
   values = final_values(run, counts, num_clients)
-  loss, accuracy = values["honest_loss"], values["honest_accuracy"]
-  within = counts <= f
   out = {
       "diverged": {"count": int(diverged.sum()), "share": float(diverged.mean()),
                    "draws": np.flatnonzero(diverged).tolist()},
-      "honest_accuracy_given_b_le_f": evaluation.summarize(accuracy[within], worst="min"),
-      "honest_accuracy_given_b_gt_f": evaluation.summarize(accuracy[~within], worst="min"),
-      # The expected loss conditioned on the declared f holding (b ≤ f) and failing (b > f),
-      # beside the unconditioned `honest_loss` and P(b > f); diverged draws count +inf.
-      "honest_loss_given_b_le_f": evaluation.summarize(loss[within], worst="max"),
-      "honest_loss_given_b_gt_f": evaluation.summarize(loss[~within], worst="max"),
       "draws_per_chunk": int(run.draws_per_chunk),
   }
+  estimate = lambda v, worst: {  # pylint: disable=unnecessary-lambda-assignment
+      **evaluation.summarize(v, worst=worst),
+      **evaluation.intervals(v, worst=worst, method=interval, resamples=resamples)}
+  conditioned = HEADLINE
+  if reference is not None:
+    optimum = reference.metrics["honest_loss"][-1]
+    out["honest_optimum_loss"] = evaluation.summarize(optimum, worst="max")
+    values["honest_excess_loss"] = values["honest_loss"] - optimum
+    out["honest_excess_loss"] = evaluation.summarize(values["honest_excess_loss"], worst="max")
+    conditioned += (("honest_excess_loss", "max"),)
   for name, worst in HEADLINE:
     if name in values:
-      out[name] = {**evaluation.summarize(values[name], worst=worst),
-                   **evaluation.intervals(values[name], worst=worst, method=interval,
-                                          resamples=resamples)}
+      out[name] = estimate(values[name], worst)
+  # Diverged draws count +inf in the losses, as unconditioned.
+  for name, worst in conditioned:
+    if name in values:
+      for condition, select in CONDITIONS.items():
+        out[f"{name}_given_{condition}"] = estimate(values[name][select(counts, f)], worst)
   out["by_b"] = [
       {"b": b, "draws": int(np.sum(counts == b)),
        **{name: evaluation.summarize(values[name][counts == b], worst=worst)
           for name, worst in HEADLINE if name in values}}
       for b in map(int, np.unique(counts))]
-  if reference is not None:
-    optimum = reference.metrics["honest_loss"][-1]
-    out["honest_optimum_loss"] = evaluation.summarize(optimum, worst="max")
-    out["honest_excess_loss"] = evaluation.summarize(loss - optimum, worst="max")
   if "backdoor_accuracy" in run.metrics:
     out["backdoor_accuracy"] = evaluation.summarize(values["backdoor_accuracy"], worst="max")
   # A mixed population: each behaviour's clients, on their own data (NaN in a draw without
@@ -291,12 +304,31 @@ def _interval(lo: float, hi: float, scale: float = 1.0, digits: int = 4) -> str:
   return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
 
 
+# Printed in place of an interval or a test where the draws are identical (evaluation
+# .identical_values) or a paired difference has no variance; the footnote says why.
+EXACT_MARK = "(exact)§"
+EXACT_NOTE = ("§ identical draws: every draw gave the same value (one honest set repeated under "
+              "deterministic training): an exact value, no CI or p-value.")
+DETERMINISTIC_MARK = "deterministic§"
+
+
+def deterministic_note(identical_draws: bool) -> str:
+  """The footnote of DETERMINISTIC_MARK; `identical_draws`: some such pair is copies of one run."""
+  return ("§ deterministic: the difference a − b is the same in every draw (no variance), so "
+          "there is nothing to test: the exact difference, no CI or p-value"
+          + ("; identical draws: each rule gave one value in every draw (one honest set "
+             "repeated under deterministic training)." if identical_draws else "."))
+
+
 def _estimate(s: dict | None, *, percent: bool, configured: str = "") -> str:
   """'mean [CI]' (accuracies in percent), '†' appended where the tail is heavy, '‡' where the
-  interval is not the `configured` one (BCa undefined: percentile given)."""
+  interval is not the `configured` one (BCa undefined: percentile given); 'mean (exact)§' for
+  identical draws (no interval)."""
   if not s or s.get("count", 0) == 0 or np.isnan(s["mean"]):
     return "n/a"
   scale, digits = (100.0, 2) if percent else (1.0, 4)
+  if s.get("identical"):
+    return f"{scale * s['mean']:.{digits}f} {EXACT_MARK}"
   lo, hi = s["mean_ci"]
   return (f"{scale * s['mean']:.{digits}f} {_interval(lo, hi, scale, digits)}"
           + ("†" if s.get("heavy_tail") else "")
@@ -307,6 +339,8 @@ def _median(s: dict | None, *, percent: bool) -> str:
   if not s or s.get("count", 0) == 0:
     return "n/a"
   scale, digits = (100.0, 2) if percent else (1.0, 4)
+  if s.get("identical"):
+    return f"{scale * s['q50']:.{digits}f} {EXACT_MARK}"
   lo, hi = s["median_ci"]
   return f"{scale * s['q50']:.{digits}f} {_interval(lo, hi, scale, digits)}"
 
@@ -323,8 +357,8 @@ def format_table(summary: dict) -> str:
   configured = cfg.get("report", {}).get("interval", "normal")
   interval = evaluation.INTERVAL_NAMES[configured]
   header = (f"{'aggregator':<28} {'E[honest loss] [CI]':>27} {'median loss [CI]':>27} "
-            f"{'E[honest acc %] [CI]':>22} {'median acc':>10} {'worst acc':>9} {'acc|b≤f':>8} "
-            f"{'acc|b>f':>8}" + (f" {'held-out acc [CI]':>22}" if holdout else "")
+            f"{'E[honest acc %] [CI]':>22} {'median acc':>10} {'worst acc':>9} {'acc|b=f':>8} "
+            f"{'acc|b≤f':>8} {'acc|b>f':>8}" + (f" {'held-out acc [CI]':>22}" if holdout else "")
             + (f" {'fine-tuned acc [CI]':>22}" if tuned else "")
             + f" {'test acc':>8} {'diverged':>8}")
   backdoor = any("backdoor_accuracy" in s for s in aggs.values())
@@ -346,6 +380,7 @@ def format_table(summary: dict) -> str:
         f"{_median(s['honest_loss'], percent=False):>27} "
         f"{est(s['honest_accuracy'], percent=True):>22} "
         f"{_pct(s['honest_accuracy']['q50']):>10} {_pct(s['honest_accuracy']['worst']):>9} "
+        f"{_pct(s['honest_accuracy_given_b_eq_f']['mean']):>8} "
         f"{_pct(s['honest_accuracy_given_b_le_f']['mean']):>8} "
         f"{_pct(s['honest_accuracy_given_b_gt_f']['mean']):>8}"
         + (f" {est(s.get('honest_holdout_accuracy'), percent=True):>22}" if holdout else "")
@@ -358,10 +393,14 @@ def format_table(summary: dict) -> str:
          for _, s in rows):
     lines.append("† heavy tail (a diverged draw, or draws beyond Tukey's far-out fence q75 + "
                  "3·IQR of the worst side): read the median and its CI beside the mean.")
-  if any(s[m].get("interval", configured) != configured for _, s in rows
+  if any(s[m].get("interval", configured) not in (configured, "none") for _, s in rows
          for m in ("honest_loss", "honest_accuracy", "honest_holdout_accuracy") if m in s):
     lines.append("‡ BCa undefined (all jackknife values equal): the bootstrap percentile 95% CI "
                  "is shown.")
+  if any(s[m].get("identical") for _, s in rows
+         for m in ("honest_loss", "honest_accuracy", "honest_holdout_accuracy",
+                   "honest_finetuned_holdout_accuracy") if m in s):
+    lines.append(EXACT_NOTE)
   if "honest_only" in summary:
     lines.append(f"(honest only: no Byzantine) is the {HONEST_ONLY_NAME}.")
   compared = format_comparisons(summary)
@@ -381,8 +420,10 @@ def format_table(summary: dict) -> str:
   for name, s in summary["aggregators"].items():
     if "honest_excess_loss" in s:
       e = s["honest_excess_loss"]
-      extras.append(f"{name}: E[L_S(θ̂_S) − L_S*] = {e['mean']:.4f} ± {e['ci95']:.4f} (normal "
-                    f"CI), median {e['q50']:.4f}, CVaR90 {e['cvar90']:.4f}; L_S* estimated by "
+      spread = (f" {EXACT_MARK}, " if e["identical"] else
+                f" ± {e['ci95']:.4f} (normal CI), median {e['q50']:.4f}, CVaR90 "
+                f"{e['cvar90']:.4f}; ")
+      extras.append(f"{name}: E[L_S(θ̂_S) − L_S*] = {e['mean']:.4f}{spread}L_S* estimated by "
                     "the honest-only run's final L_S (T rounds, not an exact optimum: the "
                     "excess can be negative)")
   if "objectives" in summary:
@@ -499,7 +540,8 @@ def _describe_rounds(t: Mapping[str, Any]) -> str:
 def format_comparisons(summary: dict) -> str:
   """The paired comparisons a − b (same draws), one line per pair: for the in-sample honest
   accuracy, the held-out accuracy (when measured) and the honest loss, the mean difference with
-  its paired-t 95% CI and p-value, and the Wilcoxon p-value; then the draws left unpaired
+  its paired-t 95% CI and p-value, and the Wilcoxon p-value, or the exact difference marked
+  'deterministic' where it has no variance (no CI, no test); then the draws left unpaired
   (diverged or undefined). summary.json has every compared metric. '' if none."""
   compared = summary.get("comparisons", [])
   if not compared:
@@ -512,6 +554,7 @@ def format_comparisons(summary: dict) -> str:
   names = {"honest_accuracy": "Δ honest acc (pp)", "honest_holdout_accuracy": "Δ held-out acc (pp)",
            "honest_loss": "Δ honest loss"}
   header = f"{'a − b':<44} " + " ".join(f"{names[m] + ' [CI] p(t) p(W)':>46}" for m in metrics)
+  deterministic = set()
   lines = ["Paired comparisons over the same draws: mean of the per-draw differences a − b with its "
            "paired-t 95% CI, the paired-t and Wilcoxon signed-rank p-values; draws where either "
            "side diverged or is undefined are not paired (counted at the right); † heavy-tailed "
@@ -526,9 +569,14 @@ def format_comparisons(summary: dict) -> str:
         parts.append(f"{'n/a':>46}")
         continue
       scale, digits = (100.0, 2) if "accuracy" in m else (1.0, 4)
-      text = (f"{scale * c['mean']:+.{digits}f} {_interval(c['ci_low'], c['ci_high'], scale, digits)}"
-              + ("†" if c.get("heavy_tail") else "")
-              + f" {format_p(c['p_value'])} {format_p(c['wilcoxon_p'])}")
+      if c.get("deterministic"):
+        deterministic.add(bool(c["identical_draws"]))
+        text = f"{scale * c['mean']:+.{digits}f} {DETERMINISTIC_MARK}"
+      else:
+        text = (f"{scale * c['mean']:+.{digits}f} "
+                f"{_interval(c['ci_low'], c['ci_high'], scale, digits)}"
+                + ("†" if c.get("heavy_tail") else "")
+                + f" {format_p(c['p_value'])} {format_p(c['wilcoxon_p'])}")
       parts.append(f"{text:>46}")
     # Unpaired draws counted once, from the loss (a diverged draw's loss is +inf and its
     # accuracy NaN: one draw, not two), or from the first metric when no loss was compared.
@@ -539,6 +587,8 @@ def format_comparisons(summary: dict) -> str:
     pair = f"{a} − {b}" + ("" if same else " (different sets)")
     rest = ", ".join(f"{v} {k}" for k, v in skipped.items() if v)
     lines.append(f"{pair:<44} " + " ".join(parts) + (f"  unpaired: {rest}" if rest else ""))
+  if deterministic:
+    lines.append(deterministic_note(True in deterministic))
   return "\n".join(lines)
 
 

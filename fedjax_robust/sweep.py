@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -53,7 +54,7 @@ from fedjax_robust import worst_case
 THEORY_DRAWS = ("g2", "b2", "bound", "valid", "error", "tightness", "bound_plugin",
                 "valid_plugin", "tightness_plugin", "kappa_ratio")
 STATISTICS = ("mean", "ci95", "std", "q05", "q25", "q50", "q75", "q95", "worst", "cvar50",
-              "cvar90", "count", "undefined")
+              "cvar90", "count", "undefined", "identical")
 TIMING_FIELDS = ("compile_seconds", "run_seconds")
 NPZ_ERRORS = experiment.NPZ_ERRORS  # what reading a damaged points/<id>.npz raises
 
@@ -147,7 +148,8 @@ INTERVAL_STATISTICS = (*(f"{k}_{end}" for k in _INTERVALS for end in ("low", "hi
                        "heavy_tail")
 # Statistics of a paired comparison row (metric 'paired:<metric>:<a>-<b>').
 PAIRED_STATISTICS = ("mean", "ci_low", "ci_high", "p_value", "wilcoxon_p", "pairs",
-                     "a_only_infinite", "b_only_infinite", "undefined")
+                     "a_only_infinite", "b_only_infinite", "undefined", "deterministic",
+                     "identical_draws")
 
 
 def _interval_values(s: dict) -> dict:
@@ -197,7 +199,8 @@ def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
                   "value": summary["honest_only"][metric][stat]} for stat in STATISTICS]
   for c in summary.get("comparisons", ()):
     rows += [{"point": pid, **tags, "metric": f"paired:{c['metric']}:{c['a']}-{c['b']}",
-              "statistic": stat, "value": c[stat]} for stat in PAIRED_STATISTICS]
+              "statistic": stat, "value": int(c[stat]) if isinstance(c[stat], bool) else c[stat]}
+           for stat in PAIRED_STATISTICS]
   rows += [{"point": pid, **tags, "metric": "diverged", "statistic": k,
             "value": s["diverged"][k]} for k in ("count", "share")]
   law = summary["byzantine_count"]
@@ -216,8 +219,7 @@ THEORY_METRICS = {"theory_g2": "g2", "theory_b2": "b2", "theory_bound": "bound_g
                   "theory_error_given_valid_plugin": "error_given_valid_plugin",
                   "theory_tightness_plugin": "tightness_plugin", "theory_lower_bound_order": "lower_bound_order",
                   "theory_byzantine_term": "byzantine_term_given_valid",
-                  "theory_byzantine_ratio": "byzantine_ratio",
-                  "theory_excess": "excess_given_valid"}
+                  "theory_byzantine_ratio": "byzantine_ratio", "theory_excess": "excess_given_valid"}
 THEORY_SCALARS = ("p_invalid", "violations", "p_invalid_plugin", "violations_plugin")
 
 
@@ -562,7 +564,8 @@ def progress_value(summary: dict, metric: str | None = None) -> str:
 
 COMPARISON_FIELDS = ("a", "b", "metric", "same_draws", "mean", "ci_low", "ci_high", "p_value",
                      "wilcoxon_p", "median", "heavy_tail", "pairs", "wilcoxon_pairs",
-                     "a_only_infinite", "b_only_infinite", "both_infinite", "undefined")
+                     "a_only_infinite", "b_only_infinite", "both_infinite", "undefined",
+                     "deterministic", "identical_draws")
 
 
 def draw_values(arrays: dict) -> dict[str, np.ndarray]:
@@ -681,23 +684,33 @@ def write_comparisons(path: str, comparisons: list[dict]) -> None:
 
 def comparison_table(comparisons: list[dict], metric: str = "honest_accuracy") -> str:
   """One line per paired comparison of `metric`: the group's tags, a − b, the mean difference
-  with its paired-t 95% CI (percentage points for accuracies), the p-values, the pairs."""
+  with its paired-t 95% CI (percentage points for accuracies), the p-values, the pairs; a
+  difference without variance (`deterministic`) is its exact value marked 'deterministic§',
+  without CI or p-values, and a footnote says why."""
   chosen = [c for c in comparisons if c["metric"] == metric]
   if not chosen:
     return ""
   tags = [k for k in chosen[0] if k not in COMPARISON_FIELDS and k != "test"]
   percent = _is_percent(metric)
-  scale, digits = (100.0, 2) if percent else (1.0, 4)
+  text = functools.partial(_number_text, percent=percent)
+  signed = lambda v: ("+" if v >= 0 else "") + text(v)  # pylint: disable=unnecessary-lambda-assignment
   lines = ["  ".join(f"{t:>12}" for t in tags) + f"  {'a − b':>44}  "
            f"{'mean diff [paired 95% CI]':>28}  {'p (t)':>7}  {'p (W)':>7}  pairs"]
   for c in chosen:
-    diff = ("n/a" if np.isnan(c["mean"]) else
-            f"{scale * c['mean']:+.{digits}f} [{scale * c['ci_low']:.{digits}f}, "
-            f"{scale * c['ci_high']:.{digits}f}]")
     pair = f"{c['a']} − {c['b']}" + ("" if c["same_draws"] else " (diff. sets)")
+    if c.get("deterministic") and not np.isnan(c["mean"]):
+      diff = f"{signed(c['mean'])} {results.DETERMINISTIC_MARK}"
+      tests = f"{'':>7}  {'':>7}"
+    else:
+      diff = ("n/a" if np.isnan(c["mean"]) else
+              f"{signed(c['mean'])} [{text(c['ci_low'])}, {text(c['ci_high'])}]")
+      tests = (f"{results.format_p(c['p_value']):>7}  "
+               f"{results.format_p(c['wilcoxon_p']):>7}")
     lines.append("  ".join(f"{str(c[t]):>12}" for t in tags) + f"  {pair:>44}  {diff:>28}  "
-                 f"{results.format_p(c['p_value']):>7}  {results.format_p(c['wilcoxon_p']):>7}  "
-                 f"{c['pairs']}")
+                 f"{tests}  {c['pairs']}")
+  deterministic = {bool(c["identical_draws"]) for c in chosen if c.get("deterministic")}
+  if deterministic:
+    lines.append(results.deterministic_note(True in deterministic))
   return "\n".join(lines)
 
 
@@ -725,11 +738,20 @@ def mean_intervals(rows: list[dict], metric: str) -> dict[str, tuple[float, floa
   return out
 
 
+def _number_text(v: float, percent: bool) -> str:
+  """A value for a table: accuracies in percent (2 decimals); other values with 4 decimals, or
+  in scientific notation beyond 1e4 (a loss of 6.0e12 reads as such)."""
+  if percent:
+    return f"{100 * v:.2f}"
+  return f"{v:.3e}" if np.isfinite(v) and v != 0 and not 1e-3 <= abs(v) < 1e4 else f"{v:.4f}"
+
+
 def table(rows: list[dict], metric: str = "honest_accuracy", statistic: str = "mean",
           interval_name: str = "") -> str:
   """One line per point: its tags and `metric`'s `statistic`, with the 95% CI of the mean when
   the statistic is the mean (`mean_intervals`: '91.80 [88.60, 95.00]', or '91.80 ± 3.20' for
-  rows that carry only the normal half-width); accuracies in percent. `interval_name` (e.g.
+  rows that carry only the normal half-width), or the exact value marked '(exact)§' for
+  identical draws (no interval); accuracies in percent. `interval_name` (e.g.
   evaluation.INTERVAL_NAMES[report.interval]) goes into the header."""
   chosen = [r for r in rows if r["metric"] == metric and r["statistic"] == statistic]
   if not chosen:
@@ -752,10 +774,12 @@ def table(rows: list[dict], metric: str = "honest_accuracy", statistic: str = "m
   # A statistic over fewer draws than the point ran says so: how many draws it covers, and how
   # many diverged (left out of accuracies) or were undefined.
   counts, undefined = stat(metric, "count"), stat(metric, "undefined")
-  diverged = stat("diverged", "count")
+  diverged, identical = stat("diverged", "count"), stat(metric, "identical")
   for r in chosen:
     value = f"{scale * float(r['value']):.{digits}f}"
-    if with_ci:
+    if with_ci and identical.get(r["point"]):
+      value += f" {results.EXACT_MARK}"
+    elif with_ci:
       lo, hi = intervals.get(r["point"], (float("nan"), float("nan")))
       value += (f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
                 if r["point"] in has_interval else f" ± {scale * (hi - lo) / 2:.{digits}f}")
@@ -765,6 +789,8 @@ def table(rows: list[dict], metric: str = "honest_accuracy", statistic: str = "m
       value += (f"  (over {int(counts.get(p, 0))} of {int(counts.get(p, 0) + left_out)} draws; "
                 f"{int(diverged.get(p, 0))} diverged)")
     lines.append("  ".join(f"{str(r[t]):>16}" for t in tags) + f"  {value}")
+  if with_ci and any(identical.get(r["point"]) for r in chosen):
+    lines.append(results.EXACT_NOTE)
   return "\n".join(lines)
 
 
@@ -1026,8 +1052,7 @@ def theory_table(rows: list[dict]) -> str:
           ("E[G²]", ("theory_g2", "mean")), ("E[B²]", ("theory_b2", "mean")),
           ("P(inv)", ("theory", "p_invalid")), ("E[bnd|val]", ("theory_bound", "mean")),
           ("E[err|val]", ("theory_error_given_valid", "mean")), ("E[err]", ("theory_error", "mean")),
-          ("bnd/err q50", ("theory_tightness", "q50")),
-          ("bnd/err q90", ("theory_tightness", "q90")),
+          ("bnd/err q50", ("theory_tightness", "q50")), ("bnd/err q90", ("theory_tightness", "q90")),
           (f"κ-term/{compared}", ("theory_byzantine_ratio", "q50")),
           ("viol", ("theory", "violations")), ("dd bnd/err", ("theory_tightness_plugin", "q50"))]
   lines = ["  ".join(f"{t:>16}" for t in tags) + "  " + "  ".join(f"{c:>11}" for c, _ in cols)]

@@ -1,6 +1,7 @@
 """Monte Carlo summaries against NumPy."""
 
 import numpy as np
+import pytest
 
 from fedjax_robust import evaluation
 
@@ -64,3 +65,50 @@ def test_a_quantile_ci_the_sample_cannot_bound_is_unbounded_not_nan(rng):
   assert not np.isnan(evaluation.quantile_interval(rng.random(72), 0.05)).any()
   assert np.isnan(evaluation.quantile_interval(np.array([np.nan]), 0.5)).all()  # no value
 
+
+def test_identical_draws_get_an_exact_value_and_no_interval():
+  """Issue 35, item 3: at a worst-case point with deterministic training the S draws are copies
+  of one run; a table printed '0.3900 [0.3900, 0.3900]', an interval of nothing. Values that are
+  all equal are flagged `identical` and get no CI of any kind (NaN), their exact value kept."""
+  x = np.full(16, 0.39)
+  s = evaluation.summarize(x)
+  assert s["identical"] == 1 and s["mean"] == 0.39 and s["std"] == 0.0 and np.isnan(s["ci95"])
+  for method in evaluation.INTERVALS:
+    out = evaluation.intervals(x, method=method, resamples=99)
+    assert out["identical"] and not out["heavy_tail"]
+    for key in ("mean_ci", "median_ci", "worst_quantile_ci", "cvar90_ci"):
+      assert np.isnan(out[key]).all(), (method, key)
+  # Draws that vary keep their intervals; one value alone, or NaNs around equal values, are not
+  # "identical draws" (one draw is not a replicate; the NaNs are draws left out).
+  varied = evaluation.summarize(np.r_[x, 0.4])
+  assert varied["identical"] == 0 and varied["ci95"] > 0
+  assert evaluation.summarize(np.array([0.39]))["identical"] == 0
+  assert evaluation.summarize(np.r_[x, np.nan])["identical"] == 1
+  assert evaluation.summarize(np.full(4, np.inf))["identical"] == 0  # every draw diverged
+
+
+def test_a_paired_difference_without_variance_is_deterministic_not_significant():
+  """Issue 35, item 3: the paired table printed '−0.0077 [−0.0077, −0.0077] … p < 1e-4 (32)' for
+  32 copies of one draw (Wilcoxon ranks 32 equal differences as if they were 32 replicates).
+  Zero variance of the differences is 'deterministic': the exact difference, no CI, no p-value;
+  `identical_draws` when each side is itself one repeated value (copies of one run)."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  copies = evaluation.paired_difference(np.full(32, 0.5023), np.full(32, 0.51))
+  assert scipy.stats.wilcoxon(np.full(32, -0.0077)).pvalue < 1e-4  # what was printed
+  assert copies["deterministic"] and copies["identical_draws"]
+  np.testing.assert_allclose(copies["mean"], 0.5023 - 0.51, rtol=1e-12)
+  for key in ("ci_low", "ci_high", "p_value", "wilcoxon_p"):
+    assert np.isnan(copies[key]), key
+  # Draws that differ but whose difference is the same in every draw: deterministic, not copies.
+  shift = evaluation.paired_difference(np.arange(16) + 7.25, np.arange(16.0))
+  assert shift["deterministic"] and not shift["identical_draws"]
+  assert shift["mean"] == 7.25 and np.isnan(shift["wilcoxon_p"])
+  # No difference in any draw: still no test (p = 1 would be a test of nothing).
+  same = evaluation.paired_difference(np.ones(5), np.ones(5))
+  assert same["deterministic"] and same["mean"] == 0 and np.isnan(same["p_value"])
+  # Differences that vary are tested as before (against NumPy/SciPy), and flagged neither way.
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(size=20), rng.normal(size=20)
+  out = evaluation.paired_difference(a, b)
+  assert not out["deterministic"] and not out["identical_draws"]
+  np.testing.assert_allclose(out["p_value"], scipy.stats.ttest_rel(a, b).pvalue, rtol=1e-10)

@@ -117,3 +117,68 @@ def test_the_plot_says_how_many_draws_diverged_and_draws_the_others():
     assert [t.get_text() for t in box.get_yticklabels()] == labels[:2]
   finally:
     plt.close(fig)
+
+
+def test_expected_values_are_given_at_the_worst_cases_b_and_below_it():
+  """Issue 35, item 1: the sweep set the unconditioned E[loss] (8.1e10–6.0e12, driven by the draws
+  with b > f) beside a worst case at b = f (0.39–0.62). Each headline metric (and the excess
+  loss) is summarized given b = f, b ≤ f and b > f, with its interval, against NumPy on the
+  draws of each condition."""
+  rng = np.random.default_rng(3)
+  S, n, f = 48, 10, 2
+  counts = rng.integers(0, 5, size=S)
+  loss = rng.uniform(0.3, 0.7, size=(3, S))
+  loss[-1, counts > f] = 1e12 * rng.uniform(1, 6, size=int(np.sum(counts > f)))
+  accuracy = rng.uniform(0.5, 0.9, size=(3, S))
+  run = AggregatorRun(spec="x", rounds=ROUNDS, aux={}, compile_seconds=0.0, run_seconds=0.0,
+                      metrics={"honest_loss": loss, "honest_accuracy": accuracy,
+                               "test_accuracy": accuracy, "diverged": np.zeros((3, S))})
+  optimum = rng.uniform(0.1, 0.2, size=(3, S))
+  reference = AggregatorRun(spec="x", rounds=ROUNDS, aux={}, compile_seconds=0.0,
+                            run_seconds=0.0, metrics={"honest_loss": optimum})
+  s = results.summarize_run(run, counts, num_clients=n, f=f, reference=reference,
+                            interval="normal")
+  final = {"honest_loss": loss[-1], "honest_accuracy": accuracy[-1],
+           "honest_excess_loss": loss[-1] - optimum[-1]}
+  for name, x in final.items():
+    for cond, select in (("b_eq_f", counts == f), ("b_le_f", counts <= f),
+                         ("b_gt_f", counts > f)):
+      got = s[f"{name}_given_{cond}"]
+      v = x[select]
+      half = 1.959963984540054 * v.std(ddof=1) / np.sqrt(v.size)
+      assert got["count"] == v.size, (name, cond)
+      np.testing.assert_allclose(got["mean"], v.mean(), rtol=1e-12)
+      np.testing.assert_allclose(got["mean_ci"], [v.mean() - half, v.mean() + half], rtol=1e-10)
+  # At b = f the loss is of the worst case's order, the unconditioned mean is not.
+  assert s["honest_loss_given_b_eq_f"]["mean"] < 1 < 1e11 < s["honest_loss"]["mean"]
+
+
+def test_identical_draws_print_exact_values_without_intervals_or_tests():
+  """Issue 35, item 3: at a worst-case point under deterministic training every draw is a copy
+  of one run, yet the run table printed '−0.0077 [−0.0077, −0.0077] … p < 1e-4' for a paired
+  difference. The table prints the exact values marked '(exact)§' and 'deterministic§', says
+  why, and has no interval and no p-value for them."""
+  c = tiny_config()
+  c.aggregator = "mean,trimmed_mean"
+  c.honest_set = "worst_case"
+  c.estimators.honest_optimum = False
+  S = 32
+  masks = np.ones((S, c.num_clients), bool)
+  masks[:, :c.f] = False
+  copies = lambda acc, loss: AggregatorRun(  # pylint: disable=unnecessary-lambda-assignment
+      spec="", rounds=ROUNDS, aux={}, compile_seconds=0.0, run_seconds=0.0,
+      metrics={"diverged": np.zeros((3, S)), "honest_accuracy": np.full((3, S), acc),
+               "honest_loss": np.full((3, S), loss), "test_accuracy": np.full((3, S), acc)})
+  exp = Experiment(config=c, data=None, masks={"mean": masks, "trimmed_mean": masks},
+                   runs={"mean": copies(0.51, 0.62), "trimmed_mean": copies(0.5023, 0.39)})
+  summary = results.summarize(exp)
+  text = results.format_table(summary)
+  acc = next(x for x in summary["comparisons"] if x["metric"] == "honest_accuracy")
+  assert acc["deterministic"] and acc["identical_draws"]
+  row = next(line for line in text.splitlines() if line.startswith("trimmed_mean − mean"))
+  assert "-0.77 deterministic§" in row and "<1e-4" not in row and "[" not in row, row
+  assert results.deterministic_note(True) in text and results.EXACT_NOTE in text
+  assert "‡" not in text  # no interval at all, not a substitute one
+  table_row = next(line for line in text.splitlines() if line.startswith("trimmed_mean "))
+  assert "0.3900 (exact)§" in table_row and "50.23 (exact)§" in table_row
+  assert "[" not in table_row, table_row

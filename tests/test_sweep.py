@@ -434,3 +434,17 @@ def test_a_reused_point_carries_the_sweeps_current_tags(computed_sweep, tmp_path
   assert {r["prior"] for r in rows} == {r["prior"] for r in on_disk} == {"correct"}
   assert {r["prior"] for r in sweep.read_timings(os.path.join(workdir, "timings.csv"))} == {
       "correct"}
+
+
+def test_a_comparison_of_identical_draws_is_deterministic_in_the_sweep_table():
+  """Issue 35, item 3: 'geometric_median − trimmed_mean +7.24 [7.24, 7.24] n/a <1e-4 16' for 16
+  copies of one draw. The sweep's paired table gives the exact difference, 'deterministic', no
+  CI and no p-value, and says why."""
+  from fedjax_robust import evaluation  # pylint: disable=g-import-not-at-top
+  c = {"mu_H": "worst_case", "a": "geometric_median", "b": "trimmed_mean",
+       "metric": "honest_loss", "same_draws": True,
+       **evaluation.paired_difference(np.full(16, 7.64), np.full(16, 0.40))}
+  text = sweep.comparison_table([c], "honest_loss")
+  line = text.splitlines()[1]
+  assert "+7.2400 deterministic§" in line and "<1e-4" not in line and "[" not in line, line
+  assert results.deterministic_note(True) in text
