@@ -20,8 +20,10 @@ For each p the server declares f = round(p·n), and:
                criterion "heterogeneity" the point is instead the max-heterogeneity honest set
                (proxy, not a loss maximum): cheap, but not a worst case.
 
-The random laws realize b > f in some draws; summary.json gives each point's expected loss and
-accuracy given b ≤ f and given b > f beside the unconditioned ones and P(b > f).
+The random laws realize b > f in some draws, the worst case b = f in every draw: the table and
+expected_vs_worst.png set E[· | b = f] and E[· | b ≤ f] against the worst case, P(b > f) beside;
+the unconditioned E[·] and E[· | b > f] are in expected_unconditioned.png and the table's last
+columns (each point's record has every metric given b = f, b ≤ f and b > f).
 
   python launch/sweep.py --config=configs/sweep_core.py --workdir=runs/sweep_core
 

@@ -15,9 +15,12 @@ rules. About 5 minutes on 2 CPU cores:
 
   python launch/sweep.py --config=configs/theory_synthetic.py --workdir=runs/theory_synthetic
 
-It prints the usual table and the theory table, and writes theory_vs_experiment.png (measured
-expected error vs predicted expected bound vs the bound at the worst-case set, a panel per rule)
-and tightness.png (per-draw bound / measured).
+It prints the usual table (E[loss | b = f] and E[loss | b ≤ f] beside P(b > f), the
+unconditioned E[loss] apart: the draws with b > f reach 1e12) and the theory table, and writes
+expected_vs_worst.png (the expected loss at the worst case's b = f against it), the sweep's other
+figures, theory_vs_experiment.png (a column per rule: the measured expected error vs the
+predicted expected bound; at b = f the expected error vs the error and bound at the worst-case
+set) and tightness.png (per-draw bound / measured), each with its caption in <figure>.txt.
 
 The same sweep on least squares (ridge, λ = 0.05: the synthetic regression task with the same
 α, β, n and dim; a constant Hessian, so L_S = λ_max and μ_S = λ_min are exact per draw, L_S ≈ 1.1

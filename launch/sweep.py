@@ -34,7 +34,6 @@ from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-im
 from fedjax_robust import evaluation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fedjax_robust import worst_case  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(ROOT, "configs", "sweep_core.py")
 _CONFIG = errors.define_config_flag(
@@ -104,9 +103,10 @@ def main(_):  # errors.run_main refuses positional arguments
                     interval_name=evaluation.INTERVAL_NAMES[config.base.report.interval]))
   note = module.plot_note(config) if hasattr(module, "plot_note") else ""
   subtitle = sweep.describe(config.base, points, x=config.plot.x, note=note)
+  criterion = config.base.honest_set_options.worst_case.criterion
   paths = sweep.plot(rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
                      style=config.plot.style, metric=config.plot.metric, subtitle=subtitle,
-                     log=log)
+                     worst_criterion=criterion, log=log)
   ids = [sweep.point_id(sweep.apply_overrides(config.base, p.overrides)) for p in points]
   series_keys = tuple(config.plot.get("series_keys", ())) or None
   compared = sweep.paired_comparisons(rows, _WORKDIR.value, series=config.plot.series,
@@ -121,17 +121,19 @@ def main(_):  # errors.run_main refuses positional arguments
   theory = sweep.theory_table(rows)
   if theory:
     print("\nTheory beside experiment (bound: robust D-GD with the published κ; tightness = "
-          "bound / measured over valid draws; viol = valid draws with bound < measured)")
+          "bound / measured over valid draws; viol = valid draws with bound < measured; "
+          "E[err|b=f]: at the worst case's b, E[err] all b: unconditioned)")
     print(theory)
     paths += sweep.plot_theory(
         rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
-        style=config.plot.style, subtitle=subtitle, log=log,
-        worst_name=worst_case.short_name(config.base.honest_set_options.worst_case.criterion))
+        style=config.plot.style, subtitle=subtitle, log=log, worst_criterion=criterion)
   if hasattr(module, "report"):  # a sweep's own analysis (e.g. configs/sweep_mu_aware.py)
     paths += module.report(config, rows, _WORKDIR.value, set(ids), log=log)
   print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.csv')}, timings.csv, points/<id>.json"
         + (", comparisons.csv" if compared else "") +
-        "".join(f", {os.path.basename(p)}" for p in paths))
+        "".join(f", {os.path.basename(p)}"
+                + (" (+ .txt caption)" if os.path.exists(sweep.caption_path(p)) else "")
+                for p in paths))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def test_interrupted_sweep_resumes_without_loss(tmp_path):
   assert len([f for f in os.listdir(tmp_path / "b" / "points") if f.endswith(".npz")]) == 4
   assert {r["aggregator"] for r in on_disk} == {"mean", "trimmed_mean"}
   paths = sweep.plot(on_disk, str(tmp_path / "b"), x="p", series="aggregator", style="p")
-  assert all(os.path.exists(p) for p in paths) and len(paths) == 4
+  assert all(os.path.exists(p) for p in paths) and len(paths) == 5
 
 
 def test_bad_points_fail_before_any_work(tmp_path):
@@ -130,7 +130,7 @@ def test_missing_or_damaged_point_files_are_recomputed(tmp_path):
   logs = []
   out = sweep.plot(sweep.read_results(os.path.join(workdir, "results.csv")), workdir, x="p",
                    series="aggregator", style="p", log=logs.append)
-  assert len(out) == 4 and all(os.path.exists(p) for p in out)
+  assert len(out) == 5 and all(os.path.exists(p) for p in out)
   assert any(paths[1][0] in m and "WARNING" in m for m in logs)
 
 
@@ -234,8 +234,8 @@ def _capture_titles(monkeypatch):
     saved[os.path.basename(str(path))] = {
         "suptitle": flat(fig._suptitle.get_text()) if fig._suptitle else "",  # pylint: disable=protected-access
         "axes": [ax.get_title() for ax in fig.axes if ax.get_visible()],
-        "legend": [t.get_text() for ax in fig.axes if ax.get_legend()
-                   for t in ax.get_legend().get_texts()]}
+        "legend": [t.get_text() for lg in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
+                   if lg for t in lg.get_texts()]}
     return real(fig, path, *args, **kwargs)
 
   monkeypatch.setattr(figure.Figure, "savefig", savefig)
@@ -252,16 +252,21 @@ def test_sweep_plots_say_what_was_run(tmp_path, monkeypatch):
   saved = _capture_titles(monkeypatch)
   paths = sweep.plot(rows, workdir, x="p", series="aggregator", style="p", subtitle=subtitle)
   assert sorted(map(os.path.basename, paths)) == sorted(saved) == [
-      "by_count.png", "correlation.png", "distributions.png", "expected_vs_worst.png"]
-  for name, fig in saved.items():
-    assert subtitle in fig["suptitle"], name
-  assert "error bars: 95% CI over draws" in saved["expected_vs_worst.png"]["suptitle"]
-  assert "whiskers 5–95%" in saved["distributions.png"]["suptitle"]
-  assert "95% CI over draws" in saved["correlation.png"]["suptitle"]
+      "by_count.png", "correlation.png", "distributions.png", "expected_unconditioned.png",
+      "expected_vs_worst.png"]
+  # What was run and how to read each figure: in its caption file, not its title.
+  captions = {os.path.basename(p): open(sweep.caption_path(p)).read() for p in paths}
+  for name, caption in captions.items():
+    assert subtitle in " ".join(caption.split()), name
+    assert saved[name]["suptitle"] in " ".join(caption.split()), name
+  assert "bars: 95% CI of the mean" in captions["expected_vs_worst.png"]
+  assert "whiskers 5–95%" in " ".join(captions["distributions.png"].split())
+  assert "95% CI" in captions["correlation.png"]
   assert "per realized Byzantine count b" in saved["by_count.png"]["suptitle"]
   # One panel per aggregator, the μ_H styles (here p) as lines within it.
-  assert saved["expected_vs_worst.png"]["axes"] == ["aggregator=mean", "aggregator=trimmed_mean"]
-  assert set(saved["expected_vs_worst.png"]["legend"]) == {"p=0.1", "p=0.3"}
+  assert [t for t in saved["expected_vs_worst.png"]["axes"] if t] == [
+      "aggregator=mean", "aggregator=trimmed_mean"]
+  assert {"p=0.1", "p=0.3"} <= set(saved["expected_vs_worst.png"]["legend"])
 
 
 def test_sweep_describe_gives_f_per_rate():
@@ -350,8 +355,12 @@ def test_progress_line_shows_the_tables_metric_by_its_name(tmp_path):
     rows = sweep.run(c, pts, str(tmp_path), log=logs.append, metric=metric, recompute=True)
     shown = metric or "honest_holdout_accuracy"
     mean = next(r["value"] for r in rows if (r["metric"], r["statistic"]) == (shown, "mean"))
+    at_f = {r["statistic"]: r["value"] for r in rows if r["metric"] == f"{shown}_given_b_eq_f"}
     progress = next(m for m in logs if m.startswith("[1/1]"))
-    assert f": E[{shown}] {100 * mean:.2f}% in " in progress, progress
+    # At the worst case's b first (issue 35, item 1), then over all draws.
+    at_f = f"{100 * at_f['mean']:.2f}%" if at_f["count"] else "n/a (no draw)"
+    assert f": E[{shown} | b = f] {at_f}, over all draws {100 * mean:.2f}% in " in progress, (
+        progress)
 
 
 @pytest.fixture(scope="module")
@@ -436,6 +445,131 @@ def test_a_reused_point_carries_the_sweeps_current_tags(computed_sweep, tmp_path
       "correct"}
 
 
+def _capture_figures(monkeypatch):
+  """For every figure saved: its suptitle, and per visible axes its title, y scale, x tick
+  labels and the y data of its lines (errorbar and plot lines alike), by axes."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  saved = {}
+  real = figure.Figure.savefig
+
+  def savefig(fig, path, *args, **kwargs):
+    fig.canvas.draw()
+    saved[os.path.basename(str(path))] = {
+        "suptitle": fig._suptitle.get_text() if fig._suptitle else "",  # pylint: disable=protected-access
+        "axes": [{"title": ax.get_title(), "yscale": ax.get_yscale(),
+                  "xticks": [t.get_text() for t in ax.get_xticklabels()],
+                  "lines": [np.asarray(line.get_ydata(), float) for line in ax.get_lines()]}
+                 for ax in fig.axes if ax.get_visible()],
+        "legend": [t.get_text() for lg in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
+                   if lg for t in lg.get_texts()]}
+    return real(fig, path, *args, **kwargs)
+
+  monkeypatch.setattr(figure.Figure, "savefig", savefig)
+  return saved
+
+
+def _law_rows(pid, agg, p, law, *, eq, le, gt, all_b, p_gt, identical=0):
+  """A point's rows of honest_loss: its mean over all draws and given b = f, b ≤ f, b > f."""
+  tags = {"aggregator": agg, "corruption": p, "mu_H": law}
+  rows = []
+  for metric, (mean, count) in (("honest_loss", all_b), ("honest_loss_given_b_eq_f", eq),
+                                ("honest_loss_given_b_le_f", le),
+                                ("honest_loss_given_b_gt_f", gt)):
+    ci = (float("nan"),) * 2 if identical else (0.9 * mean, 1.1 * mean)
+    rows += [{"point": pid, **tags, "metric": metric, "statistic": s, "value": v}
+             for s, v in (("mean", mean), ("count", count), ("undefined", 0),
+                          ("identical", identical if count else 0),
+                          ("mean_ci_low", ci[0]), ("mean_ci_high", ci[1]))]
+  rows += [{"point": pid, **tags, "metric": "byzantine_count", "statistic": s, "value": v}
+           for s, v in (("p_exceeds_f", p_gt), ("declared_f", 2))]
+  return rows
+
+
+def _mixed_b_rows():
+  """The issue's synthetic sweep in miniature: under one μ_H the unconditioned E[loss] is ~1e12
+  (the draws with b > f), under another ~1; at b = f both are ~0.5–0.8, the worst case (b = f,
+  identical draws) 0.65–0.75."""
+  rows = []
+  for k, agg in enumerate(("trimmed_mean", "geometric_median")):
+    for p in (0.2, 0.3):
+      rows += _law_rows(f"i{k}{p}", agg, p, "independent", eq=(0.50 + p, 20), le=(0.40 + p, 40),
+                        gt=(3e12, 24), all_b=(1.2e12, 64), p_gt=0.375)
+      rows += _law_rows(f"c{k}{p}", agg, p, "clustered", eq=(0.55 + p, 10), le=(0.45 + p, 50),
+                        gt=(2.5, 14), all_b=(0.9 + p, 64), p_gt=0.219)
+      rows += _law_rows(f"w{k}{p}", agg, p, "worst_case", eq=(0.45 + p, 16), le=(0.45 + p, 16),
+                        gt=(float("nan"), 0), all_b=(0.45 + p, 16), p_gt=0.0, identical=1)
+  return rows
+
+
+def test_expected_is_set_against_the_worst_case_at_the_same_b(tmp_path, monkeypatch):
+  """Issue 35, item 1: expected_vs_worst.png and the sweep's first table set the unconditioned
+  E[loss] (1e12, from the draws with b > f) beside a worst case at b = f (0.45): the figure read
+  'expected ≫ worst', an artefact. They now set E[· | b = f] and E[· | b ≤ f] against it, with
+  P(b > f) beside; the unconditioned mean is drawn apart, labelled, without the worst case."""
+  rows = _mixed_b_rows()
+  text = sweep.table(rows, "honest_loss")
+  header = text.splitlines()[1]
+  assert header.index("E[· | b = f]") < header.index("P(b > f)") < header.index("E[·] all draws")
+  line = next(l for l in text.splitlines() if "independent" in l and "0.2 " in l
+              and "trimmed_mean" in l)
+  cells = line.split()
+  assert cells[3] == "0.7000" and "0.375" in cells and "1.200e+12" in cells, line
+  assert line.index("0.7000") < line.index("1.200e+12")
+  worst = next(l for l in text.splitlines() if "worst_case" in l and "0.2 " in l
+               and "trimmed_mean" in l)
+  assert "0.6500 (exact)§ (16)" in worst and "n/a (no draw)" in worst, worst
+  assert results.EXACT_NOTE in text
+
+  saved = _capture_figures(monkeypatch)
+  logs = []
+  paths = sweep.plot(rows, str(tmp_path), x="corruption", series="aggregator", style="mu_H",
+                     metric="honest_loss", log=logs.append)
+  fig = saved["expected_vs_worst.png"]
+  main = [a for a in fig["axes"] if a["title"] == "aggregator=trimmed_mean"][0]
+  drawn = np.concatenate(main["lines"])
+  # E[· | b = f] (0.7, 0.8), E[· | b ≤ f] (0.6, 0.7) and the worst case (0.65, 0.75); never 1e12.
+  for expected in ([0.7, 0.8], [0.6, 0.7], [0.65, 0.75]):
+    assert any(np.allclose(l, expected) for l in main["lines"]), (expected, main["lines"])
+  assert drawn.max() < 1 and main["yscale"] == "linear"
+  p_axes = [a for a in fig["axes"] if any(np.allclose(l, [0.375, 0.375]) for l in a["lines"])]
+  assert len(p_axes) == 2  # P(b > f) under each panel
+  assert p_axes[0]["xticks"] == ["0.2", "0.3"]  # the grid's own values
+  uncond = saved["expected_unconditioned.png"]["axes"][0]
+  assert uncond["yscale"] == "log"  # 1.1 … 3e12: orders of magnitude
+  assert any(np.allclose(l, [1.2e12, 1.2e12]) for l in uncond["lines"])
+  assert not any(np.allclose(l, [0.65, 0.75]) for l in uncond["lines"])  # no worst case there
+  # One-line titles; the details in a caption file beside each figure.
+  for name, f in saved.items():
+    assert "\n" not in f["suptitle"] and len(f["suptitle"]) < 110, (name, f["suptitle"])
+  for path in paths:
+    with open(sweep.caption_path(path)) as fh:
+      assert fh.read().startswith(saved[os.path.basename(path)]["suptitle"])
+  caption = open(sweep.caption_path(os.path.join(str(tmp_path), "expected_vs_worst.png"))).read()
+  assert "b = f" in caption and "P(b > f)" in caption
+  # One grid value: one tick at it (not 0.1900 … 0.2100 around it).
+  sweep.plot([r for r in rows if r["corruption"] == 0.2], str(tmp_path), x="corruption",
+             series="aggregator", style="mu_H", metric="honest_loss", log=logs.append)
+  assert {tuple(a["xticks"]) for a in saved["expected_vs_worst.png"]["axes"]} - {()} == {("0.2",)}
+
+
+def test_a_worst_case_is_drawn_as_one_only_against_what_its_search_maximized(tmp_path,
+                                                                             monkeypatch):
+  """Issue 35 (items 1–2, the figures' side): a set searched by the final loss is the worst case
+  of the loss figure, but on an accuracy figure it is named as the set it is, no minimum of it."""
+  assert sweep.worst_case_label("final_loss", "honest_loss") == "worst case (max final honest loss)"
+  label = sweep.worst_case_label("final_loss", "honest_accuracy")
+  assert "not a minimum of honest_accuracy" in label
+  assert "not a maximum of theory_error" in sweep.worst_case_label("final_loss", "theory_error")
+  assert "not" not in sweep.worst_case_label("theory_error", "theory_error")
+  saved = _capture_figures(monkeypatch)
+  sweep.plot(_mixed_b_rows(), str(tmp_path), x="corruption", series="aggregator", style="mu_H",
+             metric="honest_loss", worst_criterion="heterogeneity", log=lambda _: None)
+  assert any("proxy" in t and "not a maximum of honest_loss" in t
+             for t in saved["expected_vs_worst.png"]["legend"])
+
+
 def test_a_comparison_of_identical_draws_is_deterministic_in_the_sweep_table():
   """Issue 35, item 3: 'geometric_median − trimmed_mean +7.24 [7.24, 7.24] n/a <1e-4 16' for 16
   copies of one draw. The sweep's paired table gives the exact difference, 'deterministic', no
@@ -448,3 +582,45 @@ def test_a_comparison_of_identical_draws_is_deterministic_in_the_sweep_table():
   line = text.splitlines()[1]
   assert "+7.2400 deterministic§" in line and "<1e-4" not in line and "[" not in line, line
   assert results.deterministic_note(True) in text
+
+
+def test_the_theory_error_is_given_at_the_worst_cases_b(tmp_path, monkeypatch):
+  """Issue 35, item 1, for the theory: the theory plot and table set the worst-case set's error
+  beside E[error | valid] (b < f and b = f mixed) and E[error] over all draws (1e11 from b > f).
+  The per-draw error is summarized given b = f, b ≤ f, b > f (against NumPy), the table gives
+  E[err | b = f] and P(b > f), and the figure's worst case is drawn beside E[err | b = f] only."""
+  rng = np.random.default_rng(0)
+  counts = rng.integers(0, 5, size=40)
+  error = np.where(counts > 2, 1e11, rng.uniform(0.01, 0.05, size=40))
+  rows = sweep._theory_condition_rows("p", {"mu_H": "independent"}, error, counts, 2,  # pylint: disable=protected-access
+                                      interval="normal", resamples=0)
+  got = {(r["metric"], r["statistic"]): r["value"] for r in rows}
+  for condition, select in (("b_eq_f", counts == 2), ("b_le_f", counts <= 2),
+                            ("b_gt_f", counts > 2)):
+    np.testing.assert_allclose(got[(f"theory_error_given_{condition}", "mean")],
+                               error[select].mean(), rtol=1e-12)
+    assert got[(f"theory_error_given_{condition}", "count")] == int(select.sum())
+  # A sweep's rows: a random law and the worst case, with the theory block's rows.
+  def point(pid, law, at_f, valid, all_b, p_gt):
+    tags = {"aggregator": "trimmed_mean", "corruption": 0.2, "mu_H": law}
+    return [{"point": pid, **tags, "metric": m, "statistic": st, "value": v} for m, st, v in (
+        ("theory", "p_invalid", 0.3), ("theory", "violations", 0),
+        ("theory_error_given_valid", "mean", valid), ("theory_bound", "mean", 1.2),
+        ("theory_error", "mean", all_b), ("theory_error_given_b_eq_f", "mean", at_f),
+        ("theory_error_given_b_le_f", "mean", valid), ("byzantine_count", "p_exceeds_f", p_gt),
+        ("honest_loss", "mean", 0.4))]
+  table_rows = (point("a", "independent", 0.05, 0.0335, 4.6e11, 0.375)
+                + point("w", "worst_case", 0.0493, 0.0493, 0.0493, 0.0))
+  text = sweep.theory_table(table_rows)
+  header, line = text.splitlines()[0], text.splitlines()[1]
+  assert "E[err|b=f]" in header and "P(b>f)" in header and "E[err] all b" in header
+  assert "0.05" in line.split() and "0.375" in line.split() and "4.6e+11" in line.split()
+  saved = _capture_figures(monkeypatch)
+  sweep.plot_theory(table_rows, str(tmp_path), x="corruption", series="aggregator",
+                    style="mu_H", log=lambda _: None)
+  fig = saved["theory_vs_experiment.png"]
+  bottom = fig["axes"][1]  # at b = f
+  assert any(np.allclose(l, [0.05]) for l in bottom["lines"])       # E[err | b = f]
+  assert any(np.allclose(l, [0.0493]) for l in bottom["lines"])     # the worst case's error
+  assert not any(np.allclose(l, [0.0335]) for l in bottom["lines"])  # not E[err | valid]
+  assert any("not a maximum of theory_error" in t for t in fig["legend"])
