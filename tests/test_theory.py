@@ -1,6 +1,7 @@
 """Theory beside experiment: heterogeneity of honest sets, measured κ, bounds per draw."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -260,7 +261,6 @@ def _fake_run(h, u, loss, *, every, kappa_ratio=None, smoothness=1.0, spec="trim
 
 
 def _summary(config, theory, counts, name="trimmed_mean"):
-  import json  # pylint: disable=g-import-not-at-top
   return {"config": json.loads(config.to_json()),
           "aggregators": {name: {"theory": report.summarize(theory, counts, config.f)}}}
 
@@ -373,6 +373,23 @@ def test_nonconvex_byzantine_term_is_compared_with_the_excess_over_the_honest_on
   assert "excess = err − the honest-only run's err on the same draws" in table
 
 
+def test_g2_takes_the_rounds_between_evaluations():
+  """Issue 35, item 7. The certificate G²(B²) = max_t (h_t − B²u_t) needs every round t < T: h_t
+  peaks at round 3, between the evaluation rounds 0, 5, 10, ..., which alone would miss it."""
+  c = synthetic_dgd_config(samples=2)
+  T, every, S = 40, 5, 2
+  h = np.full((T, S), 0.1)
+  h[3] = [0.5, 0.7]
+  u = np.full((T, S), 0.2)
+  theory = report.per_draw(c, _fake_run(h, u, np.full((T // every + 1, S), 0.5), every=every),
+                           np.array([1, 0]))
+  np.testing.assert_allclose(theory["g2_at_b0"], [0.5, 0.7], rtol=1e-6)
+  b2 = theory["b2"]
+  np.testing.assert_allclose(theory["g2"], np.maximum(h - b2 * u, 0).max(0), rtol=1e-5)
+  assert np.all(theory["g2"] > np.maximum(h[::every] - b2 * u[::every], 0).max(0))
+
+
+@pytest.mark.slow  # trains and replays 10 rounds (two compiles, ~25 s)
 def test_heterogeneity_is_taken_at_every_round_not_only_the_evaluation_rounds():
   """Issue 35, item 7. h_t(S) and u_t(S) of every round t < T, against a replay of the same
   training round by round with the honest clients' spread and mean gradient computed by a loop in
@@ -406,6 +423,10 @@ def test_heterogeneity_is_taken_at_every_round_not_only_the_evaluation_rounds():
   np.testing.assert_allclose(theory["g2_at_b0"], h.max(0), rtol=1e-6)
 
 
+def _theory_lines(table):
+  return [line for line in table.splitlines() if "heory" in line]
+
+
 def test_a_job_that_is_not_d_gd_prints_one_theory_line_pointing_to_the_theory_configs():
   """Issue 35, item 8. The default job trains D-SGD (minibatches of 32, momentum 0.9): its table
   has one theory line naming why the D-GD bounds do not apply and where they do, whether its
@@ -419,18 +440,36 @@ def test_a_job_that_is_not_d_gd_prints_one_theory_line_pointing_to_the_theory_co
   assert theory_digits.get_config().base.theory.enabled
   assert theory_synthetic.get_config().base.theory.enabled
   assert report.premises(theory_digits.get_config().base)["dgd"]
+  c = default.get_config()
+  c.theory.enabled = True
+  T, every, S = 40, 5, 2
+  c.training.num_rounds, c.training.eval_every = T, every
+  theory = report.per_draw(c, _fake_run(np.full((T, S), 0.1), np.full((T, S), 0.2),
+                                        np.full((T // every + 1, S), 0.5), every=every),
+                           np.array([1, 0]))
+  summary = _summary(c, theory, np.array([1, 0]))
+  lines = results.format_theory(summary).splitlines()
+  assert len(lines) == 1, lines
+  assert "minibatches of 32" in lines[0] and "client_momentum=0.9" in lines[0]
+  assert "configs/theory_synthetic.py" in lines[0] and "configs/theory_digits.py" in lines[0]
+  assert "draws.csv" in lines[0]  # the per-draw values are kept there
+  del summary["aggregators"]["trimmed_mean"]["theory"]
+  summary["config"]["theory"]["enabled"] = False
+  lines = results.format_theory(summary).splitlines()
+  assert len(lines) == 1 and "draws.csv" not in lines[0] and "configs/theory_digits.py" in lines[0]
+  # A D-GD job without theory measurements prints nothing.
+  summary["config"] = json.loads(theory_digits.get_config().base.to_json())
+  summary["config"]["theory"]["enabled"] = False
+  assert results.format_theory(summary) == ""
+
+
+@pytest.mark.slow  # one tiny training (~20 s)
+def test_the_table_of_a_job_that_is_not_d_gd_has_one_theory_line():
   c = tiny_config()  # D-SGD with worker momentum, like the default job
   c.theory.enabled = True
   c.aggregator = "trimmed_mean"
-  exp = experiment.run(c, log=lambda _: None)
-  table = results.format_table(results.summarize(exp))
-  lines = [line for line in table.splitlines() if "heory" in line]
-  assert len(lines) == 1, lines
-  assert "client_momentum=0.9" in lines[0] and "configs/theory_synthetic.py" in lines[0]
-  assert "configs/theory_digits.py" in lines[0] and "draws.csv" in lines[0]
+  table = results.format_table(results.summarize(experiment.run(c, log=lambda _: None)))
+  lines = _theory_lines(table)
+  assert len(lines) == 1 and "configs/theory_digits.py" in lines[0], lines
   for absent in ("breakdown", "bnd/err", "κ-term", "viol"):
     assert absent not in table
-  c.theory.enabled = False
-  table = results.format_table(results.summarize(experiment.run(c, log=lambda _: None)))
-  lines = [line for line in table.splitlines() if "heory" in line]
-  assert len(lines) == 1 and "draws.csv" not in lines[0] and "configs/theory_digits.py" in lines[0]
