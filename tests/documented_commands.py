@@ -53,7 +53,7 @@ _TINY_GRID = {
                                   "grid.rules": "trimmed_mean,posterior_filter"},
     "configs/sweep_dp_compression.py": {"grid.privacy": "none", "grid.compression": "none",
                                         "grid.rules": "trimmed_mean"},
-    "configs/sweep_dp_dimension.py": {"grid.tasks": "synthetic", "grid.synthetic_d": "10",
+    "configs/sweep_dp_dimension.py": {"grid.tasks": "synthetic", "grid.synthetic_d": "100",
                                       "grid.rules": "trimmed_mean"},
 }
 _TINY_BENCH = {"grid": "((10,100),)", "rules": "mean,trimmed_mean", "repeats": "1",
