@@ -970,7 +970,7 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
   """
   model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
                      **config.model_options.get(config.model, {}))
-  _check_compression_size(config, model, fed.name)
+  _check_compression_size(config, model, config.data.name)
   if reference is not None:
     return training.Simulator(
         model=model, aggregator=aggregators.get("mean", f=0, weighted=True),

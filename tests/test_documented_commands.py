@@ -37,8 +37,9 @@ def _param(command):
 
 
 def _wrote(stdout: str, cwd: str) -> list[str]:
-  """The files a launcher says it wrote: every `wrote a/b.csv, c.png, points/<id>.json` line
-  (later names are in the first one's folder; `<id>` stands for any)."""
+  """The files a launcher says it wrote: every `wrote a/b.csv, c.png (+ .txt caption),
+  points/<id>.json` line (later names are in the first one's folder; `<id>` stands for any; a
+  caption is the figure's name with .txt)."""
   paths = []
   for line in stdout.splitlines():
     if not line.startswith("wrote "):
@@ -46,7 +47,10 @@ def _wrote(stdout: str, cwd: str) -> list[str]:
     first, *rest = [w.strip() for w in line[len("wrote "):].split(",")]
     folder = os.path.dirname(first)
     for name in [os.path.basename(first)] + rest:
+      name = re.sub(r"\s*\(.*?\)", "", name)  # "x.png (+ .txt caption)"
       paths.append(os.path.join(cwd, folder, re.sub(r"<\w+>", "*", name)))
+      if "caption" in line and name.endswith(".png") and f"{name} (+ .txt caption)" in line:
+        paths.append(os.path.join(cwd, folder, name[:-len(".png")] + ".txt"))
   return paths
 
 
@@ -84,9 +88,9 @@ def test_the_documents_name_commands_and_every_shipped_config_has_one():
   assert {"launch/train.py", "launch/sweep.py", "launch/bench.py"} <= scripts
   assert docs.configs_without_command(COMMANDS) == []
   # the extraction joins continuation lines and wrapped inline spans
-  by_source = {c.source: c for c in COMMANDS}
-  assert "--config.honest_set_options.fixed_count.num_byzantine=5" in by_source[
-      "README.md:55"].argv
+  readme = [c.argv for c in COMMANDS if c.source.startswith("README.md")
+            and "--config.aggregator=trimmed_mean" in c.argv]
+  assert any("--config.honest_set_options.fixed_count.num_byzantine=5" in a for a in readme)
 
 
 @pytest.mark.parametrize("command", [_param(c) for c in COMMANDS])
