@@ -170,27 +170,24 @@ def tiny(command: Command, workdir: str) -> list[str]:
   if script == "train.py":
     extra = [f"--config.{k}={v}" for k, v in _TINY_TRAIN.items()]
   elif script == "sweep.py":
-    config = config or "configs/sweep_core.py"
+    config = config or _DEFAULT_CONFIGS["launch/sweep.py"]
     extra = [f"--config.base.{k}={v}" for k, v in _TINY_TRAIN.items()]
     extra += [f"--config.{k}={v}" for k, v in _TINY_GRID[config].items()
               if _flag(argv, f"config.{k}") is None]
   elif script == "bench.py":
     extra = [f"--config.{k}={v}" for k, v in _TINY_BENCH.items()
-             if _flag(argv, f"config.{k}") is None or k not in ("grid",)]
+             if k != "grid" or _flag(argv, "config.grid") is None]
   return argv + extra + [f"--workdir={workdir}"]
+
+
+# The config each launcher runs without --config.
+_DEFAULT_CONFIGS = {"launch/train.py": "configs/default.py",
+                    "launch/sweep.py": "configs/sweep_core.py",
+                    "launch/bench.py": "configs/bench.py"}
 
 
 def configs_without_command(found: list[Command]) -> list[str]:
   """Shipped configs (configs/*.py) that no documented command runs."""
-  used = {_flag(c.argv, "config") for c in found}
-  if any(c.argv[1:2] == ("launch/train.py",) and _flag(c.argv, "config") is None
-         for c in found):
-    used.add("configs/default.py")
-  if any(c.argv[1:2] == ("launch/sweep.py",) and _flag(c.argv, "config") is None
-         for c in found):
-    used.add("configs/sweep_core.py")
-  if any(c.argv[1:2] == ("launch/bench.py",) and _flag(c.argv, "config") is None
-         for c in found):
-    used.add("configs/bench.py")
+  used = {_flag(c.argv, "config") or _DEFAULT_CONFIGS.get(c.argv[1]) for c in found}
   shipped = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))}
   return sorted(shipped - used - {"configs/__init__.py"})
