@@ -15,10 +15,11 @@ rules. About 5 minutes on 2 CPU cores:
 
   python launch/sweep.py --config=configs/theory_synthetic.py --workdir=runs/theory_synthetic
 
-It prints the usual table (E[loss | b = f] and E[loss | b ≤ f] beside P(b > f), the
-unconditioned E[loss] apart: the draws with b > f reach 1e12) and the theory table, and writes
-expected_vs_worst.png (the expected loss at the worst case's b = f against it), the sweep's other
-figures, theory_vs_experiment.png (a column per rule: the measured expected error vs the
+Its headline quantity is the one the worst case maximizes, the excess loss L_S(θ_T) − L_S*
+(`theory_error`). It prints the usual table of it (E[· | b = f] and E[· | b ≤ f] beside P(b > f),
+the unconditioned E[·] apart: the draws with b > f reach 1e12) and the theory table, and writes
+expected_vs_worst.png (the expected excess loss at the worst case's b = f against it), the
+sweep's other figures of it, theory_vs_experiment.png (a column per rule: the measured expected error vs the
 predicted expected bound; at b = f the expected error vs the error and bound at the worst-case
 set) and tightness.png (per-draw bound / measured), each with its caption in <figure>.txt.
 
@@ -70,7 +71,7 @@ def get_config():
   return sweep_core.sweep_config(
       base(), aggregators=("trimmed_mean", "geometric_median", "nnm+trimmed_mean",
                            "bucketing+geometric_median"),
-      corruption=(0.1, 0.2, 0.3), metric="honest_loss")
+      corruption=(0.1, 0.2, 0.3), metric="theory_error")
 
 
 # aggregator × corruption p × μ_H with f = round(p·n), exactly as in configs/sweep_core.py.

@@ -1197,11 +1197,14 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
           f"{style}={t[style]}) is missing or unreadable ({type(e).__name__}: {e}); "
           "left out of distributions.png")
       continue
-    if f"final_{metric}" in arrays:
+    # The final metric per draw, or a theory quantity's per-draw array (theory_error …).
+    key = next((k for k in (f"final_{metric}", metric) if k in arrays), None)
+    if key is not None:
       f = t.get(("byzantine_count", "declared_f"))
-      within = (np.ones(len(arrays["num_byzantine"]), bool) if f is None
-                else arrays["num_byzantine"] <= f)
-      draws[(t[series], t[style])] = (scale * arrays[f"final_{metric}"], within)
+      counts = np.asarray(arrays["num_byzantine"])
+      within = np.ones(len(counts), bool) if f is None else counts <= f
+      draws[(t[series], t[style])] = (scale * np.asarray(arrays[key], np.float64), within,
+                                      counts, pid)
   if draws:
     fig, axes = plt.subplots(1, len(styles), figsize=(max(8, 3.6 * len(styles)), 4.6),
                              sharey=True, squeeze=False)
@@ -1209,7 +1212,7 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
     for ax, st in zip(axes[0], styles):
       inside, beyond = [], []
       for i, s in enumerate(series_values):
-        v, within = draws.get((s, st), (np.array([np.nan]), np.array([True])))
+        v, within = draws.get((s, st), (np.array([np.nan]), np.array([True])))[:2]
         inside.append(v[within & ~np.isnan(v)])
         beyond.append(v[~within & ~np.isnan(v)])
         ax.plot(np.full(beyond[-1].size, i + 1.0), beyond[-1], "x", color="C3", markersize=5)
@@ -1269,6 +1272,13 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
       b = int(r["metric"].split("|b=")[1])
       by_b.setdefault(r["point"], {}).setdefault(b, {})[r["statistic"]] = float(r["value"])
   at_x = {p: v for p, v in by_b.items() if _float(tags[p][x]) == xs[-1]}
+  if not at_x:
+    # No E[metric | b] rows (they are tabulated for the loss and accuracy): from the per-draw
+    # values read for distributions.png, each b's mean with a normal 95% half-width.
+    for v, _, counts, pid in draws.values():
+      for b, c in evaluation.by_count(v / scale, counts,
+                                      worst="min" if "accuracy" in metric else "max").items():
+        at_x.setdefault(pid, {})[b] = c
   if at_x:
     fig, axes = plt.subplots(1, len(styles), figsize=(max(8, 3.8 * len(styles)), 4.2),
                              sharey=True, squeeze=False)

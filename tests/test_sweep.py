@@ -624,3 +624,26 @@ def test_the_theory_error_is_given_at_the_worst_cases_b(tmp_path, monkeypatch):
   assert any(np.allclose(l, [0.0493]) for l in bottom["lines"])     # the worst case's error
   assert not any(np.allclose(l, [0.0335]) for l in bottom["lines"])  # not E[err | valid]
   assert any("not a maximum of theory_error" in t for t in fig["legend"])
+
+
+def test_a_theory_quantity_gets_its_per_draw_figures_from_the_point_files(tmp_path,
+                                                                          monkeypatch):
+  """theory_synthetic's headline is theory_error, which has no final_<metric> array and no
+  E[· | b] rows: distributions.png and by_count.png read its per-draw array from points/<id>.npz
+  (they were silently not drawn). E[· | b] is the mean over the draws with that b (NumPy)."""
+  rng = np.random.default_rng(1)
+  counts = rng.integers(0, 5, size=24)
+  error = np.where(counts > 2, 1e11, rng.uniform(0.01, 0.05, size=24))
+  tags = {"aggregator": "trimmed_mean", "corruption": 0.2, "mu_H": "independent"}
+  rows = [{"point": "a", **tags, "metric": m, "statistic": st, "value": v} for m, st, v in (
+      ("theory_error", "mean", error.mean()), ("theory_error_given_b_eq_f", "mean", 0.03),
+      ("byzantine_count", "declared_f", 2), ("byzantine_count", "p_exceeds_f", 0.4))]
+  os.makedirs(tmp_path / "points")
+  sweep.save_point(sweep.point_path(str(tmp_path), "a"), tags=json.dumps(tags),
+                   num_byzantine=counts, theory_error=error)
+  saved = _capture_figures(monkeypatch)
+  sweep.plot(rows, str(tmp_path), x="corruption", series="aggregator", style="mu_H",
+             metric="theory_error", log=lambda _: None)
+  assert "distributions.png" in saved and "by_count.png" in saved
+  line = saved["by_count.png"]["axes"][0]["lines"][0]
+  np.testing.assert_allclose(line, [error[counts == b].mean() for b in np.unique(counts)])

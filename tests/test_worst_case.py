@@ -422,6 +422,9 @@ def test_the_theory_sweeps_search_the_quantity_their_figures_show():
   configs = {name: module.get_config() for name, module in modules.items()}
   assert configs["synthetic"].base.honest_set_options.worst_case.criterion == "excess_loss"
   assert worst_case.matches("excess_loss", "theory_error")
+  # Its headline figure (expected_vs_worst.png) too: before, the honest loss, of which the set
+  # maximizing the excess loss is no maximum.
+  assert worst_case.matches("excess_loss", configs["synthetic"].plot.metric)
   assert configs["digits"].base.honest_set_options.worst_case.criterion == "honest_error"
   assert worst_case.matches("honest_error", configs["digits"].plot.metric)
   for name, config in configs.items():  # every worst-case point is a valid configuration
