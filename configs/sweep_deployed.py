@@ -28,6 +28,7 @@ import ml_collections
 from configs import sweep_rfa
 from fedjax_robust import domains as D
 from fedjax_robust import evaluation
+from fedjax_robust import results
 from fedjax_robust import sweep
 from fedjax_robust.sweep import Point
 from fedjax_robust.sweep import as_list
@@ -88,7 +89,8 @@ def _entries(rows, ids, metrics):
     if r["point"] not in ids:
       continue
     e = by.setdefault(r["point"], {k: r[k] for k in ("block", "setting", "rule")})
-    if r["metric"] in metrics and r["statistic"] in ("mean", "mean_ci_low", "mean_ci_high"):
+    if r["metric"] in metrics and r["statistic"] in ("mean", "mean_ci_low", "mean_ci_high",
+                                                     "identical"):
       e[f"{r['metric']}:{r['statistic']}"] = float(r["value"])
     if r["metric"].startswith("aux:sampled") and r["statistic"] == "mean":
       e[r["metric"][4:]] = float(r["value"])
@@ -107,17 +109,21 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   def cell(e, metric):
     if f"{metric}:mean" not in e:
       return "n/a"
-    return (f"{100 * e[f'{metric}:mean']:6.2f} [{100 * e[f'{metric}:mean_ci_low']:6.2f}, "
-            f"{100 * e[f'{metric}:mean_ci_high']:6.2f}]")
+    return results.mean_text(*(e[f"{metric}:{k}"] for k in ("mean", "mean_ci_low",
+                                                            "mean_ci_high")),
+                             identical=bool(e.get(f"{metric}:identical")), scale=100, digits=2)
 
   def paired(a, b, metric):
     if a not in find or b not in find or metric not in values[find[a]]:
       return None
     return evaluation.paired_difference(values[find[a]][metric], values[find[b]][metric])
 
+  identical_draws = []
+
   def fmt(d):
-    return ("n/a" if d is None else
-            f"{100 * d['mean']:+6.2f} [{100 * d['ci_low']:+6.2f}, {100 * d['ci_high']:+6.2f}]")
+    if d is not None and d["deterministic"]:
+      identical_draws.append(d["identical_draws"])
+    return results.difference_text(d, scale=100, digits=2)
 
   table = []
   lines.append("\nClaim (c), no corruption: held-out accuracy % (mean [95% CI]) without and "
@@ -150,6 +156,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                  f"{e.get('sampled_byzantine', float('nan')):.3f}  b_t<=f "
                  f"{100 * e.get('sampled_within_f', float('nan')):.1f}%")
     table.append(e)
+  lines += results.report_notes(lines, any(identical_draws))
   for line in lines:
     log(line)
   if not table:

@@ -42,9 +42,11 @@ import math
 import os
 
 import ml_collections
+import numpy as np
 
 from configs import default
 from fedjax_robust import domains as D
+from fedjax_robust import results
 from fedjax_robust import sweep
 from fedjax_robust.sweep import Point
 from fedjax_robust.sweep import as_list
@@ -159,7 +161,10 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                             difference=True)
       excess[(cmp["task"], int(float(cmp["d"])), cmp["a"], cmp["rule"])] = {
           "dp_excess": m, "dp_excess_ci_low": lo, "dp_excess_ci_high": hi,
-          "dp_excess_pairs": cmp["pairs"]}
+          "dp_excess_pairs": cmp["pairs"],
+          # no variance (e.g. identical draws): an exact difference, no CI
+          "dp_excess_deterministic": int(cmp["deterministic"]),
+          "dp_excess_identical_draws": int(cmp["identical_draws"])}
   entries = []
   for e in table.values():
     metric = METRICS[e["task"]]
@@ -168,16 +173,20 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     m, lo, hi = _as_error(e["task"], e[(metric, "mean")],
                           *(e.get((metric, f"mean_ci_{b}"), math.nan) for b in ("low", "high")))
     entries.append({**{k: e[k] for k in tags}, "error": m, "error_ci_low": lo, "error_ci_high": hi,
+                    "error_identical": int(e.get((metric, "identical"), 0)),
                     # a diverged draw is counted, never averaged in
                     "diverged_share": e.get(("diverged", "share"), math.nan),
                     **excess.get((e["task"], e["d"], e["setting"], e["rule"]),
-                                 dict.fromkeys(("dp_excess", "dp_excess_ci_low",
-                                                "dp_excess_ci_high", "dp_excess_pairs"),
-                                               math.nan))})
+                                 {**dict.fromkeys(("dp_excess", "dp_excess_ci_low",
+                                                   "dp_excess_ci_high", "dp_excess_pairs"),
+                                                  math.nan),
+                                  "dp_excess_deterministic": 0,
+                                  "dp_excess_identical_draws": 0})})
   if not entries:
     return []
   entries.sort(key=lambda e: (e["task"], e["setting"], e["rule"], int(e["d"])))
   path = sweep.write_table(os.path.join(workdir, "dp_dimension.csv"), entries)
+  lines = []
   log("\nhonest error against d (synthetic: honest loss L_S; digits: held-out error 1 − acc), "
       "mean [95% CI]; private settings: (Δ what privacy adds, paired over the same draws with "
       "the no-privacy control, mean [paired-t 95% CI])")
@@ -186,15 +195,28 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       for rule in dict.fromkeys(e["rule"] for e in entries):
         mine = [e for e in entries if (e["task"], e["setting"], e["rule"]) == (task, setting, rule)]
         if mine:
-          log(f"{task:9s} {setting:24s} {rule:17s} " + "  ".join(
-              f"d={int(e['d']):>6d}: {e['error']:.4g} [{e['error_ci_low']:.4g}, "
-              f"{e['error_ci_high']:.4g}]"
-              + (f" (Δ {e['dp_excess']:+.3g} [{e['dp_excess_ci_low']:+.3g}, "
-                 f"{e['dp_excess_ci_high']:+.3g}])" if not math.isnan(e["dp_excess"]) else "")
+          lines.append(f"{task:9s} {setting:24s} {rule:17s} " + "  ".join(
+              f"d={int(e['d']):>6d}: " + _error_text(e)
               + (f" ({100 * e['diverged_share']:.0f}% diverged)"
                  if e["diverged_share"] > 0 else "")
               for e in mine))
+  lines += results.report_notes(lines, any(e["dp_excess_identical_draws"] for e in entries))
+  for line in lines:
+    log(line)
   return [path, _plot(entries, workdir, plot_note(c))]
+
+
+def _error_text(e) -> str:
+  """'error [CI]' and, for a private setting, ' (Δ diff [CI])'; '(exact)§' for identical draws,
+  'deterministic§' for a difference without variance (no CI: nothing to test)."""
+  text = (f"{e['error']:.4g} {results.EXACT_MARK}" if e["error_identical"] else
+          f"{e['error']:.4g} [{e['error_ci_low']:.4g}, {e['error_ci_high']:.4g}]")
+  if math.isnan(e["dp_excess"]):
+    return text
+  if e["dp_excess_deterministic"]:
+    return text + f" (Δ {e['dp_excess']:+.3g} {results.DETERMINISTIC_MARK})"
+  return text + (f" (Δ {e['dp_excess']:+.3g} [{e['dp_excess_ci_low']:+.3g}, "
+                 f"{e['dp_excess_ci_high']:+.3g}])")
 
 
 def _plot(entries, workdir, note) -> str:
@@ -220,8 +242,8 @@ def _plot(entries, workdir, note) -> str:
           if not mine:
             continue
           ax.errorbar([e["d"] for e in mine], [e[value] for e in mine],
-                      yerr=[[max(e[value] - e[low], 0) for e in mine],
-                            [max(e[high] - e[value], 0) for e in mine]],
+                      yerr=np.nan_to_num([[max(e[value] - e[low], 0) for e in mine],
+                                          [max(e[high] - e[value], 0) for e in mine]]),
                       color=f"C{i}", linestyle=ls, marker="o", capsize=2, markersize=3,
                       label=f"{rule}, {setting}")
       ax.set_xscale("log")
@@ -237,8 +259,9 @@ def _plot(entries, workdir, note) -> str:
         anchor = sum(first) / len(first)
         ax.plot(ds, [anchor * math.sqrt(d / ds[0]) for d in ds], color="grey", lw=0.8,
                 label="∝ √d through the privacy line's mean at the smallest d")
-        ax.set_ylim(top=max(e[high] for e in entries if e["task"] == task
-                            and not math.isnan(e[high])) * 1.15)
+        # the highest CI bound drawn (the value itself where it has none: identical draws)
+        ax.set_ylim(top=max(e[value] if math.isnan(e[high]) else e[high] for e in entries
+                            if e["task"] == task and not math.isnan(e[value])) * 1.15)
     axes[0, column].legend(fontsize=6, ncol=1, loc="best")
   axes[1, -1].legend(fontsize=6, ncol=1, loc="best")
   return sweep.save_figure(

@@ -81,6 +81,7 @@ from fedjax_robust import aggregators
 from fedjax_robust import config as config_lib
 from fedjax_robust import domains as D
 from fedjax_robust import evaluation
+from fedjax_robust import results
 from fedjax_robust import server_prior
 from fedjax_robust import sweep
 from fedjax_robust.sweep import Point
@@ -489,7 +490,8 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                     "best_classic_tuning_mean": tuned[best][1],
                     "best_classic_mean": value(best_pid), "same_draws": same,
                     "gain": d["mean"],
-                    **{k: d[k] for k in ("ci_low", "ci_high", "p_value", "pairs", "undefined")}})
+                    **{k: d[k] for k in ("ci_low", "ci_high", "p_value", "pairs", "undefined",
+                                         "deterministic", "identical_draws")}})
   for tags, reason in REFUSED.items():
     log(f"mu_aware report: refused {tags}: {reason}")
   paths = []
@@ -507,7 +509,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       ["block", "task", "threat", "mu_H", "rule", "f", "bucket_size", "tuning_mean", "mean",
        "cvar90", "best_classic", "best_classic_f", "best_classic_bucket_size",
        "best_classic_tuning_mean", "best_classic_mean", "gain", "ci_low", "ci_high", "p_value",
-       "pairs", "undefined", "same_draws"]))
+       "pairs", "undefined", "deterministic", "identical_draws", "same_draws"]))
   log(f"\n{metric} (%) on the evaluation draws (seed {c.base.seed}): mean, CVaR0.9 (mean of "
       "the worst 10% of draws), and each rule minus the best classic rule of its setting, "
       "picked on the tuning draws at its tuned f or bucket size (paired over the evaluation "
@@ -518,10 +520,11 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     this = "?" if t["f"] == "?" else _ran_text(t["f"], t["bucket_size"])
     vs = f"{t['best_classic']} {_ran_text(t['best_classic_f'], t['best_classic_bucket_size'])}"
     diff = ("(itself)" if t["rule"] == t["best_classic"] else
-            f"{pct * t['gain']:+6.2f} [{pct * t['ci_low']:+6.2f}, {pct * t['ci_high']:+6.2f}]")
+            results.difference_text({**t, "mean": t["gain"]}, scale=pct, digits=2))
     lines.append(f"{t['block']:6s} {t['task']:12s} {t['threat']:12s} {t['mu_H']:12s} "
                  f"{t['rule']:36s} {this:9s} {pct * t['mean']:6.2f} {pct * t['cvar90']:6.2f}  vs "
                  f"{vs:36s} {diff}")
+  lines += results.report_notes(lines, any(t["identical_draws"] for t in table))
   log("\n".join(lines))
   log("\n" + regret_summary(table))
   return paths + _plot_gains(table, workdir, metric)
@@ -539,7 +542,8 @@ def _write_csv(path: str, table: list[dict], fields: list[str]) -> str:
 def regret_summary(table) -> str:
   """Per rule, over the settings of the main and tasks blocks (prior correct): the mean and the
   worst of its difference from the best classic rule of the setting, and in how many settings
-  its paired 95% CI lies above 0 (wins), below 0 (losses) or covers 0. The best classic rule
+  its paired 95% CI lies above 0 (wins), below 0 (losses) or covers 0 (a deterministic
+  difference, without variance, by its exact sign). The best classic rule
   is picked on the tuning draws, so on the evaluation draws another classic rule may beat it (a
   positive difference); what a classic rule's row shows is how much it loses, tuned, where
   another classic rule is best."""
@@ -551,8 +555,9 @@ def regret_summary(table) -> str:
            "wins  ties  losses   (points vs the best classic rule of each setting)"]
   for rule, ts in by_rule.items():
     gains = np.array([t["gain"] for t in ts])
-    wins = sum(t["ci_low"] > 0 for t in ts)
-    losses = sum(t["ci_high"] < 0 for t in ts)
+    # a deterministic difference (no variance) counts by its exact sign
+    signs = [results.difference_sign({**t, "mean": t["gain"]}) for t in ts]
+    wins, losses = signs.count(1), signs.count(-1)
     lines.append(f"{rule:42s} {len(ts):8d}  {100 * gains.mean():+9.2f}  {100 * gains.min():+10.2f}"
                  f"   {wins:4d}  {len(ts) - wins - losses:4d}  {losses:6d}")
   return "\n".join(lines)
@@ -583,8 +588,8 @@ def _plot_gains(table, workdir, metric) -> list[str]:
              if (t["task"], t["threat"], t["mu_H"]) == st and t["rule"] == rule]
       ax.errorbar([i + (k - (len(rules) - 1) / 2) * width for i, _ in pts],
                   [100 * t["gain"] for _, t in pts],
-                  yerr=[[100 * (t["gain"] - t["ci_low"]) for _, t in pts],
-                        [100 * (t["ci_high"] - t["gain"]) for _, t in pts]],
+                  yerr=np.nan_to_num([[100 * (t["gain"] - t["ci_low"]) for _, t in pts],
+                                      [100 * (t["ci_high"] - t["gain"]) for _, t in pts]]),
                   fmt="os^vD<>ph*"[k // 10 % 10], ms=3, capsize=2, lw=0.8, label=rule,
                   color=f"C{k % 10}")
     ax.axhline(0, color="black", lw=0.8)
@@ -623,8 +628,8 @@ def _plot_priors(ax, rows) -> None:
            for t in [find(law, rule, prior)] if t is not None]
     ax.errorbar([i + (k - (len(priors) - 1) / 2) * width for i, _ in pts],
                 [100 * t["gain"] for _, t in pts],
-                yerr=[[100 * (t["gain"] - t["ci_low"]) for _, t in pts],
-                      [100 * (t["ci_high"] - t["gain"]) for _, t in pts]],
+                yerr=np.nan_to_num([[100 * (t["gain"] - t["ci_low"]) for _, t in pts],
+                                    [100 * (t["ci_high"] - t["gain"]) for _, t in pts]]),
                 fmt="o", ms=3, capsize=2, lw=0.8, label=f"prior {prior}", color=f"C{k}")
   ax.axhline(0, color="black", lw=0.8)
   ax.set_xticks(range(len(groups)))

@@ -24,6 +24,7 @@ import numpy as np
 from configs import default
 from fedjax_robust import domains as D
 from fedjax_robust import evaluation
+from fedjax_robust import results
 from fedjax_robust import sweep
 from fedjax_robust.sweep import Point
 from fedjax_robust.sweep import as_list
@@ -79,7 +80,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     if r["point"] in ids:
       by.setdefault(r["point"], {"threat": r["threat"], "rule": r["rule"]})
       if r["metric"] == metric and r["statistic"] in ("mean", "cvar90", "mean_ci_low",
-                                                        "mean_ci_high"):
+                                                        "mean_ci_high", "identical"):
         by[r["point"]][r["statistic"]] = float(r["value"])
       if r["metric"].startswith("aux:") and r["statistic"] == "mean":
         by[r["point"]][r["metric"][4:]] = float(r["value"])
@@ -94,8 +95,10 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       d = evaluation.paired_difference(values[metric], base_values[metric])
       table.append({"threat": threat, "rule": rule, **{k: e.get(k, float("nan")) for k in (
           "mean", "mean_ci_low", "mean_ci_high", "cvar90", "gm_iterations", "secure_averages",
-          "numbers_sent_total")}, "minus_mean": d["mean"], "minus_mean_low": d["ci_low"],
-                    "minus_mean_high": d["ci_high"]})
+          "numbers_sent_total")}, "identical": int(e.get("identical", 0)),
+                    "minus_mean": d["mean"], "minus_mean_low": d["ci_low"],
+                    "minus_mean_high": d["ci_high"], "minus_mean_deterministic":
+                        int(d["deterministic"]), "identical_draws": int(d["identical_draws"])})
   if not table:
     return []
   fields = list(table[0])
@@ -106,13 +109,27 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       fh.write(",".join(str(t[k]) for k in fields) + "\n")
   log(f"\n{metric} (%, mean [95% CI], CVaR0.9), secure averages per round, numbers sent over "
       "the run, and the paired difference from the mean (points, paired t 95% CI)")
+  texts = []
   for t in table:
-    log(f"{t['threat']:11s} {t['rule']:22s} {100 * t['mean']:6.2f} [{100 * t['mean_ci_low']:6.2f},"
-        f" {100 * t['mean_ci_high']:6.2f}]  CVaR {100 * t['cvar90']:6.2f}  "
+    estimate = results.mean_text(t["mean"], t["mean_ci_low"], t["mean_ci_high"],
+                                 identical=bool(t["identical"]), scale=100, digits=2)
+    diff = results.difference_text(
+        {"mean": t["minus_mean"], "ci_low": t["minus_mean_low"],
+         "ci_high": t["minus_mean_high"], "deterministic": t["minus_mean_deterministic"]},
+        scale=100, digits=2)
+    texts += [estimate, diff]
+    log(f"{t['threat']:11s} {t['rule']:22s} {estimate:>22s}  CVaR {100 * t['cvar90']:6.2f}  "
         f"secure avg/round {t['secure_averages']:5.2f}  numbers {t['numbers_sent_total']:.3g}  "
-        f"vs mean {100 * t['minus_mean']:+6.2f} [{100 * t['minus_mean_low']:+6.2f}, "
-        f"{100 * t['minus_mean_high']:+6.2f}]")
+        f"vs mean {diff}")
+  for note in results.report_notes(texts, any(t["identical_draws"] for t in table)):
+    log(note)
   return [path] + _plot(table, workdir, metric)
+
+
+def _bars(table) -> np.ndarray:
+  """Error bars (%) of the entries' means: none (0) where the draws are identical."""
+  return np.nan_to_num(np.array([[100 * (t["mean"] - t["mean_ci_low"]) for t in table],
+                                 [100 * (t["mean_ci_high"] - t["mean"]) for t in table]]))
 
 
 def _plot(table, workdir, metric) -> list[str]:
@@ -126,16 +143,14 @@ def _plot(table, workdir, metric) -> list[str]:
     gm = sorted((t for t in mine if t["rule"].startswith("geometric_median@")),
                 key=lambda t: t["numbers_sent_total"])
     ax.errorbar([t["numbers_sent_total"] for t in gm], [100 * t["mean"] for t in gm],
-                yerr=[[100 * (t["mean"] - t["mean_ci_low"]) for t in gm],
-                      [100 * (t["mean_ci_high"] - t["mean"]) for t in gm]],
+                yerr=_bars(gm),
                 fmt="o-", capsize=3, label="geometric median, k = " +
                 ", ".join(t["rule"].split("@")[1] for t in gm))
     for t, marker in ((next((t for t in mine if t["rule"] == "mean"), None), "s"),
                       (next((t for t in mine if t["rule"] == "rfa_one_step"), None), "D")):
       if t is not None:
         ax.errorbar([t["numbers_sent_total"]], [100 * t["mean"]],
-                    yerr=[[100 * (t["mean"] - t["mean_ci_low"])],
-                          [100 * (t["mean_ci_high"] - t["mean"])]],
+                    yerr=_bars([t]),
                     fmt=marker, capsize=3, label=t["rule"])
     ax.set_xscale("log")
     ax.set_xlabel("numbers sent over the run (secure averages × m(d + ⌈log₂ m⌉))")

@@ -6,7 +6,7 @@ import csv
 import functools
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -318,6 +318,51 @@ def deterministic_note(identical_draws: bool) -> str:
           "there is nothing to test: the exact difference, no CI or p-value"
           + ("; identical draws: each rule gave one value in every draw (one honest set "
              "repeated under deterministic training)." if identical_draws else "."))
+
+
+def mean_text(mean: float, low: float, high: float, *, identical: bool = False,
+              scale: float = 1.0, digits: int = 4) -> str:
+  """A mean with its interval for a sweep's own report: 'm [lo, hi]', 'm (exact)§' where the
+  draws are identical (`identical`: the rows' 'identical' statistic; no interval then), 'n/a'
+  where the mean is undefined. Reports that use it print EXACT_NOTE when it marked one."""
+  if mean is None or np.isnan(mean):
+    return "n/a"
+  if identical:
+    return f"{scale * mean:.{digits}f} {EXACT_MARK}"
+  return f"{scale * mean:.{digits}f} {_interval(low, high, scale, digits)}"
+
+
+def difference_text(d: dict | None, *, scale: float = 1.0, digits: int = 4) -> str:
+  """A paired difference (evaluation.paired_difference) for a report: '+m [lo, hi]' (paired t
+  95% CI), '+m deterministic§' where it has no variance (no CI: there is nothing to test; the
+  report prints deterministic_note), 'n/a' where undefined."""
+  if d is None or np.isnan(d["mean"]):
+    return "n/a"
+  if d.get("deterministic"):
+    return f"{scale * d['mean']:+.{digits}f} {DETERMINISTIC_MARK}"
+  lo, hi = (f"{scale * d[k]:+.{digits}f}" if np.isfinite(d[k]) else "n/a"
+            for k in ("ci_low", "ci_high"))
+  return f"{scale * d['mean']:+.{digits}f} [{lo}, {hi}]"
+
+
+def difference_sign(d: dict | None) -> int:
+  """+1 where a paired difference is above 0 (its 95% CI, or the exact value of a deterministic
+  one), −1 where below, 0 where its CI covers 0 or it is undefined."""
+  if d is None or np.isnan(d["mean"]):
+    return 0
+  low, high = (d["mean"], d["mean"]) if d.get("deterministic") else (d["ci_low"], d["ci_high"])
+  return 1 if low > 0 else -1 if high < 0 else 0
+
+
+def report_notes(texts: Sequence[str], identical_draws: bool = False) -> list[str]:
+  """The footnotes the marks in `texts` need: EXACT_NOTE for '(exact)§', deterministic_note for
+  'deterministic§' (`identical_draws`: some such pair is copies of one run)."""
+  notes = []
+  if any(EXACT_MARK in t for t in texts):
+    notes.append(EXACT_NOTE)
+  if any(DETERMINISTIC_MARK in t for t in texts):
+    notes.append(deterministic_note(identical_draws))
+  return notes
 
 
 def _estimate(s: dict | None, *, percent: bool, configured: str = "") -> str:

@@ -348,6 +348,46 @@ def test_dp_sgd_on_the_sent_coordinates_clips_and_noises_only_them():
   assert abs(noisy[:, coords].std() - 1.0) < 0.02  # σC = 1 on 20,000 values
 
 
+def _dp_dimension_pair(tmp_path, acc, identical=0):
+  """The point files and rows of one line of configs/sweep_dp_dimension.py at one d: privacy
+  (p1) and its no-privacy control (p0), held-out accuracies `acc[pid]` over 4 draws."""
+  from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
+  os.makedirs(tmp_path / "points")
+  rows = []
+  for pid, setting in (("p0", "no_dp"), ("p1", "dp")):
+    tags = {"task": "digits", "d": "985", "setting": setting, "rule": "mean",
+            "line": f"digits:{setting}"}
+    sweep.save_point(sweep.point_path(str(tmp_path), pid), tags=json.dumps(tags),
+                     num_byzantine=np.array([1, 2, 0, 3]), honest_masks=np.ones((4, 5), bool),
+                     final_honest_holdout_accuracy=acc[pid])
+    with open(sweep.config_path(str(tmp_path), pid), "w") as fh:
+      json.dump({"config": {"privacy": {"kind": setting}, "seed": 0}}, fh)
+    rows += [{**tags, "point": pid, "metric": m, "statistic": st, "value": v}
+             for m, st, v in [("honest_holdout_accuracy", "mean", acc[pid].mean()),
+                              ("honest_holdout_accuracy", "mean_ci_low", acc[pid].mean() - 0.1),
+                              ("honest_holdout_accuracy", "mean_ci_high", acc[pid].mean() + 0.1),
+                              ("honest_holdout_accuracy", "identical", identical),
+                              ("diverged", "share", 0.125 if pid == "p1" else 0.0)]]
+  return rows
+
+
+def test_the_d_sweep_reports_identical_draws_as_exact_values(tmp_path):
+  """Issue 35, item 3, in the d sweep's own report: draws that are copies of one run (p0, p1
+  each one value) printed a CI of them and a paired-t CI of '+nan'; they read '(exact)§' and
+  'deterministic§' with the footnotes."""
+  from configs import sweep_dp_dimension as dim  # pylint: disable=g-import-not-at-top
+  acc = {"p0": np.full(4, 0.875), "p1": np.full(4, 0.625)}
+  logs = []
+  dim.report(dim.get_config(), _dp_dimension_pair(tmp_path, acc, identical=1), str(tmp_path),
+             {"p0", "p1"}, log=logs.append)
+  line = next(l for l in logs if l.startswith("digits") and " dp " in l)
+  assert line.split("d=")[1].strip() == ("985: 0.375 (exact)§ (Δ +0.25 deterministic§) (12% "
+                                         "diverged)"), line
+  text = "\n".join(logs)
+  assert "nan" not in text and results.EXACT_NOTE in text
+  assert results.deterministic_note(True) in text
+
+
 def test_the_d_sweep_names_the_real_d_and_reports_error_with_its_divergence(tmp_path):
   """configs/sweep_dp_dimension.py: every line at every size is a valid config; `d` is the model's
   parameter count (what a client sends); the fixed-k line sends K_FIXED <= d coordinates; the
@@ -378,22 +418,8 @@ def test_the_d_sweep_names_the_real_d_and_reports_error_with_its_divergence(tmp_
     if p.tags["setting"] == "dp+shared_random_k_fixed":
       assert pc.compression.k == dim.K_FIXED <= p.tags["d"]
   # Two points of one line at one d: privacy (p1) and its no-privacy control (p0), 4 draws.
-  os.makedirs(tmp_path / "points")
   acc = {"p0": np.array([0.9, 0.8, 0.85, 0.95]), "p1": np.array([0.7, 0.5, 0.75, 0.85])}
-  rows = []
-  for pid, setting in (("p0", "no_dp"), ("p1", "dp")):
-    tags = {"task": "digits", "d": "985", "setting": setting, "rule": "mean",
-            "line": f"digits:{setting}"}
-    sweep.save_point(sweep.point_path(str(tmp_path), pid), tags=json.dumps(tags),
-                     num_byzantine=np.array([1, 2, 0, 3]), honest_masks=np.ones((4, 5), bool),
-                     final_honest_holdout_accuracy=acc[pid])
-    with open(sweep.config_path(str(tmp_path), pid), "w") as fh:
-      json.dump({"config": {"privacy": {"kind": setting}, "seed": 0}}, fh)
-    rows += [{**tags, "point": pid, "metric": m, "statistic": st, "value": v}
-             for m, st, v in [("honest_holdout_accuracy", "mean", acc[pid].mean()),
-                              ("honest_holdout_accuracy", "mean_ci_low", acc[pid].mean() - 0.1),
-                              ("honest_holdout_accuracy", "mean_ci_high", acc[pid].mean() + 0.1),
-                              ("diverged", "share", 0.125 if pid == "p1" else 0.0)]]
+  rows = _dp_dimension_pair(tmp_path, acc)
   dim.report(c, rows, str(tmp_path), {"p0", "p1"}, log=lambda *_: None)
   got = {r["setting"]: r for r in csv.DictReader(open(tmp_path / "dp_dimension.csv"))}
   assert [float(got["dp"][k]) for k in ("error", "error_ci_low", "error_ci_high",

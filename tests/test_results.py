@@ -182,3 +182,27 @@ def test_identical_draws_print_exact_values_without_intervals_or_tests():
   table_row = next(line for line in text.splitlines() if line.startswith("trimmed_mean "))
   assert "0.3900 (exact)§" in table_row and "50.23 (exact)§" in table_row
   assert "[" not in table_row, table_row
+
+
+def test_the_sweeps_own_reports_format_differences_and_means_without_pseudo_replication():
+  """The helpers the configs' reports (sweep_rfa, sweep_deployed, sweep_dp_dimension,
+  sweep_mu_aware) print with: a paired difference of copies of one run is its exact value,
+  'deterministic§', and its sign counts; one with variance gets its paired-t CI (SciPy)."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  same = evaluation.paired_difference(np.full(8, 0.75), np.full(8, 0.5))
+  assert results.difference_text(same, scale=100, digits=2) == "+25.00 deterministic§"
+  assert results.difference_sign(same) == 1
+  assert results.difference_sign(evaluation.paired_difference(np.full(8, 0.5),
+                                                              np.full(8, 0.75))) == -1
+  a = np.array([0.9, 0.7, 0.8, 0.6, 0.85])
+  b = np.array([0.8, 0.75, 0.6, 0.55, 0.8])
+  d = a - b
+  half = scipy.stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+  text = results.difference_text(evaluation.paired_difference(a, b))
+  assert text == f"{d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}]"
+  assert results.difference_sign(evaluation.paired_difference(a, b)) == 0  # CI covers 0
+  assert results.mean_text(0.5, float("nan"), float("nan"), identical=True) == "0.5000 (exact)§"
+  assert results.mean_text(0.5, 0.4, 0.6, scale=100, digits=1) == "50.0 [40.0, 60.0]"
+  notes = results.report_notes([text, "1.0 (exact)§", "+2 deterministic§"], True)
+  assert notes == [results.EXACT_NOTE, results.deterministic_note(True)]
+  assert results.report_notes([text]) == []

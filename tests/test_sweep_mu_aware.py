@@ -11,6 +11,7 @@ import pytest
 
 from configs import sweep_mu_aware
 from fedjax_robust import experiment
+from fedjax_robust import results
 from fedjax_robust import sweep
 from fedjax_robust.errors import ConfigError
 
@@ -171,3 +172,17 @@ def test_the_printed_table_says_each_rules_f(hand_made):
   # The tuning is printed: every classic rule's candidates with their tuning means, the pick
   # marked.
   assert "trimmed_mean: f=3 93.00, f=5 95.00*" in text
+
+
+def test_a_difference_without_variance_reads_deterministic_and_counts_by_its_sign(hand_made):
+  """Issue 35, item 3, in this sweep's own report: the mean is 0.11 below the best classic rule
+  in every draw (a difference without variance). It printed '[  +nan,   +nan]' and counted as a
+  tie; it reads '-11.00 deterministic§' with the footnote, and counts as a loss."""
+  table, log, _ = hand_made
+  assert table["mean"]["deterministic"] == "True"
+  line = next(l for l in log.splitlines() if l.split()[:5] == ["main", "digits_a1", "alie",
+                                                              "independent", "mean"])
+  assert line.endswith("-11.00 deterministic§"), line
+  assert "nan" not in log and results.deterministic_note(False) in log
+  summary = next(l for l in log.splitlines() if l.startswith("mean "))
+  assert summary.split()[-3:] == ["0", "0", "1"], summary  # wins, ties, losses
