@@ -208,9 +208,10 @@ def base_config() -> ml_collections.ConfigDict:
       "kind": "none", "k": 0, "ratio": 0.1, "levels": 4, "error_feedback": False,
       "aggregate_in": "d"})
   # Theory beside experiment (fedjax_robust.theory): the heterogeneity (G, B) of every draw's
-  # honest set along training, the measured κ̂ of the pipeline, the robust D-GD bound per draw
-  # and its tightness. Costs one full-batch gradient per client at every evaluation, and a
-  # Hessian power iteration at the final model.
+  # honest set along training, the attack's (f, κ) ratio on the submitted vectors, the robust
+  # D-GD bound per draw and its tightness. Costs one full-batch gradient per client at every
+  # round (a (G, B) certificate needs every round's pair), and a Hessian power iteration at the
+  # final model.
   # On convex tasks `objectives` also solves min_θ E_S L_S(θ) and min_θ max_{|S|=n−f} L_S(θ).
   c.theory = ml_collections.ConfigDict({"enabled": True, "objectives": True})
   return c
