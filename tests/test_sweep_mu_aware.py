@@ -186,3 +186,19 @@ def test_a_difference_without_variance_reads_deterministic_and_counts_by_its_sig
   assert "nan" not in log and results.deterministic_note(False) in log
   summary = next(l for l in log.splitlines() if l.startswith("mean "))
   assert summary.split()[-3:] == ["0", "0", "1"], summary  # wins, ties, losses
+
+
+def test_the_worst_block_searches_the_quantity_the_report_compares():
+  """Issue 35, item 2, here: the report compares held-out accuracy, but the worst block's sets
+  maximized the final in-sample loss, no extremum of it. Each worst point now searches the
+  held-out error (worst_case.matches the report's metric), a valid configuration."""
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import worst_case  # pylint: disable=g-import-not-at-top
+  c = sweep_mu_aware.get_config()
+  c.grid.blocks = ("worst",)
+  worst = [p for p in sweep_mu_aware.points(c) if p.tags["block"] == "worst"]
+  assert worst
+  for p in worst:
+    pc = sweep.apply_overrides(c.base, p.overrides)
+    assert worst_case.matches(pc.honest_set_options.worst_case.criterion, c.plot.metric), p.tags
+    config_lib.validate(pc)
