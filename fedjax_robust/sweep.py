@@ -1108,8 +1108,11 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
       ax, pax = axes[2 * (k // cols), k % cols], axes[2 * (k // cols) + 1, k % cols]
       for st in styles:
         if st == worst_label:
+          # Its bars: the CI over its draws where they differ (stochastic training), none where
+          # they are copies of one run.
           pos, val, err = curve(s, st, eq)
-          ax.plot(pos, val, color="black", linestyle=":", marker="X", markersize=8)
+          ax.errorbar(pos, val, yerr=np.nan_to_num(err), color="black", linestyle=":",
+                      marker="X", markersize=8, capsize=3)
           drawn += val
           continue
         pos, val, err = curve(s, st, eq)
@@ -1130,6 +1133,7 @@ def plot(rows: list[dict], workdir: str, *, x: str, series: str, style: str,
       pax.set_xlabel(x)
       pax.grid(alpha=0.3)
       _set_grid_ticks(pax, xs)
+      pax.tick_params(labelbottom=True)  # every panel's grid values, not the last row's only
     if _spans_orders(drawn):
       for ax in axes[0::2].flat:
         ax.set_yscale("log")
@@ -1325,7 +1329,9 @@ def _expected_vs_worst_caption(metric: str, style: str, worst_label: str, worst_
       f"conditional means leave out; E[{metric}] over all draws and given b > f are in "
       f"expected_unconditioned.png (never set against the worst case, whose b is f)."
       + (f" Black crosses ({style}={worst_label}): the {worst_name}, one honest set with b = f "
-         "repeated over the draws." if has_worst else ""))
+         "repeated over the draws (bars: the 95% CI of its mean where the draws differ, e.g. "
+         "random buckets or minibatches; none where they are copies of one run)."
+         if has_worst else ""))
 
 
 def _by_point(rows: list[dict]) -> dict[str, dict]:

@@ -647,3 +647,21 @@ def test_a_theory_quantity_gets_its_per_draw_figures_from_the_point_files(tmp_pa
   assert "distributions.png" in saved and "by_count.png" in saved
   line = saved["by_count.png"]["axes"][0]["lines"][0]
   np.testing.assert_allclose(line, [error[counts == b].mean() for b in np.unique(counts)])
+
+
+def test_a_worst_case_whose_draws_differ_is_drawn_with_its_interval(tmp_path, monkeypatch):
+  """The maximum carries its uncertainty in the figure too: a worst case whose draws differ
+  (random buckets, minibatches) gets its 95% CI bars in expected_vs_worst.png (it had none);
+  one whose draws are copies of one run (test above) gets none."""
+  rows = []
+  for p in (0.2, 0.3):
+    rows += _law_rows(f"i{p}", "trimmed_mean", p, "independent", eq=(0.50 + p, 20),
+                      le=(0.40 + p, 40), gt=(3.0, 24), all_b=(1.2, 64), p_gt=0.375)
+    rows += _law_rows(f"w{p}", "trimmed_mean", p, "worst_case", eq=(0.45 + p, 16),
+                      le=(0.45 + p, 16), gt=(float("nan"), 0), all_b=(0.45 + p, 16), p_gt=0.0)
+  saved = _capture_figures(monkeypatch)
+  sweep.plot(rows, str(tmp_path), x="corruption", series="aggregator", style="mu_H",
+             metric="honest_loss", log=lambda _: None)
+  main = saved["expected_vs_worst.png"]["axes"][0]
+  for bound in (0.9, 1.1):  # the rows' CI: 0.9 and 1.1 × the mean
+    assert any(np.allclose(l, [bound * 0.65, bound * 0.75]) for l in main["lines"]), bound
