@@ -2,7 +2,7 @@
 accidental? Digits, the default job's population (25 clients, Dirichlet α = 1, each client
 faulty independently with p = 0.15, declared f = 5), and every faulty client running one
 behaviour: no fault (the faulty clients train honestly), ALIE (z = 3, the default job's attack),
-each inadvertent fault of `fedjax_robust.faults`, the numeric NaN fault, and a mixed population
+each inadvertent fault of `fedjax_robust.attacks.faults`, the numeric NaN fault, and a mixed population
 where most faults are accidental (label noise) and some malicious (ALIE). The same draws of μ_H
 for every point; each rule paired with the mean and with the baseline without the faulty
 clients (`estimators.honest_optimum`).

@@ -22,7 +22,7 @@ from fedjax_robust import attacks
 from fedjax_robust import domains as D
 from fedjax_robust import errors
 from fedjax_robust import evaluation
-from fedjax_robust import faults
+from fedjax_robust.attacks import faults
 from fedjax_robust import data as data_lib
 from fedjax_robust.errors import ConfigError
 from fedjax_robust import graphs

@@ -18,7 +18,7 @@ One round, for one draw of the honest set (mask `honest [n]`):
 
 A population may mix behaviours (`Simulator.population`): each client the draw marks faulty is
 given behaviour k with probability π_k, once per draw (`assign_behaviours`), and runs that
-attack or inadvertent fault (`fedjax_robust.faults`); with one behaviour every faulty client runs
+attack or inadvertent fault (`fedjax_robust.attacks.faults`); with one behaviour every faulty client runs
 it (the default). Faults act where they happen: on the client's data (`corrupt_data`, fixed per
 example and draw; `sample_weights`, a biased sample), on its update (`poison`), or on its
 presence (`presence`).

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from fedjax_robust import attacks
-from fedjax_robust import faults
+from fedjax_robust.attacks import faults
 from fedjax_robust import models
 from fedjax_robust import training
 from fedjax_robust.data import ClientData

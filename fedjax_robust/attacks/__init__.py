@@ -1,7 +1,7 @@
 """Byzantine attacks: model poisoning (replace Byzantine rows of `updates [n, d]`, possibly
 adaptively through the server's rule) and data poisoning (transform a Byzantine client's
 minibatch before its local gradient); the registry also builds the inadvertent faults of
-`fedjax_robust.faults` and parses mixed populations (`parse_population`)."""
+`fedjax_robust.attacks.faults` and parses mixed populations (`parse_population`)."""
 
 from fedjax_robust.attacks.base import Attack
 from fedjax_robust.attacks.base import honest_mean_and_std

@@ -11,7 +11,7 @@ An `Attack` acts in one or both of two places of a round:
   minibatch before its local gradient (label flipping, backdoor triggers); honest clients train
   on their true data. A backdoor also gives the `trigger` it stamps and its `target_label`, so
   the evaluation can report the backdoor success rate.
-- inadvertent faults (`fedjax_robust.faults`) may also act through `corrupt_data(key, x, y, idx)
+- inadvertent faults (`fedjax_robust.attacks.faults`) may also act through `corrupt_data(key, x, y, idx)
   -> (x, y)` (a fixed corruption of the client's examples `idx`, `key` fixed per client and
   draw), `sample_weights(y, valid) -> w` (a biased client samples its minibatches ∝ w), and
   `presence(key, faulty [n], round) -> present [n]` (absent clients send nothing).

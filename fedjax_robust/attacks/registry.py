@@ -13,8 +13,8 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from fedjax_robust import domains as D
-from fedjax_robust import faults
 from fedjax_robust.attacks import base
+from fedjax_robust.attacks import faults
 from fedjax_robust.errors import ConfigError
 from fedjax_robust.errors import close_matches
 from fedjax_robust.attacks import data_poisoning
@@ -90,7 +90,7 @@ _DATA_POISONING: dict[str, _Entry] = {
 
 
 def names() -> list[str]:
-  """Every attack and inadvertent fault (`fedjax_robust.faults`) by name."""
+  """Every attack and inadvertent fault (`fedjax_robust.attacks.faults`) by name."""
   return sorted(["none", *_MODEL_POISONING, *_DATA_POISONING, *faults.names()])
 
 
@@ -197,7 +197,7 @@ def get(name: str, *, num_classes: int | None,
         options: Mapping[str, Any] | None = None) -> base.Attack:
   """Builds the attack `name` with keyword `options` (e.g. ALIE's z, backdoor's target_label);
   `num_classes` None means real-valued targets (regression), which only the attacks that leave
-  the data alone accept. Inadvertent faults (`fedjax_robust.faults`) are built here too."""
+  the data alone accept. Inadvertent faults (`fedjax_robust.attacks.faults`) are built here too."""
   if name in faults.names():
     return faults.get(name, num_classes=num_classes, options=options)
   opts = {k: v for k, v in dict(options or {}).items()}
