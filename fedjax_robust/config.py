@@ -43,13 +43,23 @@ WORST_CASE_CRITERIA = worst_case.CRITERION_NAMES
 PERSONALIZATIONS = ("none", "personal_head")
 
 
-def _options_of(names, options_fn, none_types) -> ml_collections.ConfigDict:
+def _options_of(names, options_fn, domains_fn) -> ml_collections.ConfigDict:
   """Every registered name's keyword options with their defaults, so any can be overridden from
-  the command line (an option whose default is None becomes a placeholder of the given type)."""
-  return ml_collections.ConfigDict({
-      name: {k: (config_dict.placeholder(none_types[k]) if v is None else v)
-             for k, v in options_fn(name).items()}
-      for name in names})
+  the command line; an option whose default is None becomes a placeholder of its declared
+  domain's type (`domains_fn(name)[key].python_type`), so a new option needs no entry here."""
+  out = {}
+  for name in names:
+    domains, entry = domains_fn(name), {}
+    for key, value in options_fn(name).items():
+      if value is None:
+        if key not in domains:
+          raise TypeError(f"option {key!r} of {name!r} defaults to None but declares no domain: "
+                          "declare its Domain beside the registry entry (its type is the "
+                          "command-line placeholder's).")
+        value = config_dict.placeholder(domains[key].python_type)
+      entry[key] = value
+    out[name] = entry
+  return ml_collections.ConfigDict(out)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -68,8 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   # One or more comma-separated specs; '+' chains pre-aggregators before a rule.
   c.aggregator = "mean,trimmed_mean,geometric_median,nnm+trimmed_mean"
   c.aggregator_options = _options_of(aggregators.names(), aggregators.options,
-                                     {"m": int, "prior_honest": tuple, "clusters": tuple,
-                                      "f_clusters": int, "prior_coupling": tuple})
+                                     aggregators.option_domains)
   # Centered clipping's τ as the published code gives it (Karimireddy et al. clip momentum
   # buffers m = βm + g; τ = 10 there): converted to this simulator's update units at build time
   # (τ·client_lr·(1 − β)·local_steps: 0.5 in the default job). In update units, τ = 10 clipped
@@ -80,14 +89,13 @@ def base_config() -> ml_collections.ConfigDict:
   # behaviour k with probability π_k, drawn once per draw; see attacks.parse_population).
   c.attack = "alie"
   # ALIE's z: None or nan (settable from the command line) means z from n and the realized b.
-  c.attack_options = _options_of(attacks.names(), attacks.options,
-                                 {"z": float, "matrix": tuple, "boost": float})
+  c.attack_options = _options_of(attacks.names(), attacks.options, attacks.option_domains)
   # μ_H: one of honest_sets.names(), or "worst_case" (the worst subset of size n − f).
   c.honest_set = "bernoulli"
   c.honest_set_options = _options_of(
       honest_sets.names(), lambda name: {**honest_sets.options(name),
                                          **_REQUIRED_HONEST_SET_DEFAULTS.get(name, {})},
-      {"weights": tuple, "assignment": tuple})
+      honest_sets.option_domains)
   c.honest_set_options.bernoulli.p_per_client = config_dict.placeholder(tuple)
   c.honest_set_options.worst_case = ml_collections.ConfigDict({
       # The worst case: max over |S| = n − f of the mean of `criterion` over `seeds` trainings

@@ -45,6 +45,17 @@ class Domain:
   note: str = ""
   alternatives: tuple["Domain", ...] = ()   # kind "either": inside any of these
 
+  @property
+  def python_type(self) -> type:
+    """The Python type of the values: a command-line placeholder's type for an option whose
+    default is None (`config.base_config`). "either" needs alternatives of one type."""
+    if self.kind == "either":
+      types = {a.python_type for a in self.alternatives}
+      if len(types) != 1:
+        raise TypeError(f"a domain '{self.describe()}' has no single Python type")
+      return types.pop()
+    return {"int": int, "float": float, "bool": bool, "str": str, "tuple": tuple}[self.kind]
+
   def describe(self) -> str:
     if self.kind == "either":
       return " or ".join(a.describe() for a in self.alternatives)

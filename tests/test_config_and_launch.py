@@ -191,3 +191,25 @@ def test_launcher_rejects_a_key_that_does_not_exist(tmp_path):
   out = run_launcher(tmp_path, "--config.aggregatr=mean")
   assert out.returncode != 0
   assert "aggregatr" in out.stderr
+
+
+def test_a_new_option_defaulting_to_none_needs_only_its_declared_domain(monkeypatch):
+  """Issue 30: a new registry option whose default is None broke base_config() with a bare
+  KeyError until its type was added by hand in config.py. Its placeholder's type now comes from
+  its declared domain; an option without a domain is named in the error."""
+  from fedjax_robust import aggregators  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import domains as D  # pylint: disable=g-import-not-at-top
+  options, option_domains = aggregators.options, aggregators.option_domains
+  monkeypatch.setattr(aggregators, "options", lambda name: {
+      **options(name), **({"new_knob": None} if name == "trimmed_mean" else {})})
+  monkeypatch.setattr(aggregators, "option_domains", lambda name: {
+      **option_domains(name),
+      **({"new_knob": D.Domain("float", optional=True)} if name == "trimmed_mean" else {})})
+  c = config_lib.base_config()
+  assert c.aggregator_options.trimmed_mean.new_knob is None
+  c.aggregator_options.trimmed_mean.new_knob = 0.5  # a float placeholder takes a float
+  with pytest.raises(TypeError):
+    c.aggregator_options.trimmed_mean.new_knob = "x"
+  monkeypatch.setattr(aggregators, "option_domains", option_domains)  # no domain declared
+  with pytest.raises(TypeError, match="'new_knob' of 'trimmed_mean' defaults to None"):
+    config_lib.base_config()
