@@ -224,7 +224,7 @@ def quantile_f(c, mu_h: str) -> int:
   """The f of the @quantile_f rules under the setting's law: its (1 − δ)-quantile of b."""
   config = sweep.apply_overrides(c.base, {**mu_h_overrides(mu_h), "server_prior.kind": "mu_h",
                                           "server_prior.declared_f": "quantile"})
-  return int(server_prior.resolve(config)[0].f)
+  return int(config_lib.resolve_server_prior(config)[0].f)
 
 
 def classic_candidates(c, rule: str, quantile: int | None) -> list[tuple[str, dict]]:

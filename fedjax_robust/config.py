@@ -428,6 +428,44 @@ def honest_set_spec(config) -> dict[str, Any]:
   return {"name": config.honest_set, **opts}
 
 
+def server_prior_spec(config) -> dict[str, Any] | None:
+  """The honest_sets spec of the server's prior (`config.server_prior`; None for kind 'none'),
+  misspecified by its `scale` and `permuted` (`server_prior.prior_law`)."""
+  prior = config.server_prior
+  law = None
+  if prior.kind == "mu_h":
+    if config.honest_set == "worst_case":
+      raise ConfigError("server_prior.kind='mu_h' needs a random μ_H; honest_set='worst_case' is "
+                        "not a law. Allowed: kind='marginals' or 'none' with the worst case.")
+    law = dict(honest_set_spec(config))
+    if config.honest_set in honest_sets.GRAPH_BASED:
+      if config.graph.kind == "data_similarity":
+        raise ConfigError(
+            "server_prior.kind='mu_h' with a graph law needs the graph before the data is "
+            "loaded; graph.kind='data_similarity' is built from the data. Allowed: another "
+            "graph.kind, or server_prior.kind='marginals'.")
+      law["adjacency"] = make_adjacency(config)
+  return server_prior.prior_law(prior.kind, config.num_clients,
+                                p_per_client=prior.p_per_client, law=law, scale=prior.scale,
+                                permuted=prior.permuted)
+
+
+def resolve_server_prior(config):
+  """The config the run uses (f replaced by the prior's quantile when
+  `server_prior.declared_f='quantile'`) and the prior's description for the log and the summary
+  (`server_prior.resolve`; None for kind 'none')."""
+  prior = config.server_prior
+  if prior.kind == "none":
+    return config, None
+  info = server_prior.resolve(server_prior_spec(config), config.num_clients, config.f,
+                              kind=prior.kind, scale=prior.scale, declared_f=prior.declared_f,
+                              delta=prior.delta, weights=prior.weights)
+  if "f" in info:
+    config = config.copy_and_resolve_references()
+    config.f = info["f"]
+  return config, info
+
+
 def label_distributions(fed: data_lib.FederatedData) -> np.ndarray:
   """Each client's label histogram, normalized, `[n, C]` (classification data only)."""
   y = np.asarray(fed.train.y)
@@ -832,7 +870,7 @@ def _validate_server_prior(config, specs) -> None:
           "prior; server_prior.kind='none'. Allowed: kind 'mu_h' or 'marginals' with them, or "
           "declared_f='config' and weights='none'.")
     return
-  _, info = server_prior.resolve(config)
+  _, info = resolve_server_prior(config)
   if prior.weights != "none":
     for spec in specs:
       try:
@@ -918,7 +956,7 @@ def aggregator_options(config) -> dict[str, dict[str, Any]]:
   update units (derivation: `aggregators.clipping.published_tau_in_update_units`)."""
   options = config.aggregator_options.to_dict()
   stages = [s.strip() for spec in aggregator_specs(config) for s in spec.split("+")]
-  law = server_prior.spec(config) if config.server_prior.kind != "none" else None
+  law = server_prior_spec(config)
   pf = options.get("posterior_filter", {})
   if law is not None and pf and "posterior_filter" in stages:
     if pf.get("prior_honest") is not None:
@@ -1000,7 +1038,7 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
   mixed = len(behaviours) > 1
   prior_weights = None
   if config.server_prior.kind != "none" and config.server_prior.weights != "none":
-    prior_weights = server_prior.client_weights(server_prior.spec(config), config.num_clients,
+    prior_weights = server_prior.client_weights(server_prior_spec(config), config.num_clients,
                                                 config.server_prior.weights)
   aggregator = aggregators.get(
       spec, f=config.f, options=aggregator_options(config),

@@ -1127,7 +1127,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     check_workdir(workdir)
   # The server's prior (config.server_prior): the f it declares, when the prior's quantile sets
   # it, replaces config.f for everything below (rules, worst case, tables), and says so.
-  config, prior_info = server_prior.resolve(config)
+  config, prior_info = config_lib.resolve_server_prior(config)
   if prior_info:
     log(server_prior.describe(prior_info))
   fed = config_lib.make_data(config)

@@ -57,34 +57,26 @@ PERMUTATION_SEED = 0
 COUPLING_Z = 3.0
 
 
-def spec(config) -> dict[str, Any] | None:
-  """The honest_sets spec of the server's prior (None for kind 'none'), misspecified by
-  `scale`."""
-  prior = config.server_prior
-  n = config.num_clients
-  if prior.kind == "none":
+def prior_law(kind: str, num_clients: int, *, p_per_client=None,
+              law: dict[str, Any] | None = None, scale: float = 1.0,
+              permuted: bool = False) -> dict[str, Any] | None:
+  """The honest_sets spec of the server's prior (None for kind 'none'): for 'marginals'
+  independent corruption with `p_per_client`, for 'mu_h' the `law` that draws the honest sets
+  (its adjacency included for a graph law); misspecified by `scale` and `permuted`. The job
+  layer reads these from the config (`config.server_prior_spec`)."""
+  n = num_clients
+  if kind == "none":
     return None
-  if prior.kind == "marginals":
-    if prior.p_per_client is None or len(prior.p_per_client) != n:
+  if kind == "marginals":
+    if p_per_client is None or len(p_per_client) != n:
       raise ConfigError(f"server_prior.kind='marginals' needs server_prior.p_per_client with one "
-                        f"probability per client ({n}), got {prior.p_per_client!r}.")
-    out = {"name": "bernoulli", "p": tuple(float(p) for p in prior.p_per_client)}
+                        f"probability per client ({n}), got {p_per_client!r}.")
+    out = {"name": "bernoulli", "p": tuple(float(p) for p in p_per_client)}
   else:
-    if config.honest_set == "worst_case":
-      raise ConfigError("server_prior.kind='mu_h' needs a random μ_H; honest_set='worst_case' is "
-                        "not a law. Allowed: kind='marginals' or 'none' with the worst case.")
-    from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
-    out = dict(config_lib.honest_set_spec(config))
-    if config.honest_set in honest_sets.GRAPH_BASED:
-      if config.graph.kind == "data_similarity":
-        raise ConfigError(
-            "server_prior.kind='mu_h' with a graph law needs the graph before the data is "
-            "loaded; graph.kind='data_similarity' is built from the data. Allowed: another "
-            "graph.kind, or server_prior.kind='marginals'.")
-      out["adjacency"] = config_lib.make_adjacency(config)
-  if prior.scale != 1.0:
-    out = _scaled(out, prior.scale)
-  if prior.permuted:
+    out = dict(law)
+  if scale != 1.0:
+    out = _scaled(out, scale)
+  if permuted:
     out = _permuted(out, n)
   return out
 
@@ -209,29 +201,26 @@ def client_weights(law: dict[str, Any], num_clients: int, kind: str) -> np.ndarr
   return w / np.sum(w)
 
 
-def resolve(config) -> tuple[Any, dict[str, Any] | None]:
-  """The config the run uses (f replaced by the prior's quantile when `declared_f='quantile'`)
-  and a description of the prior for the log and the summary (None for kind 'none')."""
-  prior = config.server_prior
-  if prior.kind == "none":
-    return config, None
-  law = spec(config)
-  n = config.num_clients
-  info: dict[str, Any] = {"kind": prior.kind, "law": law, "scale": float(prior.scale),
-                          "declared_f": prior.declared_f, "weights": prior.weights}
-  if prior.declared_f == "quantile":
-    f, exact, coverage = quantile_f(law, n, prior.delta)
-    if 2 * f >= n:
+def resolve(law: dict[str, Any], num_clients: int, f: int, *, kind: str, scale: float,
+            declared_f: str, delta: float, weights: str) -> dict[str, Any]:
+  """What the prior `law` makes of the run, for the log and the summary: with `declared_f =
+  'quantile'` the rules' f (key "f": the (1 − δ)-quantile of b under it; the config's `f`
+  kept as "f_from_config"), with `weights` the client weights. The job layer applies "f"
+  (`config.resolve_server_prior`)."""
+  n = num_clients
+  info: dict[str, Any] = {"kind": kind, "law": law, "scale": float(scale),
+                          "declared_f": declared_f, "weights": weights}
+  if declared_f == "quantile":
+    quantile, exact, coverage = quantile_f(law, n, delta)
+    if 2 * quantile >= n:
       raise ConfigError(
-          f"server_prior: the {1 - prior.delta:g}-quantile of b under the prior is f={f}, which "
-          f"leaves no honest majority (n={n}); allowed: a prior or δ giving f < n/2.")
-    info.update({"f": f, "f_from_config": int(config.f), "delta": float(prior.delta),
+          f"server_prior: the {1 - delta:g}-quantile of b under the prior is f={quantile}, "
+          f"which leaves no honest majority (n={n}); allowed: a prior or δ giving f < n/2.")
+    info.update({"f": quantile, "f_from_config": int(f), "delta": float(delta),
                  "law_of_b_exact": exact, "p_b_le_f": coverage})
-    config = config.copy_and_resolve_references()
-    config.f = f
-  if prior.weights != "none":
-    info["client_weights"] = client_weights(law, n, prior.weights).tolist()
-  return config, info
+  if weights != "none":
+    info["client_weights"] = client_weights(law, n, weights).tolist()
+  return info
 
 
 def describe(info: dict[str, Any] | None) -> str:

@@ -139,18 +139,18 @@ def test_permuted_prior_relabels_the_clients():
   c.honest_set_options.bernoulli.p_per_client = p
   c.server_prior.kind = "mu_h"
   c.server_prior.permuted = True
-  law = server_prior.spec(c)
+  law = config_lib.server_prior_spec(c)
   np.testing.assert_allclose(law["p"], np.asarray(p)[perm])
   exact = server_prior.quantile_f({"name": "bernoulli", "p": p}, n, 0.05)
   assert server_prior.quantile_f(law, n, 0.05) == exact     # the law of b is unchanged
   c.honest_set = "clusters"
   c.honest_set_options.clusters.num_clusters = 3
   ids = honest_sets.cluster_assignment(n, 3, None)
-  np.testing.assert_array_equal(server_prior.spec(c)["assignment"], ids[perm])
+  np.testing.assert_array_equal(config_lib.server_prior_spec(c)["assignment"], ids[perm])
   c.honest_set = "graph_copula"
   c.graph.kind = "ring"
   a = graphs.ring(n)
-  np.testing.assert_array_equal(server_prior.spec(c)["adjacency"], a[np.ix_(perm, perm)])
+  np.testing.assert_array_equal(config_lib.server_prior_spec(c)["adjacency"], a[np.ix_(perm, perm)])
 
 
 def test_scaled_graph_priors_and_data_similarity_refused():
@@ -160,15 +160,15 @@ def test_scaled_graph_priors_and_data_similarity_refused():
   c.honest_set_options.graph_copula.p = 0.3
   c.server_prior.kind = "mu_h"
   c.server_prior.scale = 2.0
-  law = server_prior.spec(c)
+  law = config_lib.server_prior_spec(c)
   assert law["p"] == pytest.approx(0.6)
   p, exact = server_prior.marginals(law, c.num_clients)
   assert exact and np.allclose(p, 0.6)
   c.server_prior.scale = 4.0
-  assert server_prior.spec(c)["p"] == 1.0                    # clipped to a probability
+  assert config_lib.server_prior_spec(c)["p"] == 1.0                    # clipped to a probability
   c.graph.kind = "data_similarity"
   with pytest.raises(ConfigError, match="data_similarity"):
-    server_prior.spec(c)
+    config_lib.server_prior_spec(c)
 
 
 def test_cluster_quantile_with_a_median_inner_counts_faulty_halves():
@@ -220,7 +220,7 @@ def test_the_config_fills_couplings_and_communities_from_a_graph_prior():
   config_lib.validate(c)
   options = config_lib.aggregator_options(c)
   j = np.asarray(options["posterior_filter"]["prior_coupling"])
-  np.testing.assert_allclose(j, server_prior.coupling(server_prior.spec(c), 12))
+  np.testing.assert_allclose(j, server_prior.coupling(config_lib.server_prior_spec(c), 12))
   assert np.all(j[:4, :4][~np.eye(4, dtype=bool)] > 0) and np.all(j[:4, 4:] == 0)
   assert options["cluster_aggregate"]["clusters"] == tuple(np.repeat([0, 1, 2], 4))
   c.aggregator_options.posterior_filter.coupling = "none"

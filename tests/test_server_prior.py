@@ -44,17 +44,17 @@ def _config(**prior):
 
 def test_resolve_replaces_f_by_the_quantile_and_says_so():
   c = _config(kind="mu_h", declared_f="quantile", delta=0.05)
-  resolved, info = server_prior.resolve(c)
+  resolved, info = config_lib.resolve_server_prior(c)
   law = np.cumsum(_binomial(25, 0.15))
   assert resolved.f == int(np.argmax(law >= 0.95)) == info["f"] == 7
   assert c.f == 5 and info["f_from_config"] == 5        # the caller's config is not changed
   assert "declared f = 7, the 0.95-quantile of b" in server_prior.describe(info)
   # Misspecified ×2: the prior believes p = 0.3.
-  resolved, info = server_prior.resolve(_config(kind="mu_h", declared_f="quantile", scale=2.0))
+  resolved, info = config_lib.resolve_server_prior(_config(kind="mu_h", declared_f="quantile", scale=2.0))
   assert info["law"]["p"] == pytest.approx(0.3)
   assert resolved.f == int(np.argmax(np.cumsum(_binomial(25, 0.3)) >= 0.95))
   # A prior that is not used leaves the config alone.
-  same, info = server_prior.resolve(config_lib.base_config())
+  same, info = config_lib.resolve_server_prior(config_lib.base_config())
   assert info is None and same.f == 5
 
 
