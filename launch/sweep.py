@@ -17,7 +17,10 @@ point starts from, `grid`, its axes, and `plot`, the tags to plot: x, series, st
 points(config) (a list of sweep.Point; read each grid axis with sweep.as_list(value, cast) so
 comma-separated overrides work). It may define plot_note(config), a sentence appended to the
 plots' titles (e.g. how f and each μ_H's parameters follow the swept rate); the titles also say
-the attack and its options, S, rounds, n and the declared f per value of the plot's x.
+the attack and its options, S, rounds, n and the declared f per value of the plot's x. A sweep's
+own analysis, run after the generic tables and plots, lives in the report layer under the
+config's name: configs/sweep_<name>.py -> fedjax_robust/report/sweeps/<name>.py
+(`report.sweeps.for_config`).
 """
 
 import importlib.util
@@ -34,6 +37,7 @@ from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-im
 from fedjax_robust import evaluation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust.report import sweeps as report_sweeps  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(ROOT, "configs", "sweep_core.py")
 _CONFIG = errors.define_config_flag(
@@ -50,11 +54,18 @@ _START = sharding.define_flags()
 
 
 def _sweep_module(path: str, config):
-  """The sweep config file's module; a file that is not a sweep config (no points(config), or a
-  get_config() without `base`, `grid` and `plot`) is a ConfigError."""
-  spec = importlib.util.spec_from_file_location("sweep_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  """The sweep config file's module: a file of configs/ is imported as configs.<name>, the module
+  its report reads (`report.sweeps.for_config`; what points() records there, e.g. the refused
+  points, is then the report's to read), any other file is loaded from its path. A file that is
+  not a sweep config (no points(config), or a get_config() without `base`, `grid` and `plot`) is
+  a ConfigError."""
+  folder, name = os.path.split(os.path.realpath(path))
+  if folder == os.path.realpath(os.path.join(ROOT, "configs")) and name.endswith(".py"):
+    module = importlib.import_module(f"configs.{name[:-len('.py')]}")
+  else:
+    spec = importlib.util.spec_from_file_location("sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
   missing = [k for k in ("base", "grid", "plot") if k not in config]
   if not hasattr(module, "points") or missing:
     raise errors.ConfigError(
@@ -127,8 +138,9 @@ def main(_):  # errors.run_main refuses positional arguments
     paths += sweep.plot_theory(
         rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
         style=config.plot.style, subtitle=subtitle, log=log, worst_criterion=criterion)
-  if hasattr(module, "report"):  # a sweep's own analysis (e.g. configs/sweep_mu_aware.py)
-    paths += module.report(config, rows, _WORKDIR.value, set(ids), log=log)
+  report = report_sweeps.for_config(module.__name__)
+  if report is not None:  # the sweep's own analysis (e.g. fedjax_robust/report/sweeps/mu_aware.py)
+    paths += report(config, rows, _WORKDIR.value, set(ids), log=log)
   print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.csv')}, timings.csv, points/<id>.json"
         + (", comparisons.csv" if compared else "") +
         "".join(f", {os.path.basename(p)}"

@@ -3,15 +3,12 @@ unbiasedness by Monte Carlo CIs), bits by formula, error feedback's bookkeeping,
 projection, the majority vote, aggregation in the shared k-space against d-space, and the switch
 off leaving today's numbers unchanged."""
 
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.stats
 
 from conftest import tiny_config
 from fedjax_robust import aggregators
@@ -348,51 +345,10 @@ def test_dp_sgd_on_the_sent_coordinates_clips_and_noises_only_them():
   assert abs(noisy[:, coords].std() - 1.0) < 0.02  # σC = 1 on 20,000 values
 
 
-def _dp_dimension_pair(tmp_path, acc, identical=0):
-  """The point files and rows of one line of configs/sweep_dp_dimension.py at one d: privacy
-  (p1) and its no-privacy control (p0), held-out accuracies `acc[pid]` over 4 draws."""
-  from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
-  os.makedirs(tmp_path / "points")
-  rows = []
-  for pid, setting in (("p0", "no_dp"), ("p1", "dp")):
-    tags = {"task": "digits", "d": "985", "setting": setting, "rule": "mean",
-            "line": f"digits:{setting}"}
-    sweep.save_point(sweep.point_path(str(tmp_path), pid), tags=json.dumps(tags),
-                     num_byzantine=np.array([1, 2, 0, 3]), honest_masks=np.ones((4, 5), bool),
-                     final_honest_holdout_accuracy=acc[pid])
-    with open(sweep.config_path(str(tmp_path), pid), "w") as fh:
-      json.dump({"config": {"privacy": {"kind": setting}, "seed": 0}}, fh)
-    rows += [{**tags, "point": pid, "metric": m, "statistic": st, "value": v}
-             for m, st, v in [("honest_holdout_accuracy", "mean", acc[pid].mean()),
-                              ("honest_holdout_accuracy", "mean_ci_low", acc[pid].mean() - 0.1),
-                              ("honest_holdout_accuracy", "mean_ci_high", acc[pid].mean() + 0.1),
-                              ("honest_holdout_accuracy", "identical", identical),
-                              ("diverged", "share", 0.125 if pid == "p1" else 0.0)]]
-  return rows
-
-
-def test_the_d_sweep_reports_identical_draws_as_exact_values(tmp_path):
-  """Issue 35, item 3, in the d sweep's own report: draws that are copies of one run (p0, p1
-  each one value) printed a CI of them and a paired-t CI of '+nan'; they read '(exact)§' and
-  'deterministic§' with the footnotes."""
-  from configs import sweep_dp_dimension as dim  # pylint: disable=g-import-not-at-top
-  acc = {"p0": np.full(4, 0.875), "p1": np.full(4, 0.625)}
-  logs = []
-  dim.report(dim.get_config(), _dp_dimension_pair(tmp_path, acc, identical=1), str(tmp_path),
-             {"p0", "p1"}, log=logs.append)
-  line = next(l for l in logs if l.startswith("digits") and " dp " in l)
-  assert line.split("d=")[1].strip() == ("985: 0.375 (exact)§ (Δ +0.25 deterministic§) (12% "
-                                         "diverged)"), line
-  text = "\n".join(logs)
-  assert "nan" not in text and results.EXACT_NOTE in text
-  assert results.deterministic_note(True) in text
-
-
-def test_the_d_sweep_names_the_real_d_and_reports_error_with_its_divergence(tmp_path):
+def test_the_d_sweep_names_the_real_d():
   """configs/sweep_dp_dimension.py: every line at every size is a valid config; `d` is the model's
-  parameter count (what a client sends); the fixed-k line sends K_FIXED <= d coordinates; the
-  report turns held-out accuracy into error (CI bounds swapped) and carries the diverged share."""
-  import csv  # pylint: disable=g-import-not-at-top
+  parameter count (what a client sends); the fixed-k line sends K_FIXED <= d coordinates (its
+  report: tests/test_report_sweeps.py)."""
   from configs import sweep_dp_dimension as dim  # pylint: disable=g-import-not-at-top
   from fedjax_robust import models  # pylint: disable=g-import-not-at-top
   from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
@@ -417,76 +373,3 @@ def test_the_d_sweep_names_the_real_d_and_reports_error_with_its_divergence(tmp_
     assert sizes[key] == p.tags["d"], (key, p.tags)
     if p.tags["setting"] == "dp+shared_random_k_fixed":
       assert pc.compression.k == dim.K_FIXED <= p.tags["d"]
-  # Two points of one line at one d: privacy (p1) and its no-privacy control (p0), 4 draws.
-  acc = {"p0": np.array([0.9, 0.8, 0.85, 0.95]), "p1": np.array([0.7, 0.5, 0.75, 0.85])}
-  rows = _dp_dimension_pair(tmp_path, acc)
-  dim.report(c, rows, str(tmp_path), {"p0", "p1"}, log=lambda *_: None)
-  got = {r["setting"]: r for r in csv.DictReader(open(tmp_path / "dp_dimension.csv"))}
-  assert [float(got["dp"][k]) for k in ("error", "error_ci_low", "error_ci_high",
-                                         "diverged_share")] == pytest.approx([0.3, 0.2, 0.4, 0.125])
-  # Privacy's cost in error = −(accuracy difference), its paired-t CI with bounds swapped.
-  diff = acc["p0"] - acc["p1"]
-  half = scipy.stats.t.ppf(0.975, 3) * diff.std(ddof=1) / 2
-  assert [float(got["dp"][k]) for k in ("dp_excess", "dp_excess_ci_low", "dp_excess_ci_high")
-          ] == pytest.approx([diff.mean(), diff.mean() - half, diff.mean() + half])
-  assert got["no_dp"]["dp_excess"] == "nan"
-  assert (tmp_path / "dp_error_vs_dimension.png").stat().st_size > 0
-
-
-def test_the_d_sweep_plot_title_is_inside_the_figure_with_one_task(tmp_path, monkeypatch):
-  """dp_error_vs_dimension.png with one task (`--config.grid.tasks=synthetic`) is one panel wide:
-  its title, wrapped to that width, must lie inside the figure as saved (it was one line per
-  sentence, wider than the figure and cut on both sides: 'ivacy (solid), …')."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from configs import sweep_dp_dimension as dim  # pylint: disable=g-import-not-at-top
-  figures = []
-  monkeypatch.setattr(plt, "close", figures.append)  # keep the figure as it was saved
-  entries = [{"task": "synthetic", "d": d, "setting": setting, "rule": "trimmed_mean",
-              "error": 1.0 + d / 1e5, "error_ci_low": 0.9, "error_ci_high": 1.2 + d / 1e5,
-              "diverged_share": 0.0, "dp_excess": 0.1 if setting == "dp" else math.nan,
-              "dp_excess_ci_low": 0.05, "dp_excess_ci_high": 0.15, "dp_excess_pairs": 8}
-             for d in (100, 1000) for setting in ("dp", "no_dp")]
-  path = dim._plot(entries, str(tmp_path), dim.plot_note(dim.get_config()))  # pylint: disable=protected-access
-  assert os.path.getsize(path) > 0 and len(figures) == 1
-  fig = figures[0]
-  fig.canvas.draw()
-  title = fig._suptitle  # pylint: disable=protected-access
-  inside = title.get_window_extent().transformed(fig.transFigure.inverted())
-  assert inside.x0 >= 0 and inside.y0 >= 0 and inside.x1 <= 1 and inside.y1 <= 1, inside
-  assert "Privacy (solid)" in title.get_text()
-  with open(sweep.caption_path(path), encoding="utf-8") as fh:  # the details: in the caption
-    assert "ALIE z = 3" in fh.read()
-
-
-def test_the_privacy_compression_table_has_a_column_per_rule_that_ran(tmp_path):
-  """configs/sweep_dp_compression.py with `--config.grid.rules=trimmed_mean`: the report's
-  columns are the rules that ran (it printed a `nan [nan, nan]` column for NNM + trimmed mean,
-  which never ran)."""
-  import csv  # pylint: disable=g-import-not-at-top
-  from configs import sweep_dp_compression as dpc  # pylint: disable=g-import-not-at-top
-  from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
-  c = dpc.get_config()
-  c.grid.rules = ("trimmed_mean",)
-  points = dpc.points(c)
-  os.makedirs(tmp_path / "points")
-  rows = []
-  for i, p in enumerate(points[:2]):  # (none, none) and (none, top_k)
-    pid = f"p{i}"
-    with open(sweep.config_path(str(tmp_path), pid), "w") as fh:
-      json.dump({"config": {}, **({"compression": {"bits_per_round": 1e4,
-                                                  "uncompressed_bits_per_round": 1e5}}
-                                 if i else {})}, fh)
-    rows += [{**p.tags, "point": pid, "metric": "honest_holdout_accuracy", "statistic": st,
-              "value": v} for st, v in (("mean", 0.9 - i / 10), ("mean_ci_low", 0.85 - i / 10),
-                                        ("mean_ci_high", 0.95 - i / 10))]
-  logs = []
-  dpc.report(c, rows, str(tmp_path), {"p0", "p1"}, log=logs.append)
-  with open(tmp_path / "dp_compression.csv") as fh:
-    table = list(csv.DictReader(fh))
-  assert [k for k in table[0] if k.endswith("_mean")] == ["trimmed_mean_mean"]
-  assert [float(t["trimmed_mean_mean"]) for t in table] == pytest.approx([0.9, 0.8])
-  printed = "\n".join(logs)
-  assert "nnm+trimmed_mean" not in printed and "nan" not in printed
-  assert "90.00 [ 85.00,  95.00]" in printed and "80.00 [ 75.00,  85.00]" in printed

@@ -1,17 +1,14 @@
 """configs/sweep_mu_aware.py (issue 35, item 9): the classic rules' f and key option are tuned
-on draws of their own (another seed), every rule is then compared on common evaluation draws,
-the best classic rule is the best on the tuning draws, and the table says which f each rule ran.
+on draws of their own (another seed), and every rule is then compared on common evaluation
+draws; the report (the best classic rule is the best on the tuning draws, the table says which f
+each rule ran) is tested in tests/test_report_sweeps.py.
 """
-
-import json
-import os
 
 import numpy as np
 import pytest
 
 from configs import sweep_mu_aware
 from fedjax_robust import experiment
-from fedjax_robust import results
 from fedjax_robust import sweep
 from fedjax_robust.errors import ConfigError
 
@@ -79,113 +76,6 @@ def test_the_worst_case_block_keeps_the_declared_f():
   assert labels == {(b, r) for b in ("worst", "tune") for r in (
       "trimmed_mean[f=5]", "bucketing+geometric_median[s=2]",
       "bucketing+geometric_median[s=3]")}
-
-
-# Hand-made points of one setting (digits α = 1, ALIE, independent): label -> (f the record's
-# resolved config holds, per-draw values on the tuning draws or None, on the evaluation draws).
-# On the tuning draws trimmed_mean is best at f = 5 and is the best classic rule; on the
-# evaluation draws trimmed_mean at f = 3 and the geometric median would be.
-_TUNE_DRAWS = np.array([0.93, 0.95, 0.97, 0.95])     # means below: 0.90, 0.93, 0.95, 0.94
-_EVAL_DRAWS = np.array([0.90, 0.92, 0.90, 0.92])
-POINTS = {
-    "mean": (5, _TUNE_DRAWS - 0.05, _EVAL_DRAWS - 0.11),
-    "trimmed_mean[f=3]": (3, _TUNE_DRAWS - 0.02, _EVAL_DRAWS + 0.06),
-    "trimmed_mean[f=5]": (5, _TUNE_DRAWS, _EVAL_DRAWS),
-    "geometric_median": (5, _TUNE_DRAWS - 0.01, _EVAL_DRAWS + np.array([0.05, 0.04, 0.06, 0.05])),
-    "trimmed_mean@quantile_f": (6, None, _EVAL_DRAWS + np.array([0.01, 0.0, 0.02, 0.01])),
-}
-
-
-@pytest.fixture
-def hand_made(tmp_path):
-  c = small_config(("mean", "trimmed_mean", "geometric_median", "trimmed_mean@quantile_f"))
-  workdir = str(tmp_path)
-  os.makedirs(tmp_path / "points")
-  eval_masks = np.ones((4, 25), bool)
-  eval_masks[:, :3] = False
-  tune_masks = np.ones((4, 25), bool)
-  tune_masks[:, 20:24] = False
-  rows, ids = [], set()
-  for label, (f, tune_values, eval_values) in POINTS.items():
-    for block, values, masks in (("tune", tune_values, tune_masks),
-                                 ("main", eval_values, eval_masks)):
-      if values is None:
-        continue
-      pid = f"{block}-{label}"
-      aggregator = label.split("[")[0].split("@")[0]
-      tags = {"block": block, "task": "digits_a1", "threat": "alie", "mu_H": "independent",
-              "prior": "correct", "rule": label}
-      sweep.save_point(sweep.point_path(workdir, pid), tags=json.dumps(tags),
-                       num_byzantine=(~masks).sum(1), honest_masks=masks,
-                       **{f"final_{METRIC}": values})
-      with open(sweep.config_path(workdir, pid), "w") as fh:
-        json.dump({"config": {"aggregator": aggregator, "f": f}}, fh)
-      rows += [{"point": pid, **tags, "metric": METRIC, "statistic": "mean",
-                "value": float(np.mean(values))},
-               {"point": pid, **tags, "metric": METRIC, "statistic": "cvar90",
-                "value": float(np.min(values))}]
-      ids.add(pid)
-  logs = []
-  paths = sweep_mu_aware.report(c, rows, workdir, ids, log=logs.append)
-  with open(os.path.join(workdir, "mu_aware_gains.csv")) as fh:
-    header, *lines = [line.rstrip("\n").split(",") for line in fh]
-  table = {line[header.index("rule")]: dict(zip(header, line)) for line in lines}
-  return table, "\n".join(logs), paths
-
-
-def test_the_best_classic_rule_is_the_best_on_the_tuning_draws(hand_made):
-  table, _, _ = hand_made
-  # Every rule is compared with trimmed_mean at f = 5 (best on the tuning draws, 0.95), not with
-  # trimmed_mean at f = 3 or the geometric median (better on the evaluation draws).
-  assert {t["best_classic"] for t in table.values()} == {"trimmed_mean"}
-  assert {t["best_classic_f"] for t in table.values()} == {"5"}
-  # trimmed_mean runs its f tuned on the tuning draws (5), not the evaluation draws' best (3).
-  assert set(table) == {"mean", "trimmed_mean", "geometric_median", "trimmed_mean@quantile_f"}
-  assert table["trimmed_mean"]["f"] == "5"
-  assert table["mean"]["f"] == table["geometric_median"]["f"] == ""   # they take no f
-  # The differences are over the evaluation draws, paired, against trimmed_mean at f = 5.
-  reference = POINTS["trimmed_mean[f=5]"][2]
-  for rule, label in (("geometric_median", "geometric_median"), ("mean", "mean"),
-                      ("trimmed_mean@quantile_f", "trimmed_mean@quantile_f")):
-    assert float(table[rule]["gain"]) == pytest.approx(np.mean(POINTS[label][2] - reference))
-    assert float(table[rule]["mean"]) == pytest.approx(np.mean(POINTS[label][2]))
-    assert table[rule]["same_draws"] == "True"
-  # The classic rules' tuning means are the tuning draws' (the prior rule was not tuned).
-  assert float(table["trimmed_mean"]["tuning_mean"]) == pytest.approx(0.95)
-  assert float(table["geometric_median"]["tuning_mean"]) == pytest.approx(0.94)
-  assert table["trimmed_mean@quantile_f"]["tuning_mean"] == ""
-  # A classic rule may now beat the best classic rule on the evaluation draws.
-  assert float(table["geometric_median"]["gain"]) > 0
-
-
-def test_the_printed_table_says_each_rules_f(hand_made):
-  _, text, _ = hand_made
-  lines = {line.split()[4]: line for line in text.splitlines()
-           if line.startswith("main ") and len(line.split()) > 5}
-  assert set(lines) == {"mean", "trimmed_mean", "geometric_median", "trimmed_mean@quantile_f"}
-  assert lines["trimmed_mean"].split()[5] == "f=5"
-  assert lines["trimmed_mean@quantile_f"].split()[5] == "f=6"   # the prior's quantile
-  assert lines["mean"].split()[5] == lines["geometric_median"].split()[5] == "–"  # no f
-  assert all("vs trimmed_mean f=5" in line for line in lines.values())
-  assert lines["trimmed_mean"].endswith("(itself)")   # no difference of a rule from itself
-  assert "picked on the tuning draws" in text
-  # The tuning is printed: every classic rule's candidates with their tuning means, the pick
-  # marked.
-  assert "trimmed_mean: f=3 93.00, f=5 95.00*" in text
-
-
-def test_a_difference_without_variance_reads_deterministic_and_counts_by_its_sign(hand_made):
-  """Issue 35, item 3, in this sweep's own report: the mean is 0.11 below the best classic rule
-  in every draw (a difference without variance). It printed '[  +nan,   +nan]' and counted as a
-  tie; it reads '-11.00 deterministic§' with the footnote, and counts as a loss."""
-  table, log, _ = hand_made
-  assert table["mean"]["deterministic"] == "True"
-  line = next(l for l in log.splitlines() if l.split()[:5] == ["main", "digits_a1", "alie",
-                                                              "independent", "mean"])
-  assert line.endswith("-11.00 deterministic§"), line
-  assert "nan" not in log and results.deterministic_note(False) in log
-  summary = next(l for l in log.splitlines() if l.startswith("mean "))
-  assert summary.split()[-3:] == ["0", "0", "1"], summary  # wins, ties, losses
 
 
 def test_the_worst_block_searches_the_quantity_the_report_compares():
