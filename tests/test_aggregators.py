@@ -317,3 +317,28 @@ def test_too_few_clients_for_f_is_an_error(rng):
     agg.trimmed_mean(data(rng, 6), f=3)
   with pytest.raises(ValueError, match="non-negative"):
     agg.get("mean", f=-1)
+
+
+def test_a_stage_that_breaks_the_shape_contract_raises_chex_assertion(rng):
+  """`registry.check_stage_output` (chex, at trace time): before it, a plain-function rule that
+  returned a scalar gave a scalar aggregate (1.0 for all-ones [5, 3] updates) and a
+  pre-aggregator dropping a column gave a [2] aggregate, both without an error."""
+  x = data(rng, 5, d=3)
+  cases = [
+      ((lambda u: jnp.median(u),), {},
+       r"input 0 has shape \(\) but expected \(3\).*stage '<lambda>' \(the rule"),
+      ((lambda u: u[:, :2], "mean"), {},
+       r"shape \(5, 2\) but expected \(None, 3\).*\(a pre-aggregator.*must return \[n_out, 3\]"),
+      ((lambda u: u.astype(jnp.int32), "mean"), {}, r"int32 but expected float32.*keep the"),
+      ((lambda u, present: u[:4], "mean"), {"present": np.ones(5, bool)},
+       r"shape \(4, 3\) but expected \(5, 3\).*presence mask keeps every row's position"),
+  ]
+  for stages, kwargs, message in cases:
+    pipeline = agg.chain(*stages, f=1, presence="present" in kwargs)
+    with pytest.raises(AssertionError, match=message):
+      jax.jit(lambda u: pipeline(u, **kwargs))(x)  # at trace time, under jit too
+    with pytest.raises(AssertionError, match=message):
+      jax.vmap(lambda u: pipeline(u, **kwargs))(jnp.stack([x, x]))  # and per sample under vmap
+  # A conforming plain-function stage is untouched by the checks.
+  np.testing.assert_allclose(agg.chain(lambda u: u * 2.0, "mean", f=1)(x), 2 * x.mean(0),
+                             rtol=1e-6)

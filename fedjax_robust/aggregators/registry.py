@@ -31,6 +31,7 @@ import dataclasses
 import inspect
 from typing import Any, Callable, Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -426,10 +427,13 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
     new_state = []
     n_rows, d_cols = updates.shape
     keys = jax.random.split(key, len(stages))  # per stage as written: fusing keeps the keys
+    dtype = updates.dtype
     for stage, stage_state, k in zip(built, state, keys):
       # Pre-aggregators that take `present` keep the rows' positions: the mask carries over.
       updates, weights, s, stage_aux = stage.apply(updates, weights, stage_state, k,
                                                    present=present, server_update=server_update)
+      check_stage_output(pipeline_name, stage, updates, weights, n_rows, d_cols, dtype,
+                         keeps_rows=present is not None)
       new_state.append(s)
       for name, value in stage_aux.items():  # a second stage's same diagnostic: "stage.name"
         aux[f"{stage.name}.{name}" if name in aux else name] = value
@@ -439,6 +443,32 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
 
   return base.Aggregator(name=pipeline_name, f=f, init=init, apply=apply,
                          needs_server_update=needs_server_update)
+
+
+def check_stage_output(pipeline: str, stage: _Stage, out, weights, n: int, d: int, dtype, *,
+                       keeps_rows: bool) -> None:
+  """Each stage's output against the pipeline's contract, at trace time with chex (shapes and
+  dtypes are static, so this costs nothing under jit and vmap; a vmapped call sees one sample's
+  shapes): a pre-aggregator returns `[n', d]` rows (n' = n when a presence mask carries over,
+  since the rows keep their positions) with the input's dtype, and weights `[n']` if any; the
+  rule returns the aggregate `[d]` with the input's dtype. A stage that breaks it (a plain
+  function returning a scalar, or dropping a column) raises chex's AssertionError naming the
+  stage; without the check the pipeline returned a wrong aggregate (a scalar, a `[d - 1]`)
+  without an error. The caller's own input is checked before, by `check_input` (ConfigError,
+  the project's readable refusal)."""
+  role = "the rule, [n, d] -> [d]" if stage.is_rule else "a pre-aggregator, [n, d] -> [n_out, d]"
+  what = f"aggregator pipeline {pipeline!r}: stage {stage.name!r} ({role})"
+  if stage.is_rule:
+    chex.assert_shape(out, (d,), custom_message=f"{what} must return the aggregate [{d}]")
+  else:
+    rows = n if keeps_rows else None
+    chex.assert_shape(out, (rows, d), custom_message=(
+        f"{what} must return [{n if keeps_rows else 'n_out'}, {d}] rows"
+        + (" (the presence mask keeps every row's position)" if keeps_rows else "")))
+    if weights is not None:
+      chex.assert_shape(weights, (out.shape[0],),
+                        custom_message=f"{what} must return one weight per output row")
+  chex.assert_type(out, dtype, custom_message=f"{what} must keep the updates' dtype {dtype}")
 
 
 def check_input(updates, weights, f: int | None, name: str, *, present=None,
