@@ -8,6 +8,7 @@ works from the command line.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any, Mapping
 
@@ -450,20 +451,29 @@ def server_prior_spec(config) -> dict[str, Any] | None:
                                 permuted=prior.permuted)
 
 
-def resolve_server_prior(config):
+def resolve_server_prior(config, law: dict[str, Any] | None = None):
   """The config the run uses (f replaced by the prior's quantile when
   `server_prior.declared_f='quantile'`) and the prior's description for the log and the summary
-  (`server_prior.resolve`; None for kind 'none')."""
+  (`server_prior.resolve`; None for kind 'none'). `law`: the prior's spec when already computed
+  (`server_prior_spec`)."""
   prior = config.server_prior
   if prior.kind == "none":
     return config, None
-  info = server_prior.resolve(server_prior_spec(config), config.num_clients, config.f,
+  law = server_prior_spec(config) if law is None else law
+  info = server_prior.resolve(law, config.num_clients, config.f,
                               kind=prior.kind, scale=prior.scale, declared_f=prior.declared_f,
                               delta=prior.delta, weights=prior.weights)
-  if "f" in info:
-    config = config.copy_and_resolve_references()
-    config.f = info["f"]
-  return config, info
+  return with_prior_f(config, info), info
+
+
+def with_prior_f(config, info: Mapping[str, Any] | None):
+  """`config` with the f its server prior sets (`info["f"]`, from `resolve_server_prior`), a
+  copy; `config` itself where the prior sets none."""
+  if not info or "f" not in info:
+    return config
+  config = config.copy_and_resolve_references()
+  config.f = info["f"]
+  return config
 
 
 def label_distributions(fed: data_lib.FederatedData) -> np.ndarray:
@@ -612,19 +622,45 @@ def describe_privacy(info: dict) -> str:
           f"rounds ({accountant} accountant, local model: no amplification by sampling claimed)")
 
 
-def validate(config) -> None:
-  """Stops at once with a `ConfigError` naming the bad key, its value and what is allowed, before
-  any data or compile work: every key against its declared domain (`all_domains()`), then the
-  constraints between keys."""
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """A validated configuration and what is derived from it, each computed once at validation
+  (issue 30's typed Job, first step: the engine and the report still read `config` itself).
+
+  config: the configuration as validated (before the prior's f or privacy's σ are resolved:
+  a run's fingerprint is of it); specs: the aggregator specs; options: the rules' options as
+  they take them (`aggregator_options`); prior: the server prior's honest_sets spec (None
+  without one); prior_info: what the prior sets (`resolve_server_prior`; None without one);
+  honest_set: the μ_H sampler's spec (None for the worst case; a data-similarity graph is built
+  later, from the data); comparisons: the paired comparisons the tables show."""
+  config: ml_collections.ConfigDict
+  specs: tuple[str, ...]
+  options: Mapping[str, Mapping[str, Any]]
+  prior: Mapping[str, Any] | None
+  prior_info: Mapping[str, Any] | None
+  honest_set: Mapping[str, Any] | None
+  comparisons: tuple[tuple[str, str], ...]
+
+
+def resolve(config) -> Job:
+  """Validates `config` (stops at once with a `ConfigError` naming the bad key, its value and
+  what is allowed, before any data or compile work: every key against its declared domain
+  (`all_domains()`), then the constraints between keys) and returns it as a `Job`, with what
+  is derived from it computed once."""
   try:
-    _validate(config)
+    return _validate(config)
   except ConfigError:
     raise
   except (ValueError, TypeError) as e:  # a check below the config layer: same contract
     raise ConfigError(str(e)) from None
 
 
-def _validate(config) -> None:
+def validate(config) -> Job:
+  """`resolve`: the checks, the Job returned for a caller that runs it."""
+  return resolve(config)
+
+
+def _validate(config) -> Job:
   unknown = list(_unknown_keys(config.to_dict(), base_config().to_dict()))
   if unknown:
     dotted, key, allowed = unknown[0]
@@ -646,8 +682,11 @@ def _validate(config) -> None:
   if not specs:
     raise ConfigError(f"config.aggregator names no aggregator: {config.aggregator!r}.")
   _validate_bucketing(config, specs)
+  prior = server_prior_spec(config)
+  options = aggregator_options(config, prior)
+  _validate_personalization(config, specs, options)
   for spec in specs:
-    agg = aggregators.get(spec, f=f, options=aggregator_options(config),
+    agg = aggregators.get(spec, f=f, options=options,
                           weighted=config.training.weighted_aggregation)
     if config.compression.aggregate_in == "k" and jax.tree.leaves(agg.init(4, np.float32)):
       raise ConfigError(f"compression.aggregate_in='k': aggregator {spec!r} keeps a state across "
@@ -663,7 +702,7 @@ def _validate(config) -> None:
       continue
     rows = config.training.clients_per_round or n  # the rule sees the clients of a round
     jax.eval_shape(agg, jax.ShapeDtypeStruct((rows, 4), np.float32))  # trace-time checks of n, f
-  comparison_pairs(config)
+  comparisons = comparison_pairs(config)
   # With honest_set='worst_case' every draw has b = f < n/2, which satisfies every condition:
   # a sweep can put μ_H conditioned on b = f beside the worst case at the same b.
   if config.estimators.oracle and config.draw_condition != "none":
@@ -671,7 +710,7 @@ def _validate(config) -> None:
                       f"with draw_condition={config.draw_condition!r} the draws follow the "
                       "conditioned law, whose weights it does not compute. Allowed: "
                       "draw_condition='none' with the oracle.")
-  _validate_server_prior(config, specs)
+  prior_info = _validate_server_prior(config, specs, prior, options)
   _validate_task(config)
   num_classes = data_lib.num_classes(config.data.name, config.data.synthetic_num_classes,
                                      config.data.synthetic_task)
@@ -688,7 +727,7 @@ def _validate(config) -> None:
   if absences:
     for spec in specs:
       try:
-        aggregators.get(spec, f=f, options=aggregator_options(config),
+        aggregators.get(spec, f=f, options=options,
                         weighted=config.training.weighted_aggregation, presence=True)
       except ConfigError as e:
         raise ConfigError(f"attack={config.attack!r} makes clients absent ({', '.join(absences)}"
@@ -704,12 +743,13 @@ def _validate(config) -> None:
   if "mimic" in behaviours and config.attack_options.mimic.index >= n:
     raise ConfigError(f"attack_options.mimic.index={config.attack_options.mimic.index} must be "
                       f"< num_clients={n}.")
+  honest_set = None
   if config.honest_set != "worst_case":
-    spec = honest_set_spec(config)
+    honest_set = honest_set_spec(config)
     if config.honest_set in honest_sets.GRAPH_BASED:
       if config.graph.kind != "data_similarity":  # that one needs the data, built later
-        spec["adjacency"] = make_adjacency(config)
-    honest_sets.validate(spec, num_clients=n)
+        honest_set["adjacency"] = make_adjacency(config)
+    honest_sets.validate(honest_set, num_clients=n)
   else:
     _validate_worst_case(config, num_classes)
   if config.estimators.oracle and config.honest_set != "bernoulli":
@@ -722,6 +762,8 @@ def _validate(config) -> None:
     raise ConfigError(f"training.num_rounds={t.num_rounds} must be a positive multiple of "
                       f"training.eval_every={t.eval_every}.")
   make_local_training(config)
+  return Job(config=config, specs=tuple(specs), options=options, prior=prior,
+             prior_info=prior_info, honest_set=honest_set, comparisons=tuple(comparisons))
 
 
 def _validate_bucketing(config, specs) -> None:
@@ -802,7 +844,6 @@ def _validate_rounds(config, specs) -> None:
                       f"{t.local_epochs} makes depend on each client's data; allowed: "
                       "tau_units='update' with local epochs.")
   make_server_optimizer(config)
-  _validate_personalization(config, specs)
 
 
 def _validate_privacy(config, behaviours) -> None:
@@ -829,7 +870,7 @@ def _validate_privacy(config, behaviours) -> None:
                       "behaviours without biased sampling, or privacy.kind 'client' or 'none'.")
 
 
-def _validate_personalization(config, specs) -> None:
+def _validate_personalization(config, specs, options) -> None:
   t = config.training
   personal = t.personalization != "none"
   if not personal and not t.fine_tune_steps:
@@ -853,15 +894,16 @@ def _validate_personalization(config, specs) -> None:
                       + " has no other layer to share. Allowed: mlp (with hidden layers) or "
                       "cnn.")
   for spec in specs:
-    if aggregators.get(spec, f=config.f, options=aggregator_options(config)).needs_server_update:
+    if aggregators.get(spec, f=config.f, options=options).needs_server_update:
       raise ConfigError(f"aggregator {spec!r} compares with the server's own update on root "
                         f"data, and {what} leaves the server without an output layer; allowed: "
                         "rules without a server update.")
 
 
-def _validate_server_prior(config, specs) -> None:
+def _validate_server_prior(config, specs, law, options) -> dict[str, Any] | None:
   """A prior used for something, and what it is used for possible: quantile f with an honest
-  majority, weights only for rules with a weighted form."""
+  majority, weights only for rules with a weighted form; what it sets (`resolve_server_prior`;
+  None without a prior). `law`: its spec, `options`: the rules' options."""
   prior = config.server_prior
   if prior.kind == "none":
     if prior.declared_f != "config" or prior.weights != "none":
@@ -869,16 +911,17 @@ def _validate_server_prior(config, specs) -> None:
           f"server_prior.declared_f={prior.declared_f!r} / weights={prior.weights!r} need a "
           "prior; server_prior.kind='none'. Allowed: kind 'mu_h' or 'marginals' with them, or "
           "declared_f='config' and weights='none'.")
-    return
-  _, info = resolve_server_prior(config)
+    return None
+  _, info = resolve_server_prior(config, law)
   if prior.weights != "none":
     for spec in specs:
       try:
-        aggregators.get(spec, f=info.get("f", config.f), options=aggregator_options(config),
+        aggregators.get(spec, f=info.get("f", config.f), options=options,
                         weighted=True)
       except ConfigError as e:
         raise ConfigError(f"server_prior.weights={prior.weights!r} weights the clients: {e}"
                           ) from None
+  return info
 
 
 def _validate_task(config) -> None:
@@ -949,14 +992,19 @@ def make_data(config) -> data_lib.FederatedData:
                       f"data.partition={d.partition!r}: {e}") from None
 
 
-def aggregator_options(config) -> dict[str, dict[str, Any]]:
+_COMPUTE = object()  # an argument left to be computed from the config
+
+
+def aggregator_options(config, law: Any = _COMPUTE) -> dict[str, dict[str, Any]]:
   """`config.aggregator_options` as the aggregators take them: centered clipping's τ given in
   the published code's units (`tau_units="published_momentum"`, Karimireddy et al.'s worker
   momentum buffers m = βm + g) becomes τ · client_lr · (1 − client_momentum) · local_steps in
-  update units (derivation: `aggregators.clipping.published_tau_in_update_units`)."""
+  update units (derivation: `aggregators.clipping.published_tau_in_update_units`); the prior
+  rules' options come from the server's prior `law` (`server_prior_spec`, computed here unless
+  given, None for no prior)."""
   options = config.aggregator_options.to_dict()
   stages = [s.strip() for spec in aggregator_specs(config) for s in spec.split("+")]
-  law = server_prior_spec(config)
+  law = server_prior_spec(config) if law is _COMPUTE else law
   pf = options.get("posterior_filter", {})
   if law is not None and pf and "posterior_filter" in stages:
     if pf.get("prior_honest") is not None:

@@ -1103,7 +1103,8 @@ class _JobClock:
 
 def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         log: Callable[[str], None] = print, recompute: bool = False) -> Experiment:
-  """Validates `config`, builds the data and the honest masks, and runs every aggregator.
+  """Validates `config` (or takes a `config_lib.Job`, validated already), builds the data and
+  the honest masks, and runs every aggregator.
 
   With `honest_set = "worst_case"` every draw uses one honest set of size n − f: the worst case
   (a maximum of the criterion, e.g. "final_loss": searched per aggregator, see `worst_case_mask`;
@@ -1122,12 +1123,14 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
   and a rough time estimate, with a warning for each of them over its limit; `progress` then
   gets the share of the trainings done and their ETA (`_JobClock`).
   """
-  config_lib.validate(config)
+  job = config if isinstance(config, config_lib.Job) else config_lib.resolve(config)
+  config = job.config
   if workdir:
     check_workdir(workdir)
   # The server's prior (config.server_prior): the f it declares, when the prior's quantile sets
   # it, replaces config.f for everything below (rules, worst case, tables), and says so.
-  config, prior_info = config_lib.resolve_server_prior(config)
+  prior_info = job.prior_info
+  config = config_lib.with_prior_f(config, prior_info)
   if prior_info:
     log(server_prior.describe(prior_info))
   fed = config_lib.make_data(config)

@@ -467,7 +467,8 @@ def run(base, points: Sequence[Point], workdir: str, *,
           f"report.compare={c.report.compare!r} names pairs of aggregators of one run; a sweep "
           "point runs one aggregator. Sweeps compare points that differ only in the aggregator "
           "(launch/sweep.py --compare_baseline=<spec>); leave report.compare '' or 'none'.")
-    config_lib.validate(c)
+  # Each point validated once, here, and run as the Job it gives.
+  jobs = {id(c): config_lib.resolve(c) for c in configs}
   ids = [point_id(c) for c in configs]
   order = {pid: i for i, pid in enumerate(dict.fromkeys(ids))}
   tags_of = {}
@@ -530,7 +531,7 @@ def run(base, points: Sequence[Point], workdir: str, *,
   start = time.perf_counter()
   for i, (config, point, pid) in enumerate(todo[:stop_after]):
     t0 = time.perf_counter()
-    exp = experiment.run(config, log=lambda _: None)
+    exp = experiment.run(jobs[id(config)], log=lambda _: None)
     summary = results.summarize(exp)
     run_ = exp.runs[config.aggregator]
     counts = evaluation.byzantine_counts(exp.masks[config.aggregator])

@@ -149,7 +149,12 @@ def test_experiment_writes_results_and_resumes(tmp_path):
   assert draws[0].startswith("draw,num_byzantine,no_honest_majority,") and "mean:honest_loss" in draws[0]
   assert len(draws) == 1 + 4 and all(line.split(",")[1] == "1" for line in draws[1:])
   rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
-  assert len(rows) == 1 + 2 * 3 * 5  # header + aggregators × evaluations × metrics
+  # header + aggregators × evaluations × metrics + aggregators × chunks of rounds × the
+  # communication aux (secure averages and numbers sent, per chunk and cumulative)
+  assert len(rows) == 1 + 2 * 3 * 5 + 2 * 2 * 4
+  assert {r.split(",")[2] for r in rows[1:] if r.split(",")[2].startswith("aux:")} == {
+      "aux:secure_averages", "aux:secure_averages_cumulative", "aux:numbers_sent",
+      "aux:numbers_sent_cumulative"}
   table = results.format_table(summary)
   assert "nnm+trimmed_mean" in table and "P(b>f)" in table
 
@@ -213,3 +218,30 @@ def test_a_new_option_defaulting_to_none_needs_only_its_declared_domain(monkeypa
   monkeypatch.setattr(aggregators, "option_domains", option_domains)  # no domain declared
   with pytest.raises(TypeError, match="'new_knob' of 'trimmed_mean' defaults to None"):
     config_lib.base_config()
+
+
+def test_one_validation_derives_the_prior_and_the_rules_options_once(monkeypatch):
+  """Issue 30: one validate() with a server prior computed the prior's spec 5× and the rules'
+  options 4× (each a Monte Carlo law for a correlated prior). resolve() computes each once and
+  keeps it in the Job: the options the posterior filter takes from the prior (1 − p_i, NumPy)
+  and the quantile f the prior sets."""
+  from fedjax_robust import server_prior  # pylint: disable=g-import-not-at-top
+  c = tiny_config()
+  c.aggregator = "posterior_filter,trimmed_mean"
+  c.honest_set = "bernoulli"
+  c.honest_set_options.bernoulli.p = 0.05
+  c.server_prior.kind = "mu_h"
+  c.server_prior.declared_f = "quantile"
+  counted = {"server_prior_spec": 0, "aggregator_options": 0}
+  for name in counted:
+    real = getattr(config_lib, name)
+    monkeypatch.setattr(config_lib, name, lambda *a, _real=real, _name=name, **k: (
+        counted.__setitem__(_name, counted[_name] + 1), _real(*a, **k))[1])
+  job = config_lib.resolve(c)
+  assert counted == {"server_prior_spec": 1, "aggregator_options": 1}
+  n = c.num_clients
+  np.testing.assert_allclose(job.options["posterior_filter"]["prior_honest"], np.full(n, 0.95))
+  assert job.prior == {**config_lib.honest_set_spec(c), "p": 0.05}
+  f, _, _ = server_prior.quantile_f(job.prior, n, c.server_prior.delta)
+  assert job.prior_info["f"] == f and config_lib.with_prior_f(c, job.prior_info).f == f
+  assert job.specs == ("posterior_filter", "trimmed_mean")

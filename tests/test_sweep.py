@@ -304,6 +304,7 @@ _MU_AWARE_TINY = ("--config.grid.blocks=prior", "--config.grid.mu_h=independent"
                   "--config.base.model=logistic", "--config.base.estimators.honest_optimum=False")
 
 
+@pytest.mark.slow
 def test_sweep_launcher_sets_up_devices_before_building_points(tmp_path):
   """points() of configs/sweep_mu_aware.py validates its prior block's configs, and validating
   the default mesh ('draws') counts the devices, which starts the JAX backend: the launcher must
@@ -343,6 +344,7 @@ def test_mu_aware_sweep_runs_from_the_command_line(tmp_path):
       "trimmed_mean@quantile_f|×2", "trimmed_mean@quantile_f|×0.5"}
 
 
+@pytest.mark.slow
 def test_progress_line_shows_the_tables_metric_by_its_name(tmp_path):
   """The progress line gave the in-sample accuracy as 'E[honest acc]' while every table reads
   the held-out one (96.69% against 95.50% for one point): it now gives the table's metric
@@ -665,3 +667,14 @@ def test_a_worst_case_whose_draws_differ_is_drawn_with_its_interval(tmp_path, mo
   main = saved["expected_vs_worst.png"]["axes"][0]
   for bound in (0.9, 1.1):  # the rows' CI: 0.9 and 1.1 × the mean
     assert any(np.allclose(l, [bound * 0.65, bound * 0.75]) for l in main["lines"]), bound
+
+
+def test_each_point_is_validated_once(tmp_path, monkeypatch):
+  """Issue 30: every sweep point was validated twice (by the sweep, then by experiment.run).
+  The sweep's validation gives the point's Job, which the run takes as it is."""
+  calls = []
+  real = config_lib._validate  # pylint: disable=protected-access
+  monkeypatch.setattr(config_lib, "_validate", lambda c: calls.append(1) or real(c))
+  grid = points()[:2]
+  sweep.run(base(), grid, str(tmp_path), log=lambda _: None)
+  assert len(calls) == len(grid)
