@@ -240,6 +240,7 @@ def test_sweep_overrides_may_change_a_defaults_type_and_pairing_drops_dotted_key
       == {"f": 5, "data": {"name": "digits"}}  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_mu_aware_sweep_refuses_undefined_points_and_says_why():
   from configs import sweep_mu_aware  # pylint: disable=g-import-not-at-top
   c = sweep_mu_aware.get_config()

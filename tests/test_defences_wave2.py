@@ -244,6 +244,7 @@ def test_signguard_nonfinite_rows_and_fallbacks():
   assert np.all(np.asarray(out.value) == 0) and out.kept_share == 0
 
 
+@pytest.mark.slow
 def test_two_means_honours_its_tie_rule_eager_and_jitted():
   """Issue 36: a row exactly as far from both centres goes to c₁, whether the call is eager or
   jitted. The issue's features [[1,0,1/3],[5/6,0,1/2],[1/3,0,1],[5/6,0,1/2],[2/3,0,2/3]] are
@@ -471,6 +472,7 @@ def test_option_checks():
     fltrust_lib.fltrust(x, server_update=jnp.ones(5))
 
 
+@pytest.mark.slow
 def test_registered_defences_under_vmap_with_per_draw_keys_states_and_server_updates():
   """Through the registry, as the simulator calls them: every draw of a batch has its own key,
   state and server update (batched operands, not closures: a closed-over batched server update

@@ -113,6 +113,7 @@ def test_full_participation_is_todays_round(rng):
   np.testing.assert_array_equal(outs[0], outs[1])
 
 
+@pytest.mark.slow
 def test_defaults_reproduce_the_numbers_before_these_switches():
   """The tiny job's final honest losses per draw, as the code before issue 17's round switches
   computed them (commit 2ef35e6, K = 2, β = 0.5): the defaults changed nothing."""
@@ -310,6 +311,7 @@ def test_bad_round_and_personalization_settings_are_refused_before_any_work(chan
     config_lib.validate(c)
 
 
+@pytest.mark.slow
 def test_a_sampled_job_reports_the_sampled_byzantine_count():
   c = tiny_config()
   c.num_clients, c.f = 8, 1
@@ -408,6 +410,7 @@ def test_personalized_evaluation_uses_each_clients_own_model(rng):
   np.testing.assert_allclose(float(got["test_accuracy"]), np.mean(test_own), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sampling_composes_with_absence_faults_and_mixed_populations():
   """Drop-out with rate 1 mixed with label noise: only the sampled clients of the drop-out
   behaviour are absent, so the share absent of a round is at most b_t/m (and below it when a

@@ -87,6 +87,7 @@ def test_chunked_runs_give_the_same_numbers():
   assert chunked.metrics["honest_loss"].shape == (3, 5)
 
 
+@pytest.mark.slow
 def test_chunks_and_points_of_the_same_shape_compile_once(monkeypatch):
   """Every chunk of a run, and a second run that differs only in what the program does not
   depend on (μ_H's parameters, S, the chunk count, the report's interval, the draw condition),
@@ -120,6 +121,7 @@ def test_chunks_and_points_of_the_same_shape_compile_once(monkeypatch):
   assert compiles == first  # nothing compiled again
 
 
+@pytest.mark.slow
 def test_honest_optimum_and_oracle_estimators():
   c = get_config()
   c.honest_set = "bernoulli"

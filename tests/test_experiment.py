@@ -54,6 +54,7 @@ def test_config_changes_names_the_keys_that_differ():
   assert experiment.config_changes(saved, saved).startswith("no key differs")
 
 
+@pytest.mark.slow
 def test_a_report_option_reuses_the_cache_and_a_recomputation_names_the_changed_key(tmp_path):
   c = tiny_config()
   c.aggregator = "mean"

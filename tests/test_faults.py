@@ -246,6 +246,7 @@ def test_too_few_present_skips_the_round():
   np.testing.assert_array_equal(state.params, before)
 
 
+@pytest.mark.slow
 def test_mixture_runs_each_behaviour_on_its_own_clients():
   """In a mixture 'stale:0.5,nan:0.5' the NaN clients send NaN rows and the stale ones their
   old update: the coordinate median (f = 2) stays finite, and the per-behaviour metrics and

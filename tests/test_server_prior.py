@@ -126,6 +126,7 @@ def test_the_simulator_gets_the_priors_weights():
   np.testing.assert_allclose(weights, (1 - p) / np.sum(1 - p), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_posterior_filter_gets_the_servers_prior_and_is_refused_without_one():
   c = config_lib.base_config()
   c.aggregator = "posterior_filter"

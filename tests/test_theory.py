@@ -170,6 +170,7 @@ def test_convex_task_every_valid_bound_is_above_the_measured_error():
   assert objectives["min_max_gap"] < 1e-3
 
 
+@pytest.mark.slow
 def test_g2_tracks_the_synthetic_heterogeneity(rng):
   """G² at B² = 0 of random honest sets (here at the initial model, where every draw starts)
   grows with the synthetic task's concept shift α."""
@@ -196,6 +197,7 @@ def test_premises_name_what_is_not_d_gd():
   assert report.premises(c) == {"dgd": True, "step": 1.0, "reasons": []}
 
 
+@pytest.mark.slow
 def test_theory_reaches_summary_draws_csv_and_the_sweep(tmp_path):
   from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
   base = _convex_config(samples=8)

@@ -311,6 +311,7 @@ def test_expected_minimizer_matches_weighted_lstsq(rng, x64):
     convex.expected_objective_minimizer(make(jnp.float64), jnp.zeros(3), 2 * weights)
 
 
+@pytest.mark.slow
 def test_min_expected_at_most_min_max_for_laws_on_large_honest_sets(rng, x64):
   n, f = 8, 3
   _, d, make = shared_logistic()

@@ -272,6 +272,7 @@ def _logistic_optimum(fed, mask, l2):
   return out.fun
 
 
+@pytest.mark.slow
 def test_the_excess_loss_worst_case_is_the_maximum_of_the_excess_loss_not_of_the_loss():
   """The issue: the sweep searched the final loss and plotted the excess loss L_S − L_S*, so a
   same-b draw exceeded the "worst case" (GM, p = 0.2: 0.0256 vs 0.0166). Here every set's excess
@@ -304,6 +305,7 @@ def test_the_excess_loss_worst_case_is_the_maximum_of_the_excess_loss_not_of_the
   assert "nan" not in line and "± 0 " not in line, line
 
 
+@pytest.mark.slow
 def test_error_criteria_maximize_one_minus_accuracy():
   """honest_error is 1 − the in-sample honest accuracy: its worst case is the set of lowest mean
   accuracy over the search's seeds, recomputed here from the trainings' accuracies."""
