@@ -1017,11 +1017,17 @@ def _rows_at_rule(config, spec: str) -> int:
   rows = config.training.clients_per_round or config.num_clients
   if len(stages) == 1:
     return rows
-  pre = aggregators.chain(*stages[:-1], lambda u: u, f=config.f,
+  seen = []  # the rows reaching the rule, recorded while tracing (a shape is static)
+
+  def rule(u):
+    seen.append(u.shape[0])
+    return u[0]  # an aggregate of the shape a rule returns ([d]: the stage check holds)
+
+  pre = aggregators.chain(*stages[:-1], rule, f=config.f,
                           options=config_lib.aggregator_options(config))
-  out = jax.eval_shape(lambda u: pre.apply(u, pre.init(1), jax.random.key(0))[0],
-                       jax.ShapeDtypeStruct((rows, 1), jnp.float32))
-  return out.shape[0]
+  jax.eval_shape(lambda u: pre.apply(u, pre.init(1), jax.random.key(0))[0],
+                 jax.ShapeDtypeStruct((rows, 1), jnp.float32))
+  return seen[0]
 
 
 def _subset_searches(config, specs: list[str], draws: int) -> dict[str, tuple[str, float]]:
