@@ -372,11 +372,11 @@ def _estimate(s: dict | None, *, percent: bool, configured: str = "") -> str:
   if not s or s.get("count", 0) == 0 or np.isnan(s["mean"]):
     return "n/a"
   scale, digits = (100.0, 2) if percent else (1.0, 4)
+  text = mean_text(s["mean"], *s["mean_ci"], identical=bool(s.get("identical")), scale=scale,
+                   digits=digits)
   if s.get("identical"):
-    return f"{scale * s['mean']:.{digits}f} {EXACT_MARK}"
-  lo, hi = s["mean_ci"]
-  return (f"{scale * s['mean']:.{digits}f} {_interval(lo, hi, scale, digits)}"
-          + ("†" if s.get("heavy_tail") else "")
+    return text
+  return (text + ("†" if s.get("heavy_tail") else "")
           + ("‡" if configured and s.get("interval", configured) != configured else ""))
 
 
@@ -384,10 +384,8 @@ def _median(s: dict | None, *, percent: bool) -> str:
   if not s or s.get("count", 0) == 0:
     return "n/a"
   scale, digits = (100.0, 2) if percent else (1.0, 4)
-  if s.get("identical"):
-    return f"{scale * s['q50']:.{digits}f} {EXACT_MARK}"
-  lo, hi = s["median_ci"]
-  return f"{scale * s['q50']:.{digits}f} {_interval(lo, hi, scale, digits)}"
+  return mean_text(s["q50"], *s["median_ci"], identical=bool(s.get("identical")), scale=scale,
+                   digits=digits)
 
 
 def format_table(summary: dict) -> str:
