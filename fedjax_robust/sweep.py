@@ -468,7 +468,7 @@ def run(base, points: Sequence[Point], workdir: str, *,
           "point runs one aggregator. Sweeps compare points that differ only in the aggregator "
           "(launch/sweep.py --compare_baseline=<spec>); leave report.compare '' or 'none'.")
   # Each point validated once, here, and run as the Job it gives.
-  jobs = {id(c): config_lib.resolve(c) for c in configs}
+  jobs = [config_lib.resolve(c) for c in configs]
   ids = [point_id(c) for c in configs]
   order = {pid: i for i, pid in enumerate(dict.fromkeys(ids))}
   tags_of = {}
@@ -523,15 +523,16 @@ def run(base, points: Sequence[Point], workdir: str, *,
     _write_results(path, rows, unless_same=True)
     _write_csv(timings_path, timings, TIMING_FIELDS, unless_same=True)
   todo, queued = [], set()
-  for c, p, pid in zip(configs, points, ids):
+  for job, p, pid in zip(jobs, points, ids):
     if pid not in done and pid not in queued:
-      todo.append((c, p, pid))
+      todo.append((job, p, pid))
       queued.add(pid)
   log(f"sweep: {len(points)} points, {len(points) - len(todo)} already done, {len(todo)} to run")
   start = time.perf_counter()
-  for i, (config, point, pid) in enumerate(todo[:stop_after]):
+  for i, (job, point, pid) in enumerate(todo[:stop_after]):
     t0 = time.perf_counter()
-    exp = experiment.run(jobs[id(config)], log=lambda _: None)
+    config = job.config
+    exp = experiment.run(job, log=lambda _: None)
     summary = results.summarize(exp)
     run_ = exp.runs[config.aggregator]
     counts = evaluation.byzantine_counts(exp.masks[config.aggregator])
