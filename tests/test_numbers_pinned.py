@@ -272,3 +272,20 @@ def test_json_ignores_provenance_and_names_a_moved_key(tmp_path, monkeypatch):
       "g.json aggregators.mean.extra: only in the new file",
       "g.json provenance.seed: golden 0, now 1 (relative difference 1.00e+00)",
       "g.json aggregators.mean.loss.mean_ci[1]: golden NaN, now 2.0"]
+
+
+@pytest.mark.slow
+def test_the_update_script_regenerates_a_case_as_pinned(tmp_path, monkeypatch, capsys):
+  """BUILD.md's `python tests/golden/update.py <case>` at its smallest case, into a scratch
+  golden folder: it writes the case's files (the same gzipped bytes as the pinned draws.csv: a
+  run of the same code, gzip without a time stamp) and its manifest entry."""
+  monkeypatch.setattr(update, "GOLDEN", str(tmp_path))
+  monkeypatch.setattr(update, "MANIFEST", str(tmp_path / "manifest.json"))
+  monkeypatch.setattr(sys, "argv", ["update.py", "tiny_config"])
+  update.main()
+  assert "wrote" in capsys.readouterr().out
+  with open(tmp_path / "tiny_config" / "draws.csv.gz", "rb") as new, \
+      open(os.path.join(GOLDEN, "tiny_config", "draws.csv.gz"), "rb") as pinned:
+    assert new.read() == pinned.read()
+  with open(tmp_path / "manifest.json", encoding="utf-8") as fh:
+    assert json.load(fh)["tiny_config"]["argv"] == update.cases()["tiny_config"]["argv"]
