@@ -1,13 +1,22 @@
 """What made a number: the code version, the software and the hardware it ran on.
 
 Every result the simulator writes (summary.json, a sweep point's record, a cached run) carries
-`record()`, and a cached run is reused only when its `code_version()` digest matches this
-process's (see `experiment.AggregatorRun.load`): after a change to the package, old numbers are
-named as stale and recomputed, not silently reloaded.
+`record()`. A cached run, worst-case search or sweep point is reused only when its configuration
+(the run's key, `experiment.fingerprint`), its declared numbers version and its numerical stack
+match this process's (`reuse_mismatch`, used by `experiment.AggregatorRun.load` and
+`sweep.run`): after a change that moves numbers, old numbers are named as stale and recomputed,
+not silently reloaded; after a refactor, which moves none, they are reused.
 
-The code version is a digest of the package's own source files (every `*.py` under
-`fedjax_robust/`, path and content), so it changes with any edit, committed or not, and works
-without git; the git commit and a dirty flag are recorded beside it when git is available.
+`NUMBERS_VERSION` is that declaration: an integer bumped by any change that moves a number a run
+writes. The golden files enforce it (`tests/golden/update.py` refuses to write numbers that
+differ from the pinned ones unless the version was bumped past the one they were pinned at, and
+`tests/test_numbers_pinned.py` checks that the pins are at this version). A record without it
+(made before numbers versions were kept) is never reused.
+
+The code version also records a digest of the package's own source files (every `*.py` under
+`fedjax_robust/`, path and content), which changes with any edit, committed or not, and works
+without git, and the git commit with a dirty flag when git is available: which code ran, for
+the record; neither decides reuse.
 """
 
 from __future__ import annotations
@@ -23,6 +32,15 @@ import jax
 import fedjax_robust
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(fedjax_robust.__file__))
+
+# Bumped by any change that moves a number a run writes (draws.csv, summary.json, a sweep's
+# results.csv, a cached run's arrays): a fix, a new default, another order of floating-point
+# operations. Bumping it invalidates every cached run and sweep point; a refactor that moves no
+# number leaves it, and the caches, as they are. `tests/golden/update.py` refuses to pin moved
+# numbers without a bump, and `tests/test_numbers_pinned.py` checks that the golden files were
+# pinned at this version. `tests/golden/update.py` reads it from this file's text (an
+# `int` literal).
+NUMBERS_VERSION = 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,17 +80,23 @@ def git_state() -> dict:
 
 
 def code_version() -> dict:
-  """The package version, its source digest, and the git commit with a dirty flag."""
-  return {"package_version": fedjax_robust.__version__, "source_digest": source_digest(),
-          **git_state()}
+  """The package version, the numbers version (`NUMBERS_VERSION`, which decides reuse), the
+  source digest, and the git commit with a dirty flag (informational)."""
+  return {"package_version": fedjax_robust.__version__, "numbers_version": NUMBERS_VERSION,
+          "source_digest": source_digest(), **git_state()}
 
 
 def describe_code(code: dict | None) -> str:
-  """'0.1.0, source 1a2b…, commit 189b4b8 (dirty)'; 'unknown (recorded before versions were
-  kept)' for None."""
+  """'0.1.0, numbers version 1, source 1a2b…, commit 189b4b8 (dirty)'; the numbers version
+  'not recorded (made before numbers versions were kept)' when the record lacks it; 'unknown
+  (recorded before code versions were kept)' for None."""
   if not code:
     return "unknown (recorded before code versions were kept)"
-  text = f"{code.get('package_version')}, source {code.get('source_digest')}"
+  numbers = code.get("numbers_version")
+  text = (f"{code.get('package_version')}, numbers version "
+          + (f"{numbers}" if numbers is not None
+             else "not recorded (made before numbers versions were kept)")
+          + f", source {code.get('source_digest')}")
   if code.get("commit"):
     text += f", commit {code['commit'][:7]}" + (" (dirty)" if code.get("dirty") else "")
   return text
@@ -93,25 +117,28 @@ def environment() -> dict:
           "platform": platform.platform(terse=True)}
 
 
-# What a cached result must share with this process to be reused: the same code and the same
-# numerical stack (another JAX, jaxlib, backend or device kind rounds differently; NumPy and
-# scikit-learn make the data). The vmapped width is not
-# in it: a draw's numbers do not depend on it (experiment.DRAW_ALIGNMENT).
-REUSE_FIELDS = (("code", "source_digest"), ("environment", "jax"), ("environment", "jaxlib"),
+# What a cached result must share with this process to be reused (besides its configuration,
+# which keys it): the same numbers version (NUMBERS_VERSION; not the source digest, which any
+# refactor changes) and the same numerical stack (another JAX, jaxlib, backend or device kind
+# rounds differently; NumPy and scikit-learn make the data). A record without a numbers version
+# (older code) differs from every one. The vmapped width is not in it: a draw's numbers do not
+# depend on it (experiment.DRAW_ALIGNMENT).
+REUSE_FIELDS = (("code", "numbers_version"), ("environment", "jax"), ("environment", "jaxlib"),
                 ("environment", "backend"), ("environment", "device_kind"),
                 ("environment", "numpy"), ("environment", "scikit_learn"))
 
 
 def reuse_mismatch(saved: dict | None) -> str | None:
   """None when a result recorded with provenance `saved` may be reused by this process, else a
-  sentence naming what differs, e.g. "code: saved 0.1.0, source 1a2b… ≠ now 0.1.0, source
-  3c4d…"."""
+  sentence naming what differs, e.g. "code: saved 0.1.0, numbers version 1, source 1a2b… ≠ now
+  0.1.0, numbers version 2, source 3c4d…" (a saved record without a numbers version: "numbers
+  version not recorded (made before numbers versions were kept)")."""
   now = {"code": code_version(), "environment": environment()}
   if not saved or "code" not in saved:
     return f"code: saved {describe_code(None)} ≠ now {describe_code(now['code'])}"
   diffs = []
   for group, key in REUSE_FIELDS:
-    old, new = saved.get(group, {}).get(key), now[group][key]
+    old, new = (saved.get(group) or {}).get(key), now[group][key]
     if old != new:
       diffs.append(f"code: saved {describe_code(saved['code'])} ≠ now "
                    f"{describe_code(now['code'])}" if group == "code"

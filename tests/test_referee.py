@@ -12,6 +12,7 @@ import pytest
 import scipy.stats
 
 from conftest import tiny_config
+from fedjax_robust import build
 from fedjax_robust import config as config_lib
 from fedjax_robust import evaluation
 from fedjax_robust import experiment
@@ -199,7 +200,7 @@ def test_honest_only_baseline_excludes_byzantine_data_and_updates():
   masks = experiment.draw_masks(c, fed)
   draw = int(np.argmax((~masks).sum(1)))
   assert (~masks[draw]).sum() >= 1
-  sim = config_lib.make_simulator(c, "mean", fed, reference="honest_optimum")
+  sim = build.make_simulator(c, "mean", fed, reference="honest_optimum")
   _, init_key, run_key = experiment._keys(c)
   run = lambda data: experiment.run_monte_carlo(  # pylint: disable=g-long-lambda
       sim, data, jnp.asarray(masks[draw:draw + 1]), init_key=init_key, run_key=run_key,
@@ -225,6 +226,7 @@ def test_provenance_is_recorded_and_other_code_is_not_reused(tmp_path, monkeypat
   summary = results.write_all(first, str(tmp_path))
   record = json.loads((tmp_path / "summary.json").read_text())["provenance"]
   assert record["code"]["source_digest"] == provenance.source_digest()
+  assert record["code"]["numbers_version"] == provenance.NUMBERS_VERSION
   assert record["environment"]["jax"] and record["environment"]["backend"] == "cpu"
   assert record["seed"] == c.seed and record["draws_per_chunk"] == {"mean": 8}
   assert summary["honest_only"]["honest_accuracy"]["count"] == c.num_samples
@@ -236,12 +238,18 @@ def test_provenance_is_recorded_and_other_code_is_not_reused(tmp_path, monkeypat
   logs.clear()
   experiment.run(c, workdir=str(tmp_path), log=logs.append, recompute=True)
   assert not any("loaded from" in m for m in logs)
-  # Other code (a different source digest): named with both versions and recomputed.
+  # Edited code that declares the same numbers (a refactor: another source digest): reused.
   monkeypatch.setattr(provenance, "source_digest", lambda: "0123456789abcdef")
   logs.clear()
   experiment.run(c, workdir=str(tmp_path), log=logs.append)
+  assert any("mean: loaded from" in m for m in logs)
+  # Code that moved numbers (another numbers version): named with both versions, recomputed.
+  monkeypatch.setattr(provenance, "NUMBERS_VERSION", provenance.NUMBERS_VERSION + 1)
+  logs.clear()
+  experiment.run(c, workdir=str(tmp_path), log=logs.append)
   stale = [m for m in logs if "made by other code" in m]
-  assert stale and "0123456789abcdef" in stale[0] and record["code"]["source_digest"] in stale[0]
+  assert stale and f"numbers version {provenance.NUMBERS_VERSION}" in stale[0]
+  assert f"numbers version {record['code']['numbers_version']}" in stale[0]
   assert not any("loaded from" in m for m in logs)
 
 
@@ -252,6 +260,36 @@ def test_reuse_mismatch_names_what_differs():
   older["environment"]["jax"] = "0.4.0"
   assert "jax: saved 0.4.0 ≠ now" in provenance.reuse_mismatch(older)
   assert "recorded before code versions were kept" in provenance.reuse_mismatch(None)
+
+
+def test_reuse_is_decided_by_the_numbers_version_not_the_source_digest():
+  """A refactor (other sources, commit and dirty flag, the same declared numbers) reuses; a
+  record of another numbers version, or of one made before numbers versions were kept, does not,
+  and the sentence names both versions."""
+  now = {"code": provenance.code_version(), "environment": provenance.environment()}
+  assert now["code"]["numbers_version"] == provenance.NUMBERS_VERSION
+  assert isinstance(provenance.NUMBERS_VERSION, int) and provenance.NUMBERS_VERSION >= 1
+  refactored = json.loads(json.dumps(now))
+  refactored["code"].update(source_digest="0123456789abcdef", commit="f" * 40, dirty=True)
+  assert refactored["code"]["source_digest"] != provenance.source_digest()
+  assert provenance.reuse_mismatch(refactored) is None
+  moved = json.loads(json.dumps(refactored))
+  moved["code"]["numbers_version"] = provenance.NUMBERS_VERSION + 1
+  sentence = provenance.reuse_mismatch(moved)
+  assert sentence.startswith("code: saved ") and ";" not in sentence  # only the code differs
+  saved, current = sentence.removeprefix("code: saved ").split(" ≠ now ")
+  assert f"numbers version {provenance.NUMBERS_VERSION + 1}" in saved
+  assert f"numbers version {provenance.NUMBERS_VERSION}," in current
+  older = json.loads(json.dumps(now))
+  del older["code"]["numbers_version"]  # a record written before NUMBERS_VERSION existed
+  sentence = provenance.reuse_mismatch(older)
+  assert sentence and "numbers version not recorded (made before numbers versions were kept)" \
+      in sentence.split(" ≠ now ")[0]
+  assert f"numbers version {provenance.NUMBERS_VERSION}" in sentence.split(" ≠ now ")[1]
+  # Another numerical stack still differs, and both differences are named.
+  moved["environment"]["jaxlib"] = "0.0.1"
+  assert provenance.reuse_mismatch(moved).count(";") == 1
+  assert "jaxlib: saved 0.0.1 ≠ now" in provenance.reuse_mismatch(moved)
 
 
 def test_sweep_points_resolve_to_their_config_and_stale_points_are_recomputed(
@@ -288,7 +326,12 @@ def test_sweep_points_resolve_to_their_config_and_stale_points_are_recomputed(
   assert sweep.paired_comparisons(rows, str(tmp_path), log=logs.append) == []
   assert any("differ in more than the aggregator" in m for m in logs)
   logs = []
-  monkeypatch.setattr(provenance, "source_digest", lambda: "feedfacefeedface")
+  monkeypatch.setattr(provenance, "source_digest", lambda: "feedfacefeedface")  # a refactor
+  sweep.run(c, points, str(tmp_path), log=logs.append)
+  assert not any("computed by other code" in m for m in logs)
+  assert any("2 already done, 0 to run" in m for m in logs)
+  logs = []
+  monkeypatch.setattr(provenance, "NUMBERS_VERSION", provenance.NUMBERS_VERSION + 1)
   sweep.run(c, points, str(tmp_path), log=logs.append)
   assert sum("computed by other code" in m for m in logs) == 2
   assert any("0 already done, 2 to run" in m for m in logs)
