@@ -79,34 +79,21 @@ def nominal_passes(spec: str, options: dict) -> int:
 
 
 def _byzfl_pipeline(spec: str, f: int, options: dict):
-  """ByzFL 0.0.x objects for `spec`, or None when ByzFL is not importable or lacks a stage.
-  Same parameters as ours where ByzFL has them (ByzFL's geometric median starts at 0 with
-  ν = 0.1; its Krum counts n − f − 1 neighbours: their outputs then differ from ours)."""
+  """ByzFL 0.0.x objects for `spec`, or None when ByzFL is not importable or lacks a stage
+  (each stage's class and arguments: `registry.entry(name).byzfl`). Same parameters as ours
+  where ByzFL has them (ByzFL's geometric median starts at 0 with ν = 0.1; its Krum counts
+  n − f − 1 neighbours: their outputs then differ from ours)."""
   try:
     import byzfl  # pylint: disable=g-import-not-at-top
   except Exception:  # pylint: disable=broad-except
     return None
-  o = lambda name, key, default: options.get(name, {}).get(key, default)
-  make = {
-      "mean": lambda: byzfl.Average(), "coordinate_median": lambda: byzfl.Median(),
-      "trimmed_mean": lambda: byzfl.TrMean(f=f), "meamed": lambda: byzfl.Meamed(f=f),
-      "geometric_median": lambda: byzfl.GeometricMedian(T=int(o("geometric_median", "maxiter",
-                                                                 100))),
-      "krum": lambda: byzfl.Krum(f=f), "multi_krum": lambda: byzfl.MultiKrum(f=f),
-      "minimum_diameter_averaging": lambda: byzfl.MDA(f=f), "monna": lambda: byzfl.MoNNA(f=f),
-      "caf": lambda: byzfl.CAF(f=f), "smea": lambda: byzfl.SMEA(f=f),
-      "centered_clipping": lambda: byzfl.CenteredClipping(
-          L=int(o("centered_clipping", "iterations", 3)),
-          tau=float(o("centered_clipping", "tau", 10.0))),
-      "nearest_neighbor_mixing": lambda: byzfl.NNM(f=f),
-      "static_clipping": lambda: byzfl.Clipping(c=float(o("static_clipping", "threshold", 2.0))),
-      "adaptive_robust_clipping": lambda: byzfl.ARC(f=f),
-      "bucketing": lambda: byzfl.Bucketing(s=int(o("bucketing", "bucket_size", 2))),
-  }
   stages = aggregators.split_spec(spec)
-  if any(s not in make for s in stages):
+  # Each stage's ByzFL class and its arguments from this stage's options: its registry entry.
+  equivalents = [aggregators.registry.entry(s).byzfl for s in stages]
+  if any(e is None for e in equivalents):
     return None
-  return [make[s]() for s in stages]
+  return [getattr(byzfl, e.name)(**e.args(f, options.get(s, {})))
+          for s, e in zip(stages, equivalents)]
 
 
 def _time_reference(fn, repeats):

@@ -10,17 +10,25 @@ import time
 
 import numpy as np
 
-# Our spec -> (ByzFL aggregator, [ByzFL pre-aggregators]). Each gets {"f": f}; ByzFL's
-# RobustAggregator passes on only the parameters a class takes (Average, Median and
-# GeometricMedian take no f).
-RULES = {
-    "mean": ("Average", []),
-    "median": ("Median", []),
-    "trimmed_mean": ("TrMean", []),
-    "geometric_median": ("GeometricMedian", []),
-    "krum": ("Krum", []),
-    "nnm+trimmed_mean": ("TrMean", ["NNM"]),
-}
+from fedjax_robust.aggregators import registry
+
+# The pipelines timed against ByzFL's loop, as a config names them ("median": coordinate_median's
+# alias). The loop gives each ByzFL class {"f": f} alone (ByzFL's RobustAggregator passes on only
+# the parameters a class takes: Average, Median and GeometricMedian take no f), plus
+# `aggregator_parameters`; a stage whose ByzFL arguments come from its options (centered
+# clipping, static clipping, bucketing) would run at ByzFL's defaults instead of ours.
+SPECS = ("mean", "median", "trimmed_mean", "geometric_median", "krum", "nnm+trimmed_mean")
+
+
+def _byzfl_names(spec: str) -> tuple[str, list[str]]:
+  """(ByzFL aggregator, [ByzFL pre-aggregators]) for `spec`: each stage's class name from its
+  registry entry (`registry.entry(name).byzfl`)."""
+  *pre, rule = (registry.entry(stage).byzfl.name for stage in registry.split_spec(spec))
+  return rule, pre
+
+
+# Our spec -> (ByzFL aggregator, [ByzFL pre-aggregators]).
+RULES = {spec: _byzfl_names(spec) for spec in SPECS}
 
 
 def available() -> bool:

@@ -23,6 +23,10 @@ Stages may report scalar diagnostics (the pipeline's `aux`): "gm_iterations" (ge
 median), "clipped_share" (every clipping stage: the share of rows it clipped, see
 `clipping.Clipped`). When two stages report the same name, the later one's is
 "<stage name>.<name>" (e.g. "centered_clipping.clipped_share" after static clipping).
+
+Each stage's facts live in its entry (`entry(name)`): its published (f, κ) bound or why none
+(`kappa`, read by robustness.py), its secure averages per round (`secure_averages`) and its ByzFL
+equivalent (`byzfl`, read by benchmark.py and byzfl_loop.py).
 """
 
 from __future__ import annotations
@@ -65,7 +69,43 @@ _CALL_ARGS = ("f", "key", "center", "weights", "present", "server_update", "stat
 
 
 @dataclasses.dataclass(frozen=True)
+class Kappa:
+  """A stage's published (f, κ)-robustness bound (`robustness.kappa_upper_bound`), or why none
+  is recorded.
+
+  `bound`: for a rule, κ(r) with r = f/(n − 2f); for a pre-aggregator P, the map
+  (κ_F, n, f) -> κ(P∘F), valid for any (f, κ_F)-robust rule F after it. None: no bound, and
+  `source` says why; otherwise `source` names the paper and result, and how far the constant was
+  checked (robustness.py's docstring gives the details)."""
+  bound: Callable[..., float] | None
+  source: str
+
+
+def _f_only(f: int, options: Mapping[str, Any]) -> dict[str, Any]:
+  del options
+  return {"f": f}
+
+
+def _no_args(f: int, options: Mapping[str, Any]) -> dict[str, Any]:
+  del f, options
+  return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ByzFL:
+  """The stage's equivalent in ByzFL 0.0.x (`pip install byzfl`; tested with 0.0.11): the class
+  `byzfl.<name>`, built with `byzfl.<name>(**args(f, options))`, options being this stage's own
+  (as in `chain`'s `options[name]`; a missing one takes the default written in `args`).
+  `benchmark` builds ByzFL's numpy pipeline from it; `byzfl_loop` gives ByzFL's own loop the
+  class names (its loop passes each class {"f": f} alone)."""
+  name: str
+  args: Callable[[int, Mapping[str, Any]], dict[str, Any]] = _f_only
+
+
+@dataclasses.dataclass(frozen=True)
 class _Entry:
+  """One registered stage and every fact about it (adding a rule touches its module, this entry,
+  its NumPy reference in numpy_reference.py and its tests; BUILD.md, "Adding a rule")."""
   fn: Callable[..., Any]
   kind: str  # "rule" or "pre"
   # Turns the function's output into (out, aux); most functions return the array alone.
@@ -75,6 +115,14 @@ class _Entry:
   # A stage with its own state across rounds: `state_init(d, dtype)` gives the first one, the
   # function is called with `state=` and returns `(out, new_state)` (before `split_aux`).
   state_init: Callable[[int, Any], Any] | None = None
+  # Its published (f, κ)-robustness bound, or why none is recorded (every registered stage
+  # declares one; `robustness.kappa_upper_bound` reads it).
+  kappa: Kappa | None = None
+  # A rule that runs under secure aggregation when used alone: its secure averages per round
+  # from its aux (see SECURE_AVERAGES, `communication`); None: it needs each update in the clear.
+  secure_averages: Callable[[Mapping[str, jax.Array]], jax.Array] | None = None
+  # Its ByzFL equivalent (`benchmark`, `byzfl_loop`); None: ByzFL 0.0.11 has none here.
+  byzfl: ByzFL | None = None
 
   @property
   def params(self):
@@ -99,13 +147,8 @@ _SUBSETS = D.Int(1, note="the most subsets an exact search may enumerate")
 # (poly)logarithmic overhead", CCS 2020 (the constant taken as 1); Bonawitz et al.'s 2017
 # protocol costs more, quadratically in m (server communication O(m² + m·d), client
 # computation O(m² + m·d), server computation O(m²·d)). Every pipeline reports both per round
-# (aux "secure_averages", "numbers_sent").
-SECURE_AVERAGES: dict[str, Callable[[Mapping[str, jax.Array]], jax.Array]] = {
-    "mean": lambda aux: jnp.float32(1),
-    "rfa_one_step": lambda aux: jnp.float32(1),
-    # z_0 (the weighted mean) and one secure average per Weiszfeld update.
-    "geometric_median": lambda aux: 1 + aux["gm_iterations"].astype(jnp.float32),
-}
+# (aux "secure_averages", "numbers_sent"). Each such rule declares its count in its entry
+# (`_Entry.secure_averages`); SECURE_AVERAGES, after the table, collects them.
 
 
 def communication(name: str, aux: Mapping[str, jax.Array], m: jax.Array, d: int
@@ -113,8 +156,9 @@ def communication(name: str, aux: Mapping[str, jax.Array], m: jax.Array, d: int
   """This round's secure averages and numbers sent for pipeline `name` (see SECURE_AVERAGES)
   with m clients sending d-vectors."""
   m = jnp.asarray(m, jnp.float32)
-  if name in SECURE_AVERAGES:
-    calls = SECURE_AVERAGES[name](aux)
+  entry_ = _RULES.get(name)
+  if entry_ is not None and entry_.secure_averages is not None:
+    calls = entry_.secure_averages(aux)
     log_m = jnp.ceil(jnp.log2(jnp.maximum(m, 1.0)))
     return {"secure_averages": calls, "numbers_sent": calls * m * (d + log_m)}
   return {"secure_averages": jnp.float32(0), "numbers_sent": m * d}
@@ -130,24 +174,76 @@ def _kept_share(result: clustering.Filtered):
   return result.value, {"kept_share": result.kept_share}
 
 
+# (f, κ)-robustness (`robustness.py`; its docstring says how far each constant could be checked:
+# none against the papers' own text). Every stage declares its published bound or why none is
+# recorded (`_Entry.kappa`).
+FIXING_BY_MIXING = ("Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, 'Fixing by Mixing', "
+                    "AISTATS 2023 (arXiv:2302.01772)")
+ARC_PAPER = ("Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, 'The Vital Role of Gradient "
+             "Clipping in Byzantine-Resilient Distributed Learning', NeurIPS 2024 "
+             "(arXiv:2405.14432)")
+UNRECORDED_KAPPA = Kappa(None, "no published (f, κ) bound recorded")
+
+
+def _no_kappa(why: str) -> Kappa:
+  return Kappa(None, why)
+
+
 _RULES: dict[str, _Entry] = {
-    "mean": _Entry(mean, "rule"),
-    "coordinate_median": _Entry(coordinate_median, "rule"),
-    "trimmed_mean": _Entry(trimmed_mean, "rule"),
-    "meamed": _Entry(meamed, "rule"),
-    "majority_vote": _Entry(majority_vote, "rule"),
+    "mean": _Entry(
+        mean, "rule",
+        kappa=_no_kappa("the mean is not (f, κ)-robust for any finite κ when f ≥ 1"),
+        secure_averages=lambda aux: jnp.float32(1), byzfl=ByzFL("Average", _no_args)),
+    "coordinate_median": _Entry(
+        coordinate_median, "rule",
+        kappa=Kappa(lambda r: 4 * (1 + r) ** 2,
+                    f"CWMed κ = 4(1 + r)²: {FIXING_BY_MIXING}, Table 1 / Proposition 2 (form "
+                    "corroborated; the factor 4 unverified)"),
+        byzfl=ByzFL("Median", _no_args)),
+    "trimmed_mean": _Entry(
+        trimmed_mean, "rule",
+        kappa=Kappa(lambda r: 6 * r * (1 + r),
+                    f"CWTM κ = 6r(1 + r): {FIXING_BY_MIXING}, Table 1 / Proposition 2 (form "
+                    "corroborated by a secondary restatement; the factor 6 unverified)"),
+        byzfl=ByzFL("TrMean")),
+    "meamed": _Entry(meamed, "rule",
+                     kappa=_no_kappa("no published (f, κ) bound found for MeaMed"),
+                     byzfl=ByzFL("Meamed")),
+    "majority_vote": _Entry(majority_vote, "rule", kappa=UNRECORDED_KAPPA),
     "geometric_median": _Entry(
         weiszfeld, "rule", lambda r: (r.median, {"gm_iterations": r.num_iterations}),
         {"nu": D.POSITIVE, "maxiter": D.Int(1, note="0 would make the rule the mean"),
-         "ftol": D.NONNEGATIVE, "gtol": D.NONNEGATIVE}),
-    "krum": _Entry(krum, "rule"),
+         "ftol": D.NONNEGATIVE, "gtol": D.NONNEGATIVE},
+        kappa=Kappa(lambda r: 4 * (1 + r) ** 2,
+                    f"GM κ = 4(1 + r)²: {FIXING_BY_MIXING}, Table 1 / Proposition 2 (form "
+                    "corroborated; the factor 4 unverified; for the exact geometric median, "
+                    "which Weiszfeld approximates)"),
+        # z_0 (the weighted mean) and one secure average per Weiszfeld update.
+        secure_averages=lambda aux: 1 + aux["gm_iterations"].astype(jnp.float32),
+        # ByzFL's starts at 0 with ν = 0.1: its output then differs from ours.
+        byzfl=ByzFL("GeometricMedian", lambda f, o: {"T": int(o.get("maxiter", 100))})),
+    "krum": _Entry(
+        krum, "rule",
+        kappa=Kappa(lambda r: 6 * (1 + r),
+                    f"Krum κ = 6(1 + r): {FIXING_BY_MIXING}, Table 1 / Proposition 2 (form "
+                    "corroborated; the factor 6 unverified)"),
+        byzfl=ByzFL("Krum")),  # ByzFL's counts n − f − 1 neighbours, ours n − f − 2
     "multi_krum": _Entry(multi_krum, "rule",
-                         domains={"m": D.Int(1, optional=True, note="None: n − f; at most n")}),
-    "minimum_diameter_averaging": _Entry(minimum_diameter_averaging, "rule",
-                                         domains={"max_subsets": _SUBSETS}),
-    "monna": _Entry(monna, "rule", domains={"reference_index": D.Int(0, note="< n")}),
+                         domains={"m": D.Int(1, optional=True, note="None: n − f; at most n")},
+                         kappa=_no_kappa(
+                             "no bound recorded: not covered by Allouah et al. 2023; Bareilles, "
+                             "Bouaziz, Fageot, El Mhamdi (arXiv:2602.03899, 2026) prove one, "
+                             "constants not retrieved"),
+                         byzfl=ByzFL("MultiKrum")),
+    "minimum_diameter_averaging": _Entry(
+        minimum_diameter_averaging, "rule", domains={"max_subsets": _SUBSETS},
+        kappa=_no_kappa("no published (f, κ) bound found for MDA"), byzfl=ByzFL("MDA")),
+    "monna": _Entry(monna, "rule", domains={"reference_index": D.Int(0, note="< n")},
+                    kappa=_no_kappa("no published (f, κ) bound found for MoNNA"),
+                    byzfl=ByzFL("MoNNA")),
     "rfa_one_step": _Entry(rfa_one_step, "rule",
-                           domains={"nu": D.POSITIVE}),
+                           domains={"nu": D.POSITIVE}, kappa=UNRECORDED_KAPPA,
+                           secure_averages=lambda aux: jnp.float32(1)),
     "centered_clipping": _Entry(
         clipping.centered_clipping_with_share, "rule", _clipped_share,
         domains={"tau": D.POSITIVE,
@@ -156,25 +252,35 @@ _RULES: dict[str, _Entry] = {
                      *clipping.TAU_UNITS,
                      note="'published_momentum': τ of Karimireddy et al.'s code, for their "
                      "momentum buffers; config.make_simulator converts it to update units, "
-                     "τ·client_lr·(1 − client_momentum)·local_steps")}),
-    "bulyan": _Entry(bulyan, "rule"),
-    "caf": _Entry(caf, "rule"),
-    "smea": _Entry(smea, "rule", domains={"max_subsets": _SUBSETS}),
+                     "τ·client_lr·(1 − client_momentum)·local_steps")},
+        kappa=_no_kappa("no (f, κ) bound: centered clipping is analysed under the (δ, c)-ARAgg "
+                        "definition of Karimireddy, He, Jaggi, with a state-dependent centre"),
+        byzfl=ByzFL("CenteredClipping", lambda f, o: {"L": int(o.get("iterations", 3)),
+                                                      "tau": float(o.get("tau", 10.0))})),
+    "bulyan": _Entry(bulyan, "rule",
+                     kappa=_no_kappa("no published (f, κ) bound found for Bulyan")),
+    "caf": _Entry(caf, "rule", kappa=_no_kappa("no published (f, κ) bound found for CAF"),
+                  byzfl=ByzFL("CAF")),
+    "smea": _Entry(smea, "rule", domains={"max_subsets": _SUBSETS},
+                   kappa=_no_kappa("no published (f, κ) bound found for SMEA"),
+                   byzfl=ByzFL("SMEA")),
     "dnc": _Entry(divide_and_conquer, "rule", domains={
         "iterations": D.POSITIVE_INT, "sub_dim": D.POSITIVE_INT,
-        "c": D.Float(0, note="removes ⌈c·f⌉ rows per iteration; c·f < n")}),
+        "c": D.Float(0, note="removes ⌈c·f⌉ rows per iteration; c·f < n")},
+        kappa=UNRECORDED_KAPPA),
     "signguard": _Entry(clustering.signguard_with_share, "rule", _kept_share, domains={
         "lower": D.Float(0, 1, note="keep ‖x_i‖/median ≥ lower"),
         "upper": D.Float(1, note="keep ‖x_i‖/median ≤ upper"),
         "coordinate_fraction": D.Float(0, 1, low_open=True,
-                                       note="share of coordinates of the sign statistics")}),
+                                       note="share of coordinates of the sign statistics")},
+        kappa=UNRECORDED_KAPPA),
     "clipped_clustering": _Entry(
         clustering.clipped_clustering_with_share, "rule", _kept_share,
         domains={"history": D.Int(1, note="norms kept for the clipping median; >= n")},
-        state_init=clustering.clipped_clustering_init),
+        state_init=clustering.clipped_clustering_init, kappa=UNRECORDED_KAPPA),
     "flame": _Entry(clustering.flame_with_share, "rule", _kept_share,
-                    domains={"noise_lambda": D.NONNEGATIVE}),
-    "fltrust": _Entry(fltrust_with_share, "rule", _kept_share),
+                    domains={"noise_lambda": D.NONNEGATIVE}, kappa=UNRECORDED_KAPPA),
+    "fltrust": _Entry(fltrust_with_share, "rule", _kept_share, kappa=UNRECORDED_KAPPA),
     "posterior_filter": _Entry(
         prior_aware.posterior_filter_stage, "rule",
         lambda r: (r.value, {"honest_mass": r.honest_mass}),
@@ -187,24 +293,48 @@ _RULES: dict[str, _Entry] = {
                  "coupling": D.Choice("prior", "none"),
                  "prior_coupling": D.Tuple(D.Tuple(D.FINITE, 1), 1, optional=True,
                                            note="[n, n] couplings; None: from server_prior"),
-                 "mean_field_sweeps": D.POSITIVE_INT}),
+                 "mean_field_sweeps": D.POSITIVE_INT},
+        kappa=UNRECORDED_KAPPA),
     "cluster_aggregate": _Entry(prior_aware.cluster_aggregate_stage, "rule", domains={
         "clusters": D.Tuple(D.NONNEGATIVE_INT, 1, optional=True,
                             note="one cluster id per client; None: from the server's prior"),
         "f_clusters": D.Int(0, optional=True, note="clusters trimmed from each end; None: the "
                             "prior's quantile"),
-        "inner": D.Choice("mean", "median")}),
+        "inner": D.Choice("mean", "median")}, kappa=UNRECORDED_KAPPA),
     "adaptive_trim": _Entry(
         prior_aware.adaptive_trim_stage, "rule",
         lambda r: (r.value, {"removed": r.num_removed.astype(jnp.float32)}),
-        domains={"gap_factor": D.Float(1, note="the largest distance gap must exceed it")}),
-    "nearest_neighbor_mixing": _Entry(nearest_neighbor_mixing, "pre"),
-    "bucketing": _Entry(bucketing, "pre", domains={"bucket_size": D.POSITIVE_INT}),
-    "static_clipping": _Entry(clipping.static_clipping_with_share, "pre", _clipped_share,
-                              domains={"threshold": D.POSITIVE}),
-    "adaptive_robust_clipping": _Entry(clipping.adaptive_robust_clipping_with_share, "pre",
-                                       _clipped_share),
+        domains={"gap_factor": D.Float(1, note="the largest distance gap must exceed it")},
+        kappa=UNRECORDED_KAPPA),
+    "nearest_neighbor_mixing": _Entry(
+        nearest_neighbor_mixing, "pre",
+        kappa=Kappa(lambda kappa, n, f: 8 * f / (n - f) * (kappa + 1),
+                    f"F∘NNM ≤ (8f/(n − f))(κ_F + 1): {FIXING_BY_MIXING}, NNM lemma (Lemma 1 of "
+                    "the arXiv version; unverified)"),
+        byzfl=ByzFL("NNM")),
+    "bucketing": _Entry(
+        bucketing, "pre", domains={"bucket_size": D.POSITIVE_INT},
+        kappa=_no_kappa("no deterministic (f, κ) bound: bucketing's guarantees (Karimireddy, He, "
+                        "Jaggi, ICLR 2022) hold in expectation over the random buckets"),
+        byzfl=ByzFL("Bucketing", lambda f, o: {"s": int(o.get("bucket_size", 2))})),
+    "static_clipping": _Entry(
+        clipping.static_clipping_with_share, "pre", _clipped_share,
+        domains={"threshold": D.POSITIVE},
+        kappa=_no_kappa(f"no bound: static clipping breaks (f, κ)-robustness ({ARC_PAPER}, "
+                        "Section 3)"),
+        byzfl=ByzFL("Clipping", lambda f, o: {"c": float(o.get("threshold", 2.0))})),
+    "adaptive_robust_clipping": _Entry(
+        clipping.adaptive_robust_clipping_with_share, "pre", _clipped_share,
+        kappa=Kappa(lambda kappa, n, f: 3 * kappa,
+                    f"F∘ARC ≤ 3κ_F: {ARC_PAPER}, Theorem 3.2 (as restated by its public "
+                    "reviews; unverified against the paper)"),
+        byzfl=ByzFL("ARC")),
 }
+
+# The rules that run under secure aggregation used alone, with their secure averages per round
+# (each declared in its entry, `_Entry.secure_averages`; `communication` reads the entry).
+SECURE_AVERAGES: dict[str, Callable[[Mapping[str, jax.Array]], jax.Array]] = {
+    name: e.secure_averages for name, e in _RULES.items() if e.secure_averages is not None}
 _ALIASES = {"nnm": "nearest_neighbor_mixing", "cwmed": "coordinate_median",
             "median": "coordinate_median", "cwtm": "trimmed_mean", "gm": "geometric_median",
             "rfa": "geometric_median", "mda": "minimum_diameter_averaging",
@@ -225,6 +355,12 @@ _FUSED_WITH_MEAN: dict[str, Callable[..., Any]] = {
 def names(kind: str | None = None) -> list[str]:
   """Registered names, optionally only rules ("rule") or pre-aggregators ("pre")."""
   return sorted(k for k, e in _RULES.items() if kind is None or e.kind == kind)
+
+
+def entry(name: str) -> _Entry:
+  """The registry entry of a stage (a registered name or an alias): its function, kind, options'
+  domains and the facts about it (`kappa`, `secure_averages`, `byzfl`)."""
+  return _RULES[canonical_name(name)]
 
 
 def options(name: str) -> dict[str, Any]:

@@ -34,7 +34,10 @@ from where this was written, so no constant is checked against the paper's own t
   an optimal notion of robustness" (arXiv:2602.03899, 2026) state in their abstract that they give
   "the first proof that MultiKrum is a robust aggregation rule" ("no theoretical guarantees were
   available until now"); their constants could not be retrieved, so None.
-- No (f, κ) bound is recorded for the other rules and pre-aggregators (see `_NO_BOUND`).
+- No (f, κ) bound is recorded for the other rules and pre-aggregators.
+
+Each bound, or why none is recorded, lives with its source text in the stage's registry entry
+(`registry.entry(name).kappa`, aggregators/registry.py); this module only composes them.
 """
 
 from __future__ import annotations
@@ -50,57 +53,13 @@ import numpy as np
 from fedjax_robust.aggregators import base
 from fedjax_robust.aggregators import registry
 
-_FIXING_BY_MIXING = ("Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, 'Fixing by Mixing', "
-                     "AISTATS 2023 (arXiv:2302.01772)")
-_ARC_PAPER = ("Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, 'The Vital Role of Gradient "
-              "Clipping in Byzantine-Resilient Distributed Learning', NeurIPS 2024 "
-              "(arXiv:2405.14432)")
-
-# Rules with a recorded κ(r), r = f/(n − 2f), and the source of each.
-_RULE_BOUNDS: dict[str, tuple[Callable[[float], float], str]] = {
-    "trimmed_mean": (lambda r: 6 * r * (1 + r),
-                     f"CWTM κ = 6r(1 + r): {_FIXING_BY_MIXING}, Table 1 / Proposition 2 (form "
-                     "corroborated by a secondary restatement; the factor 6 unverified)"),
-    "coordinate_median": (lambda r: 4 * (1 + r) ** 2,
-                          f"CWMed κ = 4(1 + r)²: {_FIXING_BY_MIXING}, Table 1 / Proposition 2 "
-                          "(form corroborated; the factor 4 unverified)"),
-    "geometric_median": (lambda r: 4 * (1 + r) ** 2,
-                         f"GM κ = 4(1 + r)²: {_FIXING_BY_MIXING}, Table 1 / Proposition 2 (form "
-                         "corroborated; the factor 4 unverified; for the exact geometric median, "
-                         "which Weiszfeld approximates)"),
-    "krum": (lambda r: 6 * (1 + r),
-             f"Krum κ = 6(1 + r): {_FIXING_BY_MIXING}, Table 1 / Proposition 2 (form corroborated; "
-             "the factor 6 unverified)"),
-}
-
-# Pre-aggregators with a recorded map κ_F -> κ(P+F), valid for any (f, κ_F)-robust F.
-_PRE_BOUNDS: dict[str, tuple[Callable[[float, int, int], float], str]] = {
-    "nearest_neighbor_mixing": (lambda kappa, n, f: 8 * f / (n - f) * (kappa + 1),
-                                f"F∘NNM ≤ (8f/(n − f))(κ_F + 1): {_FIXING_BY_MIXING}, NNM lemma "
-                                "(Lemma 1 of the arXiv version; unverified)"),
-    "adaptive_robust_clipping": (lambda kappa, n, f: 3 * kappa,
-                                 f"F∘ARC ≤ 3κ_F: {_ARC_PAPER}, Theorem 3.2 (as restated by its "
-                                 "public reviews; unverified against the paper)"),
-}
-
-# Why no bound is recorded for the other stages.
-_NO_BOUND = {
-    "mean": "the mean is not (f, κ)-robust for any finite κ when f ≥ 1",
-    "multi_krum": ("no bound recorded: not covered by Allouah et al. 2023; Bareilles, Bouaziz, "
-                   "Fageot, El Mhamdi (arXiv:2602.03899, 2026) prove one, constants not retrieved"),
-    "minimum_diameter_averaging": "no published (f, κ) bound found for MDA",
-    "centered_clipping": ("no (f, κ) bound: centered clipping is analysed under the (δ, c)-ARAgg "
-                          "definition of Karimireddy, He, Jaggi, with a state-dependent centre"),
-    "meamed": "no published (f, κ) bound found for MeaMed",
-    "bulyan": "no published (f, κ) bound found for Bulyan",
-    "caf": "no published (f, κ) bound found for CAF",
-    "smea": "no published (f, κ) bound found for SMEA",
-    "monna": "no published (f, κ) bound found for MoNNA",
-    "bucketing": ("no deterministic (f, κ) bound: bucketing's guarantees (Karimireddy, He, Jaggi, "
-                  "ICLR 2022) hold in expectation over the random buckets"),
-    "static_clipping": (f"no bound: static clipping breaks (f, κ)-robustness ({_ARC_PAPER}, "
-                        "Section 3)"),
-}
+def _kappa_fact(stage: str, kind: str) -> registry.Kappa:
+  """The stage's recorded κ where it stands as a `kind` ("rule": κ(r); "pre": κ_F -> κ(P∘F)):
+  its registry entry's bound or why none (a bound of the other kind, or none declared, reads as
+  not recorded)."""
+  entry = registry.entry(stage)
+  fact = entry.kappa or registry.UNRECORDED_KAPPA
+  return registry.UNRECORDED_KAPPA if fact.bound is not None and entry.kind != kind else fact
 
 
 def _check_n_f(n: int, f: int) -> None:
@@ -122,17 +81,16 @@ def _upper_with_source(spec: str, n: int, f: int) -> tuple[float | None, str]:
   _check_n_f(n, f)
   *pre, rule = registry.split_spec(spec)
   r = f / (n - 2 * f)
-  if rule not in _RULE_BOUNDS:
-    return None, f"{rule}: {_NO_BOUND.get(rule, 'no published (f, κ) bound recorded')}"
-  kappa, source = _RULE_BOUNDS[rule]
-  kappa, sources = kappa(r), [source]
+  fact = _kappa_fact(rule, "rule")
+  if fact.bound is None:
+    return None, f"{rule}: {fact.source}"
+  kappa, sources = fact.bound(r), [fact.source]
   for stage in reversed(pre):  # the stage applied first wraps everything after it
-    if stage not in _PRE_BOUNDS:
-      return None, (f"{stage}: {_NO_BOUND.get(stage, 'no published (f, κ) bound recorded')} "
-                    f"(so none for {spec!r})")
-    fn, source = _PRE_BOUNDS[stage]
-    kappa = fn(kappa, n, f)
-    sources.append(source)
+    fact = _kappa_fact(stage, "pre")
+    if fact.bound is None:
+      return None, f"{stage}: {fact.source} (so none for {spec!r})"
+    kappa = fact.bound(kappa, n, f)
+    sources.append(fact.source)
   return float(kappa), "; ".join(sources)
 
 
@@ -155,7 +113,7 @@ def kappa_bounds(spec: str, n: int, f: int) -> dict[str, Any]:
   source text naming the paper and result of each, or why no upper bound is recorded.
   f = 0 gives lower 0 and the upper bounds at r = 0; n ≤ 2f raises ValueError."""
   upper, source = _upper_with_source(spec, n, f)
-  lower_source = f"lower f/(n − 2f): {_FIXING_BY_MIXING}, Proposition 1"
+  lower_source = f"lower f/(n − 2f): {registry.FIXING_BY_MIXING}, Proposition 1"
   return {"lower": kappa_lower_bound(n, f), "upper": upper,
           "source": f"{lower_source}; upper: {source}"}
 
