@@ -36,7 +36,6 @@ What the server does with it:
 
 from __future__ import annotations
 
-import json
 import warnings
 from typing import Any
 
@@ -48,8 +47,9 @@ from fedjax_robust.errors import ConfigError
 KINDS = ("none", "mu_h", "marginals")
 DECLARED_F = ("config", "quantile")
 WEIGHTS = ("none", "reliability", "expected_objective")
-# Monte Carlo draws for the marginals and the law of b of a prior without an exact form.
-MONTE_CARLO = 200_000
+# Monte Carlo draws for the marginals and the couplings of a prior without an exact form (the
+# law of b uses honest_sets' own default, the same number; both share the same draws).
+MONTE_CARLO = honest_sets.MONTE_CARLO
 # The seed of the permutation of `permuted` priors.
 PERMUTATION_SEED = 0
 # A coupling J_ij is kept when |log odds ratio| > this many standard errors (else 0: the pair is
@@ -62,8 +62,9 @@ def prior_law(kind: str, num_clients: int, *, p_per_client=None,
               permuted: bool = False) -> dict[str, Any] | None:
   """The honest_sets spec of the server's prior (None for kind 'none'): for 'marginals'
   independent corruption with `p_per_client`, for 'mu_h' the `law` that draws the honest sets
-  (its adjacency included for a graph law); misspecified by `scale` and `permuted`. The job
-  layer reads these from the config (`config.server_prior_spec`)."""
+  (its adjacency included for a graph law); misspecified by `scale` (`honest_sets.Law.scaled`)
+  and `permuted` (`honest_sets.Law.permuted` by `permutation`). The job layer reads these from
+  the config (`config.server_prior_spec`)."""
   n = num_clients
   if kind == "none":
     return None
@@ -75,9 +76,14 @@ def prior_law(kind: str, num_clients: int, *, p_per_client=None,
   else:
     out = dict(law)
   if scale != 1.0:
-    out = _scaled(out, scale)
+    prior = honest_sets.law(out, n)
+    if prior.scaled_parameter is None:
+      raise ConfigError(f"server_prior.scale={scale} misspecifies the corruption probabilities of "
+                        f"'bernoulli', 'clusters', 'graph_copula' and 'cascade' priors; the prior "
+                        f"here is {prior.name!r}. Allowed: scale=1 with it.")
+    out = prior.scaled(scale).spec
   if permuted:
-    out = _permuted(out, n)
+    out = honest_sets.law(out, n).permuted(permutation(n)).spec
   return out
 
 
@@ -86,66 +92,17 @@ def permutation(num_clients: int) -> np.ndarray:
   return np.random.default_rng(PERMUTATION_SEED).permutation(num_clients)
 
 
-def _permuted(law: dict[str, Any], num_clients: int) -> dict[str, Any]:
-  """`law` with its clients relabelled by `permutation`: per-client parameters, the adjacency
-  and the cluster assignment of client i become those of client π(i)."""
-  perm = permutation(num_clients)
-  out = dict(law)
-  for key in ("p", "h", "p0", "weights"):
-    if out.get(key) is not None and np.ndim(out[key]) == 1:
-      out[key] = tuple(float(v) for v in np.asarray(out[key], float)[perm])
-  if out.get("adjacency") is not None:
-    out["adjacency"] = np.asarray(out["adjacency"])[np.ix_(perm, perm)]
-  if law["name"] == "clusters":
-    out["assignment"] = tuple(int(i) for i in _cluster_ids(law, num_clients)[perm])
-  return out
-
-
-def _with_defaults(law: dict[str, Any]) -> dict[str, Any]:
-  """`law` with the sampler's defaults for the parameters it leaves out."""
-  return {**honest_sets.options(law["name"]), **law}
-
-
-def _cluster_ids(law: dict[str, Any], num_clients: int) -> np.ndarray:
-  """The cluster of every client under a 'clusters' law."""
-  law = _with_defaults(law)
-  return honest_sets.cluster_assignment(num_clients, law["num_clusters"], law["assignment"])
-
-
-def _scaled(law: dict[str, Any], scale: float) -> dict[str, Any]:
-  name = law["name"]
-  key = {"bernoulli": "p", "clusters": "pi", "graph_copula": "p", "cascade": "p0"}.get(name)
-  if key is None:
-    raise ConfigError(f"server_prior.scale={scale} misspecifies the corruption probabilities of "
-                      f"'bernoulli', 'clusters', 'graph_copula' and 'cascade' priors; the prior "
-                      f"here is {name!r}. Allowed: scale=1 with it.")
-  value = _with_defaults(law)[key]
-  scaled = np.clip(np.asarray(value, float) * scale, 0.0, 1.0)
-  return {**law, key: float(scaled) if scaled.ndim == 0 else tuple(map(float, scaled))}
-
-
 def marginals(law: dict[str, Any], num_clients: int) -> tuple[np.ndarray, bool]:
-  """P(client i corrupted) `[n]` under the prior, and whether it is exact (bernoulli and
-  graph_copula: exact, their p_i; otherwise Monte Carlo over MONTE_CARLO draws, computed once
-  per law)."""
-  if law["name"] in ("bernoulli", "graph_copula"):
-    p = _with_defaults(law)["p"]
-    return np.broadcast_to(np.asarray(p, float), (num_clients,)).copy(), True
-  return 1.0 - _honest_draws(law, num_clients).mean(0), False
+  """P(client i corrupted) `[n]` under the prior, and whether it is exact
+  (`honest_sets.Law.byzantine_marginals`: bernoulli and graph_copula exact, their p_i; otherwise
+  Monte Carlo over MONTE_CARLO draws, drawn once per law)."""
+  return honest_sets.law(law, num_clients).byzantine_marginals(num_monte_carlo=MONTE_CARLO)
 
 
 def _honest_draws(law: dict[str, Any], num_clients: int) -> np.ndarray:
-  """MONTE_CARLO honest masks `[M, n]` drawn from `law` (computed once per law and n)."""
-  key = json.dumps({k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
-                    for k, v in law.items()}, sort_keys=True, default=str) + f"/{num_clients}"
-  if key not in _MONTE_CARLO_DRAWS:
-    import jax  # pylint: disable=g-import-not-at-top
-    _MONTE_CARLO_DRAWS[key] = np.asarray(honest_sets.sample(
-        jax.random.key(0), law, num_clients=num_clients, num_samples=MONTE_CARLO), bool)
-  return _MONTE_CARLO_DRAWS[key]
-
-
-_MONTE_CARLO_DRAWS: dict[str, np.ndarray] = {}
+  """MONTE_CARLO honest masks `[M, n]` drawn from `law` (`honest_sets.Law.monte_carlo_draws`:
+  drawn once per law and n)."""
+  return honest_sets.law(law, num_clients).monte_carlo_draws(MONTE_CARLO)
 
 
 def coupling(law: dict[str, Any], num_clients: int) -> np.ndarray | None:
@@ -158,7 +115,7 @@ def coupling(law: dict[str, Any], num_clients: int) -> np.ndarray | None:
   diagonal. For two clients this is the exact Ising coupling of their joint law; for more it is
   an approximation (a pairwise model matching the pair laws one pair at a time, not the joint
   law), stated as such where it is used (`aggregators.prior_aware.posterior_filter`)."""
-  if law["name"] == "bernoulli":
+  if honest_sets.law(law, num_clients).independent:
     return None
   b = (~_honest_draws(law, num_clients)).astype(np.float64)
   m = float(len(b))
@@ -177,7 +134,7 @@ def coupling(law: dict[str, Any], num_clients: int) -> np.ndarray | None:
 
 def quantile_f(law: dict[str, Any], num_clients: int, delta: float) -> tuple[int, bool, float]:
   """f = min{k : P(b ≤ k) ≥ 1 − δ} under `law`; whether the law of b is exact; P(b ≤ f)."""
-  pmf, exact = honest_sets.byzantine_count_pmf(law, num_clients=num_clients)
+  pmf, exact = honest_sets.law(law, num_clients).count_pmf()
   cdf = np.cumsum(pmf)
   f = int(np.searchsorted(cdf, 1 - delta - 1e-12))
   return f, exact, float(cdf[min(f, len(cdf) - 1)])
@@ -185,13 +142,14 @@ def quantile_f(law: dict[str, Any], num_clients: int, delta: float) -> tuple[int
 
 def client_weights(law: dict[str, Any], num_clients: int, kind: str) -> np.ndarray:
   """The weights of `kind` ('reliability' or 'expected_objective'), normalized to sum to 1."""
-  p, _ = marginals(law, num_clients)
+  prior = honest_sets.law(law, num_clients)
+  p, _ = prior.byzantine_marginals(num_monte_carlo=MONTE_CARLO)
   if kind == "reliability":
     w = 1.0 - p
   else:
-    if law["name"] != "bernoulli":
+    if not prior.independent:
       raise ConfigError("server_prior.weights='expected_objective' uses the exact weights of "
-                        f"independent corruption; the prior here is {law['name']!r}. Allowed: "
+                        f"independent corruption; the prior here is {prior.name!r}. Allowed: "
                         "'reliability' with it, or an independent prior ('marginals', or 'mu_h' "
                         "with honest_set='bernoulli').")
     w = honest_sets.expected_objective_weights(p, num_clients)
@@ -250,35 +208,27 @@ def cluster_quantile_f(law: dict[str, Any], num_clients: int, delta: float,
   t_c = ⌈m_c/2⌉ for inner = "median" (m_c the group's size; the coordinate median of m_c rows
   is bounded by the honest rows while fewer than ⌈m_c/2⌉ are faulty).
 
-  - clustered prior ('clusters'): its clusters. Cluster c is bad with probability
-    π_c P(Bin(m_c, q1) ≥ t_c) + (1 − π_c) P(Bin(m_c, q0) ≥ t_c) (for t_c = 1: π_c (1 − (1 −
-    q1)^{m_c}) + (1 − π_c)(1 − (1 − q0)^{m_c})), independently across clusters: K_bad is
-    Poisson binomial (exact).
+  - clustered prior ('clusters', the law with `cluster_ids`): its clusters. Cluster c is bad
+    with probability π_c P(Bin(m_c, q1) ≥ t_c) + (1 − π_c) P(Bin(m_c, q0) ≥ t_c) (for t_c = 1:
+    π_c (1 − (1 − q1)^{m_c}) + (1 − π_c)(1 − (1 − q0)^{m_c}); `Law.cluster_failure_probabilities`),
+    independently across clusters: K_bad is Poisson binomial (exact).
   - another correlated prior (graph_copula, ising, cascade, beta_bernoulli, fixed_count):
     `communities` groups found by spectral clustering (scikit-learn, fixed seed) of the affinity
     max(0, corr(B_i, B_j)) of its MONTE_CARLO draws (clients corrupted together are grouped
     together; for a graph law these are the graph's communities as the law sees them), and the
     law of K_bad from the same draws (Monte Carlo).
   - independent prior ('bernoulli'): refused; no grouping carries information."""
-  name = law["name"]
-  if name == "bernoulli":
+  prior = honest_sets.law(law, num_clients)
+  if prior.independent:
     raise ConfigError("cluster_aggregate takes its groups from a prior of correlated corruption "
-                      "(clusters, a graph law, ...); the prior here is independent ('bernoulli'),"
-                      " which groups nobody. Allowed: a correlated honest_set with server_prior."
-                      "kind='mu_h', or set aggregator_options.cluster_aggregate.clusters and "
-                      ".f_clusters.")
-  if name == "clusters":
-    full = _with_defaults(law)
-    ids = _cluster_ids(full, num_clients)
-    num = int(ids.max()) + 1
-    pis = np.broadcast_to(np.asarray(full["pi"], float), (num,))
-    q1, q0 = full["q1"], full["q0"]
-    sizes = np.bincount(ids, minlength=num)
-    import scipy.stats  # pylint: disable=g-import-not-at-top
-    t = _bad_threshold(sizes, inner)
-    bad = (pis * scipy.stats.binom.sf(t - 1, sizes, q1)
-           + (1 - pis) * scipy.stats.binom.sf(t - 1, sizes, q0))
-    cdf = np.cumsum(honest_sets.poisson_binomial_pmf(bad))
+                      "(clusters, a graph law, ...); the prior here is independent "
+                      f"({prior.name!r}), which groups nobody. Allowed: a correlated honest_set "
+                      "with server_prior.kind='mu_h', or set aggregator_options.cluster_aggregate"
+                      ".clusters and .f_clusters.")
+  ids = prior.cluster_ids()
+  if ids is not None:
+    t = _bad_threshold(np.bincount(ids, minlength=int(ids.max()) + 1), inner)
+    cdf = np.cumsum(honest_sets.poisson_binomial_pmf(prior.cluster_failure_probabilities(t)))
     return ids, int(np.searchsorted(cdf, 1 - delta - 1e-12))
   if not 2 <= communities <= num_clients:
     raise ConfigError(f"server_prior.communities={communities} must be in [2, n={num_clients}].")
