@@ -304,18 +304,18 @@ def _peak_device_bytes():
 
 
 def _monte_carlo_job(config, spec: str, num_samples: int):
-  """The Monte Carlo benchmarks' job: (data, simulator of `spec`, `num_samples` honest masks,
-  their keys, the initial state)."""
+  """The Monte Carlo benchmarks' job: (the Job of `config` with `num_samples` draws, its data,
+  the simulator of `spec`, the honest masks, their keys, the initial state)."""
   from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
   from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
   from fedjax_robust import training  # pylint: disable=g-import-not-at-top
 
-  config_lib.validate(config)
-  fed = config_lib.make_data(config)
-  sim = experiment.simulator(config, spec, fed)
-  masks = jnp.asarray(experiment.draw_masks(config_with(config, num_samples=num_samples), fed))
+  job = config_lib.resolve(config).replaced({"num_samples": num_samples})
+  fed = config_lib.make_data(job)
+  sim = experiment.simulator(job, spec, fed)
+  masks = jnp.asarray(experiment.draw_masks(job, fed))
   keys = training.sample_keys(jax.random.key(1), num_samples)
-  return fed, sim, masks, keys, sim.init(jax.random.key(2))
+  return job, fed, sim, masks, keys, sim.init(jax.random.key(2))
 
 
 def round_bytes_per_draw(sim, states, masks, keys, train) -> float:
@@ -344,12 +344,11 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
   multiple of their number), beside the sequential NumPy baseline (`baseline_samples` draws run
   one after the other, one client at a time) and, with `byzfl` when the package is importable,
   ByzFL's own federated loop on the same job (`byzfl_loop`; column vs_byzfl)."""
-  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
   from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
   from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top
   from fedjax_robust import training  # pylint: disable=g-import-not-at-top
 
-  fed, sim, masks, keys, initial = _monte_carlo_job(config, spec, max(sample_counts))
+  job, fed, sim, masks, keys, initial = _monte_carlo_job(config, spec, max(sample_counts))
   rows = []
   run = jax.vmap(functools.partial(sim.run_rounds, num_rounds=num_rounds),
                  in_axes=(0, 0, 0, None))
@@ -403,20 +402,20 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
             + ("" if math.isnan(moved) else f", XLA's estimate {moved / 2**20:.2f} MB moved "
                "per sample-round") + ")")
   if byzfl:
-    _versus_byzfl(rows, config, spec, fed, np.asarray(masks[0]), num_rounds, log)
+    _versus_byzfl(rows, job, spec, fed, np.asarray(masks[0]), num_rounds, log)
 
   # The sequential baseline: same data, model, attack and rule, in NumPy.
   if not baseline_samples:
     log("  (sequential NumPy baseline skipped: baseline_samples=0)")
-  elif numpy_reference.has(spec) and config.attack in ("none", "alie"):
+  elif numpy_reference.has(spec) and job.attack in ("none", "alie"):
     flatten, unflatten = numpy_layout(sim)
     xs, ys = _client_arrays(fed, np.float64)
-    t = config.training
-    z = config.attack_options.alie.z
-    attack = (None if config.attack == "none" else
+    t = job.training
+    z = job.attack_options.alie.z
+    attack = (None if job.attack == "none" else
               lambda u, h: numpy_reference.alie(u, h, z))
-    options = config_lib.aggregator_options(config)  # τ in the units the rules take
-    aggregate_fn = lambda u: numpy_reference.aggregate(spec, u, config.f, options)
+    options = job.options  # τ in the units the rules take
+    aggregate_fn = lambda u: numpy_reference.aggregate(spec, u, job.f, options)
     layers0 = unflatten(np.asarray(initial.params, np.float64))
     rng = np.random.default_rng(0)
     start = time.perf_counter()
@@ -436,7 +435,7 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
       if r.method != BYZFL_LOOP:
         r.speedup = r.sample_rounds_per_s / base_rate
   else:
-    log(f"  (no sequential NumPy baseline for {spec!r} with attack {config.attack!r})")
+    log(f"  (no sequential NumPy baseline for {spec!r} with attack {job.attack!r})")
   return rows
 
 
@@ -451,7 +450,7 @@ def _client_arrays(fed, dtype):
           [np.asarray(fed.train.y[i, :c]) for i, c in enumerate(counts)])
 
 
-def _versus_byzfl(rows, config, spec: str, fed, honest: np.ndarray, num_rounds: int,
+def _versus_byzfl(rows, job, spec: str, fed, honest: np.ndarray, num_rounds: int,
                   log: Callable[[str], None]) -> None:
   """Appends ByzFL's own federated loop on the same clients' data, model, batch, learning rate,
   momentum, f and rule (`byzfl_loop`, one draw's honest set, one torch thread) and sets every
@@ -463,19 +462,19 @@ def _versus_byzfl(rows, config, spec: str, fed, honest: np.ndarray, num_rounds: 
         "venv, BUILD.md, for the vs_byzfl column)")
     return
   why = ("the rule has no ByzFL equivalent" if spec not in byzfl_loop.RULES else
-         "ByzFL's loop runs ALIE or no attack" if config.attack not in ("none", "alie") else
-         "the model is not the MLP" if config.model != "mlp" else
-         "more than one local step" if config.training.local_steps != 1 else "")
+         "ByzFL's loop runs ALIE or no attack" if job.attack not in ("none", "alie") else
+         "the model is not the MLP" if job.model != "mlp" else
+         "more than one local step" if job.training.local_steps != 1 else "")
   if why:
     log(f"  (no ByzFL loop for {spec!r}: {why})")
     return
   xs, ys = _client_arrays(fed, np.float32)
-  t = config.training
-  options = config.aggregator_options.get(spec, {})
+  t = job.training
+  options = job.options.get(spec, {})
   rate = byzfl_loop.rounds_per_second(
-      xs, ys, honest, spec=spec, f=config.f, hidden=tuple(config.model_options.mlp.hidden),
+      xs, ys, honest, spec=spec, f=job.f, hidden=tuple(job.model_options.mlp.hidden),
       num_classes=fed.num_classes, batch_size=t.batch_size, lr=t.client_lr,
-      momentum=t.client_momentum, num_rounds=num_rounds, attack=config.attack,
+      momentum=t.client_momentum, num_rounds=num_rounds, attack=job.attack,
       aggregator_parameters={"T": options["maxiter"]} if spec == "geometric_median" else None)
   rows.append(ThroughputRow(BYZFL_LOOP, spec, 1, num_rounds, 0.0, num_rounds / rate, rate,
                             math.nan, devices=0, vs_byzfl=1.0))
@@ -502,7 +501,7 @@ def monte_carlo_phases(config, spec: str, sample_counts: Sequence[int], *, repea
   round. The phases do not add up to the round exactly (XLA fuses across them in the round)."""
   from fedjax_robust import training  # pylint: disable=g-import-not-at-top
 
-  fed, sim, masks, keys, initial = _monte_carlo_job(config, spec, max(sample_counts))
+  _, fed, sim, masks, keys, initial = _monte_carlo_job(config, spec, max(sample_counts))
   n = sim.num_clients
   train = fed.train
 
@@ -538,14 +537,6 @@ def monte_carlo_phases(config, spec: str, sample_counts: Sequence[int], *, repea
       rows.append(PhaseRow(spec, s, phase, seconds, s / seconds))
       log(f"  S={s:<6} {phase:<15} {1e3 * seconds:9.2f} ms  {s / seconds:10.1f} sample-rounds/s")
   return rows
-
-
-def config_with(config, **updates):
-  c = config.copy_and_resolve_references()
-  with c.unlocked():
-    for k, v in updates.items():
-      c[k] = v
-  return c
 
 
 def format_throughput(rows: Sequence[ThroughputRow]) -> str:

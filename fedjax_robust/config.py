@@ -28,13 +28,13 @@ from fedjax_robust import data as data_lib
 from fedjax_robust.errors import ConfigError
 from fedjax_robust import graphs
 from fedjax_robust import honest_sets
+from fedjax_robust import local_training
 from fedjax_robust import models
 from fedjax_robust import server_optimizers
 from fedjax_robust import compression
 from fedjax_robust import privacy
 from fedjax_robust import server_prior
 from fedjax_robust import sharding
-from fedjax_robust import training
 from fedjax_robust import worst_case
 from fedjax_robust.theory import report as theory_report
 
@@ -180,7 +180,8 @@ def base_config() -> ml_collections.ConfigDict:
       "client_update": "momentum_gradient", "tail_average": 1,
       # The clients' learning rate over rounds: client_lr × an optax schedule.
       "client_lr_schedule": "constant",
-      "client_lr_schedule_options": {k: dict(v) for k, v in training.LR_SCHEDULES.items() if v},
+      "client_lr_schedule_options": {k: dict(v) for k, v in local_training.LR_SCHEDULES.items()
+                                     if v},
       # Personalization (needs data.holdout_fraction > 0: each client is measured on its own
       # held-out split): "personal_head" keeps the model's output layer per client, trained
       # locally and never sent (FedPer); fine_tune_steps > 0 measures every client's model after
@@ -323,9 +324,9 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "training.client_momentum": D.Float(0, 1, high_open=True),
     "training.clients_per_round": D.Int(0, note="0: all clients; else 2f < m <= num_clients"),
     "training.local_epochs": D.Int(0, note="0: training.local_steps steps instead"),
-    "training.client_update": D.Choice(*training.CLIENT_UPDATES),
+    "training.client_update": D.Choice(*local_training.CLIENT_UPDATES),
     "training.tail_average": D.Int(1, note="1: the last local iterate"),
-    "training.client_lr_schedule": D.Choice(*training.LR_SCHEDULES),
+    "training.client_lr_schedule": D.Choice(*local_training.LR_SCHEDULES),
     "training.personalization": D.Choice(*PERSONALIZATIONS),
     "training.fine_tune_steps": D.Int(0, note="0: no local fine-tuning"),
     "training.client_lr_schedule_options.cosine.alpha": D.PROBABILITY,
@@ -386,6 +387,8 @@ def aggregator_specs(config) -> list[str]:
   return [s.strip() for s in config.aggregator.split(",") if s.strip()]
 
 
+_COMPUTE = object()  # an argument left to be computed from the config
+
 HONEST_ONLY = "honest_only"  # the baseline without Byzantine clients, in `report.compare`
 
 
@@ -429,23 +432,35 @@ def honest_set_spec(config) -> dict[str, Any]:
   return {"name": config.honest_set, **opts}
 
 
-def server_prior_spec(config) -> dict[str, Any] | None:
+def sampler_spec(config) -> dict[str, Any] | None:
+  """The μ_H sampler's spec (`honest_set_spec`) with its graph when the law is graph-based and
+  the graph does not need the data (graph.kind 'data_similarity' is built from the data:
+  `Job.honest_set_for`); None for the worst case. A Job holds it (`Job.sampler`): this is
+  the one place it is derived."""
+  if config.honest_set == "worst_case":
+    return None
+  spec = honest_set_spec(config)
+  if config.honest_set in honest_sets.GRAPH_BASED and config.graph.kind != "data_similarity":
+    spec["adjacency"] = make_adjacency(config)
+  return spec
+
+
+def server_prior_spec(config, sampler: Any = _COMPUTE) -> dict[str, Any] | None:
   """The honest_sets spec of the server's prior (`config.server_prior`; None for kind 'none'),
-  misspecified by its `scale` and `permuted` (`server_prior.prior_law`)."""
+  misspecified by its `scale` and `permuted` (`server_prior.prior_law`). `sampler`: μ_H's spec
+  when already derived (`sampler_spec`)."""
   prior = config.server_prior
   law = None
   if prior.kind == "mu_h":
     if config.honest_set == "worst_case":
       raise ConfigError("server_prior.kind='mu_h' needs a random μ_H; honest_set='worst_case' is "
                         "not a law. Allowed: kind='marginals' or 'none' with the worst case.")
-    law = dict(honest_set_spec(config))
-    if config.honest_set in honest_sets.GRAPH_BASED:
-      if config.graph.kind == "data_similarity":
-        raise ConfigError(
-            "server_prior.kind='mu_h' with a graph law needs the graph before the data is "
-            "loaded; graph.kind='data_similarity' is built from the data. Allowed: another "
-            "graph.kind, or server_prior.kind='marginals'.")
-      law["adjacency"] = make_adjacency(config)
+    if config.honest_set in honest_sets.GRAPH_BASED and config.graph.kind == "data_similarity":
+      raise ConfigError(
+          "server_prior.kind='mu_h' with a graph law needs the graph before the data is "
+          "loaded; graph.kind='data_similarity' is built from the data. Allowed: another "
+          "graph.kind, or server_prior.kind='marginals'.")
+    law = dict(sampler_spec(config) if sampler is _COMPUTE else sampler)
   return server_prior.prior_law(prior.kind, config.num_clients,
                                 p_per_client=prior.p_per_client, law=law, scale=prior.scale,
                                 permuted=prior.permuted)
@@ -624,22 +639,90 @@ def describe_privacy(info: dict) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-  """A validated configuration and what is derived from it, each computed once at validation
-  (issue 30's typed Job, first step: the engine and the report still read `config` itself).
+  """A validated configuration and everything derived from it, each computed once, at the edge
+  (`resolve`): what the engine and the report take instead of the ConfigDict.
 
-  config: the configuration as validated (before the prior's f or privacy's σ are resolved:
-  a run's fingerprint is of it); specs: the aggregator specs; options: the rules' options as
-  they take them (`aggregator_options`); prior: the server prior's honest_sets spec (None
-  without one); prior_info: what the prior sets (`resolve_server_prior`; None without one);
-  honest_set: the μ_H sampler's spec (None for the worst case; a data-similarity graph is built
-  later, from the data); comparisons: the paired comparisons the tables show."""
+  Reading: `job.training.num_rounds`, `job.num_clients`, `job.f` … read `settings`, the run's
+  effective configuration, frozen (an `ml_collections.FrozenConfigDict`: a value cannot be
+  changed by a reader; a change is a new Job, `replaced`). Derived, once: `specs` (the
+  aggregator specs), `options` (the rules' options as they take them, `aggregator_options`),
+  `prior` (the server prior's honest_sets spec; None without one), `prior_info` (what the prior
+  sets, `resolve_server_prior`; None without one), `sampler` (the μ_H sampler's spec; None
+  for the worst case; a data-similarity graph's adjacency is added from the data,
+  `honest_set_for`), `comparisons` (the paired comparisons the tables show), `privacy_info` (σ
+  and ε: `with_privacy`, once the data are loaded; None before and without privacy). A derived
+  field's name is never a configuration key's (`job.honest_set` is the law's name, as
+  configured; `job.privacy` the privacy settings).
+
+  `config` is the configuration as validated, the key of a sweep point; `effective` is it with
+  what the job resolves (the prior's quantile f; privacy's σ for a target ε), the key of a
+  cached run (`experiment.run_config`) and what the job layer's builders read
+  (`make_simulator`, `make_data`)."""
   config: ml_collections.ConfigDict
   specs: tuple[str, ...]
   options: Mapping[str, Mapping[str, Any]]
   prior: Mapping[str, Any] | None
   prior_info: Mapping[str, Any] | None
-  honest_set: Mapping[str, Any] | None
+  sampler: Mapping[str, Any] | None
   comparisons: tuple[tuple[str, str], ...]
+  effective: ml_collections.ConfigDict = None
+  privacy_info: Mapping[str, Any] | None = None
+  settings: ml_collections.FrozenConfigDict = dataclasses.field(init=False, repr=False)
+
+  def __post_init__(self):
+    if self.effective is None:
+      object.__setattr__(self, "effective",
+                         with_prior_f(self.config, self.prior_info).copy_and_resolve_references())
+    object.__setattr__(self, "settings", ml_collections.FrozenConfigDict(self.effective))
+
+  def __getattr__(self, name: str):
+    settings = self.__dict__.get("settings")  # absent while the dataclass is being built
+    if settings is None or name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(settings, name)
+
+  def replaced(self, values: Mapping[str, Any]) -> "Job":
+    """This job with the dotted keys of `values` set in its effective configuration (e.g.
+    `{"theory.enabled": True}`: what one computation of the engine needs differently), a new
+    Job; the derived fields stay."""
+    c = self.effective.copy_and_resolve_references()
+    with c.unlocked():
+      for dotted, value in values.items():
+        *path, leaf = dotted.split(".")
+        node = c
+        for part in path:
+          node = node[part]
+        node[leaf] = value
+    return dataclasses.replace(self, effective=c)
+
+  def with_privacy(self, counts: np.ndarray | None) -> "Job":
+    """This job with privacy resolved (`resolve_privacy`: σ for a target ε, and ε) from the
+    clients' training example counts; itself without privacy."""
+    effective, info = resolve_privacy(self.effective, counts)
+    if info is None:
+      return self
+    return dataclasses.replace(self, effective=effective, privacy_info=info)
+
+  def honest_set_for(self, fed: data_lib.FederatedData | None = None) -> dict[str, Any]:
+    """The μ_H sampler's spec, with the graph of a graph-based law built from the data when it
+    is made from them (graph.kind 'data_similarity'); not for the worst case."""
+    if self.sampler is None:
+      raise ValueError("honest_set='worst_case' has no sampler spec")
+    spec = dict(self.sampler)
+    if self.settings.honest_set in honest_sets.GRAPH_BASED and "adjacency" not in spec:
+      spec["adjacency"] = make_adjacency(self.effective, fed)
+    return spec
+
+
+def job_of(config) -> Job:
+  """`config` as a Job: itself when it is one, else `resolve(config)`."""
+  return config if isinstance(config, Job) else resolve(config)
+
+
+def config_of(config) -> ml_collections.ConfigDict:
+  """The ConfigDict a job-layer builder reads: a Job's `effective` configuration, or `config`
+  itself."""
+  return config.effective if isinstance(config, Job) else config
 
 
 def resolve(config) -> Job:
@@ -682,7 +765,8 @@ def _validate(config) -> Job:
   if not specs:
     raise ConfigError(f"config.aggregator names no aggregator: {config.aggregator!r}.")
   _validate_bucketing(config, specs)
-  prior = server_prior_spec(config)
+  sampler = sampler_spec(config)
+  prior = server_prior_spec(config, sampler)
   options = aggregator_options(config, prior)
   _validate_personalization(config, specs, options)
   for spec in specs:
@@ -743,13 +827,8 @@ def _validate(config) -> Job:
   if "mimic" in behaviours and config.attack_options.mimic.index >= n:
     raise ConfigError(f"attack_options.mimic.index={config.attack_options.mimic.index} must be "
                       f"< num_clients={n}.")
-  honest_set = None
-  if config.honest_set != "worst_case":
-    honest_set = honest_set_spec(config)
-    if config.honest_set in honest_sets.GRAPH_BASED:
-      if config.graph.kind != "data_similarity":  # that one needs the data, built later
-        honest_set["adjacency"] = make_adjacency(config)
-    honest_sets.validate(honest_set, num_clients=n)
+  if sampler is not None:
+    honest_sets.validate(sampler, num_clients=n)
   else:
     _validate_worst_case(config, num_classes)
   if config.estimators.oracle and config.honest_set != "bernoulli":
@@ -763,7 +842,7 @@ def _validate(config) -> Job:
                       f"training.eval_every={t.eval_every}.")
   make_local_training(config)
   return Job(config=config, specs=tuple(specs), options=options, prior=prior,
-             prior_info=prior_info, honest_set=honest_set, comparisons=tuple(comparisons))
+             prior_info=prior_info, sampler=sampler, comparisons=tuple(comparisons))
 
 
 def _validate_bucketing(config, specs) -> None:
@@ -954,10 +1033,10 @@ def _validate_task(config) -> None:
         f"{', '.join(k for k in graphs.KINDS if k != 'data_similarity')}.")
 
 
-def make_local_training(config) -> training.LocalTraining:
+def make_local_training(config) -> local_training.LocalTraining:
   t = config.training
   schedule = t.client_lr_schedule_options.get(t.client_lr_schedule, {})
-  return training.LocalTraining(
+  return local_training.LocalTraining(
       local_steps=t.local_steps, batch_size=t.batch_size, lr=t.client_lr,
       momentum=t.client_momentum, local_epochs=t.local_epochs, update=t.client_update,
       tail_average=t.tail_average, lr_schedule=t.client_lr_schedule,
@@ -975,7 +1054,9 @@ def make_server_optimizer(config) -> optax.GradientTransformation:
 
 def make_data(config) -> data_lib.FederatedData:
   """The federated data of config.data; a request the data cannot meet (more clients than
-  examples, min_size or root_examples too large for the data set) is a ConfigError naming it."""
+  examples, min_size or root_examples too large for the data set) is a ConfigError naming it.
+  `config`: a Job or a ConfigDict."""
+  config = config_of(config)
   d = config.data
   try:
     return data_lib.load(
@@ -990,9 +1071,6 @@ def make_data(config) -> data_lib.FederatedData:
   except ValueError as e:  # data.load's refusals of its arguments
     raise ConfigError(f"data.name={d.name!r} with num_clients={config.num_clients}, "
                       f"data.partition={d.partition!r}: {e}") from None
-
-
-_COMPUTE = object()  # an argument left to be computed from the config
 
 
 def aggregator_options(config, law: Any = _COMPUTE) -> dict[str, dict[str, Any]]:
@@ -1033,82 +1111,3 @@ def aggregator_options(config, law: Any = _COMPUTE) -> dict[str, dict[str, Any]]
         cc["tau"], lr=t.client_lr, momentum=t.client_momentum, local_steps=t.local_steps)
     cc["tau_units"] = "update"
   return options
-
-
-def _check_compression_size(config, model, data_name: str) -> None:
-  """A sparsifier's compression.k is at most d, the parameters a client sends (the model's, less
-  its output layer when it stays personal): known once the data give the model its input shape,
-  so checked here, before the simulator is built and anything compiles."""
-  spec = make_compression(config)
-  if not (spec.sparsifies and spec.k):
-    return
-  shapes = jax.eval_shape(model.init, jax.random.key(0))
-  d = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
-  if config.training.personalization == "personal_head":
-    d -= sum(int(np.sum(leaf)) for leaf in jax.tree.leaves(training.personal_layer_marks(shapes)))
-  if spec.k > d:
-    raise ConfigError(f"compression.k={spec.k} exceeds d = {d:,}, the parameters each client "
-                      f"sends (model={config.model!r} on data.name={data_name!r}); allowed: "
-                      f"1 <= k <= {d:,}, or 0 (k = ⌈compression.ratio·d⌉).")
-
-
-def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
-                   reference: str | None = None,
-                   client_weights=None) -> training.Simulator:
-  """The simulator of one aggregator spec for this config and data.
-
-  `reference` builds a reference run instead: "honest_optimum" (mean of the honest clients
-  only, no attack) or "oracle" (mean weighted by `client_weights`, no attack); both with every
-  client taking part in every round (no client sampling) and the config's local training; the
-  honest-only run with the config's personalization and fine-tuning, the oracle without (one
-  global model).
-  """
-  model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
-                     **config.model_options.get(config.model, {}))
-  _check_compression_size(config, model, config.data.name)
-  if reference is not None:
-    return training.Simulator(
-        model=model, aggregator=aggregators.get("mean", f=0, weighted=True),
-        attack=attacks.get("none", num_classes=fed.num_classes), local=make_local_training(config),
-        server_optimizer=make_server_optimizer(config),
-        num_clients=config.num_clients, honest_only=reference == "honest_optimum",
-        personal_head=(reference == "honest_optimum"
-                       and config.training.personalization == "personal_head"),
-        fine_tune_steps=config.training.fine_tune_steps if reference == "honest_optimum" else 0,
-        l2=float(config.training.l2),
-        **(privacy_fields(config) if reference == "honest_optimum" else {}),
-        compression=(make_compression(config) if reference == "honest_optimum"
-                     else compression.Compression()),
-        client_weights=None if client_weights is None else tuple(map(float, client_weights)))
-  behaviours = [(attacks.get(name, num_classes=fed.num_classes,
-                             options=config.attack_options.get(name, {})), p)
-                for name, p in attacks.parse_population(config.attack)]
-  mixed = len(behaviours) > 1
-  prior_weights = None
-  if config.server_prior.kind != "none" and config.server_prior.weights != "none":
-    prior_weights = server_prior.client_weights(server_prior_spec(config), config.num_clients,
-                                                config.server_prior.weights)
-  aggregator = aggregators.get(
-      spec, f=config.f, options=aggregator_options(config),
-      weighted=config.training.weighted_aggregation or prior_weights is not None,
-      presence=any(a.presence is not None for a, _ in behaviours))
-  if aggregator.needs_server_update and fed.root is None:
-    raise ConfigError(f"aggregator {spec!r} needs the server's root data set "
-                      "(data.root_examples >= 1).")
-  return training.Simulator(
-      model=model,
-      aggregator=aggregator,
-      weighted_aggregation=config.training.weighted_aggregation,
-      attack=attacks.Attack(config.attack) if mixed else behaviours[0][0],
-      population=tuple(behaviours) if mixed else (),
-      local=make_local_training(config),
-      server_optimizer=make_server_optimizer(config),
-      num_clients=config.num_clients, l2=float(config.training.l2),
-      clients_per_round=config.training.clients_per_round,
-      personal_head=config.training.personalization == "personal_head",
-      fine_tune_steps=config.training.fine_tune_steps,
-      **privacy_fields(config),
-      compression=make_compression(config),
-      measure_theory=bool(config.theory.enabled),
-      client_weights=None if prior_weights is None else tuple(map(float, prior_weights)),
-      root=fed.root if aggregator.needs_server_update else None)

@@ -25,6 +25,7 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from fedjax_robust import aggregators
+from fedjax_robust import build
 from fedjax_robust import config as config_lib
 from fedjax_robust import evaluation
 from fedjax_robust import honest_sets
@@ -83,9 +84,10 @@ class AggregatorRun:
            log: Callable[[str], None] | None = None) -> "AggregatorRun | None":
     """The run saved with the same `config` (see `save`), or None if absent, made by a
     different configuration (the keys that changed are named through `log`, from the
-    configuration saved beside the run), made by other code or another numerical stack
-    (`provenance.reuse_mismatch`: named through `log`), or unreadable (a truncated or damaged
-    file is named through `log`); each of these is recomputed."""
+    configuration saved beside the run), made by code that declares other numbers
+    (`provenance.NUMBERS_VERSION`) or on another numerical stack (`provenance.reuse_mismatch`:
+    named through `log`), or unreadable (a truncated or damaged file is named through `log`);
+    each of these is recomputed."""
     if not os.path.exists(path):
       return None
     try:
@@ -120,7 +122,7 @@ class AggregatorRun:
 
 def fingerprint(config) -> str:
   """A hash of a configuration: a sweep point's id, and, of `run_config` or `reference_config`,
-  the key of a cached run (with the code and numerical stack, checked by
+  the key of a cached run (with the numbers version and numerical stack, checked by
   `provenance.reuse_mismatch` when a cached run is loaded, everything that determines its
   numbers)."""
   return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
@@ -144,23 +146,24 @@ def _drop(config, keys) -> None:
     del node[leaf]
 
 
-def run_config(config, spec: str):
-  """What determines the numbers of `spec`'s run: `config` with `aggregator` = `spec`, less
-  NOT_IN_RUN. Its `fingerprint` keys the cached run, and it is saved beside the run, so that a
-  recomputation names the keys that changed (`config_changes`)."""
-  c = config.copy_and_resolve_references()
+def run_config(job, spec: str):
+  """What determines the numbers of `spec`'s run: the job's effective configuration (a Job's
+  `effective`, or a ConfigDict) with `aggregator` = `spec`, less NOT_IN_RUN. Its `fingerprint`
+  keys the cached run, and it is saved beside the run, so that a recomputation names the keys
+  that changed (`config_changes`)."""
+  c = config_lib.config_of(job).copy_and_resolve_references()
   with c.unlocked():
     c.aggregator = spec
     _drop(c, NOT_IN_RUN)
   return c
 
 
-def reference_config(config, masks: np.ndarray):
+def reference_config(job, masks: np.ndarray):
   """The same for the honest-only baseline trained on the draws `masks` `[S, n]`: `run_config`
   of the reference, less what its simulator never reads (_NOT_IN_REFERENCE), plus a digest of
   the masks (under a worst case searched per aggregator they come from the search, not from
   the configuration)."""
-  c = run_config(config, "reference:honest_optimum")
+  c = run_config(job, "reference:honest_optimum")
   masks = np.asarray(masks, bool)
   with c.unlocked():
     _drop(c, _NOT_IN_REFERENCE)
@@ -211,7 +214,7 @@ _programs: dict[tuple, Callable] = {}
 _NOT_IN_PROGRAM = ("seed", "honest_set", "honest_set_options", "graph", "num_samples",
                    "num_samples_per_chunk", "memory_budget_gb", "estimators", "report",
                    "draw_condition")
-# What a reference simulator (`config_lib.make_simulator(reference=...)`: the mean, no attack)
+# What a reference simulator (`build.make_simulator(reference=...)`: the mean, no attack)
 # does not read either. It reads `theory`: with the theory on, the honest-only baseline records
 # h_t and ‖∇L_S(θ_t)‖² at every round too (`simulator`), the non-convex theory's baseline.
 _NOT_IN_REFERENCE = ("f", "aggregator_options", "server_prior", "attack", "attack_options")
@@ -263,12 +266,13 @@ def align_draws(width: int, devices: int = 1) -> int:
   return -(-max(1, width) // unit) * unit
 
 
-def simulator(config, spec: str, fed: FederatedData, *,
+def simulator(job, spec: str, fed: FederatedData, *,
               reference: str | None = None) -> training.Simulator:
-  """`config_lib.make_simulator`, cached by everything its program depends on. A reference
+  """`build.make_simulator`, cached by everything its program depends on. A reference
   simulator (`reference="honest_optimum"`: the mean of the honest clients, no attack) does not
-  depend on the aggregator, its options, f or the server's prior: one serves every rule."""
-  c = config.copy_and_resolve_references()
+  depend on the aggregator, its options, f or the server's prior: one serves every rule. `job`:
+  a Job (or a ConfigDict, resolved by the builder)."""
+  c = config_lib.config_of(job).copy_and_resolve_references()
   with c.unlocked():
     c.aggregator = spec if reference is None else f"reference:{reference}"
     for key in _NOT_IN_PROGRAM + (() if reference is None else _NOT_IN_REFERENCE):
@@ -278,8 +282,8 @@ def simulator(config, spec: str, fed: FederatedData, *,
   if key in simulator_cache:
     simulator_cache.move_to_end(key)
     return simulator_cache[key]
-  sim = config_lib.make_simulator(config, spec, fed, reference=reference)
-  if reference == "honest_optimum" and config.theory.enabled:
+  sim = build.make_simulator(job, spec, fed, reference=reference)
+  if reference == "honest_optimum" and job.theory.enabled:
     # The non-convex theory compares a rule's ‖∇L_S(θ_t)‖² with the honest-only run's on the
     # same draws (theory.report.per_draw's `excess`): the baseline measures it too.
     sim = dataclasses.replace(sim, measure_theory=True)
@@ -308,20 +312,20 @@ def _pad_to(x: jax.Array, size: int) -> jax.Array:
   return jnp.concatenate([x, jnp.repeat(x[:1], size - x.shape[0], axis=0)])
 
 
-def local_batch_size(config, max_count: int | None = None) -> int:
+def local_batch_size(job, max_count: int | None = None) -> int:
   """Examples computed per local step: `training.batch_size`, or (<= 0) the largest client's
   data; with DP-SGD (privacy.kind='example') every position of the largest client's data (each
   example's gradient is computed, the Poisson-sampled ones kept)."""
-  b = config.training.batch_size
-  return b if b > 0 and config.privacy.kind != "example" else (max_count or 64)
+  b = job.training.batch_size
+  return b if b > 0 and job.privacy.kind != "example" else (max_count or 64)
 
 
-def memory_per_draw(config, num_params: int, max_count: int | None = None) -> int:
+def memory_per_draw(job, num_params: int, max_count: int | None = None) -> int:
   """Estimated bytes one draw needs: about 8 `[n, d]` float32 arrays (momentum, updates, an
   aggregator's working copies) plus the model's activations on every client's minibatch (taken
   as 1024 floats per example); with DP-SGD also the per-example gradients, `[n, m_max, d]`."""
-  n, batch = config.num_clients, local_batch_size(config, max_count)
-  per_example = n * batch * num_params if config.privacy.kind == "example" else 0
+  n, batch = job.num_clients, local_batch_size(job, max_count)
+  per_example = n * batch * num_params if job.privacy.kind == "example" else 0
   return 4 * (8 * n * num_params + n * max(batch, 64) * 1024 + per_example)
 
 
@@ -384,9 +388,9 @@ class MemoryPlan:
             "cheaper (training.batch_size, num_clients, the model).")
 
 
-def memory_plan(config, num_params: int, num_samples: int, max_count: int | None = None, *,
+def memory_plan(job, num_params: int, num_samples: int, max_count: int | None = None, *,
                 fixed: int = 0, devices: int | None = None) -> MemoryPlan:
-  """The chunking of `num_samples` draws over `devices` (default: `config.mesh`'s draws axis):
+  """The chunking of `num_samples` draws over `devices` (default: `job.mesh`'s draws axis):
   `num_samples_per_chunk` as given (rounded up to DRAW_ALIGNMENT per device), or (0) the fewest
   chunks whose memory per device, `fixed` + draws per device × `memory_per_draw` (padding
   included), stays within `memory_budget_gb`, the draws spread evenly over them (S = 1024 with
@@ -394,13 +398,13 @@ def memory_plan(config, num_params: int, num_samples: int, max_count: int | None
   DRAW_ALIGNMENT draws per device fit, that smallest chunk (`MemoryPlan.warning` says so).
   A draw's numbers do not depend on the chunking (see DRAW_ALIGNMENT)."""
   if devices is None:
-    devices = sharding.axis_sizes(config.mesh)[sharding.DRAWS]
+    devices = sharding.axis_sizes(job.mesh)[sharding.DRAWS]
   plan = functools.partial(
-      MemoryPlan, devices=devices, per_draw=memory_per_draw(config, num_params, max_count),
-      fixed=fixed, budget=int(config.memory_budget_gb * 2**30),
-      automatic=not config.num_samples_per_chunk)
-  if config.num_samples_per_chunk:
-    return plan(chunk=align_draws(min(config.num_samples_per_chunk, num_samples), devices))
+      MemoryPlan, devices=devices, per_draw=memory_per_draw(job, num_params, max_count),
+      fixed=fixed, budget=int(job.memory_budget_gb * 2**30),
+      automatic=not job.num_samples_per_chunk)
+  if job.num_samples_per_chunk:
+    return plan(chunk=align_draws(min(job.num_samples_per_chunk, num_samples), devices))
   room = plan(chunk=devices).largest_chunk // devices  # draws per device within the budget
   need = align_draws(num_samples, devices) // devices  # per device, all the draws at once
   if room == 0:
@@ -409,12 +413,12 @@ def memory_plan(config, num_params: int, num_samples: int, max_count: int | None
   return plan(chunk=align_draws(-(-need // chunks), 1) * devices)
 
 
-def chunk_size(config, num_params: int, num_samples: int, max_count: int | None = None, *,
+def chunk_size(job, num_params: int, num_samples: int, max_count: int | None = None, *,
                fixed: int = 0) -> int:
   """Draws trained at once (`memory_plan(...).chunk`): a multiple of DRAW_ALIGNMENT per device
-  of `config.mesh`'s draws axis, within `memory_budget_gb` per device whenever the smallest
+  of `job.mesh`'s draws axis, within `memory_budget_gb` per device whenever the smallest
   chunk is, `fixed` bytes per device (`fixed_memory`) included."""
-  return memory_plan(config, num_params, num_samples, max_count, fixed=fixed).chunk
+  return memory_plan(job, num_params, num_samples, max_count, fixed=fixed).chunk
 
 
 def _in_groups(fn, params, masks, *shared):
@@ -647,7 +651,7 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
 
 @dataclasses.dataclass
 class Experiment:
-  config: object
+  job: config_lib.Job              # what ran: its effective f, σ, rules' options, μ_H
   data: FederatedData
   masks: dict[str, np.ndarray]       # spec -> [S, n] True = honest (shared unless worst case
                                      # per aggregator)
@@ -655,11 +659,11 @@ class Experiment:
   worst_case: dict[str, dict] = dataclasses.field(default_factory=dict)
   references: dict[str, AggregatorRun] = dataclasses.field(default_factory=dict)
   oracle: dict | None = None
-  # spec -> per-draw theory quantities (theory.report.per_draw), when config.theory.enabled.
+  # spec -> per-draw theory quantities (theory.report.per_draw), when job.theory.enabled.
   theory: dict[str, dict] = dataclasses.field(default_factory=dict)
   # Convex tasks: min E_S L_S vs min max_{|S|=n−f} L_S solved exactly (theory.report.objectives).
   objectives: dict | None = None
-  # The server's prior and what it set (server_prior.resolve), when config.server_prior is on.
+  # The server's prior and what it set (server_prior.resolve), when job.server_prior is on.
   server_prior: dict | None = None
   # DP (client- or example-level): σ, clip, and the run's ε at δ with what it is over
   # (config_lib.resolve_privacy), when on.
@@ -668,12 +672,12 @@ class Experiment:
   compression: dict | None = None
 
 
-def _keys(config):
-  root = jax.random.key(config.seed)
+def _keys(job):
+  root = jax.random.key(job.seed)
   return tuple(jax.random.fold_in(root, i) for i in range(3))  # masks, init, run
 
 
-def criterion_measure(config, sim: training.Simulator, fed: FederatedData, criterion: str,
+def criterion_measure(job, sim: training.Simulator, fed: FederatedData, criterion: str,
                       spec: str) -> worst_case.Measure:
   """One training per row: honest masks `[K, n]` and draw ids `[K]` -> the value `[K]` of
   `criterion` (worst_case.CRITERIA) at the end of training under mask k with draw key
@@ -692,15 +696,15 @@ def criterion_measure(config, sim: training.Simulator, fed: FederatedData, crite
   theory = criterion == "theory_error"
   if theory and not sim.measure_theory:
     raise ValueError("criterion 'theory_error' needs a simulator that measures the theory.")
-  convex = theory_report.is_convex_task(config)
+  convex = theory_report.is_convex_task(job)
   solved = {}  # mask bytes -> its convex constants (each distinct honest set solved once)
-  _, init_key, run_key = _keys(config)
-  every = config.training.eval_every if theory else config.training.num_rounds
+  _, init_key, run_key = _keys(job)
+  every = job.training.eval_every if theory else job.training.num_rounds
 
   def constants(masks: np.ndarray) -> dict:
     new = {m.tobytes(): m for m in masks if m.tobytes() not in solved}
     if new:
-      out = theory_report.convex_constants(config, fed, sim, np.stack(list(new.values())))
+      out = theory_report.convex_constants(job, fed, sim, np.stack(list(new.values())))
       for i, key in enumerate(new):
         solved[key] = {k: (v[i] if np.ndim(v) else v) for k, v in out.items()}
     rows = [solved[m.tobytes()] for m in masks]
@@ -710,12 +714,12 @@ def criterion_measure(config, sim: training.Simulator, fed: FederatedData, crite
   def measure(masks: np.ndarray, draw_ids: np.ndarray) -> np.ndarray:
     masks = np.asarray(masks, bool)
     run = run_monte_carlo(sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
-                          num_rounds=config.training.num_rounds, eval_every=every, spec=spec,
-                          chunk=chunk_size(config, sim.num_params, len(masks),
+                          num_rounds=job.training.num_rounds, eval_every=every, spec=spec,
+                          chunk=chunk_size(job, sim.num_params, len(masks),
                                            int(fed.train.counts.max()), fixed=fixed_memory(fed)),
-                          draw_ids=np.asarray(draw_ids), mesh=sharding.make(config.mesh))
+                          draw_ids=np.asarray(draw_ids), mesh=sharding.make(job.mesh))
     if theory:
-      value = theory_report.per_draw(config, run, np.sum(~masks, axis=1),
+      value = theory_report.per_draw(job, run, np.sum(~masks, axis=1),
                                      exact=constants(masks) if convex else None,
                                      spec=spec)["error"]
     elif criterion == "excess_loss":
@@ -736,13 +740,13 @@ def criterion_measure(config, sim: training.Simulator, fed: FederatedData, crite
   return measure
 
 
-def criterion_score(config, sim: training.Simulator, fed: FederatedData, criterion: str,
+def criterion_score(job, sim: training.Simulator, fed: FederatedData, criterion: str,
                     spec: str, draw_ids: np.ndarray) -> worst_case.Score:
   """A batched score: candidate masks `[K, n]` -> `[K]` mean of `criterion` over the R =
   len(draw_ids) draws with those ids, the same R for every candidate (common random numbers: a
   mask's score does not depend on its batch position or on the other candidates); a diverged
   training makes its candidate's score +inf. All K·R trainings run as one batch."""
-  measure = criterion_measure(config, sim, fed, criterion, spec)
+  measure = criterion_measure(job, sim, fed, criterion, spec)
   draw_ids = np.asarray(draw_ids)
 
   def score(candidates: np.ndarray) -> np.ndarray:
@@ -765,8 +769,8 @@ def _value_summary(values: np.ndarray) -> dict:
           "count": s["count"], "identical": identical}
 
 
-def worst_case_mask(config, fed: FederatedData, spec: str) -> tuple[np.ndarray, dict]:
-  """The honest set of size n − f chosen by `config.honest_set_options.worst_case`, and a
+def worst_case_mask(job, fed: FederatedData, spec: str) -> tuple[np.ndarray, dict]:
+  """The honest set of size n − f chosen by `job.honest_set_options.worst_case`, and a
   description of it (JSON-ready; summary.json's `worst_case` / `max_heterogeneity_proxy`).
 
   - criterion "heterogeneity": the max-heterogeneity honest set (a proxy, not a loss maximum:
@@ -790,13 +794,13 @@ def worst_case_mask(config, fed: FederatedData, spec: str) -> tuple[np.ndarray, 
   `search_score` (the pick's mean), `fresh` {mean, ci95, count} (the interval of the maximum on
   fresh seeds), `optimism` = search − fresh, the `proxy` (its search score, `rank` of `rank_of`
   with `rank_text` saying among which sets, fresh value) and `gap_vs_proxy` (fresh, paired)."""
-  options = config.honest_set_options.worst_case
+  options = job.honest_set_options.worst_case
   criterion = options.criterion
-  n, f = config.num_clients, config.f
-  _, init_key, _ = _keys(config)
-  config = config.copy_and_resolve_references()
-  config.theory.enabled = criterion == "theory_error"  # measured only for the theory's error
-  sim = simulator(config, spec, fed)
+  n, f = job.num_clients, job.f
+  _, init_key, _ = _keys(job)
+  # measured only for the theory's error
+  job = config_lib.job_of(job).replaced({"theory.enabled": criterion == "theory_error"})
+  sim = simulator(job, spec, fed)
   # The proxy's gradients at the initial model (with personal heads: every head is the
   # initial output layer, so the full initial model).
   gradients = sim.client_gradients(ravel_pytree(sim.model.init(init_key))[0], fed.train)
@@ -813,7 +817,7 @@ def worst_case_mask(config, fed: FederatedData, spec: str) -> tuple[np.ndarray, 
         "interval": worst_case.TRAINING_NOISE_ONLY}
 
   R, fresh = int(options.seeds), int(options.fresh_seeds)
-  table = worst_case.SeedTable(criterion_measure(config, sim, fed, criterion, spec), R)
+  table = worst_case.SeedTable(criterion_measure(job, sim, fed, criterion, spec), R)
   _, _, info = worst_case.search(table, n, f, exhaustive_limit=options.exhaustive_limit,
                                  max_sweeps=options.max_sweeps)
   mask, race = worst_case.separate(table, honest=n - f, max_seeds=int(options.max_seeds),
@@ -924,8 +928,8 @@ def _save_worst_case(run_path: str, fingerprint_: str, mask: np.ndarray, info: d
 
 def _load_worst_case(run_path: str, fingerprint_: str,
                      log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict] | None:
-  """The saved search of the same configuration, or None (absent, other config, other code or
-  numerical stack — named through `log` —, unreadable)."""
+  """The saved search of the same configuration, or None (absent, other config, other numbers
+  version or numerical stack — named through `log` —, unreadable)."""
   try:
     with open(_worst_case_path(run_path)) as fh:
       saved = json.load(fh)
@@ -942,19 +946,19 @@ def _load_worst_case(run_path: str, fingerprint_: str,
     return None
 
 
-def draw_masks(config, fed: FederatedData) -> np.ndarray:
-  """`[S, n]` honest masks from config.honest_set (a sampler, not the worst case)."""
-  mask_key, _, _ = _keys(config)
-  spec = config_lib.honest_set_spec(config)
-  if config.honest_set in honest_sets.GRAPH_BASED:
-    spec["adjacency"] = config_lib.make_adjacency(config, fed)
-  if config.draw_condition == "none":
-    return np.asarray(honest_sets.sample(mask_key, spec, num_clients=config.num_clients,
-                                         num_samples=config.num_samples))
+def draw_masks(job, fed: FederatedData) -> np.ndarray:
+  """`[S, n]` honest masks from the job's μ_H (`Job.honest_set_for`: a sampler, not the worst
+  case); a ConfigDict is resolved first."""
+  job = config_lib.job_of(job)
+  mask_key, _, _ = _keys(job)
+  spec = job.honest_set_for(fed)
+  if job.draw_condition == "none":
+    return np.asarray(honest_sets.sample(mask_key, spec, num_clients=job.num_clients,
+                                         num_samples=job.num_samples))
   try:
     masks, _ = honest_sets.sample_conditioned(
-        mask_key, spec, num_clients=config.num_clients, num_samples=config.num_samples,
-        condition=config.draw_condition, f=config.f)
+        mask_key, spec, num_clients=job.num_clients, num_samples=job.num_samples,
+        condition=job.draw_condition, f=job.f)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   return masks
@@ -997,12 +1001,12 @@ def _human_bytes(n: float) -> str:
 _ASSUMED_CPU_FLOPS = 15e9
 
 
-def _flops_per_sample_round(config, num_params: int, max_count: int) -> float:
+def _flops_per_sample_round(job, num_params: int, max_count: int) -> float:
   """About 6 flops per parameter per example (forward + backward) for every client's minibatch."""
-  local = config_lib.make_local_training(config)
-  clients = config.training.clients_per_round or config.num_clients
+  local = config_lib.make_local_training(job)
+  clients = job.training.clients_per_round or job.num_clients
   batch = (local.epoch_batch(max_count) if local.local_epochs
-           else local_batch_size(config, max_count))
+           else local_batch_size(job, max_count))
   return 6.0 * num_params * clients * local.steps(max_count) * batch
 
 
@@ -1010,11 +1014,11 @@ def _flops_per_sample_round(config, num_params: int, max_count: int) -> float:
 SUBSET_SEARCH_WARN_SECONDS = 60.0
 
 
-def _rows_at_rule(config, spec: str) -> int:
+def _rows_at_rule(job, spec: str) -> int:
   """The rows the last stage of `spec` aggregates: a round's clients, regrouped by the
   pre-aggregators before it (bucketing: ⌈m/s⌉), read from their traced output's shape."""
   stages = aggregators.split_spec(spec)
-  rows = config.training.clients_per_round or config.num_clients
+  rows = job.training.clients_per_round or job.num_clients
   if len(stages) == 1:
     return rows
   seen = []  # the rows reaching the rule, recorded while tracing (a shape is static)
@@ -1023,14 +1027,14 @@ def _rows_at_rule(config, spec: str) -> int:
     seen.append(u.shape[0])
     return u[0]  # an aggregate of the shape a rule returns ([d]: the stage check holds)
 
-  pre = aggregators.chain(*stages[:-1], rule, f=config.f,
-                          options=config_lib.aggregator_options(config))
+  pre = aggregators.chain(*stages[:-1], rule, f=job.f,
+                          options=config_lib.job_of(job).options)
   jax.eval_shape(lambda u: pre.apply(u, pre.init(1), jax.random.key(0))[0],
                  jax.ShapeDtypeStruct((rows, 1), jnp.float32))
   return seen[0]
 
 
-def _subset_searches(config, specs: list[str], draws: int) -> dict[str, tuple[str, float]]:
+def _subset_searches(job, specs: list[str], draws: int) -> dict[str, tuple[str, float]]:
   """For each spec whose rule searches every subset of n − f rows (`minimum_diameter.SEARCH_COST`:
   MDA, SMEA), what the job's `draws` (padding included) × rounds aggregations cost: a line for
   the plan, and the estimated CPU seconds."""
@@ -1039,7 +1043,7 @@ def _subset_searches(config, specs: list[str], draws: int) -> dict[str, tuple[st
     rule = aggregators.split_spec(spec)[-1]
     if rule not in minimum_diameter.SEARCH_COST:
       continue
-    n, f, rounds = _rows_at_rule(config, spec), config.f, config.training.num_rounds
+    n, f, rounds = _rows_at_rule(job, spec), job.f, job.training.num_rounds
     seconds = draws * rounds * minimum_diameter.search_seconds(rule, n, f)
     out[spec] = (f"{spec}: exact search over C(n={n}, f={f}) = {math.comb(n, f):,} subsets of "
                  f"{n - f} rows at every aggregation, {draws} draws × {rounds} rounds: "
@@ -1107,75 +1111,74 @@ class _JobClock:
     return report
 
 
-def run(config, *, workdir: str | None = None, progress: Progress | None = None,
+def run(job, *, workdir: str | None = None, progress: Progress | None = None,
         log: Callable[[str], None] = print, recompute: bool = False) -> Experiment:
-  """Validates `config` (or takes a `config_lib.Job`, validated already), builds the data and
-  the honest masks, and runs every aggregator.
+  """Runs a `config_lib.Job` (a ConfigDict is resolved into one first: validated, everything
+  derived once): builds the data and the honest masks, and runs every aggregator.
 
-  With `honest_set = "worst_case"` every draw uses one honest set of size n − f: the worst case
-  (a maximum of the criterion, e.g. "final_loss": searched per aggregator, see `worst_case_mask`;
-  saved beside the run as `<spec>.worst_case.json`) or the max-heterogeneity proxy (criterion "heterogeneity", found
-  once, not a loss maximum); draws then differ only by their training randomness, so their
-  intervals cover training noise only. With a `workdir`, each aggregator's draws are saved to
-  `workdir/runs/<spec>.npz` as soon as it finishes (the honest-only baseline of
-  `estimators.honest_optimum` to `runs/honest_only.npz`), and a rerun with the same
-  configuration (`run_config`: the keys of NOT_IN_RUN, which only change what is printed or
-  which other runs are made, do not count) loads them instead of training again (a damaged
-  file, one made by other code or another JAX/backend, or one made by another configuration is
-  named — with the keys that changed — and recomputed; `recompute` ignores every cached file).
-  Before any
-  training it logs the whole job: draws × rounds × aggregators (+ the honest-only baseline),
-  chunks, the memory per device (`memory_plan`), the cost of exact subset searches (MDA, SMEA)
-  and a rough time estimate, with a warning for each of them over its limit; `progress` then
-  gets the share of the trainings done and their ETA (`_JobClock`).
+  With `honest_set = "worst_case"` every draw uses one honest set of size n − f: the worst case (a
+  maximum of the criterion, e.g. "final_loss": searched per aggregator, see `worst_case_mask`; saved
+  beside the run as `<spec>.worst_case.json`) or the max-heterogeneity proxy (criterion
+  "heterogeneity", found once, not a loss maximum); draws then differ only by their training
+  randomness, so their intervals cover training noise only. With a `workdir`, each aggregator's
+  draws are saved to `workdir/runs/<spec>.npz` as soon as it finishes (the honest-only baseline of
+  `estimators.honest_optimum` to `runs/honest_only.npz`), and a rerun with the same configuration
+  (`run_config`: the keys of NOT_IN_RUN, which only change what is printed or which other runs are
+  made, do not count) loads them instead of training again (a damaged file, one made by code
+  declaring other numbers (provenance.NUMBERS_VERSION) or on another JAX/backend, or one made by
+  another configuration is named — with the keys that changed — and recomputed; `recompute` ignores
+  every cached file). Before any training it logs the whole job: draws × rounds × aggregators (+ the
+  honest-only baseline), chunks, the memory per device (`memory_plan`), the cost of exact subset
+  searches (MDA, SMEA) and a rough time estimate, with a warning for each of them over its limit;
+  `progress` then gets the share of the trainings done and their ETA (`_JobClock`).
   """
-  job = config if isinstance(config, config_lib.Job) else config_lib.resolve(config)
-  config = job.config
+  job = config_lib.job_of(job)
   if workdir:
     check_workdir(workdir)
-  # The server's prior (config.server_prior): the f it declares, when the prior's quantile sets
-  # it, replaces config.f for everything below (rules, worst case, tables), and says so.
+  # The server's prior (server_prior): the f it declares, when the prior's quantile sets it,
+  # replaces the configured f for everything below (rules, worst case, tables): the Job's
+  # effective f. Said here.
   prior_info = job.prior_info
-  config = config_lib.with_prior_f(config, prior_info)
   if prior_info:
     log(server_prior.describe(prior_info))
-  fed = config_lib.make_data(config)
+  fed = config_lib.make_data(job)
   max_count = int(fed.train.counts.max())
-  log(f"data {fed.name}: {config.num_clients} clients, {int(fed.train.counts.sum())} training "
+  log(f"data {fed.name}: {job.num_clients} clients, {int(fed.train.counts.sum())} training "
       f"examples (per client {int(fed.train.counts.min())}..{max_count}), "
       f"{fed.test_y.shape[0]} test examples, "
       + ("real targets (regression)" if fed.num_classes is None else f"{fed.num_classes} classes"))
   # DP: σ for a target ε, and ε; DP-SGD's accounting needs the clients' example counts.
-  config, privacy_info = config_lib.resolve_privacy(config, np.asarray(fed.train.counts))
+  job = job.with_privacy(np.asarray(fed.train.counts))
+  privacy_info = job.privacy_info
   if privacy_info:
     log(config_lib.describe_privacy(privacy_info))
-  _, init_key, run_key = _keys(config)
-  specs = config_lib.aggregator_specs(config)
-  t = config.training
-  S, num_steps = config.num_samples, t.num_rounds // t.eval_every
+  _, init_key, run_key = _keys(job)
+  specs = list(job.specs)
+  t = job.training
+  S, num_steps = job.num_samples, t.num_rounds // t.eval_every
 
   # The job, before any compile: what runs, in how many chunks, what it needs.
-  sims = {spec: simulator(config, spec, fed) for spec in specs}
+  sims = {spec: simulator(job, spec, fed) for spec in specs}
   num_params = max(sim.num_params for sim in sims.values())
-  compression_info = config_lib.compression_info(config, next(iter(sims.values())).num_shared)
+  compression_info = config_lib.compression_info(job, next(iter(sims.values())).num_shared)
   if compression_info:
     log(config_lib.describe_compression(compression_info))
-  mesh = sharding.make(config.mesh)
+  mesh = sharding.make(job.mesh)
   devices = sharding.draws_of(mesh)
-  memory = memory_plan(config, num_params, S, max_count, fixed=fixed_memory(fed),
+  memory = memory_plan(job, num_params, S, max_count, fixed=fixed_memory(fed),
                        devices=devices)
   chunk, per_draw = memory.chunk, memory.per_draw
   num_chunks = -(-S // chunk)
   # The honest-only baseline (estimators.honest_optimum) trains too: once, or once per
   # aggregator when each searches its own worst case.
   references = 0
-  if config.estimators.honest_optimum:
-    per_spec = (config.honest_set == "worst_case"
-                and config.honest_set_options.worst_case.criterion != "heterogeneity")
+  if job.estimators.honest_optimum:
+    per_spec = (job.honest_set == "worst_case"
+                and job.honest_set_options.worst_case.criterion != "heterogeneity")
     references = len(specs) if per_spec else 1
-  flops = (_flops_per_sample_round(config, num_params, max_count) * S * t.num_rounds
+  flops = (_flops_per_sample_round(job, num_params, max_count) * S * t.num_rounds
            * (len(specs) + references))
-  searches = _subset_searches(config, specs, chunk * num_chunks)
+  searches = _subset_searches(job, specs, chunk * num_chunks)
   estimate = (flops / _ASSUMED_CPU_FLOPS + sum(s for _, s in searches.values())
               if jax.default_backend() == "cpu" else float("nan"))
   log(f"job: {S} draws × {t.num_rounds} rounds × {len(specs)} aggregator(s) "
@@ -1196,7 +1199,7 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
           f"{human_seconds(SUBSET_SEARCH_WARN_SECONDS)}); it grows as C(n, f). Fewer rows "
           "(training.clients_per_round, or bucketing before the rule) or a smaller f shrink it; "
           "a rule without subset search (e.g. multi_krum, nnm+trimmed_mean) avoids it.")
-  if t.batch_size > max_count and config.privacy.kind != "example":  # DP-SGD: q = 1
+  if t.batch_size > max_count and job.privacy.kind != "example":  # DP-SGD: q = 1
     log(f"WARNING: training.batch_size={t.batch_size} exceeds every client's data (largest "
         f"client: {max_count} examples); minibatches are drawn with replacement, so each local "
         f"step processes {t.batch_size} examples per client: ≈ {_human_bytes(per_draw)} per draw, "
@@ -1207,21 +1210,21 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
     log(f"WARNING: this job is estimated at ≈ {human_seconds(estimate)} on this CPU.")
 
   masks, worst = {}, {}
-  if config.honest_set != "worst_case":
-    shared = draw_masks(config, fed)
+  if job.honest_set != "worst_case":
+    shared = draw_masks(job, fed)
     masks = {spec: shared for spec in specs}
-  elif config.honest_set_options.worst_case.criterion == "heterogeneity":
-    mask, info = worst_case_mask(config, fed, specs[0])
+  elif job.honest_set_options.worst_case.criterion == "heterogeneity":
+    mask, info = worst_case_mask(job, fed, specs[0])
     log(f"{info['label']}: Byzantine clients {info['byzantine']} ({info['method']}); every draw "
         f"uses this one set, so intervals cover {worst_case.TRAINING_NOISE_ONLY}")
     masks = {spec: np.repeat(mask[None], S, axis=0) for spec in specs}
     worst = {spec: info for spec in specs}
   else:
-    options = config.honest_set_options.worst_case
-    method, most = worst_case.search_size(config.num_clients, config.f,
+    options = job.honest_set_options.worst_case
+    method, most = worst_case.search_size(job.num_clients, job.f,
                                           exhaustive_limit=options.exhaustive_limit,
                                           max_sweeps=options.max_sweeps)
-    label = worst_case.describe(options.criterion, config.num_clients, config.f, options.seeds,
+    label = worst_case.describe(options.criterion, job.num_clients, job.f, options.seeds,
                                 options.max_seeds)
     log(f"{label}: {method} search per aggregator, ≤ {most} honest sets × {options.seeds} seeds "
         f"(+ up to {options.max_seeds - options.seeds} more seeds for each set tied with the "
@@ -1231,20 +1234,20 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
 
   clock = _JobClock((len(specs) + references) * num_chunks * num_steps, len(specs) + references,
                     progress, after=tuple(name for name, on in (
-                        ("the oracle's training", config.estimators.oracle),
-                        ("the theory of every draw", config.theory.enabled)) if on))
+                        ("the oracle's training", job.estimators.oracle),
+                        ("the theory of every draw", job.theory.enabled)) if on))
   runs = {}
   for spec in specs:
     path = os.path.join(workdir, "runs", spec + ".npz") if workdir else None
-    spec_config = run_config(config, spec)
+    spec_config = run_config(job, spec)
     key = fingerprint(spec_config)
     cached = AggregatorRun.load(path, spec_config, log) if path and not recompute else None
     if spec not in masks:  # a worst case (not the proxy): searched for this aggregator
       found = _load_worst_case(path, key, log) if path and not recompute else None
       if found is None:
         log(f"{spec}: searching the worst case by "
-            f"{worst_case.CRITERIA[config.honest_set_options.worst_case.criterion].quantity}")
-        found = worst_case_mask(config, fed, spec)
+            f"{worst_case.CRITERIA[job.honest_set_options.worst_case.criterion].quantity}")
+        found = worst_case_mask(job, fed, spec)
         if path and sharding.is_writer():
           _save_worst_case(path, key, *found)
       mask, worst[spec] = found
@@ -1262,17 +1265,17 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
         num_rounds=t.num_rounds, eval_every=t.eval_every, spec=spec, chunk=chunk,
         progress=clock.callback(spec, num_chunks, t.eval_every), mesh=mesh)
     runs[spec].provenance = provenance.record(
-        seed=config.seed, draws_per_chunk=chunk,
+        seed=job.seed, draws_per_chunk=chunk,
         draws_per_block=_block_of(chunk, mesh),
         mesh=sharding.describe(mesh))
     log(f"{spec}: compiled in {runs[spec].compile_seconds:.1f} s, ran in "
         f"{runs[spec].run_seconds:.1f} s")
     if path and sharding.is_writer():  # multi-host: process 0 writes
       runs[spec].save(path, spec_config)
-  exp = Experiment(config, fed, masks, runs, worst, server_prior=prior_info,
+  exp = Experiment(job, fed, masks, runs, worst, server_prior=prior_info,
                    privacy=privacy_info, compression=compression_info)
   # One baseline per distinct set of draws: fewer than planned when searched worst cases agree.
-  distinct = len({fingerprint(reference_config(config, m)) for m in masks.values()})
+  distinct = len({fingerprint(reference_config(job, m)) for m in masks.values()})
   for _ in range(references - distinct if references else 0):
     clock.skip(num_chunks * num_steps)
   _run_references(exp, init_key, run_key, log, workdir=workdir, recompute=recompute,
@@ -1284,47 +1287,47 @@ def run(config, *, workdir: str | None = None, progress: Progress | None = None,
 def _run_theory(exp: Experiment, log) -> None:
   """Per-draw theory of every run (theory.report): from the run's own measurements, plus, on a
   convex task, the exact L_S*, L_S and μ_S of each draw's honest set (once per mask array)."""
-  config = exp.config
-  if not config.theory.enabled:
+  job = exp.job
+  if not job.theory.enabled:
     return
   exact_by_masks = {}
   for spec, run in exp.runs.items():
     masks = exp.masks[spec]
     exact = None
-    if theory_report.is_convex_task(config):
+    if theory_report.is_convex_task(job):
       if id(masks) not in exact_by_masks:
         log("theory: exact L_S*, L_S and μ_S of every draw's honest set (convex task)")
         exact_by_masks[id(masks)] = theory_report.convex_constants(
-            config, exp.data, simulator(config, spec, exp.data), masks)
+            job, exp.data, simulator(job, spec, exp.data), masks)
       exact = exact_by_masks[id(masks)]
     exp.theory[spec] = theory_report.per_draw(
-        config, run, np.sum(~np.asarray(masks, bool), axis=1), exact=exact, spec=spec,
+        job, run, np.sum(~np.asarray(masks, bool), axis=1), exact=exact, spec=spec,
         reference=exp.references.get(spec))
-  if (theory_report.is_convex_task(config) and config.theory.objectives
-      and config.honest_set != "worst_case"):
+  if (theory_report.is_convex_task(job) and job.theory.objectives
+      and job.honest_set != "worst_case"):
     spec = next(iter(exp.runs))
-    weights, how = None, f"estimated from the {config.num_samples} draws"
-    if config.honest_set == "bernoulli" and config.draw_condition == "none":
+    weights, how = None, f"estimated from the {job.num_samples} draws"
+    if job.honest_set == "bernoulli" and job.draw_condition == "none":
       weights = honest_sets.expected_objective_weights(
-          config_lib.honest_set_spec(config)["p"], config.num_clients)
+          job.sampler["p"], job.num_clients)
       how = "exact (independent corruption)"
     log("theory: solving min_θ E_S L_S(θ) and min_θ max_{|S|=n−f} L_S(θ) exactly")
-    exp.objectives = {**theory_report.objectives(config, exp.data,
-                                                  simulator(config, spec, exp.data),
+    exp.objectives = {**theory_report.objectives(job, exp.data,
+                                                  simulator(job, spec, exp.data),
                                                   exp.masks[spec], weights),
                       "weights_from": how}
 
 
 def _run_references(exp: Experiment, init_key, run_key, log, *, workdir: str | None = None,
                     recompute: bool = False, clock: _JobClock | None = None) -> None:
-  """The optional reference runs of `config.estimators`. The honest-only baseline (honest
+  """The optional reference runs of `job.estimators`. The honest-only baseline (honest
   optimum) is one run per distinct set of draws (usually every spec shares one), cached like an
   aggregator's run: `workdir/runs/honest_only.npz`, or `runs/<spec>.honest_only.npz` for each
   spec's own draws (a worst case searched per aggregator), keyed by `reference_config`."""
-  config, fed = exp.config, exp.data
-  rounds, every = config.training.num_rounds, config.training.eval_every
-  if config.estimators.honest_optimum:
-    configs = {spec: reference_config(config, masks) for spec, masks in exp.masks.items()}
+  job, fed = exp.job, exp.data
+  rounds, every = job.training.num_rounds, job.training.eval_every
+  if job.estimators.honest_optimum:
+    configs = {spec: reference_config(job, masks) for spec, masks in exp.masks.items()}
     shared = len({fingerprint(c) for c in configs.values()}) == 1
     by_key = {}
     for spec, masks in exp.masks.items():
@@ -1338,32 +1341,31 @@ def _run_references(exp: Experiment, init_key, run_key, log, *, workdir: str | N
           log(f"honest optimum L_S* of every draw: loaded from {path}")
           by_key[key] = cached
           if clock is not None:
-            clock.skip(-(-config.num_samples // cached.draws_per_chunk) * (rounds // every))
+            clock.skip(-(-job.num_samples // cached.draws_per_chunk) * (rounds // every))
         else:
-          sim = simulator(config, spec, fed, reference="honest_optimum")
+          sim = simulator(job, spec, fed, reference="honest_optimum")
           log("honest optimum L_S* of every draw (mean of the honest clients, no attack)")
-          mesh = sharding.make(config.mesh)
-          chunk = chunk_size(config, sim.num_params, config.num_samples,
+          mesh = sharding.make(job.mesh)
+          chunk = chunk_size(job, sim.num_params, job.num_samples,
                              int(fed.train.counts.max()), fixed=fixed_memory(fed))
           ref = run_monte_carlo(
               sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
               num_rounds=rounds, eval_every=every, spec="honest_optimum", mesh=mesh, chunk=chunk,
-              progress=(clock.callback("honest_optimum", -(-config.num_samples // chunk), every)
+              progress=(clock.callback("honest_optimum", -(-job.num_samples // chunk), every)
                         if clock is not None else None))
           ref.provenance = provenance.record(
-              seed=config.seed, draws_per_chunk=ref.draws_per_chunk,
+              seed=job.seed, draws_per_chunk=ref.draws_per_chunk,
               draws_per_block=_block_of(ref.draws_per_chunk, mesh),
               mesh=sharding.describe(mesh))
           if path and sharding.is_writer():
             ref.save(path, ref_config)
           by_key[key] = ref
       exp.references[spec] = by_key[key]
-  if config.estimators.oracle:
-    spec = config_lib.honest_set_spec(config)
-    weights = honest_sets.expected_objective_weights(spec["p"], config.num_clients)
-    sim = config_lib.make_simulator(config, "mean", fed, reference="oracle",
+  if job.estimators.oracle:
+    weights = honest_sets.expected_objective_weights(job.sampler["p"], job.num_clients)
+    sim = build.make_simulator(job, "mean", fed, reference="oracle",
                                     client_weights=weights / weights.sum())
-    everyone = jnp.ones((config.num_clients,), bool)
+    everyone = jnp.ones((job.num_clients,), bool)
     state, _ = jax.jit(functools.partial(sim.run_rounds, num_rounds=rounds))(
         sim.init(init_key), everyone, jax.random.fold_in(run_key, 0), fed.train)
     losses, _ = sim.client_metrics(state.params, fed.train)

@@ -175,10 +175,10 @@ def comparisons(experiment: Experiment) -> list[dict]:
   per-aggregator worst case, whose sets differ, so the difference then includes the sets'). b =
   'honest_only' is the baseline without Byzantine clients (the honest-optimum reference run on
   a's draws)."""
-  config = experiment.config
-  n = config.num_clients
+  job = experiment.job
+  n = job.num_clients
   out = []
-  for a, b in config_lib.comparison_pairs(config):
+  for a, b in job.comparisons:
     run_a = experiment.runs[a]
     counts_a = _counts(experiment, a)
     if b == config_lib.HONEST_ONLY:
@@ -194,16 +194,16 @@ def comparisons(experiment: Experiment) -> list[dict]:
   return out
 
 
-def alie_degenerate(config, counts: np.ndarray) -> dict | None:
+def alie_degenerate(job, counts: np.ndarray) -> dict | None:
   """With ALIE's z from the formula (attack_options.alie.z unset), the share of draws with
   Byzantine clients whose realized b gives z(n, b) ≤ 0 (the attack then sends the honest mean
   or less): judged on the realized b, not the declared f. None for other attacks or a set z."""
-  z = config.attack_options.alie.z
-  if config.attack != "alie" or not (z is None or np.isnan(z)):
+  z = job.attack_options.alie.z
+  if job.attack != "alie" or not (z is None or np.isnan(z)):
     return None
   from fedjax_robust import attacks  # pylint: disable=g-import-not-at-top
   attacked = counts > 0
-  zs = np.asarray(attacks.alie_z(config.num_clients, np.asarray(counts)))
+  zs = np.asarray(attacks.alie_z(job.num_clients, np.asarray(counts)))
   bad = attacked & (zs <= 0)
   return {"share": float(bad.sum() / max(attacked.sum(), 1)),
           "byzantine_counts": sorted(set(map(int, counts[bad])))}
@@ -227,31 +227,29 @@ def summarize(experiment: Experiment) -> dict:
   when present, the reference runs and the one honest set a `worst_case` run repeated: under
   `worst_case` (a maximum of its criterion, worst_case.CRITERIA) or `max_heterogeneity_proxy`
   (criterion "heterogeneity", not a loss maximum), each with the `interval` it supports."""
-  config = experiment.config
-  n = config.num_clients
+  job = experiment.job
+  n = job.num_clients
   exact = None
-  if config.honest_set != "worst_case":
-    spec = config_lib.honest_set_spec(config)
-    if config.honest_set in honest_sets.GRAPH_BASED:
-      spec["adjacency"] = config_lib.make_adjacency(config, experiment.data)
-    pmf, is_exact = honest_sets.byzantine_count_pmf(spec, num_clients=n)
-    if is_exact and config.draw_condition != "none":
-      pmf = honest_sets.conditioned_pmf(pmf, config.draw_condition, num_clients=n, f=config.f)
+  if job.sampler is not None:
+    pmf, is_exact = honest_sets.byzantine_count_pmf(job.honest_set_for(experiment.data),
+                                                    num_clients=n)
+    if is_exact and job.draw_condition != "none":
+      pmf = honest_sets.conditioned_pmf(pmf, job.draw_condition, num_clients=n, f=job.f)
     exact = pmf if is_exact else None
-  report = config.report
+  report = job.report
   out = {
-      "config": json.loads(config.to_json()),
+      "config": json.loads(job.effective.to_json()),
       "provenance": provenance.record(
-          seed=config.seed,
+          seed=job.seed,
           draws_per_chunk={name: int(run.draws_per_chunk)
                            for name, run in experiment.runs.items()},
           mesh=", ".join(sorted({(run.provenance or {}).get("mesh", "")
                                  for run in experiment.runs.values()} - {""}))),
-      "byzantine_count": {**evaluation.count_law(_counts(experiment), n, f=config.f,
+      "byzantine_count": {**evaluation.count_law(_counts(experiment), n, f=job.f,
                                                  exact_pmf=exact),
-                          "condition": config.draw_condition},
+                          "condition": job.draw_condition},
       "aggregators": {
-          name: summarize_run(run, _counts(experiment, name), num_clients=n, f=config.f,
+          name: summarize_run(run, _counts(experiment, name), num_clients=n, f=job.f,
                               reference=experiment.references.get(name),
                               theory=experiment.theory.get(name), interval=report.interval,
                               resamples=report.bootstrap_resamples)
@@ -260,13 +258,13 @@ def summarize(experiment: Experiment) -> dict:
   if experiment.references:
     first = next(iter(experiment.runs))
     baseline = summarize_run(experiment.references[first], _counts(experiment, first),
-                             num_clients=n, f=config.f, interval=report.interval,
+                             num_clients=n, f=job.f, interval=report.interval,
                              resamples=report.bootstrap_resamples)
     out["honest_only"] = {"what": HONEST_ONLY_NAME, **baseline}
   compared = comparisons(experiment)
   if compared:
     out["comparisons"] = compared
-  alie = alie_degenerate(config, _counts(experiment))
+  alie = alie_degenerate(job, _counts(experiment))
   if alie is not None:
     out["alie_degenerate"] = alie
   for name, info in experiment.worst_case.items():  # the proxy is never filed as a worst case
@@ -765,7 +763,7 @@ def format_theory(summary: dict) -> str:
 def write_metrics_csv(experiment: Experiment, path: str) -> None:
   """One row per aggregator × evaluation round × metric, with estimates over samples; the
   aggregator diagnostics (`aux:<name>`, e.g. clipped_share) per chunk of rounds."""
-  n = experiment.config.num_clients
+  n = experiment.job.num_clients
   fields = ["aggregator", "round", "metric", "mean", "ci95", "q05", "q50", "q95", "worst",
             "cvar90", "undefined"]
   with open(path + ".tmp", "w", newline="") as fh:
@@ -833,7 +831,7 @@ def write_draws_csv(experiment: Experiment, path: str) -> None:
   left empty (its accuracies would be those of NaN logits, its loss NaN), so a column's average is
   over the draws that did not diverge, as in the tables."""
   counts = _counts(experiment)
-  n = experiment.config.num_clients
+  n = experiment.job.num_clients
   diverged = {name: diverged_draws(run)[-1] for name, run in experiment.runs.items()}
   metrics_of = lambda name, run: (
       [(name, "diverged", diverged[name].astype(int))]
@@ -908,12 +906,12 @@ def figure(experiment: Experiment):
   import textwrap  # pylint: disable=g-import-not-at-top
   from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
 
-  cfg = experiment.config
-  if cfg.honest_set == "worst_case":
+  cfg = experiment.job
+  if cfg.sampler is None:
     law = (f"{worst_case.short_name(cfg.honest_set_options.worst_case.criterion)}, one honest "
            "set repeated (band: training noise only)")
   else:
-    spec = config_lib.honest_set_spec(cfg)
+    spec = {k: v for k, v in cfg.sampler.items() if k != "adjacency"}
     law = f"{spec.pop('name')}({format_options(spec, {'num_byzantine': 'b'})})"
     if cfg.honest_set in honest_sets.GRAPH_BASED:
       law += f" on the {cfg.graph.kind} graph"

@@ -19,11 +19,12 @@ on S draws of μ_H. Its files, in the order they are written:
 A rerun with the same workdir skips the points already in results.csv whose npz reads back in
 full and whose record reads; a point whose npz or record is missing, truncated or unreadable is
 named in the log and recomputed (its stale rows replaced), so an interrupted sweep loses at most
-the point in progress; so is a point computed by other code or another JAX/backend (named with
-both versions). A results.csv that does not read back in full (cut mid-row) is named and rebuilt
-from the records (a record without rows, from older code: its point is recomputed). Reused
-points carry the current sweep's tags. Points that differ only in μ_H, the seed or the number
-of draws reuse the compiled program of an earlier point (`experiment.simulator_cache`).
+the point in progress; so is a point computed by code declaring other numbers
+(`provenance.NUMBERS_VERSION`) or on another JAX/backend (named with both versions). A
+results.csv that does not read back in full (cut mid-row) is named and rebuilt from the records
+(a record without rows, from older code: its point is recomputed). Reused points carry the
+current sweep's tags. Points that differ only in μ_H, the seed or the number of draws reuse
+the compiled program of an earlier point (`experiment.simulator_cache`).
 
 The reports (`table`, `comparison_table`, `theory_table`, `plot`, `plot_theory`) set expected
 against worst case only at the same realized b: E[· | b = f] (the worst case's b) and
@@ -448,9 +449,9 @@ def run(base, points: Sequence[Point], workdir: str, *,
         log: Callable[[str], None] = print, stop_after: int | None = None,
         recompute: bool = False, metric: str | None = None) -> list[dict]:
   """Runs every point not yet done in `workdir` (see the module docstring); returns all rows of
-  results.csv. A point done by other code or another JAX/backend (its npz's provenance,
-  `provenance.reuse_mismatch`) is named and recomputed; `recompute` recomputes every point.
-  `stop_after` ends the sweep after that many new points (to test resumption). Each point's
+  results.csv. A point done by code declaring other numbers or on another JAX/backend (its npz's
+  provenance, `provenance.reuse_mismatch`) is named and recomputed; `recompute` recomputes every
+  point. `stop_after` ends the sweep after that many new points (to test resumption). Each point's
   progress line gives E[`metric`] (the one the sweep's table shows; `progress_value`)."""
   experiment.check_workdir(workdir)
   os.makedirs(os.path.join(workdir, "points"), exist_ok=True)
@@ -531,21 +532,21 @@ def run(base, points: Sequence[Point], workdir: str, *,
   start = time.perf_counter()
   for i, (job, point, pid) in enumerate(todo[:stop_after]):
     t0 = time.perf_counter()
-    config = job.config
     exp = experiment.run(job, log=lambda _: None)
+    job = exp.job  # as it ran: the prior's f, privacy's σ
     summary = results.summarize(exp)
-    run_ = exp.runs[config.aggregator]
-    counts = evaluation.byzantine_counts(exp.masks[config.aggregator])
+    run_ = exp.runs[job.aggregator]
+    counts = evaluation.byzantine_counts(exp.masks[job.aggregator])
     # The npz first: a point is in results.csv only once its per-draw values are on disk.
-    theory = exp.theory.get(config.aggregator, {})
+    theory = exp.theory.get(job.aggregator, {})
     record = summary["provenance"]
     new_rows = _rows(pid, point.tags, summary)
     if "error" in theory:
-      new_rows += _theory_condition_rows(pid, point.tags, theory["error"], counts, config.f,
-                                         interval=config.report.interval,
-                                         resamples=config.report.bootstrap_resamples)
+      new_rows += _theory_condition_rows(pid, point.tags, theory["error"], counts, job.f,
+                                         interval=job.report.interval,
+                                         resamples=job.report.bootstrap_resamples)
     rows = _in_sweep_order(rows + new_rows, order)
-    s = summary["aggregators"][config.aggregator]
+    s = summary["aggregators"][job.aggregator]
     timings = [t for t in timings if t["point"] != pid]
     timings = _in_sweep_order(timings + [{"point": pid, **point.tags,
                                           **{k: getattr(run_, k) for k in TIMING_FIELDS}}],
@@ -562,7 +563,7 @@ def run(base, points: Sequence[Point], workdir: str, *,
       os.replace(config_path(workdir, pid) + ".tmp", config_path(workdir, pid))
       save_point(point_path(workdir, pid), tags=json.dumps(dict(point.tags)),
                  num_byzantine=counts, provenance=json.dumps(record),
-                 honest_masks=np.asarray(exp.masks[config.aggregator], bool),
+                 honest_masks=np.asarray(exp.masks[job.aggregator], bool),
                  **{f"final_{k}": v[-1] for k, v in results.defined_metrics(run_).items()},
                  **{f"theory_{k}": np.asarray(theory[k]) for k in THEORY_DRAWS
                     if k in theory})
@@ -577,7 +578,7 @@ def run(base, points: Sequence[Point], workdir: str, *,
         f"{' '.join(f'{k}={v}' for k, v in point.tags.items())}: {headline} "
         f"in {time.perf_counter() - t0:.1f} s; ETA "
         f"{experiment.human_seconds(eta)}"
-        + (f"; WARNING: {diverged} of {config.num_samples} draws diverged (left out of the "
+        + (f"; WARNING: {diverged} of {job.num_samples} draws diverged (left out of the "
            "accuracy, loss +inf)" if diverged else "")
         + (f"; WARNING: the clipping stage never clipped ({', '.join(never)} = 0): these are "
            "the numbers of the rule without clipping" if never else ""))

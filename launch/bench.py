@@ -75,9 +75,8 @@ def _check(c) -> None:
     except errors.ConfigError as e:
       raise errors.ConfigError(f"monte_carlo.meshes: {e}") from None
   if c.mode in ("monte_carlo", "all"):
-    job = _monte_carlo_job(c)
-    config_lib.validate(job)
-    aggregators.get(c.monte_carlo.spec, f=job.f, options=config_lib.aggregator_options(job))
+    job = config_lib.resolve(_monte_carlo_job(c))
+    aggregators.get(c.monte_carlo.spec, f=job.f, options=job.options)
 
 
 def _monte_carlo_job(c):

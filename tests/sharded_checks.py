@@ -14,6 +14,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fedjax_robust import build
 from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -66,7 +67,7 @@ def main(full: bool):
     masks[s, rng.choice(c.num_clients, 1 + s % 2, replace=False)] = False
   # Draws over 8 and over 2 devices (with padding), against one device: bit for bit.
   spec = "nnm+trimmed_mean"
-  sim = config_lib.make_simulator(c, spec, fed)
+  sim = build.make_simulator(c, spec, fed)
   ref = run(sim, fed, masks, None, 24)
   for mesh_spec, chunk in (("draws", 64),) + ((("draws=2", 16),) if full else ()):
     mesh = sharding.make(mesh_spec)
@@ -106,7 +107,7 @@ def main(full: bool):
   }
   # Clients over 2 devices (draws over 4): each rule against one device, within rounding.
   for spec in ("trimmed_mean",) + (("mean", "geometric_median") if full else ()):
-    sim = config_lib.make_simulator(c, spec, fed)
+    sim = build.make_simulator(c, spec, fed)
     ref = run(sim, fed, masks, None, 24)
     got = run(sim, fed, masks, sharding.make("draws=4,clients=2"), 32)
     scale = {k: float(np.nanmax(np.abs(v))) for k, v in ref.metrics.items()}

@@ -13,6 +13,7 @@ import pytest
 from conftest import tiny_config
 from fedjax_robust import aggregators
 from fedjax_robust import attacks
+from fedjax_robust import build
 from fedjax_robust import config as config_lib
 from fedjax_robust import data
 from fedjax_robust import models
@@ -169,7 +170,7 @@ def test_published_momentum_is_the_simulators_momentum_scaled(rng):
 
 def _simulator(config):
   fed = types.SimpleNamespace(input_shape=(8, 8, 1), num_classes=10)
-  return config_lib.make_simulator(config, "centered_clipping", fed)
+  return build.make_simulator(config, "centered_clipping", fed)
 
 
 def test_make_simulator_converts_published_momentum_tau(rng):

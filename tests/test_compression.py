@@ -12,6 +12,7 @@ import pytest
 
 from conftest import tiny_config
 from fedjax_robust import aggregators
+from fedjax_robust import build
 from fedjax_robust import compression as C
 from fedjax_robust import config as config_lib
 from fedjax_robust import errors
@@ -179,7 +180,7 @@ def test_error_feedback_sends_everything_eventually():
   c = tiny_config()
   c.compression.kind, c.compression.k, c.compression.error_feedback = "top_k", 3, True
   fed = config_lib.make_data(c)
-  sim = config_lib.make_simulator(c, "mean", fed)
+  sim = build.make_simulator(c, "mean", fed)
   assert isinstance(sim, training.Simulator)
   rng = np.random.default_rng(4)
   n, d = c.num_clients, sim.num_shared
@@ -303,10 +304,10 @@ def test_k_space_refuses_a_rule_with_state_and_k_beyond_d():
   c.compression.kind, c.compression.aggregate_in = "shared_random_k", "k"
   fed = config_lib.make_data(c)
   with pytest.raises(ValueError, match="keeps a state"):
-    config_lib.make_simulator(c, "centered_clipping", fed)
+    build.make_simulator(c, "centered_clipping", fed)
   c.compression.aggregate_in, c.compression.k = "d", 10 ** 7
   with pytest.raises(ValueError, match="exceeds"):
-    config_lib.make_simulator(c, "trimmed_mean", fed)
+    build.make_simulator(c, "trimmed_mean", fed)
 
 
 def test_byzantine_rows_are_cut_to_the_wire_format():

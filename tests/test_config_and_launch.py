@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT
 from conftest import tiny_config
+from fedjax_robust import build
 from fedjax_robust import config as config_lib
 from fedjax_robust import experiment
 from fedjax_robust import results
@@ -92,15 +93,15 @@ def test_data_and_compression_requests_are_refused_before_any_compile():
     c = mutate(compression__kind=kind, compression__k=651)
     with pytest.raises(ConfigError, match=r"compression.k=651 exceeds d = 650, the parameters "
                                           r"each client sends \(model='logistic'"):
-      config_lib.make_simulator(c, "mean", fed)
-  assert config_lib.make_simulator(mutate(compression__kind="top_k", compression__k=650), "mean",
+      build.make_simulator(c, "mean", fed)
+  assert build.make_simulator(mutate(compression__kind="top_k", compression__k=650), "mean",
                                    fed).num_shared == 650
   personal = dict(model="mlp", training__personalization="personal_head", theory__enabled=False,
                   data__holdout_fraction=0.2, compression__kind="top_k")
   fed = config_lib.make_data(mutate(**personal))
   with pytest.raises(ConfigError, match=r"compression.k=2081 exceeds d = 2,080"):
-    config_lib.make_simulator(mutate(**personal, compression__k=2081), "mean", fed)
-  assert config_lib.make_simulator(mutate(**personal, compression__k=2080), "mean",
+    build.make_simulator(mutate(**personal, compression__k=2081), "mean", fed)
+  assert build.make_simulator(mutate(**personal, compression__k=2080), "mean",
                                    fed).num_shared == 2080
 
 
@@ -245,3 +246,56 @@ def test_one_validation_derives_the_prior_and_the_rules_options_once(monkeypatch
   f, _, _ = server_prior.quantile_f(job.prior, n, c.server_prior.delta)
   assert job.prior_info["f"] == f and config_lib.with_prior_f(c, job.prior_info).f == f
   assert job.specs == ("posterior_filter", "trimmed_mean")
+
+
+def test_a_run_derives_the_law_of_honest_sets_once_and_reads_the_effective_f(monkeypatch):
+  """Issue 30: μ_H's sampler spec was re-derived at 7 call sites (draw_masks, the summary's law
+  of b, the plot's title, the theory's exact weights, ...). A whole run now derives it once, at
+  resolution (`sampler_spec` -> `honest_set_spec`), and every later reader takes the Job's; the
+  run and its summary use the prior's quantile f (the effective f), the configured one stays in
+  `job.config`."""
+  from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import results  # pylint: disable=g-import-not-at-top
+  c = tiny_config()
+  c.num_samples = 8
+  c.aggregator = "mean"
+  c.training.num_rounds = c.training.eval_every = 1
+  c.honest_set = "bernoulli"
+  c.honest_set_options.bernoulli.p = 0.05
+  c.server_prior.kind = "mu_h"
+  c.server_prior.declared_f = "quantile"
+  c.f = 2  # configured; the prior's quantile at p = 0.05 is smaller
+  calls = []
+  real = config_lib.honest_set_spec
+  monkeypatch.setattr(config_lib, "honest_set_spec", lambda *a: calls.append(1) or real(*a))
+  exp = experiment.run(c, log=lambda _: None)
+  summary = results.summarize(exp)
+  assert len(calls) == 1
+  quantile_f = exp.job.prior_info["f"]
+  assert quantile_f != c.f  # the case where the two differ
+  assert exp.job.f == quantile_f and exp.job.config.f == c.f
+  assert summary["config"]["f"] == quantile_f
+  # P(b > f) of the summary is at the effective f: Binomial(n, 0.05)'s tail, from SciPy.
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(summary["byzantine_count"]["exact_p_exceeds_f"],
+                             stats.binom.sf(quantile_f, c.num_clients, 0.05), rtol=1e-9)
+  assert exp.job.sampler == {"name": "bernoulli", "p": 0.05}
+
+
+def test_a_job_is_read_only_and_a_change_is_a_new_job():
+  """The engine cannot change what it was given: a Job's fields and its settings are frozen;
+  `replaced` returns a new Job with the value set and leaves the original as it was."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  job = config_lib.resolve(tiny_config())
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    job.specs = ("mean",)
+  with pytest.raises((AttributeError, ValueError, TypeError)):
+    job.training.num_rounds = 1
+  with pytest.raises((AttributeError, ValueError, TypeError)):
+    job.settings.f = 0
+  other = job.replaced({"theory.enabled": not job.theory.enabled, "num_samples": 3})
+  assert other.theory.enabled != job.theory.enabled and other.num_samples == 3
+  assert job.num_samples == tiny_config().num_samples
+  assert other.options is job.options and other.sampler == job.sampler
+  # Reading through the Job is reading the effective configuration, key for key.
+  assert job.training.to_dict() == job.effective.training.to_dict()

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedjax_robust import build
 from fedjax_robust import experiment
 from fedjax_robust import results
 from fedjax_robust import worst_case
@@ -63,7 +64,7 @@ def test_worst_case_by_final_loss_picks_the_most_damaging_byzantine_client():
   chosen = exp.worst_case["mean"]["byzantine"]
   # Score every single Byzantine client by the same trainings (the search's R common seeds),
   # independently of the search.
-  sim = experiment.config_lib.make_simulator(c, "mean", exp.data)
+  sim = build.make_simulator(c, "mean", exp.data)
   _, init_key, run_key = experiment._keys(c)
   R = c.honest_set_options.worst_case.seeds
   masks = np.repeat(~np.eye(6, dtype=bool), R, axis=0)

@@ -43,19 +43,27 @@ LAYER_OF = {
     "theory": "library",
     "sharding": "library",
     "worst_case": "library",
+    # the theory of every draw (theory.report: per_draw, convex_constants, objectives): numbers
+    # from a run's records and the task's premises, imports only the library; text is the
+    # report's (results).
+    # local_training: a client's local SGD as static settings, built by the job, run by the
+    # simulator.
+    "local_training": "library",
+    # provenance: what made a number (code version, numbers version, numerical stack), stamped
+    # on every record by the engine and checked by the caches; imports nothing internal.
+    "provenance": "library",
     # job: the only layer that reads a ConfigDict (schema, validation, resolution).
     "config": "job",
     "server_prior": "job",
     # engine: takes the job and the data, trains, returns records.
     "training": "engine",
+    "build": "engine",
     "experiment": "engine",
     "byzfl_loop": "engine",
     "benchmark": "engine",
-    # store: writes and reads runs and sweep points, with their provenance.
-    "provenance": "store",
+    # store: writes and reads sweep points (the runs' cache is the engine's: experiment).
     # report: records and the job -> text, CSV, figures; never trains.
     "results": "report",
-    "theory.report": "report",
     "report": "report",
     # sweep: grids of jobs, run point by point.
     "sweep": "sweep",
@@ -63,18 +71,6 @@ LAYER_OF = {
 
 # (importer, imported) pairs that point upward today, each removed by the typed-Job refactor.
 KNOWN_VIOLATIONS = {
-    # config builds the simulator (make_simulator: training.Simulator, LocalTraining) and reads
-    # training's tables (LR_SCHEDULES, CLIENT_UPDATES); the engine will build it from the Job.
-    ("config", "training"),
-    # config asks theory.report whether the task is convex (is_convex_task) to validate the
-    # worst-case criterion; the Job's resolution will hold that fact.
-    ("config", "theory.report"),
-    # experiment stamps its cached runs with provenance.record and checks reuse_mismatch on
-    # reload; the run cache moves to the store.
-    ("experiment", "provenance"),
-    # experiment computes the theory's per-draw report (per_draw, convex_constants) inside the
-    # run; the report will read the records instead.
-    ("experiment", "theory.report"),
     # The sweeps' analyses read points with sweep's storage (load_point, point_path, config_path,
     # draw_values) and write with its table and figure helpers; these move to the store and the
     # report.

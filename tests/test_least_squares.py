@@ -11,6 +11,7 @@ from conftest import synthetic_dgd_config
 from jax.flatten_util import ravel_pytree
 
 from fedjax_robust import attacks
+from fedjax_robust import build
 from fedjax_robust import config as config_lib
 from fedjax_robust import data
 from fedjax_robust import experiment
@@ -65,7 +66,7 @@ def test_dgd_on_least_squares_matches_a_numpy_loop():
   c.aggregator, c.attack = "mean", "none"
   c.training.client_lr = 0.1
   fed = config_lib.make_data(c)
-  sim = config_lib.make_simulator(c, "mean", fed)
+  sim = build.make_simulator(c, "mean", fed)
   state = sim.init(jax.random.key(0))
   _, unravel = ravel_pytree(sim.model.init(jax.random.key(0)))
 
@@ -103,7 +104,7 @@ def test_convex_constants_of_least_squares_equal_numpy(l2):
   c = _config(dim=5, examples=20, alpha=1.0, beta=0.5, l2=l2)
   c.num_clients = 5
   fed = config_lib.make_data(c)
-  sim = config_lib.make_simulator(c, "trimmed_mean", fed)
+  sim = build.make_simulator(c, "trimmed_mean", fed)
   masks = np.array([[1, 1, 1, 1, 1], [1, 0, 1, 0, 1], [0, 1, 1, 1, 0], [0, 0, 0, 1, 0],
                     [0, 0, 0, 0, 0]], bool)
   exact = report.convex_constants(c, fed, sim, masks)
@@ -136,7 +137,7 @@ def test_a_rank_deficient_honest_set_has_no_pl_bound_and_is_invalid():
   c = _config(dim=16, examples=5, beta=1.0)
   c.num_clients, c.f = 4, 1
   fed = config_lib.make_data(c)
-  sim = config_lib.make_simulator(c, "trimmed_mean", fed)
+  sim = build.make_simulator(c, "trimmed_mean", fed)
   masks = np.array([[1, 1, 0, 1], [1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]], bool)
   exact = report.convex_constants(c, fed, sim, masks)
   np.testing.assert_array_equal(exact["pl"] == 0, [True, False, True, False])

@@ -23,6 +23,7 @@ from conftest import set_key as _set
 from conftest import tiny_config
 from fedjax_robust import aggregators
 from fedjax_robust import attacks
+from fedjax_robust import build
 from fedjax_robust import config as config_lib
 from fedjax_robust import domains
 from fedjax_robust import errors
@@ -230,7 +231,7 @@ def test_a_draw_is_bit_identical_whatever_its_chunk_and_neighbours(spec):
   c.f = 2
   c.training.num_rounds = 200      # the default number of rounds
   fed = config_lib.make_data(c)
-  sim = config_lib.make_simulator(c, spec, fed)
+  sim = build.make_simulator(c, spec, fed)
   rng = np.random.default_rng(0)
   masks = np.ones((20, 6), bool)
   for s in range(0, 20, 3):        # every third draw has one Byzantine (NaN) client

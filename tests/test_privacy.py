@@ -17,6 +17,7 @@ from conftest import set_key
 from conftest import tiny_config
 from fedjax_robust import aggregators
 from fedjax_robust import attacks
+from fedjax_robust import build
 from fedjax_robust import config as config_lib
 from fedjax_robust import errors
 from fedjax_robust import experiment
@@ -96,7 +97,7 @@ def test_a_private_job_reports_epsilon_and_clips_what_is_sent():
   exp = experiment.run(c, log=lambda _: None)
   info = exp.privacy
   assert info["epsilon"] <= 8.0 + 1e-6 and info["noise_multiplier"] > 1
-  assert exp.config.privacy.noise_multiplier == info["noise_multiplier"]
+  assert exp.job.privacy.noise_multiplier == info["noise_multiplier"]
   summary = results.summarize(exp)
   assert summary["privacy"]["epsilon"] == info["epsilon"]
   assert "client-level DP" in results.format_table(summary)
@@ -107,7 +108,7 @@ def test_a_private_job_reports_epsilon_and_clips_what_is_sent():
   c.privacy.kind, c.privacy.clip, c.privacy.noise_multiplier = "client", 1e-4, 0.0
   c, _ = config_lib.resolve_privacy(c)
   fed = config_lib.make_data(c)
-  sim = config_lib.make_simulator(c, "mean", fed)
+  sim = build.make_simulator(c, "mean", fed)
   state = sim.init(jax.random.key(0))
   new, _ = sim.round(state, jnp.ones((c.num_clients,), bool), jax.random.key(1), fed.train)
   moved = float(jnp.linalg.norm(new.params - state.params))
@@ -317,7 +318,7 @@ def test_a_dp_sgd_job_reports_the_worst_clients_epsilon_and_calibrates_sigma():
   assert (info["sampling_rate"], info["steps"], info["batch_size"]) == (q, steps, 4)
   assert info["epsilon"] == privacy.dp_sgd_epsilon(q, sigma, steps, 1e-5, "pld") <= 2.0 + 1e-6
   assert privacy.dp_sgd_epsilon(q, 0.99 * sigma, steps, 1e-5, "pld") > 2.0
-  assert exp.config.privacy.noise_multiplier == sigma
+  assert exp.job.privacy.noise_multiplier == sigma
   assert any("DP-SGD" in line and f"ε = {info['epsilon']:.4g}" in line for line in lines)
   summary = results.summarize(exp)
   assert summary["privacy"]["epsilon"] == info["epsilon"]

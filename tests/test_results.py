@@ -6,6 +6,7 @@ import csv
 import numpy as np
 
 from conftest import tiny_config
+from fedjax_robust import config as config_lib
 from fedjax_robust import evaluation
 from fedjax_robust import results
 from fedjax_robust.experiment import AggregatorRun
@@ -40,7 +41,8 @@ def _experiment():
                  [[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
   honest = _run("honest_optimum", [[0.2] * 4, [0.7] * 4, [0.75, 0.85, 0.95, 0.8]],
                 [[2.0] * 4, [0.8] * 4, [0.45, 0.35, 0.25, 0.3]], np.zeros((3, 4)))
-  return Experiment(config=c, data=None, masks={"mean": masks, "trimmed_mean": masks},
+  return Experiment(job=config_lib.resolve(c), data=None,
+                    masks={"mean": masks, "trimmed_mean": masks},
                     runs={"mean": mean, "trimmed_mean": trimmed},
                     references={"mean": honest, "trimmed_mean": honest})
 
@@ -169,7 +171,8 @@ def test_identical_draws_print_exact_values_without_intervals_or_tests():
       spec="", rounds=ROUNDS, aux={}, compile_seconds=0.0, run_seconds=0.0,
       metrics={"diverged": np.zeros((3, S)), "honest_accuracy": np.full((3, S), acc),
                "honest_loss": np.full((3, S), loss), "test_accuracy": np.full((3, S), acc)})
-  exp = Experiment(config=c, data=None, masks={"mean": masks, "trimmed_mean": masks},
+  exp = Experiment(job=config_lib.resolve(c), data=None,
+                   masks={"mean": masks, "trimmed_mean": masks},
                    runs={"mean": copies(0.51, 0.62), "trimmed_mean": copies(0.5023, 0.39)})
   summary = results.summarize(exp)
   text = results.format_table(summary)

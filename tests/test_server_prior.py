@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedjax_robust import aggregators
+from fedjax_robust import build
 from fedjax_robust import config as config_lib
 from fedjax_robust import server_prior
 from fedjax_robust.errors import ConfigError
@@ -119,7 +120,7 @@ def test_the_simulator_gets_the_priors_weights():
   c.data.synthetic_examples_per_client = 4
   c.data.synthetic_dim = 3
   fed = config_lib.make_data(c)
-  sim = config_lib.make_simulator(c, "trimmed_mean", fed)
+  sim = build.make_simulator(c, "trimmed_mean", fed)
   p = np.linspace(0, 0.4, 25)
   np.testing.assert_allclose(sim.client_weights, (1 - p) / np.sum(1 - p))
   weights = sim._aggregation_weights(fed.train, jnp.ones(25, bool), jnp.float32)  # pylint: disable=protected-access

@@ -216,7 +216,7 @@ def centered_clipping_with_share(updates: jax.Array, *, center: jax.Array, tau: 
     raise ConfigError(
         f"centered_clipping: tau_units={tau_units!r} cannot be applied by the rule, which does "
         "not know the learning rate, momentum and local steps; build it with "
-        "config.make_simulator (which converts τ by published_tau_in_update_units), or pass "
+        "config.aggregator_options (which converts τ by published_tau_in_update_units), or pass "
         "tau in update units with tau_units='update'.")
   dtype = updates.dtype
 
@@ -263,7 +263,7 @@ def centered_clipping(updates: jax.Array, *, center: jax.Array, tau: float = 10.
   Karimireddy et al.'s τ = 10 is for their momentum buffers, which are 1/(η(1 − β)) times
   larger than this simulator's updates: the config option
   `aggregator_options.centered_clipping.tau_units="published_momentum"` has
-  `config.make_simulator` convert it (`published_tau_in_update_units`).
+  `config.aggregator_options` convert it (`published_tau_in_update_units`).
   """
   return centered_clipping_with_share(updates, center=center, tau=tau, iterations=iterations,
                                       tau_units=tau_units).value

@@ -251,7 +251,7 @@ _RULES: dict[str, _Entry] = {
                  "tau_units": D.Choice(
                      *clipping.TAU_UNITS,
                      note="'published_momentum': τ of Karimireddy et al.'s code, for their "
-                     "momentum buffers; config.make_simulator converts it to update units, "
+                     "momentum buffers; config.aggregator_options converts it to update units, "
                      "τ·client_lr·(1 − client_momentum)·local_steps")},
         kappa=_no_kappa("no (f, κ) bound: centered clipping is analysed under the (δ, c)-ARAgg "
                         "definition of Karimireddy, He, Jaggi, with a state-dependent centre"),

@@ -75,9 +75,9 @@ from fedjax_robust.theory import robustness as measured
 TIGHTNESS_QUANTILES = (0.1, 0.5, 0.9)
 
 
-def premises(config) -> dict:
+def premises(job) -> dict:
   """Whether the run is robust D-GD, the step η, and the failed assumptions if not."""
-  t = config.training
+  t = job.training
   reasons = []
   if t.local_steps != 1:
     reasons.append(f"local_steps={t.local_steps} (D-GD: 1)")
@@ -93,16 +93,16 @@ def premises(config) -> dict:
   return {"dgd": not reasons, "step": float(t.client_lr * t.server_lr), "reasons": reasons}
 
 
-def is_convex_task(config) -> bool:
+def is_convex_task(job) -> bool:
   """Convex task with exact constants: least squares (with or without ℓ2), or ℓ2-regularized
   logistic regression."""
-  return (is_least_squares(config)
-          or (config.model == "logistic" and config.training.l2 > 0))
+  return (is_least_squares(job)
+          or (job.model == "logistic" and job.training.l2 > 0))
 
 
-def is_least_squares(config) -> bool:
+def is_least_squares(job) -> bool:
   """A linear model with the squared loss: L_S is quadratic, its Hessian constant."""
-  return config.model == "linear_regression"
+  return job.model == "linear_regression"
 
 
 # One `client_losses` function per (simulator, training data content), so theory.convex's
@@ -126,7 +126,7 @@ def _client_losses(sim, fed):
   return _LOSSES[key][1]
 
 
-def convex_constants(config, fed, sim, masks: np.ndarray) -> dict[str, np.ndarray]:
+def convex_constants(job, fed, sim, masks: np.ndarray) -> dict[str, np.ndarray]:
   """Exact per-draw constants of a convex task's honest objective L_S (`[S]` each): `optimum`
   L_S* (damped Newton from 0, with its certificate `optimum_gradient_norm`), `smoothness` L_S and
   `pl` μ_S (`smoothness_exact` says whether L_S is exact or a bound):
@@ -142,9 +142,9 @@ def convex_constants(config, fed, sim, masks: np.ndarray) -> dict[str, np.ndarra
   masks, inverse = np.unique(np.asarray(masks, bool), axis=0, return_inverse=True)
   inverse = inverse.reshape(-1)
   optima = convex.honest_optima(losses, theta0, masks)
-  l2 = float(config.training.l2)
+  l2 = float(job.training.l2)
   pl = np.full(len(masks), l2)
-  if is_least_squares(config):
+  if is_least_squares(job):
     smoothness, smallest = convex.curvature(losses, theta0, masks)
     resolution = sim.num_params * np.finfo(np.float32).eps * smoothness
     # Within rounding of 0: μ_S = λ (exact, the ℓ2 term), 0 without it. NaN (no honest client)
@@ -170,7 +170,7 @@ def convex_constants(config, fed, sim, masks: np.ndarray) -> dict[str, np.ndarra
           "pl": np.asarray(pl, np.float64)[inverse], "smoothness_exact": exact}
 
 
-def objectives(config, fed, sim, masks: np.ndarray, weights: np.ndarray | None = None) -> dict:
+def objectives(job, fed, sim, masks: np.ndarray, weights: np.ndarray | None = None) -> dict:
   """The seed's two objectives solved exactly on a convex task (theory.convex.compare_objectives):
   min_θ E_{S~μ_H} L_S(θ) with w_i = E[1{i∈S}/|S|] (exact weights when given, else estimated from
   the draws `masks`), and min_θ max_{|S|=n−f} L_S(θ), each minimizer's expected and worst-case
@@ -181,10 +181,10 @@ def objectives(config, fed, sim, masks: np.ndarray, weights: np.ndarray | None =
     weights = np.mean(h / h.sum(1, keepdims=True), axis=0)
   weights = np.asarray(weights, np.float64) / np.sum(weights)
   out = convex.compare_objectives(_client_losses(sim, fed), jnp.zeros((sim.num_params,)),
-                                  weights, config.num_clients, config.f, masks)
+                                  weights, job.num_clients, job.f, masks)
   out = {k: float(v) for k, v in out.items() if np.ndim(v) == 0}
   out["weights"] = weights.tolist()
-  out["p_b_gt_f"] = float(np.mean((~masks).sum(1) > config.f))
+  out["p_b_gt_f"] = float(np.mean((~masks).sum(1) > job.f))
   return out
 
 
@@ -207,7 +207,7 @@ def burn_in(num_rounds: int, eval_every: int) -> int:
   return eval_every * ((num_rounds // 2) // eval_every)
 
 
-def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
+def per_draw(job, run, counts: np.ndarray, *, exact: dict | None = None,
              spec: str | None = None, reference=None) -> dict[str, Any]:
   """Every per-draw theory quantity of one aggregator's run `[S]`, and the run-level κ values.
 
@@ -218,9 +218,9 @@ def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
   ‖∇L_S(θ_t)‖² after the burn-in, without Byzantine clients) is then what the Byzantine term is
   compared with (`byzantine_ratio`; `compared` says which)."""
   spec = spec or run.spec
-  n, f, T = config.num_clients, config.f, config.training.num_rounds
+  n, f, T = job.num_clients, job.f, job.training.num_rounds
   counts = np.asarray(counts)
-  every = config.training.eval_every
+  every = job.training.eval_every
   h, u = trajectory(run, T)   # [T, S]: every round t < T
   loss = np.asarray(run.metrics["honest_loss"], np.float64)  # [E + 1, S]: rounds 0, e, ..., T
   kappa_ratio = np.full(len(counts), np.nan)
@@ -234,7 +234,7 @@ def per_draw(config, run, counts: np.ndarray, *, exact: dict | None = None,
   # The data-dependent κ: the attack's ratio, never below the universal lower bound f/(n − 2f).
   kappa_plugin = (max(kappas["attack_ratio"], bounds_info["lower"])
                   if np.isfinite(kappas["attack_ratio"]) else float("nan"))
-  prem = premises(config)
+  prem = premises(job)
   convex = exact is not None
   start = 0
   if convex:
