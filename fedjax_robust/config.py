@@ -38,8 +38,6 @@ from fedjax_robust import sharding
 from fedjax_robust import worst_case
 from fedjax_robust.theory import report as theory_report
 
-_REQUIRED_HONEST_SET_DEFAULTS = {"fixed_count": {"num_byzantine": 5}, "bernoulli": {"p": 0.15},
-                                 "beta_bernoulli": {"a": 1.0, "b": 5.0}}
 WORST_CASE_CRITERIA = worst_case.CRITERION_NAMES
 PERSONALIZATIONS = ("none", "personal_head")
 
@@ -93,10 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack_options = _options_of(attacks.names(), attacks.options, attacks.option_domains)
   # μ_H: one of honest_sets.names(), or "worst_case" (the worst subset of size n − f).
   c.honest_set = "bernoulli"
-  c.honest_set_options = _options_of(
-      honest_sets.names(), lambda name: {**honest_sets.options(name),
-                                         **_REQUIRED_HONEST_SET_DEFAULTS.get(name, {})},
-      honest_sets.option_domains)
+  c.honest_set_options = _options_of(honest_sets.names(), honest_sets.config_options,
+                                     honest_sets.option_domains)
   c.honest_set_options.bernoulli.p_per_client = config_dict.placeholder(tuple)
   c.honest_set_options.worst_case = ml_collections.ConfigDict({
       # The worst case: max over |S| = n − f of the mean of `criterion` over `seeds` trainings
@@ -702,6 +698,12 @@ class Job:
     if info is None:
       return self
     return dataclasses.replace(self, effective=effective, privacy_info=info)
+
+  def law(self, fed: data_lib.FederatedData | None = None) -> honest_sets.Law:
+    """μ_H as an object (`honest_sets.law`: sample, count_pmf, marginals, …) over the job's
+    clients, its graph built from the data `fed` when it is made from them; not for the worst
+    case."""
+    return honest_sets.law(self.honest_set_for(fed), self.settings.num_clients)
 
   def honest_set_for(self, fed: data_lib.FederatedData | None = None) -> dict[str, Any]:
     """The μ_H sampler's spec, with the graph of a graph-based law built from the data when it

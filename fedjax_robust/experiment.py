@@ -947,21 +947,18 @@ def _load_worst_case(run_path: str, fingerprint_: str,
 
 
 def draw_masks(job, fed: FederatedData) -> np.ndarray:
-  """`[S, n]` honest masks from the job's μ_H (`Job.honest_set_for`: a sampler, not the worst
-  case); a ConfigDict is resolved first."""
+  """`[S, n]` honest masks from the job's μ_H (`Job.law`: a sampler, not the worst case),
+  conditioned on the realized b when `draw_condition` says so; a ConfigDict is resolved
+  first."""
   job = config_lib.job_of(job)
   mask_key, _, _ = _keys(job)
-  spec = job.honest_set_for(fed)
-  if job.draw_condition == "none":
-    return np.asarray(honest_sets.sample(mask_key, spec, num_clients=job.num_clients,
-                                         num_samples=job.num_samples))
   try:
-    masks, _ = honest_sets.sample_conditioned(
-        mask_key, spec, num_clients=job.num_clients, num_samples=job.num_samples,
-        condition=job.draw_condition, f=job.f)
+    return np.asarray(job.law(fed).sample(mask_key, job.num_samples,
+                                          condition=job.draw_condition, f=job.f))
   except ValueError as e:
+    if job.draw_condition == "none":
+      raise
     raise ConfigError(str(e)) from None
-  return masks
 
 
 def check_workdir(workdir: str) -> None:

@@ -133,6 +133,9 @@ class Law:
   scaled_parameter: ClassVar[str | None] = None
   # The parameters that may hold one value per client (relabelled by `permuted`).
   per_client: ClassVar[tuple[str, ...]] = ()
+  # Values the configuration's schema shows for the kind's required parameters (the law itself
+  # has no default for them: `config_options`).
+  config_defaults: ClassVar[dict[str, Any]] = {}
 
   num_clients: int
   adjacency: Any = dataclasses.field(default=None, repr=False)
@@ -316,6 +319,7 @@ class FixedCount(Law):
   `weights` w_i the Gumbel-top-b subset (successive sampling without replacement, client i
   picked next with probability ∝ w_i among those left). P(b = num_byzantine) = 1."""
   name = "fixed_count"
+  config_defaults = {"num_byzantine": 5}
   domains = {"num_byzantine": D.Int(0, note="<= n"),
              "weights": D.Tuple(D.POSITIVE, 1, optional=True, note="one per client")}
   per_client = ("weights",)
@@ -350,6 +354,7 @@ class Bernoulli(Law):
   """Client i is Byzantine independently with probability p_i (scalar p: the same for all).
   b is Poisson binomial (`poisson_binomial_pmf`); P(i Byzantine) = p_i."""
   name = "bernoulli"
+  config_defaults = {"p": 0.15}
   domains = {"p": D.OneOf(D.PROBABILITY, D.Tuple(D.PROBABILITY, 1, note="one per client"))}
   independent = True
   scaled_parameter = "p"
@@ -377,6 +382,7 @@ class BetaBernoulli(Law):
   exchangeable, marginal a/(a+b), and a fat-tailed count: b ~ Beta-binomial(n, a, b),
   P(b = k) = C(n, k) B(k + a, n − k + b) / B(a, b)."""
   name = "beta_bernoulli"
+  config_defaults = {"a": 1.0, "b": 5.0}
   domains = {"a": D.POSITIVE, "b": D.POSITIVE}
   a: float
   b: float
@@ -657,6 +663,12 @@ def option_domains(name: str) -> dict[str, D.Domain]:
 def options(name: str) -> dict[str, Any]:
   """A distribution's parameters and their defaults (required ones map to inspect.Parameter.empty)."""
   return _law_class(name).parameters()
+
+
+def config_options(name: str) -> dict[str, Any]:
+  """The parameters as the configuration's schema holds them: `options`, with the kind's
+  `config_defaults` for its required parameters."""
+  return {**options(name), **_law_class(name).config_defaults}
 
 
 def _split(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

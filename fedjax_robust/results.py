@@ -231,8 +231,7 @@ def summarize(experiment: Experiment) -> dict:
   n = job.num_clients
   exact = None
   if job.sampler is not None:
-    pmf, is_exact = honest_sets.byzantine_count_pmf(job.honest_set_for(experiment.data),
-                                                    num_clients=n)
+    pmf, is_exact = job.law(experiment.data).count_pmf()
     if is_exact and job.draw_condition != "none":
       pmf = honest_sets.conditioned_pmf(pmf, job.draw_condition, num_clients=n, f=job.f)
     exact = pmf if is_exact else None
