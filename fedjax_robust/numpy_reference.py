@@ -41,6 +41,14 @@ def meamed(x, f):
   return np.take_along_axis(s, idx, 0).mean(0)
 
 
+def phocas(x, f):
+  """Mean of the n − f values closest to the coordinate-wise trimmed mean (f trimmed at each
+  end), per coordinate; ties as `meamed` (Xie, Koyejo, Gupta 2018, Phocas_b with b = f)."""
+  s = np.sort(np.asarray(x, np.float64), axis=0)
+  idx = np.argsort(np.abs(s - trimmed_mean(s, f)), axis=0, kind="stable")[:len(s) - f]
+  return np.take_along_axis(s, idx, 0).mean(0)
+
+
 def geometric_median(x, weights=None, nu=1e-6, iterations=4000, start=None):
   """Smoothed Weiszfeld, a fixed number of updates from the weighted mean (or `start`)."""
   x = np.asarray(x, np.float64)
@@ -184,6 +192,7 @@ RULES: dict[str, Callable] = {
     "coordinate_median": lambda x, f, o: coordinate_median(x),
     "trimmed_mean": lambda x, f, o: trimmed_mean(x, f),
     "meamed": lambda x, f, o: meamed(x, f),
+    "phocas": lambda x, f, o: phocas(x, f),
     "geometric_median": lambda x, f, o: geometric_median(
         x, nu=o.get("nu", 1e-6), iterations=o.get("maxiter", 100)),
     "krum": lambda x, f, o: krum(x, f),

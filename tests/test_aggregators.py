@@ -135,7 +135,8 @@ def test_chain_applies_stages_in_order(rng):
 
 
 # ----------------------------------------------------------------------- properties
-RULES = ["mean", "coordinate_median", "trimmed_mean", "meamed", "geometric_median", "krum",
+RULES = ["mean", "coordinate_median", "trimmed_mean", "meamed", "phocas", "geometric_median",
+         "krum",
          "multi_krum", "minimum_diameter_averaging", "bulyan", "caf", "smea",
          "nnm+trimmed_mean", "nnm+geometric_median", "nnm+coordinate_median", "arc+krum"]
 # Not permutation invariant (a reference row, a random shuffle) or stateful: batching only.
@@ -156,7 +157,7 @@ def test_permutation_invariance_and_translation_equivariance(rng, spec):
     np.testing.assert_allclose(rule(x + shift), out + shift, atol=5e-5)
 
 
-@pytest.mark.parametrize("spec", ["coordinate_median", "trimmed_mean", "meamed",
+@pytest.mark.parametrize("spec", ["coordinate_median", "trimmed_mean", "meamed", "phocas",
                                   "geometric_median"])
 def test_output_stays_in_the_honest_box(rng, spec):
   """With f outliers far away, these rules stay within the coordinate range of the honest rows."""
@@ -342,3 +343,60 @@ def test_a_stage_that_breaks_the_shape_contract_raises_chex_assertion(rng):
   # A conforming plain-function stage is untouched by the checks.
   np.testing.assert_allclose(agg.chain(lambda u: u * 2.0, "mean", f=1)(x), 2 * x.mean(0),
                              rtol=1e-6)
+
+
+# ----------------------------------------------------------------------- Phocas
+def np_phocas(x, f):
+  """Phocas (Xie, Koyejo, Gupta 2018) from its definition, one coordinate at a time in plain
+  Python: c = the mean of the sorted values with f dropped at each end; then the mean of the
+  n − f values closest to c, ties to the smaller value (the earlier in sorted order); a
+  non-finite value is at distance +inf."""
+  x = np.asarray(x, np.float64)
+  n = len(x)
+  out = []
+  for col in x.T:
+    s = np.sort(col)  # NaN last, as the rule's sort
+    c = s[f:n - f].mean()
+    dist = [abs(v - c) if np.isfinite(v) else np.inf for v in s]
+    chosen = sorted(range(n), key=lambda i: (dist[i], i))[:n - f]
+    out.append(s[chosen].mean())
+  return np.array(out)
+
+
+@pytest.mark.parametrize("n,f", [(5, 1), (7, 3), (11, 2), (12, 5)])
+def test_phocas_matches_its_definition(rng, n, f):
+  for _ in range(5):
+    x = data(rng, n)
+    np.testing.assert_allclose(agg.phocas(x, f=f), np_phocas(x, f), rtol=1e-5, atol=1e-5)
+    rounded = np.round(x * 2) / 2  # many ties at equal distance on both sides
+    np.testing.assert_allclose(agg.phocas(rounded, f=f), np_phocas(rounded, f), atol=1e-6)
+    np.testing.assert_allclose(agg.get("phocas", f=f)(x), np_phocas(x, f), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_phocas_is_meamed_when_the_trimmed_mean_is_the_median():
+  """Symmetric columns: the trimmed mean equals the median, so Phocas selects what MeaMed does."""
+  x = np.array([[-3, -2], [-1, -1], [0, 0], [1, 1], [3, 2]], np.float32)
+  np.testing.assert_allclose(agg.phocas(x, f=1), agg.meamed(x, f=1), atol=0)
+  # The 4 values closest to 0: 0, ±1 and one of ±3 (±2): the tie goes to the smaller value.
+  np.testing.assert_allclose(agg.phocas(x, f=1), [(-3 - 1 + 0 + 1) / 4, (-2 - 1 + 0 + 1) / 4],
+                             atol=0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30])
+def test_phocas_is_not_poisoned_by_f_non_finite_or_huge_rows(rng, bad):
+  """Up to f Byzantine rows of NaN, ±inf or 1e30: the trimmed mean drops them, no window holding
+  one is taken, and the result is the definition's (finite, inside the honest range)."""
+  n, f = 9, 3
+  honest = data(rng, n - f)
+  x = np.concatenate([honest, np.full((f, D), bad, np.float32)])
+  out = np.asarray(agg.phocas(x, f=f))
+  assert np.all(np.isfinite(out))
+  np.testing.assert_allclose(out, np_phocas(x, f), rtol=1e-5, atol=1e-5)
+  assert np.all(out >= honest.min(0) - 1e-5) and np.all(out <= honest.max(0) + 1e-5)
+
+
+def test_phocas_needs_an_honest_majority():
+  from fedjax_robust.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match="phocas: needs n >= 5 clients for f=2, got n=4"):
+    agg.phocas(np.zeros((4, 2), np.float32), f=2)

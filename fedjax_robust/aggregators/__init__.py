@@ -18,6 +18,7 @@ from fedjax_robust.aggregators.clipping import centered_clipping
 from fedjax_robust.aggregators.clipping import static_clipping
 from fedjax_robust.aggregators.coordinatewise import coordinate_median
 from fedjax_robust.aggregators.coordinatewise import meamed
+from fedjax_robust.aggregators.coordinatewise import phocas
 from fedjax_robust.aggregators.coordinatewise import trimmed_mean
 from fedjax_robust.aggregators.distances import pairwise_squared_distances
 from fedjax_robust.aggregators.geometric_median import geometric_median

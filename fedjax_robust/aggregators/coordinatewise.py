@@ -1,6 +1,6 @@
 """Coordinate-wise rules: each coordinate is aggregated on its own (Yin et al., ICML 2018).
 
-Both rules sort every coordinate over the clients (`order_statistics.sort_clients`). NaN sorts
+The rules sort every coordinate over the clients (`order_statistics.sort_clients`). NaN sorts
 above +inf (NumPy's order), so a Byzantine row of NaN or ±inf lands at an end of the order, where
 these rules drop it.
 """
@@ -154,29 +154,66 @@ def meamed(updates: jax.Array, *, f: int) -> jax.Array:
   sorted over the clients and compared with the coordinate's median).
   """
   n, _ = base.check_updates(updates, "meamed", f=f, min_n=lambda f: f + 1)
-  k = n - f
-  ordered = order_statistics.sort_clients(updates)
-  rows = [ordered[i] for i in range(n)]
+  rows = list(order_statistics.sort_clients(updates))
   median = rows[(n - 1) // 2] if n % 2 else 0.5 * (rows[n // 2 - 1] + rows[n // 2])
-  # Prefix sums of the finite values, prefix counts of the non-finite ones, distances (inf for
-  # a non-finite value).
+  return _mean_of_closest(rows, median, n - f)
+
+
+def phocas(updates: jax.Array, *, f: int) -> jax.Array:
+  """Phocas: per coordinate, the average of the n − f values closest to the coordinate's
+  trimmed mean (`trimmed_mean` with f trimmed at each end). Needs n > 2f.
+
+  Xie, Koyejo, Gupta, "Phocas: dimensional Byzantine-resilient stochastic gradient descent",
+  arXiv:1805.09682, 2018 (Definition 5, Phocas_b with b = f). MeaMed (`meamed`) is the same
+  selection around the median instead.
+
+  Exact rule: the n − f closest values form a window of the sorted values, found as in
+  `meamed` (`_mean_of_closest`), with the same tie rule (at equal distance on both sides of the
+  trimmed mean the smaller values win: a stable sort by distance of the sorted values).
+
+  Non-finite input: the trimmed mean is finite while at most f rows are non-finite (they sort to
+  the ends it drops), and a window holding a non-finite value is never taken, so the result is
+  exact while at most f rows are non-finite; otherwise NaN. Cost: a sort of `[n, d]` and O(n)
+  fused elementwise work per coordinate. Secure aggregation: no — it needs every update in the
+  clear (each coordinate's values are sorted over the clients).
+  """
+  n, _ = base.check_updates(updates, "phocas", f=f, min_n=lambda f: 2 * f + 1)
+  ordered = order_statistics.sort_clients(updates)
+  centre = jnp.sum(ordered[f:n - f], axis=0) / (n - 2 * f)  # `trimmed_mean`'s arithmetic
+  return _mean_of_closest(list(ordered), centre, n - f)
+
+
+def _mean_of_closest(rows: list[jax.Array], centre: jax.Array, k: int) -> jax.Array:
+  """The mean of the k values of each coordinate closest to `centre` (`[d]`), given the rows of
+  the coordinate-wise sorted updates (`rows[i]`: the i-th order statistics).
+
+  With d_i = |s_i − centre| (+inf for a non-finite value), d does not increase up to the
+  centre's place in the order and does not decrease after it, so the k closest values form a
+  window s_j..s_{j+k−1}, j ∈ [0, n − k]; the farthest value inside it is at an end,
+  r_j = max(d_j, d_{j+k−1}), and window j holds k closest values iff every value left of it
+  and every value right of it is at least as far: min_{i<j} d_i ≥ r_j and min_{i≥j+k} d_i ≥
+  r_j. The lowest valid window is taken (ties: the smaller values win), and a window holding a
+  non-finite value never is (NaN when every window does)."""
+  n = len(rows)
   sums, bad, dist = [jnp.zeros_like(rows[0])], [jnp.zeros_like(rows[0])], []
   for r in rows:
     finite = jnp.isfinite(r)
     sums.append(sums[-1] + jnp.where(finite, r, 0.0))
     bad.append(bad[-1] + (~finite).astype(r.dtype))
-    dist.append(jnp.where(finite, jnp.abs(r - median), jnp.inf))
-  lo, hi = (n - 1) // 2, n // 2
-  centre = jnp.minimum(dist[lo], dist[hi])
+    dist.append(jnp.where(finite, jnp.abs(r - centre), jnp.inf))
+  inf = jnp.full_like(rows[0], jnp.inf)
+  left = [inf]  # left[j] = min_{i<j} d_i
+  for d in dist:
+    left.append(jnp.minimum(left[-1], d))
+  right = [inf]  # right[n − i] = min_{i' ≥ i} d_i'
+  for d in reversed(dist):
+    right.append(jnp.minimum(right[-1], d))
+  right = right[::-1]
   found = jnp.zeros(rows[0].shape, bool)
   best_sum = jnp.full_like(rows[0], jnp.nan)
-  for j in range(f + 1):
+  for j in range(n - k + 1):
     radius = jnp.maximum(dist[j], dist[j + k - 1])
-    valid = bad[j + k] - bad[j] == 0
-    if j > 0:
-      valid &= (dist[j - 1] if j - 1 <= lo else centre) >= radius
-    if j < f:
-      valid &= (dist[j + k] if j + k >= hi else centre) >= radius
+    valid = (bad[j + k] - bad[j] == 0) & (left[j] >= radius) & (right[j + k] >= radius)
     take = valid & ~found
     best_sum = jnp.where(take, sums[j + k] - sums[j], best_sum)
     found |= valid

@@ -53,6 +53,7 @@ from fedjax_robust.aggregators import clipping
 from fedjax_robust.aggregators.coordinatewise import coordinate_median
 from fedjax_robust.aggregators.coordinatewise import majority_vote
 from fedjax_robust.aggregators.coordinatewise import meamed
+from fedjax_robust.aggregators.coordinatewise import phocas
 from fedjax_robust.aggregators.coordinatewise import trimmed_mean
 from fedjax_robust.aggregators.geometric_median import rfa_one_step
 from fedjax_robust.aggregators.geometric_median import weiszfeld
@@ -209,6 +210,8 @@ _RULES: dict[str, _Entry] = {
     "meamed": _Entry(meamed, "rule",
                      kappa=_no_kappa("no published (f, κ) bound found for MeaMed"),
                      byzfl=ByzFL("Meamed")),
+    "phocas": _Entry(phocas, "rule",
+                     kappa=_no_kappa("no published (f, κ) bound found for Phocas")),
     "majority_vote": _Entry(majority_vote, "rule", kappa=UNRECORDED_KAPPA),
     "geometric_median": _Entry(
         weiszfeld, "rule", lambda r: (r.median, {"gm_iterations": r.num_iterations}),
