@@ -122,10 +122,28 @@ class AggregatorRun:
 
 def fingerprint(config) -> str:
   """A hash of a configuration: a sweep point's id, and, of `run_config` or `reference_config`,
-  the key of a cached run (with the numbers version and numerical stack, checked by
+  the key of a cached run (with the numbers version and the numerical stack, checked by
   `provenance.reuse_mismatch` when a cached run is loaded, everything that determines its
-  numbers)."""
-  return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+  numbers).
+
+  It hashes the raw configuration: the leaves whose value differs from the schema's default
+  (`config.base_config`), and those the schema does not have (e.g. `honest_masks_sha256`). A key
+  added to the schema at a default that keeps the old behaviour therefore changes no
+  fingerprint, and the runs and sweep points cached before it are reused; a change of a
+  default's value moves numbers, so it bumps `provenance.NUMBERS_VERSION`, which invalidates
+  them."""
+  leaves = _leaves(json.loads(config.to_json()))
+  defaults = _schema_defaults()
+  raw = {k: v for k, v in leaves.items()
+         if k not in defaults or json.dumps(v, sort_keys=True) != defaults[k]}
+  return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_defaults() -> dict[str, str]:
+  """Every leaf of `config.base_config()` (dotted) -> its default as JSON."""
+  return {k: json.dumps(v, sort_keys=True)
+          for k, v in _leaves(json.loads(config_lib.base_config().to_json())).items()}
 
 
 # Keys no aggregator's run reads: how its numbers are summarized and printed, and which other

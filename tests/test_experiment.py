@@ -44,6 +44,39 @@ def test_what_only_changes_the_report_does_not_change_a_runs_fingerprint():
   assert experiment.fingerprint(experiment.reference_config(c, other)) != ref
 
 
+def test_a_key_added_to_the_schema_at_its_default_keeps_every_fingerprint(monkeypatch):
+  """Fingerprints hash the raw configuration (the leaves off the schema's defaults): a key the
+  schema gains at a default keeps every cached run's and sweep point's key; the key set to
+  another value changes it, as does any leaf off its default."""
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = tiny_config()
+  before = experiment.fingerprint(experiment.run_config(c, "mean"))
+  real = config_lib.base_config
+
+  def extended():
+    b = real()
+    with b.unlocked():
+      b.training.new_knob = 0.5
+    return b
+
+  monkeypatch.setattr(config_lib, "base_config", extended)
+  experiment._schema_defaults.cache_clear()  # pylint: disable=protected-access
+  try:
+    grown = tiny_config()
+    with grown.unlocked():
+      grown.training.new_knob = 0.5
+    assert experiment.fingerprint(experiment.run_config(grown, "mean")) == before
+    grown.training.new_knob = 0.7
+    assert experiment.fingerprint(experiment.run_config(grown, "mean")) != before
+  finally:
+    monkeypatch.undo()
+    experiment._schema_defaults.cache_clear()  # pylint: disable=protected-access
+  # Without the patch, the same extra key is not in the schema: it is raw, so it counts.
+  with c.unlocked():
+    c.training.new_knob = 0.5
+  assert experiment.fingerprint(experiment.run_config(c, "mean")) != before
+
+
 def test_config_changes_names_the_keys_that_differ():
   saved = {"report": {"interval": "bca"}, "training": {"client_lr": 0.5, "l2": 0.0},
            "mesh": ""}

@@ -162,17 +162,14 @@ def _dotted(path) -> str:
   return "".join(p if p.startswith("[") else "." + p for p in path).lstrip(".")
 
 
-def _ignored(path) -> bool:
-  return any(path[:len(prefix)] == prefix for prefix in IGNORED_KEYS)
-
-
 def compare_json(name: str, golden_path: str, now_path: str) -> list[str]:
-  """The differences of two JSON files outside IGNORED_KEYS, one line each: a key in only one
-  of them, or '<name> <a.b.c>: golden <x>, now <y>'."""
+  """The differences of two JSON files as `update.comparable` gives them (IGNORED_KEYS dropped,
+  the config as its raw leaves), one line each: a key in only one of them, or
+  '<name> <a.b.c>: golden <x>, now <y>'."""
   with _open(golden_path) as fh:
-    golden = dict(leaf for leaf in _leaves(json.load(fh)) if not _ignored(leaf[0]))
+    golden = dict(_leaves(update.comparable(json.load(fh))))
   with _open(now_path) as fh:
-    now = dict(leaf for leaf in _leaves(json.load(fh)) if not _ignored(leaf[0]))
+    now = dict(_leaves(update.comparable(json.load(fh))))
   out = []
   for path in sorted(golden.keys() ^ now.keys()):
     where = "the golden file" if path in golden else "the new file"
@@ -290,6 +287,28 @@ def test_json_ignores_provenance_and_names_a_moved_key(tmp_path, monkeypatch):
       "g.json aggregators.mean.extra: only in the new file",
       "g.json provenance.seed: golden 0, now 1 (relative difference 1.00e+00)",
       "g.json aggregators.mean.loss.mean_ci[1]: golden NaN, now 2.0"]
+
+
+def test_a_config_key_added_at_its_default_moves_no_pinned_number(tmp_path, monkeypatch):
+  """summary.json echoes the whole configuration: a key the schema gains at its default (the old
+  behaviour) is not a moved number, neither for the test nor for update.py; the same key off its
+  default, or a leaf that now equals a changed default, is."""
+  monkeypatch.setattr(sys.modules[__name__], "EXACT", False)
+  golden = {"config": {"training": {"num_rounds": 7}, "seed": 0}, "aggregators": {"m": 1.5}}
+  now = {"config": {"training": {"num_rounds": 7, "l2": 0.0}, "seed": 0},
+         "aggregators": {"m": 1.5}}
+  g = _write(tmp_path / "g.json", json.dumps(golden))
+  assert compare_json("g.json", g, _write(tmp_path / "a.json", json.dumps(now))) == []
+  assert not update._numbers("summary.json", json.dumps(golden).encode()) != update._numbers(  # pylint: disable=protected-access
+      "summary.json", json.dumps(now).encode())
+  now["config"]["training"]["l2"] = 0.5
+  assert compare_json("g.json", g, _write(tmp_path / "b.json", json.dumps(now))) == [
+      "g.json config.training.l2: only in the new file"]
+  golden["config"]["seed"] = 3  # a value the schema's default (0) no longer gives
+  g = _write(tmp_path / "g2.json", json.dumps(golden))
+  now["config"]["training"]["l2"] = 0.0
+  assert compare_json("g2.json", g, _write(tmp_path / "c.json", json.dumps(now))) == [
+      "g2.json config.seed: only in the golden file"]
 
 
 @pytest.mark.slow

@@ -132,15 +132,28 @@ def _drop(value: dict, path: tuple) -> None:
     value.pop(path[-1], None)
 
 
-def _numbers(file: str, data: bytes) -> bytes:
-  """A run's `file` as compared for moved numbers: its bytes, but a JSON file's without the
-  subtrees of IGNORED_KEYS (re-serialized in its own key order; NaN and infinities as written)."""
-  if not file.endswith(".json"):
-    return data
-  value = json.loads(data)
+def comparable(value: dict) -> dict:
+  """A JSON result as compared for moved numbers (in place, returned): without the subtrees of
+  IGNORED_KEYS, and with its `config` (summary.json's) as the raw configuration, the dotted
+  leaves off the schema's defaults (`experiment.fingerprint`'s: a key the schema gains at a
+  default moves nothing; a changed default does, since a config that relied on it now shows
+  it). The schema is the installed package's."""
+  from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
   for path in IGNORED_KEYS:
     _drop(value, path)
-  return json.dumps(value).encode()
+  if isinstance(value.get("config"), dict):
+    defaults = experiment._schema_defaults()  # pylint: disable=protected-access
+    value["config"] = {k: v for k, v in experiment._leaves(value["config"]).items()  # pylint: disable=protected-access
+                       if k not in defaults or json.dumps(v, sort_keys=True) != defaults[k]}
+  return value
+
+
+def _numbers(file: str, data: bytes) -> bytes:
+  """A run's `file` as compared for moved numbers: its bytes, but a JSON file's `comparable`
+  (re-serialized in its own key order; NaN and infinities as written)."""
+  if not file.endswith(".json"):
+    return data
+  return json.dumps(comparable(json.loads(data))).encode()
 
 
 def differs(case: str, file: str, new_path: str) -> bool:
