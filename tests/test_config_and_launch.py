@@ -299,3 +299,17 @@ def test_a_job_is_read_only_and_a_change_is_a_new_job():
   assert other.options is job.options and other.sampler == job.sampler
   # Reading through the Job is reading the effective configuration, key for key.
   assert job.training.to_dict() == job.effective.training.to_dict()
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"data.synthetic_group_size": 2}, "shifts the model of a group of the synthetic task"),
+    ({"data.name": "synthetic", "data.synthetic_group_size": 7}, "exceeds num_clients=6"),
+    ({"data.name": "synthetic", "data.synthetic_group_shift": 1.0}, "shifts no client"),
+])
+def test_a_synthetic_group_is_refused_where_it_would_mean_nothing(values, message):
+  c = tiny_config()
+  for dotted, value in values.items():
+    section, key = dotted.split(".")
+    c[section][key] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(c)

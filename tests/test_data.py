@@ -108,6 +108,42 @@ def test_synthetic_heterogeneity_is_a_parameter():
   assert skew(0.0, 0.0) < 0.1 < skew(2.0, 2.0)
 
 
+def test_a_synthetic_group_has_its_own_optimum_and_moves_nothing_else():
+  """Least squares without noise or per-client shift (α = 0, σ = 0): every client's exact
+  optimum is the global (w, b), the group's is (w + δ·d, b + δ·d⁰), so the distance between the
+  two optima is δ·‖(d, d⁰)‖ and grows linearly in δ; the inputs and the other clients' targets
+  are those without a group."""
+  from fedjax_robust.data.synthetic import make_synthetic  # pylint: disable=g-import-not-at-top
+  kw = dict(examples_per_client=40, dim=4, num_classes=2, alpha=0.0, beta=0.5, noise=0.0,
+            test_fraction=0.1, seed=3, task="regression")
+
+  def optima(shift):
+    xs, ys, _, _ = make_synthetic(6, group_size=2, group_shift=shift, **kw)
+    fit = lambda x, y: np.linalg.lstsq(  # pylint: disable=unnecessary-lambda-assignment
+        np.c_[x.reshape(len(x), -1), np.ones(len(x))].astype(np.float64), y.astype(np.float64),
+        rcond=None)[0]
+    return np.stack([fit(x, y) for x, y in zip(xs, ys)]), xs, ys
+
+  plain, xs0, ys0 = optima(0.0)
+  np.testing.assert_allclose(plain, np.repeat(plain[:1], 6, axis=0), atol=1e-4)  # one optimum
+  shifted, xs1, ys1 = optima(2.0)
+  doubled, _, _ = optima(4.0)
+  np.testing.assert_allclose(shifted[2:], plain[2:], atol=1e-4)  # the others do not move
+  np.testing.assert_allclose(shifted[0], shifted[1], atol=1e-4)  # the group shares its optimum
+  gap = np.linalg.norm(shifted[0] - plain[0])
+  assert gap > 1.0
+  np.testing.assert_allclose(np.linalg.norm(doubled[0] - plain[0]), 2 * gap, rtol=1e-4)
+  for a, b in zip(xs0, xs1):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(ys0[2:], ys1[2:]):
+    np.testing.assert_array_equal(a, b)
+  without = make_synthetic(6, **kw)
+  for a, b in zip(without[1], ys0):
+    np.testing.assert_array_equal(a, b)  # group_size with shift 0 is no group
+  with pytest.raises(ValueError, match="group_size must lie in"):
+    make_synthetic(6, group_size=7, group_shift=1.0, **kw)
+
+
 @pytest.mark.parametrize("name,shape,classes", [("mnist", (28, 28, 1), 10),
                                                 ("cifar10", (32, 32, 3), 10)])
 def test_tfds_loading_through_mock_data(name, shape, classes):

@@ -130,12 +130,15 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
          synthetic_num_classes: int = 10, synthetic_alpha: float = 1.0,
          synthetic_beta: float = 1.0, synthetic_task: str = "classification",
          synthetic_noise: float = 0.0, holdout_fraction: float = 0.0,
-         root_examples: int = 0) -> FederatedData:
+         root_examples: int = 0, synthetic_group_size: int = 0,
+         synthetic_group_shift: float = 0.0) -> FederatedData:
   """Loads a data set and distributes its training split over `num_clients` clients.
 
   `synthetic` is generated per client (its heterogeneity comes from `synthetic_alpha/beta`, not
   from `partition`), a classification or least-squares regression task (`synthetic_task`, the
-  regression targets with noise std `synthetic_noise`); every other source is partitioned by
+  regression targets with noise std `synthetic_noise`, a distinct group of the first
+  `synthetic_group_size` clients whose model is shifted by `synthetic_group_shift`); every
+  other source is partitioned by
   `partition` with its options. With `holdout_fraction` > 0 each client's examples are then
   split into training and held-out examples (`holdout_split`, `FederatedData.holdout`). With
   `root_examples` > 0 the first that many test examples become the server's root data set
@@ -148,7 +151,8 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
               synthetic_dim=synthetic_dim, synthetic_num_classes=synthetic_num_classes,
               synthetic_alpha=synthetic_alpha, synthetic_beta=synthetic_beta,
               synthetic_task=synthetic_task, synthetic_noise=synthetic_noise,
-              holdout_fraction=holdout_fraction)
+              holdout_fraction=holdout_fraction, synthetic_group_size=synthetic_group_size,
+              synthetic_group_shift=synthetic_group_shift)
   if root_examples <= 0:
     return fed
   if root_examples >= fed.test_y.shape[0]:
@@ -162,14 +166,16 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
 def _load(name, *, num_clients, partition, alpha, shards_per_client, gamma, min_size,
           test_fraction, data_dir, seed, synthetic_examples_per_client, synthetic_dim,
           synthetic_num_classes, synthetic_alpha, synthetic_beta, synthetic_task,
-          synthetic_noise, holdout_fraction) -> FederatedData:
+          synthetic_noise, holdout_fraction, synthetic_group_size=0,
+          synthetic_group_shift=0.0) -> FederatedData:
   check_name(name)
   check_partition(partition)
   if name == "synthetic":
     xs, ys, test_x, test_y = make_synthetic(
         num_clients, examples_per_client=synthetic_examples_per_client, dim=synthetic_dim,
         num_classes=synthetic_num_classes, alpha=synthetic_alpha, beta=synthetic_beta,
-        test_fraction=test_fraction, seed=seed, task=synthetic_task, noise=synthetic_noise)
+        test_fraction=test_fraction, seed=seed, task=synthetic_task, noise=synthetic_noise,
+        group_size=synthetic_group_size, group_shift=synthetic_group_shift)
     return _federated(name, xs, ys, test_x, test_y,
                       num_classes(name, synthetic_num_classes, synthetic_task),
                       holdout_fraction, seed)

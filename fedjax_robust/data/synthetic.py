@@ -11,6 +11,13 @@ a global model perturbed by α:
 
 with E_i, e_i, e_i⁰, u_i ~ N(0, 1). α controls concept shift (how much the clients' optimal models
 differ: with α = 0 and σ = 0 every client's least-squares optimum is (w, b)), β covariate shift.
+
+A distinct group (`group_size` g > 0): clients 0..g−1 label with the global model shifted by
+`group_shift` δ along one direction they share, (W + δ·D, b + δ·d) (regression: w + δ·d,
+b + δ·d⁰), D, d, d⁰ ~ N(0, 1) drawn once from their own stream, so the group's optimum lies
+≈ δ·‖D‖ away from the others' while every other draw is the one without a group. The
+heterogeneity of an honest set then depends on how many group members it holds: the setting
+where a random honest set and the worst one differ by construction (issue 29).
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ TASKS = ("classification", "regression")
 
 def make_synthetic(num_clients: int, *, examples_per_client: int, dim: int, num_classes: int,
                    alpha: float, beta: float, test_fraction: float, seed: int,
-                   task: str = "classification", noise: float = 0.0):
+                   task: str = "classification", noise: float = 0.0, group_size: int = 0,
+                   group_shift: float = 0.0):
   """Returns per-client (xs_train, ys_train) lists and a pooled test set (x_test, y_test).
 
   Inputs have shape `[m, dim, 1, 1]` so every model sees image-like `[H, W, C]` inputs. Labels
@@ -35,6 +43,9 @@ def make_synthetic(num_clients: int, *, examples_per_client: int, dim: int, num_
     raise ValueError(f"unknown synthetic task {task!r}; available: {', '.join(TASKS)}.")
   if noise < 0:
     raise ValueError(f"synthetic noise must be >= 0, got {noise}.")
+  if not 0 <= group_size <= num_clients or group_shift < 0:
+    raise ValueError(f"synthetic group_size must lie in [0, {num_clients}] and group_shift be "
+                     f">= 0, got group_size={group_size}, group_shift={group_shift}.")
   rng = np.random.default_rng(seed)
   regression = task == "regression"
   outputs = () if regression else (num_classes,)
@@ -42,10 +53,14 @@ def make_synthetic(num_clients: int, *, examples_per_client: int, dim: int, num_
   scale = np.arange(1, dim + 1) ** -0.6  # std of coordinate j: sqrt(j^{-1.2})
   num_test = int(round(test_fraction * examples_per_client))
   label_dtype = np.float32 if regression else np.int32
+  group = np.random.default_rng([seed, 29])  # its own stream: the other draws do not move
+  group_w, group_b = group.normal(size=w.shape), group.normal(size=b.shape)
   xs, ys, xt, yt = [], [], [], []
-  for _ in range(num_clients):
+  for i in range(num_clients):
     wi = w + alpha * rng.normal(size=w.shape)
     bi = b + alpha * rng.normal(size=b.shape)
+    if i < group_size:
+      wi, bi = wi + group_shift * group_w, bi + group_shift * group_b
     x = beta * rng.normal(size=dim) + scale * rng.normal(size=(examples_per_client + num_test, dim))
     if regression:
       y = x @ wi + bi + noise * rng.normal(size=len(x))
