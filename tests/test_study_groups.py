@@ -1,0 +1,49 @@
+"""configs/study_groups.py (issue 29, question 1): the laws it compares put the same expected
+number of Byzantine clients, E[b] = f, in different places relative to the distinct group."""
+
+import numpy as np
+import pytest
+
+from configs import study_groups
+from fedjax_robust import config as config_lib
+from fedjax_robust import honest_sets
+from fedjax_robust.errors import ConfigError
+
+
+def _law(name, n=10):
+  o = study_groups.placement_overrides(name, n)
+  return np.asarray(o["honest_set_options.bernoulli.p_per_client"]), honest_sets.law(
+      {"name": "bernoulli", "p": o["honest_set_options.bernoulli.p_per_client"]}, n)
+
+
+@pytest.mark.parametrize("name", ["concentrated", "independent", "avoiding"])
+def test_every_law_has_the_declared_f_as_its_expected_b(name):
+  p, law = _law(name)
+  pmf, exact = law.count_pmf()
+  assert exact
+  np.testing.assert_allclose(np.arange(11) @ pmf, study_groups.EXPECTED_B, rtol=1e-12)
+  np.testing.assert_allclose(p.sum(), study_groups.EXPECTED_B, rtol=1e-12)
+
+
+def test_the_laws_differ_in_where_the_corruption_falls():
+  g = study_groups.GROUP
+  concentrated, _ = _law("concentrated")
+  avoiding, _ = _law("avoiding")
+  assert concentrated[:g].sum() == pytest.approx(study_groups.EXPECTED_B)  # all on the group
+  assert avoiding[:g].sum() == 0  # none on the group
+  assert study_groups.placement_overrides("worst_case", 10) == {"honest_set": "worst_case"}
+  with pytest.raises(ConfigError, match="grid.placement='nowhere'"):
+    study_groups.placement_overrides("nowhere", 10)
+
+
+def test_every_point_is_a_valid_job_with_the_group_and_its_shift():
+  c = study_groups.get_config()
+  points = study_groups.points(c)
+  assert len(points) == 3 * 3 * 4
+  assert len({tuple(sorted(p.tags.items())) for p in points}) == len(points)
+  from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
+  for point in points[:4] + points[-4:]:
+    job = config_lib.resolve(sweep.apply_overrides(c.base, point.overrides))
+    assert job.data.synthetic_group_size == study_groups.GROUP
+    assert job.data.synthetic_group_shift == point.tags["shift"]
+    assert job.f == study_groups.EXPECTED_B
