@@ -17,6 +17,7 @@ import pytest
 
 from fedjax_robust import config as config_lib
 from fedjax_robust import results
+from fedjax_robust import store
 from fedjax_robust import sweep
 from tiny_config import get_config
 
@@ -86,19 +87,19 @@ def test_point_file_is_on_disk_before_its_rows(tmp_path, monkeypatch):
   """A kill after a point's rows reach results.csv must not leave it without its npz: the npz
   is written (atomically) first."""
   workdir = str(tmp_path / "a")
-  real = sweep._write_results
+  real = store.write_results
 
   def killed(path, rows):
     raise KeyboardInterrupt("killed while writing results.csv")
 
-  monkeypatch.setattr(sweep, "_write_results", killed)
+  monkeypatch.setattr(store, "write_results", killed)
   with pytest.raises(KeyboardInterrupt):
     sweep.run(base(), points()[:1], workdir, log=lambda _: None)
   assert not os.path.exists(os.path.join(workdir, "results.csv"))
   files = os.listdir(os.path.join(workdir, "points"))
   assert [f for f in files if f.endswith(".npz") and not f.startswith(".")] == [
       sweep.point_id(sweep.apply_overrides(base(), points()[0].overrides)) + ".npz"]
-  monkeypatch.setattr(sweep, "_write_results", real)
+  monkeypatch.setattr(store, "write_results", real)
   rows = sweep.run(base(), points()[:1], workdir, log=lambda _: None)
   assert {r["point"] for r in rows} == {f[:-4] for f in files if f.endswith(".npz")}
   assert [f for f in os.listdir(os.path.join(workdir, "points")) if f.startswith(".")] == []
@@ -280,7 +281,7 @@ def test_single_run_plot_title_says_what_was_run(tmp_path, monkeypatch):
   config = base()
   config.honest_set_options.bernoulli.p = 0.2
   rng = np.random.default_rng(0)
-  exp = types.SimpleNamespace(config=config, runs={
+  exp = types.SimpleNamespace(config=config, job=config_lib.resolve(config), runs={
       name: types.SimpleNamespace(rounds=np.array([0, 5, 10]),
                                   metrics={"honest_accuracy": rng.random((3, 3))})
       for name in ("mean", "nnm+trimmed_mean")})

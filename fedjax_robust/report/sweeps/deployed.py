@@ -10,7 +10,8 @@ import os
 from configs import sweep_deployed
 from fedjax_robust import evaluation
 from fedjax_robust import results
-from fedjax_robust import sweep
+from fedjax_robust import store
+from fedjax_robust.report import tables
 
 
 def _entries(rows, ids, metrics):
@@ -31,7 +32,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   """The tables of the module docstring; writes deployed_report.csv."""
   held, tuned = "honest_holdout_accuracy", "honest_finetuned_holdout_accuracy"
   by = _entries(rows, ids, (held, tuned))
-  values = {pid: sweep.draw_values(sweep.load_point(sweep.point_path(workdir, pid)))
+  values = {pid: tables.draw_values(store.load_point(store.point_path(workdir, pid)))
             for pid in by}
   find = {(e["block"], e["setting"], e["rule"]): pid for pid, e in by.items()}
   lines = []

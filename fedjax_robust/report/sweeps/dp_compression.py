@@ -6,7 +6,7 @@ reached and the bits per round, printed and written to dp_compression.csv.
 import json
 import os
 
-from fedjax_robust import sweep
+from fedjax_robust import store
 
 
 def report(c, rows, workdir, ids, log=print) -> list[str]:
@@ -25,7 +25,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   rules = list(dict.fromkeys(rule for by_rule in cells.values() for rule in by_rule))
   records = {}
   for cell, by_rule in cells.items():
-    with open(sweep.config_path(workdir, next(iter(by_rule.values()))["point"])) as fh:
+    with open(store.config_path(workdir, next(iter(by_rule.values()))["point"])) as fh:
       records[cell] = json.load(fh)
   # An uncompressed round sends 32·d bits per client: what every compressed point records.
   plain = next((r["compression"]["uncompressed_bits_per_round"] for r in records.values()
@@ -42,7 +42,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       row.update({f"{rule}_{s}": e.get(s, float("nan"))
                   for s in ("mean", "mean_ci_low", "mean_ci_high")})
     table.append(row)
-  path = sweep.write_table(os.path.join(workdir, "dp_compression.csv"), table)
+  path = store.write_table(os.path.join(workdir, "dp_compression.csv"), table)
   log(f"\n{metric} (%, mean [95% CI]) per privacy × compression; ε at δ = "
       f"{c.base.privacy.delta:g} for the client with the fewest examples")
   log(f"{'privacy':8s} {'compression':16s} {'ε':>7s} {'σ':>7s} {'bits/round':>11s}  "

@@ -11,7 +11,8 @@ import numpy as np
 
 from configs import sweep_dp_dimension
 from fedjax_robust import results
-from fedjax_robust import sweep
+from fedjax_robust import store
+from fedjax_robust.report import tables
 
 
 def _as_error(task, mean, low, high, *, difference=False):
@@ -26,7 +27,7 @@ def _as_error(task, mean, low, high, *, difference=False):
 def report(c, rows, workdir, ids, log=print) -> list[str]:
   """Error against d per task, rule and setting, and what privacy adds to it: each private
   setting minus the no-privacy control at the same task, d and rule, paired over the same draws
-  (`sweep.paired_comparisons`); CSV and plot."""
+  (`tables.paired_comparisons`); CSV and plot."""
   tags = ("task", "d", "setting", "rule")
   table = {}
   for r in rows:
@@ -35,7 +36,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       e = table.setdefault(r["point"], {**{k: r[k] for k in tags}, "d": int(float(r["d"]))})
       e[(r["metric"], r["statistic"])] = float(r["value"])
   excess = {}
-  compared = sweep.paired_comparisons(
+  compared = tables.paired_comparisons(
       [{k: v for k, v in r.items() if k != "line"} for r in rows], workdir, series="setting",
       baseline="no_dp", only=sorted(ids), series_key=("privacy", "compression"), log=log)
   for cmp in compared:
@@ -68,7 +69,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   if not entries:
     return []
   entries.sort(key=lambda e: (e["task"], e["setting"], e["rule"], int(e["d"])))
-  path = sweep.write_table(os.path.join(workdir, "dp_dimension.csv"), entries)
+  path = store.write_table(os.path.join(workdir, "dp_dimension.csv"), entries)
   lines = []
   log("\nhonest error against d (synthetic: honest loss L_S; digits: held-out error 1 − acc), "
       "mean [95% CI]; private settings: (Δ what privacy adds, paired over the same draws with "
@@ -147,7 +148,7 @@ def _plot(entries, workdir, note) -> str:
                             if e["task"] == task and not math.isnan(e[value])) * 1.15)
     axes[0, column].legend(fontsize=6, ncol=1, loc="best")
   axes[1, -1].legend(fontsize=6, ncol=1, loc="best")
-  return sweep.save_figure(
+  return tables.save_figure(
       fig, os.path.join(workdir, "dp_error_vs_dimension.png"),
       "Privacy (solid), privacy + shared random-k at k ∝ d (dashed) and at fixed k (dash-dot), "
       "neither (dotted) against d", note, dpi=110)

@@ -14,7 +14,8 @@ from configs import sweep_mu_aware
 from fedjax_robust import aggregators
 from fedjax_robust import evaluation
 from fedjax_robust import results
-from fedjax_robust import sweep
+from fedjax_robust import store
+from fedjax_robust.report import tables
 
 
 def classic_rule(label: str) -> str | None:
@@ -26,8 +27,8 @@ def classic_rule(label: str) -> str | None:
 
 def _ran(workdir: str, pid: str) -> tuple[int | None, int | None]:
   """(f, bucket size) the point ran, from its record's resolved config (a quantile f is the
-  prior's): None for what its rule does not take; raises sweep.RECORD_ERRORS if unreadable."""
-  with open(sweep.config_path(workdir, pid), encoding="utf-8") as fh:
+  prior's): None for what its rule does not take; raises store.RECORD_ERRORS if unreadable."""
+  with open(store.config_path(workdir, pid), encoding="utf-8") as fh:
     config = json.load(fh)["config"]
   spec = config["aggregator"]
   f = int(config["f"]) if sweep_mu_aware.uses_f(spec) else None
@@ -90,8 +91,8 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   def ran(pid):
     try:
       return _ran(workdir, pid)
-    except sweep.RECORD_ERRORS as e:
-      log(f"mu_aware report: {sweep.config_path(workdir, pid)} unreadable "
+    except store.RECORD_ERRORS as e:
+      log(f"mu_aware report: {store.config_path(workdir, pid)} unreadable "
           f"({type(e).__name__}); what point {pid} ran is unknown")
       return None
 
@@ -128,9 +129,9 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
           "has no evaluation point; not compared")
       continue
     try:
-      base_arrays = sweep.load_point(sweep.point_path(workdir, best_pid))
-      base_values = sweep.draw_values(base_arrays)
-    except sweep.NPZ_ERRORS:
+      base_arrays = store.load_point(store.point_path(workdir, best_pid))
+      base_values = tables.draw_values(base_arrays)
+    except store.NPZ_ERRORS:
       log(f"mu_aware report: {key} best classic point unreadable; left out")
       continue
     best_ran = ran(best_pid) or (None, None)
@@ -140,12 +141,12 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       if rule is not None and label not in kept:
         continue  # a candidate the tuning did not keep
       try:
-        arrays = sweep.load_point(sweep.point_path(workdir, pid))
-      except sweep.NPZ_ERRORS:
+        arrays = store.load_point(store.point_path(workdir, pid))
+      except store.NPZ_ERRORS:
         log(f"mu_aware report: {key} {label} unreadable; left out")
         continue
       this_ran = ran(pid)
-      values = sweep.draw_values(arrays)
+      values = tables.draw_values(arrays)
       # A per-rule worst case repeats a different honest set: not the same draws.
       same = bool(np.array_equal(arrays["honest_masks"], base_arrays["honest_masks"]))
       d = evaluation.paired_difference(values[metric], base_values[metric])

@@ -11,7 +11,8 @@ import numpy as np
 
 from fedjax_robust import evaluation
 from fedjax_robust import results
-from fedjax_robust import sweep
+from fedjax_robust import store
+from fedjax_robust.report import tables
 
 
 def report(c, rows, workdir, ids, log=print) -> list[str]:
@@ -32,9 +33,9 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     mine = {e["rule"]: (pid, e) for pid, e in by.items() if e["threat"] == threat}
     if "mean" not in mine:
       continue
-    base_values = sweep.draw_values(sweep.load_point(sweep.point_path(workdir, mine["mean"][0])))
+    base_values = tables.draw_values(store.load_point(store.point_path(workdir, mine["mean"][0])))
     for rule, (pid, e) in mine.items():
-      values = sweep.draw_values(sweep.load_point(sweep.point_path(workdir, pid)))
+      values = tables.draw_values(store.load_point(store.point_path(workdir, pid)))
       d = evaluation.paired_difference(values[metric], base_values[metric])
       table.append({"threat": threat, "rule": rule, **{k: e.get(k, float("nan")) for k in (
           "mean", "mean_ci_low", "mean_ci_high", "cvar90", "gm_iterations", "secure_averages",
