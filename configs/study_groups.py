@@ -21,7 +21,8 @@ The laws of the Byzantine set all have E[b] = 2 = the declared f (p = 0.2 on ave
 Every point also trains the honest-only baseline on its draws (estimators.honest_optimum). The
 tables and expected_vs_worst.png set E[· | b = f] and E[· | b ≤ f] of each law against the worst
 case at b = f, P(b > f) beside; theory_vs_experiment.png and the theory table put the bound of
-every draw (its own b, G², B²) beside the measured excess loss. About 10 minutes on 2 CPU cores:
+every draw (its own b, G², B²) beside the measured excess loss. About 15 minutes on 2 CPU cores
+(14 min 20 s here at 3f4da58, the cores shared with other work):
 
   python launch/sweep.py --config=configs/study_groups.py --workdir=runs/study_groups
 
