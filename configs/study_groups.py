@@ -5,7 +5,7 @@ to that structure.
 The task: the convex one of configs/theory_synthetic.py (binary logistic regression with ℓ2
 λ = 0.05, n = 10 clients, 100 examples each, 20 features, α = 1, robust D-GD: every constant
 exact, L_S* by Newton per draw), plus a distinct group: clients 0..2 label with the model
-shifted by `shift` along one shared direction (data.synthetic_group_size/shift), so an honest
+shifted by `shift` along one shared direction (data.group_size, synthetic_group_shift), so an honest
 set's heterogeneity depends on how many group members it keeps. Shift 0 is the control (the same
 laws on a federation without a distinct group).
 
@@ -46,7 +46,7 @@ PLACEMENTS = ("concentrated", "independent", "avoiding", "worst_case")
 def get_config():
   base = theory_synthetic.base()
   base.f = EXPECTED_B
-  base.data.synthetic_group_size = GROUP
+  base.data.group_size = GROUP
   base.estimators.honest_optimum = True
   c = ml_collections.ConfigDict()
   c.base = base

@@ -153,10 +153,11 @@ def base_config() -> ml_collections.ConfigDict:
       # The synthetic task: "classification", or "regression" (least squares: real targets
       # y = x·w_i + b_i + noise of std synthetic_noise, for model="linear_regression").
       "synthetic_task": "classification", "synthetic_noise": 0.1,
-      # A distinct group (issue 29): the first synthetic_group_size clients label with a model
-      # shifted by synthetic_group_shift along one shared direction (data.synthetic), so an
-      # honest set's heterogeneity depends on how many of them it holds. 0: no group.
-      "synthetic_group_size": 0, "synthetic_group_shift": 0.0,
+      # A distinct group (issue 29) of the first group_size clients (0: none), so an honest
+      # set's heterogeneity depends on how many of them it holds: on the synthetic source they
+      # label with a model shifted by synthetic_group_shift along one shared direction; with
+      # partition "label_groups" they hold the examples of group_labels, the others the rest.
+      "group_size": 0, "synthetic_group_shift": 0.0, "group_labels": (),
       # Share of each client's examples held out of training (⌊fraction·m_i⌋, at least 1 of a
       # client with m_i >= 2, never all): the honest_holdout_* metrics are measured on them.
       # 0: no held-out split (honest_* metrics are then in-sample only).
@@ -313,8 +314,10 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "data.synthetic_beta": D.NONNEGATIVE,
     "data.synthetic_task": D.Choice(*data_lib.TASKS, note="regression: data.name='synthetic'"),
     "data.synthetic_noise": D.Float(0, note="std of the regression targets' noise"),
-    "data.synthetic_group_size": D.Int(0, note="clients 0..g−1; <= num_clients; 0: no group"),
+    "data.group_size": D.Int(0, note="clients 0..g−1; < num_clients; 0: no group"),
     "data.synthetic_group_shift": D.NONNEGATIVE,
+    "data.group_labels": D.Tuple(D.NONNEGATIVE_INT, note="labels of the group's clients "
+                                 "(partition 'label_groups')"),
     "data.holdout_fraction": D.Float(0, 1, high_open=True,
                                      note="share of each client's examples held out; 0: none"),
     "data.root_examples": D.NONNEGATIVE_INT,
@@ -1018,17 +1021,28 @@ def _validate_task(config) -> None:
   if d.synthetic_task == "regression" and d.name != "synthetic":
     raise ConfigError(f"data.synthetic_task='regression' needs data.name='synthetic', got "
                       f"data.name={d.name!r} (a classification data set).")
-  if d.synthetic_group_size and d.name != "synthetic":
-    raise ConfigError(f"data.synthetic_group_size={d.synthetic_group_size} shifts the model of "
-                      f"a group of the synthetic task; data.name={d.name!r} is not it. Allowed: "
-                      "data.name='synthetic', or synthetic_group_size=0.")
-  if d.synthetic_group_size > config.num_clients:
-    raise ConfigError(f"data.synthetic_group_size={d.synthetic_group_size} exceeds "
-                      f"num_clients={config.num_clients}; allowed: 0..{config.num_clients}.")
-  if d.synthetic_group_shift and not d.synthetic_group_size:
+  grouped = d.name == "synthetic" or d.partition == "label_groups"
+  if d.group_size and not grouped:
+    raise ConfigError(f"data.group_size={d.group_size} makes a distinct group on the synthetic "
+                      f"source or with data.partition='label_groups'; data.name={d.name!r} with "
+                      f"partition={d.partition!r} is neither. Allowed: one of them, or "
+                      "group_size=0.")
+  if d.group_size >= config.num_clients:
+    raise ConfigError(f"data.group_size={d.group_size} must be < num_clients="
+                      f"{config.num_clients} (the others are the majority); allowed: "
+                      f"0..{config.num_clients - 1}.")
+  if d.synthetic_group_shift and (d.name != "synthetic" or not d.group_size):
     raise ConfigError(f"data.synthetic_group_shift={d.synthetic_group_shift} shifts no client: "
-                      "data.synthetic_group_size=0. Allowed: a group size >= 1 with it, or "
-                      "shift 0.")
+                      "it needs data.name='synthetic' and data.group_size >= 1. Allowed: those, "
+                      "or shift 0.")
+  labelled = d.name != "synthetic" and d.partition == "label_groups"
+  if labelled and not d.group_size:
+    raise ConfigError("data.partition='label_groups' needs data.group_size >= 1 (the clients "
+                      "that hold data.group_labels).")
+  if bool(d.group_labels) != labelled:
+    raise ConfigError(f"data.group_labels={tuple(d.group_labels)} go with data.partition="
+                      "'label_groups' on a classification data set (and only there); got "
+                      f"partition={d.partition!r}, data.name={d.name!r}.")
   task = data_lib.task(d.name, d.synthetic_task)
   if config.model not in models.names_for(task):
     raise ConfigError(
@@ -1086,8 +1100,8 @@ def make_data(config) -> data_lib.FederatedData:
         synthetic_dim=d.synthetic_dim, synthetic_num_classes=d.synthetic_num_classes,
         synthetic_alpha=d.synthetic_alpha, synthetic_beta=d.synthetic_beta,
         synthetic_task=d.synthetic_task, synthetic_noise=d.synthetic_noise,
-        synthetic_group_size=d.synthetic_group_size,
-        synthetic_group_shift=d.synthetic_group_shift,
+        group_size=d.group_size, synthetic_group_shift=d.synthetic_group_shift,
+        group_labels=tuple(d.group_labels),
         holdout_fraction=d.holdout_fraction, root_examples=d.root_examples)
   except ValueError as e:  # data.load's refusals of its arguments
     raise ConfigError(f"data.name={d.name!r} with num_clients={config.num_clients}, "

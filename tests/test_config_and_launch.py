@@ -302,11 +302,14 @@ def test_a_job_is_read_only_and_a_change_is_a_new_job():
 
 
 @pytest.mark.parametrize("values,message", [
-    ({"data.synthetic_group_size": 2}, "shifts the model of a group of the synthetic task"),
-    ({"data.name": "synthetic", "data.synthetic_group_size": 7}, "exceeds num_clients=6"),
+    ({"data.group_size": 2}, "makes a distinct group on the synthetic source or with"),
+    ({"data.name": "synthetic", "data.group_size": 6}, "must be < num_clients=6"),
     ({"data.name": "synthetic", "data.synthetic_group_shift": 1.0}, "shifts no client"),
+    ({"data.partition": "label_groups"}, "needs data.group_size >= 1"),
+    ({"data.partition": "label_groups", "data.group_size": 2}, "data.group_labels=()"),
+    ({"data.group_labels": (1,)}, r"data.group_labels=\(1,\) go with"),
 ])
-def test_a_synthetic_group_is_refused_where_it_would_mean_nothing(values, message):
+def test_a_distinct_group_is_refused_where_it_would_mean_nothing(values, message):
   c = tiny_config()
   for dotted, value in values.items():
     section, key = dotted.split(".")

@@ -28,13 +28,32 @@ def label_skew(labels, parts, classes=10):
 
 @pytest.mark.parametrize("name,opts", [("iid", {}), ("dirichlet", {"alpha": 0.5}),
                                        ("shards", {"shards_per_client": 2}),
-                                       ("gamma_similarity", {"gamma": 0.3})])
+                                       ("gamma_similarity", {"gamma": 0.3}),
+                                       ("label_groups", {"alpha": 1.0, "group_size": 4,
+                                                         "group_labels": (7, 8, 9)})])
 def test_partitions_cover_every_example_once(rng, name, opts):
   labels = labels_for(rng)
   parts = partition.PARTITIONERS[name](labels, 20, np.random.default_rng(0), min_size=5, **opts)
   assert len(parts) == 20
   assert_exact_cover(parts, len(labels))
   assert min(len(p) for p in parts) >= 5
+
+
+def test_label_groups_give_the_group_its_labels_and_no_other(rng):
+  labels = labels_for(rng)
+  parts = partition.label_groups(labels, 10, np.random.default_rng(1), group_size=3,
+                                 group_labels=(8, 9), alpha=100.0, min_size=5)
+  for i, p in enumerate(parts):
+    held = set(np.unique(labels[p]).tolist())
+    assert held <= ({8, 9} if i < 3 else set(range(8))), (i, held)
+  np.testing.assert_array_equal(np.sort(np.concatenate(parts[:3])),
+                                np.flatnonzero(np.isin(labels, (8, 9))))
+  with pytest.raises(ValueError, match="some but not all"):
+    partition.label_groups(labels, 10, np.random.default_rng(1), group_size=3,
+                           group_labels=tuple(range(10)), alpha=1.0)
+  with pytest.raises(ValueError, match="1 <= group_size < num_clients=10"):
+    partition.label_groups(labels, 10, np.random.default_rng(1), group_size=10,
+                           group_labels=(8,), alpha=1.0)
 
 
 def test_iid_sizes_are_equal(rng):

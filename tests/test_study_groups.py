@@ -44,6 +44,6 @@ def test_every_point_is_a_valid_job_with_the_group_and_its_shift():
   from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
   for point in points[:4] + points[-4:]:
     job = config_lib.resolve(sweep.apply_overrides(c.base, point.overrides))
-    assert job.data.synthetic_group_size == study_groups.GROUP
+    assert job.data.group_size == study_groups.GROUP
     assert job.data.synthetic_group_shift == point.tags["shift"]
     assert job.f == study_groups.EXPECTED_B

@@ -130,16 +130,16 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
          synthetic_num_classes: int = 10, synthetic_alpha: float = 1.0,
          synthetic_beta: float = 1.0, synthetic_task: str = "classification",
          synthetic_noise: float = 0.0, holdout_fraction: float = 0.0,
-         root_examples: int = 0, synthetic_group_size: int = 0,
-         synthetic_group_shift: float = 0.0) -> FederatedData:
+         root_examples: int = 0, group_size: int = 0,
+         synthetic_group_shift: float = 0.0, group_labels=()) -> FederatedData:
   """Loads a data set and distributes its training split over `num_clients` clients.
 
   `synthetic` is generated per client (its heterogeneity comes from `synthetic_alpha/beta`, not
   from `partition`), a classification or least-squares regression task (`synthetic_task`, the
   regression targets with noise std `synthetic_noise`, a distinct group of the first
-  `synthetic_group_size` clients whose model is shifted by `synthetic_group_shift`); every
-  other source is partitioned by
-  `partition` with its options. With `holdout_fraction` > 0 each client's examples are then
+  `group_size` clients whose model is shifted by `synthetic_group_shift`); every other source is
+  partitioned by `partition` with its options ("label_groups": the first `group_size` clients
+  hold the labels `group_labels`, the others the rest, Dirichlet(`alpha`) on each side). With `holdout_fraction` > 0 each client's examples are then
   split into training and held-out examples (`holdout_split`, `FederatedData.holdout`). With
   `root_examples` > 0 the first that many test examples become the server's root data set
   (`FederatedData.root`) and leave the test set.
@@ -151,8 +151,8 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
               synthetic_dim=synthetic_dim, synthetic_num_classes=synthetic_num_classes,
               synthetic_alpha=synthetic_alpha, synthetic_beta=synthetic_beta,
               synthetic_task=synthetic_task, synthetic_noise=synthetic_noise,
-              holdout_fraction=holdout_fraction, synthetic_group_size=synthetic_group_size,
-              synthetic_group_shift=synthetic_group_shift)
+              holdout_fraction=holdout_fraction, group_size=group_size,
+              synthetic_group_shift=synthetic_group_shift, group_labels=group_labels)
   if root_examples <= 0:
     return fed
   if root_examples >= fed.test_y.shape[0]:
@@ -166,8 +166,8 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
 def _load(name, *, num_clients, partition, alpha, shards_per_client, gamma, min_size,
           test_fraction, data_dir, seed, synthetic_examples_per_client, synthetic_dim,
           synthetic_num_classes, synthetic_alpha, synthetic_beta, synthetic_task,
-          synthetic_noise, holdout_fraction, synthetic_group_size=0,
-          synthetic_group_shift=0.0) -> FederatedData:
+          synthetic_noise, holdout_fraction, group_size=0,
+          synthetic_group_shift=0.0, group_labels=()) -> FederatedData:
   check_name(name)
   check_partition(partition)
   if name == "synthetic":
@@ -175,13 +175,15 @@ def _load(name, *, num_clients, partition, alpha, shards_per_client, gamma, min_
         num_clients, examples_per_client=synthetic_examples_per_client, dim=synthetic_dim,
         num_classes=synthetic_num_classes, alpha=synthetic_alpha, beta=synthetic_beta,
         test_fraction=test_fraction, seed=seed, task=synthetic_task, noise=synthetic_noise,
-        group_size=synthetic_group_size, group_shift=synthetic_group_shift)
+        group_size=group_size, group_shift=synthetic_group_shift)
     return _federated(name, xs, ys, test_x, test_y,
                       num_classes(name, synthetic_num_classes, synthetic_task),
                       holdout_fraction, seed)
   source = SOURCES[name](test_fraction=test_fraction, seed=seed, data_dir=data_dir)
   options = {"dirichlet": {"alpha": alpha}, "shards": {"shards_per_client": shards_per_client},
-             "gamma_similarity": {"gamma": gamma}, "iid": {}}[partition]
+             "gamma_similarity": {"gamma": gamma}, "iid": {},
+             "label_groups": {"alpha": alpha, "group_size": group_size,
+                              "group_labels": tuple(group_labels)}}[partition]
   parts = PARTITIONERS[partition](source.y_train, num_clients, np.random.default_rng(seed),
                                   min_size=min_size, **options)
   return _federated(name, [source.x_train[p] for p in parts], [source.y_train[p] for p in parts],

@@ -88,5 +88,30 @@ def gamma_similarity(labels: np.ndarray, num_clients: int, rng: np.random.Genera
   return _check_sizes(parts, min_size, f"gamma_similarity(gamma={gamma})")
 
 
+def label_groups(labels: np.ndarray, num_clients: int, rng: np.random.Generator, *,
+                 group_size: int, group_labels, alpha: float,
+                 min_size: int = 1) -> list[np.ndarray]:
+  """A distinct group by labels (issue 29): clients 0..g−1 hold every example whose label is in
+  `group_labels`, the other n − g clients every other example; on each side the examples are
+  split over its clients by `dirichlet` with α. An honest set that keeps no group member never
+  sees the group's labels, so the heterogeneity of an honest set depends on how many group
+  members it keeps."""
+  _check(labels, num_clients, min_size)
+  group = np.isin(labels, np.asarray(tuple(group_labels)))
+  classes = set(np.unique(labels).tolist())
+  if not 1 <= group_size < num_clients:
+    raise ValueError(f"label_groups needs 1 <= group_size < num_clients={num_clients}, got "
+                     f"group_size={group_size}.")
+  if not group.any() or group.all() or not set(group_labels) <= classes:
+    raise ValueError(f"label_groups needs group_labels among the labels {sorted(classes)}, some "
+                     f"but not all of them; got {tuple(group_labels)}.")
+  inside, outside = np.flatnonzero(group), np.flatnonzero(~group)
+  parts = ([inside[p] for p in dirichlet(labels[inside], group_size, rng, alpha=alpha,
+                                         min_size=min_size)]
+           + [outside[p] for p in dirichlet(labels[outside], num_clients - group_size, rng,
+                                            alpha=alpha, min_size=min_size)])
+  return [np.sort(p) for p in parts]
+
+
 PARTITIONERS = {"iid": iid, "dirichlet": dirichlet, "shards": shards,
-                "gamma_similarity": gamma_similarity}
+                "gamma_similarity": gamma_similarity, "label_groups": label_groups}
