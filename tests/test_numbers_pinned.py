@@ -52,10 +52,10 @@ EXACT = os.environ.get("PIN_EXACT", "") not in ("", "0")
 # environment), listed and explained in the update script, whose check for moved numbers leaves
 # out the same ones.
 IGNORED_KEYS = update.IGNORED_KEYS
-# CSV files: the columns that are not numbers of the experiment, per file name.
-# draws.csv: none (draw index, realized b and the per-draw metrics).
-# results.csv: none (the compile and run seconds are in timings.csv, which is not pinned).
-IGNORED_COLUMNS = {"draws.csv": (), "results.csv": ()}
+# CSV files: the columns that are not numbers of the experiment, per file name
+# (update.IGNORED_COLUMNS: results.csv's point ids; the compile and run seconds are in
+# timings.csv, which is not pinned).
+IGNORED_COLUMNS = update.IGNORED_COLUMNS
 # CSV columns compared as text even where their cells read as numbers: a sweep point's id, the
 # digest of its config (experiment.fingerprint) that cached points are found by.
 TEXT_COLUMNS = ("point",)
@@ -309,6 +309,25 @@ def test_a_config_key_added_at_its_default_moves_no_pinned_number(tmp_path, monk
   now["config"]["training"]["l2"] = 0.0
   assert compare_json("g2.json", g, _write(tmp_path / "c.json", json.dumps(now))) == [
       "g2.json config.seed: only in the golden file"]
+
+
+def test_a_sweep_points_id_is_not_a_number(tmp_path, monkeypatch):
+  """results.csv's `point` is the fingerprint of the point's raw configuration: a new
+  fingerprint scheme renames every point without moving a number, for the test and for
+  update.py alike; a moved value is still one."""
+  monkeypatch.setattr(sys.modules[__name__], "EXACT", False)
+  golden = "point,aggregator,metric,statistic,value\naaaa,mean,honest_loss,mean,0.5\n"
+  now = "point,aggregator,metric,statistic,value\nbbbb,mean,honest_loss,mean,0.5\n"
+  for folder in ("g", "now", "m"):
+    (tmp_path / folder).mkdir()
+  g = _write(tmp_path / "g" / "results.csv", golden)
+  assert compare_csv("results.csv", g, _write(tmp_path / "now" / "results.csv", now)) == []
+  assert update._numbers("results.csv", golden.encode()) == update._numbers(  # pylint: disable=protected-access
+      "results.csv", now.encode())
+  moved = now.replace("0.5", "0.6")
+  assert compare_csv("results.csv", g, _write(tmp_path / "m" / "results.csv", moved)) != []
+  assert update._numbers("results.csv", golden.encode()) != update._numbers(  # pylint: disable=protected-access
+      "results.csv", moved.encode())
 
 
 @pytest.mark.slow

@@ -42,8 +42,10 @@ separate checkout of it, e.g.
 from __future__ import annotations
 
 import argparse
+import csv
 import ast
 import gzip
+import io
 import json
 import os
 import shutil
@@ -71,6 +73,11 @@ IGNORED_KEYS = (
     # the OS platform string: which machine and software stack ran it
     ("provenance", "environment"),
 )
+# CSV files: the columns that are not numbers of the experiment, per file name. results.csv's
+# `point` is a sweep point's id, the fingerprint of its raw configuration
+# (experiment.fingerprint): it names the point (whose rows its tags name as well) and moves when
+# the fingerprint's scheme does (89fdc3f), with no number moving. draws.csv: none.
+IGNORED_COLUMNS = {"draws.csv": (), "results.csv": ("point",)}
 _SWEEP_CONFIGS = ("sweep_core", "theory_synthetic", "theory_digits", "faults", "sweep_rfa",
                   "sweep_deployed", "sweep_mu_aware", "sweep_dp_compression",
                   "sweep_dp_dimension")
@@ -150,10 +157,19 @@ def comparable(value: dict) -> dict:
 
 def _numbers(file: str, data: bytes) -> bytes:
   """A run's `file` as compared for moved numbers: its bytes, but a JSON file's `comparable`
-  (re-serialized in its own key order; NaN and infinities as written)."""
-  if not file.endswith(".json"):
+  (re-serialized in its own key order; NaN and infinities as written) and a CSV file's without
+  its IGNORED_COLUMNS (re-written by `csv`)."""
+  if file.endswith(".json"):
+    return json.dumps(comparable(json.loads(data))).encode()
+  ignored = IGNORED_COLUMNS.get(file, ())
+  if not ignored:
     return data
-  return json.dumps(comparable(json.loads(data))).encode()
+  rows = list(csv.reader(io.StringIO(data.decode())))
+  keep = [i for i, h in enumerate(rows[0] if rows else []) if h not in ignored]
+  out = io.StringIO()
+  csv.writer(out, lineterminator="\n").writerows([[r[i] for i in keep if i < len(r)]
+                                                  for r in rows])
+  return out.getvalue().encode()
 
 
 def differs(case: str, file: str, new_path: str) -> bool:
