@@ -3,6 +3,10 @@
 Rounds run in chunks of `eval_every` (one compiled `lax.scan` of vmapped rounds per chunk, called
 from a Python loop over chunks, never over clients or samples), so progress can be reported and
 the honest metrics recorded between chunks.
+
+The engine's other parts are their own modules, whose public names are re-exported here: the
+cache of the runs (`run_cache`), the chunking and memory plan (`memory`) and a worst case's record
+(`worst_case_summary`). The worst-case searches train, so they stay here with the runner.
 """
 
 from __future__ import annotations
@@ -11,13 +15,10 @@ import collections
 import dataclasses
 import functools
 import hashlib
-import json
 import math
 import os
 import time
 from typing import Callable
-import zipfile
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,6 @@ import numpy as np
 from fedjax_robust import aggregators
 from fedjax_robust import build
 from fedjax_robust import config as config_lib
-from fedjax_robust import evaluation
 from fedjax_robust import honest_sets
 from fedjax_robust import provenance
 from fedjax_robust import server_prior
@@ -38,180 +38,34 @@ from fedjax_robust.aggregators import minimum_diameter
 from fedjax_robust.theory import report as theory_report
 from fedjax_robust.data import FederatedData
 from fedjax_robust.errors import ConfigError
+# re-exported: experiment's public interface (the callers, configs and tests use them as
+# experiment.<name>), with the private names run() and the tests use. The run cache, the memory
+# plan and the worst case's record live in their own engine modules; this one runs the job.
+from fedjax_robust.memory import _human_bytes
+from fedjax_robust.memory import align_draws
+from fedjax_robust.memory import chunk_size
+from fedjax_robust.memory import DRAW_ALIGNMENT
+from fedjax_robust.memory import fixed_memory
+from fedjax_robust.memory import local_batch_size
+from fedjax_robust.memory import memory_per_draw
+from fedjax_robust.memory import memory_plan
+from fedjax_robust.memory import MemoryPlan
+from fedjax_robust.run_cache import _leaves
+from fedjax_robust.run_cache import _load_worst_case
+from fedjax_robust.run_cache import _NOT_IN_REFERENCE
+from fedjax_robust.run_cache import _save_worst_case
+from fedjax_robust.run_cache import _schema_defaults
+from fedjax_robust.run_cache import AggregatorRun
+from fedjax_robust.run_cache import config_changes
+from fedjax_robust.run_cache import fingerprint
+from fedjax_robust.run_cache import NOT_IN_RUN
+from fedjax_robust.run_cache import NPZ_ERRORS
+from fedjax_robust.run_cache import reference_config
+from fedjax_robust.run_cache import run_config
+from fedjax_robust.worst_case_summary import _value_summary
+from fedjax_robust.worst_case_summary import format_worst_case
 
 METRICS = ("honest_loss", "honest_accuracy", "test_loss", "test_accuracy")  # + backdoor_accuracy
-
-
-# What reading a damaged cached .npz raises: missing (OSError), empty (EOFError), truncated or
-# corrupted (BadZipFile, zlib.error), not an npz (ValueError), or lacking an array (KeyError).
-NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
-
-
-@dataclasses.dataclass
-class AggregatorRun:
-  """Every sample's metrics over evaluation rounds for one aggregator spec."""
-  spec: str
-  rounds: np.ndarray                 # [E + 1] rounds at which metrics were taken (0 first)
-  metrics: dict[str, np.ndarray]     # name -> [E + 1, S]
-  aux: dict[str, np.ndarray]         # aggregator diagnostics averaged per chunk -> [E, S]; the
-                                     # theory's training.ROUND_AUX per round -> [E, S, e]
-  compile_seconds: float
-  run_seconds: float
-  draws_per_chunk: int = 0           # the vmapped width the draws ran at (0: unknown)
-  # Quantities taken once at the final model, name -> [S] (with theory measurements: the
-  # estimated smoothness of L_S at θ_T, `honest_smoothness`).
-  final: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-  # What made these numbers (provenance.record): code version, software, device, seed, chunk.
-  provenance: dict | None = None
-
-  def save(self, path: str, config) -> None:
-    """Writes the run to `path` with `config` (`run_config` or `reference_config`: what made
-    these numbers), its `fingerprint` and the run's provenance."""
-    arrays = {f"metric.{k}": v for k, v in self.metrics.items()}
-    arrays.update({f"aux.{k}": v for k, v in self.aux.items()})
-    arrays.update({f"final.{k}": v for k, v in self.final.items()})
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, rounds=self.rounds, fingerprint=fingerprint(config),
-             config=config.to_json(sort_keys=True), spec=self.spec,
-             timing=np.array([self.compile_seconds, self.run_seconds]),
-             draws_per_chunk=self.draws_per_chunk,
-             provenance=json.dumps(self.provenance or provenance.record(
-                 seed=None, draws_per_chunk=self.draws_per_chunk)), **arrays)
-    os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written result
-
-  @classmethod
-  def load(cls, path: str, config,
-           log: Callable[[str], None] | None = None) -> "AggregatorRun | None":
-    """The run saved with the same `config` (see `save`), or None if absent, made by a
-    different configuration (the keys that changed are named through `log`, from the
-    configuration saved beside the run), made by code that declares other numbers
-    (`provenance.NUMBERS_VERSION`) or on another numerical stack (`provenance.reuse_mismatch`:
-    named through `log`), or unreadable (a truncated or damaged file is named through `log`);
-    each of these is recomputed."""
-    if not os.path.exists(path):
-      return None
-    try:
-      with np.load(path) as z:
-        if str(z["fingerprint"]) != fingerprint(config):
-          if log is not None:
-            changes = (config_changes(json.loads(str(z["config"])),
-                                      json.loads(config.to_json()))
-                       if "config" in z.files else "the file does not record its configuration")
-            log(f"cached run {path} was made with another configuration ({changes}); "
-                "recomputing it.")
-          return None
-        saved = json.loads(str(z["provenance"])) if "provenance" in z.files else None
-        stale = provenance.reuse_mismatch(saved)
-        if stale:
-          if log is not None:
-            log(f"WARNING: cached run {path} has the same configuration but was made by other "
-                f"code or software ({stale}); recomputing it.")
-          return None
-        return cls(str(z["spec"]), z["rounds"],
-                   {k[7:]: z[k] for k in z.files if k.startswith("metric.")},
-                   {k[4:]: z[k] for k in z.files if k.startswith("aux.")},
-                   float(z["timing"][0]), float(z["timing"][1]),
-                   int(z["draws_per_chunk"]) if "draws_per_chunk" in z.files else 0,
-                   {k[6:]: z[k] for k in z.files if k.startswith("final.")}, saved)
-    except NPZ_ERRORS as e:
-      if log is not None:
-        log(f"WARNING: cached run {path} is unreadable ({type(e).__name__}: {e}); "
-            "recomputing it.")
-      return None
-
-
-def fingerprint(config) -> str:
-  """A hash of a configuration: a sweep point's id, and, of `run_config` or `reference_config`,
-  the key of a cached run (with the numbers version and the numerical stack, checked by
-  `provenance.reuse_mismatch` when a cached run is loaded, everything that determines its
-  numbers).
-
-  It hashes the raw configuration: the leaves whose value differs from the schema's default
-  (`config.base_config`), and those the schema does not have (e.g. `honest_masks_sha256`). A key
-  added to the schema at a default that keeps the old behaviour therefore changes no
-  fingerprint, and the runs and sweep points cached before it are reused; a change of a
-  default's value moves numbers, so it bumps `provenance.NUMBERS_VERSION`, which invalidates
-  them."""
-  leaves = _leaves(json.loads(config.to_json()))
-  defaults = _schema_defaults()
-  raw = {k: v for k, v in leaves.items()
-         if k not in defaults or json.dumps(v, sort_keys=True) != defaults[k]}
-  return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=1)
-def _schema_defaults() -> dict[str, str]:
-  """Every leaf of `config.base_config()` (dotted) -> its default as JSON."""
-  return {k: json.dumps(v, sort_keys=True)
-          for k, v in _leaves(json.loads(config_lib.base_config().to_json())).items()}
-
-
-# Keys no aggregator's run reads: how its numbers are summarized and printed, and which other
-# runs are made. Changing them reuses the cached runs. report.*: the intervals, resamples and
-# compared pairs of the summaries; estimators.*: the reference runs (cached on their own, by
-# `reference_config`); theory.objectives: the objectives solved after the runs. (The draws per
-# chunk stay in: they shape the compiled program, and a run records the width it ran at.)
-NOT_IN_RUN = ("report", "estimators", "theory.objectives")
-
-
-def _drop(config, keys) -> None:
-  """Deletes the dotted `keys` from an unlocked ConfigDict."""
-  for key in keys:
-    *path, leaf = key.split(".")
-    node = config
-    for part in path:
-      node = node[part]
-    del node[leaf]
-
-
-def run_config(job, spec: str):
-  """What determines the numbers of `spec`'s run: the job's effective configuration (a Job's
-  `effective`, or a ConfigDict) with `aggregator` = `spec`, less NOT_IN_RUN. Its `fingerprint`
-  keys the cached run, and it is saved beside the run, so that a recomputation names the keys
-  that changed (`config_changes`)."""
-  c = config_lib.config_of(job).copy_and_resolve_references()
-  with c.unlocked():
-    c.aggregator = spec
-    _drop(c, NOT_IN_RUN)
-  return c
-
-
-def reference_config(job, masks: np.ndarray):
-  """The same for the honest-only baseline trained on the draws `masks` `[S, n]`: `run_config`
-  of the reference, less what its simulator never reads (_NOT_IN_REFERENCE), plus a digest of
-  the masks (under a worst case searched per aggregator they come from the search, not from
-  the configuration)."""
-  c = run_config(job, "reference:honest_optimum")
-  masks = np.asarray(masks, bool)
-  with c.unlocked():
-    _drop(c, _NOT_IN_REFERENCE)
-    c.honest_masks_sha256 = hashlib.sha256(
-        str(masks.shape).encode() + np.packbits(masks).tobytes()).hexdigest()[:16]
-  return c
-
-
-def _leaves(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) and value:
-      out.update(_leaves(value, f"{prefix}{key}."))
-    else:
-      out[prefix + key] = value
-  return out
-
-
-def config_changes(saved: dict, now: dict, most: int = 8) -> str:
-  """The leaves that differ between two configurations (as JSON dicts), 'key: old → new', at most
-  `most` named; a key one side lacks shows as '(absent)'."""
-  old, new = _leaves(saved), _leaves(now)
-  shown = lambda tree, k: repr(tree[k]) if k in tree else "(absent)"
-  changed = [f"{k}: {shown(old, k)} → {shown(new, k)}"
-             for k in sorted(old.keys() | new.keys())
-             if k not in old or k not in new or json.dumps(old[k]) != json.dumps(new[k])]
-  if not changed:
-    return "no key differs from the one the file records (fingerprinted by older code)"
-  return "; ".join(changed[:most]) + (f"; and {len(changed) - most} more" if len(changed) > most
-                                      else "")
 
 
 # Called after every evaluation step with a dict: spec, chunk, num_chunks, round, num_rounds,
@@ -232,18 +86,7 @@ _programs: dict[tuple, Callable] = {}
 _NOT_IN_PROGRAM = ("seed", "honest_set", "honest_set_options", "graph", "num_samples",
                    "num_samples_per_chunk", "memory_budget_gb", "estimators", "report",
                    "draw_condition")
-# What a reference simulator (`build.make_simulator(reference=...)`: the mean, no attack)
-# does not read either. It reads `theory`: with the theory on, the honest-only baseline records
-# h_t and ‖∇L_S(θ_t)‖² at every round too (`simulator`), the non-convex theory's baseline.
-_NOT_IN_REFERENCE = ("f", "aggregator_options", "server_prior", "attack", "attack_options")
 
-# The number of draws trained at once (the vmapped width) is always a multiple of this; a chunk
-# with fewer draws is padded (padding rows are discarded). Measured on XLA:CPU (AVX, 8 float32
-# lanes): widths that are multiples of 8 give every draw bit-identical numbers (8, 16, 24, 32,
-# 40 over 20 rounds of GM, bucketing+GM, NNM+TM), while other widths (1, 2, 3, 5, 7, 9) change
-# the rounding of batched products and reductions by ~1e-7, which training can amplify into
-# different models. See BUILD.md, "Batch independence".
-DRAW_ALIGNMENT = 8
 # Draws per block inside a chunk's compiled program: the chunk's rounds run as a `lax.map` over
 # blocks of vmapped draws (`training.blocked`), so a block's [B, n, d] working set stays in cache
 # while the chunk can stay large. Per backend, measured (BUILD.md, "Monte Carlo"): on this CPU
@@ -275,13 +118,6 @@ def _block_of(chunk: int, mesh) -> int:
     return 0
   devices = sharding.draws_of(mesh)
   return block_size(chunk // devices, devices)
-
-
-def align_draws(width: int, devices: int = 1) -> int:
-  """`width` rounded up to a multiple of DRAW_ALIGNMENT per device (`devices` on the mesh's
-  draws axis)."""
-  unit = DRAW_ALIGNMENT * devices
-  return -(-max(1, width) // unit) * unit
 
 
 def simulator(job, spec: str, fed: FederatedData, *,
@@ -328,115 +164,6 @@ def _pad_to(x: jax.Array, size: int) -> jax.Array:
   if x.shape[0] == size:
     return x
   return jnp.concatenate([x, jnp.repeat(x[:1], size - x.shape[0], axis=0)])
-
-
-def local_batch_size(job, max_count: int | None = None) -> int:
-  """Examples computed per local step: `training.batch_size`, or (<= 0) the largest client's
-  data; with DP-SGD (privacy.kind='example') every position of the largest client's data (each
-  example's gradient is computed, the Poisson-sampled ones kept)."""
-  b = job.training.batch_size
-  return b if b > 0 and job.privacy.kind != "example" else (max_count or 64)
-
-
-def memory_per_draw(job, num_params: int, max_count: int | None = None) -> int:
-  """Estimated bytes one draw needs: about 8 `[n, d]` float32 arrays (momentum, updates, an
-  aggregator's working copies) plus the model's activations on every client's minibatch (taken
-  as 1024 floats per example); with DP-SGD also the per-example gradients, `[n, m_max, d]`."""
-  n, batch = job.num_clients, local_batch_size(job, max_count)
-  per_example = n * batch * num_params if job.privacy.kind == "example" else 0
-  return 4 * (8 * n * num_params + n * max(batch, 64) * 1024 + per_example)
-
-
-def fixed_memory(fed: FederatedData) -> int:
-  """Bytes each device holds whatever the chunk: the clients' training data and held-out splits,
-  the test set and the server's root data (replicated on every device of a mesh)."""
-  return int(sum(np.dtype(a.dtype).itemsize * math.prod(a.shape) for a in jax.tree.leaves(
-      (fed.train, fed.test_x, fed.test_y, fed.holdout, fed.root))))
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryPlan:
-  """How a job's draws are chunked, and the memory per device that plan is estimated to take:
-  `fixed` + `draws_per_device` × `per_draw` bytes (the chunk's padding draws included, since
-  they are computed), against `budget` (`memory_budget_gb`, per device)."""
-  chunk: int             # draws trained at once, over all the devices of the draws axis
-  devices: int           # devices on the mesh's draws axis
-  per_draw: int          # bytes, `memory_per_draw`
-  fixed: int             # bytes, `fixed_memory`
-  budget: int            # bytes per device
-  automatic: bool        # chosen from the budget (num_samples_per_chunk = 0)
-
-  @property
-  def draws_per_device(self) -> int:
-    return self.chunk // self.devices
-
-  @property
-  def bytes_per_device(self) -> int:
-    return self.fixed + self.draws_per_device * self.per_draw
-
-  @property
-  def largest_chunk(self) -> int:
-    """The largest chunk within the budget (0: not even DRAW_ALIGNMENT draws per device)."""
-    fit = max(self.budget - self.fixed, 0) // self.per_draw
-    return fit // DRAW_ALIGNMENT * DRAW_ALIGNMENT * self.devices
-
-  def describe(self) -> str:
-    """'memory ≈ 2.02 GB per device (256 draws × 8 MB + 1 MB of data; budget 4 GB)'."""
-    where = " per device" if self.devices > 1 else ""
-    return (f"memory ≈ {_human_bytes(self.bytes_per_device)}{where} ({self.draws_per_device} "
-            f"draws × {_human_bytes(self.per_draw)} + {_human_bytes(self.fixed)} of data; "
-            f"budget {self.budget / 2**30:g} GB{where})")
-
-  def warning(self) -> str:
-    """'' when the plan is within the budget, else what exceeds what and what to change."""
-    if self.bytes_per_device <= self.budget:
-      return ""
-    need = -(-self.bytes_per_device * 100 // 2**30) / 100  # GB, rounded up to 0.01
-    what = (f"WARNING: memory: a chunk of {self.chunk} draws ({self.draws_per_device} per "
-            f"device) is estimated at {_human_bytes(self.bytes_per_device)} per device "
-            f"({self.draws_per_device} × {_human_bytes(self.per_draw)} per draw + "
-            f"{_human_bytes(self.fixed)} of data), more than memory_budget_gb="
-            f"{self.budget / 2**30:g}.")
-    if self.largest_chunk:  # num_samples_per_chunk asked for more than fits
-      return (f"{what} num_samples_per_chunk sets this chunk; set num_samples_per_chunk="
-              f"{self.largest_chunk} (or 0: chosen from the budget), or memory_budget_gb="
-              f"{need:g} if the device has that much.")
-    return (f"{what} The smallest chunk is {DRAW_ALIGNMENT} draws per device (DRAW_ALIGNMENT); "
-            f"set memory_budget_gb={need:g} if the device has that much, or make a draw "
-            "cheaper (training.batch_size, num_clients, the model).")
-
-
-def memory_plan(job, num_params: int, num_samples: int, max_count: int | None = None, *,
-                fixed: int = 0, devices: int | None = None) -> MemoryPlan:
-  """The chunking of `num_samples` draws over `devices` (default: `job.mesh`'s draws axis):
-  `num_samples_per_chunk` as given (rounded up to DRAW_ALIGNMENT per device), or (0) the fewest
-  chunks whose memory per device, `fixed` + draws per device × `memory_per_draw` (padding
-  included), stays within `memory_budget_gb`, the draws spread evenly over them (S = 1024 with
-  room for 1008: two chunks of 512, not 1008 + 1008 with 992 padding draws). When not even
-  DRAW_ALIGNMENT draws per device fit, that smallest chunk (`MemoryPlan.warning` says so).
-  A draw's numbers do not depend on the chunking (see DRAW_ALIGNMENT)."""
-  if devices is None:
-    devices = sharding.axis_sizes(job.mesh)[sharding.DRAWS]
-  plan = functools.partial(
-      MemoryPlan, devices=devices, per_draw=memory_per_draw(job, num_params, max_count),
-      fixed=fixed, budget=int(job.memory_budget_gb * 2**30),
-      automatic=not job.num_samples_per_chunk)
-  if job.num_samples_per_chunk:
-    return plan(chunk=align_draws(min(job.num_samples_per_chunk, num_samples), devices))
-  room = plan(chunk=devices).largest_chunk // devices  # draws per device within the budget
-  need = align_draws(num_samples, devices) // devices  # per device, all the draws at once
-  if room == 0:
-    return plan(chunk=DRAW_ALIGNMENT * devices)
-  chunks = -(-need // room)
-  return plan(chunk=align_draws(-(-need // chunks), 1) * devices)
-
-
-def chunk_size(job, num_params: int, num_samples: int, max_count: int | None = None, *,
-               fixed: int = 0) -> int:
-  """Draws trained at once (`memory_plan(...).chunk`): a multiple of DRAW_ALIGNMENT per device
-  of `job.mesh`'s draws axis, within `memory_budget_gb` per device whenever the smallest
-  chunk is, `fixed` bytes per device (`fixed_memory`) included."""
-  return memory_plan(job, num_params, num_samples, max_count, fixed=fixed).chunk
 
 
 def _in_groups(fn, params, masks, *shared):
@@ -775,18 +502,6 @@ def criterion_score(job, sim: training.Simulator, fed: FederatedData, criterion:
   return score
 
 
-def _value_summary(values: np.ndarray) -> dict:
-  """Mean, 95% CI half-width and count of re-measured values, and whether they are `identical`
-  (at least two, finite, all equal: deterministic training repeats one value, which has no
-  interval)."""
-  values = np.asarray(values, np.float64)
-  s = evaluation.summarize(values, worst="max")
-  identical = bool(values.size >= 2 and np.all(np.isfinite(values))
-                   and np.all(values == values[0]))
-  return {"mean": s["mean"], "ci95": float("nan") if identical else s["ci95"],
-          "count": s["count"], "identical": identical}
-
-
 def worst_case_mask(job, fed: FederatedData, spec: str) -> tuple[np.ndarray, dict]:
   """The honest set of size n − f chosen by `job.honest_set_options.worst_case`, and a
   description of it (JSON-ready; summary.json's `worst_case` / `max_heterogeneity_proxy`).
@@ -870,100 +585,6 @@ def worst_case_mask(job, fed: FederatedData, spec: str) -> tuple[np.ndarray, dic
       "interval": worst_case.TRAINING_NOISE_ONLY}
 
 
-def _spread(value: float, spread: float, what: str, identical: bool, seeds: int) -> str:
-  """'v ± s (what)', or 'v (identical on every one of the k seeds)' when there is no spread."""
-  if identical:
-    return f"{value:.4g} (identical on all {seeds} seeds)"
-  return f"{value:.4g} ± {spread:.4g} ({what})"
-
-
-def _separation_text(info: dict) -> str:
-  """Whether the pick is a clear maximum: its paired lead over the runner-up and the test it
-  passed, or why it could not be separated."""
-  gap = info.get("gap")
-  test = f"one-sided paired t-tests, family-wise {100 * info['confidence']:g}%"
-  if info["separated"] is None:
-    return "the only candidate set"
-  lead = (f"lead over the runner-up {info['runner_up']} "
-          + _spread(gap["mean"], gap["se"], "paired se", gap["se"] == 0.0, gap["seeds"]))
-  if info["separated"]:
-    return f"separated from every other set ({test}); {lead}"
-  if info["stopped"].startswith("seed cap"):
-    return (f"NOT separated: {info['tied']} set(s) still tied with it ({test}) at the cap of "
-            f"{info['max_seeds']} seeds; {lead}")
-  return (f"NOT separated: tied with {info['tied']} set(s) on every seed (identical values or "
-          f"all diverged: more seeds cannot separate them); {lead}")
-
-
-def format_worst_case(info: dict) -> str:
-  """One line on a chosen honest set: the worst case with its seeds, whether it separated from
-  the runner-up, its fresh re-measurement (the interval of the maximum), optimism and the proxy's
-  rank among the sets scored, or the proxy named as such (summaries saved before these fields
-  existed print what they have)."""
-  criterion = info.get("criterion")
-  if criterion not in worst_case.CRITERIA:
-    return (f"{info.get('label', worst_case.PROXY_NAME)}: Byzantine clients "
-            f"{info['byzantine']} ({info['method']}); interval: "
-            f"{info.get('interval', worst_case.TRAINING_NOISE_ONLY)}")
-  label = info.get("label", worst_case.short_name(criterion))
-  if "fresh" not in info:
-    return f"{label}: Byzantine clients {info['byzantine']} ({info['method']})"
-  fresh, proxy, gap, pick = info["fresh"], info["proxy"], info["gap_vs_proxy"], info["pick"]
-  same = proxy["byzantine"] == info["byzantine"]
-  return (f"{label}: Byzantine clients {info['byzantine']} ({info['method']}, "
-          f"{info['scored']} sets scored, {info['trainings']} trainings). Search: "
-          + _spread(pick["mean"], pick["se"], "se", pick["se"] == 0.0, info["pick_seeds"])
-          + f" on {info['pick_seeds']} search seeds ({info['seeds']} for every set, up to "
-          f"{info['max_seeds']} for the sets tied with the top), {_separation_text(info)}. "
-          f"Fresh: " + _spread(fresh["mean"], fresh["ci95"], "95% CI", fresh.get("identical"),
-                                info["fresh_seeds"])
-          + f" on {info['fresh_seeds']} fresh seeds (optimism of the search "
-          f"{info['optimism']:+.4g}). {proxy['name']}: "
-          + ("the same set" if same else f"Byzantine clients {proxy['byzantine']}")
-          + f", {proxy['rank_text']} by mean over the search's {info['seeds']} seeds"
-          + ("" if same else
-             ", fresh " + _spread(proxy["fresh"]["mean"], proxy["fresh"]["ci95"], "95% CI",
-                                  proxy["fresh"].get("identical"), info["fresh_seeds"])
-             + "; gap worst − proxy (fresh, paired) "
-             + _spread(gap["mean"], gap["ci95"], "95% CI", gap.get("identical"),
-                       info["fresh_seeds"]))
-          + f". Interval of the run: {info['interval']}")
-
-
-def _worst_case_path(run_path: str) -> str:
-  return run_path[:-len(".npz")] + ".worst_case.json"
-
-
-def _save_worst_case(run_path: str, fingerprint_: str, mask: np.ndarray, info: dict) -> None:
-  """The searched honest set beside the run (`<spec>.worst_case.json`), so a rerun of the same
-  configuration does not search again."""
-  path = _worst_case_path(run_path)
-  with open(path + ".tmp", "w") as fh:
-    json.dump({"fingerprint": fingerprint_, "mask": np.asarray(mask, bool).tolist(),
-               "info": info, "provenance": provenance.record(seed=None)}, fh, allow_nan=True)
-  os.replace(path + ".tmp", path)
-
-
-def _load_worst_case(run_path: str, fingerprint_: str,
-                     log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict] | None:
-  """The saved search of the same configuration, or None (absent, other config, other numbers
-  version or numerical stack — named through `log` —, unreadable)."""
-  try:
-    with open(_worst_case_path(run_path)) as fh:
-      saved = json.load(fh)
-    if saved["fingerprint"] != fingerprint_:
-      return None
-    stale = provenance.reuse_mismatch(saved.get("provenance"))
-    if stale:
-      if log is not None:
-        log(f"WARNING: saved worst-case search {_worst_case_path(run_path)} was made by other "
-            f"code or software ({stale}); searching again.")
-      return None
-    return np.asarray(saved["mask"], bool), saved["info"]
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
-
-
 def draw_masks(job, fed: FederatedData) -> np.ndarray:
   """`[S, n]` honest masks from the job's μ_H (`Job.law`: a sampler, not the worst case),
   conditioned on the realized b when `draw_condition` says so; a ConfigDict is resolved
@@ -1002,13 +623,6 @@ def human_seconds(seconds: float) -> str:
   if seconds >= 60:
     return f"{seconds // 60} min {seconds % 60:02d} s"
   return f"{seconds} s"
-
-
-def _human_bytes(n: float) -> str:
-  """'4.04 GB', '81 MB', '0.5 MB' (GB = 2^30 bytes, as memory_budget_gb)."""
-  if n >= 2**30:
-    return f"{n / 2**30:.2f} GB"
-  return f"{n / 2**20:.0f} MB" if n >= 10 * 2**20 else f"{n / 2**20:.1f} MB"
 
 
 # A rough work rate for the up-front time estimate (XLA:CPU on 2 cores runs the default digits

@@ -60,11 +60,17 @@ LAYER_OF = {
     "training": "engine",
     "build": "engine",
     "experiment": "engine",
+    # experiment's parts: the runs' cache (run_cache: AggregatorRun, fingerprints, the saved
+    # worst-case search), the chunking and memory plan (memory), a worst case's record and line
+    # (worst_case_summary); they import the library, the job and each other, never experiment.
+    "run_cache": "engine",
+    "memory": "engine",
+    "worst_case_summary": "engine",
     "byzfl_loop": "engine",
     "benchmark": "engine",
     # store: a sweep's files, one format each: its points (points/<id>.json records,
     # points/<id>.npz per-draw values) and results.csv / timings.csv with their rows' vocabulary
-    # (the runs' cache is the engine's: experiment).
+    # (the runs' cache is the engine's: run_cache).
     "store": "store",
     # report: records and the job -> text, CSV, figures; never trains (report.tables: a sweep's
     # tables, paired comparisons and figures, read from the store).
