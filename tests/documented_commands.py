@@ -47,6 +47,11 @@ _TINY_GRID = {
     "configs/faults.py": {"grid.aggregators": "mean", "grid.threats": "label_noise"},
     "configs/sweep_rfa.py": {"grid.rules": "rfa_one_step", "grid.threats": "alie"},
     "configs/sweep_deployed.py": {},
+    "configs/study_groups.py": {"grid.aggregators": "trimmed_mean", "grid.shift": "6",
+                                "grid.placement": "concentrated,worst_case"},
+    "configs/study_groups_digits.py": {"grid.aggregators": "trimmed_mean",
+                                       "grid.grouping": "labels",
+                                       "grid.placement": "concentrated,worst_case"},
     "configs/sweep_mu_aware.py": {"grid.blocks": "main", "grid.threats": "alie",
                                   "grid.mu_h": "independent",
                                   # a tuned classic rule (and its tuning points), a prior rule

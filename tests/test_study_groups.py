@@ -47,3 +47,34 @@ def test_every_point_is_a_valid_job_with_the_group_and_its_shift():
     assert job.data.group_size == study_groups.GROUP
     assert job.data.synthetic_group_shift == point.tags["shift"]
     assert job.f == study_groups.EXPECTED_B
+
+
+def test_the_digits_study_puts_the_group_on_labels_and_keeps_the_control_plain():
+  from configs import study_groups_digits  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import data as data_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
+  c = study_groups_digits.get_config()
+  points = study_groups_digits.points(c)
+  assert len(points) == 2 * 2 * 4
+  by_tags = {(p.tags["aggregator"], p.tags["grouping"], p.tags["mu_H"]): p for p in points}
+  labelled = config_lib.resolve(sweep.apply_overrides(
+      c.base, by_tags["trimmed_mean", "labels", "concentrated"].overrides))
+  plain = config_lib.resolve(sweep.apply_overrides(
+      c.base, by_tags["trimmed_mean", "none", "concentrated"].overrides))
+  assert labelled.f == plain.f == study_groups.EXPECTED_B
+  # The same law of the Byzantine set on both federations.
+  assert (labelled.honest_set_options.bernoulli.p_per_client
+          == plain.honest_set_options.bernoulli.p_per_client)
+  # On the labelled federation clients 0..2 hold exactly the digits 0..2, and all of them.
+  d = labelled.data
+  fed = data_lib.load(d.name, num_clients=labelled.num_clients, partition=d.partition,
+                      alpha=d.alpha, seed=labelled.seed, group_size=d.group_size,
+                      group_labels=d.group_labels)
+  ys = [np.asarray(fed.train.y[i][:int(fed.train.counts[i])]) for i in range(10)]
+  group = np.concatenate(ys[:study_groups.GROUP])
+  rest = np.concatenate(ys[study_groups.GROUP:])
+  assert set(np.unique(group)) == set(study_groups_digits.GROUP_LABELS)
+  assert not set(np.unique(rest)) & set(study_groups_digits.GROUP_LABELS)
+  assert plain.data.partition == "dirichlet" and plain.data.group_size == 0
+  with pytest.raises(ConfigError, match="grid.grouping='shards'"):
+    study_groups_digits.grouping_overrides("shards")
