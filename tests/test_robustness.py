@@ -215,3 +215,35 @@ def test_all_attacks_on_a_cheap_rule_are_finite_and_mean_is_not(rng):
   assert np.all(np.isfinite(kappa))
   assert np.all(kappa <= robustness.kappa_upper_bound("trimmed_mean", n, f))
   assert np.all(robustness.empirical_kappa(agg.get("mean", f=f), honest, f)["kappa"] == np.inf)
+
+
+def test_fewer_faults_than_f_keep_the_guarantee_with_the_subsampling_factor(rng):
+  """fewer_faults_factor's lemma, piece by piece: (1) the mean over every m-subset S of H of
+  σ²_S is c·σ²_H (enumerated with itertools, not the formula); (2) the Jensen step: for the
+  trimmed mean at b < f, ‖F − x̄_H‖² ≤ mean_S ‖F − x̄_S‖² ≤ κ(f)·mean_S σ²_S = κ(f)·c·σ²_H on
+  attacked inputs; (3) c = 1 at b = f, c < 1 below, and the domain is refused."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import numpy_reference  # pylint: disable=g-import-not-at-top
+  n, f = 10, 3
+  kappa = robustness.kappa_upper_bound("trimmed_mean", n, f)
+  for b in range(f + 1):
+    big, m = n - b, n - f
+    c = robustness.fewer_faults_factor(n, f, b)
+    honest = rng.normal(size=(big, 5))
+    var_h = np.mean(np.sum((honest - honest.mean(0)) ** 2, axis=1))
+    subsets = [honest[list(s)] for s in itertools.combinations(range(big), m)]
+    var_s = [np.mean(np.sum((s - s.mean(0)) ** 2, axis=1)) for s in subsets]
+    np.testing.assert_allclose(np.mean(var_s), c * var_h, rtol=1e-12)
+    # b Byzantine rows at the little-is-enough point, then far away.
+    for byz in (honest.mean(0) - 1.5 * honest.std(0), honest.mean(0) + 1e6):
+      x = np.vstack([honest, np.tile(byz, (b, 1))])
+      out = numpy_reference.trimmed_mean(x, f)
+      lhs = np.sum((out - honest.mean(0)) ** 2)
+      mid = np.mean([np.sum((out - s.mean(0)) ** 2) for s in subsets])
+      assert lhs <= mid * (1 + 1e-12)
+      assert mid <= kappa * np.mean(var_s) * (1 + 1e-12)
+      assert lhs <= kappa * c * var_h * (1 + 1e-12)
+  assert robustness.fewer_faults_factor(n, f, f) == 1.0
+  assert robustness.fewer_faults_factor(10, 2, 0) == pytest.approx(7 * 10 / (8 * 9))
+  with pytest.raises(ValueError, match="b=4 must be an integer with 0 <= b <= f=3"):
+    robustness.fewer_faults_factor(n, f, 4)

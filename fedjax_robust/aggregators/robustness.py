@@ -107,6 +107,33 @@ def kappa_upper_bound(spec: str, n: int, f: int) -> float | None:
   return _upper_with_source(spec, n, f)[0]
 
 
+def fewer_faults_factor(n: int, f: int, b: int) -> float:
+  """c ≤ 1 such that an (f, κ)-robust rule is (b, κc)-robust against its honest set H of size
+  n − b when only b ≤ f inputs are Byzantine: the κ(b) of a draw with b ≤ f (issue 29).
+
+  Lemma (derived here; no published statement found). Let F be (f, κ)-robust, H the honest set,
+  N = |H| = n − b ≥ m = n − f, σ²_H = (1/N) Σ_{i∈H} ‖x_i − x̄_H‖². Every S ⊂ H with |S| = m is an
+  honest set of size n − f for the definition (the rest of H counts as Byzantine there), so
+  ‖F(x) − x̄_S‖² ≤ κσ²_S. Averaging over the m-subsets S of H uniformly, E_S[x̄_S] = x̄_H, and by
+  Jensen ‖F(x) − x̄_H‖² ≤ E_S‖F(x) − x̄_S‖² ≤ κ E_S[σ²_S], while sampling m of N without
+  replacement gives E_S[σ²_S] = ((m − 1)/m)(N/(N − 1)) σ²_H. Hence
+
+      ‖F(x) − x̄_H‖² ≤ κ · c · σ²_H,   c = (m − 1)N / (m(N − 1))   (c = 1 at b = f; c ≤ 1).
+
+  So the robust D-GD theorems, stated for b = f, hold for a draw with b < f with the same κ
+  (theory.bounds: a draw is valid iff b ≤ f), and κc is the tighter coefficient of that draw:
+  at n = 10, f = 2 the factor is 0.972 at b = 0 and 0.984 at b = 1. The published κ(f) is
+  therefore not what makes a draw with fewer faults better in the bound: its (G², B²), which
+  are those of a larger honest set, are. A rule-specific κ(b) (e.g. the trimmed mean's with
+  b < f outliers) could be smaller still; none is derived here. Raises ValueError unless
+  0 ≤ b ≤ f and n > 2f."""
+  _check_n_f(n, f)
+  if not isinstance(b, (int, np.integer)) or not 0 <= b <= f:
+    raise ValueError(f"b={b!r} must be an integer with 0 <= b <= f={f}.")
+  big, m = n - b, n - f
+  return 1.0 if big == m else (m - 1) * big / (m * (big - 1))
+
+
 def kappa_bounds(spec: str, n: int, f: int) -> dict[str, Any]:
   """{"lower": f/(n − 2f), "upper": float | None, "source": str} for reports: the lower bound
   every rule obeys, the published upper bound of `spec` (None where none is recorded), and the
