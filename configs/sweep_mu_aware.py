@@ -23,7 +23,8 @@ Rules (the `rule` tag):
   ("@reliability"),
   adaptive_trim capped at the quantile f, cluster_aggregate (the prior's clusters, or its
   communities for the graph law; cross-cluster f from the prior's law of the number of groups
-  holding a faulty client).
+  holding a faulty client), posterior_trim (the trimmed mean at the smallest t whose posterior
+  P(b > t | x) is ≤ 0.05: the expected bound minimized under a chance constraint, issue 29).
 A rule's label carries the prior when it is not the correct one: "|×2", "|×0.5" (the prior's
 corruption probabilities scaled), "|permuted" (the prior attached to the wrong clients), "|absent"
 (no prior: posterior_filter with the exchangeable P(faulty) = f/n, adaptive_trim capped at f).
@@ -56,6 +57,10 @@ setting):
          rule, prior correct;
 - prior: digits α = 1, ALIE, 3 laws, the prior rules with the prior ×2, ×0.5, permuted, absent;
 - tasks: digits α = 0.3 and the synthetic task, ALIE, 3 laws, every rule, prior correct;
+- groups: the synthetic task with clients 0–4 (the unreliable ones) a distinct group, their
+         labelling model shifted by 0, 3 or 6 (data.group_size, synthetic_group_shift), ALIE,
+         3 laws, every rule, prior correct (not in the default blocks: configs/study_mu_aware.py
+         runs it, issue 29);
 - worst: the classic worst case at the declared f (digits α = 1, ALIE; the honest set of size
          n − f of largest mean held-out honest error, the report's quantity, greedy + 1 swap
          sweep, 2 seeds raised up to 8 for the sets tied with the top), for the classic rules
@@ -105,9 +110,14 @@ AWARE = {
     "adaptive_trim@quantile_f": ("adaptive_trim", {"server_prior.declared_f": "quantile"}),
     "cluster_aggregate": ("cluster_aggregate",
                           {"aggregator_options.cluster_aggregate.inner": "median"}),
+    # The trimmed mean at the smallest t with posterior P(b > t | x) ≤ δ (issue 29).
+    "posterior_trim": ("posterior_trim", {}),
 }
 # Rules defined without a prior ("absent"): what the server runs knowing only f.
-ABSENT = {"posterior_filter": "posterior_filter", "adaptive_trim@quantile_f": "adaptive_trim"}
+ABSENT = {"posterior_filter": "posterior_filter", "adaptive_trim@quantile_f": "adaptive_trim",
+          "posterior_trim": "posterior_trim"}
+# The rules whose prior is a P(honest) per client: without one, the exchangeable f/n.
+_POSTERIOR = ("posterior_filter", "posterior_trim")
 PRIORS = {"×2": {"server_prior.scale": 2.0}, "×0.5": {"server_prior.scale": 0.5},
           "permuted": {"server_prior.permuted": True}}
 MU_H = ("independent", "clustered", "graph")
@@ -118,6 +128,13 @@ TASKS = {"digits_a1": {"data.name": "digits", "data.alpha": 1.0},
          "digits_a0.3": {"data.name": "digits", "data.alpha": 0.3},
          "synthetic": {"data.name": "synthetic", "data.synthetic_alpha": 1.0,
                        "data.synthetic_beta": 1.0, "data.holdout_fraction": 0.2}}
+# The groups block (issue 29): the synthetic task with the unreliable clients 0..4 a distinct
+# group, their labelling model shifted by 3 or 6 (shift 0: the synthetic task itself).
+GROUP_SHIFTS = (3.0, 6.0)
+for _shift in GROUP_SHIFTS:
+  TASKS[f"synthetic_shift{_shift:g}"] = {**TASKS["synthetic"], "data.group_size": UNRELIABLE,
+                                         "data.synthetic_group_shift": _shift}
+BLOCK_NAMES = ("main", "prior", "tasks", "worst", "groups")
 
 
 def get_config():
@@ -173,7 +190,7 @@ def rule_overrides(label: str, prior: str = "correct") -> dict:
   the classic rules' are their tuning candidates' (`classic_candidates`)."""
   aggregator, extra = AWARE[label]
   if prior == "absent":
-    if label != "posterior_filter":
+    if label not in _POSTERIOR:
       return {"aggregator": ABSENT[label]}
     return {"aggregator": ABSENT[label], "server_prior.kind": "marginals",
             "server_prior.p_per_client": (F / N,) * N}
@@ -249,7 +266,7 @@ def points(c):
   laws = as_list(c.grid.mu_h, str)
   threats = as_list(c.grid.threats, str)
   rules = as_list(c.grid.rules, str)
-  for key, values, allowed in (("blocks", blocks, ("main", "prior", "tasks", "worst")),
+  for key, values, allowed in (("blocks", blocks, BLOCK_NAMES),
                                ("mu_h", laws, MU_H), ("rules", rules, (*CLASSIC, *AWARE))):
     for value in values:
       D.Choice(*allowed).check(f"grid.{key}", value)
@@ -317,6 +334,11 @@ def points(c):
       for mu_h in laws:
         for rule in _rules(rules, mu_h):
           add("tasks", task, "alie", mu_h, rule)
+  if "groups" in blocks:
+    for task in ("synthetic",) + tuple(f"synthetic_shift{s:g}" for s in GROUP_SHIFTS):
+      for mu_h in laws:
+        for rule in _rules(rules, mu_h):
+          add("groups", task, "alie", mu_h, rule)
   if "worst" in blocks:
     # The worst case of the report's quantity (held-out accuracy: the set of largest held-out
     # error), R = 2 seeds raised up to 8 for the sets tied with the top (the default 16 is 8×

@@ -888,6 +888,7 @@ def _validate_worst_case(config, num_classes: int | None) -> None:
 
 # Options fixed per client index, which a round of sampled clients cannot use.
 _PER_CLIENT_OPTIONS = {"posterior_filter": ("prior_honest", "prior_coupling"),
+                       "posterior_trim": ("prior_honest", "prior_coupling"),
                        "cluster_aggregate": ("clusters",)}
 
 
@@ -1118,10 +1119,12 @@ def aggregator_options(config, law: Any = _COMPUTE) -> dict[str, dict[str, Any]]
   options = config.aggregator_options.to_dict()
   stages = [s.strip() for spec in aggregator_specs(config) for s in spec.split("+")]
   law = server_prior_spec(config) if law is _COMPUTE else law
-  pf = options.get("posterior_filter", {})
-  if law is not None and pf and "posterior_filter" in stages:
+  for rule in ("posterior_filter", "posterior_trim"):  # the rules of the posterior P(honest)
+    pf = options.get(rule, {})
+    if law is None or not pf or rule not in stages:
+      continue
     if pf.get("prior_honest") is not None:
-      raise ConfigError("aggregator_options.posterior_filter.prior_honest is set and so is "
+      raise ConfigError(f"aggregator_options.{rule}.prior_honest is set and so is "
                         f"server_prior.kind={config.server_prior.kind!r}; allowed: one of them.")
     p, _ = server_prior.marginals(law, config.num_clients)
     pf["prior_honest"] = tuple(float(1 - x) for x in p)

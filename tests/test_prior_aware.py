@@ -188,6 +188,98 @@ def test_posterior_invalid_prior_and_options():
     prior_aware.posterior_filter(x, prior_honest=jnp.ones(5), faulty_scale=1.0)
 
 
+# --- posterior_trim -------------------------------------------------------------------------
+
+def np_posterior_trim(x, p, delta=0.05):
+  """The documented rule in float64: the NumPy posterior, b's law by enumerating every
+  Byzantine set (2^n subsets, not the recursion), the smallest t with P(b > t) ≤ δ, then the
+  coordinate-wise trimmed mean by sorting the finite rows' coordinates."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  x = np.asarray(x, np.float64)
+  n = len(x)
+  _, post = np_posterior_filter(x, p)
+  q = 1.0 - post
+  pmf = np.zeros(n + 1)
+  for bits in itertools.product((0, 1), repeat=n):
+    bits = np.asarray(bits)
+    pmf[bits.sum()] += np.prod(np.where(bits == 1, q, 1.0 - q))
+  tails = 1.0 - np.cumsum(pmf)
+  t_max = (n - 1) // 2
+  t = next((t for t in range(t_max + 1) if tails[t] <= delta), t_max)
+  ordered = np.sort(x, axis=0)
+  return ordered[t:n - t].mean(0), t, tails[t]
+
+
+ptrim = as_numpy(jax.jit(prior_aware.posterior_trim, static_argnames=("delta",)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_posterior_trim_matches_numpy_and_trims_by_the_posterior(seed):
+  rng = np.random.default_rng(seed)
+  n = 10
+  x = two_groups(rng, n=n, d=30, byzantine=(1, 6), offset=30.0)
+  p = rng.uniform(0.6, 1.0, size=n)
+  want, t, tail = np_posterior_trim(x, p)
+  got = ptrim(jnp.asarray(x), prior_honest=jnp.asarray(p, jnp.float32))
+  assert int(got.trimmed) == t
+  np.testing.assert_allclose(got.tail, tail, atol=1e-5)
+  np.testing.assert_allclose(got.value, want, rtol=1e-5, atol=1e-5)
+  # The two far rows are found (t ≥ 2): the output is far closer to the honest mean than the
+  # mean of all rows is (which the two rows at distance 30 move by 6).
+  assert t >= 2
+  honest = np.delete(x, (1, 6), axis=0).mean(0)
+  assert np.linalg.norm(got.value - honest) < 0.5 * np.linalg.norm(x.mean(0) - honest)
+
+
+def test_posterior_trim_is_the_mean_when_the_prior_is_certain_and_trims_certain_faults(rng):
+  x = rng.normal(size=(9, 4)).astype(np.float32)
+  got = ptrim(jnp.asarray(x), prior_honest=jnp.ones(9))
+  assert int(got.trimmed) == 0
+  np.testing.assert_allclose(got.value, x.astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)
+  # Two clients certainly faulty (p = 0), placed where the distances cannot see them: t = 2.
+  got = ptrim(jnp.asarray(x), prior_honest=jnp.asarray([0, 0] + [1] * 7, jnp.float32))
+  assert int(got.trimmed) == 2
+  np.testing.assert_allclose(got.value, np.sort(x.astype(np.float64), 0)[2:7].mean(0),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_posterior_trim_never_averages_nonfinite_rows_and_batches(rng):
+  x = rng.normal(size=(11, 5)).astype(np.float32)
+  x[2] = np.nan
+  x[5, 0] = np.inf
+  x[8, 3] = -np.inf
+  x[9] = 1e30
+  got = ptrim(jnp.asarray(x), prior_honest=jnp.full(11, 0.9))
+  assert np.all(np.isfinite(got.value)) and int(got.trimmed) >= 4
+  clean = np.delete(x.astype(np.float64), (2, 5, 8, 9), axis=0).mean(0)
+  assert np.linalg.norm(got.value - clean) < 1.0
+  xs = np.stack([x, rng.normal(size=(11, 5)).astype(np.float32)])
+  ps = np.stack([np.full(11, 0.9), np.ones(11)]).astype(np.float32)
+  batched = as_numpy(jax.jit(jax.vmap(lambda u, q: prior_aware.posterior_trim(
+      u, prior_honest=q))))(jnp.asarray(xs), jnp.asarray(ps))
+  for s in range(2):
+    one = ptrim(jnp.asarray(xs[s]), prior_honest=jnp.asarray(ps[s]))
+    np.testing.assert_array_equal(batched.value[s], one.value)
+    assert int(batched.trimmed[s]) == int(one.trimmed)
+
+
+def test_count_pmf_is_the_poisson_binomial_law(rng):
+  q = rng.uniform(size=7)
+  want = np.zeros(8)
+  for bits in np.ndindex(*(2,) * 7):
+    bits = np.asarray(bits)
+    want[bits.sum()] += np.prod(np.where(bits == 1, q, 1 - q))
+  np.testing.assert_allclose(np.asarray(prior_aware.count_pmf(jnp.asarray(q, jnp.float64)
+                                                              if jax.config.jax_enable_x64
+                                                              else jnp.asarray(q))),
+                             want, atol=1e-6)
+
+
+def test_posterior_trim_refuses_a_delta_outside_its_domain():
+  with pytest.raises(ConfigError, match=r"delta must be a float in \(0, 1\), got 1.5"):
+    prior_aware.posterior_trim(jnp.ones((5, 2)), prior_honest=jnp.ones(5), delta=1.5)
+
+
 # --- adaptive_trim --------------------------------------------------------------------------
 
 def test_adaptive_trim_finds_no_outliers_and_a_separated_group(rng):

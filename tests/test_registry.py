@@ -41,6 +41,7 @@ NO_BYZFL = {
     "posterior_filter": "this project's prior-aware rule (issue 15)",
     "cluster_aggregate": "this project's prior-aware rule (issue 15)",
     "adaptive_trim": "this project's prior-aware rule (issue 15)",
+    "posterior_trim": "this project's prior-aware rule (issue 29)",
 }
 
 

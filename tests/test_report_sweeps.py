@@ -49,6 +49,8 @@ def test_configs_hold_no_report_and_each_sweep_report_is_found_by_its_config():
     report = sweeps.for_config(f"configs.sweep_{name}")
     assert (report.__module__, report.__name__) == (f"fedjax_robust.report.sweeps.{name}",
                                                     "report")
+  # a study config on a sweep's points gets that sweep's report
+  assert sweeps.for_config("configs.study_mu_aware") is mu_aware.report
   # configs without a report of their own; a file loaded from elsewhere ("sweep_config")
   for name in ("configs.sweep_core", "configs.theory_digits", "configs.default", "sweep_config",
                "sweep_mu_aware", "configs.rfa"):
@@ -305,3 +307,24 @@ def test_a_difference_without_variance_reads_deterministic_and_counts_by_its_sig
   assert "nan" not in log and results.deterministic_note(False) in log
   summary = next(l for l in log.splitlines() if l.startswith("mean "))
   assert summary.split()[-3:] == ["0", "0", "1"], summary  # wins, ties, losses
+
+
+def test_the_regret_summary_counts_the_groups_block_apart():
+  """The groups block (issue 29) is summarized in its own section, never mixed into the main +
+  tasks summary; wins/losses by the paired CI."""
+  def row(block, rule, gain, low, high):
+    return {"block": block, "rule": rule, "gain": gain, "ci_low": low, "ci_high": high,
+            "n": 32, "std": 0.01}
+  table = [row("main", "posterior_filter", -0.01, -0.02, 0.0),
+           row("groups", "posterior_trim", 0.02, 0.01, 0.03),
+           row("groups", "posterior_trim", 0.04, 0.03, 0.05),
+           row("groups", "posterior_filter", -0.03, -0.05, -0.01)]
+  text = mu_aware.regret_summary(table).splitlines()
+  groups_at = next(i for i, line in enumerate(text) if "groups block" in line)
+  main = text[1:groups_at]
+  assert [line.split()[0] for line in main] == ["posterior_filter"]
+  trim = next(line for line in text[groups_at:] if line.startswith("posterior_trim"))
+  # 2 settings, mean +3.00 points, worst +2.00, 2 wins, 0 ties, 0 losses
+  assert trim.split()[1:] == ["2", "+3.00", "+2.00", "2", "0", "0"]
+  pf = next(line for line in text[groups_at:] if line.startswith("posterior_filter"))
+  assert pf.split()[1:] == ["1", "-3.00", "-3.00", "0", "0", "1"]

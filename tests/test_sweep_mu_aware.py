@@ -92,3 +92,25 @@ def test_the_worst_block_searches_the_quantity_the_report_compares():
     pc = sweep.apply_overrides(c.base, p.overrides)
     assert worst_case.matches(pc.honest_set_options.worst_case.criterion, c.plot.metric), p.tags
     config_lib.validate(pc)
+
+
+def test_the_groups_block_puts_the_distinct_group_on_the_unreliable_clients():
+  """configs/study_mu_aware.py (issue 29, question 3): the groups block's tasks shift the
+  labelling model of clients 0..4, the clients the laws corrupt with marginal 0.5, and
+  posterior_trim takes the prior's P(honest) = 1 − p_i."""
+  from configs import study_mu_aware  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = study_mu_aware.get_config()
+  pts = sweep_mu_aware.points(c)
+  assert {p.tags["block"] for p in pts} == {"groups", "tune"}
+  assert {p.tags["task"] for p in pts} == {"synthetic", "synthetic_shift3", "synthetic_shift6"}
+  trim = [p for p in pts if p.tags["rule"] == "posterior_trim"
+          and p.tags["task"] == "synthetic_shift6" and p.tags["mu_H"] == "independent"]
+  assert len(trim) == 1
+  job = config_lib.resolve(sweep.apply_overrides(c.base, trim[0].overrides))
+  assert job.data.group_size == sweep_mu_aware.UNRELIABLE
+  assert job.data.synthetic_group_shift == 6.0
+  np.testing.assert_allclose(job.options["posterior_trim"]["prior_honest"],
+                             1 - np.asarray(sweep_mu_aware.P), rtol=1e-12)
+  plain = [p for p in pts if p.tags["task"] == "synthetic"][0]
+  assert config_lib.resolve(sweep.apply_overrides(c.base, plain.overrides)).data.group_size == 0

@@ -304,6 +304,23 @@ _RULES: dict[str, _Entry] = {
         "f_clusters": D.Int(0, optional=True, note="clusters trimmed from each end; None: the "
                             "prior's quantile"),
         "inner": D.Choice("mean", "median")}, kappa=UNRECORDED_KAPPA),
+    "posterior_trim": _Entry(
+        prior_aware.posterior_trim_stage, "rule",
+        lambda r: (r.value, {"trimmed": r.trimmed.astype(jnp.float32)}),
+        domains={"prior_honest": D.Tuple(D.PROBABILITY, 1, optional=True,
+                                         note="one P(honest) per client; None: from "
+                                         "server_prior"),
+                 "delta": D.Float(0, 1, low_open=True, high_open=True,
+                                  note="the posterior P(b > t) tolerated"),
+                 "iterations": D.POSITIVE_INT,
+                 "faulty_scale": D.Float(1, low_open=True,
+                                         note="the faulty density's scale over the honest one"),
+                 "coupling": D.Choice("prior", "none"),
+                 "prior_coupling": D.Tuple(D.Tuple(D.FINITE, 1), 1, optional=True,
+                                           note="[n, n] couplings; None: from server_prior"),
+                 "mean_field_sweeps": D.POSITIVE_INT},
+        kappa=_no_kappa("no (f, κ) bound: the trim level is chosen from the data each round "
+                        "(κ_t = 6r(1 + r) at r = t/(n − 2t) holds only when b ≤ t)")),
     "adaptive_trim": _Entry(
         prior_aware.adaptive_trim_stage, "rule",
         lambda r: (r.value, {"removed": r.num_removed.astype(jnp.float32)}),

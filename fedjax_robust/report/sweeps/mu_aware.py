@@ -211,38 +211,45 @@ def _write_csv(path: str, table: list[dict], fields: list[str]) -> str:
 
 
 def regret_summary(table) -> str:
-  """Per rule, over the settings of the main and tasks blocks (prior correct): the mean and the
+  """Per rule, over the settings of the main and tasks blocks (prior correct), and apart over
+  those of the groups block: the mean and the
   worst of its difference from the best classic rule of the setting, and in how many settings
   its paired 95% CI lies above 0 (wins), below 0 (losses) or covers 0 (a deterministic
   difference, without variance, by its exact sign). The best classic rule
   is picked on the tuning draws, so on the evaluation draws another classic rule may beat it (a
   positive difference); what a classic rule's row shows is how much it loses, tuned, where
   another classic rule is best."""
-  by_rule = {}
-  for t in table:
-    if t["block"] in ("main", "tasks") and np.isfinite(t["gain"]):
-      by_rule.setdefault(t["rule"], []).append(t)
-  lines = ["rule (main + tasks blocks, prior correct)  settings  mean diff  worst diff   "
-           "wins  ties  losses   (points vs the best classic rule of each setting)"]
-  for rule, ts in by_rule.items():
-    gains = np.array([t["gain"] for t in ts])
-    # a deterministic difference (no variance) counts by its exact sign
-    signs = [results.difference_sign({**t, "mean": t["gain"]}) for t in ts]
-    wins, losses = signs.count(1), signs.count(-1)
-    lines.append(f"{rule:42s} {len(ts):8d}  {100 * gains.mean():+9.2f}  {100 * gains.min():+10.2f}"
-                 f"   {wins:4d}  {len(ts) - wins - losses:4d}  {losses:6d}")
+  lines = []
+  for blocks, title in ((("main", "tasks"), "main + tasks blocks"), (("groups",), "groups block")):
+    by_rule = {}
+    for t in table:
+      if t["block"] in blocks and np.isfinite(t["gain"]):
+        by_rule.setdefault(t["rule"], []).append(t)
+    if not by_rule and blocks == ("groups",):
+      continue
+    lines.append(f"rule ({title}, prior correct)".ljust(43) + "settings  mean diff  worst diff   "
+                 "wins  ties  losses   (points vs the best classic rule of each setting)")
+    for rule, ts in by_rule.items():
+      gains = np.array([t["gain"] for t in ts])
+      # a deterministic difference (no variance) counts by its exact sign
+      signs = [results.difference_sign({**t, "mean": t["gain"]}) for t in ts]
+      wins, losses = signs.count(1), signs.count(-1)
+      lines.append(f"{rule:42s} {len(ts):8d}  {100 * gains.mean():+9.2f}  "
+                   f"{100 * gains.min():+10.2f}   {wins:4d}  {len(ts) - wins - losses:4d}  "
+                   f"{losses:6d}")
   return "\n".join(lines)
 
 
 def _plot_gains(table, workdir, metric) -> list[str]:
-  """mu_aware_gains.png: a panel per block (main, tasks, prior); in each, every prior-using
+  """mu_aware_gains.png: a panel per block (main, tasks, groups, prior); in each, every prior-using
   rule's paired difference from the best classic rule of its setting, with its 95% CI."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   rows = [t for t in table if t["rule"] not in sweep_mu_aware.CLASSIC and t["block"] != "worst"
           and np.isfinite(t["gain"])]
-  blocks = [b for b in ("main", "tasks", "prior") if any(t["block"] == b for t in rows)]
+  blocks = [b for b in ("main", "tasks", "groups", "prior")
+            if any(t["block"] == b for t in rows)]
   if not blocks:
     return []
   fig, axes = plt.subplots(len(blocks), 1, figsize=(15, 4.6 * len(blocks)), squeeze=False)
@@ -268,7 +275,9 @@ def _plot_gains(table, workdir, metric) -> list[str]:
     ax.set_xticklabels([" ".join(st) for st in settings], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("points vs best classic")
     ax.set_title({"main": "digits α = 1, every threat, prior correct",
-                  "tasks": "digits α = 0.3 and the synthetic task, ALIE, prior correct"}[block],
+                  "tasks": "digits α = 0.3 and the synthetic task, ALIE, prior correct",
+                  "groups": "the synthetic task, the unreliable clients 0–4 a distinct group "
+                            "(labelling model shifted by 0, 3, 6), ALIE, prior correct"}[block],
                  fontsize=9)
     ax.legend(fontsize=6, ncol=4, loc="lower left")
     ax.grid(alpha=0.3)
