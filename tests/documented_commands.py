@@ -52,6 +52,8 @@ _TINY_GRID = {
     "configs/study_groups_digits.py": {"grid.aggregators": "trimmed_mean",
                                        "grid.grouping": "labels",
                                        "grid.placement": "concentrated,worst_case"},
+    "configs/study_mu_aware.py": {"grid.mu_h": "independent",
+                                  "grid.rules": "trimmed_mean,posterior_trim"},
     "configs/sweep_mu_aware.py": {"grid.blocks": "main", "grid.threats": "alie",
                                   "grid.mu_h": "independent",
                                   # a tuned classic rule (and its tuning points), a prior rule
