@@ -750,10 +750,18 @@ def format_theory(summary: dict) -> str:
     if k["upper"] is None:
       notes.append(f"{name}: no published κ recorded ({k.get('source') or 'none'}); only the "
                    "data-dependent bound is given.")
+    elif "unverified" in (k.get("source") or ""):
+      upper_source = (k.get("source") or "").split("upper: ", 1)[-1]
+      notes.append(f"{name}: κ pub = {_g(k['upper'])} uses an unverified constant "
+                   f"({upper_source}).")
   n, f = cfg["num_clients"], cfg["f"]
   notes.append(f"Breakdown: f/n = {f / n:.3g} is past breakdown only for (G, B) classes with "
                f"B² ≥ (n − 2f)/f = {_g(first['breakdown_b2'])}; a draw with finite h_t lies in a "
                "class below it (B² = 0, G² = max_t h_t), so no draw is flagged.")
+  notes.append("Unverified constants: the bounds' forms and the condition κB² < 1 are "
+               "corroborated by later papers' restatements, their constant factors (2L/T, 1/(2μ), "
+               "the κ factors marked above) were not checked against the papers' text "
+               "(theory/bounds.py, aggregators/robustness.py).")
   if first["error_kind"] == "gradient_norm":
     notes.append("L is estimated (Hessian power iteration at θ_T) and L_S* by 0: an estimate.")
   return "\n".join(lines + notes)

@@ -291,6 +291,12 @@ def test_a_converged_draw_is_never_flagged_past_breakdown():
   table = results.format_theory(summary)
   assert "P(breakdown" not in table and "no draw is flagged" in table
   assert "(n − 2f)/f = 6" in table
+  # Issue 29: a κ whose constant was not checked against the paper is said to be unverified.
+  kappa = summary["aggregators"]["trimmed_mean"]["theory"]["kappa"]["upper"]
+  assert kappa == pytest.approx(6 * (1 / 6) * (1 + 1 / 6))   # 6r(1 + r), r = 1/6
+  assert (f"trimmed_mean: κ pub = {results._g(kappa)} uses an unverified constant (CWTM κ = "
+          "6r(1 + r)") in table
+  assert "Unverified constants:" in table
 
 
 def test_the_data_dependent_bound_never_uses_kappa_below_the_lower_bound():
