@@ -12,12 +12,14 @@ with the clients 0..2 a distinct group (`grouping`):
           Byzantine set, which then fall on three ordinary clients).
 The laws of the Byzantine set are configs/study_groups.py's, all with E[b] = 2 = the declared f:
 concentrated on the group (Bernoulli(2/3) there, 0 elsewhere), independent (Bernoulli(0.2)),
-avoiding it (Bernoulli(2/7) off the group), and the worst case: the honest set of size n − f = 8
+avoiding it (Bernoulli(2/7) off the group), graph (Bernoulli(0.2) marginals joined by a Gaussian
+copula, τ = 0.5, along the data-similarity graph: each client linked to its 2 nearest by label
+distribution, so neighbours with similar data fail together), and the worst case: the honest set of size n − f = 8
 of largest final honest error 1 − accuracy (the headline's quantity). The honest-only baseline
 trains on every point's draws. The tables and expected_vs_worst.png set E[· | b = f] and
 E[· | b ≤ f] of each law against the worst case at b = f; the theory table puts the non-convex
 bound of every draw (its own b, G², B²; L estimated, see configs/theory_digits.py) beside the
-excess of ‖∇L_S‖² over the honest-only run. About 15 minutes on 2 CPU cores:
+excess of ‖∇L_S‖² over the honest-only run. About 20 minutes on 2 CPU cores (16 min 10 s here for the 16 points without the graph law):
 
   python launch/sweep.py --config=configs/study_groups_digits.py --workdir=runs/study_groups_digits
 
@@ -37,6 +39,10 @@ from fedjax_robust.sweep import product
 
 GROUP_LABELS = (0, 1, 2)
 GROUPINGS = ("none", "labels")
+# configs/study_groups.py's placements, and the graph copula on the data-similarity graph.
+PLACEMENTS = ("concentrated", "independent", "avoiding", "graph", "worst_case")
+GRAPH_K = 2       # each client's neighbours: its 2 nearest by label distribution
+GRAPH_TAU = 0.5   # the copula's τ (smaller: neighbours fail together more often)
 
 
 def get_config():
@@ -47,7 +53,7 @@ def get_config():
   c.base = base
   c.grid = ml_collections.ConfigDict({
       "aggregators": ("trimmed_mean", "geometric_median"), "grouping": GROUPINGS,
-      "placement": study_groups.PLACEMENTS})
+      "placement": PLACEMENTS})
   c.plot = ml_collections.ConfigDict({"x": "grouping", "series": "aggregator", "style": "mu_H",
                                       "metric": "honest_accuracy"})
   return c
@@ -64,13 +70,29 @@ def grouping_overrides(name: str) -> dict:
                     f"{', '.join(GROUPINGS)}.")
 
 
+def placement_overrides(name: str, n: int) -> dict:
+  """configs/study_groups.py's placements, plus `graph`: Bernoulli(E[b]/n) marginals joined by a
+  Gaussian copula along the data-similarity graph (each client linked to its GRAPH_K nearest by
+  label distribution, so on the labelled federation the group's clients are each other's
+  neighbours): corruption that spreads among clients with similar data."""
+  if name == "graph":
+    return {"honest_set": "graph_copula",
+            "honest_set_options.graph_copula.p": study_groups.EXPECTED_B / n,
+            "honest_set_options.graph_copula.tau": GRAPH_TAU,
+            "graph.kind": "data_similarity", "graph.k": GRAPH_K}
+  if name not in PLACEMENTS:
+    raise ConfigError(f"grid.placement={name!r} is not a placement of this study; allowed: "
+                      f"{', '.join(PLACEMENTS)}.")
+  return study_groups.placement_overrides(name, n)
+
+
 def points(c):
   """aggregator × grouping × placement of the corruption; each grid axis a tuple or a
   comma-separated string ('trimmed_mean,geometric_median', 'labels', 'avoiding,worst_case')."""
   n = c.base.num_clients
   groupings = [grouping_overrides(g) for g in as_list(c.grid.grouping, str)]  # refuse early
   laws = [Point({"grouping": g, "mu_H": name},
-                {**o, **study_groups.placement_overrides(name, n)})
+                {**o, **placement_overrides(name, n)})
           for g, o in zip(as_list(c.grid.grouping, str), groupings)
           for name in as_list(c.grid.placement, str)]
   return product(axis("aggregator", as_list(c.grid.aggregators, str)), laws)
@@ -84,6 +106,8 @@ def plot_note(c) -> str:
           f"Dirichlet over all. E[b] = {study_groups.EXPECTED_B} = declared f under every law: "
           f"concentrated = Bernoulli({study_groups.EXPECTED_B}/{g}) on clients 0..{g - 1}, "
           f"independent = Bernoulli({study_groups.EXPECTED_B}/{n}), avoiding = "
-          f"Bernoulli({study_groups.EXPECTED_B}/{n - g}) off them; worst_case = the "
+          f"Bernoulli({study_groups.EXPECTED_B}/{n - g}) off them, graph = Bernoulli("
+          f"{study_groups.EXPECTED_B}/{n}) marginals in a Gaussian copula (τ = {GRAPH_TAU:g}) "
+          f"on the {GRAPH_K}-NN label-distribution graph; worst_case = the "
           f"{n - study_groups.EXPECTED_B}-client honest set of lowest final honest accuracy. "
           f"Digits MLP, robust D-GD, step {t.client_lr * t.server_lr:g}, {t.num_rounds} rounds.")

@@ -55,7 +55,7 @@ def test_the_digits_study_puts_the_group_on_labels_and_keeps_the_control_plain()
   from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
   c = study_groups_digits.get_config()
   points = study_groups_digits.points(c)
-  assert len(points) == 2 * 2 * 4
+  assert len(points) == 2 * 2 * 5
   by_tags = {(p.tags["aggregator"], p.tags["grouping"], p.tags["mu_H"]): p for p in points}
   labelled = config_lib.resolve(sweep.apply_overrides(
       c.base, by_tags["trimmed_mean", "labels", "concentrated"].overrides))
@@ -78,3 +78,37 @@ def test_the_digits_study_puts_the_group_on_labels_and_keeps_the_control_plain()
   assert plain.data.partition == "dirichlet" and plain.data.group_size == 0
   with pytest.raises(ConfigError, match="grid.grouping='shards'"):
     study_groups_digits.grouping_overrides("shards")
+  with pytest.raises(ConfigError, match="grid.placement='nowhere'"):
+    study_groups_digits.placement_overrides("nowhere", 10)
+
+
+def test_the_digits_study_graph_law_links_the_group_and_keeps_e_b_at_f():
+  """The graph placement: on the labelled federation the data-similarity graph (2 nearest by
+  label distribution) chains the group's 3 clients (≥ 2 edges among them: 3 random clients of 10
+  with this graph's 12 edges share 12·3/45 = 0.8 on average), and the copula keeps every
+  marginal at E[b]/n, so E[b] = f (Monte Carlo, 4,000 draws)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import study_groups_digits  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import data as data_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import graphs  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top
+  c = study_groups_digits.get_config()
+  overrides = {**study_groups_digits.grouping_overrides("labels"),
+               **study_groups_digits.placement_overrides("graph", 10)}
+  job = config_lib.resolve(sweep.apply_overrides(c.base, overrides))
+  d = job.data
+  fed = data_lib.load(d.name, num_clients=10, partition=d.partition, alpha=d.alpha,
+                      seed=job.seed, group_size=d.group_size, group_labels=d.group_labels)
+  hist = np.stack([np.bincount(np.asarray(fed.train.y[i][:int(fed.train.counts[i])]),
+                               minlength=10) for i in range(10)]).astype(float)
+  hist /= hist.sum(1, keepdims=True)
+  adjacency = graphs.build("data_similarity", 10, k=study_groups_digits.GRAPH_K, features=hist)
+  g = study_groups.GROUP
+  assert adjacency[:g, :g].sum() / 2 >= g - 1
+  law = honest_sets.law({"name": "graph_copula",
+                         "p": job.honest_set_options.graph_copula.p,
+                         "tau": job.honest_set_options.graph_copula.tau,
+                         "adjacency": adjacency}, 10)
+  byz = ~np.asarray(law.sample(jax.random.key(0), 4000))
+  assert abs(byz.sum(1).mean() - study_groups.EXPECTED_B) < 0.1
+  np.testing.assert_allclose(byz.mean(0), 0.2, atol=0.03)
