@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Documents searched for commands: the two guides, and the module docstrings of the launchers
 # and of every shipped config (what `python launch/x.py --help` and a config's header show).
-DOCUMENTS = ("README.md", "BUILD.md", "launch/*.py", "configs/*.py")
+DOCUMENTS = ("README.md", "BUILD.md", "docs/*.md", "launch/*.py", "configs/*.py")
 
 # Documented commands that the smoke test does not run, with the reason (matched as prefixes
 # of the normalized command).
