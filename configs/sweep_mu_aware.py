@@ -59,8 +59,9 @@ setting):
 - tasks: digits α = 0.3 and the synthetic task, ALIE, 3 laws, every rule, prior correct;
 - groups: the synthetic task with clients 0–4 (the unreliable ones) a distinct group, their
          labelling model shifted by 0, 3 or 6 (data.group_size, synthetic_group_shift), ALIE,
-         3 laws, every rule, prior correct (not in the default blocks: configs/study_mu_aware.py
-         runs it, issue 29);
+         3 laws, every rule, prior correct, at each marginal of the unreliable clients in
+         `grid.p_unreliable` (default 0.5; another p is a setting of its own, its law tagged
+         "<law>@p<p>"); not in the default blocks: configs/study_mu_aware.py runs it, issue 29;
 - worst: the classic worst case at the declared f (digits α = 1, ALIE; the honest set of size
          n − f of largest mean held-out honest error, the report's quantity, greedy + 1 swap
          sweep, 2 seeds raised up to 8 for the sets tied with the top), for the classic rules
@@ -148,7 +149,9 @@ def get_config():
   c.base = base
   c.grid = ml_collections.ConfigDict({
       "blocks": ("main", "prior", "tasks", "worst"), "mu_h": MU_H, "threats": THREATS,
-      "rules": tuple(CLASSIC) + tuple(AWARE)})
+      "rules": tuple(CLASSIC) + tuple(AWARE),
+      # The groups block's marginal corruption of the unreliable clients (a regime axis).
+      "p_unreliable": (P_UNRELIABLE,)})
   # The classic rules' tuning: each candidate also runs on draws of another seed (a fresh
   # replicate of the whole random experiment: the seed sets the data partition, the draws of μ_H
   # and the training keys), and a rule keeps the candidate with the highest mean of the plot's
@@ -168,16 +171,27 @@ def get_config():
   return c
 
 
+def law_label(name: str, p_unreliable: float = P_UNRELIABLE) -> str:
+  """The mu_H tag of a law whose unreliable clients fail with marginal `p_unreliable`: the law's
+  name at the default P_UNRELIABLE, else "<name>@p<p>" (the groups block's p axis)."""
+  return name if p_unreliable == P_UNRELIABLE else f"{name}@p{p_unreliable:g}"
+
+
 def mu_h_overrides(name: str) -> dict:
+  """The overrides of the law tagged `name` (`law_label`: a law's name, or "<name>@p<p>" with
+  the unreliable clients' marginal p instead of P_UNRELIABLE)."""
+  name, _, p_text = name.partition("@p")
+  marginals = P if not p_text else ((float(p_text),) * UNRELIABLE
+                                    + (P_RELIABLE,) * (N - UNRELIABLE))
   if name == "independent":
-    return {"honest_set": "bernoulli", "honest_set_options.bernoulli.p": P}
+    return {"honest_set": "bernoulli", "honest_set_options.bernoulli.p": marginals}
   if name == "clustered":
-    pi = tuple(p / Q1 for p in P[::BLOCKS[0]])
+    pi = tuple(p / Q1 for p in marginals[::BLOCKS[0]])
     return {"honest_set": "clusters", "honest_set_options.clusters.num_clusters": len(BLOCKS),
             "honest_set_options.clusters.pi": pi, "honest_set_options.clusters.q1": Q1,
             "honest_set_options.clusters.q0": 0.0}
   if name == "graph":
-    return {"honest_set": "graph_copula", "honest_set_options.graph_copula.p": P,
+    return {"honest_set": "graph_copula", "honest_set_options.graph_copula.p": marginals,
             "honest_set_options.graph_copula.tau": TAU, "graph.kind": "stochastic_block",
             "graph.block_sizes": BLOCKS, "graph.p_in": 0.8, "graph.p_out": 0.05,
             "graph.seed": 0}
@@ -335,10 +349,12 @@ def points(c):
         for rule in _rules(rules, mu_h):
           add("tasks", task, "alie", mu_h, rule)
   if "groups" in blocks:
-    for task in ("synthetic",) + tuple(f"synthetic_shift{s:g}" for s in GROUP_SHIFTS):
-      for mu_h in laws:
-        for rule in _rules(rules, mu_h):
-          add("groups", task, "alie", mu_h, rule)
+    for p_unreliable in as_list(c.grid.p_unreliable, float):
+      D.Float(0, Q1, low_open=True).check("grid.p_unreliable", p_unreliable)
+      for task in ("synthetic",) + tuple(f"synthetic_shift{s:g}" for s in GROUP_SHIFTS):
+        for mu_h in laws:
+          for rule in _rules(rules, mu_h):
+            add("groups", task, "alie", law_label(mu_h, p_unreliable), rule)
   if "worst" in blocks:
     # The worst case of the report's quantity (held-out accuracy: the set of largest held-out
     # error), R = 2 seeds raised up to 8 for the sets tied with the top (the default 16 is 8×

@@ -114,3 +114,31 @@ def test_the_groups_block_puts_the_distinct_group_on_the_unreliable_clients():
                              1 - np.asarray(sweep_mu_aware.P), rtol=1e-12)
   plain = [p for p in pts if p.tags["task"] == "synthetic"][0]
   assert config_lib.resolve(sweep.apply_overrides(c.base, plain.overrides)).data.group_size == 0
+
+
+def test_the_groups_block_varies_the_unreliable_clients_marginal_as_its_own_setting():
+  """grid.p_unreliable: each value is a setting of its own (mu_H tag "<law>@p<p>"), whose law
+  has marginal p on clients 0..4 and 0.05 elsewhere (under the clustered law too:
+  P(cluster) · q1 = p), posterior_trim's prior is that law's, and a value outside (0, q1] is
+  refused before any run."""
+  from configs import study_mu_aware  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import honest_sets  # pylint: disable=g-import-not-at-top
+  c = study_mu_aware.get_config()
+  c.grid.p_unreliable = (0.5, 0.3)
+  c.grid.rules = ("trimmed_mean", "posterior_trim")
+  pts = sweep_mu_aware.points(c)
+  assert {p.tags["mu_H"] for p in pts} == {"independent", "clustered", "independent@p0.3",
+                                           "clustered@p0.3"}
+  for tag in ("independent@p0.3", "clustered@p0.3"):
+    point = next(p for p in pts if p.tags["mu_H"] == tag and p.tags["rule"] == "posterior_trim")
+    job = config_lib.resolve(sweep.apply_overrides(c.base, point.overrides))
+    honest, exact = honest_sets.law(job.sampler, 25).marginals()
+    p = 1 - np.asarray(honest)
+    # exact, or a Monte Carlo frequency (then within 10 standard errors of its 200,000 draws)
+    np.testing.assert_allclose(p, [0.3] * 5 + [0.05] * 20, rtol=1e-12 if exact else 0,
+                               atol=0 if exact else 0.01)
+    np.testing.assert_allclose(job.options["posterior_trim"]["prior_honest"], 1 - p, rtol=1e-12)
+  c.grid.p_unreliable = (0.95,)
+  with pytest.raises(ConfigError, match="grid.p_unreliable"):
+    sweep_mu_aware.points(c)
