@@ -114,6 +114,12 @@ AWARE = {
     # The trimmed mean at the smallest t with posterior P(b > t | x) ≤ δ (issue 29).
     "posterior_trim": ("posterior_trim", {}),
 }
+# The classic rule each prior-using rule modifies (the report also compares the two, the classic
+# one at its tuned f): what the prior adds to that rule, apart from the choice of rule.
+FAMILY = {"trimmed_mean@quantile_f": "trimmed_mean", "posterior_trim": "trimmed_mean",
+          "nnm+trimmed_mean@quantile_f": "nnm+trimmed_mean",
+          "geometric_median@reliability": "geometric_median", "posterior_filter": "mean",
+          "adaptive_trim@quantile_f": "mean"}
 # Rules defined without a prior ("absent"): what the server runs knowing only f.
 ABSENT = {"posterior_filter": "posterior_filter", "adaptive_trim@quantile_f": "adaptive_trim",
           "posterior_trim": "posterior_trim"}

@@ -282,7 +282,7 @@ def test_the_best_classic_rule_is_the_best_on_the_tuning_draws(hand_made):
 def test_the_printed_table_says_each_rules_f(hand_made):
   _, text, _ = hand_made
   lines = {line.split()[4]: line for line in text.splitlines()
-           if line.startswith("main ") and len(line.split()) > 5}
+           if line.startswith("main ") and " vs " in line}
   assert set(lines) == {"mean", "trimmed_mean", "geometric_median", "trimmed_mean@quantile_f"}
   assert lines["trimmed_mean"].split()[5] == "f=5"
   assert lines["trimmed_mean@quantile_f"].split()[5] == "f=6"   # the prior's quantile
@@ -328,3 +328,19 @@ def test_the_regret_summary_counts_the_groups_block_apart():
   assert trim.split()[1:] == ["2", "+3.00", "+2.00", "2", "0", "0"]
   pf = next(line for line in text[groups_at:] if line.startswith("posterior_filter"))
   assert pf.split()[1:] == ["1", "-3.00", "-3.00", "0", "0", "1"]
+
+
+def test_a_prior_rule_is_also_compared_with_the_classic_rule_it_modifies(hand_made):
+  """sweep_mu_aware.FAMILY: trimmed_mean@quantile_f against the trimmed mean at its tuned f (5,
+  picked on the tuning draws), paired over the evaluation draws: +0.01 exactly by
+  construction of the hand-made draws ([+0.01, 0, +0.02, +0.01]); a classic rule has none."""
+  table, text, _ = hand_made
+  row = table["trimmed_mean@quantile_f"]
+  assert row["family"] == "trimmed_mean[f=5]"
+  diff = POINTS["trimmed_mean@quantile_f"][2] - POINTS["trimmed_mean[f=5]"][2]
+  assert float(row["family_gain"]) == pytest.approx(diff.mean())
+  half = 3.182446305284263 * diff.std(ddof=1) / 2   # t(0.975, 3) · s / √4
+  assert float(row["family_ci_low"]) == pytest.approx(diff.mean() - half, rel=1e-6)
+  assert table["geometric_median"]["family"] == ""
+  assert "What the prior adds to the rule it modifies" in text
+  assert "trimmed_mean@quantile_f" in text.split("What the prior adds")[1]

@@ -150,6 +150,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       # A per-rule worst case repeats a different honest set: not the same draws.
       same = bool(np.array_equal(arrays["honest_masks"], base_arrays["honest_masks"]))
       d = evaluation.paired_difference(values[metric], base_values[metric])
+      family = _family_difference(label, tuned, sides["eval"], workdir, values[metric], metric)
       table.append({"block": entries[pid]["block"], "task": key[0], "threat": key[1],
                     "mu_H": key[2], "rule": rule or label,
                     "f": "?" if this_ran is None else this_ran[0],
@@ -162,7 +163,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                     "best_classic_mean": value(best_pid), "same_draws": same,
                     "gain": d["mean"],
                     **{k: d[k] for k in ("ci_low", "ci_high", "p_value", "pairs", "undefined",
-                                         "deterministic", "identical_draws")}})
+                                         "deterministic", "identical_draws")}, **family})
   for tags, reason in sweep_mu_aware.REFUSED.items():
     log(f"mu_aware report: refused {tags}: {reason}")
   paths = []
@@ -180,7 +181,8 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       ["block", "task", "threat", "mu_H", "rule", "f", "bucket_size", "tuning_mean", "mean",
        "cvar90", "best_classic", "best_classic_f", "best_classic_bucket_size",
        "best_classic_tuning_mean", "best_classic_mean", "gain", "ci_low", "ci_high", "p_value",
-       "pairs", "undefined", "deterministic", "identical_draws", "same_draws"]))
+       "pairs", "undefined", "deterministic", "identical_draws", "same_draws", "family",
+       "family_gain", "family_ci_low", "family_ci_high", "family_p_value"]))
   log(f"\n{metric} (%) on the evaluation draws (seed {c.base.seed}): mean, CVaR0.9 (mean of "
       "the worst 10% of draws), and each rule minus the best classic rule of its setting, "
       "picked on the tuning draws at its tuned f or bucket size (paired over the evaluation "
@@ -197,8 +199,42 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                  f"{vs:36s} {diff}")
   lines += results.report_notes(lines, any(t["identical_draws"] for t in table))
   log("\n".join(lines))
+  family = [t for t in table if t["family"]]
+  if family:
+    log(f"\nWhat the prior adds to the rule it modifies: each prior-using rule minus that classic "
+        f"rule at its tuned f (sweep_mu_aware.FAMILY; {metric}, paired over the evaluation "
+        "draws, paired t 95% CI, points)")
+    family_lines = [
+        f"{t['block']:6s} {t['task']:12s} {t['threat']:12s} {t['mu_H']:12s} {t['rule']:36s} "
+        f"− {t['family']:26s} " + results.difference_text(
+            {"mean": t["family_gain"], "ci_low": t["family_ci_low"],
+             "ci_high": t["family_ci_high"], "deterministic": t["family_deterministic"]},
+            scale=pct, digits=2)
+        for t in family]
+    log("\n".join(family_lines + results.report_notes(family_lines)))
   log("\n" + regret_summary(table))
   return paths + _plot_gains(table, workdir, metric)
+
+
+def _family_difference(label, tuned, evaluation_points, workdir, values, metric) -> dict:
+  """A prior-using rule's paired difference from the classic rule it modifies
+  (`sweep_mu_aware.FAMILY`) at that rule's tuned candidate, over the evaluation draws; empty
+  fields where the rule has no family or the family's rule did not run in the setting."""
+  empty = {"family": "", "family_gain": None, "family_ci_low": None, "family_ci_high": None,
+           "family_p_value": None, "family_deterministic": False}
+  family = sweep_mu_aware.FAMILY.get(label)
+  candidate = tuned.get(family, (None,))[0]
+  pid = evaluation_points.get(candidate)
+  if pid is None:
+    return empty
+  try:
+    other = tables.draw_values(store.load_point(store.point_path(workdir, pid)))
+  except store.NPZ_ERRORS:
+    return empty
+  d = evaluation.paired_difference(values, other[metric])
+  return {"family": candidate, "family_gain": d["mean"], "family_ci_low": d["ci_low"],
+          "family_ci_high": d["ci_high"], "family_p_value": d["p_value"],
+          "family_deterministic": d["deterministic"]}
 
 
 def _write_csv(path: str, table: list[dict], fields: list[str]) -> str:
@@ -225,7 +261,7 @@ def regret_summary(table) -> str:
     for t in table:
       if t["block"] in blocks and np.isfinite(t["gain"]):
         by_rule.setdefault(t["rule"], []).append(t)
-    if not by_rule and blocks == ("groups",):
+    if not by_rule:
       continue
     lines.append(f"rule ({title}, prior correct)".ljust(43) + "settings  mean diff  worst diff   "
                  "wins  ties  losses   (points vs the best classic rule of each setting)")
