@@ -12,7 +12,8 @@ Rules: the classic trimmed mean, geometric median and NNM + trimmed mean (f tune
 declared 5 and the law's quantile), against the prior's posterior_filter, the trimmed mean at the
 prior's quantile f, and posterior_trim (the trimmed mean at the smallest t with posterior
 P(b > t | x) ≤ 0.05: the expected bound minimized under a chance constraint,
-aggregators/prior_aware.py). The report (fedjax_robust/report/sweeps/mu_aware.py) prints each
+aggregators/prior_aware.py). What a wrong prior costs (block groups_prior, shift 6): the prior
+rules under the prior ×2, ×0.5, permuted (on the wrong clients) and absent. The report (fedjax_robust/report/sweeps/mu_aware.py) prints each
 rule's paired difference in held-out honest accuracy from the tuned best classic rule, with its
 CI, in mu_aware_gains.csv and mu_aware_gains.png. About 15 minutes on 2 CPU cores:
 
@@ -29,7 +30,7 @@ RULES = ("trimmed_mean", "geometric_median", "nnm+trimmed_mean", "posterior_filt
 
 def get_config():
   c = sweep_mu_aware.get_config()
-  c.grid.blocks = ("groups",)
+  c.grid.blocks = ("groups", "groups_prior")
   c.grid.mu_h = ("independent", "clustered")
   c.grid.threats = ("alie",)
   c.grid.rules = RULES

@@ -62,6 +62,8 @@ setting):
          3 laws, every rule, prior correct, at each marginal of the unreliable clients in
          `grid.p_unreliable` (default 0.5; another p is a setting of its own, its law tagged
          "<law>@p<p>"); not in the default blocks: configs/study_mu_aware.py runs it, issue 29;
+- groups_prior: the prior block's misspecified priors on the groups block's task with the group
+         shifted by 6 (the first p of grid.p_unreliable), 3 laws (configs/study_mu_aware.py);
 - worst: the classic worst case at the declared f (digits α = 1, ALIE; the honest set of size
          n − f of largest mean held-out honest error, the report's quantity, greedy + 1 swap
          sweep, 2 seeds raised up to 8 for the sets tied with the top), for the classic rules
@@ -141,7 +143,7 @@ GROUP_SHIFTS = (3.0, 6.0)
 for _shift in GROUP_SHIFTS:
   TASKS[f"synthetic_shift{_shift:g}"] = {**TASKS["synthetic"], "data.group_size": UNRELIABLE,
                                          "data.synthetic_group_shift": _shift}
-BLOCK_NAMES = ("main", "prior", "tasks", "worst", "groups")
+BLOCK_NAMES = ("main", "prior", "tasks", "worst", "groups", "groups_prior")
 
 
 def get_config():
@@ -278,7 +280,7 @@ def _rules(rules, mu_h):
   # No grouping and no coupling in an independent law: cluster_aggregate and the marginals-only
   # filter only under the correlated ones.
   return [r for r in rules if not (r in ("cluster_aggregate", "posterior_filter@marginals")
-                                   and mu_h == "independent")]
+                                   and mu_h.partition("@p")[0] == "independent")]
 
 
 def points(c):
@@ -339,16 +341,26 @@ def points(c):
       for mu_h in laws:
         for rule in _rules(rules, mu_h):
           add("main", "digits_a1", threat, mu_h, rule)
+  def add_priors(block, task, mu_h):
+    for prior in (*PRIORS, "absent"):
+      for rule in _rules([r for r in rules if r in AWARE and r != "posterior_filter@marginals"],
+                         mu_h):
+        if prior == "absent" and rule not in ABSENT:
+          continue
+        if prior == "permuted" and rule.endswith("@quantile_f"):
+          continue  # the law of b is the same under a relabelling: the correct prior's point
+        add(block, task, "alie", mu_h, rule, prior, refusable=True)
+
   if "prior" in blocks:
     for mu_h in laws:
-      for prior in (*PRIORS, "absent"):
-        for rule in _rules([r for r in rules if r in AWARE and r != "posterior_filter@marginals"],
-                           mu_h):
-          if prior == "absent" and rule not in ABSENT:
-            continue
-          if prior == "permuted" and rule.endswith("@quantile_f"):
-            continue  # the law of b is the same under a relabelling: the correct prior's point
-          add("prior", "digits_a1", "alie", mu_h, rule, prior, refusable=True)
+      add_priors("prior", "digits_a1", mu_h)
+  if "groups_prior" in blocks:
+    # The misspecified priors where the group makes the prior matter: the group shifted by the
+    # largest shift, the unreliable clients' marginal the first of grid.p_unreliable.
+    p_unreliable = as_list(c.grid.p_unreliable, float)[0]
+    for mu_h in laws:
+      add_priors("groups_prior", f"synthetic_shift{GROUP_SHIFTS[-1]:g}",
+                 law_label(mu_h, p_unreliable))
   if "tasks" in blocks:
     for task in ("digits_a0.3", "synthetic"):
       for mu_h in laws:

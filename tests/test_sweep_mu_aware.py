@@ -142,3 +142,29 @@ def test_the_groups_block_varies_the_unreliable_clients_marginal_as_its_own_sett
   c.grid.p_unreliable = (0.95,)
   with pytest.raises(ConfigError, match="grid.p_unreliable"):
     sweep_mu_aware.points(c)
+
+
+def test_the_groups_prior_block_misspecifies_the_prior_on_the_shifted_group():
+  """groups_prior: the prior rules on the group shifted by 6 under the prior ×2, ×0.5,
+  permuted and absent; posterior_trim|×0.5 believes the unreliable clients fail with 0.25 (the
+  law's 0.5 halved), posterior_trim|absent the exchangeable f/n, while the honest sets are drawn
+  from the true law; a rule the misspecified prior makes undefined is refused with its reason."""
+  from configs import study_mu_aware  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = study_mu_aware.get_config()
+  c.grid.rules = ("trimmed_mean", "posterior_trim", "trimmed_mean@quantile_f")
+  pts = [p for p in sweep_mu_aware.points(c) if p.tags["block"] == "groups_prior"]
+  assert {p.tags["task"] for p in pts} == {"synthetic_shift6"}
+  by = {(p.tags["mu_H"], p.tags["rule"]): p for p in pts}
+  half = config_lib.resolve(sweep.apply_overrides(
+      c.base, by["independent", "posterior_trim|×0.5"].overrides))
+  np.testing.assert_allclose(half.options["posterior_trim"]["prior_honest"],
+                             1 - 0.5 * np.asarray(sweep_mu_aware.P), rtol=1e-12)
+  assert half.sampler["p"] == pytest.approx(sweep_mu_aware.P)   # the true law draws the sets
+  absent = config_lib.resolve(sweep.apply_overrides(
+      c.base, by["independent", "posterior_trim|absent"].overrides))
+  np.testing.assert_allclose(absent.options["posterior_trim"]["prior_honest"],
+                             [1 - sweep_mu_aware.F / sweep_mu_aware.N] * sweep_mu_aware.N)
+  assert ("clustered", "trimmed_mean@quantile_f|×2") not in by
+  refused = {k[-1]: v for k, v in sweep_mu_aware.REFUSED.items() if k[0] == "groups_prior"}
+  assert "no honest majority" in refused["trimmed_mean@quantile_f|×2"]

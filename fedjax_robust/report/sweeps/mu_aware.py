@@ -222,7 +222,7 @@ def _family_difference(label, tuned, evaluation_points, workdir, values, metric)
   fields where the rule has no family or the family's rule did not run in the setting."""
   empty = {"family": "", "family_gain": None, "family_ci_low": None, "family_ci_high": None,
            "family_p_value": None, "family_deterministic": False}
-  family = sweep_mu_aware.FAMILY.get(label)
+  family = sweep_mu_aware.FAMILY.get(label.split("|")[0])   # under any prior
   candidate = tuned.get(family, (None,))[0]
   pid = evaluation_points.get(candidate)
   if pid is None:
