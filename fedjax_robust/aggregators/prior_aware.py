@@ -472,6 +472,26 @@ def cluster_aggregate(updates: jax.Array, *, clusters: tuple[int, ...], f_cluste
 
 
 # ----------------------------------------------------------------------- registry forms
+def _stage_prior(rule: str, updates: jax.Array, prior_honest, coupling: str, prior_coupling):
+  """The registered prior rules' prior as arrays: P(honest) `[n]` and the couplings `[n, n]`
+  (None without, or with `coupling="none"`); ConfigError, naming `rule`, where there is no
+  prior or its shape does not fit n."""
+  n = updates.shape[0]
+  if prior_honest is None:
+    raise ConfigError(f"{rule} needs the server's prior P(client i honest): set "
+                      "server_prior.kind ('mu_h' or 'marginals'), or "
+                      f"aggregator_options.{rule}.prior_honest (one per client).")
+  if len(prior_honest) != n:
+    raise ConfigError(f"{rule}: prior_honest has {len(prior_honest)} values for n={n} clients.")
+  j = None
+  if coupling == "prior" and prior_coupling is not None:
+    j = np.asarray(prior_coupling, np.float64)
+    if j.shape != (n, n):
+      raise ConfigError(f"{rule}: prior_coupling has shape {j.shape} for n={n} clients.")
+  return (jnp.asarray(prior_honest, updates.dtype),
+          None if j is None else jnp.asarray(j, updates.dtype))
+
+
 def posterior_filter_stage(updates: jax.Array, *, prior_honest: tuple[float, ...] | None = None,
                            iterations: int = 3, faulty_scale: float = 10.0,
                            coupling: str = "prior",
@@ -483,22 +503,9 @@ def posterior_filter_stage(updates: jax.Array, *, prior_honest: tuple[float, ...
   correlated prior, `prior_coupling` is filled in the same way (`server_prior.coupling`);
   `coupling="none"` treats the clients as independent under any prior. Secure aggregation: no
   (see `posterior_filter`)."""
-  if prior_honest is None:
-    raise ConfigError("posterior_filter needs the server's prior P(client i honest): set "
-                      "server_prior.kind ('mu_h' or 'marginals'), or "
-                      "aggregator_options.posterior_filter.prior_honest (one per client).")
-  if len(prior_honest) != updates.shape[0]:
-    raise ConfigError(f"posterior_filter: prior_honest has {len(prior_honest)} values for "
-                      f"n={updates.shape[0]} clients.")
-  j = None
-  if coupling == "prior" and prior_coupling is not None:
-    j = np.asarray(prior_coupling, np.float64)
-    if j.shape != (updates.shape[0],) * 2:
-      raise ConfigError(f"posterior_filter: prior_coupling has shape {j.shape} for "
-                        f"n={updates.shape[0]} clients.")
-  return posterior_filter(updates, prior_honest=jnp.asarray(prior_honest, updates.dtype),
-                          iterations=iterations, faulty_scale=faulty_scale,
-                          coupling=None if j is None else jnp.asarray(j, updates.dtype),
+  prior, j = _stage_prior("posterior_filter", updates, prior_honest, coupling, prior_coupling)
+  return posterior_filter(updates, prior_honest=prior, iterations=iterations,
+                          faulty_scale=faulty_scale, coupling=j,
                           mean_field_sweeps=mean_field_sweeps)
 
 
@@ -509,19 +516,9 @@ def posterior_trim_stage(updates: jax.Array, *, prior_honest: tuple[float, ...] 
                          mean_field_sweeps: int = 20) -> PosteriorTrim:
   """`posterior_trim` as a registered rule: the prior (and a correlated prior's couplings) come
   from the server's prior as for `posterior_filter_stage`; without one the rule is refused."""
-  if prior_honest is None:
-    raise ConfigError("posterior_trim needs the server's prior P(client i honest): set "
-                      "server_prior.kind ('mu_h' or 'marginals'), or "
-                      "aggregator_options.posterior_trim.prior_honest (one per client).")
-  if len(prior_honest) != updates.shape[0]:
-    raise ConfigError(f"posterior_trim: prior_honest has {len(prior_honest)} values for "
-                      f"n={updates.shape[0]} clients.")
-  j = None
-  if coupling == "prior" and prior_coupling is not None:
-    j = np.asarray(prior_coupling, np.float64)
-  return posterior_trim(updates, prior_honest=jnp.asarray(prior_honest, updates.dtype),
-                        delta=delta, iterations=iterations, faulty_scale=faulty_scale,
-                        coupling=None if j is None else jnp.asarray(j, updates.dtype),
+  prior, j = _stage_prior("posterior_trim", updates, prior_honest, coupling, prior_coupling)
+  return posterior_trim(updates, prior_honest=prior, delta=delta, iterations=iterations,
+                        faulty_scale=faulty_scale, coupling=j,
                         mean_field_sweeps=mean_field_sweeps)
 
 

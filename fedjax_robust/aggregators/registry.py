@@ -190,6 +190,18 @@ def _no_kappa(why: str) -> Kappa:
   return Kappa(None, why)
 
 
+# The options of the rules built on the posterior of posterior_filter.
+_POSTERIOR_DOMAINS = {
+    "prior_honest": D.Tuple(D.PROBABILITY, 1, optional=True,
+                            note="one P(honest) per client; None: from server_prior"),
+    "iterations": D.POSITIVE_INT,
+    "faulty_scale": D.Float(1, low_open=True,
+                            note="the faulty density's scale over the honest one"),
+    "coupling": D.Choice("prior", "none"),
+    "prior_coupling": D.Tuple(D.Tuple(D.FINITE, 1), 1, optional=True,
+                              note="[n, n] couplings; None: from server_prior"),
+    "mean_field_sweeps": D.POSITIVE_INT}
+
 _RULES: dict[str, _Entry] = {
     "mean": _Entry(
         mean, "rule",
@@ -287,16 +299,7 @@ _RULES: dict[str, _Entry] = {
     "posterior_filter": _Entry(
         prior_aware.posterior_filter_stage, "rule",
         lambda r: (r.value, {"honest_mass": r.honest_mass}),
-        domains={"prior_honest": D.Tuple(D.PROBABILITY, 1, optional=True,
-                                         note="one P(honest) per client; None: from "
-                                         "server_prior"),
-                 "iterations": D.POSITIVE_INT,
-                 "faulty_scale": D.Float(1, low_open=True,
-                                         note="the faulty density's scale over the honest one"),
-                 "coupling": D.Choice("prior", "none"),
-                 "prior_coupling": D.Tuple(D.Tuple(D.FINITE, 1), 1, optional=True,
-                                           note="[n, n] couplings; None: from server_prior"),
-                 "mean_field_sweeps": D.POSITIVE_INT},
+        domains=_POSTERIOR_DOMAINS,
         kappa=UNRECORDED_KAPPA),
     "cluster_aggregate": _Entry(prior_aware.cluster_aggregate_stage, "rule", domains={
         "clusters": D.Tuple(D.NONNEGATIVE_INT, 1, optional=True,
@@ -307,18 +310,9 @@ _RULES: dict[str, _Entry] = {
     "posterior_trim": _Entry(
         prior_aware.posterior_trim_stage, "rule",
         lambda r: (r.value, {"trimmed": r.trimmed.astype(jnp.float32)}),
-        domains={"prior_honest": D.Tuple(D.PROBABILITY, 1, optional=True,
-                                         note="one P(honest) per client; None: from "
-                                         "server_prior"),
+        domains={**_POSTERIOR_DOMAINS,
                  "delta": D.Float(0, 1, low_open=True, high_open=True,
-                                  note="the posterior P(b > t) tolerated"),
-                 "iterations": D.POSITIVE_INT,
-                 "faulty_scale": D.Float(1, low_open=True,
-                                         note="the faulty density's scale over the honest one"),
-                 "coupling": D.Choice("prior", "none"),
-                 "prior_coupling": D.Tuple(D.Tuple(D.FINITE, 1), 1, optional=True,
-                                           note="[n, n] couplings; None: from server_prior"),
-                 "mean_field_sweeps": D.POSITIVE_INT},
+                                  note="the posterior P(b > t) tolerated")},
         kappa=_no_kappa("no (f, κ) bound: the trim level is chosen from the data each round "
                         "(κ_t = 6r(1 + r) at r = t/(n − 2t) holds only when b ≤ t)")),
     "adaptive_trim": _Entry(
