@@ -292,6 +292,9 @@ def points(c):
                                ("mu_h", laws, MU_H), ("rules", rules, (*CLASSIC, *AWARE))):
     for value in values:
       D.Choice(*allowed).check(f"grid.{key}", value)
+  for p_unreliable in as_list(c.grid.p_unreliable, float):
+    # the clustered law's cluster probability is p/q1
+    D.Float(0, Q1, low_open=True).check("grid.p_unreliable", p_unreliable)
   if int(c.tuning.seed) == int(c.base.seed):
     raise ConfigError(
         f"tuning.seed={c.tuning.seed} is the evaluation seed (base.seed={c.base.seed}): the "
@@ -368,7 +371,6 @@ def points(c):
           add("tasks", task, "alie", mu_h, rule)
   if "groups" in blocks:
     for p_unreliable in as_list(c.grid.p_unreliable, float):
-      D.Float(0, Q1, low_open=True).check("grid.p_unreliable", p_unreliable)
       for task in ("synthetic",) + tuple(f"synthetic_shift{s:g}" for s in GROUP_SHIFTS):
         for mu_h in laws:
           for rule in _rules(rules, mu_h):

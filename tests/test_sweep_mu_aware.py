@@ -102,7 +102,7 @@ def test_the_groups_block_puts_the_distinct_group_on_the_unreliable_clients():
   from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
   c = study_mu_aware.get_config()
   pts = sweep_mu_aware.points(c)
-  assert {p.tags["block"] for p in pts} == {"groups", "tune"}
+  assert {p.tags["block"] for p in pts} == {"groups", "groups_prior", "tune"}
   assert {p.tags["task"] for p in pts} == {"synthetic", "synthetic_shift3", "synthetic_shift6"}
   trim = [p for p in pts if p.tags["rule"] == "posterior_trim"
           and p.tags["task"] == "synthetic_shift6" and p.tags["mu_H"] == "independent"]
