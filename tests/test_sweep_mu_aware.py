@@ -101,8 +101,12 @@ def test_the_groups_block_puts_the_distinct_group_on_the_unreliable_clients():
   from configs import study_mu_aware  # pylint: disable=g-import-not-at-top
   from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
   c = study_mu_aware.get_config()
+  assert tuple(c.grid.blocks) == ("groups", "groups_prior")
+  c.grid.blocks = ("groups",)
+  c.grid.mu_h = ("independent",)
+  c.grid.rules = ("trimmed_mean", "posterior_trim")
   pts = sweep_mu_aware.points(c)
-  assert {p.tags["block"] for p in pts} == {"groups", "groups_prior", "tune"}
+  assert {p.tags["block"] for p in pts} == {"groups", "tune"}
   assert {p.tags["task"] for p in pts} == {"synthetic", "synthetic_shift3", "synthetic_shift6"}
   trim = [p for p in pts if p.tags["rule"] == "posterior_trim"
           and p.tags["task"] == "synthetic_shift6" and p.tags["mu_H"] == "independent"]
@@ -125,6 +129,7 @@ def test_the_groups_block_varies_the_unreliable_clients_marginal_as_its_own_sett
   from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
   from fedjax_robust import honest_sets  # pylint: disable=g-import-not-at-top
   c = study_mu_aware.get_config()
+  c.grid.blocks = ("groups",)
   c.grid.p_unreliable = (0.5, 0.3)
   c.grid.rules = ("trimmed_mean", "posterior_trim")
   pts = sweep_mu_aware.points(c)
