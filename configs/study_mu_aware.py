@@ -10,7 +10,7 @@ q1 = 0.9: the unreliable clients fail together). Attack: ALIE.
 
 Rules: the classic trimmed mean, geometric median and NNM + trimmed mean (f tuned over 3, the
 declared 5 and the law's quantile), against the prior's posterior_filter, the trimmed mean at the
-prior's quantile f, and posterior_trim (the trimmed mean at the smallest t with posterior
+prior's quantile f, the geometric median weighted by reliability 1 − p_i, and posterior_trim (the trimmed mean at the smallest t with posterior
 P(b > t | x) ≤ 0.05: the expected bound minimized under a chance constraint,
 aggregators/prior_aware.py). What a wrong prior costs (block groups_prior, shift 6): the prior
 rules under the prior ×2, ×0.5, permuted (on the wrong clients) and absent. The report (fedjax_robust/report/sweeps/mu_aware.py) prints each
@@ -25,7 +25,7 @@ More rules or laws: --config.grid.rules, --config.grid.mu_h (graph), as in the s
 from configs import sweep_mu_aware
 
 RULES = ("trimmed_mean", "geometric_median", "nnm+trimmed_mean", "posterior_filter",
-         "trimmed_mean@quantile_f", "posterior_trim")
+         "trimmed_mean@quantile_f", "posterior_trim", "geometric_median@reliability")
 
 
 def get_config():
