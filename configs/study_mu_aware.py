@@ -10,12 +10,15 @@ q1 = 0.9: the unreliable clients fail together). Attack: ALIE.
 
 Rules: the classic trimmed mean, geometric median and NNM + trimmed mean (f tuned over 3, the
 declared 5 and the law's quantile), against the prior's posterior_filter, the trimmed mean at the
-prior's quantile f, the geometric median weighted by reliability 1 − p_i, and posterior_trim (the trimmed mean at the smallest t with posterior
-P(b > t | x) ≤ 0.05: the expected bound minimized under a chance constraint,
-aggregators/prior_aware.py). What a wrong prior costs (block groups_prior, shift 6): the prior
-rules under the prior ×2, ×0.5, permuted (on the wrong clients) and absent. The report (fedjax_robust/report/sweeps/mu_aware.py) prints each
-rule's paired difference in held-out honest accuracy from the tuned best classic rule, with its
-CI, in mu_aware_gains.csv and mu_aware_gains.png. About 15 minutes on 2 CPU cores:
+prior's quantile f, the geometric median weighted by reliability 1 − p_i, and posterior_trim
+(the trimmed mean at the smallest t with posterior P(b > t | x) ≤ 0.05: the expected bound
+minimized under a chance constraint, aggregators/prior_aware.py). What a wrong prior costs
+(block groups_prior, shift 6): the prior rules under the prior ×2, ×0.5, permuted (on the wrong
+clients) and absent. The report (fedjax_robust/report/sweeps/mu_aware.py) prints each rule's
+paired difference in held-out honest accuracy from the tuned best classic rule, and from the
+classic rule it modifies, with their CIs, in mu_aware_gains.csv and mu_aware_gains.png. About
+30 minutes on 2 CPU cores (the 121 points without the reliability-weighted median: about 25 min
+here); `--config.grid.p_unreliable=0.5,0.3` adds p = 0.3 (about 25 min more):
 
   python launch/sweep.py --config=configs/study_mu_aware.py --workdir=runs/study_mu_aware
 
