@@ -19,8 +19,9 @@ set of size n − f = 8 of largest final honest error 1 − accuracy (the headli
 honest-only baseline trains on every point's draws. The tables and expected_vs_worst.png set
 E[· | b = f] and E[· | b ≤ f] of each law against the worst case at b = f; the theory table
 puts the non-convex bound of every draw (its own b, G², B²; L estimated, see
-configs/theory_digits.py) beside the excess of ‖∇L_S‖² over the honest-only run. About 16 minutes on 2 CPU cores (12 min 30 s here
-for the 16 points of the first four placements, 3 min for the graph law's 4):
+configs/theory_digits.py) beside the excess of ‖∇L_S‖² over the honest-only run. About 16
+minutes on 2 CPU cores (12 min 30 s here for the 16 points of the first four placements, 3 min
+for the graph law's 4):
 
   python launch/sweep.py --config=configs/study_groups_digits.py --workdir=runs/study_groups_digits
 

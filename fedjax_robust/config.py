@@ -887,8 +887,11 @@ def _validate_worst_case(config, num_classes: int | None) -> None:
 
 
 # Options fixed per client index, which a round of sampled clients cannot use.
-_PER_CLIENT_OPTIONS = {"posterior_filter": ("prior_honest", "prior_coupling"),
-                       "posterior_trim": ("prior_honest", "prior_coupling"),
+# The rules that take the server's P(honest) per client (an option `prior_honest`, filled in
+# from the prior by `aggregator_options`): posterior_filter and the rules built on it.
+_POSTERIOR_RULES = tuple(name for name in aggregators.names()
+                         if "prior_honest" in aggregators.option_domains(name))
+_PER_CLIENT_OPTIONS = {**{name: ("prior_honest", "prior_coupling") for name in _POSTERIOR_RULES},
                        "cluster_aggregate": ("clusters",)}
 
 
@@ -1119,7 +1122,7 @@ def aggregator_options(config, law: Any = _COMPUTE) -> dict[str, dict[str, Any]]
   options = config.aggregator_options.to_dict()
   stages = [s.strip() for spec in aggregator_specs(config) for s in spec.split("+")]
   law = server_prior_spec(config) if law is _COMPUTE else law
-  for rule in ("posterior_filter", "posterior_trim"):  # the rules of the posterior P(honest)
+  for rule in _POSTERIOR_RULES:
     pf = options.get(rule, {})
     if law is None or not pf or rule not in stages:
       continue

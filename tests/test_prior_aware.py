@@ -275,6 +275,13 @@ def test_count_pmf_is_the_poisson_binomial_law(rng):
                              want, atol=1e-6)
 
 
+def test_posterior_trim_is_nan_on_a_prior_outside_zero_one(rng):
+  x = rng.normal(size=(7, 3)).astype(np.float32)
+  for bad in (1.5, np.nan):
+    prior = jnp.asarray([0.9] * 6 + [bad], jnp.float32)
+    assert np.all(np.isnan(ptrim(jnp.asarray(x), prior_honest=prior).value))
+
+
 def test_posterior_trim_refuses_a_delta_outside_its_domain():
   with pytest.raises(ConfigError, match=r"delta must be a float in \(0, 1\), got 1.5"):
     prior_aware.posterior_trim(jnp.ones((5, 2)), prior_honest=jnp.ones(5), delta=1.5)

@@ -28,6 +28,7 @@ import numpy as np
 
 from fedjax_robust.aggregators import base
 from fedjax_robust.aggregators import coordinatewise
+from fedjax_robust.aggregators import order_statistics
 from fedjax_robust.errors import ConfigError
 
 # σ ≈ 1.4826 · MAD for a normal sample (1 / Φ⁻¹(3/4)).
@@ -264,7 +265,7 @@ def trimmed_mean_at(updates: jax.Array, t: jax.Array) -> jax.Array:
   coordinate, t a traced int32 with 0 ≤ t < n/2 (coordinatewise.trimmed_mean takes a static f).
   NaN sorts last and −inf first, so up to t non-finite rows on each side never enter."""
   n = updates.shape[0]
-  ordered = jnp.sort(updates, axis=0)
+  ordered = order_statistics.sort_clients(updates)
   rank = jnp.arange(n)[:, None]
   keep = (rank >= t) & (rank < n - t)
   return jnp.sum(jnp.where(keep, ordered, 0.0), axis=0) / (n - 2 * t).astype(updates.dtype)
@@ -315,17 +316,16 @@ def posterior_trim(updates: jax.Array, *, prior_honest: jax.Array, delta: float 
   n, _ = base.check_updates(updates, "posterior_trim")
   if not (isinstance(delta, (int, float)) and 0 < delta < 1):
     raise ConfigError(f"posterior_trim: delta must be a float in (0, 1), got {delta!r}.")
-  post = posterior_filter(updates, prior_honest=prior_honest, iterations=iterations,
-                          faulty_scale=faulty_scale, coupling=coupling,
-                          mean_field_sweeps=mean_field_sweeps).posterior
-  tails = 1.0 - jnp.cumsum(count_pmf(1.0 - post))          # P(b > t | x), t = 0..n
+  filtered = posterior_filter(updates, prior_honest=prior_honest, iterations=iterations,
+                              faulty_scale=faulty_scale, coupling=coupling,
+                              mean_field_sweeps=mean_field_sweeps)
+  tails = 1.0 - jnp.cumsum(count_pmf(1.0 - filtered.posterior))   # P(b > t | x), t = 0..n
   t_max = (n - 1) // 2
   ok = tails[:t_max + 1] <= delta
   t = jnp.where(jnp.any(ok), jnp.argmax(ok), t_max).astype(jnp.int32)
-  prior = jnp.asarray(prior_honest)
-  valid = jnp.all((prior >= 0) & (prior <= 1))
-  value = trimmed_mean_at(updates, t)
-  return PosteriorTrim(jnp.where(valid, value, jnp.nan), t, tails[t])
+  # The filter's honest mass is NaN exactly where its prior is NaN or outside [0, 1].
+  value = jnp.where(jnp.isnan(filtered.honest_mass), jnp.nan, trimmed_mean_at(updates, t))
+  return PosteriorTrim(value, t, tails[t])
 
 
 def adaptive_trim(updates: jax.Array, *, max_f: int, gap_factor: float = 2.0) -> AdaptiveTrim:
