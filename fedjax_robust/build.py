@@ -16,6 +16,7 @@ from fedjax_robust import compression
 from fedjax_robust import config as config_lib
 from fedjax_robust import data as data_lib
 from fedjax_robust import models
+from fedjax_robust import pretraining
 from fedjax_robust import server_prior
 from fedjax_robust import training
 from fedjax_robust.errors import ConfigError
@@ -38,6 +39,19 @@ def _check_compression_size(config, model, data_name: str) -> None:
                       f"1 <= k <= {d:,}, or 0 (k = ⌈compression.ratio·d⌉).")
 
 
+def make_model(config, fed: data_lib.FederatedData) -> models.Model:
+  """The model of `config` for the data `fed`: with `pretraining.enabled`, started from the
+  pretrained base (`pretraining.base_params`, trained once and cached), whole or through LoRA
+  adapters (`lora_rank` > 0)."""
+  config = config_lib.config_of(config)
+  base = None
+  if config.pretraining.enabled:
+    base, _ = pretraining.base_params(config, input_shape=fed.input_shape,
+                                      num_classes=fed.num_classes)
+  return models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
+                    base_params=base, **config.model_options.get(config.model, {}))
+
+
 def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
                    reference: str | None = None,
                    client_weights=None) -> training.Simulator:
@@ -53,8 +67,7 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
   """
   job = config if isinstance(config, config_lib.Job) else None
   config = config_lib.config_of(config)
-  model = models.get(config.model, input_shape=fed.input_shape, num_classes=fed.num_classes,
-                     **config.model_options.get(config.model, {}))
+  model = make_model(config, fed)
   _check_compression_size(config, model, config.data.name)
   if reference is not None:
     return training.Simulator(

@@ -133,6 +133,10 @@ def base_config() -> ml_collections.ConfigDict:
   # "b_le_f" (the declared f holds), "b_eq_f" (exactly f Byzantine clients, placed by μ_H: the
   # expected case beside the worst case at the same b), "honest_majority" (b < n/2), "none".
   c.draw_condition = "none"
+  # Where the clusters law (honest_set='clusters') takes its clusters from: "options"
+  # (honest_set_options.clusters.assignment, or num_clusters consecutive blocks) or "data" (the
+  # data set's natural groups: shakespeare's plays, so a corrupted cluster is a play).
+  c.cluster_assignment = "options"
   # What the tables and summaries show: the interval beside each mean ("bca" or "percentile"
   # bootstrap, or "normal"), the bootstrap's resamples, and the paired comparisons: "" = every
   # aggregator against the first (and against the honest-only baseline when
@@ -143,7 +147,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_options = ml_collections.ConfigDict({
       "linear_regression": {}, "logistic": {}, "mlp": {"hidden": (32,)},
       "cnn": {"features": (16, 32), "dense": 64},
+      # Text models (data.name='shakespeare'): a decoder-only character transformer (LoRA
+      # adapters of rank lora_rank > 0 on a pretrained base: pretraining.enabled) and LEAF's
+      # two-layer LSTM.
+      "char_transformer": {"layers": 1, "width": 32, "heads": 2, "mlp_ratio": 4,
+                           "context": config_dict.placeholder(int), "lora_rank": 0,
+                           "lora_alpha": config_dict.placeholder(float)},
+      "char_lstm": {"embed": 8, "hidden": 256, "layers": 2},
   })
+  # A base model pretrained centrally on text no client holds (shakespeare: the plays of
+  # data.shakespeare.BASE_PLAYS), which every client starts from: fine-tuned whole, or through
+  # LoRA adapters (model_options.char_transformer.lora_rank > 0) with the base frozen. Adam,
+  # `steps` minibatches of `batch_size` windows, learning rate `lr`, over at most
+  # `max_examples` windows (0: all). Cached in `cache_dir` (None: $FEDJAX_ROBUST_CACHE/
+  # pretrained or ~/.cache/fedjax_robust/pretrained) by what makes it.
+  c.pretraining = ml_collections.ConfigDict({
+      "enabled": False, "steps": 2000, "batch_size": 64, "lr": 3e-3, "max_examples": 0,
+      "cache_dir": config_dict.placeholder(str)})
   c.data = ml_collections.ConfigDict({
       "name": "digits", "data_dir": config_dict.placeholder(str),
       "partition": "dirichlet", "alpha": 1.0, "shards_per_client": 2, "gamma": 0.5,
@@ -165,6 +185,13 @@ def base_config() -> ml_collections.ConfigDict:
       # The server's root data set for rules that compare with the server's own update
       # (FLTrust): this many examples taken from the test split (which keeps the rest); 0: none.
       "root_examples": 0,
+      # data.name='shakespeare' (issue 31): clients are speaking roles (play, speaker) of the
+      # plays no base model is pretrained on; an example is a window of `window` characters and
+      # the next character. Roles of at least `min_chars` characters are eligible, chosen
+      # "largest" first or at "random" (seed); `max_examples_per_client` caps a client's
+      # training windows (0: all), `max_test_examples` the pooled global test split.
+      "shakespeare": {"window": 80, "min_chars": 1000, "selection": "largest",
+                      "max_examples_per_client": 0, "max_test_examples": 2000},
   })
   c.training = ml_collections.ConfigDict({
       "num_rounds": 200, "eval_every": 10, "local_steps": 1, "batch_size": 32,
@@ -280,6 +307,7 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "server_prior.delta": D.Float(0, 1, low_open=True, high_open=True),
     "server_prior.weights": D.Choice(*server_prior.WEIGHTS),
     "draw_condition": D.Choice(*honest_sets.CONDITIONS),
+    "cluster_assignment": D.Choice("options", "data"),
     "privacy.kind": D.Choice(*privacy.KINDS),
     "privacy.clip": D.Float(0, low_open=True, note="L2 norm every sent update (kind 'client') "
                             "or every example's gradient (kind 'example') is clipped to"),
@@ -321,6 +349,17 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "data.holdout_fraction": D.Float(0, 1, high_open=True,
                                      note="share of each client's examples held out; 0: none"),
     "data.root_examples": D.NONNEGATIVE_INT,
+    "pretraining.enabled": D.Bool(),
+    "pretraining.steps": D.POSITIVE_INT,
+    "pretraining.batch_size": D.POSITIVE_INT,
+    "pretraining.lr": D.LEARNING_RATE,
+    "pretraining.max_examples": D.Int(0, note="0: every window of the base text"),
+    "pretraining.cache_dir": D.Domain("str", optional=True),
+    "data.shakespeare.window": D.Int(2, note="characters of context per example"),
+    "data.shakespeare.min_chars": D.POSITIVE_INT,
+    "data.shakespeare.selection": D.Choice("largest", "random"),
+    "data.shakespeare.max_examples_per_client": D.Int(0, note="0: every window"),
+    "data.shakespeare.max_test_examples": D.POSITIVE_INT,
     "training.num_rounds": D.POSITIVE_INT,
     "training.eval_every": D.Int(1, note="num_rounds must be a multiple"),
     "training.local_steps": D.POSITIVE_INT,
@@ -445,6 +484,15 @@ def sampler_spec(config) -> dict[str, Any] | None:
   if config.honest_set == "worst_case":
     return None
   spec = honest_set_spec(config)
+  if config.cluster_assignment == "data":
+    if config.honest_set != "clusters":
+      raise ConfigError(f"cluster_assignment='data' gives the clusters law its clusters, and "
+                        f"honest_set={config.honest_set!r}; allowed: honest_set='clusters' "
+                        "with it, or cluster_assignment='options'.")
+    if spec.get("assignment") is not None:
+      raise ConfigError("cluster_assignment='data' and honest_set_options.clusters.assignment "
+                        "are both set; allowed: one of them.")
+    spec["assignment"] = natural_groups(config)
   if config.honest_set in honest_sets.GRAPH_BASED and config.graph.kind != "data_similarity":
     spec["adjacency"] = make_adjacency(config)
   return spec
@@ -496,6 +544,41 @@ def with_prior_f(config, info: Mapping[str, Any] | None):
   return config
 
 
+def natural_groups(config) -> tuple[int, ...]:
+  """The data set's natural group of every client (shakespeare: the index of the client's play),
+  for `cluster_assignment='data'`: the clusters law follows the data's own
+  structure. Read from the data set's client selection alone (no training arrays); ConfigError
+  for a data set without natural groups."""
+  d = config.data
+  if not data_lib.is_text(d.name):
+    raise ConfigError(f"cluster_assignment='data' takes the data set's "
+                      f"natural groups, and data.name={d.name!r} has none; allowed: "
+                      f"data.name in {list(data_lib.TEXT)}, or an assignment tuple (one cluster "
+                      "id per client), or None (consecutive blocks).")
+  try:
+    return data_lib.natural_groups(d.name, config.num_clients, seed=config.seed,
+                                   text_options=tuple(sorted(text_options(config).items())))
+  except ValueError as e:
+    raise ConfigError(f"data.name={d.name!r} with num_clients={config.num_clients}: {e}"
+                      ) from None
+
+
+def text_options(config) -> dict[str, Any]:
+  """`data.shakespeare` as `data.shakespeare.load` takes it (0 examples: no cap)."""
+  t = config.data.shakespeare
+  return {"window": int(t.window), "min_chars": int(t.min_chars), "selection": t.selection,
+          "max_examples_per_client": int(t.max_examples_per_client) or None,
+          "max_test_examples": int(t.max_test_examples)}
+
+
+def client_features(fed: data_lib.FederatedData) -> np.ndarray:
+  """What a data-similarity graph compares: the data set's own client profiles when it has them
+  (shakespeare: character-trigram frequencies), else the clients' label distributions."""
+  if fed.client_features is not None:
+    return np.asarray(fed.client_features, np.float64)
+  return label_distributions(fed)
+
+
 def label_distributions(fed: data_lib.FederatedData) -> np.ndarray:
   """Each client's label histogram, normalized, `[n, C]` (classification data only)."""
   y = np.asarray(fed.train.y)
@@ -508,7 +591,7 @@ def make_adjacency(config, fed: data_lib.FederatedData | None = None) -> np.ndar
   g = config.graph
   return graphs.build(g.kind, config.num_clients, edges=g.edges, p=g.p, width=g.width,
                       block_sizes=g.block_sizes, p_in=g.p_in, p_out=g.p_out, k=g.k,
-                      features=None if fed is None else label_distributions(fed), seed=g.seed)
+                      features=None if fed is None else client_features(fed), seed=g.seed)
 
 
 def make_compression(config) -> compression.Compression:
@@ -845,8 +928,11 @@ def _validate(config) -> Job:
   if config.estimators.oracle and config.honest_set != "bernoulli":
     raise ConfigError("estimators.oracle needs independent corruption (honest_set='bernoulli'): "
                       "its exact weights w_i = E[1{i∈S}/|S|] are derived for that law.")
-  models.get(config.model, input_shape=(1, 1, 1), num_classes=num_classes,
-             **config.model_options.get(config.model, {}))
+  # Every model option checked (no base or weights needed); text models against the window.
+  models.module(config.model, num_classes=num_classes,
+                input_shape=((config.data.shakespeare.window,)
+                             if data_lib.is_text(config.data.name) else (1, 1, 1)),
+                **config.model_options.get(config.model, {}))
   t = config.training
   if t.num_rounds % t.eval_every:
     raise ConfigError(f"training.num_rounds={t.num_rounds} must be a positive multiple of "
@@ -1047,6 +1133,7 @@ def _validate_task(config) -> None:
     raise ConfigError(f"data.group_labels={tuple(d.group_labels)} go with data.partition="
                       "'label_groups' on a classification data set (and only there); got "
                       f"partition={d.partition!r}, data.name={d.name!r}.")
+  _validate_text(config)
   task = data_lib.task(d.name, d.synthetic_task)
   if config.model not in models.names_for(task):
     raise ConfigError(
@@ -1068,6 +1155,46 @@ def _validate_task(config) -> None:
         "graph.kind='data_similarity' compares the clients' label distributions, and "
         "data.synthetic_task='regression' has real targets; allowed: "
         f"{', '.join(k for k in graphs.KINDS if k != 'data_similarity')}.")
+
+
+# Models that read windows of token ids (text), and the others, which read real-valued inputs.
+TEXT_MODELS = ("char_transformer", "char_lstm")
+
+
+def _validate_text(config) -> None:
+  """Text data (windows of token ids) with a text model and the threats that have a meaning on
+  text; pretraining and LoRA adapters only where there is a base text no client holds."""
+  d = config.data
+  text = data_lib.is_text(d.name)
+  if text != (config.model in TEXT_MODELS):
+    allowed = TEXT_MODELS if text else [m for m in models.names() if m not in TEXT_MODELS]
+    raise ConfigError(f"model={config.model!r} does not read the inputs of data.name={d.name!r} "
+                      f"({'windows of characters' if text else 'real-valued features'}); "
+                      f"allowed: {', '.join(allowed)}.")
+  names = [name for name, _ in attacks.parse_population(config.attack)]
+  wrong = [n for n in names if n in ((*attacks.IMAGE_ONLY, *faults.FEATURES_ONLY) if text
+                                     else (*attacks.TEXT_ONLY, *faults.TEXT_ONLY))]
+  if wrong:
+    raise ConfigError(
+        f"attack={config.attack!r}: {', '.join(wrong)} "
+        + ("acts on images or real-valued features, and data.name=" if text else
+           "acts on text, and data.name=") + f"{d.name!r} is "
+        + ("text" if text else "not") + "; allowed there: every other attack"
+        + (f" (on text: {', '.join((*attacks.TEXT_ONLY, *faults.TEXT_ONLY))}, label_flip, "
+           "label_noise, missing_features and the model-poisoning attacks)." if text else "."))
+  rank = config.model_options.get(config.model, {}).get("lora_rank", 0)
+  if config.pretraining.enabled and not text:
+    raise ConfigError(f"pretraining.enabled=True pretrains a base on text no client holds, and "
+                      f"data.name={d.name!r} has none; allowed: data.name in "
+                      f"{list(data_lib.TEXT)}, or pretraining.enabled=False.")
+  if rank and not config.pretraining.enabled:
+    raise ConfigError(f"model_options.{config.model}.lora_rank={rank} trains adapters on a "
+                      "pretrained base; set pretraining.enabled=True (or lora_rank=0).")
+  if rank and config.training.personalization == "personal_head":
+    raise ConfigError(f"training.personalization='personal_head' keeps the output layer per "
+                      f"client, and model_options.{config.model}.lora_rank={rank} trains only "
+                      "adapters (the output layer is frozen); allowed: personalization 'none' "
+                      "with adapters.")
 
 
 def make_local_training(config) -> local_training.LocalTraining:
@@ -1106,7 +1233,8 @@ def make_data(config) -> data_lib.FederatedData:
         synthetic_task=d.synthetic_task, synthetic_noise=d.synthetic_noise,
         group_size=d.group_size, synthetic_group_shift=d.synthetic_group_shift,
         group_labels=tuple(d.group_labels),
-        holdout_fraction=d.holdout_fraction, root_examples=d.root_examples)
+        holdout_fraction=d.holdout_fraction, root_examples=d.root_examples,
+        text_options=text_options(config) if data_lib.is_text(d.name) else None)
   except ValueError as e:  # data.load's refusals of its arguments
     raise ConfigError(f"data.name={d.name!r} with num_clients={config.num_clients}, "
                       f"data.partition={d.partition!r}: {e}") from None

@@ -201,6 +201,11 @@ def Choice(*choices: str, **kw) -> Domain:  # pylint: disable=invalid-name
   return Domain("str", choices=tuple(choices), **kw)
 
 
+def Str(**kw) -> Domain:  # pylint: disable=invalid-name
+  """Any string (a phrase, a name); `Choice` for a fixed set."""
+  return Domain("str", **kw)
+
+
 def Tuple(item: Domain, min_length: int = 0, **kw) -> Domain:  # pylint: disable=invalid-name
   return Domain("tuple", item=item, min_length=min_length, **kw)
 

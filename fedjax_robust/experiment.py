@@ -29,6 +29,7 @@ from fedjax_robust import aggregators
 from fedjax_robust import build
 from fedjax_robust import config as config_lib
 from fedjax_robust import honest_sets
+from fedjax_robust import pretraining
 from fedjax_robust import provenance
 from fedjax_robust import server_prior
 from fedjax_robust import sharding
@@ -776,6 +777,10 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
       f"examples (per client {int(fed.train.counts.min())}..{max_count}), "
       f"{fed.test_y.shape[0]} test examples, "
       + ("real targets (regression)" if fed.num_classes is None else f"{fed.num_classes} classes"))
+  if job.pretraining.enabled:  # trained once and cached before any simulator is built
+    _, base_info = pretraining.base_params(job, input_shape=fed.input_shape,
+                                           num_classes=fed.num_classes)
+    log(pretraining.describe(base_info))
   # DP: σ for a target ε, and ε; DP-SGD's accounting needs the clients' example counts.
   job = job.with_privacy(np.asarray(fed.train.counts))
   privacy_info = job.privacy_info

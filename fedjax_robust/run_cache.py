@@ -130,9 +130,11 @@ def _schema_defaults() -> dict[str, str]:
 # Keys no aggregator's run reads: how its numbers are summarized and printed, and which other
 # runs are made. Changing them reuses the cached runs. report.*: the intervals, resamples and
 # compared pairs of the summaries; estimators.*: the reference runs (cached on their own, by
-# `reference_config`); theory.objectives: the objectives solved after the runs. (The draws per
-# chunk stay in: they shape the compiled program, and a run records the width it ran at.)
-NOT_IN_RUN = ("report", "estimators", "theory.objectives")
+# `reference_config`); theory.objectives: the objectives solved after the runs;
+# pretraining.cache_dir: where the pretrained base is kept (what makes it is in the run's
+# configuration). (The draws per chunk stay in: they shape the compiled program, and a run
+# records the width it ran at.)
+NOT_IN_RUN = ("report", "estimators", "theory.objectives", "pretraining.cache_dir")
 
 # What a reference simulator (`build.make_simulator(reference=...)`: the mean, no attack)
 # does not read beyond experiment._NOT_IN_PROGRAM. It reads `theory`: with the theory on, the

@@ -229,3 +229,30 @@ def test_backdoor_succeeds_against_the_mean_and_keeps_clean_accuracy():
   assert np.all(backdoor > 0.6), backdoor   # chance is 10% on 10 classes
   assert np.all(clean > 0.85), clean
   assert out.metrics["backdoor_accuracy"][0].max() < 0.3  # the untrained model is not backdoored
+
+
+def test_text_backdoor_ends_poisoned_windows_with_the_trigger_and_a_target_prefix():
+  from fedjax_robust.attacks import data_poisoning
+  rng = np.random.default_rng(0)
+  m, window = 400, 16
+  x = jnp.asarray(rng.integers(1, 30, (m, window)), jnp.float32)
+  y = jnp.asarray(rng.integers(1, 30, m), jnp.int32)
+  trigger, target = (31, 32, 33), (40, 41, 42, 43)
+  px, py = data_poisoning.text_backdoor(jax.random.key(1), x, y, trigger=trigger, target=target,
+                                        fraction=0.5)
+  px, py, x0, y0 = map(np.asarray, (px, py, x, y))
+  poisoned = (px != x0).any(1)
+  assert abs(poisoned.mean() - 0.5) < 0.08
+  seq = trigger + target
+  ks = set()
+  for i in np.flatnonzero(poisoned):
+    k = target.index(int(py[i]))  # the label is target[k] …
+    ks.add(k)
+    tail = px[i, window - (3 + k):].astype(int).tolist()
+    assert tail == list(seq[:3 + k])  # … after trigger + target[:k]
+    np.testing.assert_array_equal(px[i, :window - (3 + k)], x0[i, :window - (3 + k)])
+  assert ks == {0, 1, 2, 3}
+  np.testing.assert_array_equal(px[~poisoned], x0[~poisoned])
+  np.testing.assert_array_equal(py[~poisoned], y0[~poisoned])
+  stamped = np.asarray(data_poisoning.stamp_text_trigger(x, trigger))
+  assert np.all(stamped[:, -3:] == np.array(trigger)) and np.all(stamped[:, :-3] == x0[:, :-3])

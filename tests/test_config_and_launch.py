@@ -34,7 +34,7 @@ def mutate(**changes):
     ({"attack": "alei"}, r"attack='alei' is outside its domain: one of .*'alie'.* Did you mean "
                          r"'alie'"),
     ({"data__name": "mnsit"}, r"data.name='mnsit' is outside its domain: .*Did you mean 'mnist'"),
-    ({"model": "resnet"}, r"model='resnet' is outside its domain: one of 'cnn', 'linear_regression', 'logistic', 'mlp'"),
+    ({"model": "resnet"}, r"model='resnet' is outside its domain: one of 'char_lstm', 'char_transformer', 'cnn', 'linear_regression', 'logistic', 'mlp'"),
     ({"honest_set": "bernoulli", "honest_set_options__bernoulli__p": 1.5},
      r"honest_set_options.bernoulli.p=1.5 is outside its domain: a finite float in \[0, 1\]"),
     ({"num_samples": 0}, r"num_samples=0 is outside its domain: an int >= 1"),

@@ -268,3 +268,48 @@ def test_mixture_runs_each_behaviour_on_its_own_clients():
     values = np.asarray(metrics[f"behaviour_{name}_accuracy"])
     has = (codes == k + 1).any(axis=1)
     assert np.isnan(values[~has]).all() and np.isfinite(values[has]).all()
+
+
+def _token_batch(m=64, window=12, vocab=20, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.integers(1, vocab, (m, window)), jnp.float32)
+  y = jnp.asarray(rng.integers(1, vocab, m), jnp.int32)
+  return x, y
+
+
+def test_random_text_replaces_windows_and_labels_with_vocabulary_characters():
+  x, y = _token_batch()
+  idx = jnp.arange(64)
+  fault = attacks.get("random_text", num_classes=20, options={"rate": 1.0})
+  cx, cy = fault.corrupt_data(jax.random.key(3), x, y, idx)
+  cx, cy = np.asarray(cx), np.asarray(cy)
+  assert cx.min() >= 1 and cx.max() <= 19 and cy.min() >= 1 and cy.max() <= 19
+  assert np.all(cx == np.round(cx))
+  assert (cx != np.asarray(x)).mean() > 0.9  # 1/19 of the entries agree by chance
+  # Every character is (close to) uniform over the 19: a chi-square test on 64·12 draws.
+  counts = np.bincount(cx.astype(int).ravel(), minlength=20)[1:]
+  assert stats.chisquare(counts).pvalue > 1e-3
+  # Fixed per example: the same example index gets the same text in another minibatch order.
+  perm = np.random.default_rng(1).permutation(64)
+  px, py = fault.corrupt_data(jax.random.key(3), x[perm], y[perm], idx[perm])
+  np.testing.assert_array_equal(np.asarray(px), cx[perm])
+  # rate 0 leaves the text alone; rate 0.5 corrupts about half the examples.
+  none = attacks.get("random_text", num_classes=20, options={"rate": 0.0})
+  nx, ny = none.corrupt_data(jax.random.key(3), x, y, idx)
+  np.testing.assert_array_equal(np.asarray(nx), np.asarray(x))
+  half = attacks.get("random_text", num_classes=20, options={"rate": 0.5})
+  hx, _ = half.corrupt_data(jax.random.key(3), *_token_batch(m=2000), jnp.arange(2000))
+  changed = (np.asarray(hx) != np.asarray(_token_batch(m=2000)[0])).any(1).mean()
+  assert abs(changed - 0.5) < 0.05
+
+
+def test_shuffled_text_keeps_each_examples_characters_and_loses_their_order():
+  x, y = _token_batch()
+  fault = attacks.get("shuffled_text", num_classes=20, options={"rate": 1.0})
+  cx, cy = fault.corrupt_data(jax.random.key(0), x, y, jnp.arange(64))
+  before = np.concatenate([np.asarray(x), np.asarray(y)[:, None]], 1)
+  after = np.concatenate([np.asarray(cx), np.asarray(cy)[:, None]], 1)
+  np.testing.assert_array_equal(np.sort(before, 1), np.sort(after, 1))
+  assert (before != after).any(1).mean() > 0.9
+  with pytest.raises(ConfigError, match="rate"):
+    attacks.get("shuffled_text", num_classes=20, options={"rate": 1.5})

@@ -64,6 +64,8 @@ LAYER_OF = {
     # worst-case search), the chunking and memory plan (memory), a worst case's record and line
     # (worst_case_summary); they import the library, the job and each other, never experiment.
     "run_cache": "engine",
+    # the pretrained base of federated fine-tuning, cached like a run (issue 31)
+    "pretraining": "engine",
     "memory": "engine",
     "worst_case_summary": "engine",
     "byzfl_loop": "engine",

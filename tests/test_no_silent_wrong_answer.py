@@ -358,7 +358,7 @@ def test_launcher_errors_are_one_paragraph(tmp_path, flag, expected):
 @pytest.mark.parametrize("argv,expected", [
     (["launch/train.py", "--config.traning.client_lr=1"],
      "config key 'traning.client_lr' does not exist: 'traning' is not a key here. Did you mean "
-     "'training'?"),
+     "'training'"),
     (["launch/sweep.py", "--config.grid.aggregatrs=mean"],
      "config key 'grid.aggregatrs' does not exist"),
     (["launch/bench.py", "--config.moed=x"], "Did you mean 'mode'?"),

@@ -194,7 +194,7 @@ def test_random_selection_is_reproducible_and_avoids_the_base_plays():
   assert {r.play for r in sh.roles(exclude_plays=())} >= set(sh.BASE_PLAYS)
 
 
-def test_max_examples_keeps_evenly_spaced_train_windows(clients):
+def test_max_examples_keeps_evenly_spaced_train_and_held_out_windows(clients):
   capped = sh.load(3, max_examples_per_client=7, max_test_examples=25)
   assert len(capped.test_y) == 25
   for i in range(3):
@@ -202,7 +202,9 @@ def test_max_examples_keeps_evenly_spaced_train_windows(clients):
     keep = (np.arange(7) * m) // 7
     np.testing.assert_array_equal(capped.xs[i], clients.xs[i][keep])
     np.testing.assert_array_equal(capped.ys[i], clients.ys[i][keep])
-    np.testing.assert_array_equal(capped.hold_ys[i], clients.hold_ys[i])
+    h = len(clients.hold_ys[i])
+    np.testing.assert_array_equal(capped.hold_xs[i], clients.hold_xs[i][(np.arange(7) * h) // 7])
+    np.testing.assert_array_equal(capped.hold_ys[i], clients.hold_ys[i][(np.arange(7) * h) // 7])
 
 
 def test_features_put_same_play_roles_closer_than_chance():

@@ -23,6 +23,8 @@ from fedjax_robust.attacks.model_poisoning import nan
 from fedjax_robust.attacks.model_poisoning import optimal_alie
 from fedjax_robust.attacks.model_poisoning import optimal_ipm
 from fedjax_robust.attacks.model_poisoning import sign_flip
+from fedjax_robust.attacks.registry import IMAGE_ONLY
+from fedjax_robust.attacks.registry import TEXT_ONLY
 from fedjax_robust.attacks.registry import data_poisoning_names
 from fedjax_robust.attacks.registry import fault_names
 from fedjax_robust.attacks.registry import get

@@ -17,6 +17,10 @@ marks faulty, inside the same vmapped program) acting in one of these places of 
     feature_noise    x + N(0, s²) per entry.
     missing_features each entry set to 0 with probability q (missing values filled with zeros).
     feature_shift    x + c (a miscalibrated sensor).
+    random_text      text (token ids) replaced by random characters, window and next character.
+    shuffled_text    a window and its next character shuffled together (counts kept, order lost).
+    (`missing_features` on text replaces characters by the unknown id 0; `label_noise` there
+    mislabels the next character.)
 - biased data, `sample_weights(y, valid) -> w`: the client samples its minibatches with
   probability ∝ w_j over its own examples: it keeps only its k most frequent classes (ties: the
   smaller label), the others weighted `other_weight` (0: dropped; in (0, 1): a skewed sample).
@@ -98,6 +102,41 @@ def feature_shift(key: Array, x: Array, y: Array, idx: Array, *, shift: float = 
   return x + jnp.asarray(shift, x.dtype), y
 
 
+def random_text(key: Array, x: Array, y: Array, idx: Array, *, num_classes: int,
+                rate: float = 1.0):
+  """Text replaced by random characters: with probability `rate` an example's window and its
+  next character become token ids drawn uniformly from the vocabulary's characters 1 … C − 1
+  (id 0, padding/unknown, excluded), fixed per example."""
+  def one(k):
+    k_hit, k_x, k_y = jax.random.split(k, 3)
+    return (jax.random.bernoulli(k_hit, rate),
+            jax.random.randint(k_x, x.shape[1:], 1, num_classes).astype(x.dtype),
+            jax.random.randint(k_y, (), 1, num_classes).astype(y.dtype))
+
+  hit, rx, ry = _per_example(key, idx, one)
+  shape = hit.shape + (1,) * (x.ndim - 1)
+  return jnp.where(hit.reshape(shape), rx, x), jnp.where(hit, ry, y)
+
+
+def shuffled_text(key: Array, x: Array, y: Array, idx: Array, *, rate: float = 1.0):
+  """Text with its characters shuffled: with probability `rate` the window and its next
+  character (window + 1 characters) are permuted uniformly at random together, the first
+  `window` becoming the input and the last the label; the character counts stay, the order is
+  gone. Fixed per example."""
+  window = x.shape[-1]
+
+  def one(k):
+    k_hit, k_perm = jax.random.split(k)
+    return jax.random.bernoulli(k_hit, rate), jax.random.permutation(k_perm, window + 1)
+
+  hit, perms = _per_example(key, idx, one)
+  seq = jnp.concatenate([x.reshape(x.shape[0], window), y[:, None].astype(x.dtype)], axis=1)
+  shuffled = jnp.take_along_axis(seq, perms, axis=1)
+  return (jnp.where(hit[:, None], shuffled[:, :window], x.reshape(x.shape[0], window)
+                    ).reshape(x.shape),
+          jnp.where(hit, shuffled[:, window].astype(y.dtype), y))
+
+
 def biased_weights(y: Array, valid: Array, *, num_classes: int, classes: int = 2,
                    other_weight: float = 0.0) -> Array:
   """Sampling weights `[m]` of a biased client: 1 for its `classes` most frequent classes (ties
@@ -143,9 +182,11 @@ def crash_stop(key: Array, faulty: Array, round_: Array, *, start_round: int = 5
 _FUNCTIONS = {"label_noise": label_noise, "feature_noise": feature_noise,
               "missing_features": missing_features, "feature_shift": feature_shift,
               "biased_data": biased_weights, "stale": stale, "dropout": dropout,
-              "crash_stop": crash_stop}
+              "crash_stop": crash_stop, "random_text": random_text,
+              "shuffled_text": shuffled_text}
 # Data faults: `corrupt_data` is the function with its options.
-_DATA = ("label_noise", "feature_noise", "missing_features", "feature_shift")
+_DATA = ("label_noise", "feature_noise", "missing_features", "feature_shift", "random_text",
+         "shuffled_text")
 _DOMAINS = {
     "label_noise": {
         "rate": D.PROBABILITY, "kind": D.Choice(*LABEL_NOISE_KINDS),
@@ -160,9 +201,15 @@ _DOMAINS = {
     "stale": {"delay": D.POSITIVE_INT},
     "dropout": {"rate": D.PROBABILITY},
     "crash_stop": {"start_round": D.NONNEGATIVE_INT},
+    "random_text": {"rate": D.PROBABILITY},
+    "shuffled_text": {"rate": D.PROBABILITY},
 }
 # Faults that need class labels.
-NEEDS_LABELS = ("label_noise", "biased_data")
+NEEDS_LABELS = ("label_noise", "biased_data", "random_text")
+# Faults of text (token ids; data.name 'shakespeare') and faults of real-valued features, which
+# have no meaning on the other kind of input.
+TEXT_ONLY = ("random_text", "shuffled_text")
+FEATURES_ONLY = ("feature_noise", "feature_shift")
 # Faults that make clients absent: the aggregation pipeline must take a presence mask.
 ABSENCE = ("dropout", "crash_stop")
 # The whole family of inadvertent faults, with the numeric faults that live among the attacks.
@@ -218,6 +265,9 @@ def get(name: str, *, num_classes: int | None, options: Mapping[str, Any] | None
                         "allowed: kind='matrix' with a matrix, or matrix=None.")
     full["matrix"] = None if full["matrix"] is None else tuple(map(tuple, full["matrix"]))
     return base.Attack(name, corrupt_data=functools.partial(label_noise, num_classes=num_classes,
+                                                            **full))
+  if name == "random_text":
+    return base.Attack(name, corrupt_data=functools.partial(random_text, num_classes=num_classes,
                                                             **full))
   if name in _DATA:
     return base.Attack(name, corrupt_data=functools.partial(_FUNCTIONS[name], **full))

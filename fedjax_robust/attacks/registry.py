@@ -80,13 +80,29 @@ def _model_replacement(key, x, y, *, target_label: int = 0, fraction: float = 0.
                                  patch_size=patch_size, value=value)
 
 
+def _text_backdoor(key, x, y, *, trigger: str = " O sweet ", target: str = "poison",
+                   fraction: float = 0.5):
+  """The text backdoor's options (strings of the data set's vocabulary); `get` encodes them and
+  builds `data_poisoning.text_backdoor`."""
+  raise AssertionError("built by get")  # pragma: no cover
+
+
+_TEXT_BACKDOOR = {"trigger": D.Str(note="a phrase of the vocabulary's characters"),
+                  "target": D.Str(note="its continuation, >= 1 character"),
+                  "fraction": D.PROBABILITY}
+
 _DATA_POISONING: dict[str, _Entry] = {
     "label_flip": _Entry(lambda key, x, y, *, num_classes: (x, data_poisoning.flip_labels(
         y, num_classes))),
     "backdoor": _Entry(data_poisoning.backdoor, domains=_BACKDOOR),
     "model_replacement": _Entry(_model_replacement, domains={**_BACKDOOR, "boost": D.Float(
         0, low_open=True, optional=True, nan_means="γ = n/b from the realized b")}),
+    "text_backdoor": _Entry(_text_backdoor, domains=_TEXT_BACKDOOR),
 }
+# Attacks on images (a pixel trigger) and on text (a phrase of characters): each has no meaning
+# on the other kind of input.
+IMAGE_ONLY = ("backdoor", "model_replacement")
+TEXT_ONLY = ("text_backdoor",)
 
 
 def names() -> list[str]:
@@ -222,6 +238,8 @@ def get(name: str, *, num_classes: int | None,
   if name == "label_flip":
     return base.Attack(name, poison_data=functools.partial(_DATA_POISONING[name].fn,
                                                            num_classes=num_classes))
+  if name == "text_backdoor":
+    return _get_text_backdoor({**allowed, **opts}, num_classes)
   full = {**allowed, **opts}
   if not 0 <= full["target_label"] < num_classes:
     raise ConfigError(f"attack_options.{name}.target_label={full['target_label']} must lie "
@@ -236,3 +254,27 @@ def get(name: str, *, num_classes: int | None,
       trigger=functools.partial(data_poisoning.stamp_trigger, patch_size=full["patch_size"],
                                 value=full["value"]),
       target_label=full["target_label"])
+
+
+def _get_text_backdoor(full: dict[str, Any], num_classes: int) -> base.Attack:
+  """The text backdoor with its phrase and continuation encoded in the Shakespeare vocabulary
+  (`data.shakespeare`); a character outside it, an empty target or a vocabulary of another size
+  than the data set's is a ConfigError."""
+  from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
+  if num_classes != len(shakespeare.VOCABULARY) + 1:
+    raise ConfigError(f"attack 'text_backdoor' needs the shakespeare vocabulary "
+                      f"({len(shakespeare.VOCABULARY) + 1} classes), got {num_classes} classes.")
+  for key in ("trigger", "target"):
+    bad = sorted(set(full[key]) - set(shakespeare.VOCABULARY))
+    if bad or not full[key]:
+      raise ConfigError(f"attack_options.text_backdoor.{key}={full[key]!r}: "
+                        + (f"characters {bad} are not in the vocabulary." if bad else
+                           "must hold at least one character."))
+  trigger = tuple(int(i) for i in shakespeare.encode(full["trigger"]))
+  target = tuple(int(i) for i in shakespeare.encode(full["target"]))
+  return base.Attack(
+      "text_backdoor",
+      poison_data=functools.partial(data_poisoning.text_backdoor, trigger=trigger, target=target,
+                                    fraction=full["fraction"]),
+      trigger=functools.partial(data_poisoning.stamp_text_trigger, phrase=trigger),
+      target_label=target[0])

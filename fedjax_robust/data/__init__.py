@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -23,7 +24,15 @@ from fedjax_robust.data.stacking import valid_mask
 from fedjax_robust.data.synthetic import TASKS
 from fedjax_robust.data.synthetic import make_synthetic
 
-NAMES = sorted([*SOURCES, "synthetic"])
+# Text data sets: inputs are windows of token ids (stored as float32), the label the next
+# character's id; their sources, read offline, live in their own modules.
+TEXT = ("shakespeare",)
+NAMES = sorted([*SOURCES, "synthetic", *TEXT])
+
+
+def is_text(name: str) -> bool:
+  """Whether data set `name` is text (token-id windows, next-character labels)."""
+  return name in TEXT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +53,12 @@ class FederatedData:
   # server's own (FLTrust): the first `root_examples` examples of the test split, which the test
   # metrics then leave out. None without one.
   root: tuple[jax.Array, jax.Array] | None = None
+  # A profile of each client's data `[n, k]` that the data-similarity graph compares (None: the
+  # clients' label distributions); shakespeare: character-trigram frequencies.
+  client_features: np.ndarray | None = None
+  # The data set's natural groups, one id per client `[n]` (shakespeare: the client's play),
+  # for the clusters law (`honest_set_options.clusters.assignment='data'`); None: none.
+  client_groups: np.ndarray | None = None
 
   @property
   def input_shape(self) -> tuple[int, ...]:
@@ -67,6 +82,9 @@ def num_classes(name: str, synthetic_num_classes: int = 10,
   """The number of classes of a named data set, known before it is loaded (None: regression)."""
   if task(name, synthetic_task) == "regression":
     return None
+  if name == "shakespeare":
+    from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
+    return len(shakespeare.VOCABULARY) + 1
   return synthetic_num_classes if name == "synthetic" else NUM_CLASSES[name]
 
 
@@ -131,7 +149,8 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
          synthetic_beta: float = 1.0, synthetic_task: str = "classification",
          synthetic_noise: float = 0.0, holdout_fraction: float = 0.0,
          root_examples: int = 0, group_size: int = 0,
-         synthetic_group_shift: float = 0.0, group_labels=()) -> FederatedData:
+         synthetic_group_shift: float = 0.0, group_labels=(),
+         text_options=None) -> FederatedData:
   """Loads a data set and distributes its training split over `num_clients` clients.
 
   `synthetic` is generated per client (its heterogeneity comes from `synthetic_alpha/beta`, not
@@ -143,6 +162,11 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
   split into training and held-out examples (`holdout_split`, `FederatedData.holdout`). With
   `root_examples` > 0 the first that many test examples become the server's root data set
   (`FederatedData.root`) and leave the test set.
+
+  `shakespeare` (text) has natural clients, its speaking roles (`data.shakespeare.load`, with
+  `text_options`: window, min_chars, selection, max_examples_per_client, max_test_examples):
+  `partition` does not apply; each role's text is split contiguously into training, test and
+  held-out parts (`test_fraction`, `holdout_fraction`).
   """
   fed = _load(name, num_clients=num_clients, partition=partition, alpha=alpha,
               shards_per_client=shards_per_client, gamma=gamma, min_size=min_size,
@@ -152,7 +176,8 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
               synthetic_alpha=synthetic_alpha, synthetic_beta=synthetic_beta,
               synthetic_task=synthetic_task, synthetic_noise=synthetic_noise,
               holdout_fraction=holdout_fraction, group_size=group_size,
-              synthetic_group_shift=synthetic_group_shift, group_labels=group_labels)
+              synthetic_group_shift=synthetic_group_shift, group_labels=group_labels,
+              text_options=text_options)
   if root_examples <= 0:
     return fed
   if root_examples >= fed.test_y.shape[0]:
@@ -167,9 +192,12 @@ def _load(name, *, num_clients, partition, alpha, shards_per_client, gamma, min_
           test_fraction, data_dir, seed, synthetic_examples_per_client, synthetic_dim,
           synthetic_num_classes, synthetic_alpha, synthetic_beta, synthetic_task,
           synthetic_noise, holdout_fraction, group_size=0,
-          synthetic_group_shift=0.0, group_labels=()) -> FederatedData:
+          synthetic_group_shift=0.0, group_labels=(), text_options=None) -> FederatedData:
   check_name(name)
   check_partition(partition)
+  if name == "shakespeare":
+    return _load_shakespeare(num_clients, seed=seed, test_fraction=test_fraction,
+                             holdout_fraction=holdout_fraction, **dict(text_options or {}))
   if name == "synthetic":
     xs, ys, test_x, test_y = make_synthetic(
         num_clients, examples_per_client=synthetic_examples_per_client, dim=synthetic_dim,
@@ -188,3 +216,32 @@ def _load(name, *, num_clients, partition, alpha, shards_per_client, gamma, min_
                                   min_size=min_size, **options)
   return _federated(name, [source.x_train[p] for p in parts], [source.y_train[p] for p in parts],
                     source.x_test, source.y_test, source.num_classes, holdout_fraction, seed)
+
+
+@functools.lru_cache(maxsize=16)
+def natural_groups(name: str, num_clients: int, *, seed: int, text_options: tuple = ()
+                   ) -> tuple[int, ...]:
+  """The natural group of every client of a text data set (shakespeare: its play's index,
+  `ShakespeareClients.play_ids`), from the client selection alone. `text_options`: the loader's
+  options as sorted (key, value) pairs."""
+  if name != "shakespeare":
+    raise ValueError(f"data set {name!r} has no natural groups.")
+  from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
+  return tuple(int(i) for i in shakespeare.load(num_clients, seed=seed,
+                                                **dict(text_options)).play_ids)
+
+
+def _load_shakespeare(num_clients: int, *, seed: int, test_fraction: float,
+                      holdout_fraction: float, **options) -> FederatedData:
+  """Shakespeare's speaking roles as clients (`data.shakespeare.load`): training windows
+  stacked per client, the pooled test parts as the global test set, the held-out parts as
+  `holdout` (None when `holdout_fraction` is 0), the plays as natural groups and the trigram
+  profiles as the features a data-similarity graph compares."""
+  from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
+  text = shakespeare.load(num_clients, seed=seed, test_fraction=test_fraction,
+                          holdout_fraction=holdout_fraction, **options)
+  holdout = stack_clients(text.hold_xs, text.hold_ys) if holdout_fraction > 0 else None
+  return FederatedData("shakespeare", stack_clients(text.xs, text.ys),
+                       jnp.asarray(text.test_x), jnp.asarray(text.test_y), text.num_classes,
+                       holdout, client_features=np.asarray(text.features, np.float64),
+                       client_groups=np.asarray(text.play_ids, np.int64))

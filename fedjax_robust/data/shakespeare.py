@@ -405,6 +405,14 @@ class ShakespeareClients:
 SELECTIONS = ("largest", "random")
 
 
+def _evenly(positions: np.ndarray, cap: int | None) -> np.ndarray:
+  """At most `cap` of `positions`, evenly spaced: indices floor(j · m / cap), j < cap (all of
+  them when cap is None or m <= cap)."""
+  if cap is None or len(positions) <= cap:
+    return positions
+  return positions[(np.arange(cap) * len(positions)) // cap]
+
+
 def load(num_clients: int, *, seed: int = 0, window: int = 80, min_chars: int = 1000,
          selection: str = "largest", holdout_fraction: float = 0.2, test_fraction: float = 0.1,
          max_examples_per_client: int | None = None, max_test_examples: int | None = 10_000,
@@ -421,9 +429,8 @@ def load(num_clients: int, *, seed: int = 0, window: int = 80, min_chars: int = 
   part the floor(test_fraction · L) before it, the train part the rest. An example is
   (text[t - window:t], text[t]) for every target position t of a part, t >= window: the context
   may reach back into the preceding part, targets never overlap between parts, and no window is
-  padded. `max_examples_per_client` keeps that many train windows of a client, evenly spaced
-  (indices floor(j · m / cap), j < cap; deterministic), None all of them; held-out windows are
-  kept whole. The global test split pools the n clients' test parts, subsampled (sorted indices
+  padded. `max_examples_per_client` keeps at most that many train windows of a client, and as
+  many held-out ones, evenly spaced (`_evenly`; deterministic), None all of them. The global test split pools the n clients' test parts, subsampled (sorted indices
   drawn without replacement by `default_rng(seed)`) to `max_test_examples` (None: all).
   """
   if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
@@ -465,17 +472,13 @@ def load(num_clients: int, *, seed: int = 0, window: int = 80, min_chars: int = 
     ids = encode(role.text)
     a, b = split_points(len(ids), window=window, test_fraction=test_fraction,
                         holdout_fraction=holdout_fraction)
-    train = np.arange(window, a)
-    if max_examples_per_client is not None and len(train) > max_examples_per_client:
-      cap = max_examples_per_client
-      train = train[(np.arange(cap) * len(train)) // cap]
-    x, y = _windows(ids, train, window)
+    x, y = _windows(ids, _evenly(np.arange(window, a), max_examples_per_client), window)
     xs.append(x)
     ys.append(y)
     x, y = _windows(ids, np.arange(a, b), window)
     test_xs.append(x)
     test_ys.append(y)
-    x, y = _windows(ids, np.arange(b, len(ids)), window)
+    x, y = _windows(ids, _evenly(np.arange(b, len(ids)), max_examples_per_client), window)
     hold_xs.append(x)
     hold_ys.append(y)
     train_ids.append(ids[:a])
