@@ -316,3 +316,73 @@ def test_a_distinct_group_is_refused_where_it_would_mean_nothing(values, message
     c[section][key] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(c)
+
+
+def _text(**changes):
+  """text_config (shakespeare, a tiny char_transformer) with `changes` (dotted by '__')."""
+  from text_config import get_config  # pylint: disable=g-import-not-at-top
+  c = get_config()
+  for dotted, value in changes.items():
+    *path, leaf = dotted.split("__")
+    node = c
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize("make,match", [
+    # Adapters need a base; a base needs text no client holds.
+    (lambda: _text(pretraining__enabled=False,
+                   model_options__char_transformer__lora_rank=2),
+     r"model_options.char_transformer.lora_rank=2 trains adapters on a pretrained base; set "
+     r"pretraining.enabled=True"),
+    (lambda: mutate(pretraining__enabled=True),
+     r"pretraining.enabled=True pretrains a base on text no client holds, and "
+     r"data.name='digits' has none; allowed: data.name in \['shakespeare'\]"),
+    # Text models read token ids, the others real-valued features.
+    (lambda: mutate(model="char_transformer"),
+     r"model='char_transformer' does not read the inputs of data.name='digits' \(real-valued "
+     r"features\); allowed: .*logistic"),
+    (lambda: _text(model="mlp"),
+     r"model='mlp' does not read the inputs of data.name='shakespeare' \(windows of "
+     r"characters\); allowed: char_transformer, char_lstm"),
+    # Threats have their kind of input.
+    (lambda: _text(attack="backdoor"),
+     r"attack='backdoor': backdoor acts on images or real-valued features, and "
+     r"data.name='shakespeare' is text; allowed there: .*text_backdoor"),
+    (lambda: mutate(attack="text_backdoor"),
+     r"attack='text_backdoor': text_backdoor acts on text, and data.name='digits' is not"),
+    (lambda: mutate(attack="random_text"),
+     r"attack='random_text': random_text acts on text, and data.name='digits' is not"),
+    (lambda: mutate(attack="label_noise:0.5,shuffled_text:0.5"),
+     r"shuffled_text acts on text, and data.name='digits' is not"),
+    # The clusters law from the data's own groups: on text, and only for that law.
+    (lambda: mutate(honest_set="clusters", cluster_assignment="data"),
+     r"cluster_assignment='data' takes the data set's natural groups, and data.name='digits' "
+     r"has none; allowed: data.name in \['shakespeare'\]"),
+    (lambda: _text(honest_set="bernoulli", cluster_assignment="data"),
+     r"cluster_assignment='data' gives the clusters law its clusters, and "
+     r"honest_set='bernoulli'; allowed: honest_set='clusters'"),
+    (lambda: _text(honest_set="clusters", cluster_assignment="data",
+                   honest_set_options__clusters__assignment=(0, 0, 1, 1)),
+     r"cluster_assignment='data' and honest_set_options.clusters.assignment are both set"),
+    # A trigger is a phrase of the vocabulary's characters.
+    (lambda: _text(attack="text_backdoor", attack_options__text_backdoor__trigger="O sweet §"),
+     r"attack_options.text_backdoor.trigger='O sweet §': characters \['§'\] are not in the "
+     r"vocabulary"),
+    (lambda: _text(attack="text_backdoor", attack_options__text_backdoor__target=""),
+     r"attack_options.text_backdoor.target='': must hold at least one character"),
+])
+def test_text_settings_are_refused_where_they_mean_nothing(make, match):
+  with pytest.raises(ConfigError, match=match):
+    config_lib.resolve(make())
+
+
+def test_the_text_settings_of_a_tiny_shakespeare_job_are_accepted():
+  # The refusals' boundaries: each text threat and LoRA on a base, on shakespeare.
+  for changes in [{"attack": "text_backdoor"}, {"attack": "random_text"},
+                  {"attack": "shuffled_text"}, {"attack": "label_flip"},
+                  {"model_options__char_transformer__lora_rank": 2},
+                  {"model": "char_lstm", "pretraining__enabled": False}]:
+    config_lib.resolve(_text(**changes))

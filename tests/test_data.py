@@ -185,3 +185,70 @@ def test_unknown_data_set_and_partition():
     data.load("mnsit", num_clients=4)
   with pytest.raises(ValueError, match=r"unknown partition 'dirichlett'"):
     data.load("digits", num_clients=4, partition="dirichlett")
+
+
+# shakespeare (issue 31): speaking roles as clients, plays as natural groups, trigram profiles.
+
+_TEXT = {"window": 16, "min_chars": 1000, "selection": "largest", "max_examples_per_client": 50,
+         "max_test_examples": 100}
+
+
+@pytest.mark.parametrize("holdout_fraction", [0.0, 0.2])
+def test_shakespeare_loads_the_roles_as_clients(holdout_fraction):
+  from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
+  fed = data.load("shakespeare", num_clients=6, test_fraction=0.1, seed=0,
+                  holdout_fraction=holdout_fraction, text_options=_TEXT)
+  text = shakespeare.load(6, seed=0, test_fraction=0.1, holdout_fraction=holdout_fraction,
+                          **_TEXT)
+  assert fed.num_classes == len(shakespeare.VOCABULARY) + 1 == 69
+  assert fed.input_shape == (16,) and fed.test_x.shape == (100, 16)
+  assert fed.train.x.shape == (6, 50, 16)
+  np.testing.assert_array_equal(fed.train.counts, [len(y) for y in text.ys])
+  assert all(len(y) == 50 for y in text.ys)  # the largest roles: more than 50 windows each
+  # The windows are the loader's, token ids in [0, 69), the label the next character.
+  for i in range(6):
+    np.testing.assert_array_equal(np.asarray(fed.train.x[i]), text.xs[i])
+    np.testing.assert_array_equal(np.asarray(fed.train.y[i]), text.ys[i])
+  np.testing.assert_array_equal(np.asarray(fed.test_x), text.test_x)
+  x = np.asarray(fed.train.x)
+  assert x.min() >= 0 and x.max() < 69 and np.all(x == np.round(x))
+  # Consecutive windows of a role overlap: a window shifted by one is the next window when the
+  # two targets are adjacent (the first 16 characters of its text, then its label).
+  ids = shakespeare.encode(text.roles[0].text)
+  np.testing.assert_array_equal(x[0, 0], ids[:16])
+  assert int(fed.train.y[0, 0]) == ids[16]
+  # Held out iff asked for, capped like training's windows.
+  if holdout_fraction:
+    assert fed.holdout is not None and fed.holdout.x.shape[0] == 6
+    np.testing.assert_array_equal(fed.holdout.counts, [len(y) for y in text.hold_ys])
+    assert 0 < int(fed.holdout.counts.min()) and int(fed.holdout.counts.max()) <= 50
+  else:
+    assert fed.holdout is None
+  # Natural groups (plays) and profiles (trigram frequencies) come from the loader.
+  np.testing.assert_array_equal(fed.client_groups, text.play_ids)
+  np.testing.assert_array_equal(fed.client_features, text.features)
+  assert len(set(text.play_ids.tolist())) < 6  # some play gives two of the largest roles
+  assert [text.play_names[p] for p in text.play_ids] == [r.play for r in text.roles]
+
+
+def test_shakespeare_plays_are_the_clusters_and_trigrams_the_similarity_graph():
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import graphs  # pylint: disable=g-import-not-at-top
+  from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
+  from text_config import get_config  # pylint: disable=g-import-not-at-top
+  c = get_config()
+  c.num_clients = 6
+  c.honest_set, c.cluster_assignment = "clusters", "data"
+  job = config_lib.resolve(c)
+  text = shakespeare.load(6, seed=0, test_fraction=c.data.test_fraction,
+                          holdout_fraction=c.data.holdout_fraction, **config_lib.text_options(c))
+  assert job.sampler["assignment"] == tuple(int(p) for p in text.play_ids)
+  fed = config_lib.make_data(job)
+  np.testing.assert_array_equal(fed.client_groups, text.play_ids)
+  # The data-similarity graph links clients whose trigram profiles are near.
+  c.graph.kind, c.graph.k = "data_similarity", 2
+  adjacency = config_lib.make_adjacency(c, fed)
+  np.testing.assert_array_equal(adjacency, graphs.nearest_neighbors(text.features, 2))
+  np.testing.assert_array_equal(config_lib.client_features(fed), fed.client_features)
+  assert adjacency.shape == (6, 6) and np.all(adjacency == adjacency.T)
+  assert np.all(np.diag(adjacency) == 0) and np.all(adjacency.sum(1) >= 2)
