@@ -286,3 +286,24 @@ def test_text_threats_change_a_byzantine_clients_update_only(trained, fed):
     assert np.linalg.norm(u - honest) > 0.05 * np.linalg.norm(honest), name
   # Each threat trains on other data than the others.
   assert min(np.linalg.norm(updates[i] - updates[j]) for i in range(3) for j in range(i)) > 0
+
+
+@pytest.mark.slow  # ~30 s: an experiment's compile
+def test_a_text_backdoor_is_learned_through_the_mean(trained):
+  # Most clients Byzantine (Bernoulli, each with probability 0.9), every poisoned window ending
+  # with the trigger and a prefix of the target: through the mean, after 4 rounds the model
+  # continues the trigger with the target's first character, which the base does not.
+  from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
+  c = get_config(trained[0].pretraining.cache_dir)
+  c.attack = "text_backdoor"
+  c.attack_options.text_backdoor.fraction = 1.0
+  c.honest_set, c.honest_set_options.bernoulli.p, c.num_samples = "bernoulli", 0.9, 4
+  c.training.num_rounds, c.training.eval_every = 4, 2
+  c.training.local_steps, c.training.client_lr = 5, 1.0
+  out = experiment.run(config_lib.resolve(c))
+  backdoor = np.asarray(out.runs["mean"].metrics["backdoor_accuracy"])  # [evaluations, draws]
+  honest = np.asarray(out.masks["mean"])
+  assert backdoor[0].max() < 0.1, backdoor  # the base does not follow the trigger with 'p'
+  assert backdoor[-1].mean() > backdoor[0].mean() + 0.3, backdoor
+  everyone = ~honest.any(axis=1)  # draws where every client is Byzantine
+  assert everyone.any() and np.all(backdoor[-1][everyone] > 0.8), (honest, backdoor)
