@@ -8,7 +8,8 @@ configuration, and cached in `pretraining.cache_dir` (default `$FEDJAX_ROBUST_CA
 or `~/.cache/fedjax_robust/pretrained`) under the fingerprint of what makes it; a run or sweep
 with `pretraining.enabled` loads it from there (and trains it itself when it is missing), so this
 command only moves the pretraining out of the first run. Prints the base's held-out loss,
-perplexity and next-character accuracy on the base text, and where it is. A sweep
+perplexity and next-character accuracy on the base text, and where it is (`wrote <path>` when
+it trained it). A sweep
 configuration (a `base` ConfigDict) pretrains its base's.
 """
 
@@ -40,6 +41,8 @@ def main(_):
   num_classes = data_lib.num_classes(job.data.name)
   _, info = pretraining.base_params(job, input_shape=(window,), num_classes=num_classes)
   print(pretraining.describe(info))
+  if not info["cached"]:
+    print(f"wrote {info['path']}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,15 @@ _TINY_GRID = {
                                         "grid.rules": "trimmed_mean"},
     "configs/sweep_dp_dimension.py": {"grid.tasks": "synthetic", "grid.synthetic_d": "100",
                                       "grid.rules": "trimmed_mean"},
+    "configs/shakespeare.py": {"grid.aggregators": "trimmed_mean", "grid.law": "plays",
+                               "grid.finetuning": "lora"},
 }
+# The sizes of a text job beyond the draws and rounds (a configuration's `base` keys): a few
+# windows per client and a base pretrained for a few steps, cached in the command's workdir.
+_TINY_TEXT = {"data.shakespeare.max_examples_per_client": "16",
+              "data.shakespeare.max_test_examples": "32", "pretraining.steps": "3",
+              "pretraining.max_examples": "256"}
+_TEXT_CONFIGS = ("configs/shakespeare.py",)
 _TINY_BENCH = {"grid": "((10,100),)", "rules": "mean,trimmed_mean", "repeats": "1",
                "reference_repeats": "1", "monte_carlo.sample_counts": "(1,2)",
                "monte_carlo.num_rounds": "2", "monte_carlo.byzfl": "False"}
@@ -172,7 +180,7 @@ def tiny(command: Command, workdir: str) -> list[str]:
   if len(argv) < 2 or not argv[1].startswith("launch/"):
     return argv
   script = os.path.basename(argv[1])
-  config = _flag(argv, "config")
+  config = _flag(argv, "config") or _DEFAULT_CONFIGS.get(argv[1])
   extra = []
   if script == "train.py":
     extra = [f"--config.{k}={v}" for k, v in _TINY_TRAIN.items()]
@@ -184,11 +192,17 @@ def tiny(command: Command, workdir: str) -> list[str]:
   elif script == "bench.py":
     extra = [f"--config.{k}={v}" for k, v in _TINY_BENCH.items()
              if k != "grid" or _flag(argv, "config.grid") is None]
+  if config in _TEXT_CONFIGS:  # every text configuration here is a sweep's (keys under base.)
+    extra += [f"--config.base.{k}={v}" for k, v in
+              {**_TINY_TEXT, "pretraining.cache_dir": os.path.join(workdir, "pretrained")}.items()]
+  if script == "pretrain.py":  # no workdir: it writes its base into pretraining.cache_dir
+    return argv + extra
   return argv + extra + [f"--workdir={workdir}"]
 
 
 # The config each launcher runs without --config.
 _DEFAULT_CONFIGS = {"launch/train.py": "configs/default.py",
+                    "launch/pretrain.py": "configs/shakespeare.py",
                     "launch/sweep.py": "configs/sweep_core.py",
                     "launch/bench.py": "configs/bench.py"}
 
