@@ -83,7 +83,8 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
         **(config_lib.privacy_fields(config) if reference == "honest_optimum" else {}),
         compression=(config_lib.make_compression(config) if reference == "honest_optimum"
                      else compression.Compression()),
-        client_weights=None if client_weights is None else tuple(map(float, client_weights)))
+        client_weights=None if client_weights is None else tuple(map(float, client_weights)),
+        perplexity=data_lib.is_text(config.data.name))
   behaviours = [(attacks.get(name, num_classes=fed.num_classes,
                              options=config.attack_options.get(name, {})), p)
                 for name, p in attacks.parse_population(config.attack)]
@@ -116,4 +117,5 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
       compression=config_lib.make_compression(config),
       measure_theory=bool(config.theory.enabled),
       client_weights=None if prior_weights is None else tuple(map(float, prior_weights)),
-      root=fed.root if aggregator.needs_server_update else None)
+      root=fed.root if aggregator.needs_server_update else None,
+      perplexity=data_lib.is_text(config.data.name))

@@ -194,6 +194,10 @@ class Simulator:
   # coordinate and divides by B (`privacy.noisy_clipped_sum`). 0: off.
   dp_sgd_clip: float = 0.0
   dp_sgd_noise: float = 0.0
+  # Language models (text data): each cross-entropy loss also as its perplexity exp(loss)
+  # (`<name>_perplexity` beside `<name>_loss`; nats per character, so the geometric mean over
+  # characters of 1/p(next character)).
+  perplexity: bool = False
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -767,6 +771,10 @@ class Simulator:
                                                  counted @ held_loss / num_counted, jnp.nan)
         extra[f"honest_{name}_accuracy"] = jnp.where(num_counted > 0,
                                                      counted @ held_acc / num_counted, jnp.nan)
+    if self.perplexity:
+      losses = {**extra, "honest_loss": honest_mean(loss), "test_loss": test_loss}
+      extra |= {k.replace("_loss", "_perplexity"): jnp.exp(v) for k, v in losses.items()
+                if k.endswith("_loss") and not k.startswith("behaviour_")}
     return extra | {
         # 1.0 where training diverged: a parameter is NaN or ±inf (the model is undefined; with
         # personal heads: a shared parameter or an honest client's head).

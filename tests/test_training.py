@@ -1,5 +1,6 @@
 """The training core against a NumPy implementation, and the Monte Carlo batching guarantees."""
 
+import dataclasses
 import functools
 
 import jax
@@ -238,3 +239,32 @@ def test_honest_only_aggregation_ignores_byzantine_rows(rng):
   outs = [np_local(w, b, 0 * w, 0 * b, xs[i], ys[i], steps=1, lr=0.3, beta=0.0) for i in (0, 2, 3)]
   got = unravel(state.params)["params"]["Dense_0"]
   np.testing.assert_allclose(got["kernel"], w - np.mean([o[0] for o in outs], 0), atol=2e-5)
+
+
+def test_a_language_model_reports_each_cross_entropy_as_its_perplexity():
+  """Text data: every loss the evaluation reports also as exp(loss) (nats per character), the
+  held-out and test ones included; other data sets get no perplexity."""
+  import text_config  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import build  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = text_config.get_config(pretrained=False)
+  c.data.holdout_fraction = 0.2
+  job = config_lib.resolve(c)
+  fed = config_lib.make_data(job)
+  sim = build.make_simulator(job, "mean", fed)
+  params = sim.init(jax.random.key(0)).params
+  honest = jnp.array([True, True, False, True])
+  out = {k: float(v) for k, v in jax.jit(sim.evaluate)(
+      params, honest, fed.train, fed.test_x, fed.test_y, fed.holdout).items()}
+  names = sorted(k for k in out if k.endswith("_perplexity"))
+  assert names == ["honest_holdout_perplexity", "honest_perplexity", "test_perplexity"]
+  for name in names:
+    np.testing.assert_allclose(out[name], np.exp(out[name.replace("_perplexity", "_loss")]),
+                               rtol=1e-6)
+  # The same simulator without the flag (what build gives a non-text data set): no perplexity.
+  plain = dataclasses.replace(sim, perplexity=False)
+  keys = jax.jit(plain.evaluate)(params, honest, fed.train, fed.test_x, fed.test_y, fed.holdout)
+  assert not [k for k in keys if k.endswith("_perplexity")]
+  digits = tiny_config()
+  assert build.make_simulator(config_lib.resolve(digits), "mean",
+                              config_lib.make_data(digits)).perplexity is False
