@@ -17,8 +17,9 @@ from fedjax_robust import results
 from fedjax_robust.errors import ConfigError
 
 
-def mutate(**changes):
-  c = tiny_config()
+def mutate(_config=None, **changes):
+  """tiny_config (or `_config`) with `changes` (keys dotted by '__')."""
+  c = tiny_config() if _config is None else _config
   for dotted, value in changes.items():
     *path, leaf = dotted.split("__")
     node = c
@@ -321,14 +322,7 @@ def test_a_distinct_group_is_refused_where_it_would_mean_nothing(values, message
 def _text(**changes):
   """text_config (shakespeare, a tiny char_transformer) with `changes` (dotted by '__')."""
   from text_config import get_config  # pylint: disable=g-import-not-at-top
-  c = get_config()
-  for dotted, value in changes.items():
-    *path, leaf = dotted.split("__")
-    node = c
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return mutate(get_config(), **changes)
 
 
 @pytest.mark.parametrize("make,match", [
