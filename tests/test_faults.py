@@ -313,3 +313,20 @@ def test_shuffled_text_keeps_each_examples_characters_and_loses_their_order():
   assert (before != after).any(1).mean() > 0.9
   with pytest.raises(ConfigError, match="rate"):
     attacks.get("shuffled_text", num_classes=20, options={"rate": 1.5})
+
+
+def test_foreign_text_replaces_a_roles_windows_by_windows_of_another_play():
+  from fedjax_robust.data import shakespeare as sh  # pylint: disable=g-import-not-at-top
+  x, y = _token_batch(m=32, window=24, vocab=69)
+  fault = attacks.get("foreign_text", num_classes=69, options={"play": "hamlet", "rate": 1.0})
+  cx, cy = fault.corrupt_data(jax.random.key(0), x, y, jnp.arange(32))
+  text = " ".join(t for p in sh.plays() if p.slug == "hamlet" for _, t in p.speeches)
+  for row, label in zip(np.asarray(cx).astype(int), np.asarray(cy)):
+    # Each window and its next character are 25 consecutive characters of Hamlet.
+    assert sh.decode(list(row) + [int(label)]) in text
+  assert len({sh.decode(list(r)) for r in np.asarray(cx).astype(int)}) > 28  # drawn, not one
+  none = attacks.get("foreign_text", num_classes=69, options={"play": "hamlet", "rate": 0.0})
+  np.testing.assert_array_equal(np.asarray(none.corrupt_data(jax.random.key(0), x, y,
+                                                             jnp.arange(32))[0]), np.asarray(x))
+  with pytest.raises(ConfigError, match="foreign_text.play='hamlett'.*Did you mean 'hamlet'"):
+    attacks.get("foreign_text", num_classes=69, options={"play": "hamlett"})

@@ -19,6 +19,7 @@ marks faulty, inside the same vmapped program) acting in one of these places of 
     feature_shift    x + c (a miscalibrated sensor).
     random_text      text (token ids) replaced by random characters, window and next character.
     shuffled_text    a window and its next character shuffled together (counts kept, order lost).
+    foreign_text     a role's text replaced by another play's (windows of `play`).
     (`missing_features` on text replaces characters by the unknown id 0; `label_noise` there
     mislabels the next character.)
 - biased data, `sample_weights(y, valid) -> w`: the client samples its minibatches with
@@ -54,6 +55,11 @@ from fedjax_robust.errors import ConfigError
 Array = jax.Array
 
 LABEL_NOISE_KINDS = ("symmetric", "pair", "matrix")
+
+
+def _play_names() -> tuple[str, ...]:
+  from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
+  return shakespeare.play_names()
 
 
 def _per_example(key: Array, idx: Array, fn):
@@ -137,6 +143,38 @@ def shuffled_text(key: Array, x: Array, y: Array, idx: Array, *, rate: float = 1
           jnp.where(hit, shuffled[:, window].astype(y.dtype), y))
 
 
+FOREIGN_POOL = 4096  # windows of the foreign play a corrupted client's examples are drawn from
+
+
+@functools.lru_cache(maxsize=8)
+def foreign_windows(play: str, window: int) -> tuple[np.ndarray, np.ndarray]:
+  """FOREIGN_POOL windows (x [P, window] float32 ids, y [P] int32) of `play`'s spoken text,
+  evenly spaced over the play (`data.shakespeare.pretraining_windows` of that play)."""
+  from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
+  x, y = shakespeare.pretraining_windows(window=window, base_plays=(play,))
+  keep = (np.arange(min(FOREIGN_POOL, len(y))) * len(y)) // min(FOREIGN_POOL, len(y))
+  return x[keep], y[keep]
+
+
+def foreign_text(key: Array, x: Array, y: Array, idx: Array, *,
+                 play: str = "the-comedy-of-errors", rate: float = 1.0):
+  """A role's text replaced by another play's: with probability `rate` an example (window and
+  next character) becomes a window of `play` drawn uniformly from FOREIGN_POOL of them, fixed
+  per example: fluent text of another author's voice, plot and names (a client that ships the
+  wrong file). A client of `play` itself gets its own play's text."""
+  pool_x, pool_y = foreign_windows(play, x.shape[-1])
+
+  def one(k):
+    k_hit, k_pick = jax.random.split(k)
+    return jax.random.bernoulli(k_hit, rate), jax.random.randint(k_pick, (), 0, len(pool_y))
+
+  hit, pick = _per_example(key, idx, one)
+  fx = jnp.asarray(pool_x, x.dtype)[pick].reshape(x.shape)
+  fy = jnp.asarray(pool_y, y.dtype)[pick]
+  shape = hit.shape + (1,) * (x.ndim - 1)
+  return jnp.where(hit.reshape(shape), fx, x), jnp.where(hit, fy, y)
+
+
 def biased_weights(y: Array, valid: Array, *, num_classes: int, classes: int = 2,
                    other_weight: float = 0.0) -> Array:
   """Sampling weights `[m]` of a biased client: 1 for its `classes` most frequent classes (ties
@@ -183,10 +221,10 @@ _FUNCTIONS = {"label_noise": label_noise, "feature_noise": feature_noise,
               "missing_features": missing_features, "feature_shift": feature_shift,
               "biased_data": biased_weights, "stale": stale, "dropout": dropout,
               "crash_stop": crash_stop, "random_text": random_text,
-              "shuffled_text": shuffled_text}
+              "shuffled_text": shuffled_text, "foreign_text": foreign_text}
 # Data faults: `corrupt_data` is the function with its options.
 _DATA = ("label_noise", "feature_noise", "missing_features", "feature_shift", "random_text",
-         "shuffled_text")
+         "shuffled_text", "foreign_text")
 _DOMAINS = {
     "label_noise": {
         "rate": D.PROBABILITY, "kind": D.Choice(*LABEL_NOISE_KINDS),
@@ -203,12 +241,14 @@ _DOMAINS = {
     "crash_stop": {"start_round": D.NONNEGATIVE_INT},
     "random_text": {"rate": D.PROBABILITY},
     "shuffled_text": {"rate": D.PROBABILITY},
+    "foreign_text": {"rate": D.PROBABILITY,
+                     "play": D.Choice(*_play_names(), note="a play of data.shakespeare")},
 }
 # Faults that need class labels.
 NEEDS_LABELS = ("label_noise", "biased_data", "random_text")
 # Faults of text (token ids; data.name 'shakespeare') and faults of real-valued features, which
 # have no meaning on the other kind of input.
-TEXT_ONLY = ("random_text", "shuffled_text")
+TEXT_ONLY = ("random_text", "shuffled_text", "foreign_text")
 FEATURES_ONLY = ("feature_noise", "feature_shift")
 # Faults that make clients absent: the aggregation pipeline must take a presence mask.
 ABSENCE = ("dropout", "crash_stop")

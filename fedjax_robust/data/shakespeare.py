@@ -219,6 +219,11 @@ def play_slugs() -> tuple[str, ...]:
   return tuple(p.slug for p in plays())
 
 
+def play_names() -> tuple[str, ...]:
+  """The 38 plays' slugs from their file names alone (no parsing), in `plays()` order."""
+  return tuple(path.stem for path in _play_paths())
+
+
 @functools.lru_cache(maxsize=1)
 def _all_roles() -> tuple[Role, ...]:
   """Every non-choral role of every play: plays in `plays()` order, roles in order of first
