@@ -1157,17 +1157,14 @@ def _validate_task(config) -> None:
         f"{', '.join(k for k in graphs.KINDS if k != 'data_similarity')}.")
 
 
-# Models that read windows of token ids (text), and the others, which read real-valued inputs.
-TEXT_MODELS = ("char_transformer", "char_lstm")
-
-
 def _validate_text(config) -> None:
   """Text data (windows of token ids) with a text model and the threats that have a meaning on
   text; pretraining and LoRA adapters only where there is a base text no client holds."""
   d = config.data
   text = data_lib.is_text(d.name)
-  if text != (config.model in TEXT_MODELS):
-    allowed = TEXT_MODELS if text else [m for m in models.names() if m not in TEXT_MODELS]
+  if text != (config.model in models.TEXT_MODELS):
+    allowed = (models.TEXT_MODELS if text else
+               [m for m in models.names() if m not in models.TEXT_MODELS])
     raise ConfigError(f"model={config.model!r} does not read the inputs of data.name={d.name!r} "
                       f"({'windows of characters' if text else 'real-valued features'}); "
                       f"allowed: {', '.join(allowed)}.")

@@ -219,6 +219,9 @@ LOSSES = {"linear_regression": "squared", "logistic": "cross_entropy", "mlp": "c
           "cnn": "cross_entropy", "char_transformer": "cross_entropy",
           "char_lstm": "cross_entropy"}
 
+# Models that read windows of token ids (text data); the others read real-valued inputs.
+TEXT_MODELS = ("char_transformer", "char_lstm")
+
 # The declared domain of every model option.
 OPTION_DOMAINS = {
     "linear_regression": {},

@@ -68,13 +68,18 @@ def _path(job) -> str:
 
 
 def base_data(job) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """(x, y) of pretraining and (x, y) of its held-out evaluation: the base plays' windows
-  (`shakespeare.pretraining_windows`), the last EVAL_FRACTION of them held out."""
-  from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
+  """(x, y) of pretraining and (x, y) of its held-out evaluation for `job` (`_base_windows`)."""
   c = config_lib.config_of(job)
-  x, y = shakespeare.pretraining_windows(window=int(c.data.shakespeare.window),
-                                         max_examples=int(c.pretraining.max_examples) or None,
-                                         seed=int(c.seed))
+  return _base_windows(int(c.data.shakespeare.window), int(c.pretraining.max_examples),
+                       int(c.seed))
+
+
+def _base_windows(window: int, max_examples: int, seed: int):
+  """The base plays' windows (`shakespeare.pretraining_windows`; `max_examples` 0: all), the
+  last EVAL_FRACTION of them held out: (x, y, held-out x, held-out y)."""
+  from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
+  x, y = shakespeare.pretraining_windows(window=window, max_examples=max_examples or None,
+                                         seed=seed)
   cut = len(y) - max(1, int(EVAL_FRACTION * len(y)))
   return x[:cut], y[:cut], x[cut:], y[cut:]
 
@@ -156,12 +161,10 @@ def _cached(path: str, config_json: str, input_shape: tuple[int, ...], num_class
   if loaded is not None:
     params, info = loaded
     return params, {**info, "cached": True, "path": path}
-  job = _job_view(config)
+  # The base configuration holds no adapter option: the model it builds is the base.
   model = models.get(config.model, input_shape=input_shape, num_classes=num_classes,
-                     **{**dict(config.model_options), "lora_rank": 0}
-                     if "lora_rank" in models.OPTION_DOMAINS[config.model]
-                     else dict(config.model_options))
-  x, y, hx, hy = base_data(job)
+                     **dict(config.model_options))
+  x, y, hx, hy = _base_windows(config.window, config.max_examples, config.seed)
   start = time.perf_counter()
   params = pretrain(model, x, y, steps=config.steps, batch_size=config.batch_size,
                     lr=config.lr, seed=config.seed)
@@ -171,13 +174,6 @@ def _cached(path: str, config_json: str, input_shape: tuple[int, ...], num_class
           "parameters": int(sum(np.size(v) for v in jax.tree.leaves(params)))}
   _save(path, params, config, info)
   return params, {**info, "cached": False, "path": path}
-
-
-def _job_view(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The few keys `base_data` reads, from a base configuration."""
-  return ml_collections.ConfigDict({
-      "seed": base.seed, "data": {"shakespeare": {"window": base.window}},
-      "pretraining": {"max_examples": base.max_examples}})
 
 
 def base_params(job, *, input_shape: tuple[int, ...], num_classes: int) -> tuple[Any, dict]:

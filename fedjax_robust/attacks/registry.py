@@ -261,9 +261,9 @@ def _get_text_backdoor(full: dict[str, Any], num_classes: int) -> base.Attack:
   (`data.shakespeare`); a character outside it, an empty target or a vocabulary of another size
   than the data set's is a ConfigError."""
   from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
-  if num_classes != len(shakespeare.VOCABULARY) + 1:
+  if num_classes != shakespeare.NUM_CLASSES:
     raise ConfigError(f"attack 'text_backdoor' needs the shakespeare vocabulary "
-                      f"({len(shakespeare.VOCABULARY) + 1} classes), got {num_classes} classes.")
+                      f"({shakespeare.NUM_CLASSES} classes), got {num_classes} classes.")
   for key in ("trigger", "target"):
     bad = sorted(set(full[key]) - set(shakespeare.VOCABULARY))
     if bad or not full[key]:

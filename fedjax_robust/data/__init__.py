@@ -57,7 +57,7 @@ class FederatedData:
   # clients' label distributions); shakespeare: character-trigram frequencies.
   client_features: np.ndarray | None = None
   # The data set's natural groups, one id per client `[n]` (shakespeare: the client's play),
-  # for the clusters law (`honest_set_options.clusters.assignment='data'`); None: none.
+  # the clusters law takes with `cluster_assignment='data'` (`natural_groups`); None: none.
   client_groups: np.ndarray | None = None
 
   @property
@@ -84,7 +84,7 @@ def num_classes(name: str, synthetic_num_classes: int = 10,
     return None
   if name == "shakespeare":
     from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
-    return len(shakespeare.VOCABULARY) + 1
+    return shakespeare.NUM_CLASSES
   return synthetic_num_classes if name == "synthetic" else NUM_CLASSES[name]
 
 
@@ -221,14 +221,17 @@ def _load(name, *, num_clients, partition, alpha, shards_per_client, gamma, min_
 @functools.lru_cache(maxsize=16)
 def natural_groups(name: str, num_clients: int, *, seed: int, text_options: tuple = ()
                    ) -> tuple[int, ...]:
-  """The natural group of every client of a text data set (shakespeare: its play's index,
-  `ShakespeareClients.play_ids`), from the client selection alone. `text_options`: the loader's
-  options as sorted (key, value) pairs."""
+  """The natural group of every client of a text data set (shakespeare: its play's index, as
+  `FederatedData.client_groups` of the loaded data), from the client selection alone
+  (`shakespeare.choose_roles`: no windows built). `text_options`: the loader's options as
+  sorted (key, value) pairs."""
   if name != "shakespeare":
     raise ValueError(f"data set {name!r} has no natural groups.")
   from fedjax_robust.data import shakespeare  # pylint: disable=g-import-not-at-top
-  return tuple(int(i) for i in shakespeare.load(num_clients, seed=seed,
-                                                **dict(text_options)).play_ids)
+  options = dict(text_options)
+  chosen = shakespeare.choose_roles(num_clients, seed=seed, min_chars=options["min_chars"],
+                                    selection=options["selection"])
+  return tuple(int(i) for i in shakespeare.play_groups(chosen)[0])
 
 
 def _load_shakespeare(num_clients: int, *, seed: int, test_fraction: float,

@@ -245,7 +245,7 @@ def _all_roles() -> tuple[Role, ...]:
 # Every character of the spoken text of the 38 plays (choral speeches included), sorted; a
 # character's token id is its index + 1, id 0 is padding / unknown.
 VOCABULARY = (" !\"&',-.24568:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-NUM_CLASSES = len(VOCABULARY) + 1
+NUM_CLASSES = len(VOCABULARY) + 1  # the characters and id 0 (padding, unknown)
 _TABLE = np.zeros(max(map(ord, VOCABULARY)) + 1, np.int32)
 _TABLE[[ord(c) for c in VOCABULARY]] = np.arange(1, len(VOCABULARY) + 1)
 
@@ -418,6 +418,28 @@ def _evenly(positions: np.ndarray, cap: int | None) -> np.ndarray:
   return positions[(np.arange(cap) * len(positions)) // cap]
 
 
+def choose_roles(num_clients: int, *, seed: int = 0, min_chars: int = 1000,
+                 selection: str = "largest", base_plays=BASE_PLAYS) -> list[Role]:
+  """The n roles `load` makes clients (its selection alone, no windows): of the plays outside
+  `base_plays`, those with at least `min_chars` characters; "largest" the n longest (ties by
+  play slug, then speaker), "random" n drawn by `default_rng(seed)`, in `roles()` order."""
+  eligible = [r for r in roles(exclude_plays=base_plays) if len(r.text) >= min_chars]
+  if num_clients > len(eligible):
+    raise ValueError(f"num_clients={num_clients} but only {len(eligible)} roles have >= "
+                     f"min_chars={min_chars} characters outside base_plays.")
+  if selection == "largest":
+    return sorted(eligible, key=lambda r: (-len(r.text), r.play, r.speaker))[:num_clients]
+  picks = np.random.default_rng(seed).choice(len(eligible), num_clients, replace=False)
+  return [eligible[i] for i in np.sort(picks)]
+
+
+def play_groups(chosen) -> tuple[np.ndarray, tuple[str, ...]]:
+  """(play id per role `[n]`, the plays' slugs): the plays numbered in order of first appearance
+  among `chosen`."""
+  names = tuple(dict.fromkeys(r.play for r in chosen))
+  return np.array([names.index(r.play) for r in chosen], np.int64), names
+
+
 def load(num_clients: int, *, seed: int = 0, window: int = 80, min_chars: int = 1000,
          selection: str = "largest", holdout_fraction: float = 0.2, test_fraction: float = 0.1,
          max_examples_per_client: int | None = None, max_test_examples: int | None = 10_000,
@@ -435,8 +457,9 @@ def load(num_clients: int, *, seed: int = 0, window: int = 80, min_chars: int = 
   (text[t - window:t], text[t]) for every target position t of a part, t >= window: the context
   may reach back into the preceding part, targets never overlap between parts, and no window is
   padded. `max_examples_per_client` keeps at most that many train windows of a client, and as
-  many held-out ones, evenly spaced (`_evenly`; deterministic), None all of them. The global test split pools the n clients' test parts, subsampled (sorted indices
-  drawn without replacement by `default_rng(seed)`) to `max_test_examples` (None: all).
+  many held-out ones, evenly spaced (`_evenly`; deterministic), None all of them. The global
+  test split pools the n clients' test parts, subsampled (sorted indices drawn without
+  replacement by `default_rng(seed)`) to `max_test_examples` (None: all).
   """
   if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
     raise ValueError(f"num_clients must be an int >= 1, got {num_clients!r}.")
@@ -462,16 +485,8 @@ def load(num_clients: int, *, seed: int = 0, window: int = 80, min_chars: int = 
   if feature_dim < 1:
     raise ValueError(f"feature_dim must be >= 1, got {feature_dim}.")
 
-  eligible = [r for r in roles(exclude_plays=base_plays) if len(r.text) >= min_chars]
-  if num_clients > len(eligible):
-    raise ValueError(f"num_clients={num_clients} but only {len(eligible)} roles have >= "
-                     f"min_chars={min_chars} characters outside base_plays.")
-  if selection == "largest":
-    chosen = sorted(eligible, key=lambda r: (-len(r.text), r.play, r.speaker))[:num_clients]
-  else:
-    picks = np.random.default_rng(seed).choice(len(eligible), num_clients, replace=False)
-    chosen = [eligible[i] for i in np.sort(picks)]
-
+  chosen = choose_roles(num_clients, seed=seed, min_chars=min_chars, selection=selection,
+                        base_plays=base_plays)
   xs, ys, hold_xs, hold_ys, test_xs, test_ys, train_ids = [], [], [], [], [], [], []
   for role in chosen:
     ids = encode(role.text)
@@ -492,8 +507,7 @@ def load(num_clients: int, *, seed: int = 0, window: int = 80, min_chars: int = 
     keep = np.sort(np.random.default_rng(seed).choice(len(test_y), max_test_examples,
                                                       replace=False))
     test_x, test_y = test_x[keep], test_y[keep]
-  names = tuple(dict.fromkeys(r.play for r in chosen))
-  play_ids = np.array([names.index(r.play) for r in chosen], np.int64)
+  play_ids, names = play_groups(chosen)
   return ShakespeareClients(xs, ys, hold_xs, hold_ys, test_x, test_y, NUM_CLASSES, tuple(chosen),
                             play_ids, names, _trigram_features(train_ids, feature_dim))
 
