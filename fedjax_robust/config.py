@@ -192,6 +192,12 @@ def base_config() -> ml_collections.ConfigDict:
       # training windows (0: all), `max_test_examples` the pooled global test split.
       "shakespeare": {"window": 80, "min_chars": 1000, "selection": "largest",
                       "max_examples_per_client": 0, "max_test_examples": 2000},
+      # data.name='cifar_shape' (issue 37): generated 32×32×3 images in 10 classes, for CNNs at
+      # CIFAR-10's shape offline (data.sources.load_cifar_shape): fixed split sizes
+      # (test_fraction does not apply), the class-independent clutter field's amplitude relative
+      # to the class template, and the std of the pixel noise.
+      "cifar_shape": {"train_examples": 6000, "test_examples": 1000, "clutter": 2.0,
+                      "noise": 0.1},
   })
   c.training = ml_collections.ConfigDict({
       "num_rounds": 200, "eval_every": 10, "local_steps": 1, "batch_size": 32,
@@ -360,6 +366,10 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "data.shakespeare.selection": D.Choice("largest", "random"),
     "data.shakespeare.max_examples_per_client": D.Int(0, note="0: every window"),
     "data.shakespeare.max_test_examples": D.POSITIVE_INT,
+    "data.cifar_shape.train_examples": D.Int(10, note="at least one per class"),
+    "data.cifar_shape.test_examples": D.Int(10, note="at least one per class"),
+    "data.cifar_shape.clutter": D.Float(0, note="class-independent field / class template"),
+    "data.cifar_shape.noise": D.Float(0, note="std of the pixel noise"),
     "training.num_rounds": D.POSITIVE_INT,
     "training.eval_every": D.Int(1, note="num_rounds must be a multiple"),
     "training.local_steps": D.POSITIVE_INT,
@@ -569,6 +579,16 @@ def text_options(config) -> dict[str, Any]:
   return {"window": int(t.window), "min_chars": int(t.min_chars), "selection": t.selection,
           "max_examples_per_client": int(t.max_examples_per_client) or None,
           "max_test_examples": int(t.max_test_examples)}
+
+
+def source_options(config) -> dict[str, Any] | None:
+  """`data.cifar_shape` as `data.sources.load_cifar_shape` takes it, when data.name is
+  'cifar_shape'; None for every other data set."""
+  if config.data.name != "cifar_shape":
+    return None
+  g = config.data.cifar_shape
+  return {"train_examples": int(g.train_examples), "test_examples": int(g.test_examples),
+          "clutter": float(g.clutter), "noise": float(g.noise)}
 
 
 def client_features(fed: data_lib.FederatedData) -> np.ndarray:
@@ -1231,7 +1251,8 @@ def make_data(config) -> data_lib.FederatedData:
         group_size=d.group_size, synthetic_group_shift=d.synthetic_group_shift,
         group_labels=tuple(d.group_labels),
         holdout_fraction=d.holdout_fraction, root_examples=d.root_examples,
-        text_options=text_options(config) if data_lib.is_text(d.name) else None)
+        text_options=text_options(config) if data_lib.is_text(d.name) else None,
+        source_options=source_options(config))
   except ValueError as e:  # data.load's refusals of its arguments
     raise ConfigError(f"data.name={d.name!r} with num_clients={config.num_clients}, "
                       f"data.partition={d.partition!r}: {e}") from None

@@ -91,7 +91,8 @@ def num_classes(name: str, synthetic_num_classes: int = 10,
 def check_name(name: str) -> None:
   if name not in NAMES:
     raise ValueError(f"unknown data set {name!r}; available: {', '.join(NAMES)} "
-                     "(only 'digits' and 'synthetic' work offline without preparation).")
+                     "(only 'digits', 'cifar_shape', 'synthetic' and 'shakespeare' work offline "
+                     "without preparation).")
 
 
 def check_partition(partition: str) -> None:
@@ -150,7 +151,7 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
          synthetic_noise: float = 0.0, holdout_fraction: float = 0.0,
          root_examples: int = 0, group_size: int = 0,
          synthetic_group_shift: float = 0.0, group_labels=(),
-         text_options=None) -> FederatedData:
+         text_options=None, source_options=None) -> FederatedData:
   """Loads a data set and distributes its training split over `num_clients` clients.
 
   `synthetic` is generated per client (its heterogeneity comes from `synthetic_alpha/beta`, not
@@ -167,6 +168,9 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
   `text_options`: window, min_chars, selection, max_examples_per_client, max_test_examples):
   `partition` does not apply; each role's text is split contiguously into training, test and
   held-out parts (`test_fraction`, `holdout_fraction`).
+
+  `source_options`: keyword options of a generated source (`cifar_shape`: train_examples,
+  test_examples, clutter, noise; `sources.load_cifar_shape`); None: its defaults.
   """
   fed = _load(name, num_clients=num_clients, partition=partition, alpha=alpha,
               shards_per_client=shards_per_client, gamma=gamma, min_size=min_size,
@@ -177,7 +181,7 @@ def load(name: str, *, num_clients: int, partition: str = "dirichlet", alpha: fl
               synthetic_task=synthetic_task, synthetic_noise=synthetic_noise,
               holdout_fraction=holdout_fraction, group_size=group_size,
               synthetic_group_shift=synthetic_group_shift, group_labels=group_labels,
-              text_options=text_options)
+              text_options=text_options, source_options=source_options)
   if root_examples <= 0:
     return fed
   if root_examples >= fed.test_y.shape[0]:
@@ -192,7 +196,8 @@ def _load(name, *, num_clients, partition, alpha, shards_per_client, gamma, min_
           test_fraction, data_dir, seed, synthetic_examples_per_client, synthetic_dim,
           synthetic_num_classes, synthetic_alpha, synthetic_beta, synthetic_task,
           synthetic_noise, holdout_fraction, group_size=0,
-          synthetic_group_shift=0.0, group_labels=(), text_options=None) -> FederatedData:
+          synthetic_group_shift=0.0, group_labels=(), text_options=None,
+          source_options=None) -> FederatedData:
   check_name(name)
   check_partition(partition)
   if name == "shakespeare":
@@ -207,7 +212,8 @@ def _load(name, *, num_clients, partition, alpha, shards_per_client, gamma, min_
     return _federated(name, xs, ys, test_x, test_y,
                       num_classes(name, synthetic_num_classes, synthetic_task),
                       holdout_fraction, seed)
-  source = SOURCES[name](test_fraction=test_fraction, seed=seed, data_dir=data_dir)
+  source = SOURCES[name](test_fraction=test_fraction, seed=seed, data_dir=data_dir,
+                         **dict(source_options or {}))
   options = {"dirichlet": {"alpha": alpha}, "shards": {"shards_per_client": shards_per_client},
              "gamma_similarity": {"gamma": gamma}, "iid": {},
              "label_groups": {"alpha": alpha, "group_size": group_size,
