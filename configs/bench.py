@@ -34,8 +34,13 @@ def get_config():
       # Device meshes (config.mesh syntax; "" one device): e.g. ("", "draws=2", "draws") with
       # XLA_FLAGS=--xla_force_host_platform_device_count=8 for 1, 2 and 8 simulated devices.
       "meshes": ("",),
-      # ByzFL's own federated loop on the same job, when `byzfl` is importable (vs_byzfl).
-      "byzfl": True,
+      # ByzFL's own federated loop on the same job, when `byzfl` is importable (vs_byzfl), as
+      # a pool of this many one-thread processes side by side (0: one per core, the cores our
+      # side uses); the ratio is over the pool's rounds per second of wall clock.
+      "byzfl": True, "byzfl_processes": 0,
+      # Also time the whole launcher job (launch/train.py: configs/default.py with `spec` alone,
+      # the largest S, num_rounds rounds, one evaluation, no baseline), start-up to exit.
+      "whole_job": False,
       # Also time each phase of a round (local training, attack, rule) alone per S.
       "phases": False,
       # Options of the job's rules, over configs/default.py's (e.g. geometric_median.maxiter=3;

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Callable, Sequence
 
@@ -293,6 +298,7 @@ class ThroughputRow:
   bytes_per_sample_round: float = math.nan
   devices: int = 1         # on the mesh's draws axis (`sharding`)
   vs_byzfl: float = math.nan  # over ByzFL's own federated loop on the same job (byzfl_loop)
+  processes: int = 1       # OS processes the row's rate is over (ByzFL's pool: one per core)
 
 
 def _peak_device_bytes():
@@ -335,7 +341,8 @@ def round_bytes_per_draw(sim, states, masks, keys, train) -> float:
 def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_rounds: int,
                            *, baseline_samples: int = 1, repeats: int = 2,
                            block_sizes: Sequence[int] = (0,), meshes: Sequence[str] = ("",),
-                           byzfl: bool = True,
+                           byzfl: bool = True, byzfl_processes: int | None = None,
+                           whole_job: bool = False, whole_job_overrides: Sequence[str] = (),
                            log: Callable[[str], None] = print) -> list[ThroughputRow]:
   """Sample-rounds per second of `num_rounds` rounds of the vmapped training of S draws, for each
   S in `sample_counts`, each block size B in `block_sizes` that divides S and is below it
@@ -343,7 +350,11 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
   `meshes` ("" one device, else `config.mesh` syntax: the draws split over devices, S a
   multiple of their number), beside the sequential NumPy baseline (`baseline_samples` draws run
   one after the other, one client at a time) and, with `byzfl` when the package is importable,
-  ByzFL's own federated loop on the same job (`byzfl_loop`; column vs_byzfl)."""
+  ByzFL's own federated loop on the same job as a pool of `byzfl_processes` one-thread
+  processes (default one per core, `byzfl_loop.pool_rounds_per_second`; column vs_byzfl). With
+  `whole_job`, also the whole launcher command at the largest S (`whole_job`: start-up, data,
+  compile, the rounds, one evaluation, the report and its files), `whole_job_overrides` its
+  further flags."""
   from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top
   from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top
   from fedjax_robust import training  # pylint: disable=g-import-not-at-top
@@ -401,8 +412,12 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
             f"{rows[-1].peak_memory_mb:.0f} MB"
             + ("" if math.isnan(moved) else f", XLA's estimate {moved / 2**20:.2f} MB moved "
                "per sample-round") + ")")
+  if whole_job:
+    rows.append(run_whole_job(spec, max(sample_counts), num_rounds,
+                              overrides=whole_job_overrides, log=log))
   if byzfl:
-    _versus_byzfl(rows, job, spec, fed, np.asarray(masks[0]), num_rounds, log)
+    _versus_byzfl(rows, job, spec, fed, np.asarray(masks[0]), num_rounds, log,
+                  processes=byzfl_processes)
 
   # The sequential baseline: same data, model, attack and rule, in NumPy.
   if not baseline_samples:
@@ -432,7 +447,7 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
     log(f"  {'sequential NumPy':<20} S={baseline_samples:<6} {seconds:8.3f} s  {base_rate:10.1f} "
         "sample-rounds/s")
     for r in rows[:-1]:
-      if r.method != BYZFL_LOOP:
+      if r.method not in (BYZFL_LOOP, WHOLE_JOB):
         r.speedup = r.sample_rounds_per_s / base_rate
   else:
     log(f"  (no sequential NumPy baseline for {spec!r} with attack {job.attack!r})")
@@ -440,6 +455,65 @@ def monte_carlo_throughput(config, spec: str, sample_counts: Sequence[int], num_
 
 
 BYZFL_LOOP = "ByzFL's own loop"
+WHOLE_JOB = "whole job (launch/train.py)"
+
+
+def whole_job_command(spec: str, num_samples: int, num_rounds: int, workdir: str,
+                      overrides: Sequence[str] = ()) -> list[str]:
+  """The launcher command `run_whole_job` times: configs/default.py as shipped with one rule,
+  S draws, `num_rounds` rounds evaluated once at the end, no honest-only baseline (theory is
+  off in the default job), then `overrides`."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return [sys.executable, os.path.join(repo, "launch", "train.py"),
+          f"--config={os.path.join(repo, 'configs', 'default.py')}",
+          f"--config.aggregator={spec}", f"--config.num_samples={num_samples}",
+          f"--config.training.num_rounds={num_rounds}",
+          f"--config.training.eval_every={num_rounds}",
+          "--config.estimators.honest_optimum=False", *overrides, f"--workdir={workdir}"]
+
+
+def launcher_env() -> dict[str, str]:
+  """This process's environment without a forced host device count in XLA_FLAGS (a benchmark
+  run with one must not hand it to the launcher, which picks its own devices: one per core for
+  the default job's mesh)."""
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  if flags:
+    env["XLA_FLAGS"] = " ".join(flags)
+  else:
+    env.pop("XLA_FLAGS", None)
+  return env
+
+
+def run_whole_job(spec: str, num_samples: int, num_rounds: int, *,
+                  overrides: Sequence[str] = (),
+                  log: Callable[[str], None] = print) -> ThroughputRow:
+  """The whole launcher job as a user runs it (`whole_job_command`, a subprocess with a fresh
+  --workdir in a temporary folder, so no cached run is reused), timed on the wall clock from
+  start to exit: Python and JAX start-up, data, compilation, the rounds, the evaluation, the
+  report (bootstrap CIs) and its files. sample_rounds_per_s = S · rounds / wall seconds;
+  compile_s is the job's own compile time (timings.json), and the log line gives its
+  `run_seconds` (the chunks' rounds and evaluations) and the rest."""
+  with tempfile.TemporaryDirectory(prefix="whole_job_") as workdir:
+    command = whole_job_command(spec, num_samples, num_rounds, workdir, overrides)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=launcher_env(),
+                          check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+      raise RuntimeError(f"the whole job failed (exit {done.returncode}): {' '.join(command)}\n"
+                         + done.stderr[-3000:])
+    with open(os.path.join(workdir, "timings.json")) as fh:
+      timings = json.load(fh)
+  compile_s = sum(t["compile_seconds"] for t in timings.values())
+  run_s = sum(t["run_seconds"] for t in timings.values())
+  row = ThroughputRow(WHOLE_JOB, spec, num_samples, num_rounds, compile_s, seconds,
+                      num_samples * num_rounds / seconds, math.nan, devices=0)
+  log(f"  {WHOLE_JOB:<26} S={num_samples:<6} {seconds:8.3f} s  {row.sample_rounds_per_s:10.1f} "
+      f"sample-rounds/s  (compile {compile_s:.1f} s, training {run_s:.1f} s, the rest "
+      f"{seconds - compile_s - run_s:.1f} s: start-up, data, report, files)")
+  return row
 
 
 def _client_arrays(fed, dtype):
@@ -451,10 +525,12 @@ def _client_arrays(fed, dtype):
 
 
 def _versus_byzfl(rows, job, spec: str, fed, honest: np.ndarray, num_rounds: int,
-                  log: Callable[[str], None]) -> None:
+                  log: Callable[[str], None], processes: int | None = None) -> None:
   """Appends ByzFL's own federated loop on the same clients' data, model, batch, learning rate,
-  momentum, f and rule (`byzfl_loop`, one draw's honest set, one torch thread) and sets every
-  row's vs_byzfl; says why when it cannot."""
+  momentum, f and rule (`byzfl_loop`, one draw's honest set), run as a pool of `processes`
+  one-thread processes side by side (default one per core: the cores our side uses), and sets
+  every row's vs_byzfl to its rate over the pool's wall-clock rounds/s; says why when it
+  cannot."""
   from fedjax_robust import byzfl_loop  # pylint: disable=g-import-not-at-top
 
   if not byzfl_loop.available():
@@ -471,15 +547,19 @@ def _versus_byzfl(rows, job, spec: str, fed, honest: np.ndarray, num_rounds: int
   xs, ys = _client_arrays(fed, np.float32)
   t = job.training
   options = job.options.get(spec, {})
-  rate = byzfl_loop.rounds_per_second(
-      xs, ys, honest, spec=spec, f=job.f, hidden=tuple(job.model_options.mlp.hidden),
-      num_classes=fed.num_classes, batch_size=t.batch_size, lr=t.client_lr,
-      momentum=t.client_momentum, num_rounds=num_rounds, attack=job.attack,
+  pool = byzfl_loop.pool_rounds_per_second(
+      xs, ys, honest, processes=processes, spec=spec, f=job.f,
+      hidden=tuple(job.model_options.mlp.hidden), num_classes=fed.num_classes,
+      batch_size=t.batch_size, lr=t.client_lr, momentum=t.client_momentum,
+      num_rounds=num_rounds, attack=job.attack,
       aggregator_parameters={"T": options["maxiter"]} if spec == "geometric_median" else None)
-  rows.append(ThroughputRow(BYZFL_LOOP, spec, 1, num_rounds, 0.0, num_rounds / rate, rate,
-                            math.nan, devices=0, vs_byzfl=1.0))
-  log(f"  {BYZFL_LOOP:<26} S=1      {num_rounds / rate:8.3f} s  {rate:10.1f} sample-rounds/s "
-      "(one torch thread)")
+  rate = pool.rounds_per_s
+  rows.append(ThroughputRow(BYZFL_LOOP, spec, pool.processes, num_rounds, 0.0, pool.window_s,
+                            rate, math.nan, devices=0, vs_byzfl=1.0, processes=pool.processes))
+  log(f"  {BYZFL_LOOP:<26} S={pool.processes:<6} {pool.window_s:8.3f} s  {rate:10.1f} "
+      f"sample-rounds/s ({pool.processes} one-thread processes side by side, rounds over the "
+      f"common window; each alone {', '.join(f'{r:.1f}' for r in pool.per_process)} rounds/s, "
+      f"sum {pool.sum_of_rates:.1f})")
   for r in rows[:-1]:
     r.vs_byzfl = r.sample_rounds_per_s / rate
 
@@ -542,11 +622,11 @@ def monte_carlo_phases(config, spec: str, sample_counts: Sequence[int], *, repea
 def format_throughput(rows: Sequence[ThroughputRow]) -> str:
   header = (f"{'method':<28} {'spec':<22} {'S':>6} {'rounds':>6} {'seconds':>9} "
             f"{'sample-rounds/s':>16} {'speed-up':>9} {'vs ByzFL':>9} {'memory MB':>10} "
-            f"{'compile s':>9} {'MB/sample-round':>15}")
+            f"{'compile s':>9} {'MB/sample-round':>15} {'procs':>5}")
   lines = [header, "-" * len(header)]
   for r in rows:
     lines.append(f"{r.method:<28} {r.spec:<22} {r.samples:>6} {r.rounds:>6} {r.seconds:>9.3f} "
                  f"{r.sample_rounds_per_s:>16.1f} {r.speedup:>8.1f}× {r.vs_byzfl:>8.1f}× "
                  f"{r.peak_memory_mb:>10.0f} {r.compile_s:>9.1f} "
-                 f"{r.bytes_per_sample_round / 2**20:>15.2f}")
+                 f"{r.bytes_per_sample_round / 2**20:>15.2f} {r.processes:>5}")
   return "\n".join(lines)

@@ -6,7 +6,13 @@ ByzFL (`pip install byzfl`, which brings PyTorch) is optional: this module impor
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
+import os
+import queue as queue_lib
 import time
+import traceback
+from typing import Callable
 
 import numpy as np
 
@@ -41,19 +47,34 @@ def available() -> bool:
   return True
 
 
-def rounds_per_second(xs, ys, honest, *, spec: str, f: int, hidden=(64, 32), num_classes=10,
-                      batch_size=32, lr=0.5, momentum=0.9, num_rounds=20, attack="alie", seed=0,
-                      warmup_rounds=2, aggregator_parameters=None) -> float:
-  """Rounds per second of ByzFL's own D-SGD loop, its `Client`, `ByzantineClient` and `Server`
-  (with its `RobustAggregator`), run one round at a time exactly as `byzfl.benchmark.train`
-  runs them, on one CPU thread (`torch.set_num_threads(1)`).
+def rounds_per_second(xs, ys, honest, *, num_rounds=20, warmup_rounds=2, **kwargs) -> float:
+  """Rounds per second of ByzFL's own D-SGD loop (`prepare_round`, whose arguments `kwargs`
+  are), one process on one CPU thread: `warmup_rounds` untimed rounds, then `num_rounds` timed
+  (ByzFL's periodic evaluation is not run)."""
+  one_round, close = prepare_round(xs, ys, honest, **kwargs)
+  try:
+    for _ in range(warmup_rounds):
+      one_round()
+    start = time.perf_counter()
+    for _ in range(num_rounds):
+      one_round()
+    return num_rounds / (time.perf_counter() - start)
+  finally:
+    close()
+
+
+def prepare_round(xs, ys, honest, *, spec: str, f: int, hidden=(64, 32), num_classes=10,
+                  batch_size=32, lr=0.5, momentum=0.9, attack="alie", seed=0,
+                  aggregator_parameters=None) -> tuple[Callable[[], None], Callable[[], None]]:
+  """(one_round, close): one round of ByzFL's own D-SGD loop, its `Client`, `ByzantineClient`
+  and `Server` (with its `RobustAggregator`), exactly as `byzfl.benchmark.train` runs them, on
+  one CPU thread (`torch.set_num_threads(1)` until `close()`, which undoes the set-up).
 
   One timed round: every honest `Client.compute_gradients()` (the next batch of its shuffled
   `DataLoader`, forward and backward of the MLP), `get_flat_gradients_with_momentum()`,
   `ByzantineClient.apply_attack(honest_vectors)`, `Server.update_model_with_gradients(...)`
   (pre-aggregators, aggregator, SGD step at `lr`), then the new global state sent to each client
-  with `set_model_state`. `warmup_rounds` untimed rounds come first; ByzFL's periodic evaluation
-  is not run.
+  with `set_model_state`.
 
   xs[i] is client i's float32 features `[m_i, features]`, ys[i] its integer labels. Adaptations
   to ByzFL's API: it builds models by name from `byzfl.fed_framework.models`, so our MLP
@@ -95,6 +116,12 @@ def rounds_per_second(xs, ys, honest, *, spec: str, f: int, hidden=(64, 32), num
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
   setattr(byzfl_models, model_name, Mlp)
+
+  def close():
+    if hasattr(byzfl_models, model_name):
+      delattr(byzfl_models, model_name)
+    torch.set_num_threads(threads)
+
   try:
     misc.set_random_seed(seed)
 
@@ -134,13 +161,111 @@ def rounds_per_second(xs, ys, honest, *, spec: str, f: int, hidden=(64, 32), num
       new_state = server.get_dict_parameters()
       for client in clients:
         client.set_model_state(new_state)
+  except BaseException:
+    close()
+    raise
+  return one_round, close
 
-    for _ in range(warmup_rounds):
-      one_round()
-    start = time.perf_counter()
-    for _ in range(num_rounds):
-      one_round()
-    return num_rounds / (time.perf_counter() - start)
+
+@dataclasses.dataclass(frozen=True)
+class PoolRate:
+  """What `pool_rounds_per_second` measured. `rounds_per_s` is the figure to compare against:
+  every process's timed rounds over the common window, from the first process's start to the
+  last one's end (the pool's throughput as a wall clock sees it). `sum_of_rates`, the sum of each
+  process's own rounds/s, is at least that (a process that finishes early leaves the others a
+  freer machine) and is given beside it, not used."""
+  rounds_per_s: float
+  sum_of_rates: float
+  processes: int
+  window_s: float                  # last end − first start
+  rounds: int                      # timed rounds of each process
+  pids: tuple[int, ...]
+  per_process: tuple[float, ...]   # each process's own rounds/s
+
+
+def _pool_worker(prepare, args, kwargs, warmup_rounds, num_rounds, barrier, queue,
+                 timeout_s):
+  """One process of the pool: set up (`prepare(*args, **kwargs)` gives (one_round, close)) and
+  warm up, wait for every other process at `barrier`, then time `num_rounds` rounds on
+  `time.monotonic` (CLOCK_MONOTONIC: one clock for every process of the machine) and report
+  (pid, start, end), or the traceback."""
+  try:
+    one_round, close = prepare(*args, **kwargs)
+    try:
+      for _ in range(warmup_rounds):
+        one_round()
+      barrier.wait(timeout=timeout_s)
+      start = time.monotonic()
+      for _ in range(num_rounds):
+        one_round()
+      end = time.monotonic()
+    finally:
+      close()
+    queue.put(("ok", os.getpid(), start, end))
+  except BaseException:  # pylint: disable=broad-except
+    barrier.abort()  # the others stop waiting
+    queue.put(("error", os.getpid(), traceback.format_exc(), None))
+
+
+def cores() -> int:
+  """The cores this process may run on: the pool's default size, and what `sharding` gives the
+  launchers' one-device-per-core mesh."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+      os.cpu_count() or 1)
+
+
+def pool_rounds_per_second(xs, ys, honest, *, processes: int | None = None,
+                           num_rounds: int = 20, warmup_rounds: int = 2,
+                           prepare: Callable = prepare_round, timeout_s: float = 600.0,
+                           **kwargs) -> PoolRate:
+  """ByzFL's loop as a pool of `processes` concurrent one-thread processes (default `cores()`,
+  the cores our side's mesh uses), each running `prepare`'s rounds on the same job: the
+  same-cores yardstick, since ByzFL's loop runs one draw on one thread and a Monte Carlo job of
+  many draws would run one such process per core.
+
+  The processes start by 'spawn' (no state forked from a process that has started JAX or torch
+  threads), set up and warm up apart, then start their `num_rounds` timed rounds together at a
+  barrier. rounds_per_s = P · num_rounds / (max_p end_p − min_p start_p), the pool's wall-clock
+  throughput (`PoolRate`). `prepare` is a module-level function (spawn pickles it by name)
+  returning (one_round, close), called as `prepare(xs, ys, honest, **kwargs)`; the default
+  `prepare_round` needs `byzfl`."""
+  processes = cores() if processes is None else processes
+  if processes < 1:
+    raise ValueError(f"processes must be >= 1, got {processes}")
+  ctx = multiprocessing.get_context("spawn")
+  barrier = ctx.Barrier(processes)
+  queue = ctx.Queue()
+  workers = [ctx.Process(target=_pool_worker, daemon=True,
+                         args=(prepare, (xs, ys, honest), kwargs, warmup_rounds, num_rounds,
+                               barrier, queue, timeout_s))
+             for _ in range(processes)]
+  for w in workers:
+    w.start()
+  reports = []
+  deadline = time.monotonic() + timeout_s
+  try:
+    while len(reports) < processes:
+      try:
+        reports.append(queue.get(timeout=1.0))
+      except queue_lib.Empty:
+        dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+        if dead or time.monotonic() > deadline:
+          why = f"died (exit codes {dead})" if dead else f"took over {timeout_s} s"
+          raise RuntimeError(f"the pool's processes {why}") from None
   finally:
-    delattr(byzfl_models, model_name)
-    torch.set_num_threads(threads)
+    for w in workers:
+      w.join(timeout=10)
+      if w.is_alive():
+        w.terminate()
+  errors = sorted((r for r in reports if r[0] == "error"),
+                  key=lambda r: "BrokenBarrierError" in r[2])  # the cause before its echoes
+  if errors:
+    raise RuntimeError(f"{len(errors)} of {processes} pool processes failed; the first:\n"
+                       + errors[0][2])
+  starts = [r[2] for r in reports]
+  ends = [r[3] for r in reports]
+  window = max(ends) - min(starts)
+  per_process = tuple(num_rounds / (e - s) for s, e in zip(starts, ends))
+  return PoolRate(rounds_per_s=processes * num_rounds / window, sum_of_rates=sum(per_process),
+                  processes=processes, window_s=window, rounds=num_rounds,
+                  pids=tuple(r[1] for r in reports), per_process=per_process)

@@ -13,7 +13,11 @@ bench_time_vs_d.png.
 Monte Carlo: sample-rounds/s and memory of the vmapped training of the default digits job as
 S grows (and with `monte_carlo.block_sizes`, the S draws run as a lax.map over blocks of B),
 beside the sequential NumPy baseline and, when `byzfl` is importable, ByzFL's own federated loop
-(Client/Server/RobustAggregator) on the same job (column vs_byzfl); `monte_carlo.meshes` adds the
+(Client/Server/RobustAggregator) on the same job, as a pool of one-thread processes, one per core
+(`monte_carlo.byzfl_processes`; column vs_byzfl, over the pool's wall-clock rounds/s);
+`monte_carlo.whole_job=True` also times the whole launcher command (launch/train.py, the default
+job with the one rule at the largest S, one evaluation, no baseline: start-up, compile and
+writing included) beside the kernel's rows; `monte_carlo.meshes` adds the
 draws split over devices (e.g. '("","draws=2","draws")' with
 XLA_FLAGS=--xla_force_host_platform_device_count=8); `monte_carlo.phases=True` also times local
 training, the attack and the rule of one round alone per S. Writes monte_carlo.csv (monte_carlo_phases.csv).
@@ -58,6 +62,8 @@ _DOMAINS = {
     "monte_carlo.meshes": D.Tuple(D.Domain("str"), 1, note="config.mesh syntax, '' one device"),
     "monte_carlo.byzfl": D.Bool(),
     "monte_carlo.phases": D.Bool(),
+    "monte_carlo.byzfl_processes": D.Int(0, note="0: one per core"),
+    "monte_carlo.whole_job": D.Bool(),
 }
 
 
@@ -125,7 +131,11 @@ def main(_):  # errors.run_main refuses positional arguments
     rows = benchmark.monte_carlo_throughput(
         job, m.spec, tuple(m.sample_counts), m.num_rounds,
         baseline_samples=m.baseline_samples, block_sizes=tuple(m.block_sizes),
-        meshes=tuple(m.meshes), byzfl=m.byzfl, log=log)
+        meshes=tuple(m.meshes), byzfl=m.byzfl, byzfl_processes=m.byzfl_processes or None,
+        whole_job=m.whole_job,
+        whole_job_overrides=[f"--config.aggregator_options.{rule}.{k}={v}"
+                             for rule, o in m.aggregator_options.items() for k, v in o.items()],
+        log=log)
     log("\n" + benchmark.format_throughput(rows))
     benchmark.write_csv(rows, os.path.join(workdir, "monte_carlo.csv"))
     log(f"\nwrote {workdir}/monte_carlo.csv")

@@ -1,7 +1,9 @@
 """The benchmark's references: the sequential NumPy training baseline is the simulator's
 algorithm, and the NumPy aggregation references agree with the JAX rules at benchmark scale."""
 
+import csv
 import math
+import time
 
 import jax
 import numpy as np
@@ -135,19 +137,23 @@ def test_monte_carlo_bench_on_a_mesh_and_against_byzfls_loop(monkeypatch):
   c.aggregator_options.geometric_median.maxiter = 7
   seen = {}
 
-  def fake_rate(xs, ys, honest, **kw):
+  def fake_pool(xs, ys, honest, **kw):
     seen.update(kw, xs=xs, ys=ys, honest=honest)
-    return 4.0
+    return byzfl_loop.PoolRate(rounds_per_s=4.0, sum_of_rates=4.5, processes=3, window_s=1.5,
+                               rounds=2, pids=(7, 8, 9), per_process=(1.5, 1.5, 1.5))
 
   monkeypatch.setattr(byzfl_loop, "available", lambda: True)
-  monkeypatch.setattr(byzfl_loop, "rounds_per_second", fake_rate)
+  monkeypatch.setattr(byzfl_loop, "pool_rounds_per_second", fake_pool)
   lines = []
   rows = benchmark.monte_carlo_throughput(c, "geometric_median", (8,), 2, baseline_samples=0,
-                                          repeats=1, meshes=("draws=1",), log=lines.append)
-  assert [(r.method, r.devices) for r in rows] == [
-      ("vmapped JAX on 1 dev", 1), (benchmark.BYZFL_LOOP, 0)]
+                                          repeats=1, meshes=("draws=1",), byzfl_processes=3,
+                                          log=lines.append)
+  assert [(r.method, r.devices, r.processes) for r in rows] == [
+      ("vmapped JAX on 1 dev", 1, 1), (benchmark.BYZFL_LOOP, 0, 3)]
+  # The ratio is over the pool's wall-clock rate (4.0), not the sum of its processes' (4.5).
   for r in rows:
     assert r.vs_byzfl == pytest.approx(r.sample_rounds_per_s / 4.0)
+  assert seen["processes"] == 3 and seen["num_rounds"] == 2
   assert seen["spec"] == "geometric_median" and seen["f"] == c.f
   assert seen["aggregator_parameters"] == {"T": 7}
   assert seen["hidden"] == tuple(c.model_options.mlp.hidden)
@@ -168,3 +174,39 @@ def test_monte_carlo_bench_on_a_mesh_and_against_byzfls_loop(monkeypatch):
   monkeypatch.setattr(byzfl_loop, "available", lambda: False)
   benchmark._versus_byzfl(rows, c, "mean", fed, np.ones(6, bool), 2, lines.append)
   assert "byzfl package is not importable" in lines[-1] and len(rows) == 1
+
+
+def test_the_whole_job_beside_the_kernel_is_timed_start_to_exit(monkeypatch, tmp_path):
+  """monte_carlo.whole_job: the launcher job at the largest S as a subprocess in a fresh workdir,
+  its rate S · rounds over the wall clock from start to exit (which holds the job's own compile
+  and training times, and more: start-up, data, report), and its ratio to ByzFL's pool."""
+  from fedjax_robust import byzfl_loop
+  monkeypatch.setattr(byzfl_loop, "available", lambda: True)
+  monkeypatch.setattr(byzfl_loop, "pool_rounds_per_second", lambda *a, **kw: byzfl_loop.PoolRate(
+      rounds_per_s=0.25, sum_of_rates=0.25, processes=2, window_s=16.0, rounds=2, pids=(1, 2),
+      per_process=(0.125, 0.125)))
+  c = tiny_config()
+  c.model = "mlp"
+  tiny = ["--config.num_clients=6", "--config.f=1", "--config.model=logistic", "--config.mesh="]
+  start = time.perf_counter()
+  rows = benchmark.monte_carlo_throughput(c, "mean", (8,), 2, baseline_samples=0, repeats=1,
+                                          whole_job=True, whole_job_overrides=tiny,
+                                          log=lambda _: None)
+  outside = time.perf_counter() - start
+  assert [r.method for r in rows] == ["vmapped JAX", benchmark.WHOLE_JOB, benchmark.BYZFL_LOOP]
+  whole = rows[1]
+  assert (whole.samples, whole.rounds) == (8, 2)
+  assert whole.sample_rounds_per_s == pytest.approx(8 * 2 / whole.seconds)
+  assert 0 < whole.compile_s < whole.seconds < outside
+  assert whole.vs_byzfl == pytest.approx(whole.sample_rounds_per_s / 0.25)
+  benchmark.write_csv(rows, str(tmp_path / "monte_carlo.csv"))
+  table = list(csv.DictReader(open(tmp_path / "monte_carlo.csv")))
+  assert [int(r["processes"]) for r in table] == [1, 1, 2]
+  # The launcher's command: the default job with the one rule, one evaluation, no baseline.
+  command = benchmark.whole_job_command("mean", 8, 2, "/w", tiny)
+  assert command[1].endswith("launch/train.py") and command[2].endswith("configs/default.py")
+  assert {"--config.aggregator=mean", "--config.num_samples=8",
+          "--config.training.num_rounds=2", "--config.training.eval_every=2",
+          "--config.estimators.honest_optimum=False", "--workdir=/w"} <= set(command)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_foo=1")
+  assert benchmark.launcher_env()["XLA_FLAGS"] == "--xla_cpu_foo=1"
