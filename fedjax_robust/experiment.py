@@ -47,10 +47,11 @@ from fedjax_robust.memory import align_draws
 from fedjax_robust.memory import chunk_size
 from fedjax_robust.memory import DRAW_ALIGNMENT
 from fedjax_robust.memory import fixed_memory
+from fedjax_robust.memory import Footprint
 from fedjax_robust.memory import local_batch_size
-from fedjax_robust.memory import memory_per_draw
 from fedjax_robust.memory import memory_plan
 from fedjax_robust.memory import MemoryPlan
+from fedjax_robust.memory import plan_simulator
 from fedjax_robust.run_cache import _leaves
 from fedjax_robust.run_cache import _load_worst_case
 from fedjax_robust.run_cache import _NOT_IN_REFERENCE
@@ -84,6 +85,8 @@ Progress = Callable[[dict], None]
 MAX_CACHED_SIMULATORS = 16
 simulator_cache: collections.OrderedDict[str, training.Simulator] = collections.OrderedDict()
 _programs: dict[tuple, Callable] = {}
+# (id(simulator), draws, ...) -> (the simulator as planned, its MemoryPlan): `_planned`.
+_plans: dict[tuple, tuple] = {}
 _NOT_IN_PROGRAM = ("seed", "honest_set", "honest_set_options", "graph", "num_samples",
                    "num_samples_per_chunk", "memory_budget_gb", "estimators", "report",
                    "draw_condition")
@@ -147,6 +150,8 @@ def simulator(job, spec: str, fed: FederatedData, *,
     _, evicted = simulator_cache.popitem(last=False)
     for program_key in [k for k in _programs if k[1] == id(evicted)]:
       del _programs[program_key]
+    for plan_key in [k for k in _plans if k[0] == id(evicted)]:
+      del _plans[plan_key]
   return simulator_cache[key]
 
 
@@ -358,6 +363,9 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
     smoothness = place.grouped(
         "smoothness", jax.vmap(sim.honest_smoothness, in_axes=(0, 0, None)),
         states0.params, probe_masks, everyone)
+  # The compiles' example states are a whole chunk's: freed before the chunks' own (the memory
+  # plan counts one chunk of states, not two).
+  del states0
   compile_seconds = time.perf_counter() - start
 
   num_steps = num_rounds // eval_every
@@ -418,6 +426,21 @@ class Experiment:
   compression: dict | None = None
 
 
+def _planned(job, sim: training.Simulator, fed: FederatedData, num_samples: int, *,
+             devices: int | None = None) -> tuple[training.Simulator, MemoryPlan]:
+  """`memory.plan_simulator` (the simulator, its clients streamed when they must be, and its
+  memory plan), cached per simulator and size; a job that cannot fit is refused here, before
+  its program is compiled (ConfigError: the memory it needs and the settings that would)."""
+  key = (id(sim), num_samples, devices, job.num_samples_per_chunk, job.memory_budget_gb,
+         job.mesh)
+  if key not in _plans:
+    _plans[key] = plan_simulator(job, sim, fed, num_samples, devices=devices)
+  planned, plan = _plans[key]
+  if plan.refusal():
+    raise ConfigError(plan.refusal())
+  return planned, plan
+
+
 def _keys(job):
   root = jax.random.key(job.seed)
   return tuple(jax.random.fold_in(root, i) for i in range(3))  # masks, init, run
@@ -459,11 +482,11 @@ def criterion_measure(job, sim: training.Simulator, fed: FederatedData, criterio
 
   def measure(masks: np.ndarray, draw_ids: np.ndarray) -> np.ndarray:
     masks = np.asarray(masks, bool)
-    run = run_monte_carlo(sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
+    planned, plan = _planned(job, sim, fed, len(masks))
+    run = run_monte_carlo(planned, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
                           num_rounds=job.training.num_rounds, eval_every=every, spec=spec,
-                          chunk=chunk_size(job, sim.num_params, len(masks),
-                                           int(fed.train.counts.max()), fixed=fixed_memory(fed)),
-                          draw_ids=np.asarray(draw_ids), mesh=sharding.make(job.mesh))
+                          chunk=plan.chunk, draw_ids=np.asarray(draw_ids),
+                          mesh=sharding.make(job.mesh))
     if theory:
       value = theory_report.per_draw(job, run, np.sum(~masks, axis=1),
                                      exact=constants(masks) if convex else None,
@@ -799,8 +822,12 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
     log(config_lib.describe_compression(compression_info))
   mesh = sharding.make(job.mesh)
   devices = sharding.draws_of(mesh)
-  memory = memory_plan(job, num_params, S, max_count, fixed=fixed_memory(fed),
-                       devices=devices)
+  # Each rule's bytes per draw (a traced bound, or XLA's measured figure when the bound does
+  # not fit; its clients streamed when one draw does not fit whole); the largest plans the job.
+  plans = {}
+  for spec in specs:
+    sims[spec], plans[spec] = _planned(job, sims[spec], fed, S, devices=devices)
+  memory = min(plans.values(), key=lambda p: (p.chunk, -p.bytes_per_device))
   chunk, per_draw = memory.chunk, memory.per_draw
   num_chunks = -(-S // chunk)
   # The honest-only baseline (estimators.honest_optimum) trains too: once, or once per
@@ -838,8 +865,6 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
         f"client: {max_count} examples); minibatches are drawn with replacement, so each local "
         f"step processes {t.batch_size} examples per client: ≈ {_human_bytes(per_draw)} per draw, "
         f"{chunk} draw(s) per chunk.")
-  if memory.warning():
-    log(memory.warning())
   if estimate > 3600:
     log(f"WARNING: this job is estimated at ≈ {human_seconds(estimate)} on this CPU.")
 
@@ -980,8 +1005,8 @@ def _run_references(exp: Experiment, init_key, run_key, log, *, workdir: str | N
           sim = simulator(job, spec, fed, reference="honest_optimum")
           log("honest optimum L_S* of every draw (mean of the honest clients, no attack)")
           mesh = sharding.make(job.mesh)
-          chunk = chunk_size(job, sim.num_params, job.num_samples,
-                             int(fed.train.counts.max()), fixed=fixed_memory(fed))
+          sim, plan = _planned(job, sim, fed, job.num_samples)
+          chunk = plan.chunk
           ref = run_monte_carlo(
               sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
               num_rounds=rounds, eval_every=every, spec="honest_optimum", mesh=mesh, chunk=chunk,

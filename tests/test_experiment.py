@@ -135,66 +135,68 @@ GB = 2**30
 
 
 def test_the_issue_reproducer_fits_its_budget():
-  """`launch/train.py --config.num_samples=1024` (digits, 2410 parameters, largest client 76
-  examples, 2 CPU devices): one chunk of 1024 was planned at 512 × 8,481,600 = 4.34e9 bytes per
-  device against a budget of 4 GB = 4.29e9; now two chunks of 512."""
+  """`launch/train.py --config.num_samples=1024` (2 CPU devices, 4 GB): with 8,481,600 bytes a
+  draw one chunk of 1024 would need 4.34e9 bytes per device against 4.29e9; two of 512 fit."""
   c = tiny_config()
   c.num_clients, c.num_samples, c.memory_budget_gb = 25, 1024, 4.0
-  plan = experiment.memory_plan(c, 2410, 1024, 76, fixed=500_000, devices=2)
-  assert plan.per_draw == 8_481_600
+  plan = experiment.memory_plan(c, 8_481_600, 1024, fixed=500_000, devices=2)
   assert plan.chunk == 512 and plan.bytes_per_device <= 4 * GB
-  assert plan.warning() == ""
-  # The same budget on one device: 506.4 draws fit; one chunk of 512 was planned (506 rounded
-  # up to 8), now three of 344 (504 fit in whole groups of 8; 1024 draws need three).
+  assert plan.refusal() == ""
+  # The same budget on one device: 506.4 draws fit, 504 in whole groups of 8; 1024 draws need
+  # three chunks, of 344.
   c.mesh = ""
-  chunk = experiment.chunk_size(c, 2410, 1024, 76)
+  chunk = experiment.chunk_size(c, 8_481_600, 1024)
   assert chunk == 344 and chunk * plan.per_draw <= 4 * GB
 
 
 @pytest.mark.parametrize("devices", [1, 2, 4])
 def test_automatic_chunks_never_exceed_the_budget_when_the_smallest_chunk_fits(devices):
   c = tiny_config()
-  per_draw = experiment.memory_per_draw(c, 1000, 20)
+  per_draw = 3_000_017
   unit = experiment.DRAW_ALIGNMENT
   for fixed in (0, 3 * per_draw + 7):
     for draws_in_budget in (7.5, 8, 9, 15.9, 16, 100, 503.7, 504, 1000, 5000):
       c.memory_budget_gb = (fixed + draws_in_budget * per_draw) / GB
       budget = int(c.memory_budget_gb * GB)
       for samples in (1, 7, 8, 9, 100, 1000, 1010, 1024, 4096):
-        plan = experiment.memory_plan(c, 1000, samples, 20, fixed=fixed, devices=devices)
+        plan = experiment.memory_plan(c, per_draw, samples, fixed=fixed, devices=devices)
         assert plan.chunk % (unit * devices) == 0
         assert plan.chunk <= -(-samples // (unit * devices)) * unit * devices  # no extra chunk
         room = (budget - fixed) // per_draw // unit * unit  # whole groups of draws per device
-        if room == 0:  # not even the smallest chunk fits: it is taken, and said
+        if room == 0:  # not even the smallest chunk fits: it is taken, and refused
           assert plan.chunk == unit * devices
-          assert "smallest chunk is 8 draws per device" in plan.warning()
+          assert "smallest chunk is 8 draws per device" in plan.refusal()
           continue
         assert plan.fixed + plan.chunk // devices * per_draw <= budget, (samples, devices)
-        assert plan.warning() == ""
+        assert plan.refusal() == ""
         # The fewest chunks the budget allows, the draws spread evenly over them.
         need = -(-samples // (unit * devices)) * unit
         assert -(-samples // plan.chunk) == -(-need // room)
 
 
-def test_a_chunk_set_beyond_the_budget_is_said_with_what_to_change():
+def test_a_chunk_beyond_the_budget_is_refused_with_what_would_fit():
   c = tiny_config()
-  per_draw = experiment.memory_per_draw(c, 1000, 20)
+  per_draw = 3_000_017
   c.memory_budget_gb = (1_000_000 + 20 * per_draw) / GB
   c.num_samples_per_chunk = 64
-  plan = experiment.memory_plan(c, 1000, 256, 20, fixed=1_000_000, devices=2)
+  plan = experiment.memory_plan(c, per_draw, 256, fixed=1_000_000, devices=2, num_clients=10)
   assert plan.chunk == 64 and plan.bytes_per_device > plan.budget
-  text = plan.warning()
-  assert text.startswith("WARNING: memory: a chunk of 64 draws (32 per device) is estimated at")
+  text = plan.refusal()
+  assert text.startswith("memory: a chunk of 64 draws (32 per device) needs")
   assert "more than memory_budget_gb=" in text
   # 20 draws per device fit: 16 in whole groups of 8, so 32 over the two devices.
-  assert "set num_samples_per_chunk=32 (or 0: chosen from the budget)" in text
+  assert "allowed: num_samples_per_chunk <= 32 (or 0: chosen from the budget)" in text
   c.num_samples_per_chunk = 0
-  assert experiment.memory_plan(c, 1000, 256, 20, fixed=1_000_000, devices=2).chunk == 32
-  c.memory_budget_gb = 1e-4
-  text = experiment.memory_plan(c, 1000, 256, 20, fixed=1_000_000, devices=2).warning()
+  assert experiment.memory_plan(c, per_draw, 256, fixed=1_000_000, devices=2).chunk == 32
+  c.memory_budget_gb = 1e-2
+  text = experiment.memory_plan(c, per_draw, 256, fixed=1_000_000, devices=2,
+                                num_clients=10).refusal()
   assert "The smallest chunk is 8 draws per device (DRAW_ALIGNMENT)" in text
   need = math.ceil((1_000_000 + 8 * per_draw) * 100 / GB) / 100
-  assert f"set memory_budget_gb={need:g} if the device has that much" in text
+  assert f"memory_budget_gb >= {need:g} if the device has that much" in text
+  # a draw's bytes grow about linearly with its clients: 10 × (budget − data) / (8 × per draw)
+  clients = int(10 * (0.01 * GB - 1_000_000) / (8 * per_draw))
+  assert f"num_clients <= about {clients}" in text
 
 
 # ------------------------------------------------------------------ progress and its ETA
