@@ -6,7 +6,7 @@ import ml_collections
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.mode = "all"            # "aggregators", "monte_carlo" or "all"
+  c.mode = "all"            # "aggregators", "monte_carlo", "all" or "scale" (asked alone)
   c.rules = ("mean,coordinate_median,trimmed_mean,meamed,geometric_median,krum,multi_krum,"
              "minimum_diameter_averaging,monna,centered_clipping,bulyan,caf,smea,"
              "nnm+trimmed_mean,bucketing+mean,bucketing+geometric_median,arc+mean,"
@@ -46,4 +46,12 @@ def get_config():
       # Options of the job's rules, over configs/default.py's (e.g. geometric_median.maxiter=3;
       # ByzFL's loop gets the same iteration count).
       "aggregator_options": {"geometric_median": {"maxiter": 100}}})
+  # Scaling (mode "scale", issue 37): sample-rounds/s and peak memory against d (the points), n
+  # and S, the plan's bytes beside the measured peak (fedjax_robust/scaling.py). d: 2.4k, 77k,
+  # 4.3M (MLP), 137k, 545k (CNN at CIFAR shape), 0.1M (transformer).
+  c.scale = ml_collections.ConfigDict({
+      "points": ("mlp:32", "mlp:1024", "mlp:2048x2048", "cnn:16x32", "cnn:32x64",
+                 "char_transformer:2x64"),
+      "clients": (25, 100, 400), "samples": (8, 64), "num_rounds": 5, "spec": "trimmed_mean",
+      "memory_budget_gb": 16.0})
   return c

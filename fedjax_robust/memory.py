@@ -60,6 +60,9 @@ class Footprint:
   per_draw: int
   how: str
   client_block: int = 0
+  # Bytes of the evaluation's working set (its program at DRAW_ALIGNMENT draws, less the data),
+  # once per device whatever the chunk: the evaluation runs DRAW_ALIGNMENT draws at a time.
+  evaluation: int = 0
 
 
 def program_bytes(compiled) -> int:
@@ -111,6 +114,32 @@ def _data_bytes(train) -> int:
                  for a in jax.tree.leaves(train)))
 
 
+def _evaluation(sim, fed: FederatedData):
+  """The evaluation's program at DRAW_ALIGNMENT draws (`Simulator.evaluate` vmapped, as
+  `experiment` compiles it) and its abstract arguments; the data's bytes among them."""
+  state = jax.eval_shape(sim.init, jax.random.key(0))
+  states = jax.tree.map(lambda a: jax.ShapeDtypeStruct((DRAW_ALIGNMENT,) + a.shape, a.dtype),
+                        state)
+  params = jax.eval_shape(sim.eval_params, states)
+  masks = jax.ShapeDtypeStruct((DRAW_ALIGNMENT, sim.num_clients), jnp.bool_)
+  test = (fed.test_x, fed.test_y) + ((fed.holdout,) if fed.holdout is not None else ())
+  program = jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None) + (None,) * len(test)))
+  return program, (params, masks, fed.train, *test), _data_bytes((fed.train, test))
+
+
+def bound_evaluation(sim, fed: FederatedData) -> int:
+  """BOUND bytes of the evaluation's working set (`jaxpr_bytes` of its traced program)."""
+  program, args, data = _evaluation(sim, fed)
+  jaxpr = program.trace(*args).jaxpr.jaxpr
+  return max(0, jaxpr_bytes(jaxpr) + sum(_nbytes(v) for v in jaxpr.invars) - data)
+
+
+def measured_evaluation(sim, fed: FederatedData) -> int:
+  """MEASURED bytes of the evaluation's working set (XLA's buffer assignment)."""
+  program, args, data = _evaluation(sim, fed)
+  return max(0, program_bytes(program.lower(*args).compile()) - data)
+
+
 def bound_per_draw(sim, train) -> int:
   """BOUND bytes per draw: `jaxpr_bytes` of the traced one-round program at DRAW_ALIGNMENT
   draws plus its arguments, less the clients' data, per draw (traced, not compiled)."""
@@ -129,35 +158,43 @@ def measured_per_draw(sim, train) -> int:
            // DRAW_ALIGNMENT)
 
 
-def footprint(sim, train, *, draws: int, fixed: int, budget: int) -> Footprint:
-  """The bytes a draw of `sim` needs, found as cheaply as the budget allows: the BOUND when
-  `draws` per device fit under it (no compile); else MEASURED; and when not even
-  DRAW_ALIGNMENT draws fit with every client vmapped at once, the largest client block
-  (`training.map_clients`) whose measured footprint lets them fit, if any (else the smallest
-  block's footprint, which the plan then refuses)."""
-  room = lambda per_draw, width: fixed + width * per_draw <= budget
-  bound = bound_per_draw(sim, train)
-  if room(bound, draws):
-    return Footprint(bound, BOUND)
-  whole = measured_per_draw(sim, train)
+def footprint(sim, fed: FederatedData, *, draws: int, fixed: int, budget: int) -> Footprint:
+  """The bytes a draw of `sim` needs and the evaluation's working set, found as cheaply as the
+  budget allows: the BOUND when `draws` per device fit under it (no compile); else MEASURED;
+  and when not even DRAW_ALIGNMENT draws fit with every client vmapped at once, the largest
+  client block (`training.map_clients`) whose measured footprint lets them fit, if any (else
+  the smallest block's footprint, which the plan then refuses)."""
+  train = fed.train
+  bound, bound_eval = bound_per_draw(sim, train), bound_evaluation(sim, fed)
+  if fixed + bound_eval + draws * bound <= budget:
+    return Footprint(bound, BOUND, evaluation=bound_eval)
+
+  def measured(block):
+    s = dataclasses.replace(sim, client_block=block)
+    return Footprint(measured_per_draw(s, train), MEASURED, block, measured_evaluation(s, fed))
+
+  room = lambda f: fixed + f.evaluation + DRAW_ALIGNMENT * f.per_draw <= budget
+  whole = measured(0)
   n = sim.num_clients
-  if room(whole, DRAW_ALIGNMENT) or n == 1:
-    return Footprint(whole, MEASURED)
-  least = measured_per_draw(dataclasses.replace(sim, client_block=1), train)
-  if not room(least, DRAW_ALIGNMENT):
-    return Footprint(least, MEASURED, 1)
+  if room(whole) or n == 1:
+    return whole
+  least = measured(1)
+  if not room(least):
+    return least
   # Between block 1 and all n clients the footprint grows about linearly with the block: the
   # largest block the line lets fit, then halved until its measured footprint fits.
-  slope = max(whole - least, 1) / (n - 1)
-  block = max(1, min(n - 1, int(((budget - fixed) / DRAW_ALIGNMENT - least) / slope) + 1))
+  slope = max(whole.per_draw + whole.evaluation / DRAW_ALIGNMENT
+              - least.per_draw - least.evaluation / DRAW_ALIGNMENT, 1) / (n - 1)
+  spare = (budget - fixed - least.evaluation) / DRAW_ALIGNMENT - least.per_draw
+  block = max(1, min(n - 1, int(spare / slope) + 1))
   while block > 1:
     if block > DRAW_ALIGNMENT:  # whole groups of DRAW_ALIGNMENT, as the draws' widths
       block = block // DRAW_ALIGNMENT * DRAW_ALIGNMENT
-    per_draw = measured_per_draw(dataclasses.replace(sim, client_block=block), train)
-    if room(per_draw, DRAW_ALIGNMENT):
-      return Footprint(per_draw, MEASURED, block)
+    found = measured(block)
+    if room(found):
+      return found
     block //= 2
-  return Footprint(least, MEASURED, 1)
+  return least
 
 
 def fixed_memory(fed: FederatedData) -> int:
@@ -183,6 +220,7 @@ class MemoryPlan:
   how: str = MEASURED
   client_block: int = 0
   num_clients: int = 0
+  evaluation: int = 0    # bytes, `Footprint.evaluation` (once per device)
 
   @property
   def draws_per_device(self) -> int:
@@ -190,12 +228,12 @@ class MemoryPlan:
 
   @property
   def bytes_per_device(self) -> int:
-    return self.fixed + self.draws_per_device * self.per_draw
+    return self.fixed + self.evaluation + self.draws_per_device * self.per_draw
 
   @property
   def largest_chunk(self) -> int:
     """The largest chunk within the budget (0: not even DRAW_ALIGNMENT draws per device)."""
-    fit = max(self.budget - self.fixed, 0) // self.per_draw
+    fit = max(self.budget - self.fixed - self.evaluation, 0) // self.per_draw
     return fit // DRAW_ALIGNMENT * DRAW_ALIGNMENT * self.devices
 
   def describe(self) -> str:
@@ -211,7 +249,9 @@ class MemoryPlan:
                 if self.client_block else "")
     return (f"memory {approx} {_human_bytes(self.bytes_per_device)}{where} "
             f"({self.draws_per_device} draws × {_human_bytes(self.per_draw)} ({how}) + "
-            f"{_human_bytes(self.fixed)} of data; budget {self.budget / 2**30:.3g} GB{where})"
+            + (f"{_human_bytes(self.evaluation)} for the evaluation + " if self.evaluation
+               else "")
+            + f"{_human_bytes(self.fixed)} of data; budget {self.budget / 2**30:.3g} GB{where})"
             + streamed)
 
   def refusal(self) -> str:
@@ -224,7 +264,9 @@ class MemoryPlan:
     what = (f"memory: a chunk of {self.chunk} draws ({self.draws_per_device} per device) needs "
             f"{_human_bytes(self.bytes_per_device)} per device ({self.draws_per_device} × "
             f"{_human_bytes(self.per_draw)} per draw, measured by XLA's buffer assignment, + "
-            f"{_human_bytes(self.fixed)} of data), more than memory_budget_gb="
+            + (f"{_human_bytes(self.evaluation)} for the evaluation + " if self.evaluation
+               else "")
+            + f"{_human_bytes(self.fixed)} of data), more than memory_budget_gb="
             f"{self.budget / 2**30:.3g}.")
     if self.largest_chunk:  # num_samples_per_chunk asked for more than fits
       return (f"{what} num_samples_per_chunk sets this chunk; allowed: num_samples_per_chunk <= "
@@ -234,7 +276,8 @@ class MemoryPlan:
                 else "")
     fewer = ""
     if self.num_clients > 1:  # a draw's bytes grow about linearly with its clients
-      room = (self.budget - self.fixed) / (self.draws_per_device * self.per_draw)
+      room = (self.budget - self.fixed) / (self.draws_per_device * self.per_draw
+                                           + self.evaluation)
       clients = int(self.num_clients * room)
       if clients >= 1:
         fewer = f", num_clients <= about {clients}"
@@ -260,7 +303,8 @@ def memory_plan(job, footprint: Footprint | int, num_samples: int, *, fixed: int
   plan = functools.partial(
       MemoryPlan, devices=devices, per_draw=max(1, footprint.per_draw), fixed=fixed,
       budget=int(job.memory_budget_gb * 2**30), automatic=not job.num_samples_per_chunk,
-      how=footprint.how, client_block=footprint.client_block, num_clients=num_clients)
+      how=footprint.how, client_block=footprint.client_block, num_clients=num_clients,
+      evaluation=footprint.evaluation)
   if job.num_samples_per_chunk:
     return plan(chunk=align_draws(min(job.num_samples_per_chunk, num_samples), devices))
   room = plan(chunk=devices).largest_chunk // devices  # draws per device within the budget
@@ -287,7 +331,7 @@ def plan_simulator(job, sim, fed: FederatedData, num_samples: int, *, devices: i
   fixed = fixed_memory(fed)
   draws = align_draws(min(job.num_samples_per_chunk or num_samples, num_samples),
                       devices) // devices
-  found = footprint(sim, fed.train, draws=draws, fixed=fixed,
+  found = footprint(sim, fed, draws=draws, fixed=fixed,
                     budget=int(job.memory_budget_gb * 2**30))
   if found.client_block:
     sim = dataclasses.replace(sim, client_block=found.client_block)

@@ -3,6 +3,7 @@
   python launch/bench.py --workdir=runs/bench                        # everything (configs/bench.py)
   python launch/bench.py --config.mode=aggregators --config.grid='((100,100000),)'
   python launch/bench.py --config.mode=monte_carlo --config.monte_carlo.sample_counts='(1,256)'
+  python launch/bench.py --config.mode=scale --config.scale.points='("mlp:32","cnn:32x64")'
 
 Aggregators: median time per rule over a grid of (n, d) with compile time apart, updates/s,
 the effective read rate (input bytes × passes / time) against this machine's measured read
@@ -41,7 +42,8 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "benc
 _CONFIG = errors.define_config_flag(_DEFAULT_CONFIG, "Benchmark configuration.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench", "Where the CSV files and plot go.")
 
-_MODES = ("aggregators", "monte_carlo", "all")
+# "scale" runs only when asked (minutes to hours: every point compiled and trained twice).
+_MODES = ("aggregators", "monte_carlo", "all", "scale")
 # The declared domain of every key of configs/bench.py (aggregator options: the rules' own).
 _DOMAINS = {
     "mode": D.Choice(*_MODES),
@@ -64,6 +66,13 @@ _DOMAINS = {
     "monte_carlo.phases": D.Bool(),
     "monte_carlo.byzfl_processes": D.Int(0, note="0: one per core"),
     "monte_carlo.whole_job": D.Bool(),
+    "scale.points": D.Tuple(D.Domain("str"), 1, note="'mlp[:W1xW2]', 'cnn[:C1xC2]', "
+                            "'char_transformer[:LAYERSxWIDTH]'"),
+    "scale.clients": D.Tuple(D.Int(2), 1, note="values of n (the first: every point)"),
+    "scale.samples": D.Tuple(D.POSITIVE_INT, 1, note="values of S (the first: every point)"),
+    "scale.num_rounds": D.POSITIVE_INT,
+    "scale.spec": D.Domain("str", note="an aggregator spec"),
+    "scale.memory_budget_gb": D.POSITIVE,
 }
 
 
@@ -80,6 +89,11 @@ def _check(c) -> None:
       sharding.axis_sizes(mesh)
     except errors.ConfigError as e:
       raise errors.ConfigError(f"monte_carlo.meshes: {e}") from None
+  if c.mode == "scale":
+    from fedjax_robust import scaling  # pylint: disable=g-import-not-at-top
+    for point in c.scale.points:
+      scaling.parse_point(point)
+    aggregators.get(c.scale.spec, f=1)
   if c.mode in ("monte_carlo", "all"):
     job = config_lib.resolve(_monte_carlo_job(c))
     aggregators.get(c.monte_carlo.spec, f=job.f, options=job.options)
@@ -110,6 +124,17 @@ def main(_):  # errors.run_main refuses positional arguments
                              "choose a writable directory.") from None
   import jax  # pylint: disable=g-import-not-at-top
   log(f"devices: {jax.devices()}")
+  if c.mode == "scale":
+    from fedjax_robust import scaling  # pylint: disable=g-import-not-at-top
+    s = c.scale
+    log(f"\nScaling: {s.spec}, {s.num_rounds} round(s), one device, budget "
+        f"{s.memory_budget_gb:g} GB")
+    rows = scaling.scale(tuple(s.points), tuple(s.clients), tuple(s.samples),
+                         rounds=s.num_rounds, spec=s.spec, budget_gb=s.memory_budget_gb, log=log)
+    log("\n" + scaling.format_rows(rows))
+    benchmark.write_csv(rows, os.path.join(workdir, "scale.csv"))
+    log(f"\nwrote {workdir}/scale.csv")
+    return
   if c.mode in ("aggregators", "all"):
     specs = [s.strip() for s in c.rules.split(",") if s.strip()]
     _, rows = benchmark.run_grid(

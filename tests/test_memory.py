@@ -63,7 +63,8 @@ def test_the_plan_meets_the_measured_peak_at_three_sizes():
     c.model_options.mlp.hidden = hidden
     job = config_lib.job_of(c); fed = config_lib.make_data(job)
     sim = experiment.simulator(job, "trimmed_mean", fed)
-    predicted = 8 * memory.measured_per_draw(sim, fed.train) + memory.fixed_memory(fed)
+    predicted = (8 * memory.measured_per_draw(sim, fed.train) + memory.fixed_memory(fed)
+                 + memory.measured_evaluation(sim, fed))
     run = lambda: experiment.run_monte_carlo(
         sim, fed, jnp.ones((8, 25), bool), init_key=jax.random.key(0),
         run_key=jax.random.key(1), num_rounds=1, eval_every=1, chunk=8)
@@ -169,7 +170,9 @@ def test_clients_are_streamed_when_only_streaming_fits():
   whole = memory.measured_per_draw(sim, fed.train)
   one = memory.measured_per_draw(dataclasses.replace(sim, client_block=1), fed.train)
   assert one < whole / 2  # the activations of 8 clients' minibatches, then of one
-  budget = memory.fixed_memory(fed) + 8 * (one + whole) // 2
+  evaluation = max(memory.measured_evaluation(s, fed) for s in (
+      sim, dataclasses.replace(sim, client_block=1)))
+  budget = memory.fixed_memory(fed) + evaluation + 8 * (one + whole) // 2
   job = job.replaced({"memory_budget_gb": budget / 2**30})
   planned, plan = memory.plan_simulator(job, sim, fed, 8, devices=1)
   assert 1 <= planned.client_block < 8 and plan.client_block == planned.client_block
