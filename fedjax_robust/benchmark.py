@@ -462,14 +462,16 @@ def whole_job_command(spec: str, num_samples: int, num_rounds: int, workdir: str
                       overrides: Sequence[str] = ()) -> list[str]:
   """The launcher command `run_whole_job` times: configs/default.py as shipped with one rule,
   S draws, `num_rounds` rounds evaluated once at the end, no honest-only baseline (theory is
-  off in the default job), then `overrides`."""
+  off in the default job), then `overrides`; cold: without the persistent compilation cache
+  (`--compilation_cache=`), so every program is compiled as on a first run."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   return [sys.executable, os.path.join(repo, "launch", "train.py"),
           f"--config={os.path.join(repo, 'configs', 'default.py')}",
           f"--config.aggregator={spec}", f"--config.num_samples={num_samples}",
           f"--config.training.num_rounds={num_rounds}",
           f"--config.training.eval_every={num_rounds}",
-          "--config.estimators.honest_optimum=False", *overrides, f"--workdir={workdir}"]
+          "--config.estimators.honest_optimum=False", "--compilation_cache=", *overrides,
+          f"--workdir={workdir}"]
 
 
 def launcher_env() -> dict[str, str]:

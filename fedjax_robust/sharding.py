@@ -209,6 +209,19 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def compilation_cache_dir(flag: str | None) -> str:
+  """The persistent compilation cache's folder for the launchers' --compilation_cache: the
+  flag's value ('' off), else $JAX_COMPILATION_CACHE_DIR, else $FEDJAX_ROBUST_CACHE/xla or
+  ~/.cache/fedjax_robust/xla."""
+  if flag is not None:
+    return flag
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  root = os.environ.get("FEDJAX_ROBUST_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "fedjax_robust")
+  return os.path.join(root, "xla")
+
+
 def define_flags(flag_values=None):
   """The launchers' device flags; returns `start(mesh)`, to call first in `main`, before any
   device is used: --cpu_devices sets the number of CPU devices (`jax_num_cpu_devices`); with
@@ -232,6 +245,12 @@ def define_flags(flag_values=None):
                                    **where)
   process_id = flags.DEFINE_integer("process_id", -1, "This process's index (--distributed).",
                                     **where)
+  compilation_cache = flags.DEFINE_string(
+      "compilation_cache", None, "Folder of JAX's persistent compilation cache: a program "
+      "compiled once (≥ 1 s) is read back by later runs of the same shapes instead of compiled "
+      "again (the same executable, so the same numbers). Default: $FEDJAX_ROBUST_CACHE/xla or "
+      "~/.cache/fedjax_robust/xla (or $JAX_COMPILATION_CACHE_DIR when set); '' turns it off.",
+      **where)
 
   def start(mesh: str) -> None:
     count = cpu_devices.value
@@ -243,6 +262,9 @@ def define_flags(flag_values=None):
           os.cpu_count() or 1)
     if count:  # the CPU backend only: a GPU or TPU host's accelerators are unaffected
       jax.config.update("jax_num_cpu_devices", count)
+    folder = compilation_cache_dir(compilation_cache.value)
+    if folder:
+      jax.config.update("jax_compilation_cache_dir", folder)
     if not distributed.value:
       return
     if not parse(mesh):

@@ -207,6 +207,7 @@ def test_the_whole_job_beside_the_kernel_is_timed_start_to_exit(monkeypatch, tmp
   assert command[1].endswith("launch/train.py") and command[2].endswith("configs/default.py")
   assert {"--config.aggregator=mean", "--config.num_samples=8",
           "--config.training.num_rounds=2", "--config.training.eval_every=2",
-          "--config.estimators.honest_optimum=False", "--workdir=/w"} <= set(command)
+          "--config.estimators.honest_optimum=False", "--compilation_cache=",
+          "--workdir=/w"} <= set(command)
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_foo=1")
   assert benchmark.launcher_env()["XLA_FLAGS"] == "--xla_cpu_foo=1"

@@ -176,7 +176,7 @@ def test_launcher_flags_one_cpu_device_per_core_for_a_bare_draws_mesh(monkeypatc
   def start(mesh, *argv):
     values = flags.FlagValues()
     begin = sharding.define_flags(values)
-    values(["launcher", *argv])
+    values(["launcher", "--compilation_cache=", *argv])
     calls.clear()
     begin(mesh)
     return list(calls)
@@ -189,3 +189,29 @@ def test_launcher_flags_one_cpu_device_per_core_for_a_bare_draws_mesh(monkeypatc
     start("draws", "--cpu_devices=-1")
   with pytest.raises(errors.ConfigError, match="--distributed needs a mesh"):
     start("", "--distributed")
+
+
+def test_launcher_flags_set_the_persistent_compilation_cache(monkeypatch, tmp_path):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(sharding.jax.config, "update", lambda *a: calls.append(a))
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.setenv("FEDJAX_ROBUST_CACHE", str(tmp_path))
+
+  def cache(*argv):
+    values = flags.FlagValues()
+    begin = sharding.define_flags(values)
+    values(["launcher", *argv])
+    calls.clear()
+    begin("")
+    return [v for k, v in calls if k == "jax_compilation_cache_dir"]
+
+  assert cache() == [str(tmp_path / "xla")]
+  assert cache("--compilation_cache=/some/where") == ["/some/where"]
+  assert cache("--compilation_cache=") == []  # off
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/from/jax")
+  assert cache() == ["/from/jax"]
+  monkeypatch.delenv("FEDJAX_ROBUST_CACHE")
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert cache() == [str(tmp_path / "home" / ".cache" / "fedjax_robust" / "xla")]
