@@ -179,10 +179,11 @@ def _in_groups(fn, params, masks, *shared):
   (XLA:CPU vectorizes the mean over the test set differently at W = 8 and W = 24, and simplifies
   a one-trip `lax.map` differently from a longer one)."""
   width = jax.tree.leaves(params)[0].shape[0]
-  parts = [jax.device_get(fn(jax.tree.map(lambda a: a[g:g + DRAW_ALIGNMENT], params),
-                             masks[g:g + DRAW_ALIGNMENT], *shared))
+  # Every group dispatched before any is read back: the device never waits on the host.
+  parts = [fn(jax.tree.map(lambda a: a[g:g + DRAW_ALIGNMENT], params),
+              masks[g:g + DRAW_ALIGNMENT], *shared)
            for g in range(0, width, DRAW_ALIGNMENT)]
-  return _concat(parts)
+  return _concat(jax.device_get(parts))
 
 
 def _concat(parts):
@@ -298,11 +299,12 @@ class _Mesh(_OneDevice):
     def run(p, m, *sh):
       mine = sharding.local_parts((p, m))
       common = sharding.local_parts(sh)
-      parts = []
-      for j in range(0, local, group):
-        outs = {device: program(*jax.tree.map(lambda a: a[j:j + group], mine[device]),
-                                *common[device]) for device in mine}
-        parts.append(jax.tree.map(sharding.gather, sharding.assemble(outs, self.mesh)))
+      # Every group dispatched on every device before any is gathered to the host.
+      dispatched = [sharding.assemble(
+          {device: program(*jax.tree.map(lambda a: a[j:j + group], mine[device]),
+                           *common[device]) for device in mine}, self.mesh)
+                    for j in range(0, local, group)]
+      parts = [jax.tree.map(sharding.gather, out) for out in dispatched]
       return jax.tree.map(lambda a: a[order], _concat(parts))
     return run
 

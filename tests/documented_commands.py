@@ -73,7 +73,10 @@ _TINY_TEXT = {"data.shakespeare.max_examples_per_client": "16",
 _TEXT_CONFIGS = ("configs/shakespeare.py",)
 _TINY_BENCH = {"grid": "((10,100),)", "rules": "mean,trimmed_mean", "repeats": "1",
                "reference_repeats": "1", "monte_carlo.sample_counts": "(1,2)",
-               "monte_carlo.num_rounds": "2", "monte_carlo.byzfl": "False"}
+               "monte_carlo.num_rounds": "2", "monte_carlo.byzfl": "False",
+               # mode=scale: one small point of each model unless the command names its own
+               "scale.points": '("mlp:8","cnn:4","char_transformer:1x8")',
+               "scale.clients": "(4,)", "scale.samples": "(8,)", "scale.num_rounds": "1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +194,7 @@ def tiny(command: Command, workdir: str) -> list[str]:
               if _flag(argv, f"config.{k}") is None]
   elif script == "bench.py":
     extra = [f"--config.{k}={v}" for k, v in _TINY_BENCH.items()
-             if k != "grid" or _flag(argv, "config.grid") is None]
+             if k not in ("grid", "scale.points") or _flag(argv, f"config.{k}") is None]
   if config in _TEXT_CONFIGS:  # every text configuration here is a sweep's (keys under base.)
     extra += [f"--config.base.{k}={v}" for k, v in
               {**_TINY_TEXT, "pretraining.cache_dir": os.path.join(workdir, "pretrained")}.items()]

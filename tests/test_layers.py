@@ -70,6 +70,8 @@ LAYER_OF = {
     "worst_case_summary": "engine",
     "byzfl_loop": "engine",
     "benchmark": "engine",
+    # the scaling benchmark (issue 37): plans, measures and trains points of the default job
+    "scaling": "engine",
     # store: a sweep's files, one format each: its points (points/<id>.json records,
     # points/<id>.npz per-draw values) and results.csv / timings.csv with their rows' vocabulary
     # (the runs' cache is the engine's: run_cache).
