@@ -172,8 +172,12 @@ def scale(points, clients, samples, *, rounds: int, spec: str, budget_gb: float,
   grid = [(p, clients[0], samples[0]) for p in points]
   grid += [(points[0], n, samples[0]) for n in clients[1:]]
   grid += [(points[0], clients[0], s) for s in samples[1:]]
-  return [run_point(p, num_clients=n, num_samples=s, rounds=rounds, spec=spec,
-                    budget_gb=budget_gb, log=log) for p, n, s in grid]
+  rows = []
+  for p, n, s in grid:  # each row printed as it is measured (a long grid shows its progress)
+    rows.append(run_point(p, num_clients=n, num_samples=s, rounds=rounds, spec=spec,
+                          budget_gb=budget_gb, log=log))
+    log(format_rows(rows[-1:]).splitlines()[-1])
+  return rows
 
 
 def format_rows(rows: list[ScaleRow]) -> str:
