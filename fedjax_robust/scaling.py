@@ -77,13 +77,16 @@ def parse_point(point: str) -> tuple[str, dict]:
 
 
 def job_of(point: str, *, num_clients: int, spec: str, rounds: int, budget_gb: float):
-  """configs/default.py's job at `point` (one rule, one device, no baseline)."""
+  """configs/default.py's job at `point` (one rule, one device, no baseline, an iid
+  partition)."""
   from configs import default  # pylint: disable=g-import-not-at-top
   model, options = parse_point(point)
   c = default.get_config()
   c.model, c.aggregator, c.mesh, c.num_clients = model, spec, "", num_clients
   c.f = max(1, num_clients // 5)  # the default job's 5 of 25
   c.data.name = DATA[model]
+  c.data.partition = "iid"  # speed and memory, not heterogeneity: any n the data can hold
+  c.data.min_size = 1
   c.estimators.honest_optimum = False
   c.training.num_rounds = c.training.eval_every = rounds
   c.memory_budget_gb = budget_gb

@@ -37,11 +37,13 @@ def _subprocess(code: str, env_extra: dict) -> str:
   return out.stdout.strip().splitlines()[-1]
 
 
-# The factor within which the plan's bytes (fixed + W × measured per draw) meet the peak
-# resident memory a run of W draws adds on this CPU (one device; VmHWM reset before the run, the
-# programs compiled before it; glibc returning freed blocks at once). Measured: 1.05–1.24 for
-# 75 MB to 5.5 GB; below ~50 MB the allocator's own reuse dominates, so the sizes start above.
-PEAK_FACTOR = 1.6
+# The band within which the peak resident memory a run of W draws adds on this CPU (one device;
+# VmHWM reset before the run, the programs compiled before it; glibc returning freed blocks at
+# once) meets the plan's bytes (data + the evaluation + W × measured per draw): measured 0.65–
+# 1.03× for MLPs and a transformer from 10 MB to 5.7 GB (BUILD.md, "Memory plan"; a CNN 1.79×:
+# XLA:CPU's convolution workspace is outside the buffer assignment). Under 1 where XLA reserves
+# temporaries a run does not touch whole (resident pages are touched pages).
+PEAK_BAND = (0.4, 1.6)
 
 
 @pytest.mark.slow  # ~2 min: three sizes compiled twice each, in a fresh process
@@ -80,7 +82,7 @@ def test_the_plan_meets_the_measured_peak_at_three_sizes():
   predicted = [p for p, _ in rows]
   assert predicted[0] > 50 * 2**20 and predicted[0] < predicted[1] < predicted[2]
   for p, measured in rows:
-    assert p / PEAK_FACTOR <= measured <= p * PEAK_FACTOR, rows
+    assert PEAK_BAND[0] * p <= measured <= PEAK_BAND[1] * p, rows
 
 
 def _digits(num_clients=20, **changes):
