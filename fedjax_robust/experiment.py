@@ -47,7 +47,6 @@ from fedjax_robust.memory import align_draws
 from fedjax_robust.memory import chunk_size
 from fedjax_robust.memory import DRAW_ALIGNMENT
 from fedjax_robust.memory import fixed_memory
-from fedjax_robust.memory import Footprint
 from fedjax_robust.memory import local_batch_size
 from fedjax_robust.memory import memory_plan
 from fedjax_robust.memory import MemoryPlan
@@ -825,7 +824,8 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
   mesh = sharding.make(job.mesh)
   devices = sharding.draws_of(mesh)
   # Each rule's bytes per draw (a traced bound, or XLA's measured figure when the bound does
-  # not fit; its clients streamed when one draw does not fit whole); the largest plans the job.
+  # not fit; its clients streamed when one draw does not fit whole); the smallest chunk among
+  # the rules' plans is the job's.
   plans = {}
   for spec in specs:
     sims[spec], plans[spec] = _planned(job, sims[spec], fed, S, devices=devices)
@@ -928,7 +928,7 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
     runs[spec].provenance = provenance.record(
         seed=job.seed, draws_per_chunk=chunk,
         draws_per_block=_block_of(chunk, mesh),
-        mesh=sharding.describe(mesh))
+        mesh=sharding.describe(mesh), client_block=sim.client_block)
     log(f"{spec}: compiled in {runs[spec].compile_seconds:.1f} s, ran in "
         f"{runs[spec].run_seconds:.1f} s")
     if path and sharding.is_writer():  # multi-host: process 0 writes
@@ -1017,7 +1017,7 @@ def _run_references(exp: Experiment, init_key, run_key, log, *, workdir: str | N
           ref.provenance = provenance.record(
               seed=job.seed, draws_per_chunk=ref.draws_per_chunk,
               draws_per_block=_block_of(ref.draws_per_chunk, mesh),
-              mesh=sharding.describe(mesh))
+              mesh=sharding.describe(mesh), client_block=sim.client_block)
           if path and sharding.is_writer():
             ref.save(path, ref_config)
           by_key[key] = ref

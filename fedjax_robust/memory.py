@@ -97,65 +97,71 @@ def jaxpr_bytes(jaxpr) -> int:
   return total
 
 
-def _one_round(sim, train, width: int):
-  """The program of one round of `width` vmapped draws (one block), and its abstract
-  arguments (states, masks, keys, the clients' data)."""
-  from fedjax_robust import training  # pylint: disable=g-import-not-at-top
+def _abstract_states(sim, width: int):
+  """The shapes of `width` draws' RunStates (nothing computed)."""
   state = jax.eval_shape(sim.init, jax.random.key(0))
-  states = jax.tree.map(lambda a: jax.ShapeDtypeStruct((width,) + a.shape, a.dtype), state)
-  masks = jax.ShapeDtypeStruct((width, sim.num_clients), jnp.bool_)
-  keys = jax.eval_shape(lambda: training.sample_keys(jax.random.key(0), width))
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct((width,) + a.shape, a.dtype), state)
+
+
+def _one_round(sim, fed: FederatedData):
+  """The program of one round of DRAW_ALIGNMENT vmapped draws (one block), its abstract
+  arguments (states, masks, keys, the clients' data) and the data's bytes among them."""
+  from fedjax_robust import training  # pylint: disable=g-import-not-at-top
+  masks = jax.ShapeDtypeStruct((DRAW_ALIGNMENT, sim.num_clients), jnp.bool_)
+  keys = jax.eval_shape(lambda: training.sample_keys(jax.random.key(0), DRAW_ALIGNMENT))
   run = jax.vmap(functools.partial(sim.run_rounds, num_rounds=1), in_axes=(0, 0, 0, None))
-  return jax.jit(run, donate_argnums=0), (states, masks, keys, train)
+  return (jax.jit(run, donate_argnums=0),
+          (_abstract_states(sim, DRAW_ALIGNMENT), masks, keys, fed.train),
+          _data_bytes(fed.train))
 
 
-def _data_bytes(train) -> int:
+def _data_bytes(tree) -> int:
   return int(sum(np.dtype(a.dtype).itemsize * math.prod(a.shape)
-                 for a in jax.tree.leaves(train)))
+                 for a in jax.tree.leaves(tree)))
 
 
 def _evaluation(sim, fed: FederatedData):
   """The evaluation's program at DRAW_ALIGNMENT draws (`Simulator.evaluate` vmapped, as
-  `experiment` compiles it) and its abstract arguments; the data's bytes among them."""
-  state = jax.eval_shape(sim.init, jax.random.key(0))
-  states = jax.tree.map(lambda a: jax.ShapeDtypeStruct((DRAW_ALIGNMENT,) + a.shape, a.dtype),
-                        state)
-  params = jax.eval_shape(sim.eval_params, states)
+  `experiment` compiles it), its abstract arguments and the data's bytes among them."""
+  params = jax.eval_shape(sim.eval_params, _abstract_states(sim, DRAW_ALIGNMENT))
   masks = jax.ShapeDtypeStruct((DRAW_ALIGNMENT, sim.num_clients), jnp.bool_)
   test = (fed.test_x, fed.test_y) + ((fed.holdout,) if fed.holdout is not None else ())
   program = jax.jit(jax.vmap(sim.evaluate, in_axes=(0, 0, None) + (None,) * len(test)))
   return program, (params, masks, fed.train, *test), _data_bytes((fed.train, test))
 
 
-def bound_evaluation(sim, fed: FederatedData) -> int:
-  """BOUND bytes of the evaluation's working set (`jaxpr_bytes` of its traced program)."""
-  program, args, data = _evaluation(sim, fed)
+def _bound(program, args, data: int) -> int:
+  """BOUND bytes of a program beyond its data: `jaxpr_bytes` of its trace plus its arguments
+  (traced, not compiled)."""
   jaxpr = program.trace(*args).jaxpr.jaxpr
   return max(0, jaxpr_bytes(jaxpr) + sum(_nbytes(v) for v in jaxpr.invars) - data)
 
 
-def measured_evaluation(sim, fed: FederatedData) -> int:
-  """MEASURED bytes of the evaluation's working set (XLA's buffer assignment)."""
-  program, args, data = _evaluation(sim, fed)
+def _measured(program, args, data: int) -> int:
+  """MEASURED bytes of a program beyond its data: `program_bytes` of it compiled."""
   return max(0, program_bytes(program.lower(*args).compile()) - data)
 
 
-def bound_per_draw(sim, train) -> int:
-  """BOUND bytes per draw: `jaxpr_bytes` of the traced one-round program at DRAW_ALIGNMENT
-  draws plus its arguments, less the clients' data, per draw (traced, not compiled)."""
-  program, args = _one_round(sim, train, DRAW_ALIGNMENT)
-  jaxpr = program.trace(*args).jaxpr.jaxpr
-  total = jaxpr_bytes(jaxpr) + sum(_nbytes(v) for v in jaxpr.invars)
-  return -(-(total - _data_bytes(train)) // DRAW_ALIGNMENT)
+def bound_per_draw(sim, fed: FederatedData) -> int:
+  """BOUND bytes per draw: of the one-round program at DRAW_ALIGNMENT draws, per draw."""
+  return -(-_bound(*_one_round(sim, fed)) // DRAW_ALIGNMENT)
 
 
-def measured_per_draw(sim, train) -> int:
-  """MEASURED bytes per draw: `program_bytes` of the compiled one-round program at
-  DRAW_ALIGNMENT draws (one block), less the clients' data, per draw. XLA's figure is linear in
-  the draws (temporaries 5,206,400 / 10,411,968 bytes at 8 / 16 draws of the digits job)."""
-  program, args = _one_round(sim, train, DRAW_ALIGNMENT)
-  return -(-(program_bytes(program.lower(*args).compile()) - _data_bytes(train))
-           // DRAW_ALIGNMENT)
+def measured_per_draw(sim, fed: FederatedData) -> int:
+  """MEASURED bytes per draw: of the compiled one-round program at DRAW_ALIGNMENT draws (one
+  block), per draw. XLA's figure is linear in the draws (temporaries 5,206,400 / 10,411,968
+  bytes at 8 / 16 draws of the digits job)."""
+  return -(-_measured(*_one_round(sim, fed)) // DRAW_ALIGNMENT)
+
+
+def bound_evaluation(sim, fed: FederatedData) -> int:
+  """BOUND bytes of the evaluation's working set."""
+  return _bound(*_evaluation(sim, fed))
+
+
+def measured_evaluation(sim, fed: FederatedData) -> int:
+  """MEASURED bytes of the evaluation's working set (XLA's buffer assignment)."""
+  return _measured(*_evaluation(sim, fed))
 
 
 def footprint(sim, fed: FederatedData, *, draws: int, fixed: int, budget: int) -> Footprint:
@@ -164,14 +170,13 @@ def footprint(sim, fed: FederatedData, *, draws: int, fixed: int, budget: int) -
   and when not even DRAW_ALIGNMENT draws fit with every client vmapped at once, the largest
   client block (`training.map_clients`) whose measured footprint lets them fit, if any (else
   the smallest block's footprint, which the plan then refuses)."""
-  train = fed.train
-  bound, bound_eval = bound_per_draw(sim, train), bound_evaluation(sim, fed)
+  bound, bound_eval = bound_per_draw(sim, fed), bound_evaluation(sim, fed)
   if fixed + bound_eval + draws * bound <= budget:
     return Footprint(bound, BOUND, evaluation=bound_eval)
 
   def measured(block):
     s = dataclasses.replace(sim, client_block=block)
-    return Footprint(measured_per_draw(s, train), MEASURED, block, measured_evaluation(s, fed))
+    return Footprint(measured_per_draw(s, fed), MEASURED, block, measured_evaluation(s, fed))
 
   room = lambda f: fixed + f.evaluation + DRAW_ALIGNMENT * f.per_draw <= budget
   whole = measured(0)
@@ -200,14 +205,13 @@ def footprint(sim, fed: FederatedData, *, draws: int, fixed: int, budget: int) -
 def fixed_memory(fed: FederatedData) -> int:
   """Bytes each device holds whatever the chunk: the clients' training data and held-out splits,
   the test set and the server's root data (replicated on every device of a mesh)."""
-  return int(sum(np.dtype(a.dtype).itemsize * math.prod(a.shape) for a in jax.tree.leaves(
-      (fed.train, fed.test_x, fed.test_y, fed.holdout, fed.root))))
+  return _data_bytes((fed.train, fed.test_x, fed.test_y, fed.holdout, fed.root))
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
   """How a job's draws are chunked, and the memory per device that plan takes: `fixed` +
-  `draws_per_device` × `per_draw` bytes (the chunk's padding draws included, since they are
+  `evaluation` + `draws_per_device` × `per_draw` bytes (the chunk's padding draws included, since they are
   computed), against `budget` (`memory_budget_gb`, per device). `how` says whether `per_draw`
   is XLA's measured figure or the traced program's upper bound (`Footprint`); `client_block`
   > 0: the clients are streamed in blocks of that many (`training.map_clients`)."""

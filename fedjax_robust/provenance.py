@@ -147,15 +147,19 @@ def reuse_mismatch(saved: dict | None) -> str | None:
 
 
 def record(*, seed: int | None, draws_per_chunk: int | dict | None = None,
-           draws_per_block: int | None = None, mesh: str | None = None) -> dict:
+           draws_per_block: int | None = None, mesh: str | None = None,
+           client_block: int = 0) -> dict:
   """The provenance block of a result: code version, environment, seed and the vmapped width
   the draws ran at (per aggregator when a dict), the draws per block inside a chunk (per
   device) when the chunk ran in blocks (`experiment.block_size`), and the devices' mesh when
-  there was one (`sharding.describe`)."""
+  there was one (`sharding.describe`), and the clients per block when the memory plan streamed
+  them (`training.map_clients`)."""
   out = {"code": code_version(), "environment": environment(),
          "seed": None if seed is None else int(seed), "draws_per_chunk": draws_per_chunk}
   if draws_per_block:
     out["draws_per_block"] = int(draws_per_block)
   if mesh and mesh != "one device":
     out["mesh"] = mesh
+  if client_block:
+    out["client_block"] = int(client_block)
   return out

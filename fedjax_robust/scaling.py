@@ -135,7 +135,7 @@ def run_point(point: str, *, num_clients: int, num_samples: int, rounds: int, sp
                     predicted_mb=plan.bytes_per_device / 2**20, peak_mb=nan,
                     peak_over_plan=nan, compile_s=nan, run_s=nan, sample_rounds_per_s=nan,
                     note="refused: " + plan.refusal())
-  per_draw = memory.measured_per_draw(sim, fed.train)
+  per_draw = memory.measured_per_draw(sim, fed)
   predicted = (memory.fixed_memory(fed) + memory.measured_evaluation(sim, fed)
                + plan.chunk * per_draw)
   masks = jnp.asarray(np.random.default_rng(0).random((num_samples, num_clients)) > 0.2)

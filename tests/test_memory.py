@@ -65,7 +65,7 @@ def test_the_plan_meets_the_measured_peak_at_three_sizes():
     c.model_options.mlp.hidden = hidden
     job = config_lib.job_of(c); fed = config_lib.make_data(job)
     sim = experiment.simulator(job, "trimmed_mean", fed)
-    predicted = (8 * memory.measured_per_draw(sim, fed.train) + memory.fixed_memory(fed)
+    predicted = (8 * memory.measured_per_draw(sim, fed) + memory.fixed_memory(fed)
                  + memory.measured_evaluation(sim, fed))
     run = lambda: experiment.run_monte_carlo(
         sim, fed, jnp.ones((8, 25), bool), init_key=jax.random.key(0),
@@ -99,8 +99,7 @@ def test_the_traced_bound_lies_above_the_measured_bytes():
   job, fed = _digits()
   for spec in ("trimmed_mean", "nnm+trimmed_mean"):
     sim = build.make_simulator(job, spec, fed)
-    bound, measured = memory.bound_per_draw(sim, fed.train), memory.measured_per_draw(
-        sim, fed.train)
+    bound, measured = memory.bound_per_draw(sim, fed), memory.measured_per_draw(sim, fed)
     assert measured < bound < 40 * measured, (spec, bound, measured)
     # and the measured bytes cover at least the state a draw carries: θ and n momentum rows
     assert measured >= 4 * (sim.num_params * (1 + sim.num_clients))
@@ -169,8 +168,8 @@ def test_clients_are_streamed_when_only_streaming_fits():
       test_x=rng.random((20, 32, 32, 3), np.float32),
       test_y=rng.integers(0, 10, (20,)).astype(np.int32), holdout=None, num_classes=10)
   sim = build.make_simulator(job, "trimmed_mean", fed)
-  whole = memory.measured_per_draw(sim, fed.train)
-  one = memory.measured_per_draw(dataclasses.replace(sim, client_block=1), fed.train)
+  whole = memory.measured_per_draw(sim, fed)
+  one = memory.measured_per_draw(dataclasses.replace(sim, client_block=1), fed)
   assert one < whole / 2  # the activations of 8 clients' minibatches, then of one
   evaluation = max(memory.measured_evaluation(s, fed) for s in (
       sim, dataclasses.replace(sim, client_block=1)))
