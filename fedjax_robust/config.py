@@ -141,8 +141,15 @@ def base_config() -> ml_collections.ConfigDict:
   # bootstrap, or "normal"), the bootstrap's resamples, and the paired comparisons: "" = every
   # aggregator against the first (and against the honest-only baseline when
   # estimators.honest_optimum is on), "none", or comma-separated pairs "a:b" (a − b).
+  # `tensorboard`: also write per-round scalars (mean and quantiles over draws of the loss and
+  # accuracy, per rule) to workdir/tensorboard (the optional extra `tensorboard`: tensorboardX).
   c.report = ml_collections.ConfigDict({"interval": "bca", "bootstrap_resamples": 4999,
-                                        "compare": ""})
+                                        "compare": "", "tensorboard": False})
+  # Checkpoints inside an aggregator's run (with a workdir): every `every_rounds` rounds (a
+  # multiple of training.eval_every; 0: none) the chunk's run state and the metrics so far are
+  # saved (orbax, atomically, the last two kept) to workdir/checkpoints/<spec>; a rerun resumes
+  # from the last one, bit-identically. They change no number (not in the run's fingerprint).
+  c.checkpoint = ml_collections.ConfigDict({"every_rounds": 0})
   c.model = "mlp"
   c.model_options = ml_collections.ConfigDict({
       "linear_regression": {}, "logistic": {}, "mlp": {"hidden": (32,)},
@@ -332,6 +339,8 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "report.bootstrap_resamples": D.Int(100, note="bootstrap resamples per interval"),
     "report.compare": D.Domain("str", note="'' (each against the first), 'none', or pairs "
                                "'a:b,c:d' of aggregator specs ('honest_only' for the baseline)"),
+    "report.tensorboard": D.Bool(),
+    "checkpoint.every_rounds": D.Int(0, note="0: none; else a multiple of training.eval_every"),
     "model": D.Choice(*models.names()),
     "data.name": D.Choice(*data_lib.NAMES),
     "data.data_dir": D.Domain("str", optional=True),
@@ -957,6 +966,11 @@ def _validate(config) -> Job:
   if t.num_rounds % t.eval_every:
     raise ConfigError(f"training.num_rounds={t.num_rounds} must be a positive multiple of "
                       f"training.eval_every={t.eval_every}.")
+  every = config.checkpoint.every_rounds
+  if every and every % t.eval_every:
+    raise ConfigError(f"checkpoint.every_rounds={every} must be 0 (none) or a multiple of "
+                      f"training.eval_every={t.eval_every} (a run stops only between its "
+                      "compiled chunks of eval_every rounds).")
   make_local_training(config)
   return Job(config=config, specs=tuple(specs), options=options, prior=prior,
              prior_info=prior_info, sampler=sampler, comparisons=tuple(comparisons))

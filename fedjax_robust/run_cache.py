@@ -132,9 +132,10 @@ def _schema_defaults() -> dict[str, str]:
 # compared pairs of the summaries; estimators.*: the reference runs (cached on their own, by
 # `reference_config`); theory.objectives: the objectives solved after the runs;
 # pretraining.cache_dir: where the pretrained base is kept (what makes it is in the run's
-# configuration). (The draws per chunk stay in: they shape the compiled program, and a run
-# records the width it ran at.)
-NOT_IN_RUN = ("report", "estimators", "theory.objectives", "pretraining.cache_dir")
+# configuration); checkpoint.*: when a run saves its state. (The draws per chunk stay in: they
+# shape the compiled program, and a run records the width it ran at.)
+NOT_IN_RUN = ("report", "checkpoint", "estimators", "theory.objectives",
+              "pretraining.cache_dir")
 
 # What a reference simulator (`build.make_simulator(reference=...)`: the mean, no attack)
 # does not read beyond experiment._NOT_IN_PROGRAM. It reads `theory`: with the theory on, the
