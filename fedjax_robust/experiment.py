@@ -27,6 +27,7 @@ import numpy as np
 
 from fedjax_robust import aggregators
 from fedjax_robust import build
+from fedjax_robust import checkpoints as checkpoints_lib
 from fedjax_robust import config as config_lib
 from fedjax_robust import honest_sets
 from fedjax_robust import pretraining
@@ -202,6 +203,11 @@ class _OneDevice:
   def states(self, initial):
     return training.replicate(initial, self.chunk)
 
+  def restore(self, host):
+    """A chunk's state `[W, ...]` from host arrays (a checkpoint), placed as `states` places
+    a fresh one."""
+    return jax.tree.map(jnp.asarray, host)
+
   def advance(self, eval_every, *args):
     def build():
       run = jax.vmap(functools.partial(self.sim.run_rounds, num_rounds=eval_every),
@@ -252,8 +258,10 @@ class _Mesh(_OneDevice):
     return specs
 
   def states(self, initial):
-    host = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (self.chunk,) + a.shape),
-                        initial)
+    return self.restore(jax.tree.map(
+        lambda a: np.broadcast_to(np.asarray(a), (self.chunk,) + a.shape), initial))
+
+  def restore(self, host):
     return jax.tree.map(lambda a, spec: sharding.put(self.mesh, a, spec), host,
                         self._state_specs(host))
 
@@ -314,7 +322,9 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
                     init_key: jax.Array, run_key: jax.Array, num_rounds: int, eval_every: int,
                     spec: str = "", chunk: int | None = None,
                     progress: Callable[[int, int, int], None] | None = None,
-                    draw_ids: np.ndarray | None = None, mesh=None) -> AggregatorRun:
+                    draw_ids: np.ndarray | None = None, mesh=None,
+                    checkpoints: checkpoints_lib.Store | None = None,
+                    resumed: Callable[[int], None] | None = None) -> AggregatorRun:
   """Trains S models, one per honest mask `[S, n]`, and evaluates them every `eval_every` rounds.
 
   The S draws run `chunk` at a time (rounded up to a multiple of DRAW_ALIGNMENT; all at once by
@@ -325,6 +335,9 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   With a `mesh` (`sharding.make`), a chunk's draws are split over its draws axis (the chunk is
   then a multiple of DRAW_ALIGNMENT per device) and each draw's clients over its clients axis.
   `progress(chunk_index, evaluation_step, num_steps_per_chunk)` is called after each step.
+  With `checkpoints` (a `checkpoints.Store`) the run resumes from the store's newest checkpoint
+  (`resumed(steps)` is told how many evaluation steps it skips) and saves one when the store says
+  it is due; the numbers are those of an uninterrupted run, bit for bit.
   """
   num_samples = masks.shape[0]
   devices = sharding.draws_of(mesh)
@@ -372,18 +385,59 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   num_steps = num_rounds // eval_every
   starts = list(range(0, num_samples, chunk))
   history_parts, aux_parts, final_parts = [], [], []
+  resume = None
+  if checkpoints is not None:
+    resume = checkpoints.restore(jax.tree.map(
+        lambda a: np.broadcast_to(np.asarray(a), (chunk,) + np.shape(a)), initial))
+  if resume is not None:  # the finished chunks' results as one part; the chunk's state below
+    done = resume["finished"]
+    if resume["part"]:
+      history_parts.append({k[7:]: v for k, v in done.items() if k.startswith("metric.")})
+      aux_parts.append({k[4:]: v for k, v in done.items() if k.startswith("aux.")})
+      if "final" in done:
+        final_parts.append(done["final"])
+    skipped = resume["part"] * num_steps + resume["step"]
+    checkpoints.log(f"{spec}: resumed from its checkpoint after round "
+                    f"{resume['step'] * eval_every} of chunk {resume['part'] + 1}/{len(starts)} "
+                    f"({skipped} of {len(starts) * num_steps} evaluation steps done)")
+    if resumed is not None:
+      resumed(skipped)
+
+  def finished() -> dict:
+    """The finished chunks' results, concatenated over the draws (what a checkpoint keeps)."""
+    if not history_parts:
+      return {}
+    out = {f"metric.{k}": np.concatenate([p[k] for p in history_parts], axis=1)
+           for k in history_parts[0]}
+    out |= {f"aux.{k}": np.concatenate([p[k] for p in aux_parts], axis=1) for k in aux_parts[0]}
+    if final_parts:
+      out["final"] = np.concatenate(final_parts)
+    return out
+
   start = time.perf_counter()
   for part, first in enumerate(starts):
+    if resume is not None and part < resume["part"]:
+      continue
     size = min(chunk, num_samples - first)
     part_masks, part_keys = chunk_of(masks, first), chunk_of(all_keys, first)
     part_eval = chunk_of(eval_masks, first)
-    states = place.states(initial)
-    history = [evaluate(sim.eval_params(states), part_eval, everyone, *test)]
-    aux_history = []
-    for step in range(num_steps):
+    if resume is not None and part == resume["part"]:
+      states = place.restore(resume["state"])
+      history = [{k: v[i] for k, v in resume["history"].items()}
+                 for i in range(resume["step"] + 1)]
+      aux_history = [{k: v[i] for k, v in resume["aux"].items()} for i in range(resume["step"])]
+      first_step = resume["step"]
+    else:
+      states = place.states(initial)
+      history = [evaluate(sim.eval_params(states), part_eval, everyone, *test)]
+      aux_history, first_step = [], 0
+    for step in range(first_step, num_steps):
       states, aux = advance(states, part_masks, part_keys, train)
       history.append(evaluate(sim.eval_params(states), part_eval, everyone, *test))
       aux_history.append(place.gather(aux))
+      if checkpoints is not None and checkpoints.due(part, step + 1, num_steps, len(starts)):
+        checkpoints.save(part, step + 1, num_steps, state=place.gather(states),
+                         history=history, aux_history=aux_history, finished=finished())
       if progress is not None:
         progress(part, step + 1, num_steps)
     history_parts.append({k: np.stack([np.asarray(h[k])[:size] for h in history])
@@ -734,6 +788,10 @@ class _JobClock:
     self.total = max(self.total - steps, 1)
     self.runs_left -= 1
 
+  def resumed(self, steps: int) -> None:
+    """A run resumed from a checkpoint: the steps it skips leave the job."""
+    self.total = max(self.total - steps, 1)
+
   def eta(self) -> float | None:
     left = max(self.total - self.done, 0)
     steady_left = left - self.runs_left
@@ -763,6 +821,21 @@ class _JobClock:
                      "eta": self.eta(),
                      "after": self.after if self.done >= self.total else None})
     return report
+
+
+def _checkpoints(job, workdir: str | None, name: str, key: str, chunk: int, log, *,
+                 recompute: bool = False) -> checkpoints_lib.Store | None:
+  """The store of run `name`'s checkpoints (`workdir/checkpoints/<name>`), when the job asks for
+  them (checkpoint.every_rounds) and has a workdir; emptied first with `recompute`."""
+  every = job.checkpoint.every_rounds
+  if not (workdir and every):
+    return None
+  store = checkpoints_lib.Store(
+      os.path.join(workdir, "checkpoints", name), key=key, chunk=chunk,
+      num_samples=job.num_samples, every_steps=every // job.training.eval_every, log=log)
+  if recompute:
+    store.remove()
+  return store
 
 
 def run(job, *, workdir: str | None = None, progress: Progress | None = None,
@@ -921,10 +994,12 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
       continue
     sim = sims[spec]
     log(f"{spec}: compiling ({sim.num_params} parameters, {S} draws, {chunk} per chunk)")
+    store = _checkpoints(job, workdir, spec, key, chunk, log, recompute=recompute)
     runs[spec] = run_monte_carlo(
         sim, fed, jnp.asarray(masks[spec]), init_key=init_key, run_key=run_key,
         num_rounds=t.num_rounds, eval_every=t.eval_every, spec=spec, chunk=chunk,
-        progress=clock.callback(spec, num_chunks, t.eval_every), mesh=mesh)
+        progress=clock.callback(spec, num_chunks, t.eval_every), mesh=mesh,
+        checkpoints=store, resumed=clock.resumed)
     runs[spec].provenance = provenance.record(
         seed=job.seed, draws_per_chunk=chunk,
         draws_per_block=_block_of(chunk, mesh),
@@ -933,6 +1008,8 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
         f"{runs[spec].run_seconds:.1f} s")
     if path and sharding.is_writer():  # multi-host: process 0 writes
       runs[spec].save(path, spec_config)
+    if store is not None:  # the run is saved whole: its checkpoints are spent
+      store.remove()
   exp = Experiment(job, fed, masks, runs, worst, server_prior=prior_info,
                    privacy=privacy_info, compression=compression_info)
   # One baseline per distinct set of draws: fewer than planned when searched worst cases agree.
@@ -1009,17 +1086,21 @@ def _run_references(exp: Experiment, init_key, run_key, log, *, workdir: str | N
           mesh = sharding.make(job.mesh)
           sim, plan = _planned(job, sim, fed, job.num_samples)
           chunk = plan.chunk
+          store = _checkpoints(job, workdir, name, key, chunk, log, recompute=recompute)
           ref = run_monte_carlo(
               sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
               num_rounds=rounds, eval_every=every, spec="honest_optimum", mesh=mesh, chunk=chunk,
               progress=(clock.callback("honest_optimum", -(-job.num_samples // chunk), every)
-                        if clock is not None else None))
+                        if clock is not None else None),
+              checkpoints=store, resumed=clock.resumed if clock is not None else None)
           ref.provenance = provenance.record(
               seed=job.seed, draws_per_chunk=ref.draws_per_chunk,
               draws_per_block=_block_of(ref.draws_per_chunk, mesh),
               mesh=sharding.describe(mesh), client_block=sim.client_block)
           if path and sharding.is_writer():
             ref.save(path, ref_config)
+          if store is not None:
+            store.remove()
           by_key[key] = ref
       exp.references[spec] = by_key[key]
   if job.estimators.oracle:

@@ -72,6 +72,9 @@ LAYER_OF = {
     "benchmark": "engine",
     # the scaling benchmark (issue 37): plans, measures and trains points of the default job
     "scaling": "engine",
+    # checkpoints inside an aggregator's run (issue 34): orbax stores the run loop saves to and
+    # resumes from
+    "checkpoints": "engine",
     # store: a sweep's files, one format each: its points (points/<id>.json records,
     # points/<id>.npz per-draw values) and results.csv / timings.csv with their rows' vocabulary
     # (the runs' cache is the engine's: run_cache).
