@@ -823,15 +823,15 @@ class _JobClock:
     return report
 
 
-def _checkpoints(job, workdir: str | None, name: str, key: str, chunk: int, log, *,
+def _checkpoints(job, directory: str | None, name: str, key: str, chunk: int, log, *,
                  recompute: bool = False) -> checkpoints_lib.Store | None:
-  """The store of run `name`'s checkpoints (`workdir/checkpoints/<name>`), when the job asks for
-  them (checkpoint.every_rounds) and has a workdir; emptied first with `recompute`."""
+  """The store of run `name`'s checkpoints (`directory/<name>`), when the job asks for them
+  (checkpoint.every_rounds) and has somewhere to keep them; emptied first with `recompute`."""
   every = job.checkpoint.every_rounds
-  if not (workdir and every):
+  if not (directory and every):
     return None
   store = checkpoints_lib.Store(
-      os.path.join(workdir, "checkpoints", name), key=key, chunk=chunk,
+      os.path.join(directory, name), key=key, chunk=chunk,
       num_samples=job.num_samples, every_steps=every // job.training.eval_every, log=log)
   if recompute:
     store.remove()
@@ -839,7 +839,8 @@ def _checkpoints(job, workdir: str | None, name: str, key: str, chunk: int, log,
 
 
 def run(job, *, workdir: str | None = None, progress: Progress | None = None,
-        log: Callable[[str], None] = print, recompute: bool = False) -> Experiment:
+        log: Callable[[str], None] = print, recompute: bool = False,
+        checkpoint_dir: str | None = None) -> Experiment:
   """Runs a `config_lib.Job` (a ConfigDict is resolved into one first: validated, everything
   derived once): builds the data and the honest masks, and runs every aggregator.
 
@@ -857,11 +858,19 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
   every cached file). Before any training it logs the whole job: draws × rounds × aggregators (+ the
   honest-only baseline), chunks, the memory per device (`memory_plan`), the cost of exact subset
   searches (MDA, SMEA) and a rough time estimate, with a warning for each of them over its limit;
-  `progress` then gets the share of the trainings done and their ETA (`_JobClock`).
+  `progress` then gets the share of the trainings done and their ETA (`_JobClock`). With
+  checkpoint.every_rounds, each run saves its state to `checkpoint_dir/<spec>` (default:
+  `workdir/checkpoints`; none without either) and a rerun resumes it (`checkpoints`).
   """
   job = config_lib.job_of(job)
   if workdir:
     check_workdir(workdir)
+  if checkpoint_dir is None and workdir:
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+  if job.checkpoint.every_rounds and jax.process_count() > 1:
+    raise ConfigError(f"checkpoint.every_rounds={job.checkpoint.every_rounds}: checkpoints are "
+                      f"saved by one process; this job runs on {jax.process_count()}. Allowed: "
+                      "0 on several processes.")
   # The server's prior (server_prior): the f it declares, when the prior's quantile sets it,
   # replaces the configured f for everything below (rules, worst case, tables): the Job's
   # effective f. Said here.
@@ -994,7 +1003,7 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
       continue
     sim = sims[spec]
     log(f"{spec}: compiling ({sim.num_params} parameters, {S} draws, {chunk} per chunk)")
-    store = _checkpoints(job, workdir, spec, key, chunk, log, recompute=recompute)
+    store = _checkpoints(job, checkpoint_dir, spec, key, chunk, log, recompute=recompute)
     runs[spec] = run_monte_carlo(
         sim, fed, jnp.asarray(masks[spec]), init_key=init_key, run_key=run_key,
         num_rounds=t.num_rounds, eval_every=t.eval_every, spec=spec, chunk=chunk,
@@ -1017,7 +1026,7 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
   for _ in range(references - distinct if references else 0):
     clock.skip(num_chunks * num_steps)
   _run_references(exp, init_key, run_key, log, workdir=workdir, recompute=recompute,
-                  clock=clock)
+                  clock=clock, checkpoint_dir=checkpoint_dir)
   _run_theory(exp, log)
   return exp
 
@@ -1057,7 +1066,8 @@ def _run_theory(exp: Experiment, log) -> None:
 
 
 def _run_references(exp: Experiment, init_key, run_key, log, *, workdir: str | None = None,
-                    recompute: bool = False, clock: _JobClock | None = None) -> None:
+                    recompute: bool = False, clock: _JobClock | None = None,
+                    checkpoint_dir: str | None = None) -> None:
   """The optional reference runs of `job.estimators`. The honest-only baseline (honest
   optimum) is one run per distinct set of draws (usually every spec shares one), cached like an
   aggregator's run: `workdir/runs/honest_only.npz`, or `runs/<spec>.honest_only.npz` for each
@@ -1086,7 +1096,8 @@ def _run_references(exp: Experiment, init_key, run_key, log, *, workdir: str | N
           mesh = sharding.make(job.mesh)
           sim, plan = _planned(job, sim, fed, job.num_samples)
           chunk = plan.chunk
-          store = _checkpoints(job, workdir, name, key, chunk, log, recompute=recompute)
+          store = _checkpoints(job, checkpoint_dir, name, key, chunk, log,
+                               recompute=recompute)
           ref = run_monte_carlo(
               sim, fed, jnp.asarray(masks), init_key=init_key, run_key=run_key,
               num_rounds=rounds, eval_every=every, spec="honest_optimum", mesh=mesh, chunk=chunk,

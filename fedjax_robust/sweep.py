@@ -41,6 +41,7 @@ import dataclasses
 import itertools
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -360,7 +361,12 @@ def run(base, points: Sequence[Point], workdir: str, *,
   start = time.perf_counter()
   for i, (job, point, pid) in enumerate(todo[:stop_after]):
     t0 = time.perf_counter()
-    exp = experiment.run(job, log=lambda _: None)
+    # A point's checkpoints (checkpoint.every_rounds) under the sweep's workdir: a sweep killed
+    # mid-point resumes that point where its last checkpoint left it.
+    checkpoint_dir = os.path.join(workdir, "checkpoints", pid)
+    exp = experiment.run(job, log=lambda _: None, checkpoint_dir=checkpoint_dir,
+                         recompute=recompute)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     job = exp.job  # as it ran: the prior's f, privacy's σ
     summary = results.summarize(exp)
     run_ = exp.runs[job.aggregator]

@@ -149,6 +149,40 @@ def test_interrupted_and_resumed_results_csv_is_byte_identical(tmp_path):
           if r["statistic"] == "count"][:1] == [3]
 
 
+def test_a_sweep_killed_mid_point_resumes_that_point_from_its_checkpoint(tmp_path,
+                                                                        monkeypatch):
+  """checkpoint.every_rounds in a sweep: the point running when the sweep dies resumes from its
+  checkpoint (workdir/checkpoints/<point>), and results.csv is the uninterrupted sweep's."""
+  from fedjax_robust import checkpoints  # pylint: disable=g-import-not-at-top
+  c = base()
+  c.training.eval_every = 1
+  c.checkpoint.every_rounds = 2
+  one = sweep.product(sweep.axis("aggregator", ["trimmed_mean"]))
+  sweep.run(c, one, str(tmp_path / "whole"), log=lambda _: None)
+  save, saves = checkpoints.Store.save, []
+
+  def dies_after_the_third_save(self, *args, **kw):
+    save(self, *args, **kw)
+    saves.append(args)
+    if len(saves) == 3:  # after round 6 of 10
+      raise KeyboardInterrupt
+  monkeypatch.setattr(checkpoints.Store, "save", dies_after_the_third_save)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run(c, one, str(tmp_path / "killed"), log=lambda _: None)
+  pid = sweep.point_id(sweep.apply_overrides(c, one[0].overrides))
+  assert sorted(os.listdir(tmp_path / "killed" / "checkpoints" / pid / "trimmed_mean")) == [
+      "4", "6"]
+  resumed = []
+  monkeypatch.setattr(checkpoints.Store, "restore", lambda self, *a, _r=checkpoints.Store.restore:
+                      resumed.append(_r(self, *a)) or resumed[-1])
+  sweep.run(c, one, str(tmp_path / "killed"), log=lambda _: None)
+  # Resumed after round 6; saved once more, after round 8 (round 10 ends the run: no save).
+  assert resumed[0]["step"] == 6 and [a[1] for a in saves] == [2, 4, 6, 8]
+  assert ((tmp_path / "killed" / "results.csv").read_bytes()
+          == (tmp_path / "whole" / "results.csv").read_bytes())
+  assert not os.path.exists(tmp_path / "killed" / "checkpoints" / pid)
+
+
 def test_grid_axes_accept_comma_separated_strings():
   assert sweep.as_list("mean,nnm+trimmed_mean") == ["mean", "nnm+trimmed_mean"]
   assert sweep.as_list(("mean,trimmed_mean",)) == ["mean", "trimmed_mean"]
