@@ -62,7 +62,7 @@ class Store:
       import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (seconds to import)
       self._manager = ocp.CheckpointManager(
           self.directory, options=ocp.CheckpointManagerOptions(
-              max_to_keep=KEEP, create=True, enable_async_checkpointing=False))
+              max_to_keep=KEEP, create=True, enable_async_checkpointing=True))
     return self._manager
 
   def due(self, part: int, step: int, num_steps: int, num_parts: int) -> bool:
@@ -94,9 +94,15 @@ class Store:
                                   for g, d in groups.items()}
     meta = self.meta | {"part": part, "step": step, "num_steps": num_steps, "names": names,
                         "provenance": provenance.record(seed=None)}
+    # Written in the background while the next steps train (the arrays are host copies no one
+    # else holds); a save waits for the one before it, and `wait` for the last.
     self.manager().save(part * num_steps + step, args=ocp.args.Composite(
         arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
-    self.manager().wait_until_finished()
+
+  def wait(self) -> None:
+    """Returns once the last save is on disk."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
 
   def restore(self, initial_state) -> dict | None:
     """The newest checkpoint of this run: {part, step, state (host arrays, the structure, shapes
@@ -150,6 +156,7 @@ class Store:
   def remove(self) -> None:
     """Deletes the store (the run is saved whole, or the store is another run's)."""
     if self._manager is not None:
+      self._manager.wait_until_finished()
       self._manager.close()
       self._manager = None
     shutil.rmtree(self.directory, ignore_errors=True)

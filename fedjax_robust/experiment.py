@@ -415,37 +415,41 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
     return out
 
   start = time.perf_counter()
-  for part, first in enumerate(starts):
-    if resume is not None and part < resume["part"]:
-      continue
-    size = min(chunk, num_samples - first)
-    part_masks, part_keys = chunk_of(masks, first), chunk_of(all_keys, first)
-    part_eval = chunk_of(eval_masks, first)
-    if resume is not None and part == resume["part"]:
-      states = place.restore(resume["state"])
-      history = [{k: v[i] for k, v in resume["history"].items()}
-                 for i in range(resume["step"] + 1)]
-      aux_history = [{k: v[i] for k, v in resume["aux"].items()} for i in range(resume["step"])]
-      first_step = resume["step"]
-    else:
-      states = place.states(initial)
-      history = [evaluate(sim.eval_params(states), part_eval, everyone, *test)]
-      aux_history, first_step = [], 0
-    for step in range(first_step, num_steps):
-      states, aux = advance(states, part_masks, part_keys, train)
-      history.append(evaluate(sim.eval_params(states), part_eval, everyone, *test))
-      aux_history.append(place.gather(aux))
-      if checkpoints is not None and checkpoints.due(part, step + 1, num_steps, len(starts)):
-        checkpoints.save(part, step + 1, num_steps, state=place.gather(states),
-                         history=history, aux_history=aux_history, finished=finished())
-      if progress is not None:
-        progress(part, step + 1, num_steps)
-    history_parts.append({k: np.stack([np.asarray(h[k])[:size] for h in history])
-                          for k in history[0]})
-    aux_parts.append({k: np.stack([np.asarray(a[k])[:size] for a in aux_history])
-                      for k in (aux_history[0] if aux_history else {})})
-    if smoothness is not None:
-      final_parts.append(smoothness(states.params, part_masks, everyone)[:size])
+  try:
+    for part, first in enumerate(starts):
+      if resume is not None and part < resume["part"]:
+        continue
+      size = min(chunk, num_samples - first)
+      part_masks, part_keys = chunk_of(masks, first), chunk_of(all_keys, first)
+      part_eval = chunk_of(eval_masks, first)
+      if resume is not None and part == resume["part"]:
+        states = place.restore(resume["state"])
+        history = [{k: v[i] for k, v in resume["history"].items()}
+                   for i in range(resume["step"] + 1)]
+        aux_history = [{k: v[i] for k, v in resume["aux"].items()} for i in range(resume["step"])]
+        first_step = resume["step"]
+      else:
+        states = place.states(initial)
+        history = [evaluate(sim.eval_params(states), part_eval, everyone, *test)]
+        aux_history, first_step = [], 0
+      for step in range(first_step, num_steps):
+        states, aux = advance(states, part_masks, part_keys, train)
+        history.append(evaluate(sim.eval_params(states), part_eval, everyone, *test))
+        aux_history.append(place.gather(aux))
+        if checkpoints is not None and checkpoints.due(part, step + 1, num_steps, len(starts)):
+          checkpoints.save(part, step + 1, num_steps, state=place.gather(states),
+                           history=history, aux_history=aux_history, finished=finished())
+        if progress is not None:
+          progress(part, step + 1, num_steps)
+      history_parts.append({k: np.stack([np.asarray(h[k])[:size] for h in history])
+                            for k in history[0]})
+      aux_parts.append({k: np.stack([np.asarray(a[k])[:size] for a in aux_history])
+                        for k in (aux_history[0] if aux_history else {})})
+      if smoothness is not None:
+        final_parts.append(smoothness(states.params, part_masks, everyone)[:size])
+  finally:  # a run stopped (Ctrl-C, an error) still finishes the save under way
+    if checkpoints is not None:
+      checkpoints.wait()
   run_seconds = time.perf_counter() - start
   return AggregatorRun(
       spec=spec,
