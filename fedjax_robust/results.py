@@ -902,11 +902,11 @@ def diverged_label(name: str, run: AggregatorRun) -> str:
 
 def figure(experiment: Experiment):
   """Honest accuracy over rounds (mean, 5–95% band over draws) and its final distribution (box:
-  quartiles, whiskers 5–95%), titled with what was run: the data, n, μ_H and its parameters, the
-  declared f, the attack and its options, S and the rounds. A rule's curve, band and box are
-  over its draws that did not diverge by the final round (the same draws at every round), its
-  curve dashed when some did, and its label says how many of the S (`diverged_label`). Returns the figure (the caller
-  closes it) and its title."""
+  quartiles, whiskers 5–95%; a rule's box in its curve's colour), titled with what was run: the
+  data, n, μ_H and its parameters, the declared f, the attack and its options, S and the rounds.
+  A rule's curve, band and box are over its draws that did not diverge by the final round (the
+  same draws at every round), its curve dashed when some did, and its label says how many of the
+  S (`diverged_label`). Returns the figure (the caller closes it) and its title."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -928,7 +928,7 @@ def figure(experiment: Experiment):
            + f", S={cfg.num_samples} draws, {cfg.training.num_rounds} rounds")
 
   fig, (ax, box) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
-  finals, names = [], []
+  finals, names, colors = [], [], []
   for name, run in experiment.runs.items():
     kept = ~diverged_draws(run)[-1]
     acc = 100 * np.asarray(defined_metrics(run)["honest_accuracy"], np.float64)[:, kept]
@@ -942,7 +942,8 @@ def figure(experiment: Experiment):
                       np.nanquantile(acc_defined, 0.95, axis=1), color=line.get_color(),
                       alpha=0.2)
     else:
-      ax.plot([], [], label=label)
+      (line,) = ax.plot([], [], label=label)
+    colors.append(line.get_color())
     finals.append(acc[-1][~np.isnan(acc[-1])])
     names.append(label)
   ax.set(xlabel="round", ylabel="honest accuracy (%)",
@@ -953,7 +954,10 @@ def figure(experiment: Experiment):
   handles, labels = ax.get_legend_handles_labels()
   ax.legend(handles + [Patch(color="gray", alpha=0.3)], labels + ["5–95% over draws"],
             fontsize=8)
-  box.boxplot(finals, vert=False, whis=(5, 95), showfliers=True)
+  boxes = box.boxplot(finals, vert=False, whis=(5, 95), showfliers=True, patch_artist=True,
+                      medianprops={"color": "black"})
+  for patch, color in zip(boxes["boxes"], colors):  # each rule in its curve's colour
+    patch.set(facecolor=color, alpha=0.45, edgecolor=color)
   box.set_yticks(range(1, len(names) + 1), names, fontsize=8)
   box.set(xlabel="final honest accuracy (%)",
           title="over draws of μ_H: box quartiles, whiskers 5–95%")

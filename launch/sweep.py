@@ -20,7 +20,8 @@ plots' titles (e.g. how f and each μ_H's parameters follow the swept rate); the
 the attack and its options, S, rounds, n and the declared f per value of the plot's x. A sweep's
 own analysis, run after the generic tables and plots, lives in the report layer under the
 config's name: configs/sweep_<name>.py -> fedjax_robust/report/sweeps/<name>.py
-(`report.sweeps.for_config`).
+(`report.sweeps.for_config`). Last, everything printed and plotted goes into one page a browser
+opens offline, --workdir/report.html (fedjax_robust/report/html.py).
 """
 
 import importlib.util
@@ -37,6 +38,7 @@ from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-im
 from fedjax_robust import evaluation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust.report import html  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust.report import sweeps as report_sweeps  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(ROOT, "configs", "sweep_core.py")
@@ -110,8 +112,10 @@ def main(_):  # errors.run_main refuses positional arguments
   if not writer:
     return
   print()
-  print(sweep.table(rows, config.plot.metric,
-                    interval_name=evaluation.INTERVAL_NAMES[config.base.report.interval]))
+  interval_name = evaluation.INTERVAL_NAMES[config.base.report.interval]
+  printed = [("As printed: the sweep's table",
+              sweep.table(rows, config.plot.metric, interval_name=interval_name))]
+  print(printed[0][1])
   note = module.plot_note(config) if hasattr(module, "plot_note") else ""
   subtitle = sweep.describe(config.base, points, x=config.plot.x, note=note)
   criterion = config.base.honest_set_options.worst_case.criterion
@@ -129,23 +133,44 @@ def main(_):  # errors.run_main refuses positional arguments
           f"{_COMPARE_BASELINE.value or 'the first'} at the same other tags, over the same "
           "draws; all metrics in comparisons.csv)")
     print(sweep.comparison_table(compared, config.plot.metric))
+    printed.append(("As printed: the paired comparisons",
+                    sweep.comparison_table(compared, config.plot.metric)))
   theory = sweep.theory_table(rows)
   if theory:
     print("\nTheory beside experiment (bound: robust D-GD with the published κ; tightness = "
           "bound / measured over valid draws; viol = valid draws with bound < measured; "
           "E[err|b=f]: at the worst case's b, E[err] all b: unconditioned)")
     print(theory)
+    printed.append(("Theory beside experiment", "Bound: robust D-GD with the published κ; "
+                    "tightness = bound / measured over valid draws; viol = valid draws with "
+                    "bound < measured; E[err|b=f]: at the worst case's b, E[err] all b: "
+                    "unconditioned.\n\n" + theory))
     paths += sweep.plot_theory(
         rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
         style=config.plot.style, subtitle=subtitle, log=log, worst_criterion=criterion)
   report = report_sweeps.for_config(module.__name__)
   if report is not None:  # the sweep's own analysis (e.g. fedjax_robust/report/sweeps/mu_aware.py)
-    paths += report(config, rows, _WORKDIR.value, set(ids), log=log)
+    own = []
+    def own_log(message):  # printed, and kept for report.html
+      log(message)
+      own.append(message)
+    paths += report(config, rows, _WORKDIR.value, set(ids), log=own_log)
+    printed.append((f"The sweep's own report ({module.__name__})", "\n".join(own)))
+  command = html.rerun_command(sys.argv, default_config=_DEFAULT_CONFIG, workdir=_WORKDIR.value,
+                               root=ROOT)
+  report_path = html.write_sweep_report(
+      config, rows, _WORKDIR.value, paths, command, point_ids=ids, subtitle=subtitle,
+      comparisons=compared, compare_baseline=_COMPARE_BASELINE.value,
+      interval_name=interval_name, printed=printed,
+      name=os.path.relpath(
+          os.path.realpath(config_flags.get_config_filename(flags.FLAGS["config"])),
+          os.path.realpath(ROOT)))
   print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.csv')}, timings.csv, points/<id>.json"
         + (", comparisons.csv" if compared else "") +
         "".join(f", {os.path.basename(p)}"
                 + (" (+ .txt caption)" if os.path.exists(sweep.caption_path(p)) else "")
-                for p in paths))
+                for p in paths) + f", {os.path.basename(report_path)}\nreport: {report_path} "
+        "(open it in a browser)")
 
 
 if __name__ == "__main__":

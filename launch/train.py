@@ -5,7 +5,8 @@
       --config.num_samples=512 --workdir=runs/tm
 
 Prints progress while it runs, then a table of final-round estimates over samples, and writes
-summary.json, metrics.csv, honest_accuracy.png and the per-sample arrays (runs/*.npz, which a
+summary.json, metrics.csv, honest_accuracy.png, report.html (everything in one page a browser
+opens offline: fedjax_robust/report/html.py) and the per-sample arrays (runs/*.npz, which a
 rerun with the same configuration and code reuses; --recompute ignores them) into --workdir.
 A job whose training is not robust D-GD (the default: minibatches, worker momentum) prints one
 line on the theory instead of the bounds, pointing to launch/sweep.py with
@@ -23,6 +24,7 @@ from fedjax_robust import errors  # pylint: disable=g-import-not-at-top,wrong-im
 from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import results  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust.report import html  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
 _CONFIG = errors.define_config_flag(
@@ -67,10 +69,14 @@ def main(_):  # errors.run_main refuses positional arguments
   if not writer:
     return
   summary = results.write_all(exp, workdir)
+  command = html.rerun_command(sys.argv, default_config=_DEFAULT_CONFIG, workdir=workdir,
+                               root=os.path.join(os.path.dirname(__file__), ".."))
+  report = html.write_run_report(exp, summary, workdir, command)
   print()
   print(results.format_table(summary))
   print(f"\nwrote {os.path.join(workdir, 'summary.json')}, metrics.csv, draws.csv, "
-        f"timings.json, honest_accuracy.png")
+        f"timings.json, honest_accuracy.png, {os.path.basename(report)}\nreport: {report} "
+        "(open it in a browser)")
 
 
 if __name__ == "__main__":
