@@ -21,6 +21,7 @@ layout a fresh chunk has, and the programs are the same compiled programs.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from typing import Any, Callable
@@ -32,6 +33,22 @@ from fedjax_robust import provenance
 
 # Checkpoints kept per store: the newest and one before it (a damaged newest is not the only one).
 KEEP = 2
+
+
+class _OrbaxInfo(logging.Filter):
+  """Drops orbax's INFO lines (dozens per save: handlers, threads, timings); its warnings stay."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _quiet_orbax() -> None:
+  """Keeps orbax's INFO lines out of the run's output (absl's handler and the root logger's,
+  whichever prints them)."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  for handler in (absl_logging.get_absl_handler(), *logging.getLogger().handlers):
+    if not any(isinstance(f, _OrbaxInfo) for f in handler.filters):
+      handler.addFilter(_OrbaxInfo())
 
 
 def _flat(tree) -> tuple[dict[str, np.ndarray], Any]:
@@ -60,6 +77,7 @@ class Store:
   def manager(self):
     if self._manager is None:
       import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (seconds to import)
+      _quiet_orbax()
       self._manager = ocp.CheckpointManager(
           self.directory, options=ocp.CheckpointManagerOptions(
               max_to_keep=KEEP, create=True, enable_async_checkpointing=True))
