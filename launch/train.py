@@ -11,6 +11,11 @@ rerun with the same configuration and code reuses; --recompute ignores them) int
 A job whose training is not robust D-GD (the default: minibatches, worker momentum) prints one
 line on the theory instead of the bounds, pointing to launch/sweep.py with
 configs/theory_synthetic.py or configs/theory_digits.py, which run D-GD with the theory on.
+On a terminal the progress is a live bar with the whole job's ETA (plain lines in logs and CI).
+--config.checkpoint.every_rounds=K saves each aggregator's run every K rounds
+(workdir/checkpoints), so a killed run resumes mid-aggregator, bit-identically;
+--config.report.tensorboard=True also writes per-round scalars to workdir/tensorboard (the
+optional extra: pip install -e '.[tensorboard]').
 """
 
 import os
@@ -25,6 +30,10 @@ from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top,wron
 from fedjax_robust import results  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust.report import html  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust.report import progress as progress_lib
+from fedjax_robust.report import tensorboard
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
 _CONFIG = errors.define_config_flag(
@@ -37,34 +46,31 @@ _RECOMPUTE = flags.DEFINE_bool(
 _START = sharding.define_flags()
 
 
-def _progress(p: dict) -> None:
-  """One line per evaluation step: the share of the job's trainings done (every aggregator's,
-  then the honest-only baseline's), and the ETA of the trainings left, which a step that
-  compiled cannot give; after the last step, what the job still does."""
-  eta = ("after the next step (this one compiled)" if p["eta"] is None
-         else experiment.human_seconds(p["eta"]))
-  print(f"  [{100 * p['fraction']:5.1f}% of the training] {p['spec']}: chunk {p['chunk']}/"
-        f"{p['num_chunks']}, round {p['round']}/{p['num_rounds']}  elapsed "
-        f"{experiment.human_seconds(p['elapsed'])}  ETA {eta}", flush=True)
-  if p["after"] is not None:
-    print("  training done; next: " + ", ".join(p["after"] + ("writing the tables and files",))
-          + " (not in the ETA)", flush=True)
-
-
 def main(_):  # errors.run_main refuses positional arguments
   workdir = _WORKDIR.value
-  _START(_CONFIG.value.mesh)
+  config = _CONFIG.value
+  if config.report.tensorboard:
+    tensorboard.require()  # the optional extra, refused before any work
+  _START(config.mesh)
   writer = sharding.is_writer()  # multi-host: process 0 prints and writes
+  # On a terminal a live bar with the whole job's ETA; in logs and CI one plain line per step.
+  terminal = progress_lib.Terminal() if writer else None
   try:
-    exp = experiment.run(_CONFIG.value, workdir=workdir,
-                         progress=_progress if writer else None, recompute=_RECOMPUTE.value,
-                         log=(lambda msg: print(msg, flush=True)) if writer else (lambda _: None))
+    try:
+      exp = experiment.run(config, workdir=workdir,
+                           progress=terminal.update if writer else None,
+                           recompute=_RECOMPUTE.value,
+                           log=terminal.log if writer else (lambda _: None))
+    finally:
+      if terminal is not None:
+        terminal.close()  # before any message below
   except KeyboardInterrupt:
-    saved = sorted(os.listdir(os.path.join(workdir, "runs"))) if os.path.isdir(
-        os.path.join(workdir, "runs")) else []
-    print(f"\ninterrupted: {len(saved)} finished aggregator run(s) saved in "
-          f"{os.path.join(workdir, 'runs')}; rerun the same command to resume from them.",
-          file=sys.stderr)
+    runs, stores = (os.path.join(workdir, d) for d in ("runs", "checkpoints"))
+    saved = [f for f in os.listdir(runs) if f.endswith(".npz")] if os.path.isdir(runs) else []
+    started = sorted(os.listdir(stores)) if os.path.isdir(stores) else []
+    print(f"\ninterrupted: {len(saved)} finished aggregator run(s) saved in {runs}"
+          + (f", and checkpoints of {', '.join(started)} in {stores}" if started else "")
+          + "; rerun the same command to resume from them.", file=sys.stderr)
     sys.exit(130)
   if not writer:
     return
@@ -72,11 +78,15 @@ def main(_):  # errors.run_main refuses positional arguments
   command = html.rerun_command(sys.argv, default_config=_DEFAULT_CONFIG, workdir=workdir,
                                root=os.path.join(os.path.dirname(__file__), ".."))
   report = html.write_run_report(exp, summary, workdir, command)
+  if config.report.tensorboard:
+    logdir = os.path.join(workdir, "tensorboard")
+    tensorboard.write(exp, logdir)
   print()
   print(results.format_table(summary))
   print(f"\nwrote {os.path.join(workdir, 'summary.json')}, metrics.csv, draws.csv, "
         f"timings.json, honest_accuracy.png, {os.path.basename(report)}\nreport: {report} "
-        "(open it in a browser)")
+        "(open it in a browser)"
+        + (f"\ntensorboard: tensorboard --logdir {logdir}" if config.report.tensorboard else ""))
 
 
 if __name__ == "__main__":

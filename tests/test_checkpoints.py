@@ -36,8 +36,12 @@ def _launch(workdir, *flags, popen=False):
 
 
 def test_sigkill_at_a_random_round_then_resume_gives_the_same_draws_csv(tmp_path):
-  whole = _launch(tmp_path / "whole")
+  whole = _launch(tmp_path / "whole", "--config.report.tensorboard=True")
   assert whole.returncode == 0, whole.stderr[-2000:]
+  # (the launcher's TensorBoard option: one event file per rule, its command printed)
+  assert f"tensorboard: tensorboard --logdir {tmp_path / 'whole' / 'tensorboard'}" in whole.stdout
+  assert [len(os.listdir(tmp_path / "whole" / "tensorboard" / d)) for d in os.listdir(
+      tmp_path / "whole" / "tensorboard")] == [1]
   # A random evaluation step (1..15 of 16): the child is killed when it reports it, i.e. just
   # after that step's checkpoint or somewhere in the next step (mid-compute or mid-save).
   kill_at = int(np.random.default_rng().integers(1, 16))
@@ -61,7 +65,7 @@ def test_sigkill_at_a_random_round_then_resume_gives_the_same_draws_csv(tmp_path
     assert ((tmp_path / "killed" / name).read_bytes()
             == (tmp_path / "whole" / name).read_bytes()), f"{name}, killed at {marker}"
   # The run is saved whole: its checkpoints are deleted.
-  assert not os.listdir(tmp_path / "killed" / "checkpoints")
+  assert not os.path.exists(tmp_path / "killed" / "checkpoints")
 
 
 def _config(every=1):

@@ -515,7 +515,8 @@ def test_sweep_grid_values_are_refused_naming_the_key():
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
   train = os.path.join(ROOT, "launch", "train.py")
   args = [f"--config={os.path.join(ROOT, 'tests', 'tiny_config.py')}", f"--workdir={tmp_path}",
-          "--config.training.num_rounds=4000", "--config.training.eval_every=10"]
+          "--config.training.num_rounds=4000", "--config.training.eval_every=10",
+          "--config.checkpoint.every_rounds=10"]
   # A shell starts background jobs with SIGINT ignored and children inherit that (Python then
   # installs no KeyboardInterrupt handler), so the child puts Python's handler back before it
   # runs the launcher: the test does not depend on how pytest itself was started. (Not through
@@ -531,4 +532,6 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130
   assert "interrupted: 0 finished aggregator run(s) saved in" in err
+  # The first step's checkpoint was saved before its progress line: the message names it.
+  assert f"and checkpoints of mean in {tmp_path / 'checkpoints'}" in err
   assert "rerun the same command to resume" in err and "Traceback" not in err
