@@ -1032,6 +1032,8 @@ def run(job, *, workdir: str | None = None, progress: Progress | None = None,
   _run_references(exp, init_key, run_key, log, workdir=workdir, recompute=recompute,
                   clock=clock, checkpoint_dir=checkpoint_dir)
   _run_theory(exp, log)
+  if checkpoint_dir and os.path.isdir(checkpoint_dir) and not os.listdir(checkpoint_dir):
+    os.rmdir(checkpoint_dir)  # every run saved whole: no checkpoint left
   return exp
 
 
