@@ -15,6 +15,15 @@ def rng():
   return np.random.default_rng(1234)
 
 
+def config_module(name: str):
+  """configs/<name>.py loaded as a module (the sweep configs' `points`, `get_config`)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def tiny_config():
   from tiny_config import get_config  # pylint: disable=g-import-not-at-top
   return get_config()

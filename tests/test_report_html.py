@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import csv
 import html.parser
-import importlib.util
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from fedjax_robust import results
 from fedjax_robust import store
 from fedjax_robust import sweep
 from fedjax_robust.report import html as html_report
+from conftest import config_module
 from tiny_config import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,11 +173,7 @@ def run_report(tmp_path_factory):
 
 
 def _sweep_core():
-  spec = importlib.util.spec_from_file_location("sweep_core",
-                                                os.path.join(ROOT, "configs", "sweep_core.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_module("sweep_core")
 
 
 @pytest.fixture(scope="module")

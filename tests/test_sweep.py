@@ -1,7 +1,6 @@
 """Resumable sweeps: an interrupted sweep, rerun, gives the table of an uninterrupted one, byte
 for byte; damaged point files are recomputed; grids from the command line; tables and plots."""
 
-import importlib.util
 import json
 import math
 import os
@@ -19,17 +18,14 @@ from fedjax_robust import config as config_lib
 from fedjax_robust import results
 from fedjax_robust import store
 from fedjax_robust import sweep
+from conftest import config_module
 from tiny_config import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sweep_core():
-  spec = importlib.util.spec_from_file_location("sweep_core",
-                                                os.path.join(ROOT, "configs", "sweep_core.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_module("sweep_core")
 
 
 def points():
