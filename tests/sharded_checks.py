@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fedjax_robust import build
+from fedjax_robust import build  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fedjax_robust import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fedjax_robust import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -23,11 +25,30 @@ from tiny_config import get_config  # pylint: disable=g-import-not-at-top,wrong-
 COLLECTIVES = ("all-to-all", "all-gather", "all-reduce", "collective-permute", "reduce-scatter")
 
 
-def run(sim, fed, masks, mesh, chunk):
+def run(sim, fed, masks, mesh, chunk, **kw):
   _, init_key, run_key = experiment._keys(get_config())  # pylint: disable=protected-access
   return experiment.run_monte_carlo(sim, fed, jnp.asarray(masks), init_key=init_key,
                                     run_key=run_key, num_rounds=10, eval_every=5, chunk=chunk,
-                                    mesh=mesh)
+                                    mesh=mesh, **kw)
+
+
+class _Stop(Exception):
+  pass
+
+
+def resumed(sim, fed, masks, mesh, chunk):
+  """The run stopped after its first step (checkpointed), then resumed from the checkpoint."""
+  directory = tempfile.mkdtemp()
+  store = lambda: checkpoints.Store(directory, key="k", chunk=chunk, num_samples=len(masks),
+                                    every_steps=1, log=lambda _: None)
+
+  def stop(*_):
+    raise _Stop()
+  try:
+    run(sim, fed, masks, mesh, chunk, checkpoints=store(), progress=stop)
+  except _Stop:
+    pass
+  return run(sim, fed, masks, mesh, chunk, checkpoints=store())
 
 
 def differences(ref, out):
@@ -74,6 +95,9 @@ def main(full: bool):
     got = run(sim, fed, masks, mesh, chunk)
     out[f"{spec}@{mesh_spec}"] = {"diff": differences(ref, got),
                                   "draws_per_chunk": got.draws_per_chunk}
+  # Checkpointed after the first step and resumed on the mesh (the state put back with the
+  # shardings a fresh chunk has): the uninterrupted run, bit for bit.
+  out["resume@draws"] = differences(got, resumed(sim, fed, masks, mesh, chunk))
   # A second run of the same shapes (other masks, fewer draws, two chunks) compiles nothing:
   # neither an AOT program nor a per-device evaluation.
   programs = dict(experiment._programs)  # pylint: disable=protected-access
@@ -114,6 +138,9 @@ def main(full: bool):
     program = [v for k, v in experiment._programs.items()  # pylint: disable=protected-access
                if k[0].startswith("advance") and "clients" in k[0] and k[1] == id(sim)][0]
     found, whole = collectives(program, c.num_clients, sim.num_params)
+    if spec == "trimmed_mean":  # momentum rows split over the clients axis, restored so
+      out["resume@clients"] = differences(
+          got, resumed(sim, fed, masks, sharding.make("draws=4,clients=2"), 32))
     out[f"{spec}@clients"] = {"diff": differences(ref, got), "scale": scale,
                               "collectives": sorted({op for op, _ in found}),
                               "whole_update_gathers": whole}

@@ -49,6 +49,13 @@ def test_draws_sharded_over_8_devices_equal_one_device_draw_by_draw(checks):
   assert got["diff"] and all(v == 0.0 for v in got["diff"].values()), got["diff"]
 
 
+def test_a_run_resumed_from_a_checkpoint_on_a_mesh_is_bit_identical(checks):
+  # Stopped after its first step, checkpointed, resumed: the state goes back with the layout
+  # of a fresh chunk, over the draws axis and with momentum rows over the clients axis.
+  for case in ("resume@draws", "resume@clients"):
+    assert checks[case] and all(v == 0.0 for v in checks[case].values()), (case, checks[case])
+
+
 def test_a_sharded_run_of_the_same_shapes_compiles_nothing(checks):
   # The per-device evaluation compiled once on each of the 8 devices, then never again.
   assert checks["per_device_programs"] == [8]
