@@ -149,17 +149,16 @@ class Store:
     if stale:
       self.discard(f"made by other code or software ({stale})")
       return None
-    _, treedef = _flat(initial_state)
-    template = {"state": _flat(initial_state)[0]}
+    expected, treedef = _flat(initial_state)
     restored = manager.restore(step, args=ocp.args.Composite(
         arrays=ocp.args.StandardRestore()))["arrays"]
     leaves = restored["state"]
-    if (sorted(leaves) != sorted(template["state"])
-        or any(np.shape(leaves[k]) != template["state"][k].shape for k in leaves)):
+    if (sorted(leaves) != sorted(expected)
+        or any(np.shape(leaves[k]) != expected[k].shape for k in leaves)):
       self.discard("its state has another structure")
       return None
     state = jax.tree.unflatten(
-        treedef, [np.asarray(leaves[k]).astype(template["state"][k].dtype, copy=False)
+        treedef, [np.asarray(leaves[k]).astype(expected[k].dtype, copy=False)
                   for k in sorted(leaves)])
     named = lambda g: {k: np.asarray(restored[g][f"{i:04d}"])
                        for i, k in enumerate(meta["names"].get(g, ()))}

@@ -88,8 +88,8 @@ _programs: dict[tuple, Callable] = {}
 # (id(simulator), draws, ...) -> (the simulator as planned, its MemoryPlan): `_planned`.
 _plans: dict[tuple, tuple] = {}
 _NOT_IN_PROGRAM = ("seed", "honest_set", "honest_set_options", "graph", "num_samples",
-                   "num_samples_per_chunk", "memory_budget_gb", "estimators", "report", "checkpoint",
-                   "draw_condition")
+                   "num_samples_per_chunk", "memory_budget_gb", "estimators", "report",
+                   "checkpoint", "draw_condition")
 
 # Draws per block inside a chunk's compiled program: the chunk's rounds run as a `lax.map` over
 # blocks of vmapped draws (`training.blocked`), so a block's [B, n, d] working set stays in cache

@@ -105,9 +105,12 @@ def main(_):  # errors.run_main refuses positional arguments
   except KeyboardInterrupt:
     done = len({r["point"] for r in sweep.read_results(
         os.path.join(_WORKDIR.value, "results.csv"))})
+    stores = os.path.join(_WORKDIR.value, "checkpoints")
+    started = os.listdir(stores) if os.path.isdir(stores) else []
     print(f"\ninterrupted: {done} finished point(s) saved in "
-          f"{os.path.join(_WORKDIR.value, 'results.csv')}; rerun the same command to resume.",
-          file=sys.stderr)
+          f"{os.path.join(_WORKDIR.value, 'results.csv')}"
+          + (f", and checkpoints of {len(started)} point(s) in {stores}" if started else "")
+          + "; rerun the same command to resume.", file=sys.stderr)
     sys.exit(130)
   if not writer:
     return
@@ -137,14 +140,12 @@ def main(_):  # errors.run_main refuses positional arguments
                     sweep.comparison_table(compared, config.plot.metric)))
   theory = sweep.theory_table(rows)
   if theory:
-    print("\nTheory beside experiment (bound: robust D-GD with the published κ; tightness = "
-          "bound / measured over valid draws; viol = valid draws with bound < measured; "
-          "E[err|b=f]: at the worst case's b, E[err] all b: unconditioned)")
+    legend = ("bound: robust D-GD with the published κ; tightness = bound / measured over "
+              "valid draws; viol = valid draws with bound < measured; E[err|b=f]: at the worst "
+              "case's b, E[err] all b: unconditioned")
+    print(f"\nTheory beside experiment ({legend})")
     print(theory)
-    printed.append(("Theory beside experiment", "Bound: robust D-GD with the published κ; "
-                    "tightness = bound / measured over valid draws; viol = valid draws with "
-                    "bound < measured; E[err|b=f]: at the worst case's b, E[err] all b: "
-                    "unconditioned.\n\n" + theory))
+    printed.append(("Theory beside experiment", f"{legend[0].upper()}{legend[1:]}.\n\n{theory}"))
     paths += sweep.plot_theory(
         rows, _WORKDIR.value, x=config.plot.x, series=config.plot.series,
         style=config.plot.style, subtitle=subtitle, log=log, worst_criterion=criterion)
