@@ -190,6 +190,11 @@ def _concat(parts):
   return jax.tree.map(lambda *p: np.concatenate([np.asarray(x) for x in p]), *parts)
 
 
+def _host_states(initial, chunk: int):
+  """A chunk's initial states `[W, ...]` on the host (broadcast views: nothing copied)."""
+  return jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (chunk,) + np.shape(a)), initial)
+
+
 class _OneDevice:
   """How a chunk's draws are placed and its programs built on the default device."""
 
@@ -258,8 +263,7 @@ class _Mesh(_OneDevice):
     return specs
 
   def states(self, initial):
-    return self.restore(jax.tree.map(
-        lambda a: np.broadcast_to(np.asarray(a), (self.chunk,) + a.shape), initial))
+    return self.restore(_host_states(initial, self.chunk))
 
   def restore(self, host):
     return jax.tree.map(lambda a, spec: sharding.put(self.mesh, a, spec), host,
@@ -387,8 +391,7 @@ def run_monte_carlo(sim: training.Simulator, fed: FederatedData, masks: jax.Arra
   history_parts, aux_parts, final_parts = [], [], []
   resume = None
   if checkpoints is not None:
-    resume = checkpoints.restore(jax.tree.map(
-        lambda a: np.broadcast_to(np.asarray(a), (chunk,) + np.shape(a)), initial))
+    resume = checkpoints.restore(_host_states(initial, chunk))
   if resume is not None:  # the finished chunks' results as one part; the chunk's state below
     done = resume["finished"]
     if resume["part"]:

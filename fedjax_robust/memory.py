@@ -211,8 +211,8 @@ def fixed_memory(fed: FederatedData) -> int:
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
   """How a job's draws are chunked, and the memory per device that plan takes: `fixed` +
-  `evaluation` + `draws_per_device` × `per_draw` bytes (the chunk's padding draws included, since they are
-  computed), against `budget` (`memory_budget_gb`, per device). `how` says whether `per_draw`
+  `evaluation` + `draws_per_device` × `per_draw` bytes (the chunk's padding draws included,
+  since they are computed), against `budget` (`memory_budget_gb`, per device). `how` says whether `per_draw`
   is XLA's measured figure or the traced program's upper bound (`Footprint`); `client_block`
   > 0: the clients are streamed in blocks of that many (`training.map_clients`)."""
   chunk: int             # draws trained at once, over all the devices of the draws axis

@@ -385,6 +385,31 @@ def _median(s: dict | None, *, percent: bool) -> str:
                    digits=digits)
 
 
+def table_notes(summary: Mapping[str, Any]) -> list[str]:
+  """The footnotes of the final-round table (`format_table`, the HTML report's): † heavy tail,
+  ‡ BCa undefined, § identical draws, and the honest-only baseline's name, each where a row
+  (an aggregator's or the baseline's) needs it."""
+  configured = summary["config"].get("report", {}).get("interval", "normal")
+  rows = list(summary["aggregators"].values()) + (
+      [summary["honest_only"]] if "honest_only" in summary else [])
+  notes = []
+  if any(s["honest_loss"].get("heavy_tail") or s["honest_accuracy"].get("heavy_tail")
+         for s in rows):
+    notes.append("† heavy tail (a diverged draw, or draws beyond Tukey's far-out fence q75 + "
+                 "3·IQR of the worst side): read the median and its CI beside the mean.")
+  if any(s[m].get("interval", configured) not in (configured, "none") for s in rows
+         for m in ("honest_loss", "honest_accuracy", "honest_holdout_accuracy") if m in s):
+    notes.append("‡ BCa undefined (all jackknife values equal): the bootstrap percentile 95% CI "
+                 "is shown.")
+  if any(s[m].get("identical") for s in rows
+         for m in ("honest_loss", "honest_accuracy", "honest_holdout_accuracy",
+                   "honest_finetuned_holdout_accuracy") if m in s):
+    notes.append(EXACT_NOTE)
+  if "honest_only" in summary:
+    notes.append(f"(honest only: no Byzantine) is the {HONEST_ONLY_NAME}.")
+  return notes
+
+
 def format_table(summary: dict) -> str:
   """Plain-text tables: one row per aggregator (and the honest-only baseline), final-round
   estimates over samples with the intervals the config chose; then the paired comparisons, the
@@ -429,20 +454,7 @@ def format_table(summary: dict) -> str:
         + f" {_pct(s['test_accuracy']['mean']):>8} {s['diverged']['count']:>8d}"
         + (f" {_pct(s['backdoor_accuracy']['mean']):>10}" if backdoor and
            "backdoor_accuracy" in s else ""))
-  if any(s["honest_loss"].get("heavy_tail") or s["honest_accuracy"].get("heavy_tail")
-         for _, s in rows):
-    lines.append("† heavy tail (a diverged draw, or draws beyond Tukey's far-out fence q75 + "
-                 "3·IQR of the worst side): read the median and its CI beside the mean.")
-  if any(s[m].get("interval", configured) not in (configured, "none") for _, s in rows
-         for m in ("honest_loss", "honest_accuracy", "honest_holdout_accuracy") if m in s):
-    lines.append("‡ BCa undefined (all jackknife values equal): the bootstrap percentile 95% CI "
-                 "is shown.")
-  if any(s[m].get("identical") for _, s in rows
-         for m in ("honest_loss", "honest_accuracy", "honest_holdout_accuracy",
-                   "honest_finetuned_holdout_accuracy") if m in s):
-    lines.append(EXACT_NOTE)
-  if "honest_only" in summary:
-    lines.append(f"(honest only: no Byzantine) is the {HONEST_ONLY_NAME}.")
+  lines += table_notes(summary)
   compared = format_comparisons(summary)
   if compared:
     lines.append("\n" + compared)

@@ -41,7 +41,6 @@ import dataclasses
 import itertools
 import json
 import os
-import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -364,9 +363,9 @@ def run(base, points: Sequence[Point], workdir: str, *,
     # A point's checkpoints (checkpoint.every_rounds) under the sweep's workdir: a sweep killed
     # mid-point resumes that point where its last checkpoint left it.
     checkpoint_dir = os.path.join(workdir, "checkpoints", pid)
+    # (experiment.run deletes them once the point's runs are done)
     exp = experiment.run(job, log=lambda _: None, checkpoint_dir=checkpoint_dir,
                          recompute=recompute)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     job = exp.job  # as it ran: the prior's f, privacy's σ
     summary = results.summarize(exp)
     run_ = exp.runs[job.aggregator]

@@ -70,7 +70,8 @@ def test_not_a_tty_gives_the_plain_lines_byte_for_byte():
   assert got.getvalue() == want.getvalue()
   assert "\x1b" not in got.getvalue()
   other = io.StringIO()
-  update, log, close = progress.make(other)
+  terminal = progress.Terminal(other)
+  update, log, close = terminal.update, terminal.log, terminal.close
   log("x")
   update(REPORTS[2])
   close()

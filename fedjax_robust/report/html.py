@@ -290,23 +290,8 @@ def _headline_table(summary: Mapping[str, Any]) -> str:
              f"averaged over the honest set S); held-out: each honest client's own held-out "
              f"split; test: the global test set. [CI] of a mean: {interval}; of a median: "
              f"{evaluation.MEDIAN_INTERVAL_NAME}.")
-  notes = []
-  all_rows = [s for _, _, s in entries]
-  if any(s["honest_loss"].get("heavy_tail") or s["honest_accuracy"].get("heavy_tail")
-         for s in all_rows):
-    notes.append("† heavy tail (a diverged draw, or draws beyond Tukey's far-out fence q75 + "
-                 "3·IQR of the worst side): read the median and its CI beside the mean.")
-  if any(s[m].get("interval", configured) not in (configured, "none") for s in all_rows
-         for m in ("honest_loss", "honest_accuracy", "honest_holdout_accuracy") if m in s):
-    notes.append("‡ BCa undefined (all jackknife values equal): the bootstrap percentile 95% CI "
-                 "is shown.")
-  if any(s[m].get("identical") for s in all_rows
-         for m in ("honest_loss", "honest_accuracy", "honest_holdout_accuracy",
-                   "honest_finetuned_holdout_accuracy") if m in s):
-    notes.append(results.EXACT_NOTE)
-  if "honest_only" in summary:
-    notes.append(f"(honest only: no Byzantine) is the {results.HONEST_ONLY_NAME}.")
-  return ("<h2 id=\"results\">Results</h2>" + _table(header, rows, caption) + _notes(notes)
+  return ("<h2 id=\"results\">Results</h2>" + _table(header, rows, caption)
+          + _notes(results.table_notes(summary))
           + _notes(_table_tail(summary)))
 
 

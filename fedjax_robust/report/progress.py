@@ -174,9 +174,3 @@ class Terminal:
   def __exit__(self, *exc) -> None:
     self.close()
 
-
-def make(stream: TextIO | None = None) -> tuple[Callable[[Mapping[str, Any]], None],
-                                                 Callable[[str], None], Callable[[], None]]:
-  """(update, log, close) of a `Terminal` on `stream`."""
-  t = Terminal(stream)
-  return t.update, t.log, t.close

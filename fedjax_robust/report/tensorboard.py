@@ -8,10 +8,10 @@ hold-out metrics, ... ; not `diverged`) and every evaluation round t of `run.rou
 (global_step = t), over the draws s that did not diverge by round t (`results.diverged_draws`) and
 whose value is defined (not NaN: e.g. an empty honest set S):
 
-    <metric>/mean = mean_s x_{t,s}        (np.nanmean)
+    <metric>/mean = mean_s x_{t,s}
     <metric>/q05, /q50, /q95 = the 5, 50, 95 % quantiles of {x_{t,s}}
-                                          (np.nanquantile, method="inverted_cdf": sample values,
-                                          the quantiles of metrics.csv / evaluation.summarize)
+                                          (evaluation.summarize, as metrics.csv: method
+                                          "inverted_cdf", sample values)
 
 and `draws/not_diverged` = the number of draws not diverged at t. A metric with no defined draw at
 a round writes nothing there. Unlike metrics.csv, where a diverged draw's honest loss counts as
@@ -33,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from fedjax_robust import evaluation
 from fedjax_robust import results
 from fedjax_robust.errors import ConfigError
 from fedjax_robust.experiment import Experiment
@@ -71,15 +72,13 @@ def scalars(run: AggregatorRun) -> list[tuple[str, int, float]]:
     step = int(rnd)
     out.append((NOT_DIVERGED_TAG, step, float(np.sum(~diverged[e]))))
     for metric in sorted(metrics):
-      values = metrics[metric][e]
-      if np.all(np.isnan(values)):
-        continue
       with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a mean of +inf and -inf losses: NaN
-        out.append((f"{metric}/mean", step, float(np.nanmean(values))))
-      for q in QUANTILES:
-        out.append((f"{metric}/q{round(100 * q):02d}", step,
-                    float(np.nanquantile(values, q, method="inverted_cdf"))))
+        stats = evaluation.summarize(metrics[metric][e], quantiles=QUANTILES)
+      if not stats["count"]:
+        continue
+      out += [(f"{metric}/{name}", step, stats[name])
+              for name in ("mean", *(f"q{round(100 * q):02d}" for q in QUANTILES))]
   return out
 
 
