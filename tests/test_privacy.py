@@ -1,7 +1,11 @@
 """Differential privacy (issue 18). Client-level DP: clipping, the noise's scale, the accountant
 against the Gaussian mechanism's closed form, calibration, and the switch through a job.
 Example-level DP (DP-SGD): the accountant against published ε, per-example clipping against
-NumPy, the noise's scale, Poisson sampling, a job's ε and calibration, and refusals."""
+NumPy, the noise's scale, Poisson sampling, a job's ε and calibration, and refusals. Central DP:
+the accountant against dp-accounting's own events per client sampling and a published choice
+(TensorFlow Federated's tutorial), calibration, refusals. DP-FTRL's tree: the nodes, the noise's
+law and telescoping, the sensitivity against brute force and dp-accounting's tree event.
+Adaptive clipping: the quantile tracking, the count, and Theorem 1's split."""
 
 import math
 
@@ -352,3 +356,314 @@ def test_a_noise_too_small_for_the_pld_grid_is_refused_not_run_out_of_memory():
   assert privacy.epsilon(0.01, 20, 1e-5, "rdp") > 1e3
   with pytest.raises(errors.ConfigError, match="too small for the PLD"):
     privacy.dp_sgd_epsilon(0.5, 0.001, 10, 1e-5, "pld")
+
+
+# ------------------------------------------------------------------ central and distributed DP
+def _dp_accounting_epsilon(accountant, event, delta=1e-5):
+  accountant.compose(event)
+  return float(accountant.get_epsilon(delta))
+
+
+def _relation(relation):
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+  return relation or dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+def _pld(relation):
+  from dp_accounting.pld import pld_privacy_accountant  # pylint: disable=g-import-not-at-top
+  return pld_privacy_accountant.PLDAccountant(_relation(relation),
+                                              value_discretization_interval=1e-3)
+
+
+def _rdp(relation, orders=None):
+  from dp_accounting.rdp import rdp_privacy_accountant  # pylint: disable=g-import-not-at-top
+  return rdp_privacy_accountant.RdpAccountant(orders, _relation(relation))
+
+
+_N, _M = 1000, 20  # clients, clients per round
+
+
+@pytest.mark.parametrize("sampling, accountant, sigma, rounds", [
+    ("none", "rdp", 30.0, 200), ("none", "pld", 30.0, 200), ("fixed", "rdp", 1.1, 300),
+    ("poisson", "pld", 1.1, 300), ("poisson", "rdp", 1.1, 300), ("fixed", "rdp", 0.3, 50),
+    ("poisson", "pld", 0.3, 50)])
+def test_central_epsilon_is_dp_accountings_for_the_sampling(sampling, accountant, sigma, rounds):
+  """Built here independently: "none" as T self-composed Gaussians of multiplier σ (replace-one:
+  RDP under REPLACE_ONE, and the PLD, whose REPLACE_ONE reads a Gaussian's multiplier against
+  half the shift, under add/remove, where the shift is Δ), "fixed" as T self-composed
+  sampled-without-replacement Gaussians under REPLACE_ONE (RDP only), "poisson" as T
+  Poisson-subsampled Gaussians under ADD_OR_REMOVE_ONE. σ = 0.3, the calibration's floor, still
+  passes the PLD's grid guard."""
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+  from dp_accounting import dp_event  # pylint: disable=g-import-not-at-top
+  relation = dp_accounting.NeighboringRelation
+  gaussian = dp_event.GaussianDpEvent(sigma)
+  if sampling == "none":
+    event = dp_event.SelfComposedDpEvent(gaussian, rounds)
+    acc = _rdp(relation.REPLACE_ONE) if accountant == "rdp" else _pld(relation.ADD_OR_REMOVE_ONE)
+  elif sampling == "fixed":
+    event = dp_event.SelfComposedDpEvent(
+        dp_event.SampledWithoutReplacementDpEvent(_N, _M, gaussian), rounds)
+    acc = _rdp(relation.REPLACE_ONE)
+  else:
+    event = dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(_M / _N, gaussian),
+                                         rounds)
+    acc = (_rdp(relation.ADD_OR_REMOVE_ONE) if accountant == "rdp"
+           else _pld(relation.ADD_OR_REMOVE_ONE))
+  expected = _dp_accounting_epsilon(acc, event)
+  got = privacy.central_epsilon(sigma, rounds, 1e-5, sampling=sampling, num_clients=_N,
+                                clients_per_round=_M, accountant=accountant)
+  assert got == pytest.approx(expected, rel=1e-6)
+  if sampling == "none":  # and the Gaussian mechanism's closed form, multiplier σ/√T
+    exact = _exact_gaussian_epsilon(sigma / math.sqrt(rounds), 1e-5)
+    assert exact - 1e-6 <= got <= exact + (0.01 if accountant == "pld" else 1.0)
+  else:  # sampling m of n amplifies: less than every client every round
+    assert got < privacy.central_epsilon(sigma, rounds, 1e-5, sampling="none", num_clients=_N,
+                                         clients_per_round=_M, accountant=accountant)
+  assert privacy.central_neighbours(sampling) == (
+      "add_or_remove_one" if sampling == "poisson" else "replace_one")
+
+
+def test_dp_accountings_pld_reads_a_replace_one_gaussian_as_twice_the_shift():
+  """Why "none" is accounted under ADD_OR_REMOVE_ONE: dp-accounting's PLD under REPLACE_ONE takes
+  a `GaussianDpEvent(m)` to be a record of norm ≤ std/m replaced (a shift of 2·std/m), so it gives
+  the ε of multiplier m/2; its RDP ignores the relation for a Gaussian."""
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+  relation = dp_accounting.NeighboringRelation
+  g = lambda m: dp_accounting.GaussianDpEvent(m)
+  replace = _dp_accounting_epsilon(_pld(relation.REPLACE_ONE), g(4.0))
+  assert replace == pytest.approx(_dp_accounting_epsilon(_pld(relation.ADD_OR_REMOVE_ONE),
+                                                         g(2.0)), rel=1e-9)
+  assert privacy.central_epsilon(4.0, 1, 1e-5, sampling="none", num_clients=1,
+                                 clients_per_round=1) == pytest.approx(
+                                     _exact_gaussian_epsilon(4.0, 1e-5), abs=0.01)
+
+
+@pytest.mark.parametrize("sampling, accountant, rounds", [
+    ("none", "pld", 300), ("none", "rdp", 300), ("fixed", "rdp", 100),
+    ("poisson", "pld", 300), ("poisson", "rdp", 300), ("none", "pld", 50000)])
+def test_central_calibration_gives_the_smallest_sigma_reaching_the_target(sampling, accountant,
+                                                                          rounds):
+  """ε(σ) <= target < ε(0.99σ). T = 50,000 rounds without sampling: one Gaussian of multiplier
+  σ/√T, whose σ = 0.3 floor would ask the PLD for a grid past its guard; the search starts
+  above it and answers in a second."""
+  kw = dict(sampling=sampling, num_clients=_N, clients_per_round=_M, accountant=accountant)
+  sigma = privacy.central_noise_for_epsilon(3.0, rounds, 1e-5, **kw)
+  assert privacy.central_epsilon(sigma, rounds, 1e-5, **kw) <= 3.0 + 1e-6
+  assert privacy.central_epsilon(0.99 * sigma, rounds, 1e-5, **kw) > 3.0
+
+
+_TFF_ORDERS = [1.25, 1.5, 1.75, 2., 2.25, 2.5, 3., 3.5, 4., 4.5] + list(range(5, 64)) + [
+    128, 256, 512]
+
+
+def test_the_poisson_accountant_reproduces_tensorflow_federateds_published_choice():
+  """TensorFlow Federated's tutorial "Differential Privacy in TFF"
+  (docs/tutorials/federated_learning_with_differential_privacy.ipynb, v0.41.0, the stored output
+  of the cell after "let's aim for (2, 1e-5)-DP"): 3383 EMNIST clients, 100 rounds, Poisson
+  client sampling at q = c/3383 with noise multiplier 0.5·c/50 = 0.01·c, RDP (`compute_rdp`,
+  `get_privacy_spent`) on the orders above; its search for the fewest expected clients c with
+  ε <= 2 at δ = 1e-5 printed "To get (2, 1e-05)-DP, use 120 clients with noise multiplier 1.2."
+  So ε(120) <= 2 < ε(119): reproduced exactly on those orders (ε = 1.989 and 2.011; the classic
+  conversion min_α RDP(α) + log(1/δ)/(α − 1) would give 2.42 at c = 120, so the tutorial's
+  TensorFlow Privacy used the improved conversion dp-accounting uses), and `central_epsilon` with
+  its own RDP orders makes the same choice; the PLD is tighter (1.71)."""
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+  for c, below in ((120, True), (119, False)):
+    sigma = 0.01 * c
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(c / 3383, dp_accounting.GaussianDpEvent(sigma)), 100)
+    tutorial = _dp_accounting_epsilon(
+        _rdp(dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, _TFF_ORDERS), event)
+    rdp = privacy.central_epsilon(sigma, 100, 1e-5, sampling="poisson", num_clients=3383,
+                                  clients_per_round=c, accountant="rdp")
+    assert (tutorial <= 2.0) == below and (rdp <= 2.0) == below, (c, tutorial, rdp)
+    assert abs(rdp - tutorial) < 0.02  # dp-accounting's default orders differ a little
+  assert privacy.central_epsilon(1.2, 100, 1e-5, sampling="poisson", num_clients=3383,
+                                 clients_per_round=120) == pytest.approx(1.71, abs=0.01)
+
+
+def test_central_dp_refuses_what_it_cannot_account():
+  kw = dict(num_clients=_N, clients_per_round=_M)
+  for call in (lambda: privacy.central_epsilon(1.0, 10, 1e-5, sampling="fixed", **kw),
+               lambda: privacy.central_noise_for_epsilon(2.0, 10, 1e-5, sampling="fixed", **kw)):
+    with pytest.raises(errors.ConfigError, match="privacy.accountant") as e:
+      call()
+    assert "'rdp'" in str(e.value) and "training.client_sampling='poisson'" in str(e.value)
+  with pytest.raises(errors.ConfigError, match="training.client_sampling"):
+    privacy.central_epsilon(1.0, 10, 1e-5, sampling="shuffle", **kw)
+  with pytest.raises(errors.ConfigError, match="training.clients_per_round"):
+    privacy.central_epsilon(1.0, 10, 1e-5, sampling="poisson", num_clients=5,
+                            clients_per_round=6)
+  with pytest.raises(errors.ConfigError, match="privacy.accountant"):
+    privacy.central_epsilon(1.0, 10, 1e-5, sampling="none", accountant="moments", **kw)
+  # T = 10,000 rounds at σ = 0.3: one Gaussian of multiplier 0.003, past the PLD's grid.
+  with pytest.raises(errors.ConfigError, match="too small for the PLD"):
+    privacy.central_epsilon(0.3, 10000, 1e-5, sampling="none", **kw)
+  assert privacy.central_epsilon(0.3, 10000, 1e-5, sampling="none", accountant="rdp", **kw) > 100
+
+
+# ---------------------------------------------------------------- DP-FTRL's tree aggregation
+def test_tree_nodes_cover_the_prefix_with_disjoint_dyadic_intervals():
+  for p in range(65):
+    nodes = privacy.tree_nodes(p)
+    assert len(nodes) == bin(p).count("1")
+    leaves = []
+    for level, j in nodes:
+      assert j >= 0
+      leaves.extend(range(j * 2 ** level, (j + 1) * 2 ** level))
+    assert sorted(leaves) == list(range(p))  # disjoint (no repeats) and exactly [0, p)
+  assert privacy.tree_nodes(13) == [(0, 12), (2, 2), (3, 0)]
+  for r in range(70):
+    assert privacy.tree_levels(r) == math.ceil(math.log2(r + 1))
+    assert r < 2 ** privacy.tree_levels(r)
+
+
+def test_the_tree_prefix_noise_has_popcount_nodes_of_variance_std_squared():
+  """Over 4,000 keys × 25 coordinates (seeded), the prefix noise / (std·√popcount(p)) is
+  N(0, 1) (two-sided χ² of its sum of squares) at several prefixes; prefixes sharing nodes share
+  their draws: the covariance of prefixes 4 and 6 (node (2, 0) in both) is std², of 4 and 3 (no
+  node in common) 0, within 5 standard errors. Prefix 0 has no noise."""
+  std, levels, keys = 0.7, 6, jax.random.split(jax.random.key(0), 4000)
+  noise = jax.jit(jax.vmap(lambda k, p: privacy.tree_prefix_noise(k, p, (25,), std, levels),
+                           in_axes=(0, None)))
+  for p in (1, 3, 7, 12, 31, 63):
+    z = np.asarray(noise(keys, p), np.float64) / (std * math.sqrt(bin(p).count("1")))
+    q = float(np.sum(z * z))
+    assert 0.001 < stats.chi2.cdf(q, z.size) < 0.999, (p, q / z.size)
+  assert not np.asarray(noise(keys[:3], 0)).any()
+  n4, n6, n3 = (np.asarray(noise(keys, p), np.float64) for p in (4, 6, 3))
+  se = std ** 2 * math.sqrt(2.0 / n4.size)
+  assert abs(np.mean(n4 * n6) - std ** 2) < 5 * se * math.sqrt(2)
+  assert abs(np.mean(n4 * n3)) < 5 * se * math.sqrt(2)
+
+
+def test_round_noise_telescopes_to_the_prefix_noise():
+  """Σ_{r<p} tree_round_noise(r) = tree_prefix_noise(p) for every p < 2^levels, with the round
+  traced (vmap under jit)."""
+  std, levels, key = 1.3, 5, jax.random.key(7)
+  rounds = jnp.arange(2 ** levels - 1)
+  per_round = np.asarray(jax.jit(jax.vmap(
+      lambda r: privacy.tree_round_noise(key, r, (4,), std, levels)))(rounds), np.float64)
+  prefixes = np.asarray(jax.jit(jax.vmap(
+      lambda p: privacy.tree_prefix_noise(key, p, (4,), std, levels)))(rounds + 1), np.float64)
+  np.testing.assert_allclose(np.cumsum(per_round, axis=0), prefixes, atol=2e-5)
+  # The round's noise has variance popcount(r+1)·std² + popcount(r)·std² − 2·shared·std².
+  assert np.abs(per_round[0] - prefixes[0]).max() < 1e-6
+
+
+def _released_nodes(r):
+  return [(l, j) for l in range(r.bit_length() + 1) for j in range(r + 1)
+          if (j + 1) * 2 ** l <= r]
+
+
+def test_tree_sensitivity_factors_are_brute_force_counts():
+  """"every": a client in every round moves every released node (l, j) by its 2^l leaves' Δ;
+  "once": the most released nodes any one leaf is in."""
+  for r in range(1, 21):
+    nodes = _released_nodes(r)
+    every = sum((2 ** l) ** 2 for l, _ in nodes)
+    once = max(sum(1 for l, j in nodes if j * 2 ** l <= t < (j + 1) * 2 ** l) for t in range(r))
+    assert privacy.tree_sensitivity_factor(r, "every") ** 2 == pytest.approx(every, rel=1e-12)
+    assert privacy.tree_sensitivity_factor(r, "once") ** 2 == pytest.approx(once, rel=1e-12)
+  with pytest.raises(errors.ConfigError, match="participation"):
+    privacy.tree_sensitivity_factor(4, "twice")
+
+
+@pytest.mark.parametrize("rounds, restart", [(1, 0), (7, 0), (8, 0), (100, 0), (250, 100),
+                                             (64, 16)])
+def test_the_once_trees_epsilon_is_dp_accountings_single_epoch_tree(rounds, restart):
+  """dp-accounting's `SingleEpochTreeAggregationDpEvent(σ, step_counts)` (RDP, REPLACE_SPECIAL:
+  Kairouz et al. 2021, Appendix D) is a record in at most one leaf across all the listed trees:
+  RDP α·depth/(2σ²), depth = ceil(log2(max steps + 1)). A client once in each of our trees is its
+  event per tree, composed: one event per tree (`ComposedDpEvent`)."""
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+  sigma, every = 2.0, restart or rounds
+  sizes = [every] * (rounds // every) + ([rounds % every] if rounds % every else [])
+  event = dp_accounting.ComposedDpEvent(
+      [dp_accounting.SingleEpochTreeAggregationDpEvent(sigma, s) for s in sizes])
+  expected = _dp_accounting_epsilon(
+      _rdp(dp_accounting.NeighboringRelation.REPLACE_SPECIAL), event)
+  got = _dp_accounting_epsilon(_rdp(None), privacy.tree_event(sigma, rounds, restart, "once"))
+  assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_tree_accountant_is_the_composed_gaussian_and_calibrates():
+  """tree_epsilon (every round, the worst case) is the Gaussian mechanism of multiplier
+  σ/sqrt(Σ_k factor(R_k)²) (closed form, PLD within its discretization), more than "once";
+  restarting more often costs less per tree but the trees compose; the calibration gives the
+  smallest σ reaching the target, for one tree of 2,000 rounds too (σ ≈ 1000: the search starts
+  above the PLD grid's floor)."""
+  sigma, rounds, restart = 300.0, 250, 100
+  total = 2 * privacy.tree_sensitivity_factor(100, "every") ** 2 + privacy.tree_sensitivity_factor(
+      50, "every") ** 2
+  exact = _exact_gaussian_epsilon(sigma / math.sqrt(total), 1e-5)
+  pld = privacy.tree_epsilon(sigma, rounds, 1e-5, restart)
+  assert exact - 1e-6 <= pld <= exact + 0.01
+  assert privacy.tree_epsilon(sigma, rounds, 1e-5, restart, "rdp") >= exact - 1e-6
+  once = _dp_accounting_epsilon(_pld(None), privacy.tree_event(sigma, rounds, restart, "once"))
+  assert once < pld
+  for r, every in ((250, 100), (2000, 0)):
+    s = privacy.tree_noise_for_epsilon(5.0, r, 1e-5, every)
+    assert privacy.tree_epsilon(s, r, 1e-5, every) <= 5.0 + 1e-6
+    assert privacy.tree_epsilon(0.99 * s, r, 1e-5, every) > 5.0
+
+
+# ------------------------------------------------------------------------- adaptive clipping
+def test_noisy_below_count_counts_non_finite_norms_as_above_and_weights():
+  norms = jnp.asarray([0.5, jnp.nan, jnp.inf, 2.0, 1.0, -jnp.inf, 0.1], jnp.float32)
+  key = jax.random.key(0)
+  assert float(privacy.noisy_below_count(key, norms, 1.0, 0.0)) == 3.0
+  mask = jnp.asarray([1, 1, 1, 1, 0, 1, 1], jnp.float32)
+  assert float(privacy.noisy_below_count(key, norms, 1.0, 0.0, mask)) == 2.0
+  counts = jax.vmap(lambda k: privacy.noisy_below_count(k, norms, 1.0, 2.5))(
+      jax.random.split(key, 4000))
+  z = (np.asarray(counts, np.float64) - 3.0) / 2.5
+  assert abs(z.mean()) < 5 / math.sqrt(z.size) and abs(z.std() - 1) < 0.05
+
+
+@pytest.mark.parametrize("quantile", [0.1, 0.5, 0.9])
+def test_adaptive_clipping_tracks_the_target_quantile(quantile):
+  """Andrew et al.'s geometric update with the noised count (σ_b = m/20) on a seeded stream of
+  300 rounds × 500 lognormal(0, 1) norms from C = 1: the clip's geometric mean over the last 100
+  rounds is within 5% of the stream's empirical γ-quantile."""
+  m, rounds, lr = 500, 300, 0.2
+  norms = jnp.asarray(np.random.default_rng(3).lognormal(0.0, 1.0, size=(rounds, m)),
+                      jnp.float32)
+  noise = privacy.default_count_noise(m)
+  assert noise == 25.0
+
+  def step(clip, inputs):
+    key, row = inputs
+    count = privacy.noisy_below_count(key, row, clip, noise)
+    return privacy.adaptive_clip_update(clip, count, m, quantile, lr), clip
+
+  _, clips = jax.jit(lambda: jax.lax.scan(step, jnp.float32(1.0),
+                                          (jax.random.split(jax.random.key(1), rounds),
+                                           norms)))()
+  tracked = math.exp(float(np.mean(np.log(np.asarray(clips[-100:], np.float64)))))
+  target = float(np.quantile(np.asarray(norms), quantile))
+  assert tracked == pytest.approx(target, rel=0.05), (tracked, target)
+
+
+def test_the_count_and_update_split_is_one_gaussian_mechanism():
+  """Andrew et al. 2021, Theorem 1: 1/z² = 1/z_Δ² + (s_b/σ_b)² exactly, their form with s_b =
+  1/2 (z_Δ = (z^{-2} − (2σ_b)^{-2})^{-1/2}); dp-accounting composing the update's Gaussian and
+  the count's (multiplier σ_b/s_b) gives the ε of one Gaussian of multiplier z; a σ_b at or
+  below s_b·z is refused with the bound."""
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+  z, sigma_b = 1.1, 5.0
+  for sb in (0.5, 1.0):
+    zd = privacy.adaptive_update_multiplier(z, sigma_b, sb)
+    assert 1 / z ** 2 == pytest.approx(1 / zd ** 2 + (sb / sigma_b) ** 2, rel=1e-12)
+    pair = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(zd),
+                                          dp_accounting.GaussianDpEvent(sigma_b / sb)])
+    assert _dp_accounting_epsilon(_rdp(None), pair) == pytest.approx(
+        _dp_accounting_epsilon(_rdp(None), dp_accounting.GaussianDpEvent(z)), rel=1e-9)
+  assert privacy.adaptive_update_multiplier(z, sigma_b, 0.5) == pytest.approx(
+      (z ** -2 - (2 * sigma_b) ** -2) ** -0.5, rel=1e-12)
+  with pytest.raises(errors.ConfigError, match="privacy.count_noise") as e:
+    privacy.adaptive_update_multiplier(z, 0.55, 0.5)
+  assert "0.55" in str(e.value)  # s_b·z = 0.55 is the bound, not allowed itself
+  with pytest.raises(errors.ConfigError, match="privacy.count_noise"):
+    privacy.adaptive_update_multiplier(z, 0.0, 1.0)
