@@ -33,6 +33,7 @@ from fedjax_robust import models
 from fedjax_robust import server_optimizers
 from fedjax_robust import compression
 from fedjax_robust import privacy
+from fedjax_robust.aggregators import sensitivity
 from fedjax_robust import server_prior
 from fedjax_robust import sharding
 from fedjax_robust import worst_case
@@ -247,9 +248,23 @@ def base_config() -> ml_collections.ConfigDict:
   # noisy sum divided by it. ε at `delta` for the run by dp-accounting's `accountant` (for
   # "example": the client with the fewest examples). target_epsilon > 0 sets noise_multiplier to
   # the smallest σ reaching it.
+  # Kind "central": a trusted server clips every received update to `clip`, runs the rule and
+  # adds N(0, (noise_multiplier·Δ)²) once, Δ the rule's sensitivity to one client
+  # (aggregators/sensitivity.py); amplified by client sampling. Kind "distributed": secure
+  # aggregation over groups (secure_aggregation.group_size = s) and each client adds a share
+  # N(0, (noise_multiplier·2·clip)²/s) of its group's noise; no amplification (the server knows
+  # who takes part). adaptive_clip: the clip follows the target_quantile of the update norms
+  # (Andrew et al. 2021: geometric steps of clip_lr, the count noised with std count_noise, 0:
+  # m/20 for kind 'central'); tree: DP-FTRL's tree-aggregated central noise, one tree every
+  # tree_restart rounds (0: one tree).
   c.privacy = ml_collections.ConfigDict({
       "kind": "none", "clip": 1.0, "noise_multiplier": 1.0, "target_epsilon": 0.0,
-      "delta": 1e-5, "accountant": "pld"})
+      "delta": 1e-5, "accountant": "pld", "adaptive_clip": False, "target_quantile": 0.5,
+      "clip_lr": 0.2, "count_noise": 0.0, "tree": False, "tree_restart": 0})
+  # Secure aggregation (Bonawitz et al. 2017) simulated: every round the server sees only the
+  # means of random groups of group_size of the round's clients (one secure sum per group) and
+  # the rule runs over the group means (f unchanged: a Byzantine client spoils one group). 0: off.
+  c.secure_aggregation = ml_collections.ConfigDict({"group_size": 0})
   # Compressed updates (fedjax_robust.compression): what every client sends. kind "top_k",
   # "random_k" (unbiased, d/k-scaled), "shared_random_k" (the same coordinates for all clients),
   # "qsgd" (s = levels), "sign" (scaled sign; rule "majority_vote" is signSGD's vote); k
@@ -328,6 +343,14 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "privacy.target_epsilon": D.Float(0, note="0: use noise_multiplier"),
     "privacy.delta": D.Float(0, 1, low_open=True, high_open=True),
     "privacy.accountant": D.Choice(*privacy.ACCOUNTANTS),
+    "privacy.adaptive_clip": D.Bool(),
+    "privacy.target_quantile": D.Float(0, 1, low_open=True, high_open=True,
+                                       note="γ: the share of update norms below the clip"),
+    "privacy.clip_lr": D.Float(0, low_open=True, note="η_C: log-clip step per round"),
+    "privacy.count_noise": D.Float(0, note="σ_b; 0: m/20 (kind 'central')"),
+    "privacy.tree": D.Bool(),
+    "privacy.tree_restart": D.Int(0, note="rounds per tree; 0: one tree"),
+    "secure_aggregation.group_size": D.Int(0, note="0: off; else 2 <= s dividing m"),
     "compression.kind": D.Choice(*compression.KINDS),
     "compression.k": D.Int(0, note="coordinates sent by top_k/random_k/shared_random_k; 0: "
                            "⌈ratio·d⌉; at most d"),
@@ -665,17 +688,49 @@ def describe_compression(info: dict) -> str:
           "the uncompressed float32 updates)")
 
 
-def privacy_fields(config) -> dict:
-  """The Simulator's DP settings: client-level (`privacy_clip`) or example-level (`dp_sgd_clip`)
-  clip and noise multiplier, none when privacy is off; a target ε must have been resolved into
-  noise_multiplier first (`resolve_privacy`)."""
+def privacy_fields(config, spec: str | None = None) -> dict:
+  """The Simulator's DP settings, none when privacy is off; a target ε must have been resolved
+  into noise_multiplier first (`resolve_privacy`). Client-level (`privacy_clip`) or
+  example-level (`dp_sgd_clip`) clip and noise multiplier; "distributed": each client's share
+  as a client-level mechanism of multiplier 2σ/√s; "central": the server's clip, σ, and the
+  rule `spec`'s sensitivity Δ/C (none for the reference run, whose honest-only mean the
+  Simulator takes as 2C/|H|); adaptive clipping's γ, step and count noise with the update's
+  multiplier split from σ (`privacy.adaptive_update_multiplier`); the tree's rounds."""
   p = config.privacy
   if p.kind == "none":
     return {}
   if p.target_epsilon:
     raise ValueError("privacy.target_epsilon is resolved by resolve_privacy before the simulator")
-  prefix = "privacy" if p.kind == "client" else "dp_sgd"
-  return {f"{prefix}_clip": float(p.clip), f"{prefix}_noise": float(p.noise_multiplier)}
+  sigma = float(p.noise_multiplier)
+  adaptive = {}
+  if p.adaptive_clip:
+    count_noise = _count_noise(config)
+    # Per round: central (σ, count sensitivity 1); client-level (σ/2 over Δ = 2C, bit 1).
+    z = sigma if p.kind == "central" else sigma / 2
+    z_update = privacy.adaptive_update_multiplier(z, count_noise, 1.0)
+    sigma = z_update if p.kind == "central" else 2 * z_update
+    adaptive = {"adaptive_quantile": float(p.target_quantile), "adaptive_lr": float(p.clip_lr),
+                "count_noise": count_noise}
+  if p.kind == "central":
+    m = config.training.clients_per_round or config.num_clients
+    return {"central_clip": float(p.clip), "central_noise": sigma,
+            "central_sensitivity": (0.0 if spec is None else sensitivity.central_sensitivity(
+                spec, rows=m, f=config.f)[0]),
+            "tree_rounds": (p.tree_restart or config.training.num_rounds) if p.tree else 0,
+            **adaptive}
+  if p.kind == "distributed":
+    sigma = 2 * sigma / config.secure_aggregation.group_size ** 0.5
+  prefix = "dp_sgd" if p.kind == "example" else "privacy"
+  return {f"{prefix}_clip": float(p.clip), f"{prefix}_noise": sigma, **adaptive}
+
+
+def _count_noise(config) -> float:
+  """Adaptive clipping's σ_b: privacy.count_noise, or for kind 'central' Andrew et al.'s m/20
+  (m the clients of a round)."""
+  p = config.privacy
+  if p.count_noise or p.kind != "central":
+    return float(p.count_noise)
+  return privacy.default_count_noise(config.training.clients_per_round or config.num_clients)
 
 
 def resolve_privacy(config, counts: np.ndarray | None = None):
@@ -692,8 +747,30 @@ def resolve_privacy(config, counts: np.ndarray | None = None):
   if p.kind == "none":
     return config, None
   rounds = config.training.num_rounds
-  sampling = {}  # DP-SGD's: B, q, the fewest examples, K and T·K
-  if p.kind == "client":
+  sampling = {}  # DP-SGD's: B, q, the fewest examples, K and T·K; central's sampling
+  n = config.num_clients
+  m = config.training.clients_per_round or n
+  if p.kind in ("central", "distributed"):
+    # Distributed: the server sees who takes part, so every round is composed (as "none").
+    how = "fixed" if p.kind == "central" and m < n else "none"
+    if p.tree:
+      restart = p.tree_restart or rounds
+      epsilon_of = lambda s: privacy.tree_epsilon(s, rounds, p.delta, restart, p.accountant)
+      calibrate = lambda: privacy.tree_noise_for_epsilon(p.target_epsilon, rounds, p.delta,
+                                                         restart, p.accountant)
+      horizon = f"over {rounds} rounds, one tree per {restart} rounds"
+    else:
+      kw = dict(sampling=how, num_clients=n, clients_per_round=m)
+      epsilon_of = lambda s: privacy.central_epsilon(s, rounds, p.delta, accountant=p.accountant,
+                                                     **kw)
+      calibrate = lambda: privacy.central_noise_for_epsilon(p.target_epsilon, rounds, p.delta,
+                                                            accountant=p.accountant, **kw)
+      horizon = f"over {rounds} rounds" + (f", {m} of {n} clients per round" if m < n else "")
+    sampling = {"sampling": how, "clients_per_round": m, "num_clients": n,
+                "neighbours": privacy.central_neighbours(how)}
+    if p.kind == "distributed":
+      sampling["group_size"] = config.secure_aggregation.group_size
+  elif p.kind == "client":
     epsilon_of = lambda s: privacy.epsilon(s, rounds, p.delta, p.accountant)
     calibrate = lambda: privacy.noise_for_epsilon(p.target_epsilon, rounds, p.delta,
                                                   p.accountant)
@@ -719,6 +796,8 @@ def resolve_privacy(config, counts: np.ndarray | None = None):
     low, high = privacy.SIGMA_RANGE[p.kind]
     try:
       sigma = calibrate()
+    except ConfigError:
+      raise
     except ValueError as e:
       raise ConfigError(f"privacy.target_epsilon={p.target_epsilon!r}: no noise multiplier in "
                         f"[{low:g}, {high:g}] reaches it {horizon} at delta={p.delta:g} ({e})"
@@ -728,6 +807,22 @@ def resolve_privacy(config, counts: np.ndarray | None = None):
       config.privacy.noise_multiplier = sigma
       config.privacy.target_epsilon = 0.0
   eps = epsilon_of(sigma) if sigma > 0 else float("inf")
+  if p.kind == "distributed":  # one member of a group keeps its share back (colludes)
+    s = config.secure_aggregation.group_size
+    sampling["epsilon_one_withheld"] = (
+        privacy.central_epsilon(sigma * ((s - 1) / s) ** 0.5, rounds, p.delta,
+                                sampling="none", num_clients=n, clients_per_round=m,
+                                accountant=p.accountant) if sigma > 0 else float("inf"))
+  if p.adaptive_clip:
+    sampling.update(adaptive_clip=True, target_quantile=float(p.target_quantile),
+                    clip_lr=float(p.clip_lr), count_noise=_count_noise(config),
+                    update_noise_multiplier=privacy_fields(config)[
+                        "central_noise" if p.kind == "central" else "privacy_noise"])
+  if p.kind == "central":
+    sampling["sensitivity"] = {spec: sensitivity.central_sensitivity(spec, rows=m, f=config.f)[1]
+                               for spec in aggregator_specs(config)}
+    if p.tree:
+      sampling["tree_restart"] = p.tree_restart or rounds
   return config, {"kind": p.kind, "clip": float(p.clip), "noise_multiplier": sigma,
                   "delta": float(p.delta), "epsilon": eps, "accountant": p.accountant,
                   "rounds": rounds, "target_epsilon": float(p.target_epsilon) or None,
@@ -740,6 +835,32 @@ def describe_privacy(info: dict) -> str:
            + (f" (σ set for target ε = {info['target_epsilon']:g})" if info["target_epsilon"]
               else ""))
   accountant = info["accountant"].upper()
+  adaptive = ""
+  if info.get("adaptive_clip"):
+    adaptive = (f"; the clip adapts from {info['clip']:g} toward the {info['target_quantile']:g}"
+                f"-quantile of the update norms (Andrew et al. 2021: step {info['clip_lr']:g}, "
+                f"count noise σ_b = {info['count_noise']:.4g}; σ split between the count and the "
+                f"update, whose noise multiplier is {info['update_noise_multiplier']:.4g})")
+  if info["kind"] == "central":
+    amplified = (f"amplified by sampling {info['clients_per_round']} of {info['num_clients']} "
+                 "clients without replacement (replace-one adjacency)"
+                 if info["sampling"] == "fixed" else "every client every round")
+    noise_kind = (f"DP-FTRL tree noise (one tree per {info['tree_restart']} rounds, no "
+                  "amplification claimed)" if info.get("tree_restart") else amplified)
+    rules = "; ".join(info["sensitivity"].values())
+    return (f"privacy: central DP, the server clips every update to L2 norm {info['clip']:g}, "
+            f"runs the rule and adds N(0, ({info['noise_multiplier']:.4g}·Δ)²) once, Δ the "
+            f"rule's sensitivity ({rules}); ε = {info['epsilon']:.4g} at δ = {info['delta']:g} "
+            f"over {info['rounds']} rounds, {noise_kind} ({accountant} accountant){adaptive}")
+  if info["kind"] == "distributed":
+    s = info["group_size"]
+    return (f"privacy: distributed DP under secure aggregation over groups of {s}: every client "
+            f"clips to L2 norm {info['clip']:g} and adds N(0, ({info['noise_multiplier']:.4g}·2·"
+            f"{info['clip']:g})²/{s}) (continuous Gaussian standing in for the discrete one); "
+            f"ε = {info['epsilon']:.4g} at δ = {info['delta']:g} over {info['rounds']} rounds, "
+            f"against a server that sees the group sums and who takes part (no amplification), "
+            f"when every member adds its share; {info['epsilon_one_withheld']:.4g} if one member "
+            f"of a group withholds its share ({accountant} accountant)")
   if info["kind"] == "example":
     return (f"privacy: example-level DP (DP-SGD) in every client's local steps, Poisson-sampled "
             f"minibatches of expected size B = {info['batch_size']} (rate q_i = min(1, B/m_i)), "
@@ -751,7 +872,8 @@ def describe_privacy(info: dict) -> str:
             "amplification by client sampling claimed)")
   return (f"privacy: client-level DP, every sent update clipped to L2 norm {info['clip']:g} "
           f"{noise}; ε = {info['epsilon']:.4g} at δ = {info['delta']:g} over {info['rounds']} "
-          f"rounds ({accountant} accountant, local model: no amplification by sampling claimed)")
+          f"rounds ({accountant} accountant, local model: no amplification by sampling claimed)"
+          f"{adaptive}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -908,7 +1030,15 @@ def _validate(config) -> Job:
                           f"{config.data.root_examples}.")
       continue
     rows = config.training.clients_per_round or n  # the rule sees the clients of a round
-    jax.eval_shape(agg, jax.ShapeDtypeStruct((rows, 4), np.float32))  # trace-time checks of n, f
+    group = config.secure_aggregation.group_size
+    try:  # trace-time checks of n, f (on the group means under secure aggregation)
+      jax.eval_shape(agg, jax.ShapeDtypeStruct((rows // group if group else rows, 4),
+                                               np.float32))
+    except ConfigError as e:
+      if not group:
+        raise
+      raise ConfigError(f"secure_aggregation.group_size={group}: aggregator {spec!r} cannot run "
+                        f"over the {rows // group} group means of a round ({e})") from None
   comparisons = comparison_pairs(config)
   # With honest_set='worst_case' every draw has b = f < n/2, which satisfies every condition:
   # a sweep can put μ_H conditioned on b = f beside the worst case at the same b.
@@ -930,6 +1060,7 @@ def _validate(config) -> Job:
   _validate_privacy(config, [attacks.get(name, num_classes=num_classes,
                                          options=config.attack_options.get(name, {}))
                              for name in behaviours])
+  _validate_deployed_privacy(config, specs, behaviours, prior)
   absences = [name for name in behaviours if name in faults.ABSENCE]
   if absences:
     for spec in specs:
@@ -1082,6 +1213,75 @@ def _validate_privacy(config, behaviours) -> None:
                       "minibatches with unequal weights, and privacy.kind='example' (DP-SGD) "
                       "samples each of its examples with the same probability; allowed: "
                       "behaviours without biased sampling, or privacy.kind 'client' or 'none'.")
+
+
+def _validate_deployed_privacy(config, specs, behaviours, prior) -> None:
+  """Central DP, distributed DP, secure aggregation, adaptive clipping and the tree: each rule's
+  sensitivity derived (central), groups of equal size that divide the round's clients, and
+  the combinations the simulator does not model refused with the reason."""
+  p, t = config.privacy, config.training
+  group = config.secure_aggregation.group_size
+  m = t.clients_per_round or config.num_clients
+  weighted = t.weighted_aggregation or (prior is not None
+                                        and config.server_prior.weights != "none")
+  absences = [name for name in behaviours if name in faults.ABSENCE]
+  mechanisms = [name for name, on in (
+      (f"privacy.kind={p.kind!r}", p.kind == "central"),
+      (f"secure_aggregation.group_size={group}", group > 0)) if on]
+  for what in mechanisms:
+    if weighted:
+      raise ConfigError(f"{what} averages the clients with equal weights; training."
+                        "weighted_aggregation and server_prior.weights give them unequal ones. "
+                        "Allowed: both off with it.")
+    if absences:
+      raise ConfigError(f"{what} is simulated with every sampled client present; attack="
+                        f"{config.attack!r} makes clients absent ({', '.join(absences)}).")
+    if config.compression.kind != "none":
+      raise ConfigError(f"{what} is not simulated with compressed updates "
+                        f"(compression.kind={config.compression.kind!r}); allowed: 'none'.")
+  if group:
+    if group < 2 or m % group:
+      raise ConfigError(f"secure_aggregation.group_size={group}: the {m} clients of a round are "
+                        "split into equal groups, one secure sum each; allowed: 0 (off) or a "
+                        f"divisor s of {m} with 2 <= s < {m}.")
+    if group >= m:
+      raise ConfigError(f"secure_aggregation.group_size={group} must be below the {m} clients "
+                        "of a round (one group would leave the rule a single mean).")
+  if p.kind == "central":
+    if group:
+      raise ConfigError("privacy.kind='central' trusts the server with every update, which "
+                        "secure aggregation hides; use privacy.kind='distributed' with "
+                        f"secure_aggregation.group_size={group}.")
+    for spec in specs:
+      sensitivity.central_sensitivity(spec, rows=m, f=config.f)
+    if m < config.num_clients and not p.tree and p.accountant == "pld":
+      raise ConfigError(f"privacy.accountant='pld' with privacy.kind='central' and "
+                        f"training.clients_per_round={m} of {config.num_clients}: sampling "
+                        "without replacement is amplified only by dp-accounting's RDP "
+                        "accountant (replace-one adjacency); use privacy.accountant='rdp'.")
+  if p.kind == "distributed" and not group:
+    raise ConfigError("privacy.kind='distributed' adds each client's share of a group's noise "
+                      "under secure aggregation: set secure_aggregation.group_size >= 2.")
+  if p.tree and (p.kind != "central" or p.adaptive_clip):
+    raise ConfigError(f"privacy.tree=True (DP-FTRL) noises the server's aggregate with a fixed "
+                      f"clip: it needs privacy.kind='central' and adaptive_clip=False, got kind="
+                      f"{p.kind!r}, adaptive_clip={p.adaptive_clip}.")
+  if p.tree_restart and not p.tree:
+    raise ConfigError(f"privacy.tree_restart={p.tree_restart} is the tree's length; set "
+                      "privacy.tree=True or leave it 0.")
+  if p.tree_restart > t.num_rounds:
+    raise ConfigError(f"privacy.tree_restart={p.tree_restart} exceeds training.num_rounds="
+                      f"{t.num_rounds}; allowed: 0 (one tree) to {t.num_rounds}.")
+  if p.adaptive_clip:
+    if p.kind not in ("central", "client"):
+      raise ConfigError(f"privacy.adaptive_clip=True adapts the central or the client-level "
+                        f"clip; privacy.kind={p.kind!r} (allowed: 'central', 'client').")
+    if p.kind == "client" and not p.count_noise:
+      raise ConfigError("privacy.adaptive_clip=True with kind 'client': every client noises its "
+                        "own bit 1[‖x‖ ≤ C]; set privacy.count_noise > 0 (its std).")
+    if not p.target_epsilon:  # the split is checked again once a target ε is resolved
+      z = p.noise_multiplier if p.kind == "central" else p.noise_multiplier / 2
+      privacy.adaptive_update_multiplier(z, _count_noise(config), 1.0)
 
 
 def _validate_personalization(config, specs, options) -> None:

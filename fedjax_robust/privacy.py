@@ -84,7 +84,7 @@ import jax.numpy as jnp
 
 from fedjax_robust.errors import ConfigError
 
-KINDS = ("none", "client", "example")
+KINDS = ("none", "client", "example", "central", "distributed")
 ACCOUNTANTS = ("pld", "rdp")
 # The noise multipliers the calibration searches, per kind (a target needing less noise is
 # refused). DP-SGD's floor 0.3: TensorFlow Privacy's tutorials (tutorials/README.md) note that σ

@@ -45,6 +45,8 @@ from fedjax_robust import models as models_lib
 from fedjax_robust import privacy
 from fedjax_robust import sharding
 from fedjax_robust.aggregators import Aggregator
+from fedjax_robust.aggregators.bucketing import bucketing as group_means
+from fedjax_robust.aggregators import clipping
 from fedjax_robust.attacks import Attack
 from fedjax_robust.data import ClientData
 from fedjax_robust.data import valid_mask
@@ -69,6 +71,10 @@ _PRIVACY_TAG = 2 ** 30 + 5
 _COMPRESSION_TAG = 2 ** 30 + 6
 _COORDINATES_TAG = 2 ** 30 + 7
 _DP_SGD_TAG = 2 ** 30 + 8  # folded into a local step's key
+_CENTRAL_TAG = 2 ** 30 + 9
+_TREE_TAG = 2 ** 30 + 10
+_COUNT_TAG = 2 ** 30 + 11
+_GROUPS_TAG = 2 ** 30 + 12
 
 
 def assign_behaviours(key: jax.Array, honest: jax.Array, probs) -> jax.Array:
@@ -166,6 +172,8 @@ class RunState(NamedTuple):
   personal: Any = ()
   # [n, d_s] each client's error-feedback residual (compression with error feedback).
   residual: Any = ()
+  # The clip norm C_t of adaptive clipping (a scalar; `privacy.adaptive_clip_update`).
+  clip: Any = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +232,32 @@ class Simulator:
   # coordinate and divides by B (`privacy.noisy_clipped_sum`). 0: off.
   dp_sgd_clip: float = 0.0
   dp_sgd_noise: float = 0.0
+  # Central (user-level) DP with a trusted server (`privacy` kind "central"): the server clips
+  # every row it receives to L2 norm C = `central_clip` (C_t with adaptive clipping; a non-finite
+  # row is sent to 0), runs the rule, and adds N(0, (central_noise·Δ)²) per coordinate to the
+  # aggregate once, Δ = central_sensitivity·C the rule's L2 sensitivity to one client (config's
+  # `central_sensitivity`); with `honest_only` (the reference run, the mean of the |H| honest
+  # clients) Δ = 2C/|H| per draw. 0: off.
+  central_clip: float = 0.0
+  central_noise: float = 0.0
+  central_sensitivity: float = 0.0
+  # DP-FTRL (Kairouz et al. 2021): the central noise of round t is the online binary tree's
+  # increment (`privacy.tree_round_noise`), so the running sum of the noisy aggregates carries
+  # the tree's noise of its prefix (variance popcount(t + 1)·(σΔ)²); one tree per
+  # `tree_rounds` rounds (restarts). 0: independent noise every round.
+  tree_rounds: int = 0
+  # Adaptive clipping (Andrew et al. 2021) of the central clip or the client-level clip:
+  # C_{t+1} = C_t·exp(−adaptive_lr·(ĉ/m − adaptive_quantile)), ĉ the count of the round's m
+  # rows with ‖x_i‖ ≤ C_t plus N(0, count_noise²) (central: the server's count of the rows it
+  # receives; client-level: each honest client's bit noised by itself, a Byzantine client
+  # reports "above"). The starting C is the clip. 0: a fixed clip.
+  adaptive_quantile: float = 0.0
+  adaptive_lr: float = 0.2
+  count_noise: float = 0.0
+  # Secure aggregation over groups (`secure_aggregation.group_size`): the server sees only the
+  # means of random groups of this many of the round's rows (one secure sum per group, a fresh
+  # partition every round) and the rule runs over the group means. 0: every row in the clear.
+  secure_group_size: int = 0
   # Language models (text data): each cross-entropy loss also as its perplexity exp(loss)
   # (`<name>_perplexity` beside `<name>_loss`; nats per character, so the geometric mean over
   # characters of 1/p(next character)).
@@ -273,6 +307,15 @@ class Simulator:
       if biased:
         raise ValueError(f"DP-SGD samples every example with the same probability; "
                          f"{', '.join(biased)} samples its minibatches with other weights.")
+    if self.central_clip and (self.privacy_clip or self.dp_sgd_clip or self.secure_group_size):
+      raise ValueError("central DP (a trusted server that sees every row) is not combined with "
+                       "client-level DP, DP-SGD or secure aggregation here.")
+    if self.adaptive_quantile and not (self.central_clip or self.privacy_clip):
+      raise ValueError("adaptive clipping adapts the central or the client-level clip; neither "
+                       "is on.")
+    if self.tree_rounds and (not self.central_clip or self.adaptive_quantile):
+      raise ValueError("tree aggregation (DP-FTRL) noises the central aggregate with a fixed "
+                       "clip: it needs central DP without adaptive clipping.")
     if getattr(self.aggregator, "needs_server_update", False) and self.root is None:
       raise ValueError(f"aggregator {self.aggregator.name!r} compares with a server update on "
                        "root data; the simulator has no root data set.")
@@ -319,7 +362,9 @@ class Simulator:
                     jnp.array(0, jnp.int32),
                     jnp.zeros_like(params) if self.root is not None else (), personal,
                     jnp.zeros((self.num_clients, params.size), params.dtype)
-                    if self.compression.error_feedback else ())
+                    if self.compression.error_feedback else (),
+                    jnp.asarray(self.central_clip or self.privacy_clip, jnp.float32)
+                    if self.adaptive_quantile else ())
 
   def full_params(self, shared: jax.Array, personal: jax.Array) -> jax.Array:
     """Client models `[..., d]` from the shared parameters `[d_s]` and personal ones
@@ -550,10 +595,20 @@ class Simulator:
                   else new_personal)
     if self.sampling:  # the others keep their momentum
       momentum = state.momentum.at[sampled].set(momentum)
-    updates, residual = self._privatize_and_compress(
-        round_key, updates, coords,
-        take(state.residual) if self.sampling and self.compression.error_feedback
-        else state.residual)
+    residual_in = (take(state.residual) if self.sampling and self.compression.error_feedback
+                   else state.residual)
+    clip_t = state.clip if self.adaptive_quantile else None
+    below = None  # the round's noisy count of rows within the clip (adaptive clipping)
+    if self.adaptive_quantile and self.privacy_clip:
+      # Each honest client's bit 1[‖x_i‖ ≤ C_t] on what it privatizes, noised by itself; the sum
+      # of its m_H independent N(0, σ_b²) is one N(0, m_H·σ_b²). A Byzantine client reports 0.
+      sent = updates + residual_in if self.compression.error_feedback else updates
+      norms = jnp.sqrt(jnp.sum(sent * sent, axis=1))
+      below = privacy.noisy_below_count(
+          jax.random.fold_in(round_key, _COUNT_TAG), norms, clip_t,
+          self.count_noise * jnp.sqrt(jnp.sum(honest).astype(jnp.float32)), weights=honest)
+    updates, residual = self._privatize_and_compress(round_key, updates, coords, residual_in,
+                                                     clip=clip_t)
     if self.compression.error_feedback:
       residual = state.residual.at[sampled].set(residual) if self.sampling else residual
       residual = sharding.constrain(residual, sharding.P(sharding.CLIENTS, None))
@@ -585,8 +640,14 @@ class Simulator:
       agg_kwargs["present"] = present
     if server_update is not None:
       agg_kwargs["server_update"] = server_update
-    server_rule = lambda u: self._aggregate(u, state.aggregator_state, k_aggregator, weights,
-                                            coords, agg_kwargs)[0]
+    central_clip = (clip_t if self.adaptive_quantile else self.central_clip)
+
+    def server_clip(u):
+      """The trusted server's clip of every received row (central DP), and the rows' norms."""
+      return clipping.clip_rows(u, central_clip) if self.central_clip else (u, None)
+
+    server_rule = lambda u: self._aggregate(server_clip(u)[0], state.aggregator_state,
+                                            k_aggregator, weights, coords, agg_kwargs)[0]
     attack_states = list(state.attack_state)
     if len(behaviours) == 1:
       if self.attack.poison is not None:
@@ -601,14 +662,29 @@ class Simulator:
           updates = jnp.where(roles[:, k, None], poisoned, updates)
     if self.compression.on:  # what the server decodes from every row (Byzantine ones cut too)
       updates = compression_lib.project(updates, self.compression, coords[0])
+    updates, norms = server_clip(updates)
+    if self.adaptive_quantile and self.central_clip:  # the server counts the rows it received
+      below = privacy.noisy_below_count(jax.random.fold_in(round_key, _COUNT_TAG), norms,
+                                        central_clip, self.count_noise,
+                                        weights=honest if self.honest_only else None)
     aggregate, aggregator_state, aux = self._aggregate(
         updates, state.aggregator_state, k_aggregator, weights, coords, agg_kwargs)
+    if self.central_clip:
+      aggregate = aggregate + self._central_noise(key, round_key, state.round, honest,
+                                                  central_clip, aggregate)
     if present is not None:  # too few clients present for the declared f: the round is skipped
       enough = jnp.sum(present) > 2 * (self.aggregator.f or 0)
       aggregate = jnp.where(enough, aggregate, jnp.zeros_like(aggregate))
       aggregator_state = jax.tree.map(lambda new, old: jnp.where(enough, new, old),
                                       aggregator_state, state.aggregator_state)
       extra["skipped_round"] = (~enough).astype(jnp.float32)
+    clip_next = state.clip
+    if self.adaptive_quantile:
+      # The share of the round's rows (of the honest ones in the honest-only reference).
+      rows = jnp.sum(honest) if self.honest_only else jnp.asarray(honest.shape[0])
+      clip_next = privacy.adaptive_clip_update(clip_t, below, rows.astype(jnp.float32),
+                                               self.adaptive_quantile, self.adaptive_lr)
+      extra["clip_norm"] = clip_t
     aux = {**aux, **extra}
     if self.measure_theory:
       aux = {**aux, **theory,
@@ -616,9 +692,27 @@ class Simulator:
     steps, opt_state = self.server_optimizer.update(aggregate, state.server_opt_state, state.params)
     params = optax.apply_updates(state.params, steps)
     return RunState(params, opt_state, momentum, aggregator_state, tuple(attack_states),
-                    state.round + 1, server_momentum, personal, residual), aux
+                    state.round + 1, server_momentum, personal, residual, clip_next), aux
 
-  def _privatize_and_compress(self, round_key, updates, coords, residual):
+  def _central_noise(self, key, round_key, round_, honest, clip, aggregate):
+    """Central DP's noise on the round's aggregate: N(0, (σΔ)²) per coordinate, Δ the rule's
+    L2 sensitivity at clip C (`central_sensitivity`·C; the honest-only mean's 2C/|H|), fresh
+    every round from fold_in(round key, _CENTRAL_TAG), or with `tree_rounds` the tree's
+    increment of round t within its tree (tree t // R from fold_in(draw key, _TREE_TAG))."""
+    if self.honest_only:
+      delta = 2.0 * clip / jnp.maximum(jnp.sum(honest), 1).astype(aggregate.dtype)
+    else:
+      delta = self.central_sensitivity * clip
+    std = self.central_noise * delta
+    if not self.tree_rounds:
+      return std * jax.random.normal(jax.random.fold_in(round_key, _CENTRAL_TAG),
+                                     aggregate.shape, aggregate.dtype)
+    r = self.tree_rounds
+    tree_key = jax.random.fold_in(jax.random.fold_in(key, _TREE_TAG), round_ // r)
+    return privacy.tree_round_noise(tree_key, round_ % r, aggregate.shape, std,
+                                    privacy.tree_levels(r)).astype(aggregate.dtype)
+
+  def _privatize_and_compress(self, round_key, updates, coords, residual, clip=None):
     """(sent `[n, d]`, new residual): each client's privacy mechanism and compressor on its
     update plus its error-feedback residual (`compression_lib` module doc: a data-independent
     sparsifier selects its coordinates `coords` = (mask, shared index) first and privatizes
@@ -628,9 +722,10 @@ class Simulator:
       updates = updates + residual
     mask = coords[0]
     if self.privacy_clip:  # each client privatizes what it sends (absent rows are zeroed below)
+      # `clip`: adaptive clipping's C_t (a traced scalar), else the fixed clip.
       updates = privacy.clip_and_noise(jax.random.fold_in(round_key, _PRIVACY_TAG), updates,
-                                       clip=self.privacy_clip, noise_multiplier=self.privacy_noise,
-                                       coordinates=mask)
+                                       clip=self.privacy_clip if clip is None else clip,
+                                       noise_multiplier=self.privacy_noise, coordinates=mask)
     sent = compression_lib.compress(jax.random.fold_in(round_key, _COMPRESSION_TAG), updates,
                                     spec, mask)
     return sent, (updates - sent if spec.error_feedback else residual)
@@ -638,6 +733,10 @@ class Simulator:
   def _aggregate(self, updates, aggregator_state, key, weights, coords, agg_kwargs):
     """The aggregator on the decoded rows `[n, d]`, or, with `aggregate_in="k"`, on their
     shared coordinates `[n, k]` (O(n·k) work), its aggregate scattered back into `[d]`."""
+    if self.secure_group_size:  # the server sees the group means only (one secure sum each)
+      groups = group_means(updates, key=jax.random.fold_in(key, _GROUPS_TAG),
+                                   bucket_size=self.secure_group_size)
+      return self.aggregator.apply(groups, aggregator_state, key, None, **agg_kwargs)
     if self.compression.aggregate_in != "k":
       return self.aggregator.apply(updates, aggregator_state, key, weights, **agg_kwargs)
     idx = coords[1]

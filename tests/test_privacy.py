@@ -667,3 +667,147 @@ def test_the_count_and_update_split_is_one_gaussian_mechanism():
   assert "0.55" in str(e.value)  # s_b·z = 0.55 is the bound, not allowed itself
   with pytest.raises(errors.ConfigError, match="privacy.count_noise"):
     privacy.adaptive_update_multiplier(z, 0.0, 1.0)
+
+
+# ------------------------------------------------------ deployed mechanisms inside a round
+def _logistic_round_setup(rng, **fields):
+  """A 4-client logistic Simulator (one full-batch local step, lr 0.3, no momentum) with the
+  given privacy fields, its data, and each client's update u_i = 0.3·∇L_i(θ_0) in float64."""
+  from test_training import client_data  # pylint: disable=g-import-not-at-top
+  train, _, _ = client_data(rng)
+  model = models.get("logistic", input_shape=(4, 1, 1), num_classes=3)
+  sim = training.Simulator(
+      model=model, aggregator=aggregators.get(fields.pop("aggregator", "mean"), f=1),
+      attack=attacks.get("none", num_classes=3),
+      local=training.LocalTraining(local_steps=1, batch_size=0, lr=0.3, momentum=0.0),
+      server_optimizer=optax.sgd(1.0), num_clients=4, **fields)
+  state = sim.init(jax.random.key(0))
+  rows = 0.3 * np.asarray(sim.client_gradients(state.params, train), np.float64)
+  return sim, state, train, rows
+
+
+def _clip(rows, c):
+  norms = np.linalg.norm(rows, axis=1, keepdims=True)
+  return rows * np.minimum(1.0, c / norms)
+
+
+def test_central_dp_clips_every_row_then_the_rule_then_noise_of_std_sigma_delta(rng):
+  """Without noise the round is the mean of the rows clipped to C (NumPy); with σ the
+  aggregate's noise over 4000 draws has std σ·Δ, Δ = 2C/m for the mean (m = 4)."""
+  sim, state, train, rows = _logistic_round_setup(rng, central_clip=0.05, central_noise=0.0,
+                                                  central_sensitivity=0.5)
+  assert np.median(np.linalg.norm(rows, axis=1)) > 0.05  # the clip binds
+  new, _ = jax.jit(sim.round)(state, jnp.ones(4, bool), jax.random.key(1), train)
+  np.testing.assert_allclose(np.asarray(state.params) - np.asarray(new.params),
+                             _clip(rows, 0.05).mean(0), atol=2e-6)
+  noisy, _, _, _ = _logistic_round_setup(np.random.default_rng(0), central_clip=0.05,
+                                         central_noise=3.0, central_sensitivity=0.5)
+  keys = jax.random.split(jax.random.key(2), 4000)
+  draws = jax.jit(jax.vmap(lambda k: noisy._central_noise(k, k, jnp.int32(0), jnp.ones(4, bool),
+                                                         0.05, jnp.zeros(15))))(keys)
+  std = float(np.std(np.asarray(draws)))
+  assert std == pytest.approx(3.0 * 0.5 * 0.05, rel=0.02)
+
+
+def test_the_honest_only_reference_takes_the_mean_over_its_honest_clients():
+  """The reference run's Δ is 2C/|H| per draw (the mean of the honest clients it averages)."""
+  sim, _, _, _ = _logistic_round_setup(np.random.default_rng(0), central_clip=1.0,
+                                       central_noise=1.0, honest_only=True,
+                                       aggregator="mean")
+  honest = jnp.array([True, False, True, False])
+  keys = jax.random.split(jax.random.key(3), 4000)
+  draws = jax.jit(jax.vmap(lambda k: sim._central_noise(k, k, jnp.int32(0), honest, 1.0,
+                                                       jnp.zeros(15))))(keys)
+  assert float(np.std(np.asarray(draws))) == pytest.approx(2.0 / 2, rel=0.02)
+
+
+def test_tree_noise_in_a_run_gives_prefix_sums_of_popcount_variance():
+  """With tree_rounds = 8, the running sum of rounds 0..t−1's central noise has variance
+  popcount(t)·(σΔ)² (t ≤ 8), and the ninth round starts a fresh tree (variance 1 node again
+  on top of the first tree's 8-prefix: popcount(8) + popcount(1) = 2)."""
+  sim, _, _, _ = _logistic_round_setup(np.random.default_rng(0), central_clip=1.0,
+                                       central_noise=1.0, central_sensitivity=1.0,
+                                       tree_rounds=8)
+  keys = jax.random.split(jax.random.key(4), 3000)
+
+  def run(k):
+    noise = [sim._central_noise(k, jax.random.fold_in(k, t), jnp.int32(t), jnp.ones(4, bool),
+                                1.0, jnp.zeros(15)) for t in range(9)]
+    return jnp.cumsum(jnp.stack(noise), axis=0)
+
+  sums = np.asarray(jax.jit(jax.vmap(run))(keys))
+  variances = sums.var(axis=(0, 2))
+  expected = [bin(t).count("1") for t in range(1, 9)] + [2]
+  np.testing.assert_allclose(variances, expected, rtol=0.06)
+
+
+def test_central_adaptive_clipping_takes_one_geometric_step_per_round(rng):
+  """One round with count noise 0: C₁ = C₀·exp(−η(share of rows with ‖u_i‖ ≤ C₀ − γ)) (NumPy
+  on the clients' updates), the rows clipped to C₀ and averaged."""
+  sim, state, train, rows = _logistic_round_setup(rng, central_clip=0.365, central_noise=0.0,
+                                                  central_sensitivity=0.5,
+                                                  adaptive_quantile=0.3, adaptive_lr=0.5,
+                                                  count_noise=0.0)
+  norms = np.linalg.norm(rows, axis=1)
+  new, aux = jax.jit(sim.round)(state, jnp.ones(4, bool), jax.random.key(1), train)
+  share = np.mean(norms <= 0.365)
+  assert 0 < share < 1
+  assert float(new.clip) == pytest.approx(0.365 * np.exp(-0.5 * (share - 0.3)), rel=1e-5)
+  assert float(aux["clip_norm"]) == pytest.approx(0.365)
+  np.testing.assert_allclose(np.asarray(state.params) - np.asarray(new.params),
+                             _clip(rows, 0.365).mean(0), atol=2e-6)
+
+
+def test_client_level_adaptive_clipping_counts_honest_bits_and_byzantine_as_above(rng):
+  """Kind 'client' adaptive: the honest clients' bits (Byzantine ones report 'above') over all
+  m rows move C; the sent rows are clipped to C₀ (no noise here)."""
+  sim, state, train, rows = _logistic_round_setup(rng, privacy_clip=0.365, privacy_noise=0.0,
+                                                  adaptive_quantile=0.5, adaptive_lr=0.5,
+                                                  count_noise=0.0)
+  honest = jnp.array([True, True, True, False])
+  new, _ = jax.jit(sim.round)(state, honest, jax.random.key(1), train)
+  norms = np.linalg.norm(rows, axis=1)
+  share = np.sum((norms <= 0.365) & np.asarray(honest)) / 4
+  assert float(new.clip) == pytest.approx(0.365 * np.exp(-0.5 * (share - 0.5)), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["central", "distributed"])
+def test_a_deployed_job_calibrates_sigma_to_the_target_and_reports_it(kind):
+  """A whole tiny job with a target ε: the summary's ε is at most the target and is the
+  accountant's for the σ it prints (central: every client every round; distributed: the same
+  accounting, no amplification) and the run trains (finite losses)."""
+  c = tiny_config()
+  c.aggregator = "mean,trimmed_mean"
+  c.privacy.kind = kind
+  c.privacy.target_epsilon = 6.0
+  if kind == "distributed":
+    c.secure_aggregation.group_size = 2
+  exp = experiment.run(c, log=lambda _: None)
+  info = exp.privacy
+  assert info["epsilon"] <= 6.0 + 1e-6
+  assert info["epsilon"] == pytest.approx(privacy.central_epsilon(
+      info["noise_multiplier"], 10, 1e-5, sampling="none", num_clients=6, clients_per_round=6))
+  for run in exp.runs.values():
+    assert np.isfinite(np.asarray(run.metrics["honest_loss"])).all()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"privacy.kind": "central", "aggregator": "centered_clipping"}, "centered_clipping"),
+    ({"privacy.kind": "central", "training.clients_per_round": 4}, "privacy.accountant"),
+    ({"privacy.kind": "distributed"}, "secure_aggregation.group_size"),
+    ({"secure_aggregation.group_size": 4}, "secure_aggregation.group_size"),
+    ({"secure_aggregation.group_size": 3, "aggregator": "trimmed_mean"}, "group means"),
+    ({"privacy.kind": "central", "secure_aggregation.group_size": 2}, "distributed"),
+    ({"privacy.kind": "client", "privacy.tree": True}, "privacy.tree"),
+    ({"privacy.kind": "example", "privacy.adaptive_clip": True}, "adaptive_clip"),
+    ({"privacy.kind": "client", "privacy.adaptive_clip": True}, "count_noise"),
+    ({"privacy.kind": "central", "privacy.adaptive_clip": True}, "count_noise"),
+    ({"privacy.kind": "central", "training.weighted_aggregation": True}, "weighted"),
+])
+def test_deployed_privacy_refuses_what_it_does_not_model(overrides, match):
+  c = tiny_config()
+  c.aggregator = overrides.pop("aggregator", "mean")
+  for key, value in overrides.items():
+    set_key(c, key, value)
+  with pytest.raises(errors.ConfigError, match=match):
+    config_lib.resolve(c)

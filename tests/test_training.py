@@ -269,3 +269,24 @@ def test_a_language_model_reports_each_cross_entropy_as_its_perplexity():
   digits = tiny_config()
   assert build.make_simulator(config_lib.resolve(digits), "mean",
                               config_lib.make_data(digits)).perplexity is False
+
+
+def test_secure_aggregation_runs_the_rule_on_hand_computed_group_means():
+  """secure_group_size = 2 on 8 rows: the server's rule (trimmed mean, f = 1) sees only the 4
+  means of the groups that the round's permutation forms (consecutive pairs of it); equal to
+  NumPy's trimmed mean over those means, computed here by hand in float64. A non-finite row
+  spoils only its group, which the trimmed mean drops."""
+  sim = dataclasses.replace(simulator("trimmed_mean", n=8, f=1), secure_group_size=2)
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(8, 6)).astype(np.float32)
+  x[3] = np.nan
+  key = jax.random.key(9)
+  got, _, _ = sim._aggregate(jnp.asarray(x), sim.aggregator.init(6, jnp.float32), key, None,
+                             (None, None), {})
+  perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, training._GROUPS_TAG), 8))
+  means = x.astype(np.float64)[perm].reshape(4, 2, 6).mean(axis=1)
+  spoiled = ~np.isfinite(means).all(axis=1)
+  assert spoiled.sum() == 1
+  # Trimmed mean, f = 1: the NaN group sorts above every value, so it is trimmed from the top.
+  ordered = np.sort(np.where(spoiled[:, None], np.inf, means), axis=0)
+  np.testing.assert_allclose(np.asarray(got), ordered[1:3].mean(axis=0), atol=1e-6)

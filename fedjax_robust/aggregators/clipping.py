@@ -80,6 +80,15 @@ def _weights(updates, weights):
   return jnp.ones((n,), updates.dtype) if weights is None else weights.astype(updates.dtype)
 
 
+def clip_rows(updates: jax.Array, threshold) -> tuple[jax.Array, jax.Array]:
+  """(rows clipped to L2 norm `threshold`, each row's norm before clipping): x_i·min(1, C/‖x_i‖)
+  with C a Python or traced scalar (a trusted server's clip under central DP, adaptive or fixed);
+  a non-finite row is sent to 0 and its norm is +inf (above every clip)."""
+  x, norms, finite = _norms_and_clean(updates)
+  factors = jnp.where(finite, _clip_factors(norms, threshold), 0.0)
+  return x * factors[:, None].astype(x.dtype), jnp.where(finite, norms, jnp.inf)
+
+
 def _check_threshold(threshold):
   if not threshold > 0:
     raise ValueError(f"static_clipping: threshold must be > 0, got {threshold}.")
