@@ -7,7 +7,7 @@ import importlib
 from typing import Callable
 
 # The sweep configs with a report of their own: configs/sweep_<name>.py -> sweeps/<name>.py.
-NAMES = ("deployed", "dp_compression", "dp_dimension", "mu_aware", "rfa")
+NAMES = ("deployed", "dp_compression", "dp_dimension", "mu_aware", "privacy", "rfa")
 # Study configs (issue 29) that are a sweep config's points on another grid: their report.
 STUDIES = {"study_mu_aware": "mu_aware"}
 
