@@ -97,7 +97,8 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
   aggregator = aggregators.get(
       spec, f=config.f, options=job.options if job else config_lib.aggregator_options(config),
       weighted=config.training.weighted_aggregation or prior_weights is not None,
-      presence=any(a.presence is not None for a, _ in behaviours))
+      presence=(any(a.presence is not None for a, _ in behaviours)
+                or config.training.client_sampling == "poisson"))
   if aggregator.needs_server_update and fed.root is None:
     raise ConfigError(f"aggregator {spec!r} needs the server's root data set "
                       "(data.root_examples >= 1).")
@@ -111,6 +112,7 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
       server_optimizer=config_lib.make_server_optimizer(config),
       num_clients=config.num_clients, l2=float(config.training.l2),
       clients_per_round=config.training.clients_per_round,
+      client_sampling=config.training.client_sampling,
       personal_head=config.training.personalization == "personal_head",
       fine_tune_steps=config.training.fine_tune_steps,
       **config_lib.privacy_fields(config, spec),

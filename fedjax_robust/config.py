@@ -213,6 +213,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Client sampling: m clients per round, uniformly without replacement (0: all n; else
       # 2f < m <= n: the declared f applies to the m sampled, and the rules see only them).
       "clients_per_round": 0,
+      # How the m clients of a round are drawn: "fixed" (m of n without replacement) or
+      # "poisson" (each client independently with probability m/n; the rules see the round's
+      # sample as the clients present; central DP is then amplified under add/remove adjacency).
+      "client_sampling": "fixed",
       # Local work per round: local_steps K minibatches drawn with replacement, or (epochs >= 1)
       # E epochs of shuffled minibatches without replacement over the client's own data.
       "local_epochs": 0,
@@ -409,6 +413,7 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "training.client_lr": D.LEARNING_RATE,
     "training.client_momentum": D.Float(0, 1, high_open=True),
     "training.clients_per_round": D.Int(0, note="0: all clients; else 2f < m <= num_clients"),
+    "training.client_sampling": D.Choice(*privacy.CLIENT_SAMPLINGS),
     "training.local_epochs": D.Int(0, note="0: training.local_steps steps instead"),
     "training.client_update": D.Choice(*local_training.CLIENT_UPDATES),
     "training.tail_average": D.Int(1, note="1: the last local iterate"),
@@ -705,17 +710,21 @@ def privacy_fields(config, spec: str | None = None) -> dict:
   adaptive = {}
   if p.adaptive_clip:
     count_noise = _count_noise(config)
-    # Per round: central (σ, count sensitivity 1); client-level (σ/2 over Δ = 2C, bit 1).
-    z = sigma if p.kind == "central" else sigma / 2
+    # Per round: central (σ, count sensitivity 1); client-level (σ/2 over Δ = 2C, bit 1);
+    # DP-SGD per step (σ over the sampled sum's C, count sensitivity 1).
+    z = sigma / 2 if p.kind == "client" else sigma
     z_update = privacy.adaptive_update_multiplier(z, count_noise, 1.0)
-    sigma = z_update if p.kind == "central" else 2 * z_update
+    sigma = 2 * z_update if p.kind == "client" else z_update
     adaptive = {"adaptive_quantile": float(p.target_quantile), "adaptive_lr": float(p.clip_lr),
                 "count_noise": count_noise}
   if p.kind == "central":
     m = config.training.clients_per_round or config.num_clients
+    poisson = _poisson(config)
+    mean = spec is not None and poisson and aggregators.split_spec(spec) == ["mean"]
     return {"central_clip": float(p.clip), "central_noise": sigma,
             "central_sensitivity": (0.0 if spec is None else sensitivity.central_sensitivity(
-                spec, rows=m, f=config.f)[0]),
+                spec, rows=m, f=config.f, poisson=poisson)[0]),
+            "central_fixed_denominator": float(m) if mean else 0.0,
             "tree_rounds": (p.tree_restart or config.training.num_rounds) if p.tree else 0,
             **adaptive}
   if p.kind == "distributed":
@@ -724,13 +733,22 @@ def privacy_fields(config, spec: str | None = None) -> dict:
   return {f"{prefix}_clip": float(p.clip), f"{prefix}_noise": sigma, **adaptive}
 
 
+def _poisson(config) -> bool:
+  """Whether the clients of a round are Poisson-sampled (training.client_sampling='poisson'
+  with m < n)."""
+  t = config.training
+  return t.client_sampling == "poisson" and 0 < t.clients_per_round < config.num_clients
+
+
 def _count_noise(config) -> float:
-  """Adaptive clipping's σ_b: privacy.count_noise, or for kind 'central' Andrew et al.'s m/20
-  (m the clients of a round)."""
+  """Adaptive clipping's σ_b: privacy.count_noise, or Andrew et al.'s m/20 with m the clients
+  of a round (kind 'central') or the expected minibatch B (kind 'example', DP-SGD)."""
   p = config.privacy
-  if p.count_noise or p.kind != "central":
+  if p.count_noise or p.kind == "client":
     return float(p.count_noise)
-  return privacy.default_count_noise(config.training.clients_per_round or config.num_clients)
+  return privacy.default_count_noise(
+      config.training.batch_size if p.kind == "example"
+      else config.training.clients_per_round or config.num_clients)
 
 
 def resolve_privacy(config, counts: np.ndarray | None = None):
@@ -752,7 +770,8 @@ def resolve_privacy(config, counts: np.ndarray | None = None):
   m = config.training.clients_per_round or n
   if p.kind in ("central", "distributed"):
     # Distributed: the server sees who takes part, so every round is composed (as "none").
-    how = "fixed" if p.kind == "central" and m < n else "none"
+    how = ("none" if p.kind == "distributed" or m == n
+           else "poisson" if _poisson(config) else "fixed")
     if p.tree:
       restart = p.tree_restart or rounds
       epsilon_of = lambda s: privacy.tree_epsilon(s, rounds, p.delta, restart, p.accountant)
@@ -817,10 +836,13 @@ def resolve_privacy(config, counts: np.ndarray | None = None):
     sampling.update(adaptive_clip=True, target_quantile=float(p.target_quantile),
                     clip_lr=float(p.clip_lr), count_noise=_count_noise(config),
                     update_noise_multiplier=privacy_fields(config)[
-                        "central_noise" if p.kind == "central" else "privacy_noise"])
+                        {"central": "central_noise", "example": "dp_sgd_noise"}.get(
+                            p.kind, "privacy_noise")])
   if p.kind == "central":
-    sampling["sensitivity"] = {spec: sensitivity.central_sensitivity(spec, rows=m, f=config.f)[1]
-                               for spec in aggregator_specs(config)}
+    sampling["sensitivity"] = {
+        spec: sensitivity.central_sensitivity(spec, rows=m, f=config.f,
+                                              poisson=_poisson(config))[1]
+        for spec in aggregator_specs(config)}
     if p.tree:
       sampling["tree_restart"] = p.tree_restart or rounds
   return config, {"kind": p.kind, "clip": float(p.clip), "noise_multiplier": sigma,
@@ -837,14 +859,20 @@ def describe_privacy(info: dict) -> str:
   accountant = info["accountant"].upper()
   adaptive = ""
   if info.get("adaptive_clip"):
-    adaptive = (f"; the clip adapts from {info['clip']:g} toward the {info['target_quantile']:g}"
-                f"-quantile of the update norms (Andrew et al. 2021: step {info['clip_lr']:g}, "
+    what = ("each client's per-example clip adapts, step by step, from"
+            if info["kind"] == "example" else "the clip adapts from")
+    norms = "its examples' gradient norms" if info["kind"] == "example" else "the update norms"
+    adaptive = (f"; {what} {info['clip']:g} toward the {info['target_quantile']:g}-quantile of "
+                f"{norms} (Andrew et al. 2021: step {info['clip_lr']:g}, "
                 f"count noise σ_b = {info['count_noise']:.4g}; σ split between the count and the "
                 f"update, whose noise multiplier is {info['update_noise_multiplier']:.4g})")
   if info["kind"] == "central":
-    amplified = (f"amplified by sampling {info['clients_per_round']} of {info['num_clients']} "
-                 "clients without replacement (replace-one adjacency)"
-                 if info["sampling"] == "fixed" else "every client every round")
+    amplified = {
+        "fixed": (f"amplified by sampling {info['clients_per_round']} of {info['num_clients']} "
+                  "clients without replacement (replace-one adjacency)"),
+        "poisson": (f"amplified by Poisson sampling at rate q = {info['clients_per_round']}/"
+                    f"{info['num_clients']} (add/remove-one adjacency)"),
+        "none": "every client every round"}[info["sampling"]]
     noise_kind = (f"DP-FTRL tree noise (one tree per {info['tree_restart']} rounds, no "
                   "amplification claimed)" if info.get("tree_restart") else amplified)
     rules = "; ".join(info["sensitivity"].values())
@@ -869,7 +897,7 @@ def describe_privacy(info: dict) -> str:
             f"examples (m = {info['fewest_examples']}, q = {info['sampling_rate']:.4g}: the "
             f"largest ε of any client) over T·K = {info['rounds']}·{info['local_steps']} = "
             f"{info['steps']} steps ({accountant} accountant; every round composed, no "
-            "amplification by client sampling claimed)")
+            f"amplification by client sampling claimed){adaptive}")
   return (f"privacy: client-level DP, every sent update clipped to L2 norm {info['clip']:g} "
           f"{noise}; ε = {info['epsilon']:.4g} at δ = {info['delta']:g} over {info['rounds']} "
           f"rounds ({accountant} accountant, local model: no amplification by sampling claimed)"
@@ -1029,7 +1057,9 @@ def _validate(config) -> Job:
                           "taken from the test split), got data.root_examples="
                           f"{config.data.root_examples}.")
       continue
-    rows = config.training.clients_per_round or n  # the rule sees the clients of a round
+    # The rule sees the clients of a round (under Poisson sampling all n rows, the unsampled
+    # ones absent).
+    rows = n if _poisson(config) else config.training.clients_per_round or n
     group = config.secure_aggregation.group_size
     try:  # trace-time checks of n, f (on the group means under secure aggregation)
       jax.eval_shape(agg, jax.ShapeDtypeStruct((rows // group if group else rows, 4),
@@ -1062,14 +1092,16 @@ def _validate(config) -> Job:
                              for name in behaviours])
   _validate_deployed_privacy(config, specs, behaviours, prior)
   absences = [name for name in behaviours if name in faults.ABSENCE]
-  if absences:
+  if absences or _poisson(config):
+    why = (f"attack={config.attack!r} makes clients absent ({', '.join(absences)})" if absences
+           else "training.client_sampling='poisson' leaves the unsampled clients absent")
     for spec in specs:
       try:
         aggregators.get(spec, f=f, options=options,
                         weighted=config.training.weighted_aggregation, presence=True)
       except ConfigError as e:
-        raise ConfigError(f"attack={config.attack!r} makes clients absent ({', '.join(absences)}"
-                          f"), so the rules must aggregate the clients present: {e}") from None
+        raise ConfigError(f"{why}, so the rules must aggregate the clients present: {e}"
+                          ) from None
   z_option = config.attack_options.alie.z
   if "alie" in behaviours and (z_option is None or np.isnan(z_option)):
     z = float(attacks.alie_z(n, f))
@@ -1228,6 +1260,14 @@ def _validate_deployed_privacy(config, specs, behaviours, prior) -> None:
   mechanisms = [name for name, on in (
       (f"privacy.kind={p.kind!r}", p.kind == "central"),
       (f"secure_aggregation.group_size={group}", group > 0)) if on]
+  if _poisson(config) and group:
+    raise ConfigError(f"secure_aggregation.group_size={group} splits a round's clients into "
+                      "equal groups; training.client_sampling='poisson' draws a random number "
+                      "of them. Allowed: client_sampling='fixed' with secure aggregation.")
+  if t.client_sampling == "poisson" and not _poisson(config):
+    raise ConfigError(f"training.client_sampling='poisson' samples each client with probability "
+                      f"m/n, m = training.clients_per_round; set 0 < clients_per_round < "
+                      f"num_clients={config.num_clients}, got {t.clients_per_round}.")
   for what in mechanisms:
     if weighted:
       raise ConfigError(f"{what} averages the clients with equal weights; training."
@@ -1253,8 +1293,8 @@ def _validate_deployed_privacy(config, specs, behaviours, prior) -> None:
                         "secure aggregation hides; use privacy.kind='distributed' with "
                         f"secure_aggregation.group_size={group}.")
     for spec in specs:
-      sensitivity.central_sensitivity(spec, rows=m, f=config.f)
-    if m < config.num_clients and not p.tree and p.accountant == "pld":
+      sensitivity.central_sensitivity(spec, rows=m, f=config.f, poisson=_poisson(config))
+    if m < config.num_clients and not _poisson(config) and not p.tree and p.accountant == "pld":
       raise ConfigError(f"privacy.accountant='pld' with privacy.kind='central' and "
                         f"training.clients_per_round={m} of {config.num_clients}: sampling "
                         "without replacement is amplified only by dp-accounting's RDP "
@@ -1273,14 +1313,15 @@ def _validate_deployed_privacy(config, specs, behaviours, prior) -> None:
     raise ConfigError(f"privacy.tree_restart={p.tree_restart} exceeds training.num_rounds="
                       f"{t.num_rounds}; allowed: 0 (one tree) to {t.num_rounds}.")
   if p.adaptive_clip:
-    if p.kind not in ("central", "client"):
-      raise ConfigError(f"privacy.adaptive_clip=True adapts the central or the client-level "
-                        f"clip; privacy.kind={p.kind!r} (allowed: 'central', 'client').")
+    if p.kind not in ("central", "client", "example"):
+      raise ConfigError(f"privacy.adaptive_clip=True adapts the central, the client-level or "
+                        f"DP-SGD's clip; privacy.kind={p.kind!r} (allowed: 'central', 'client', "
+                        "'example').")
     if p.kind == "client" and not p.count_noise:
       raise ConfigError("privacy.adaptive_clip=True with kind 'client': every client noises its "
                         "own bit 1[‖x‖ ≤ C]; set privacy.count_noise > 0 (its std).")
     if not p.target_epsilon:  # the split is checked again once a target ε is resolved
-      z = p.noise_multiplier if p.kind == "central" else p.noise_multiplier / 2
+      z = p.noise_multiplier / 2 if p.kind == "client" else p.noise_multiplier
       privacy.adaptive_update_multiplier(z, _count_noise(config), 1.0)
 
 

@@ -719,7 +719,9 @@ _ASSUMED_CPU_FLOPS = 15e9
 def _flops_per_sample_round(job, num_params: int, max_count: int) -> float:
   """About 6 flops per parameter per example (forward + backward) for every client's minibatch."""
   local = config_lib.make_local_training(job)
-  clients = job.training.clients_per_round or job.num_clients
+  # Under Poisson client sampling every client trains (the unsampled rows are then dropped).
+  clients = (job.num_clients if job.training.client_sampling == "poisson"
+             else job.training.clients_per_round or job.num_clients)
   batch = (local.epoch_batch(max_count) if local.local_epochs
            else local_batch_size(job, max_count))
   return 6.0 * num_params * clients * local.steps(max_count) * batch
@@ -733,7 +735,8 @@ def _rows_at_rule(job, spec: str) -> int:
   """The rows the last stage of `spec` aggregates: a round's clients, regrouped by the
   pre-aggregators before it (bucketing: ⌈m/s⌉), read from their traced output's shape."""
   stages = aggregators.split_spec(spec)
-  rows = job.training.clients_per_round or job.num_clients
+  rows = (job.num_clients if job.training.client_sampling == "poisson"
+          else job.training.clients_per_round or job.num_clients)
   if len(stages) == 1:
     return rows
   seen = []  # the rows reaching the rule, recorded while tracing (a shape is static)

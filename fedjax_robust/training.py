@@ -172,7 +172,7 @@ class RunState(NamedTuple):
   personal: Any = ()
   # [n, d_s] each client's error-feedback residual (compression with error feedback).
   residual: Any = ()
-  # The clip norm C_t of adaptive clipping (a scalar; `privacy.adaptive_clip_update`).
+  # The clip norm C_t of adaptive clipping (a scalar; `[n]`, one per client, for DP-SGD's).
   clip: Any = ()
 
 
@@ -209,6 +209,16 @@ class Simulator:
   # with b_t <= f (`sampled_within_f`) and with b_t < m/2 (`sampled_minority`: RFA's event
   # |S_t ∩ C| <= θm for some θ < 1/2, Pillutla et al. 2022, Theorem 4).
   clients_per_round: int = 0
+  # "poisson": each client takes part in a round independently with probability q = m/n
+  # (m = clients_per_round), as central DP's amplification by sampling assumes. Every client
+  # trains (the arrays keep their n rows); the rule sees the round's sample as its present rows
+  # (`present`), the others keep their momentum and state, and the round is skipped when at most
+  # 2f clients took part. "fixed": m of n uniformly without replacement (rows gathered).
+  client_sampling: str = "fixed"
+  # Central DP under Poisson sampling with the mean: the aggregate Σ_{sampled} clip(x_i)/(q·n),
+  # the mean with the fixed denominator E[m] = q·n (McMahan et al. 2018), whose add/remove
+  # sensitivity is C/(q·n). 0: the rule's own aggregate.
+  central_fixed_denominator: float = 0.0
   # Personalization (FedPer, Arivazhagan et al. 2019): the model's output layer is personal,
   # one per client, trained locally and never sent; the rule aggregates the other (shared)
   # parameters. The evaluation then measures each client with its own head.
@@ -246,11 +256,13 @@ class Simulator:
   # the tree's noise of its prefix (variance popcount(t + 1)·(σΔ)²); one tree per
   # `tree_rounds` rounds (restarts). 0: independent noise every round.
   tree_rounds: int = 0
-  # Adaptive clipping (Andrew et al. 2021) of the central clip or the client-level clip:
+  # Adaptive clipping (Andrew et al. 2021) of the central, the client-level or DP-SGD's clip:
   # C_{t+1} = C_t·exp(−adaptive_lr·(ĉ/m − adaptive_quantile)), ĉ the count of the round's m
   # rows with ‖x_i‖ ≤ C_t plus N(0, count_noise²) (central: the server's count of the rows it
   # receives; client-level: each honest client's bit noised by itself, a Byzantine client
-  # reports "above"). The starting C is the clip. 0: a fixed clip.
+  # reports "above"; DP-SGD: every client's own per-example clip, one step per local step on
+  # its minibatch's noisy count over B, kept across rounds). The starting C is the clip. 0: a
+  # fixed clip.
   adaptive_quantile: float = 0.0
   adaptive_lr: float = 0.2
   count_noise: float = 0.0
@@ -310,20 +322,41 @@ class Simulator:
     if self.central_clip and (self.privacy_clip or self.dp_sgd_clip or self.secure_group_size):
       raise ValueError("central DP (a trusted server that sees every row) is not combined with "
                        "client-level DP, DP-SGD or secure aggregation here.")
-    if self.adaptive_quantile and not (self.central_clip or self.privacy_clip):
-      raise ValueError("adaptive clipping adapts the central or the client-level clip; neither "
-                       "is on.")
+    if self.adaptive_quantile and not (self.central_clip or self.privacy_clip
+                                       or self.dp_sgd_clip):
+      raise ValueError("adaptive clipping adapts the central, the client-level or DP-SGD's "
+                       "clip; none is on.")
     if self.tree_rounds and (not self.central_clip or self.adaptive_quantile):
       raise ValueError("tree aggregation (DP-FTRL) noises the central aggregate with a fixed "
                        "clip: it needs central DP without adaptive clipping.")
+    if self.poisson:  # the fewest rows the rule traces for (its own n-condition), for skipping
+      shaped = lambda k: jax.ShapeDtypeStruct((k, 2), jnp.float32)
+      state = self.aggregator.init(2, jnp.float32)
+      for k in range(1, self.num_clients + 1):
+        try:
+          jax.eval_shape(lambda u: self.aggregator.apply(
+              u, state, jax.random.key(0), **({"server_update": u[0]} if getattr(
+                  self.aggregator, "needs_server_update", False) else {})), shaped(k))
+        except ValueError:  # the rule's ConfigError at trace time: too few rows for it
+          continue
+        object.__setattr__(self, "_min_rows", k)
+        break
+      else:
+        raise ValueError(f"aggregator {self.aggregator.name!r} is defined for no number of the "
+                         f"{self.num_clients} clients.")
     if getattr(self.aggregator, "needs_server_update", False) and self.root is None:
       raise ValueError(f"aggregator {self.aggregator.name!r} compares with a server update on "
                        "root data; the simulator has no root data set.")
 
   @property
   def sampling(self) -> bool:
-    """Whether fewer than n clients take part in a round."""
-    return 0 < self.clients_per_round < self.num_clients
+    """Whether m < n clients take part in a round, drawn without replacement (fixed size)."""
+    return 0 < self.clients_per_round < self.num_clients and self.client_sampling == "fixed"
+
+  @property
+  def poisson(self) -> bool:
+    """Whether each client takes part with probability m/n (Poisson sampling)."""
+    return 0 < self.clients_per_round < self.num_clients and self.client_sampling == "poisson"
 
   @property
   def behaviours(self) -> tuple[Attack, ...]:
@@ -332,8 +365,9 @@ class Simulator:
 
   @property
   def absences(self) -> bool:
-    """Whether some behaviour makes clients absent (the rules then see a presence mask)."""
-    return any(a.presence is not None for a in self.behaviours)
+    """Whether some clients may be absent from a round (a behaviour's drop-outs, or Poisson
+    client sampling): the rules then see a presence mask."""
+    return self.poisson or any(a.presence is not None for a in self.behaviours)
 
   def roles(self, honest: jax.Array, key: jax.Array) -> jax.Array:
     """`[n, K]` bool: client i runs behaviour k (K behaviours; none for an honest client)."""
@@ -363,8 +397,9 @@ class Simulator:
                     jnp.zeros_like(params) if self.root is not None else (), personal,
                     jnp.zeros((self.num_clients, params.size), params.dtype)
                     if self.compression.error_feedback else (),
-                    jnp.asarray(self.central_clip or self.privacy_clip, jnp.float32)
-                    if self.adaptive_quantile else ())
+                    jnp.full((self.num_clients,) if self.dp_sgd_clip else (),
+                             self.central_clip or self.privacy_clip or self.dp_sgd_clip,
+                             jnp.float32) if self.adaptive_quantile else ())
 
   def full_params(self, shared: jax.Array, personal: jax.Array) -> jax.Array:
     """Client models `[..., d]` from the shared parameters `[d_s]` and personal ones
@@ -409,7 +444,7 @@ class Simulator:
     return jnp.where(keep, x, 0.0), jnp.where(valid, y, 0)
 
   def local_update(self, params, momentum, x, y, count, key, byzantine, fault_key=None,
-                   lr=None, example_dp=True, coordinates=None):
+                   lr=None, example_dp=True, coordinates=None, clip=None):
     """One client's local work (`LocalTraining`: K steps or E epochs, at learning rate `lr`,
     default the constant η); returns (update θ − θ̄ `[d]`, new momentum `[d]`).
 
@@ -419,7 +454,11 @@ class Simulator:
     simulator's DP-SGD (`dp_sgd_clip` > 0) applies (False: the server's own update on its root
     data, which no client owns). `coordinates` (bool `[d]`, or None): with DP-SGD, the
     coordinates the client sends this round (a data-independent sparsifier's): each step's
-    per-example gradients are restricted to them before clipping and noised on them only."""
+    per-example gradients are restricted to them before clipping and noised on them only.
+    `clip`: with DP-SGD and adaptive clipping, the client's per-example clip C at the start
+    (a scalar); every step then moves it (`privacy.adaptive_clip_update` on the step's noisy
+    count of included examples with ‖g_j‖ ≤ C over B) and the call returns (update, momentum,
+    the client's C after its steps)."""
     cfg = self.local
     lr = cfg.lr if lr is None else lr
     roles = jnp.atleast_1d(byzantine)
@@ -464,24 +503,40 @@ class Simulator:
       xb, yb = poisoned(k_poison, x[idx], y[idx], idx)
       return jax.grad(self._loss)(p, xb, yb, jnp.ones((cfg.batch_size,), bool))
 
-    def private_gradient(p, k):
+    def private_gradient(p, k, c):
       """DP-SGD's gradient (Abadi et al. 2016): the step's Poisson-sampled minibatch
       (`privacy.poisson_sample`, key fold_in(k, _DP_SGD_TAG)), each example's gradient over all
-      m_max positions (vmapped; padding never sampled), clipped to C, summed, plus
+      m_max positions (vmapped; padding never sampled), clipped to C = `c`, summed, plus
       N(0, σ²C²·I), divided by B. Data poisoning applies to the examples as in `gradient`. The
       ℓ2 term is data-independent: its gradient λθ is added after the noise, unclipped
-      (post-processing, no privacy cost)."""
+      (post-processing, no privacy cost). Returns (g̃, the next C): with adaptive clipping
+      C·exp(−η(ĉ/B − γ)), ĉ the included examples with ‖g_j‖ ≤ C (on the sent coordinates)
+      plus N(0, σ_b²) (Andrew et al. 2021), else C."""
       _, k_poison = jax.random.split(k)
       k_sample, k_noise = jax.random.split(jax.random.fold_in(k, _DP_SGD_TAG))
       xb, yb = poisoned(k_poison, *self._without_padding(x, y, valid), jnp.arange(x.shape[0]))
       per_example = jax.vmap(jax.grad(self._example_loss), in_axes=(None, 0, 0))(p, xb, yb)
       included = privacy.poisson_sample(k_sample, count, x.shape[0], cfg.batch_size)
-      g = privacy.noisy_clipped_sum(k_noise, per_example, included, clip=self.dp_sgd_clip,
+      g = privacy.noisy_clipped_sum(k_noise, per_example, included,
+                                    clip=c if adaptive else self.dp_sgd_clip,
                                     noise_multiplier=self.dp_sgd_noise,
                                     coordinates=coordinates) / cfg.batch_size
-      return g + jax.grad(self._penalty)(p) if self.l2 else g
+      if adaptive:
+        sent = per_example if coordinates is None else jnp.where(coordinates, per_example, 0.0)
+        below = privacy.noisy_below_count(
+            jax.random.fold_in(k_noise, 1), jnp.sqrt(jnp.sum(sent * sent, axis=1)), c,
+            self.count_noise, weights=included)
+        c = privacy.adaptive_clip_update(c, below, jnp.float32(cfg.batch_size),
+                                         self.adaptive_quantile, self.adaptive_lr)
+      return (g + jax.grad(self._penalty)(p) if self.l2 else g), c
 
-    step_gradient = private_gradient if self.dp_sgd_clip and example_dp else gradient
+    private = self.dp_sgd_clip and example_dp
+    adaptive = bool(private and self.adaptive_quantile and clip is not None)
+    if private:
+      step_gradient = private_gradient
+    else:
+      step_gradient = lambda p, k, c: (gradient(p, k), c)
+    clip_in = clip if adaptive else ()
 
     def epoch_gradient(p, k, idx, real):
       """The gradient on one minibatch of an epoch (positions past the data masked; a biased
@@ -510,10 +565,10 @@ class Simulator:
       momentum_in = momentum
 
     def step(carry, inp):
-      p, m, done, tail_sum = carry
+      p, m, done, tail_sum, c = carry
       k, idx_, real_ = inp
       if idx_ is None:
-        g = step_gradient(p, k)
+        g, c = step_gradient(p, k, c)
         m_new = cfg.momentum * m + (1 - cfg.momentum) * g
         p_new, active = p - lr * m_new, jnp.array(True)
       else:
@@ -524,15 +579,17 @@ class Simulator:
       done = done + active.astype(jnp.int32)
       if cfg.tail_average > 1:  # the iterates of the last `tail` real steps
         tail_sum = tail_sum + jnp.where(active & (done > real_steps - tail), p_new, 0.0)
-      return (p_new, m_new, done, tail_sum), None
+      return (p_new, m_new, done, tail_sum, c), None
 
     init = (params, momentum_in, jnp.array(0, jnp.int32),
-            jnp.zeros_like(params) if cfg.tail_average > 1 else ())
-    (local_params, momentum, _, tail_sum), _ = lax.scan(step, init, inputs)
+            jnp.zeros_like(params) if cfg.tail_average > 1 else (), clip_in)
+    (local_params, momentum, _, tail_sum, clip_out), _ = lax.scan(step, init, inputs)
     if cfg.tail_average > 1:
       local_params = tail_sum / tail.astype(params.dtype)
     if not cfg.persistent_momentum:
       momentum = momentum_in
+    if clip is not None:
+      return params - local_params, momentum, clip_out
     return params - local_params, momentum
 
   def round(self, state: RunState, honest: jax.Array, key: jax.Array, train: ClientData
@@ -581,36 +638,61 @@ class Simulator:
       if self.personal_head:  # the personal head is trained (and privatized) whole
         subspace = jnp.ones(subspace.shape[:-1] + (self.num_params,), bool).at[
             ..., self._shared_idx].set(subspace)
-    updates, momentum = map_clients(
+    # DP-SGD with adaptive clipping: each client's own per-example clip `[n]`, moved by its steps.
+    example_clips = self.dp_sgd_clip and self.adaptive_quantile
+    clips_in = ((take(state.clip) if self.sampling else state.clip) if example_clips else None)
+    out = map_clients(
         self.local_update,
         (0 if self.personal_head else None, 0, 0, 0, 0, 0, 0, 0 if needs_fault_keys else None,
-         None, None, None if subspace is None or subspace.ndim == 1 else 0),
+         None, None, None if subspace is None or subspace.ndim == 1 else 0,
+         0 if example_clips else None),
         (start, momentum_in, train.x, train.y, train.counts, client_keys, client_roles,
-         faults_, lr, True, subspace), self.client_block)
+         faults_, lr, True, subspace, clips_in), self.client_block)
+    updates, momentum = out[:2]
+    taking = None  # Poisson sampling: the round's sample `[n]`; the others keep their state
+    keep = lambda new, old: new
+    if self.poisson:
+      taking = (jax.random.uniform(jax.random.fold_in(round_key, _SAMPLING_TAG), honest.shape)
+                < self.clients_per_round / self.num_clients)
+      keep = lambda new, old: jnp.where(taking.reshape(taking.shape + (1,) * (new.ndim - 1)),
+                                        new, old)
+      momentum = keep(momentum, state.momentum)
+      b_t = jnp.sum(~honest & taking)
+      extra.update(sampled_byzantine=b_t.astype(jnp.float32),
+                   sampled_byzantine_max=b_t.astype(jnp.float32),
+                   sampled_within_f=(b_t <= (self.aggregator.f or 0)).astype(jnp.float32),
+                   sampled_minority=(2 * b_t < jnp.sum(taking)).astype(jnp.float32))
+    client_clips = state.clip
+    if example_clips:
+      client_clips = (state.clip.at[sampled].set(out[2]) if self.sampling
+                      else keep(out[2], state.clip))
     personal = state.personal
     if self.personal_head:  # the head stays with the client; only the shared part is sent
       new_personal = personal_in - updates[:, self._personal_idx]
       updates = updates[:, self._shared_idx]
       personal = (state.personal.at[sampled].set(new_personal) if self.sampling
-                  else new_personal)
+                  else keep(new_personal, state.personal))
     if self.sampling:  # the others keep their momentum
       momentum = state.momentum.at[sampled].set(momentum)
     residual_in = (take(state.residual) if self.sampling and self.compression.error_feedback
                    else state.residual)
-    clip_t = state.clip if self.adaptive_quantile else None
+    clip_t = state.clip if self.adaptive_quantile and not self.dp_sgd_clip else None
     below = None  # the round's noisy count of rows within the clip (adaptive clipping)
     if self.adaptive_quantile and self.privacy_clip:
       # Each honest client's bit 1[‖x_i‖ ≤ C_t] on what it privatizes, noised by itself; the sum
       # of its m_H independent N(0, σ_b²) is one N(0, m_H·σ_b²). A Byzantine client reports 0.
       sent = updates + residual_in if self.compression.error_feedback else updates
       norms = jnp.sqrt(jnp.sum(sent * sent, axis=1))
+      reporting = honest if taking is None else honest & taking
       below = privacy.noisy_below_count(
           jax.random.fold_in(round_key, _COUNT_TAG), norms, clip_t,
-          self.count_noise * jnp.sqrt(jnp.sum(honest).astype(jnp.float32)), weights=honest)
+          self.count_noise * jnp.sqrt(jnp.sum(reporting).astype(jnp.float32)),
+          weights=reporting)
     updates, residual = self._privatize_and_compress(round_key, updates, coords, residual_in,
                                                      clip=clip_t)
     if self.compression.error_feedback:
-      residual = state.residual.at[sampled].set(residual) if self.sampling else residual
+      residual = (state.residual.at[sampled].set(residual) if self.sampling
+                  else keep(residual, state.residual))
       residual = sharding.constrain(residual, sharding.P(sharding.CLIENTS, None))
     # A mesh with a clients axis: each device trains its own clients (rows), then the updates
     # move to coordinate columns in one all-to-all for the attack and the rule (no-ops otherwise).
@@ -621,7 +703,7 @@ class Simulator:
       updates = jnp.where(honest[:, None], updates, jnp.zeros_like(updates))
     present = None
     if self.absences:
-      present = jnp.ones_like(honest)
+      present = jnp.ones_like(honest) if taking is None else taking
       k_presence = jax.random.fold_in(round_key, _PRESENCE_TAG)
       for k, attack in enumerate(behaviours):
         if attack.presence is not None:
@@ -666,25 +748,33 @@ class Simulator:
     if self.adaptive_quantile and self.central_clip:  # the server counts the rows it received
       below = privacy.noisy_below_count(jax.random.fold_in(round_key, _COUNT_TAG), norms,
                                         central_clip, self.count_noise,
-                                        weights=honest if self.honest_only else None)
+                                        weights=honest if self.honest_only else present)
     aggregate, aggregator_state, aux = self._aggregate(
         updates, state.aggregator_state, k_aggregator, weights, coords, agg_kwargs)
-    if self.central_clip:
+    if self.central_fixed_denominator:  # DP-FedAvg's estimator under Poisson sampling
+      aggregate = jnp.sum(jnp.where(present[:, None], updates, 0.0), axis=0) / (
+          self.central_fixed_denominator)
       aggregate = aggregate + self._central_noise(key, round_key, state.round, honest,
                                                   central_clip, aggregate)
     if present is not None:  # too few clients present for the declared f: the round is skipped
       enough = jnp.sum(present) > 2 * (self.aggregator.f or 0)
+      if self.poisson:  # and at least the rows the rule is defined for (Krum: 2f + 3)
+        enough &= jnp.sum(present) >= self._min_rows
       aggregate = jnp.where(enough, aggregate, jnp.zeros_like(aggregate))
       aggregator_state = jax.tree.map(lambda new, old: jnp.where(enough, new, old),
                                       aggregator_state, state.aggregator_state)
       extra["skipped_round"] = (~enough).astype(jnp.float32)
-    clip_next = state.clip
-    if self.adaptive_quantile:
-      # The share of the round's rows (of the honest ones in the honest-only reference).
-      rows = jnp.sum(honest) if self.honest_only else jnp.asarray(honest.shape[0])
+    clip_next = client_clips
+    if self.adaptive_quantile and not self.dp_sgd_clip:
+      # The share of the round's rows (of the honest ones in the honest-only reference; of the
+      # expected sample q·n under Poisson sampling, Andrew et al.'s denominator).
+      rows = (jnp.sum(honest) if self.honest_only else
+              jnp.asarray(self.clients_per_round if self.poisson else honest.shape[0]))
       clip_next = privacy.adaptive_clip_update(clip_t, below, rows.astype(jnp.float32),
                                                self.adaptive_quantile, self.adaptive_lr)
       extra["clip_norm"] = clip_t
+    elif self.adaptive_quantile:  # DP-SGD: the clients' mean per-example clip
+      extra["clip_norm"] = jnp.mean(client_clips)
     aux = {**aux, **extra}
     if self.measure_theory:
       aux = {**aux, **theory,

@@ -677,7 +677,8 @@ def _logistic_round_setup(rng, **fields):
   train, _, _ = client_data(rng)
   model = models.get("logistic", input_shape=(4, 1, 1), num_classes=3)
   sim = training.Simulator(
-      model=model, aggregator=aggregators.get(fields.pop("aggregator", "mean"), f=1),
+      model=model, aggregator=aggregators.get(fields.pop("aggregator", "mean"), f=1,
+                                              presence=fields.get("client_sampling") == "poisson"),
       attack=attacks.get("none", num_classes=3),
       local=training.LocalTraining(local_steps=1, batch_size=0, lr=0.3, momentum=0.0),
       server_optimizer=optax.sgd(1.0), num_clients=4, **fields)
@@ -799,10 +800,16 @@ def test_a_deployed_job_calibrates_sigma_to_the_target_and_reports_it(kind):
     ({"secure_aggregation.group_size": 3, "aggregator": "trimmed_mean"}, "group means"),
     ({"privacy.kind": "central", "secure_aggregation.group_size": 2}, "distributed"),
     ({"privacy.kind": "client", "privacy.tree": True}, "privacy.tree"),
-    ({"privacy.kind": "example", "privacy.adaptive_clip": True}, "adaptive_clip"),
+    ({"privacy.kind": "distributed", "secure_aggregation.group_size": 2,
+      "privacy.adaptive_clip": True}, "adaptive_clip"),
     ({"privacy.kind": "client", "privacy.adaptive_clip": True}, "count_noise"),
     ({"privacy.kind": "central", "privacy.adaptive_clip": True}, "count_noise"),
     ({"privacy.kind": "central", "training.weighted_aggregation": True}, "weighted"),
+    ({"training.client_sampling": "poisson"}, "clients_per_round"),
+    ({"training.client_sampling": "poisson", "training.clients_per_round": 4,
+      "secure_aggregation.group_size": 2}, "client_sampling='poisson'"),
+    ({"privacy.kind": "central", "training.client_sampling": "poisson",
+      "training.clients_per_round": 4, "aggregator": "trimmed_mean"}, "trimmed band"),
 ])
 def test_deployed_privacy_refuses_what_it_does_not_model(overrides, match):
   c = tiny_config()
@@ -811,3 +818,99 @@ def test_deployed_privacy_refuses_what_it_does_not_model(overrides, match):
     set_key(c, key, value)
   with pytest.raises(errors.ConfigError, match=match):
     config_lib.resolve(c)
+
+
+def test_dp_sgd_adaptive_clipping_moves_each_clients_clip_every_local_step():
+  """DP-SGD with adaptive clipping, one client with every example in every minibatch (B ≥ m,
+  q = 1), no noise and a frozen model (lr 0): the per-example gradient norms are fixed, so the
+  clip follows C_{k+1} = C_k·exp(−η(#{j: ‖g_j‖ ≤ C_k}/B − γ)) exactly (NumPy, per-example
+  logistic gradients in float64)."""
+  from test_training import client_data, np_grad  # pylint: disable=g-import-not-at-top
+  train, xs, ys = client_data(np.random.default_rng(3))
+  model = models.get("logistic", input_shape=(4, 1, 1), num_classes=3)
+  sim = training.Simulator(
+      model=model, aggregator=aggregators.get("mean", f=1),
+      attack=attacks.get("none", num_classes=3),
+      local=training.LocalTraining(local_steps=6, batch_size=12, lr=0.0, momentum=0.0),
+      server_optimizer=optax.sgd(1.0), num_clients=4, dp_sgd_clip=0.3, dp_sgd_noise=0.0,
+      adaptive_quantile=0.7, adaptive_lr=0.4, count_noise=0.0)
+  params = sim.init(jax.random.key(0)).params
+  init = model.init(jax.random.key(0))
+  w = np.asarray(init["params"]["Dense_0"]["kernel"], np.float64)
+  b = np.asarray(init["params"]["Dense_0"]["bias"], np.float64)
+  i = 1  # 9 examples
+  norms = []
+  for j in range(len(ys[i])):
+    gw, gb = np_grad(w, b, xs[i][j:j + 1], ys[i][j:j + 1])
+    norms.append(np.sqrt(np.sum(gw ** 2) + np.sum(gb ** 2)))
+  norms = np.array(norms)
+  c = 0.3
+  for _ in range(6):
+    c = c * np.exp(-0.4 * (np.sum(norms <= c) / 12 - 0.7))
+  _, _, clip = jax.jit(sim.local_update)(params, jnp.zeros_like(params), train.x[i],
+                                         train.y[i], train.counts[i], jax.random.key(5),
+                                         False, clip=jnp.float32(0.3))
+  assert float(clip) == pytest.approx(c, rel=1e-5)
+  assert abs(c - 0.3) > 0.01  # the clip moved
+
+
+def test_a_dp_sgd_job_with_adaptive_clipping_splits_sigma_and_reports_the_clip():
+  """A tiny DP-SGD job with adaptive clipping: the update's multiplier is Theorem 1's split of
+  σ, the per-client clips move (aux clip_norm differs from the start) and the run trains."""
+  c = tiny_config()
+  c.aggregator = "mean"
+  c.privacy.kind = "example"
+  c.privacy.noise_multiplier = 1.0
+  c.privacy.adaptive_clip = True
+  c.privacy.count_noise = 4.0
+  exp = experiment.run(c, log=lambda _: None)
+  assert exp.privacy["update_noise_multiplier"] == pytest.approx(
+      (1.0 - (1 / 4.0) ** 2) ** -0.5)
+  run = exp.runs["mean"]
+  assert np.isfinite(np.asarray(run.metrics["honest_loss"])).all()
+  assert abs(float(np.mean(np.asarray(run.aux["clip_norm"]))) - 1.0) > 1e-3
+
+
+def test_poisson_sampling_takes_each_client_with_probability_q_and_the_fixed_denominator(rng):
+  """client_sampling='poisson', q = 2/4: over 400 rounds each client takes part with frequency
+  ≈ q (binomial 99.9% band); the unsampled keep their (zero) momentum; central DP's mean is
+  Σ_{sampled} clip(u_i)/(q·n) (NumPy on the clients' updates), 0 in a skipped round."""
+  sim, state, train, rows = _logistic_round_setup(
+      rng, central_clip=100.0, central_noise=0.0, central_sensitivity=0.5, clients_per_round=2,
+      client_sampling="poisson", central_fixed_denominator=2.0)
+  assert sim.poisson and not sim.sampling
+  step = jax.jit(jax.vmap(lambda k: sim.round(state, jnp.ones(4, bool), k, train)[0]))
+  new = step(jax.random.split(jax.random.key(7), 400))
+  took = np.abs(np.asarray(new.momentum)).sum(axis=2) > 0  # [400, 4]
+  share = took.mean(axis=0)
+  half_width = 3.3 * np.sqrt(0.25 / 400)
+  assert np.all(np.abs(share - 0.5) < half_width), share
+  moved = np.asarray(state.params)[None] - np.asarray(new.params)
+  # A round with at most 2f = 2 clients is skipped (the rule's declared f needs more).
+  expected = np.where(took.sum(axis=1, keepdims=True) > 2, took.astype(np.float64) @ rows / 2.0,
+                      0.0)
+  assert 0 < np.mean(took.sum(axis=1) > 2) < 1
+  np.testing.assert_allclose(moved, expected, atol=2e-6)
+
+
+def test_a_poisson_central_job_is_amplified_under_add_remove():
+  """A tiny central-DP job with Poisson sampling: its ε is dp-accounting's Poisson-subsampled
+  Gaussian (central_epsilon 'poisson'), below the fixed-size and the unsampled ε at that σ."""
+  c = tiny_config()
+  c.aggregator = "mean,krum"
+  c.f = 1
+  c.privacy.kind = "central"
+  c.privacy.noise_multiplier = 1.0
+  c.training.clients_per_round = 3
+  c.training.client_sampling = "poisson"
+  exp = experiment.run(c, log=lambda _: None)
+  info = exp.privacy
+  kw = dict(num_clients=6, clients_per_round=3)
+  assert info["sampling"] == "poisson" and info["neighbours"] == "add_or_remove_one"
+  assert info["epsilon"] == pytest.approx(privacy.central_epsilon(1.0, 10, 1e-5,
+                                                                  sampling="poisson", **kw))
+  assert info["epsilon"] < privacy.central_epsilon(1.0, 10, 1e-5, sampling="none", **kw)
+  assert "Poisson sampling at rate q = 3/6" in config_lib.describe_privacy(info)
+  assert "fixed denominator" in info["sensitivity"]["mean"]
+  for run in exp.runs.values():
+    assert np.isfinite(np.asarray(run.metrics["honest_loss"])).all()

@@ -80,3 +80,17 @@ def test_hull_rules_stay_in_the_clipping_ball(spec):
 def test_rules_without_a_bound_are_refused(spec, why):
   with pytest.raises(errors.ConfigError, match=why):
     sensitivity.central_sensitivity(spec, rows=11, f=2)
+
+
+def test_poisson_sampling_uses_the_fixed_denominator_mean_and_refuses_the_trimmed_band():
+  """Under add/remove adjacency the fixed-denominator mean Σ x_i/E[m] moves by ‖x‖/E[m] ≤ C/E[m]
+  when one row is added (NumPy), the hull rules keep 2C, the trimmed mean is refused."""
+  factor, how = sensitivity.central_sensitivity("mean", rows=8, f=2, poisson=True)
+  assert factor == pytest.approx(1 / 8) and "fixed denominator" in how
+  rng = np.random.default_rng(2)
+  x = in_ball(rng, 7, 4, 1.0)
+  added = np.vstack([x, in_ball(rng, 1, 4, 1.0)])
+  assert np.linalg.norm(added.sum(0) / 8 - x.sum(0) / 8) <= factor + 1e-12
+  assert sensitivity.central_sensitivity("krum", rows=8, f=2, poisson=True)[0] == 2.0
+  with pytest.raises(errors.ConfigError, match="client_sampling='poisson'"):
+    sensitivity.central_sensitivity("trimmed_mean", rows=8, f=2, poisson=True)

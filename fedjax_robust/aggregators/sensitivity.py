@@ -8,7 +8,9 @@ lie in the ball B(0, C), runs the rule F and adds Gaussian noise of std σ·Δ o
 (replace-one adjacency over the round's m rows; m fixed: every client, or m sampled without
 replacement). Δ is returned in units of C:
 
-- `mean`: 2/m (one row moves by at most 2C, with weight 1/m).
+- `mean`: 2/m (one row moves by at most 2C, with weight 1/m). Under Poisson client sampling
+  (add/remove adjacency, a random number of rows) the mean is DP-FedAvg's estimator with the
+  fixed denominator E[m] = q·n (McMahan et al., ICLR 2018): Δ = C/E[m].
 - `trimmed_mean` (f): 2/(m − 2f). Derived here: per coordinate, the sum of the middle m − 2f
   order statistics is S = T_{m−f} − T_f, T_k the sum of the k largest values. As a function of
   one value x_i, each T_k is continuous and piecewise linear with slope 1 while x_i is among the
@@ -21,7 +23,9 @@ replacement). Δ is returned in units of C:
   `geometric_median` — Weiszfeld's iterates are weighted means of the rows, from their mean —,
   `rfa_one_step`, `minimum_diameter_averaging`, `monna`), alone or after pre-aggregators that
   map the rows into their convex hull (`nearest_neighbor_mixing`, `bucketing`): the output lies
-  in B(0, C), so Δ ≤ 2C, its diameter. This bound also holds under add/remove adjacency.
+  in B(0, C), so Δ ≤ 2C, its diameter. This bound also holds under add/remove adjacency
+  (Poisson sampling); the trimmed mean and the median are refused there (their band moves
+  with the realized count).
 
 Every other rule (and chain) is refused with the reason: its output is not confined to the
 clipped rows' hull and no bound on its sensitivity is derived here (the coordinate-wise rules
@@ -41,13 +45,24 @@ HULL_RULES = ("mean", "krum", "multi_krum", "geometric_median", "rfa_one_step",
 HULL_PRE = ("nearest_neighbor_mixing", "bucketing")
 
 
-def central_sensitivity(spec: str, *, rows: int, f: int) -> tuple[float, str]:
+def central_sensitivity(spec: str, *, rows: int, f: int, poisson: bool = False
+                        ) -> tuple[float, str]:
   """(Δ/C, how it was obtained) for the rule `spec` on `rows` = m rows clipped to norm C with
-  the declared `f` (module doc); ConfigError naming the rule and why when none is derived."""
+  the declared `f` (module doc); ConfigError naming the rule and why when none is derived.
+  `poisson`: Poisson client sampling, m the expected count, add/remove adjacency."""
   stages = registry.split_spec(spec)
   rule, pre = stages[-1], stages[:-1]
   if not pre and rule == "mean":
+    if poisson:
+      return 1.0 / rows, (f"mean with the fixed denominator E[m] = {rows}: C/E[m] "
+                          "(add/remove)")
     return 2.0 / rows, f"mean: 2C/m, m = {rows}"
+  if poisson and not pre and rule in ("trimmed_mean", "coordinate_median"):
+    raise ConfigError(
+        f"privacy.kind='central' with training.client_sampling='poisson' and aggregator "
+        f"{spec!r}: the realized number of clients moves the trimmed band, and no add/remove "
+        "bound on its sensitivity is derived here; allowed: client_sampling='fixed' with it, or "
+        f"the mean or the hull rules ({', '.join(HULL_RULES)}) under Poisson sampling.")
   if not pre and rule == "trimmed_mean":
     if rows <= 2 * f:
       raise ConfigError(f"privacy.kind='central': trimmed_mean needs m = {rows} > 2f = {2 * f}.")
