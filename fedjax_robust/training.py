@@ -754,6 +754,7 @@ class Simulator:
     if self.central_fixed_denominator:  # DP-FedAvg's estimator under Poisson sampling
       aggregate = jnp.sum(jnp.where(present[:, None], updates, 0.0), axis=0) / (
           self.central_fixed_denominator)
+    if self.central_clip:
       aggregate = aggregate + self._central_noise(key, round_key, state.round, honest,
                                                   central_clip, aggregate)
     if present is not None:  # too few clients present for the declared f: the round is skipped

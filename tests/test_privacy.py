@@ -710,6 +710,29 @@ def test_central_dp_clips_every_row_then_the_rule_then_noise_of_std_sigma_delta(
   assert std == pytest.approx(3.0 * 0.5 * 0.05, rel=0.02)
 
 
+@pytest.mark.parametrize("fields", [
+    {}, {"aggregator": "geometric_median", "central_sensitivity": 2.0},
+    {"clients_per_round": 2, "client_sampling": "poisson", "central_fixed_denominator": 2.0,
+     "aggregator": "geometric_median", "central_sensitivity": 2.0},
+    {"clients_per_round": 2, "client_sampling": "poisson", "central_fixed_denominator": 2.0}])
+def test_a_central_round_adds_the_noise_to_its_aggregate(rng, fields):
+  """The round's model step minus the noiseless one's, over 600 draws, has std σ·Δ: the noise
+  reaches the aggregate for every rule, with and without Poisson sampling."""
+  fields = {"central_sensitivity": 0.5, **fields}
+  clean, state, train, _ = _logistic_round_setup(rng, central_clip=0.05, central_noise=0.0,
+                                                 **dict(fields))
+  noisy, _, _, _ = _logistic_round_setup(np.random.default_rng(1234), central_clip=0.05,
+                                         central_noise=2.0, **dict(fields))
+  keys = jax.random.split(jax.random.key(11), 600)
+  step = lambda sim: jax.jit(jax.vmap(lambda k: sim.round(state, jnp.ones(4, bool), k,
+                                                          train)[0].params))(keys)
+  diff = np.asarray(step(noisy)) - np.asarray(step(clean))
+  ran = np.abs(np.asarray(step(clean)) - np.asarray(state.params)[None]).sum(axis=1) > 0
+  assert ran.mean() > 0.2  # rounds not skipped
+  assert float(np.std(diff[ran])) == pytest.approx(2.0 * fields["central_sensitivity"] * 0.05,
+                                                   rel=0.05)
+
+
 def test_the_honest_only_reference_takes_the_mean_over_its_honest_clients():
   """The reference run's Δ is 2C/|H| per draw (the mean of the honest clients it averages)."""
   sim, _, _, _ = _logistic_round_setup(np.random.default_rng(0), central_clip=1.0,
