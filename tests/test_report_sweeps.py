@@ -19,12 +19,14 @@ import scipy.stats
 from configs import sweep_dp_compression
 from configs import sweep_dp_dimension
 from configs import sweep_mu_aware
+from configs import sweep_privacy
 from fedjax_robust import results
 from fedjax_robust import sweep
 from fedjax_robust.report import sweeps
 from fedjax_robust.report.sweeps import dp_compression
 from fedjax_robust.report.sweeps import dp_dimension
 from fedjax_robust.report.sweeps import mu_aware
+from fedjax_robust.report.sweeps import privacy as privacy_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRIC = "honest_holdout_accuracy"
@@ -344,3 +346,50 @@ def test_a_prior_rule_is_also_compared_with_the_classic_rule_it_modifies(hand_ma
   assert table["geometric_median"]["family"] == ""
   assert "What the prior adds to the rule it modifies" in text
   assert "trimmed_mean@quantile_f" in text.split("What the prior adds")[1]
+
+
+def test_the_privacy_report_pairs_central_with_local_at_the_same_epsilon(tmp_path):
+  """configs/sweep_privacy.py's report on hand-made points: central − local is the paired mean
+  difference over the draws with the paired t interval (SciPy here), per rule at the same ε; a
+  secagg − none difference that is the same in every draw is printed as deterministic, without
+  an interval; each cell's ε is the one its record holds."""
+  c = sweep_privacy.get_config()
+  workdir = str(tmp_path)
+  os.makedirs(tmp_path / "points")
+  metric = c.plot.metric
+  masks = np.ones((5, 24), bool)
+  base = np.array([0.5, 0.625, 0.75, 0.5, 0.625])  # exact in binary: equal differences stay equal
+  values = {("local", 8.0): base, ("central", 8.0): base + np.array([0.2, 0.1, 0.15, 0.3, 0.1]),
+            ("none", 0.0): base + 0.25, ("secagg", 0.0): base + 0.125}
+  rows, ids = [], set()
+  for (mechanism, eps), v in values.items():
+    pid = f"{mechanism}-{eps:g}"
+    tags = {"mu_H": "independent", "sampling": 1.0, "mechanism": mechanism, "epsilon": eps,
+            "rule": "mean"}
+    sweep.save_point(sweep.point_path(workdir, pid), tags=json.dumps(tags),
+                     num_byzantine=(~masks).sum(1), honest_masks=masks,
+                     **{f"final_{metric}": v})
+    with open(sweep.config_path(workdir, pid), "w") as fh:
+      json.dump({"config": {}, **({"privacy": {"epsilon": eps - 0.01, "noise_multiplier": 2.0}}
+                                 if eps else {})}, fh)
+    rows += [{"point": pid, **tags, "metric": metric, "statistic": st, "value": val}
+             for st, val in (("mean", float(v.mean())), ("mean_ci_low", float(v.min())),
+                             ("mean_ci_high", float(v.max())), ("identical", 0.0))]
+    ids.add(pid)
+  logs = []
+  privacy_report.report(c, rows, workdir, ids, log=logs.append)
+  with open(tmp_path / "privacy_differences.csv") as fh:
+    diffs = {(d["a"], d["b"]): d for d in csv.DictReader(fh)}
+  d = values[("central", 8.0)] - values[("local", 8.0)]
+  half = scipy.stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+  central = diffs[("central", "local")]
+  assert float(central["mean"]) == pytest.approx(d.mean())
+  assert float(central["ci_low"]) == pytest.approx(d.mean() - half)
+  assert float(central["ci_high"]) == pytest.approx(d.mean() + half)
+  assert diffs[("secagg", "none")]["deterministic"] == "True"
+  printed = "\n".join(logs)
+  assert "secagg − none (no noise), mean: -12.50 deterministic§" in printed
+  with open(tmp_path / "privacy.csv") as fh:
+    table = {(t["mechanism"], float(t["target_epsilon"])): t for t in csv.DictReader(fh)}
+  assert float(table[("central", 8.0)]["epsilon"]) == pytest.approx(7.99)
+  assert table[("none", 0.0)]["epsilon"] == "inf"
