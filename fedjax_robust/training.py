@@ -213,7 +213,9 @@ class Simulator:
   # (m = clients_per_round), as central DP's amplification by sampling assumes. Every client
   # trains (the arrays keep their n rows); the rule sees the round's sample as its present rows
   # (`present`), the others keep their momentum and state, and the round is skipped when at most
-  # 2f clients took part. "fixed": m of n uniformly without replacement (rows gathered).
+  # 2f clients, or fewer than the rule is defined for (Krum: 2f + 3), took part (not with
+  # central DP's fixed-denominator mean, defined for any count). "fixed": m of n uniformly
+  # without replacement (rows gathered).
   client_sampling: str = "fixed"
   # Central DP under Poisson sampling with the mean: the aggregate Σ_{sampled} clip(x_i)/(q·n),
   # the mean with the fixed denominator E[m] = q·n (McMahan et al. 2018), whose add/remove
@@ -757,7 +759,8 @@ class Simulator:
     if self.central_clip:
       aggregate = aggregate + self._central_noise(key, round_key, state.round, honest,
                                                   central_clip, aggregate)
-    if present is not None:  # too few clients present for the declared f: the round is skipped
+    if present is not None and not self.central_fixed_denominator:
+      # Too few clients present for the declared f: the round is skipped.
       enough = jnp.sum(present) > 2 * (self.aggregator.f or 0)
       if self.poisson:  # and at least the rows the rule is defined for (Krum: 2f + 3)
         enough &= jnp.sum(present) >= self._min_rows
