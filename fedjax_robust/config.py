@@ -259,8 +259,8 @@ def base_config() -> ml_collections.ConfigDict:
   # N(0, (noise_multiplier·2·clip)²/s) of its group's noise; no amplification (the server knows
   # who takes part). adaptive_clip: the clip follows the target_quantile of the update norms
   # (Andrew et al. 2021: geometric steps of clip_lr, the count noised with std count_noise, 0:
-  # m/20 for kind 'central'); tree: DP-FTRL's tree-aggregated central noise, one tree every
-  # tree_restart rounds (0: one tree).
+  # m/20 for kind 'central', B/20 for 'example'; required for 'client'); tree: DP-FTRL's
+  # tree-aggregated central noise, one tree every tree_restart rounds (0: one tree).
   c.privacy = ml_collections.ConfigDict({
       "kind": "none", "clip": 1.0, "noise_multiplier": 1.0, "target_epsilon": 0.0,
       "delta": 1e-5, "accountant": "pld", "adaptive_clip": False, "target_quantile": 0.5,
@@ -351,7 +351,7 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "privacy.target_quantile": D.Float(0, 1, low_open=True, high_open=True,
                                        note="γ: the share of update norms below the clip"),
     "privacy.clip_lr": D.Float(0, low_open=True, note="η_C: log-clip step per round"),
-    "privacy.count_noise": D.Float(0, note="σ_b; 0: m/20 (kind 'central')"),
+    "privacy.count_noise": D.Float(0, note="σ_b; 0: m/20 (central), B/20 (example)"),
     "privacy.tree": D.Bool(),
     "privacy.tree_restart": D.Int(0, note="rounds per tree; 0: one tree"),
     "secure_aggregation.group_size": D.Int(0, note="0: off; else 2 <= s dividing m"),
