@@ -62,6 +62,7 @@ _TINY_GRID = {
                                         "grid.rules": "trimmed_mean"},
     "configs/sweep_privacy.py": {"grid.mechanism": "central,distributed", "grid.epsilon": "8",
                                  "grid.sampling": "1", "grid.mu_h": "independent",
+                                 "grid.threat": "alie_p0.1",
                                  "grid.rules": "trimmed_mean"},
     "configs/sweep_dp_dimension.py": {"grid.tasks": "synthetic", "grid.synthetic_d": "100",
                                       "grid.rules": "trimmed_mean"},

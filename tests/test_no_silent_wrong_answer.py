@@ -497,7 +497,7 @@ def test_sweep_grid_values_are_refused_naming_the_key():
   import importlib.util  # pylint: disable=g-import-not-at-top
   cases = {"sweep_core": ["mu_h"], "sweep_rfa": ["rules"],
            "sweep_dp_compression": ["privacy", "compression"],
-           "sweep_privacy": ["mechanism", "mu_h"],
+           "sweep_privacy": ["mechanism", "mu_h", "threat"],
            "sweep_dp_dimension": ["tasks", "settings"],
            "sweep_deployed": ["personalization_rules", "deployed_rules"],
            "sweep_mu_aware": ["blocks", "mu_h", "rules"]}

@@ -364,8 +364,8 @@ def test_the_privacy_report_pairs_central_with_local_at_the_same_epsilon(tmp_pat
   rows, ids = [], set()
   for (mechanism, eps), v in values.items():
     pid = f"{mechanism}-{eps:g}"
-    tags = {"mu_H": "independent", "sampling": 1.0, "mechanism": mechanism, "epsilon": eps,
-            "rule": "mean"}
+    tags = {"threat": "alie_p0.1", "mu_H": "independent", "sampling": 1.0, "mechanism": mechanism,
+            "epsilon": eps, "rule": "mean"}
     sweep.save_point(sweep.point_path(workdir, pid), tags=json.dumps(tags),
                      num_byzantine=(~masks).sum(1), honest_masks=masks,
                      **{f"final_{metric}": v})

@@ -1,8 +1,9 @@
-"""The report of configs/sweep_privacy.py (privacy as deployed × robust rule × μ_H × client
-sampling, issue 33's table): the honest held-out accuracy (mean, 95% CI) per cell with the ε
+"""The report of configs/sweep_privacy.py (privacy as deployed × robust rule × threat × μ_H ×
+client sampling, issue 33's table): the honest held-out accuracy (mean, 95% CI) per cell with the ε
 reached and σ; central (and distributed) minus local DP at the same ε, rule and sampling (the
 draws are the same within a μ_H: paired differences, `evaluation.paired_difference`); and what
-secure aggregation costs each rule without noise (secagg minus none, paired likewise). Printed and
+secure aggregation costs each rule without noise (secagg and secagg3 minus none, paired
+likewise). Printed and
 written to privacy.csv and privacy_differences.csv.
 """
 
@@ -29,7 +30,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   for r in rows:
     if r["point"] not in ids or r["metric"] != metric:
       continue
-    key = (r["mu_H"], float(r["sampling"]), r["mechanism"], float(r["epsilon"]))
+    key = (r["threat"], r["mu_H"], float(r["sampling"]), r["mechanism"], float(r["epsilon"]))
     cell = cells.setdefault(key, {})
     cell.setdefault(r["rule"], {"point": r["point"]})[r["statistic"]] = float(r["value"])
   if not cells:
@@ -39,7 +40,8 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   for key, by_rule in cells.items():
     with open(store.config_path(workdir, next(iter(by_rule.values()))["point"])) as fh:
       privacy = json.load(fh).get("privacy")
-    row = {"mu_H": key[0], "sampling": key[1], "mechanism": key[2], "target_epsilon": key[3],
+    row = {"threat": key[0], "mu_H": key[1], "sampling": key[2], "mechanism": key[3],
+           "target_epsilon": key[4],
            "epsilon": privacy["epsilon"] if privacy else float("inf"),
            "noise_multiplier": privacy["noise_multiplier"] if privacy else 0.0}
     for rule in rules:
@@ -48,14 +50,15 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                   for s in ("mean", "mean_ci_low", "mean_ci_high", "identical")})
     table.append(row)
   paths = [store.write_table(os.path.join(workdir, "privacy.csv"), table)]
-  log(f"\n{metric} (%, mean [95% CI]) per μ_H × sampling × mechanism × ε (δ = "
+  log(f"\n{metric} (%, mean [95% CI]) per threat × μ_H × sampling × mechanism × ε (δ = "
       f"{c.base.privacy.delta:g}, {c.base.privacy.accountant.upper()} accountant; σ relative "
       "to C for local, to the rule's sensitivity Δ for central, to a group sum's for "
       "distributed)")
-  log(f"{'μ_H':12s} {'q':>4s} {'mechanism':12s} {'ε':>7s} {'σ':>8s}  "
+  log(f"{'threat':9s} {'μ_H':12s} {'q':>4s} {'mechanism':16s} {'ε':>7s} {'σ':>8s}  "
       + "  ".join(f"{rule:>26s}" for rule in rules))
   for t in table:
-    log(f"{t['mu_H']:12s} {t['sampling']:4.2g} {t['mechanism']:12s} {t['epsilon']:7.3g} "
+    log(f"{t['threat']:9s} {t['mu_H']:12s} {t['sampling']:4.2g} {t['mechanism']:16s} "
+        f"{t['epsilon']:7.3g} "
         f"{t['noise_multiplier']:8.4g}  "
         + "  ".join(f"{_cell(t, r):>26s}" for r in rules))
   if any(t[f"{r}_identical"] == 1 for t in table for r in rules):
@@ -70,17 +73,18 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     return values[pid][metric]
 
   differences = []
-  pairs = [("central", "local"), ("distributed", "local"), ("secagg", "none")]
-  for (mu, q, a, e), by_rule in cells.items():
+  pairs = [("central", "local"), ("distributed", "local"), ("secagg", "none"),
+           ("secagg3", "none")]
+  for (p, mu, q, a, e), by_rule in cells.items():
     for first, second in pairs:
-      other = (mu, q, second, e)
+      other = (p, mu, q, second, e)
       if a != first or other not in cells:
         continue
       for rule in rules:
         if rule in by_rule and rule in cells[other]:
           d = evaluation.paired_difference(draws(by_rule[rule]["point"]),
                                            draws(cells[other][rule]["point"]))
-          differences.append({"mu_H": mu, "sampling": q, "a": a, "b": second,
+          differences.append({"threat": p, "mu_H": mu, "sampling": q, "a": a, "b": second,
                               "target_epsilon": e, "rule": rule, "mean": d["mean"],
                               "ci_low": d["ci_low"], "ci_high": d["ci_high"],
                               "deterministic": d["deterministic"], "text":
@@ -91,8 +95,9 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                                     for d in differences]))
     log(f"\n{metric}: paired differences on the same draws (percentage points, paired t 95% CI)")
     for d in differences:
-      eps = f"ε = {d['target_epsilon']:g}" if d["a"] != "secagg" else "no noise"
-      log(f"  {d['mu_H']:12s} q = {d['sampling']:g}  {d['a']} − {d['b']} ({eps}), "
+      eps = f"ε = {d['target_epsilon']:g}" if d["b"] != "none" else "no noise"
+      log(f"  {d['threat']:9s} {d['mu_H']:12s} q = {d['sampling']:g}  {d['a']} − {d['b']} "
+          f"({eps}), "
           f"{d['rule']}: {d['text']}")
     if any(d["deterministic"] for d in differences):
       log(results.deterministic_note(identical_draws=False))
