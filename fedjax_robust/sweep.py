@@ -276,8 +276,9 @@ def _in_sweep_order(rows: list[dict], order: Mapping[str, int]) -> list[dict]:
 def run(base, points: Sequence[Point], workdir: str, *,
         log: Callable[[str], None] = print, stop_after: int | None = None,
         recompute: bool = False, metric: str | None = None) -> list[dict]:
-  """Runs every point not yet done in `workdir` (see the module docstring); returns all rows of
-  results.csv. A point done by code declaring other numbers or on another JAX/backend (its npz's
+  """Runs every point not yet done in `workdir` (see the module docstring); returns the rows of
+  results.csv of this sweep's points, which its tables, plots and reports show (results.csv keeps
+  the rows of points of an earlier grid too, with the tags they were written with). A point done by code declaring other numbers or on another JAX/backend (its npz's
   provenance, `provenance.reuse_mismatch`) is named and recomputed; `recompute` recomputes every
   point. `stop_after` ends the sweep after that many new points (to test resumption). Each point's
   progress line gives E[`metric`] (the one the sweep's table shows; `progress_value`)."""
@@ -413,7 +414,7 @@ def run(base, points: Sequence[Point], workdir: str, *,
            "accuracy, loss +inf)" if diverged else "")
         + (f"; WARNING: the clipping stage never clipped ({', '.join(never)} = 0): these are "
            "the numbers of the rule without clipping" if never else ""))
-  return rows
+  return [r for r in rows if r["point"] in order]
 
 
 def describe(base, points: Sequence[Point], *, x: str | None = None, note: str = "") -> str:

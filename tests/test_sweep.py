@@ -66,6 +66,25 @@ def test_interrupted_sweep_resumes_without_loss(tmp_path):
   assert all(os.path.exists(p) for p in paths) and len(paths) == 5
 
 
+def test_a_rerun_with_another_grid_returns_its_own_points_and_keeps_the_others(tmp_path):
+  """Rows of a point outside the current grid (an earlier grid's, with tags the current one no
+  longer has) stay in results.csv but are not returned: the sweep's table, plots and report
+  show its own points (the table crashed on the missing tag before)."""
+  workdir = str(tmp_path)
+  first = points()[:1]
+  sweep.run(base(), first, workdir, log=lambda _: None)
+  path = os.path.join(workdir, "results.csv")
+  on_disk = sweep.read_results(path)
+  foreign = [{"point": "0" * 16, "metric": r["metric"], "statistic": r["statistic"],
+              "value": r["value"], "old_axis": "x"} for r in on_disk]
+  store.write_csv(path, on_disk + foreign, store.RESULTS_FIELDS[1:])
+  rows = sweep.run(base(), first, workdir, log=lambda _: None)
+  assert {r["point"] for r in rows} == {r["point"] for r in on_disk}
+  assert "0" * 16 in {r["point"] for r in sweep.read_results(path)}
+  table = sweep.table(rows)
+  assert "old_axis" not in table and first[0].tags["aggregator"] in table
+
+
 def test_bad_points_fail_before_any_work(tmp_path):
   bad = [sweep.Point({"x": 1}, {"honest_set_options.bernoulli.q": 0.1})]
   with pytest.raises(ValueError, match=r"'honest_set_options.bernoulli.q'.*'q' does not exist"):
