@@ -30,8 +30,9 @@ replacement). Δ is returned in units of C:
 Every other rule (and chain) is refused with the reason: its output is not confined to the
 clipped rows' hull and no bound on its sensitivity is derived here (the coordinate-wise rules
 after a mixing stage, centered clipping, FLTrust, the spectral and clustering rules, ...).
-The noise a robust rule needs is thus 2C against the mean's 2C/m: central DP costs a
-hull rule a factor m in noise std, the trimmed mean (m − 2f)/m... the comparison of `BUILD.md`.
+The noise a hull rule needs is thus 2C against the mean's 2C/m, m times the mean's noise std;
+the trimmed mean needs m/(m − 2f) times it (BUILD.md, "Privacy as deployed", measures what that
+costs in accuracy).
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@ client sampling, issue 33's table): the honest held-out accuracy (mean, 95% CI) 
 reached and σ; central (and distributed) minus local DP at the same ε, rule and sampling (the
 draws are the same within a μ_H: paired differences, `evaluation.paired_difference`); and what
 secure aggregation costs each rule without noise (secagg and secagg3 minus none, paired
-likewise). Printed and
-written to privacy.csv and privacy_differences.csv.
+likewise). Printed and written to privacy.csv and privacy_differences.csv.
 """
 
 import json
@@ -23,8 +22,8 @@ def _cell(row, rule) -> str:
 
 
 def report(c, rows, workdir, ids, log=print) -> list[str]:
-  """The table per (μ_H, sampling, mechanism, ε) with each rule's accuracy and CI, the ε and σ
-  each cell reached, and the paired differences central − local and secagg − none."""
+  """The table per (threat, μ_H, sampling, mechanism, ε) with each rule's accuracy and CI, the ε
+  and σ each cell reached, and the paired differences of `pairs` below."""
   metric = c.plot.metric
   cells = {}
   for r in rows:
@@ -58,8 +57,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
       + "  ".join(f"{rule:>26s}" for rule in rules))
   for t in table:
     log(f"{t['threat']:9s} {t['mu_H']:12s} {t['sampling']:4.2g} {t['mechanism']:16s} "
-        f"{t['epsilon']:7.3g} "
-        f"{t['noise_multiplier']:8.4g}  "
+        f"{t['epsilon']:7.3g} {t['noise_multiplier']:8.4g}  "
         + "  ".join(f"{_cell(t, r):>26s}" for r in rules))
   if any(t[f"{r}_identical"] == 1 for t in table for r in rules):
     log(results.EXACT_NOTE)
@@ -75,16 +73,16 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   differences = []
   pairs = [("central", "local"), ("distributed", "local"), ("secagg", "none"),
            ("secagg3", "none")]
-  for (p, mu, q, a, e), by_rule in cells.items():
+  for (threat, mu, q, a, e), by_rule in cells.items():
     for first, second in pairs:
-      other = (p, mu, q, second, e)
+      other = (threat, mu, q, second, e)
       if a != first or other not in cells:
         continue
       for rule in rules:
         if rule in by_rule and rule in cells[other]:
           d = evaluation.paired_difference(draws(by_rule[rule]["point"]),
                                            draws(cells[other][rule]["point"]))
-          differences.append({"threat": p, "mu_H": mu, "sampling": q, "a": a, "b": second,
+          differences.append({"threat": threat, "mu_H": mu, "sampling": q, "a": a, "b": second,
                               "target_epsilon": e, "rule": rule, "mean": d["mean"],
                               "ci_low": d["ci_low"], "ci_high": d["ci_high"],
                               "deterministic": d["deterministic"], "text":
@@ -97,8 +95,7 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
     for d in differences:
       eps = f"ε = {d['target_epsilon']:g}" if d["b"] != "none" else "no noise"
       log(f"  {d['threat']:9s} {d['mu_H']:12s} q = {d['sampling']:g}  {d['a']} − {d['b']} "
-          f"({eps}), "
-          f"{d['rule']}: {d['text']}")
+          f"({eps}), {d['rule']}: {d['text']}")
     if any(d["deterministic"] for d in differences):
       log(results.deterministic_note(identical_draws=False))
   return paths
