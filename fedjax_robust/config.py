@@ -699,7 +699,8 @@ def privacy_fields(config, spec: str | None = None) -> dict:
   example-level (`dp_sgd_clip`) clip and noise multiplier; "distributed": each client's share
   as a client-level mechanism of multiplier 2σ/√s; "central": the server's clip, σ, and the
   rule `spec`'s sensitivity Δ/C (none for the reference run, whose honest-only mean the
-  Simulator takes as 2C/|H|); adaptive clipping's γ, step and count noise with the update's
+  Simulator takes as 2C/|H|; it runs every client every round at the main run's σ, so the ε
+  reported is the main run's, not the reference's); adaptive clipping's γ, step and count noise with the update's
   multiplier split from σ (`privacy.adaptive_update_multiplier`); the tree's rounds."""
   p = config.privacy
   if p.kind == "none":
@@ -879,7 +880,10 @@ def describe_privacy(info: dict) -> str:
     return (f"privacy: central DP, the server clips every update to L2 norm {info['clip']:g}, "
             f"runs the rule and adds N(0, ({info['noise_multiplier']:.4g}·Δ)²) once, Δ the "
             f"rule's sensitivity ({rules}); ε = {info['epsilon']:.4g} at δ = {info['delta']:g} "
-            f"over {info['rounds']} rounds, {noise_kind} ({accountant} accountant){adaptive}")
+            f"over {info['rounds']} rounds, {noise_kind} ({accountant} accountant){adaptive}; "
+            "Δ holds the other rows fixed, Byzantine ones included (an attack that reads the "
+            "honest updates is a channel this ε does not cover); the honest-only reference "
+            "runs at the same σ, its own ε not claimed")
   if info["kind"] == "distributed":
     s = info["group_size"]
     return (f"privacy: distributed DP under secure aggregation over groups of {s}: every client "
@@ -1090,7 +1094,7 @@ def _validate(config) -> Job:
   _validate_privacy(config, [attacks.get(name, num_classes=num_classes,
                                          options=config.attack_options.get(name, {}))
                              for name in behaviours])
-  _validate_deployed_privacy(config, specs, behaviours, prior)
+  _validate_deployed_privacy(config, specs, behaviours, prior, options)
   absences = [name for name in behaviours if name in faults.ABSENCE]
   if absences or _poisson(config):
     why = (f"attack={config.attack!r} makes clients absent ({', '.join(absences)})" if absences
@@ -1247,7 +1251,7 @@ def _validate_privacy(config, behaviours) -> None:
                       "behaviours without biased sampling, or privacy.kind 'client' or 'none'.")
 
 
-def _validate_deployed_privacy(config, specs, behaviours, prior) -> None:
+def _validate_deployed_privacy(config, specs, behaviours, prior, options) -> None:
   """Central DP, distributed DP, secure aggregation, adaptive clipping and the tree: each rule's
   sensitivity derived (central), groups of equal size that divide the round's clients, and
   the combinations the simulator does not model refused with the reason."""
@@ -1260,6 +1264,12 @@ def _validate_deployed_privacy(config, specs, behaviours, prior) -> None:
   mechanisms = [name for name, on in (
       (f"privacy.kind={p.kind!r}", p.kind == "central"),
       (f"secure_aggregation.group_size={group}", group > 0)) if on]
+  alie_z = config.attack_options.alie.z
+  if (_poisson(config) and "alie" in behaviours
+      and (alie_z is None or np.isnan(alie_z))):
+    raise ConfigError("attack_options.alie.z=nan computes ALIE's z from (n, b) of the round's "
+                      "clients, which training.client_sampling='poisson' leaves random; set "
+                      "attack_options.alie.z to a number with Poisson sampling.")
   if _poisson(config) and group:
     raise ConfigError(f"secure_aggregation.group_size={group} splits a round's clients into "
                       "equal groups; training.client_sampling='poisson' draws a random number "
@@ -1294,6 +1304,15 @@ def _validate_deployed_privacy(config, specs, behaviours, prior) -> None:
                         f"secure_aggregation.group_size={group}.")
     for spec in specs:
       sensitivity.central_sensitivity(spec, rows=m, f=config.f, poisson=_poisson(config))
+      stateful = jax.tree.leaves(aggregators.get(spec, f=config.f, options=options,
+                                                 presence=_poisson(config)).init(4, np.float32))
+      if stateful and m < config.num_clients:
+        raise ConfigError(
+            f"privacy.kind='central' with aggregator {spec!r} and training.clients_per_round={m} "
+            f"of {config.num_clients}: the rule keeps a state across rounds (its last output, "
+            "before the noise), through which a client sampled earlier moves a later round it is "
+            "not sampled in, so amplification by sampling does not hold; allowed: every client "
+            "every round with it, or a rule without a state.")
     if m < config.num_clients and not _poisson(config) and not p.tree and p.accountant == "pld":
       raise ConfigError(f"privacy.accountant='pld' with privacy.kind='central' and "
                         f"training.clients_per_round={m} of {config.num_clients}: sampling "

@@ -328,6 +328,12 @@ class Simulator:
                                        or self.dp_sgd_clip):
       raise ValueError("adaptive clipping adapts the central, the client-level or DP-SGD's "
                        "clip; none is on.")
+    if self.central_clip and not self.honest_only and self.central_sensitivity <= 0:
+      raise ValueError("central DP needs the rule's sensitivity central_sensitivity > 0 (Δ/C).")
+    if self.central_fixed_denominator and not (
+        self.poisson and self.central_clip and self.aggregator.name == "mean"):
+      raise ValueError("central_fixed_denominator is DP-FedAvg's mean under Poisson client "
+                       "sampling: it needs central DP, client_sampling='poisson' and the mean.")
     if self.tree_rounds and (not self.central_clip or self.adaptive_quantile):
       raise ValueError("tree aggregation (DP-FTRL) noises the central aggregate with a fixed "
                        "clip: it needs central DP without adaptive clipping.")
@@ -684,6 +690,8 @@ class Simulator:
       # Each honest client's bit 1[‖x_i‖ ≤ C_t] on what it privatizes, noised by itself; the sum
       # of its m_H independent N(0, σ_b²) is one N(0, m_H·σ_b²). A Byzantine client reports 0.
       sent = updates + residual_in if self.compression.error_feedback else updates
+      if coords[0] is not None:  # the coordinates it sends: what `clip_and_noise` clips
+        sent = jnp.where(coords[0], sent, jnp.zeros((), sent.dtype))
       norms = jnp.sqrt(jnp.sum(sent * sent, axis=1))
       reporting = honest if taking is None else honest & taking
       below = privacy.noisy_below_count(
@@ -733,16 +741,22 @@ class Simulator:
     server_rule = lambda u: self._aggregate(server_clip(u)[0], state.aggregator_state,
                                             k_aggregator, weights, coords, agg_kwargs)[0]
     attack_states = list(state.attack_state)
+    # Under Poisson sampling the attack sees the round's sample only: the unsampled honest rows
+    # count as not honest for its statistics (rows it then writes there are absent: no rule
+    # reads them), so an unsampled client leaves the round unchanged.
+    attacked = byzantine if taking is None else byzantine | ~taking
     if len(behaviours) == 1:
       if self.attack.poison is not None:
-        updates, attack_states[0] = self.attack.poison(k_attack, updates, byzantine,
+        updates, attack_states[0] = self.attack.poison(k_attack, updates, attacked,
                                                        attack_states[0], server_rule)
     else:  # every behaviour sees the others' rows as computed (clean), and replaces its own
       clean = updates
       for k, attack in enumerate(behaviours):
         if attack.poison is not None:
-          poisoned, attack_states[k] = attack.poison(jax.random.fold_in(k_attack, k), clean,
-                                                     roles[:, k], attack_states[k], server_rule)
+          poisoned, attack_states[k] = attack.poison(
+              jax.random.fold_in(k_attack, k), clean,
+              roles[:, k] if taking is None else roles[:, k] | ~taking, attack_states[k],
+              server_rule)
           updates = jnp.where(roles[:, k, None], poisoned, updates)
     if self.compression.on:  # what the server decodes from every row (Byzantine ones cut too)
       updates = compression_lib.project(updates, self.compression, coords[0])

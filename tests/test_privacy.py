@@ -7,6 +7,7 @@ the accountant against dp-accounting's own events per client sampling and a publ
 law and telescoping, the sensitivity against brute force and dp-accounting's tree event.
 Adaptive clipping: the quantile tracking, the count, and Theorem 1's split."""
 
+import dataclasses
 import math
 
 import jax
@@ -712,8 +713,8 @@ def test_central_dp_clips_every_row_then_the_rule_then_noise_of_std_sigma_delta(
 
 @pytest.mark.parametrize("fields", [
     {}, {"aggregator": "geometric_median", "central_sensitivity": 2.0},
-    {"clients_per_round": 2, "client_sampling": "poisson", "central_fixed_denominator": 2.0,
-     "aggregator": "geometric_median", "central_sensitivity": 2.0},
+    {"clients_per_round": 2, "client_sampling": "poisson", "aggregator": "geometric_median",
+     "central_sensitivity": 2.0},
     {"clients_per_round": 2, "client_sampling": "poisson", "central_fixed_denominator": 2.0}])
 def test_a_central_round_adds_the_noise_to_its_aggregate(rng, fields):
   """The round's model step minus the noiseless one's, over 600 draws, has std σ·Δ: the noise
@@ -935,3 +936,41 @@ def test_a_poisson_central_job_is_amplified_under_add_remove():
   assert "fixed denominator" in info["sensitivity"]["mean"]
   for run in exp.runs.values():
     assert np.isfinite(np.asarray(run.metrics["honest_loss"])).all()
+
+
+def test_an_unsampled_client_leaves_a_poisson_round_unchanged(rng):
+  """Amplification by Poisson sampling needs a client outside the round's sample to have no
+  effect: with ALIE (which reads the honest rows) client 0's data replaced, every round in which
+  client 0 was not sampled gives the same model bit for bit (the attack sees the sample only)."""
+  from test_training import client_data  # pylint: disable=g-import-not-at-top
+  sim, state, train, _ = _logistic_round_setup(
+      rng, central_clip=0.05, central_noise=0.0, central_sensitivity=1.0 / 3,
+      clients_per_round=3, client_sampling="poisson", central_fixed_denominator=3.0)
+  sim = dataclasses.replace(sim, attack=attacks.get("alie", num_classes=3,
+                                                    options={"z": 1.5}))
+  other, _, _ = client_data(np.random.default_rng(99))
+  changed = train._replace(x=train.x.at[0].set(other.x[0]), y=train.y.at[0].set(other.y[0]))
+  honest = jnp.array([True, True, True, False])
+  keys = jax.random.split(jax.random.key(5), 64)
+  run = lambda data: jax.jit(jax.vmap(lambda k: sim.round(state, honest, k, data)[0]))(keys)
+  a, b = run(train), run(changed)
+  unsampled = np.abs(np.asarray(a.momentum)[:, 0]).sum(axis=1) == 0
+  assert 5 < unsampled.sum() < 60
+  np.testing.assert_array_equal(np.asarray(a.params)[unsampled], np.asarray(b.params)[unsampled])
+  assert not np.array_equal(np.asarray(a.params)[~unsampled], np.asarray(b.params)[~unsampled])
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"aggregator": "rfa_one_step", "training.clients_per_round": 4,
+      "privacy.accountant": "rdp"}, "keeps a state across rounds"),
+    ({"training.client_sampling": "poisson", "training.clients_per_round": 4,
+      "attack": "alie", "attack_options.alie.z": float("nan")}, "attack_options.alie.z"),
+])
+def test_central_dp_refuses_what_breaks_its_sampling_argument(overrides, match):
+  c = tiny_config()
+  c.privacy.kind = "central"
+  c.aggregator = overrides.pop("aggregator", "mean")
+  for key, value in overrides.items():
+    set_key(c, key, value)
+  with pytest.raises(errors.ConfigError, match=match):
+    config_lib.resolve(c)

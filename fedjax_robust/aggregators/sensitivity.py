@@ -27,6 +27,13 @@ replacement). Δ is returned in units of C:
   (Poisson sampling); the trimmed mean and the median are refused there (their band moves
   with the realized count).
 
+What Δ assumes: DP's adjacency changes one client's data with every other input fixed, the
+Byzantine rows included. An omniscient attack (ALIE, IPM, the adaptive ones) builds its rows from
+the honest updates, so changing client i's data also moves the b Byzantine rows: for the mean and
+the trimmed mean the aggregate can then move by up to (1 + b)·2C/m, resp. (1 + b)·2C/(m − 2f)
+(a hull rule's 2C still holds: its output stays in the ball). Such an attacker has read the honest
+updates already; the ε reported is the guarantee with its rows held fixed, and the log says so.
+
 Every other rule (and chain) is refused with the reason: its output is not confined to the
 clipped rows' hull and no bound on its sensitivity is derived here (the coordinate-wise rules
 after a mixing stage, centered clipping, FLTrust, the spectral and clustering rules, ...).

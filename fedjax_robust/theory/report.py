@@ -90,6 +90,14 @@ def premises(job) -> dict:
                    "(D-GD: plain SGD)")
   if t.weighted_aggregation:
     reasons.append("weighted aggregation (the theorems use unweighted honest means)")
+  privacy_kind = job.privacy.kind
+  if privacy_kind != "none":
+    reasons.append(f"privacy.kind={privacy_kind!r} (clipping and noise: D-GD has neither)")
+  if job.secure_aggregation.group_size:
+    reasons.append(f"secure aggregation over groups of {job.secure_aggregation.group_size} (the "
+                   "rule's κ is on the group means, not on the clients' rows)")
+  if t.client_sampling == "poisson" and t.clients_per_round:
+    reasons.append("Poisson client sampling (a random number of clients per round)")
   return {"dgd": not reasons, "step": float(t.client_lr * t.server_lr), "reasons": reasons}
 
 
