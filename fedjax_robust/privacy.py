@@ -434,7 +434,7 @@ def tree_sensitivity_factor(rounds_per_tree: int, participation: str) -> float:
     Appendix D; dp-accounting's `SingleEpochTreeAggregationDpEvent` depth ceil(log2(R + 1)))."""
   r = int(rounds_per_tree)
   if r < 1:
-    raise ConfigError(f"privacy.restart_every: a tree needs at least 1 round, got {r}")
+    raise ConfigError(f"privacy.tree_restart: a tree needs at least 1 round, got {r}")
   if participation == "every":
     return math.sqrt(sum((r >> l) * 4 ** l for l in range(r.bit_length())))
   if participation == "once":
@@ -448,7 +448,7 @@ def _tree_sizes(rounds: int, restart_every: int) -> list[int]:
   if rounds < 1:
     raise ConfigError(f"training.num_rounds={rounds!r}: DP-FTRL needs at least 1 round")
   if every < 0:
-    raise ConfigError(f"privacy.restart_every={restart_every!r}: 0 (one tree) or a positive "
+    raise ConfigError(f"privacy.tree_restart={restart_every!r}: 0 (one tree) or a positive "
                       "number of rounds")
   every = every or rounds
   return [every] * (rounds // every) + ([rounds % every] if rounds % every else [])

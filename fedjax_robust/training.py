@@ -744,19 +744,19 @@ class Simulator:
     # Under Poisson sampling the attack sees the round's sample only: the unsampled honest rows
     # count as not honest for its statistics (rows it then writes there are absent: no rule
     # reads them), so an unsampled client leaves the round unchanged.
-    attacked = byzantine if taking is None else byzantine | ~taking
+    unsampled_as_byzantine = ((lambda mask: mask) if taking is None
+                              else (lambda mask: mask | ~taking))
     if len(behaviours) == 1:
       if self.attack.poison is not None:
-        updates, attack_states[0] = self.attack.poison(k_attack, updates, attacked,
-                                                       attack_states[0], server_rule)
+        updates, attack_states[0] = self.attack.poison(
+            k_attack, updates, unsampled_as_byzantine(byzantine), attack_states[0], server_rule)
     else:  # every behaviour sees the others' rows as computed (clean), and replaces its own
       clean = updates
       for k, attack in enumerate(behaviours):
         if attack.poison is not None:
           poisoned, attack_states[k] = attack.poison(
-              jax.random.fold_in(k_attack, k), clean,
-              roles[:, k] if taking is None else roles[:, k] | ~taking, attack_states[k],
-              server_rule)
+              jax.random.fold_in(k_attack, k), clean, unsampled_as_byzantine(roles[:, k]),
+              attack_states[k], server_rule)
           updates = jnp.where(roles[:, k, None], poisoned, updates)
     if self.compression.on:  # what the server decodes from every row (Byzantine ones cut too)
       updates = compression_lib.project(updates, self.compression, coords[0])
