@@ -214,25 +214,35 @@ class Aggregator:
     name: the canonical spec, e.g. "nearest_neighbor_mixing+trimmed_mean".
     f: the declared number of Byzantine clients the pipeline is configured for.
     init: `(d, dtype=float32) -> state`.
-    apply: `(updates [n, d], state, key, weights=None, present=None, server_update=None)
+    apply: `(updates [n, d], state, key, weights=None, present=None, **server_inputs)
       -> (aggregate [d], state, aux)`; `aux` maps names to scalar diagnostics (e.g.
       "gm_iterations"). `present` (boolean `[n]`, client drop-outs): only the rows marked True
       take part, the others may hold any value (NaN, ±inf) and have no influence; the declared f
       stays as configured, and a rule undefined for the realized present count returns NaN.
       None means every row is present (the same numbers as without the argument).
       `server_update` (`[d]`): the server's own update, for the stages that need it.
-    needs_server_update: True when a stage needs `server_update` in `apply`.
+    needs: the server inputs some stage takes in `apply` (`server_update`, `representations`,
+      `global_params`; registry.SERVER_INPUTS); `needs_server_update` says it of the first.
+    per_client_state: some stage keeps a state indexed by client (FoolsGold, FLDetector).
   """
 
   name: str
   f: int | None
   init: Callable[..., Any]
   apply: Callable[..., tuple[jax.Array, Any, Mapping[str, jax.Array]]]
-  needs_server_update: bool = False
+  # The server inputs (registry.SERVER_INPUTS: "server_update", "representations",
+  # "global_params") some stage takes in `apply`.
+  needs: frozenset = frozenset()
+  # Some stage keeps a state indexed by client (row i is client i every round).
+  per_client_state: bool = False
+
+  @property
+  def needs_server_update(self) -> bool:
+    return "server_update" in self.needs
 
   def __call__(self, updates: jax.Array, key: jax.Array | None = None,
                weights: jax.Array | None = None, present: jax.Array | None = None,
-               server_update: jax.Array | None = None) -> jax.Array:
+               server_update: jax.Array | None = None, **server_inputs) -> jax.Array:
     """The aggregate of `updates [n, d]` (of the rows where `present`, if given) from a fresh
     state (key 0 unless given).
 
@@ -243,7 +253,8 @@ class Aggregator:
     updates = jnp.asarray(updates)
     weights = None if weights is None else jnp.asarray(weights)
     extra = {k: jnp.asarray(v) for k, v in
-             (("present", present), ("server_update", server_update)) if v is not None}
+             (("present", present), ("server_update", server_update), *server_inputs.items())
+             if v is not None}
     state = self.init(updates.shape[-1], updates.dtype)
     out, _, _ = self.apply(updates, state, key, weights, **extra)
     return out

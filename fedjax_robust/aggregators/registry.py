@@ -66,7 +66,16 @@ from fedjax_robust.aggregators.spectral import caf
 from fedjax_robust.aggregators.spectral import divide_and_conquer
 from fedjax_robust.aggregators.spectral import smea
 
-_CALL_ARGS = ("f", "key", "center", "weights", "present", "server_update", "state")
+_CALL_ARGS = ("f", "key", "center", "weights", "present", "server_update", "state",
+              "representations", "global_params")
+# What the server computes itself and gives the stages that ask for it by keyword (each stage's
+# `needs`; the simulator provides them, `training.Simulator.round`).
+SERVER_INPUTS = {
+    "server_update": "the server's own update on its root data ([d])",
+    "representations": ("each client's model's penultimate-layer features on the server's root "
+                        "inputs ([n, m, h]; a model with a representation layer and root data)"),
+    "global_params": "the global model the round started from ([d])",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +125,10 @@ class _Entry:
   # A stage with its own state across rounds: `state_init(d, dtype)` gives the first one, the
   # function is called with `state=` and returns `(out, new_state)` (before `split_aux`).
   state_init: Callable[[int, Any], Any] | None = None
+  # A state indexed by client (row i of every round is client i: FoolsGold's history, FLDetector's
+  # previous updates): refused where the rows are not the same clients every round (client
+  # sampling without replacement gathers m rows; secure aggregation's groups).
+  per_client_state: bool = False
   # Its published (f, κ)-robustness bound, or why none is recorded (every registered stage
   # declares one; `robustness.kappa_upper_bound` reads it).
   kappa: Kappa | None = None
@@ -414,10 +427,14 @@ class _Stage:
   name: str
   is_rule: bool
   init: Callable[[int, Any], Any]
-  # (updates, weights, state, key, present=None, server_update=None)
+  # (updates, weights, state, key, present=None, **server_inputs)
   #   -> (out, weights, state, aux)
   apply: Callable[..., tuple[jax.Array, Any, Any, Mapping[str, jax.Array]]]
-  needs_server_update: bool = False
+  needs: frozenset = frozenset()   # the SERVER_INPUTS the stage takes
+
+  @property
+  def needs_server_update(self) -> bool:
+    return "server_update" in self.needs
 
 
 def _presence_stages() -> str:
@@ -454,7 +471,7 @@ def _named_stage(name: str, f: int | None, opts: Mapping[str, Any], weighted: bo
   takes_present = "present" in params
   if presence and not takes_present:
     raise _no_presence(name)
-  needs_server_update = "server_update" in params
+  needs = frozenset(k for k in SERVER_INPUTS if k in params)
   custom_state = entry.state_init is not None
   stateful = "center" in params and not custom_state
 
@@ -465,7 +482,7 @@ def _named_stage(name: str, f: int | None, opts: Mapping[str, Any], weighted: bo
                                            if k in init_params})
     return jnp.zeros((d,), dtype) if stateful else ()
 
-  def apply(updates, weights, state, key, present=None, server_update=None):
+  def apply(updates, weights, state, key, present=None, **server_inputs):
     _check_present_arg(name, takes_present, present)
     kwargs = dict(opts)
     if "f" in params:
@@ -480,11 +497,11 @@ def _named_stage(name: str, f: int | None, opts: Mapping[str, Any], weighted: bo
       kwargs["weights"] = weights
     if present is not None:
       kwargs["present"] = present
-    if needs_server_update:
-      if server_update is None:
-        raise ConfigError(f"aggregator {name!r} needs the server's own update: call apply(..., "
-                          "server_update=<[d] vector>).")
-      kwargs["server_update"] = server_update
+    for k in sorted(needs):
+      if server_inputs.get(k) is None:
+        raise ConfigError(f"aggregator {name!r} needs {SERVER_INPUTS[k]}: call apply(..., "
+                          f"{k}=<{k}>).")
+      kwargs[k] = server_inputs[k]
     out = entry.fn(updates, **kwargs)
     if custom_state:
       out, state = out
@@ -493,7 +510,7 @@ def _named_stage(name: str, f: int | None, opts: Mapping[str, Any], weighted: bo
     out, aux = entry.split_aux(out)
     return out, weights, (out if stateful else state), aux
 
-  return _Stage(name, entry.kind == "rule", init, apply, needs_server_update)
+  return _Stage(name, entry.kind == "rule", init, apply, needs)
 
 
 def _function_stage(fn: Callable[[jax.Array], jax.Array], is_last: bool,
@@ -506,8 +523,8 @@ def _function_stage(fn: Callable[[jax.Array], jax.Array], is_last: bool,
   if presence and not takes_present:
     raise _no_presence(name)
 
-  def apply(u, w, s, k, present=None, server_update=None):
-    del server_update  # plain functions take the updates (and the presence mask) alone
+  def apply(u, w, s, k, present=None, **server_inputs):
+    del server_inputs  # plain functions take the updates (and the presence mask) alone
     _check_present_arg(name, takes_present, present)
     return (fn(u) if present is None else fn(u, present=present)), w, s, {}
 
@@ -564,15 +581,19 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
                            entry=_Entry(fused_fn, "rule", _RULES[pre].split_aux,
                                         domains=_RULES[pre].domains))
       built[-2:] = [dataclasses.replace(fused, name=f"{pre}+mean")]
-  needs_server_update = any(stage.needs_server_update for stage in built)
+  needs = frozenset().union(*(stage.needs for stage in built))
   pipeline_name = "+".join(s.name for s in built)
 
   def init(d, dtype=jnp.float32):
     return tuple(stage.init(d, dtype) for stage in built)
 
-  def apply(updates, state, key, weights=None, present=None, server_update=None):
+  def apply(updates, state, key, weights=None, present=None, **server_inputs):
+    unknown = sorted(set(server_inputs) - set(SERVER_INPUTS))
+    if unknown:
+      raise ConfigError(f"{pipeline_name}: unknown server input(s) {unknown}; allowed: "
+                        f"{', '.join(SERVER_INPUTS)}.")
     check_input(updates, weights, f, "+".join(s.name for s in built), present=present,
-                server_update=server_update)
+                **server_inputs)
     aux = {}
     new_state = []
     n_rows, d_cols = updates.shape
@@ -581,7 +602,7 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
     for stage, stage_state, k in zip(built, state, keys):
       # Pre-aggregators that take `present` keep the rows' positions: the mask carries over.
       updates, weights, s, stage_aux = stage.apply(updates, weights, stage_state, k,
-                                                   present=present, server_update=server_update)
+                                                   present=present, **server_inputs)
       check_stage_output(pipeline_name, stage, updates, weights, n_rows, d_cols, dtype,
                          keeps_rows=present is not None)
       new_state.append(s)
@@ -591,8 +612,9 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
     aux.update(communication(pipeline_name, aux, m, d_cols))
     return updates, tuple(new_state), aux
 
-  return base.Aggregator(name=pipeline_name, f=f, init=init, apply=apply,
-                         needs_server_update=needs_server_update)
+  return base.Aggregator(name=pipeline_name, f=f, init=init, apply=apply, needs=needs,
+                         per_client_state=any(
+                             _RULES[n].per_client_state for n in names_ if n is not None))
 
 
 def check_stage_output(pipeline: str, stage: _Stage, out, weights, n: int, d: int, dtype, *,
@@ -622,7 +644,7 @@ def check_stage_output(pipeline: str, stage: _Stage, out, weights, n: int, d: in
 
 
 def check_input(updates, weights, f: int | None, name: str, *, present=None,
-                server_update=None) -> None:
+                server_update=None, representations=None, global_params=None) -> None:
   """The checks every pipeline makes of its input at trace time (shapes and dtypes are static):
   a floating-point `[n, d]` matrix with n >= 1, weights of shape `[n]`, a boolean presence mask
   of shape `[n]`, a server update of shape `[d]`, and an honest majority n > 2f for the declared
@@ -649,6 +671,13 @@ def check_input(updates, weights, f: int | None, name: str, *, present=None,
   if server_update is not None and getattr(server_update, "shape", None) != (shape[1],):
     raise ConfigError(f"{name}: server_update must have shape ({shape[1]},) (one update like a "
                       f"row), got {getattr(server_update, 'shape', None)}.")
+  if global_params is not None and getattr(global_params, "shape", None) != (shape[1],):
+    raise ConfigError(f"{name}: global_params must have shape ({shape[1]},) (the model the "
+                      f"round started from), got {getattr(global_params, 'shape', None)}.")
+  r_shape = getattr(representations, "shape", None)
+  if representations is not None and (r_shape is None or len(r_shape) != 3 or r_shape[0] != n):
+    raise ConfigError(f"{name}: representations must have shape ({n}, m, h) (each client's "
+                      f"model's features on the m root inputs), got {r_shape}.")
   if f is not None and 2 * f >= n:
     raise ConfigError(f"{name}: declared f={f} needs an honest majority, n > 2f = {2 * f}; got "
                       f"n={n} rows.")
