@@ -99,7 +99,8 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
       weighted=config.training.weighted_aggregation or prior_weights is not None,
       presence=(any(a.presence is not None for a, _ in behaviours)
                 or config.training.client_sampling == "poisson"))
-  if aggregator.needs_server_update and fed.root is None:
+  uses_root = bool(aggregator.needs & {"server_update", "representations"})
+  if uses_root and fed.root is None:
     raise ConfigError(f"aggregator {spec!r} needs the server's root data set "
                       "(data.root_examples >= 1).")
   return training.Simulator(
@@ -120,5 +121,5 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
       compression=config_lib.make_compression(config),
       measure_theory=bool(config.theory.enabled),
       client_weights=None if prior_weights is None else tuple(map(float, prior_weights)),
-      root=fed.root if aggregator.needs_server_update else None,
+      root=fed.root if uses_root else None, attack_rounds=config.training.attack_rounds,
       perplexity=data_lib.is_text(config.data.name))

@@ -213,6 +213,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Client sampling: m clients per round, uniformly without replacement (0: all n; else
       # 2f < m <= n: the declared f applies to the m sampled, and the rules see only them).
       "clients_per_round": 0,
+      # Durability of a backdoor: the faulty clients follow their behaviour in rounds
+      # [0, attack_rounds) and act as honest clients after (0: every round); the evaluations
+      # after round attack_rounds measure how long the backdoor survives.
+      "attack_rounds": 0,
       # How the m clients of a round are drawn: "fixed" (m of n without replacement) or
       # "poisson" (each client independently with probability m/n; the rules see the round's
       # sample as the clients present; central DP is then amplified under add/remove adjacency).
@@ -413,6 +417,7 @@ CONFIG_DOMAINS: dict[str, D.Domain] = {
     "training.client_lr": D.LEARNING_RATE,
     "training.client_momentum": D.Float(0, 1, high_open=True),
     "training.clients_per_round": D.Int(0, note="0: all clients; else 2f < m <= num_clients"),
+    "training.attack_rounds": D.Int(0, note="0: every round; else < num_rounds"),
     "training.client_sampling": D.Choice(*privacy.CLIENT_SAMPLINGS),
     "training.local_epochs": D.Int(0, note="0: training.local_steps steps instead"),
     "training.client_update": D.Choice(*local_training.CLIENT_UPDATES),
@@ -1054,6 +1059,7 @@ def _validate(config) -> Job:
                         "rounds in the d coordinates, which a rule working on each round's k "
                         "shared coordinates cannot; allowed: aggregate_in='d' with it, or a rule "
                         "without a state.")
+    _validate_server_inputs(config, spec, agg)
     if agg.needs_server_update:
       if config.data.root_examples < 1:
         raise ConfigError(f"aggregator {spec!r} compares every update with the server's own "
@@ -1130,6 +1136,9 @@ def _validate(config) -> Job:
                              if data_lib.is_text(config.data.name) else (1, 1, 1)),
                 **config.model_options.get(config.model, {}))
   t = config.training
+  if t.attack_rounds and t.attack_rounds >= t.num_rounds:
+    raise ConfigError(f"training.attack_rounds={t.attack_rounds} must be below training.num_rounds"
+                      f"={t.num_rounds} (0: the attack acts every round).")
   if t.num_rounds % t.eval_every:
     raise ConfigError(f"training.num_rounds={t.num_rounds} must be a positive multiple of "
                       f"training.eval_every={t.eval_every}.")
@@ -1141,6 +1150,40 @@ def _validate(config) -> Job:
   make_local_training(config)
   return Job(config=config, specs=tuple(specs), options=options, prior=prior,
              prior_info=prior_info, sampler=sampler, comparisons=tuple(comparisons))
+
+
+def _validate_server_inputs(config, spec: str, agg) -> None:
+  """What a rule reading the clients' models or keeping a per-client state needs: root data and
+  a representation layer (FLARE), the model the round started from (no personal head, no
+  aggregation in k coordinates), and rows that are the same clients every round."""
+  if agg.per_client_state:
+    why = ("training.clients_per_round="
+           f"{config.training.clients_per_round} (fixed-size sampling gathers other rows each "
+           "round)" if config.training.clients_per_round and not _poisson(config) else
+           f"secure_aggregation.group_size={config.secure_aggregation.group_size} (the rows are "
+           "group means)" if config.secure_aggregation.group_size else "")
+    if why:
+      raise ConfigError(f"aggregator {spec!r} keeps a state per client (row i is client i every "
+                        f"round), which {why} breaks; allowed: every client every round, or "
+                        "training.client_sampling='poisson'.")
+  if agg.needs & {"representations", "global_params"}:
+    if config.training.personalization != "none" or config.compression.aggregate_in == "k":
+      raise ConfigError(f"aggregator {spec!r} reads the clients' models θ − x_i; not with "
+                        f"training.personalization={config.training.personalization!r} or "
+                        f"compression.aggregate_in={config.compression.aggregate_in!r} (allowed: "
+                        "'none' and 'd').")
+  if "representations" in agg.needs:
+    hidden = {"mlp": len(config.model_options.mlp.hidden), "cnn": 1}.get(config.model, 0)
+    if not hidden:
+      raise ConfigError(f"aggregator {spec!r} compares the clients' models' penultimate-layer "
+                        f"representations; model={config.model!r}"
+                        + (" with model_options.mlp.hidden=()" if config.model == "mlp" else "")
+                        + f" has none. Allowed: {', '.join(models.REPRESENTATION_MODELS)} "
+                        "(an mlp with a hidden layer).")
+    if config.data.root_examples < 1:
+      raise ConfigError(f"aggregator {spec!r} evaluates the clients' models on the server's "
+                        "root inputs; set data.root_examples >= 1 (examples taken from the test "
+                        f"split), got data.root_examples={config.data.root_examples}.")
 
 
 def _validate_bucketing(config, specs) -> None:

@@ -43,10 +43,14 @@ class _MLP(nn.Module):
   hidden: Sequence[int]
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, features: bool = False):
+    """Logits `[m, C]`, or with `features` the last hidden layer's activations `[m, h]` (the
+    penultimate-layer representation; the output layer's parameters are then not created)."""
     x = x.reshape(x.shape[0], -1)
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))
+    if features:
+      return x
     return nn.Dense(self.num_classes)(x)
 
 
@@ -62,11 +66,15 @@ class _CNN(nn.Module):
   dense: int
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, features: bool = False):
+    """Logits `[m, C]`, or with `features` the dense layer's activations `[m, dense]` (the
+    penultimate-layer representation)."""
     for width in self.features:
       x = nn.relu(nn.Conv(width, (3, 3), padding="SAME")(x))
       x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
     x = nn.relu(nn.Dense(self.dense)(x.reshape(x.shape[0], -1)))
+    if features:
+      return x
     return nn.Dense(self.num_classes)(x)
 
 
@@ -196,6 +204,9 @@ class Model:
   init: Callable[[jax.Array], Any]
   apply: Callable[[Any, jax.Array], jax.Array]
   loss: str  # "cross_entropy" or "squared" (LOSSES): what `masked_loss` computes
+  # `represent(params, x) -> [m, h]`: the penultimate-layer features (REPRESENTATION_MODELS;
+  # what FLARE compares); None for a model without a hidden layer.
+  represent: Callable[[Any, jax.Array], jax.Array] | None = None
 
 
 def _char_transformer(c, *, layers=2, width=64, heads=4, mlp_ratio=4, context=None, lora_rank=0,
@@ -223,6 +234,10 @@ _MODULES = {
 LOSSES = {"linear_regression": "squared", "logistic": "cross_entropy", "mlp": "cross_entropy",
           "cnn": "cross_entropy", "char_transformer": "cross_entropy",
           "char_lstm": "cross_entropy"}
+
+# Models with a penultimate (hidden) layer whose activations `Model.represent` gives: an mlp with
+# at least one hidden layer, the cnn.
+REPRESENTATION_MODELS = ("mlp", "cnn")
 
 # Models that read windows of token ids (text data); the others read real-valued inputs.
 TEXT_MODELS = ("char_transformer", "char_lstm")
@@ -319,16 +334,25 @@ def get(name: str, *, input_shape: Sequence[int], num_classes: int | None, base_
       raise ConfigError(f"LoRA fine-tunes a pretrained base: model {name!r} with "
                         f"model_options.{name}.lora_rank={mod.lora_rank} needs base_params (the "
                         f"parameters of the same model trained with lora_rank=0).")
-    return Model(name, init=lambda key: mod.init(key, dummy), apply=mod.apply, loss=LOSSES[name])
+    return Model(name, init=lambda key: mod.init(key, dummy), apply=mod.apply, loss=LOSSES[name],
+                 represent=_represent(name, mod))
   base_mod = mod.clone(lora_rank=0) if lora else mod
   _check_base(name, base_params, jax.eval_shape(base_mod.init, jax.random.key(0), dummy))
   base = jax.tree.map(jnp.array, base_params)   # a copy: later changes to base_params do not leak
   if not lora:
     return Model(name, init=lambda key: jax.tree.map(jnp.array, base), apply=mod.apply,
-                 loss=LOSSES[name])
+                 loss=LOSSES[name], represent=_represent(name, mod))
   return Model(name, init=lambda key: split_adapters(mod.init(key, dummy))[1],
                apply=lambda adapters, x, **kw: mod.apply(merge_adapters(base, adapters), x, **kw),
                loss=LOSSES[name])
+
+
+def _represent(name: str, mod: nn.Module):
+  """`Model.represent` of a module with a penultimate layer (REPRESENTATION_MODELS; an mlp
+  needs a hidden layer), else None."""
+  if name not in REPRESENTATION_MODELS or (name == "mlp" and not mod.hidden):
+    return None
+  return lambda params, x: mod.apply(params, x, features=True)
 
 
 def _check_base(name: str, base_params, expected) -> None:

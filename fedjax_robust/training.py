@@ -282,6 +282,10 @@ class Simulator:
   # draw's all-clients working set does not fit; the same arithmetic either way (`map_clients`:
   # bit for bit without FMA contraction, within a few ulp per round with it).
   client_block: int = 0
+  # Durability (backdoors): the faulty clients follow their behaviour in rounds [0, attack_rounds)
+  # only and behave as honest clients from then on (clean data, their own update, present);
+  # the draw's honest set, which the metrics average over, stays the same. 0: every round.
+  attack_rounds: int = 0
 
   def __post_init__(self):
     shapes = jax.eval_shape(self.model.init, jax.random.key(0))
@@ -343,8 +347,7 @@ class Simulator:
       for k in range(1, self.num_clients + 1):
         try:
           jax.eval_shape(lambda u: self.aggregator.apply(
-              u, state, jax.random.key(0), **({"server_update": u[0]} if getattr(
-                  self.aggregator, "needs_server_update", False) else {})), shaped(k))
+              u, state, jax.random.key(0), **self._shaped_inputs(u)), shaped(k))
         except ValueError:  # the rule's ConfigError at trace time: too few rows for it
           continue
         object.__setattr__(self, "_min_rows", k)
@@ -352,9 +355,41 @@ class Simulator:
       else:
         raise ValueError(f"aggregator {self.aggregator.name!r} is defined for no number of the "
                          f"{self.num_clients} clients.")
+    needs = getattr(self.aggregator, "needs", frozenset())
+    if getattr(self.aggregator, "per_client_state", False) and (self.sampling
+                                                                or self.secure_group_size):
+      raise ValueError(f"aggregator {self.aggregator.name!r} keeps a state per client (row i is "
+                       "client i every round); with client sampling without replacement or "
+                       "secure aggregation's groups the rows are not the same clients.")
+    if needs & {"representations", "global_params"}:
+      if self.personal_head or self.compression.aggregate_in == "k":
+        raise ValueError(f"aggregator {self.aggregator.name!r} reads the clients' models "
+                         "θ − x_i: not with a personal head (the rows are the shared part) or "
+                         "compression.aggregate_in='k' (the rows are k coordinates).")
+    if "representations" in needs:
+      if self.model.represent is None:
+        raise ValueError(f"aggregator {self.aggregator.name!r} compares the clients' models' "
+                         f"penultimate-layer representations; model {self.model.name!r} has "
+                         f"no representation layer (models with one: "
+                         f"{', '.join(models_lib.REPRESENTATION_MODELS)}).")
+      if self.root is None:
+        raise ValueError(f"aggregator {self.aggregator.name!r} evaluates the clients' models on "
+                         "the server's root inputs; the simulator has no root data set.")
     if getattr(self.aggregator, "needs_server_update", False) and self.root is None:
       raise ValueError(f"aggregator {self.aggregator.name!r} compares with a server update on "
                        "root data; the simulator has no root data set.")
+
+  @property
+  def _server_trains(self) -> bool:
+    """Whether the server computes its own update on its root data each round (FLTrust)."""
+    return self.root is not None and getattr(self.aggregator, "needs_server_update", False)
+
+  def _shaped_inputs(self, u):
+    """Stand-ins for the server inputs the rule takes (for tracing it on a shape)."""
+    needs = getattr(self.aggregator, "needs", frozenset())
+    stand_in = {"server_update": lambda: u[0], "global_params": lambda: u[0],
+                "representations": lambda: jnp.zeros((u.shape[0], 1, 1), u.dtype)}
+    return {k: stand_in[k]() for k in needs}
 
   @property
   def sampling(self) -> bool:
@@ -402,7 +437,7 @@ class Simulator:
                     self.aggregator.init(params.size),
                     tuple(a.init(params.size, self.num_clients) for a in self.behaviours),
                     jnp.array(0, jnp.int32),
-                    jnp.zeros_like(params) if self.root is not None else (), personal,
+                    jnp.zeros_like(params) if self._server_trains else (), personal,
                     jnp.zeros((self.num_clients, params.size), params.dtype)
                     if self.compression.error_feedback else (),
                     jnp.full((self.num_clients,) if self.dp_sgd_clip else (),
@@ -452,7 +487,7 @@ class Simulator:
     return jnp.where(keep, x, 0.0), jnp.where(valid, y, 0)
 
   def local_update(self, params, momentum, x, y, count, key, byzantine, fault_key=None,
-                   lr=None, example_dp=True, coordinates=None, clip=None):
+                   lr=None, example_dp=True, coordinates=None, clip=None, client=None):
     """One client's local work (`LocalTraining`: K steps or E epochs, at learning rate `lr`,
     default the constant η); returns (update θ − θ̄ `[d]`, new momentum `[d]`).
 
@@ -466,7 +501,8 @@ class Simulator:
     `clip`: with DP-SGD and adaptive clipping, the client's per-example clip C at the start
     (a scalar); every step then moves it (`privacy.adaptive_clip_update` on the step's noisy
     count of included examples with ‖g_j‖ ≤ C over B) and the call returns (update, momentum,
-    the client's C after its steps)."""
+    the client's C after its steps). `client`: the client's index among the n (int32), for a
+    data poisoning that depends on it (`Attack.indexed`: DBA's share of the trigger)."""
     cfg = self.local
     lr = cfg.lr if lr is None else lr
     roles = jnp.atleast_1d(byzantine)
@@ -478,7 +514,8 @@ class Simulator:
           cx, cy = attack.corrupt_data(fault_key, xb, yb, idx)
           xb, yb = jnp.where(role, cx, xb), jnp.where(role, cy, yb)
         if attack.poison_data is not None:
-          px, py = attack.poison_data(k, xb, yb)
+          px, py = (attack.poison_data(k, xb, yb, client) if getattr(attack, "indexed", False)
+                    else attack.poison_data(k, xb, yb))
           xb, yb = jnp.where(role, px, xb), jnp.where(role, py, yb)
       return xb, yb
 
@@ -605,6 +642,8 @@ class Simulator:
     """One federated round for one honest mask `[n]` (`key`: the draw's key); returns the new
     state and aggregator aux."""
     roles = self.roles(honest, key)
+    if self.attack_rounds:  # durability: from round R on the faulty clients act as honest ones
+      roles = roles & (state.round < self.attack_rounds)
     round_key = jax.random.fold_in(key, state.round)
     theory = {}
     if self.measure_theory:  # at θ_t, over every client (before any client sampling)
@@ -632,7 +671,9 @@ class Simulator:
                    sampled_byzantine_max=b_t.astype(jnp.float32),
                    sampled_within_f=(b_t <= (self.aggregator.f or 0)).astype(jnp.float32),
                    sampled_minority=(2 * b_t < self.clients_per_round).astype(jnp.float32))
-    byzantine = ~honest
+    # The clients that act faulty this round (every Byzantine one, but none from round
+    # `attack_rounds` on).
+    byzantine = ~honest if self.population else roles[:, 0]
     client_roles = roles if self.population else byzantine
     lr = None if self.local.lr_schedule == "constant" else self.local.lr_at(state.round)
     start = self.full_params(state.params, personal_in)  # [d], or [n, d] with personal heads
@@ -649,13 +690,18 @@ class Simulator:
     # DP-SGD with adaptive clipping: each client's own per-example clip `[n]`, moved by its steps.
     example_clips = self.dp_sgd_clip and self.adaptive_quantile
     clips_in = ((take(state.clip) if self.sampling else state.clip) if example_clips else None)
+    # Each client's index among the n, for a data poisoning that depends on it (DBA).
+    indexed = any(getattr(a, "indexed", False) for a in behaviours)
+    clients = jnp.arange(self.num_clients, dtype=jnp.int32) if indexed else None
+    if indexed and self.sampling:
+      clients = sampled
     out = map_clients(
         self.local_update,
         (0 if self.personal_head else None, 0, 0, 0, 0, 0, 0, 0 if needs_fault_keys else None,
          None, None, None if subspace is None or subspace.ndim == 1 else 0,
-         0 if example_clips else None),
+         0 if example_clips else None, 0 if indexed else None),
         (start, momentum_in, train.x, train.y, train.counts, client_keys, client_roles,
-         faults_, lr, True, subspace, clips_in), self.client_block)
+         faults_, lr, True, subspace, clips_in, clients), self.client_block)
     updates, momentum = out[:2]
     taking = None  # Poisson sampling: the round's sample `[n]`; the others keep their state
     keep = lambda new, old: new
@@ -721,7 +767,7 @@ class Simulator:
                                      state.round)
       extra["present_share"] = jnp.mean(present.astype(jnp.float32))
     server_update, server_momentum = None, state.server_momentum
-    if self.root is not None:
+    if self._server_trains:
       root_x, root_y = self.root
       server_update, server_momentum = self.local_update(
           state.params, state.server_momentum, jnp.asarray(root_x), jnp.asarray(root_y),
@@ -732,6 +778,8 @@ class Simulator:
       agg_kwargs["present"] = present
     if server_update is not None:
       agg_kwargs["server_update"] = server_update
+    if getattr(self.aggregator, "needs", frozenset()) & {"representations", "global_params"}:
+      agg_kwargs["global_params"] = state.params  # the model the round started from
     central_clip = (clip_t if self.adaptive_quantile else self.central_clip)
 
     def server_clip(u):
@@ -841,10 +889,16 @@ class Simulator:
   def _aggregate(self, updates, aggregator_state, key, weights, coords, agg_kwargs):
     """The aggregator on the decoded rows `[n, d]`, or, with `aggregate_in="k"`, on their
     shared coordinates `[n, k]` (O(n·k) work), its aggregate scattered back into `[d]`."""
+    # A rule reading the clients' models in latent space gets every row's model on the root
+    # inputs, as it sees the rows (group means under secure aggregation).
+    latent = "representations" in getattr(self.aggregator, "needs", frozenset())
+    with_latent = lambda rows: (dict(agg_kwargs, representations=self.representations(
+        agg_kwargs["global_params"], rows)) if latent else agg_kwargs)
     if self.secure_group_size:  # the server sees the group means only (one secure sum each)
       groups = group_means(updates, key=jax.random.fold_in(key, _GROUPS_TAG),
                                    bucket_size=self.secure_group_size)
-      return self.aggregator.apply(groups, aggregator_state, key, None, **agg_kwargs)
+      return self.aggregator.apply(groups, aggregator_state, key, None, **with_latent(groups))
+    agg_kwargs = with_latent(updates)
     if self.compression.aggregate_in != "k":
       return self.aggregator.apply(updates, aggregator_state, key, weights, **agg_kwargs)
     idx = coords[1]
@@ -854,6 +908,14 @@ class Simulator:
     small, state, aux = self.aggregator.apply(updates[:, idx], aggregator_state, key, weights,
                                               **kwargs)
     return jnp.zeros((updates.shape[1],), small.dtype).at[idx].set(small), state, aux
+
+  def representations(self, params: jax.Array, rows: jax.Array) -> jax.Array:
+    """`[n, m, h]`: the penultimate-layer features (`Model.represent`) of every row's model
+    θ − x_i on the server's m root inputs, what a rule comparing the clients' models in latent
+    space (FLARE) reads. A non-finite or huge row gives a non-finite model and features: the
+    rule excludes them."""
+    root_x = jnp.asarray(self.root[0])
+    return jax.vmap(lambda u: self.model.represent(self._unravel(params - u), root_x))(rows)
 
   def behaviour_codes(self, masks: jax.Array, keys: jax.Array) -> jax.Array:
     """`[S, n]` int32 behaviour of every client in each draw (0 honest, k the k-th behaviour of
@@ -947,7 +1009,8 @@ class Simulator:
     (same average), loss/accuracy on the global test set (NaN-free for a classifier; a
     regressor's accuracies are NaN, undefined), and for a backdoor attack
     the backdoor success rate: the share of triggered test inputs whose true label is not the
-    target that the model classifies as the target. Honest metrics are NaN when S is empty;
+    target that the model classifies as the target (an edge-case backdoor, `Attack.source_label`:
+    of its source class's test inputs, transformed). Honest metrics are NaN when S is empty;
     `diverged` is 1 when a parameter is non-finite (the summaries then count the draw as
     diverged instead of averaging its accuracy in).
 
@@ -996,9 +1059,12 @@ class Simulator:
     backdoor = next((a for a in self.behaviours if a.trigger is not None), None)
     if backdoor is not None:
       target = backdoor.target_label
+      source = getattr(backdoor, "source_label", None)
+      # The inputs the backdoor is measured on: every test input whose true label is not the
+      # target, or (an edge-case backdoor) those of its source class.
+      measured = test_y != target if source is None else test_y == source
       success = lambda p: models_lib.masked_accuracy(
-          self.logits(p, backdoor.trigger(test_x)), jnp.full(test_y.shape, target),
-          test_y != target)
+          self.logits(p, backdoor.trigger(test_x)), jnp.full(test_y.shape, target), measured)
       if self.personal_head:  # mean over S of each honest client's own model
         extra["backdoor_accuracy"] = honest_mean(jax.vmap(success)(params))
       else:

@@ -61,6 +61,10 @@ def mutate(_config=None, **changes):
     ({"aggregator": "mean,centered_clipping", "compression__kind": "shared_random_k",
       "compression__aggregate_in": "k"},
      r"compression.aggregate_in='k': aggregator 'centered_clipping' keeps a state across rounds"),
+    # Durability: the attack stops before the last round, or acts every round (0).
+    ({"training__attack_rounds": 10}, r"training.attack_rounds=10 must be below "
+                                      r"training.num_rounds=10"),
+    ({"training__attack_rounds": -1}, r"training.attack_rounds=-1 is outside its domain"),
 ])
 def test_bad_config_values_are_rejected(changes, match):
   with pytest.raises(ValueError, match=match):

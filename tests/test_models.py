@@ -381,3 +381,25 @@ def test_char_model_errors():
                                  jax.random.key(0), jnp.zeros((1, 8)))
   with pytest.raises(ConfigError, match=r"have params/block_0/\w+/lora_a"):
     models.get("char_transformer", **opts, **_SMALL, lora_rank=1, base_params=with_adapters)
+
+
+def test_represent_is_the_penultimate_layer_and_only_where_there_is_one():
+  """`Model.represent`: the MLP's last hidden activations (NumPy forward pass) and the CNN's
+  dense layer (its logits are that layer times the output kernel plus the bias); None for
+  logistic regression and an MLP without hidden layers."""
+  x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype(np.float32)
+  mlp = models.get("mlp", input_shape=(8, 8, 1), num_classes=10, hidden=(7, 6))
+  p = mlp.init(jax.random.key(0))["params"]
+  h = x.reshape(5, -1).astype(np.float64)
+  for layer in ("Dense_0", "Dense_1"):
+    h = np.maximum(h @ np.asarray(p[layer]["kernel"]) + np.asarray(p[layer]["bias"]), 0)
+  np.testing.assert_allclose(mlp.represent({"params": p}, x), h, atol=1e-5)
+  cnn = models.get("cnn", input_shape=(8, 8, 1), num_classes=10, features=(4,), dense=9)
+  q = cnn.init(jax.random.key(1))
+  feats = np.asarray(cnn.represent(q, x), np.float64)
+  head = q["params"]["Dense_1"]
+  np.testing.assert_allclose(feats @ np.asarray(head["kernel"]) + np.asarray(head["bias"]),
+                             cnn.apply(q, x), atol=1e-4)
+  assert feats.shape == (5, 9) and np.all(feats >= 0)
+  assert models.get("logistic", input_shape=(8, 8, 1), num_classes=10).represent is None
+  assert models.get("mlp", input_shape=(8, 8, 1), num_classes=10, hidden=()).represent is None

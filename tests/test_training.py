@@ -290,3 +290,113 @@ def test_secure_aggregation_runs_the_rule_on_hand_computed_group_means():
   # Trimmed mean, f = 1: the NaN group sorts above every value, so it is trimmed from the top.
   ordered = np.sort(np.where(spoiled[:, None], np.inf, means), axis=0)
   np.testing.assert_allclose(np.asarray(got), ordered[1:3].mean(axis=0), atol=1e-6)
+
+
+# ----------------------------------------------------------------------- backdoor plumbing
+@pytest.mark.parametrize("attack", ["sign_flip", "label_flip"])
+def test_attack_rounds_stop_the_attack_exactly_from_that_round(rng, attack):
+  """Durability: with attack_rounds = 2, rounds 0–1 are the attacked run's and rounds 2–3 the
+  attack-free run's from the state reached (bit for bit: the same keys), for a model poisoning
+  and a data poisoning; without the limit the attack acts in round 3 too."""
+  train, _, _ = client_data(rng)
+  honest = jnp.array([True, False, True, True])
+  key = jax.random.key(1)
+  stopped = dataclasses.replace(simulator(attack=attack), attack_rounds=2)
+  attacked, clean = simulator(attack=attack), simulator()
+  run = lambda sim, state, r: jax.jit(functools.partial(sim.run_rounds, num_rounds=r))(
+      state, honest, key, train)[0]
+  got = run(stopped, stopped.init(jax.random.key(0)), 4)
+  half = run(attacked, attacked.init(jax.random.key(0)), 2)
+  want = run(clean, half, 2)
+  np.testing.assert_array_equal(np.asarray(got.params), np.asarray(want.params))
+  always = run(attacked, half, 2)
+  assert not np.allclose(np.asarray(always.params), np.asarray(want.params))
+
+
+def test_an_indexed_data_poisoning_gets_each_clients_own_index(rng):
+  """`Attack.indexed`: poison_data(key, x, y, client) sees the client's index among the n (here
+  it relabels every example client % C); the round's mean is the NumPy mean of the clients'
+  local updates trained on those labels, with and without client sampling."""
+  train, xs, ys = client_data(rng)
+  relabel = attacks.Attack("relabel_by_index", indexed=True,
+                           poison_data=lambda key, x, y, client: (x, jnp.full_like(y, client % C)))
+  for per_round in (0, 3):
+    sim = dataclasses.replace(simulator(), attack=relabel, clients_per_round=per_round)
+    init = sim.model.init(jax.random.key(0))
+    w = np.asarray(init["params"]["Dense_0"]["kernel"], np.float64)
+    b = np.asarray(init["params"]["Dense_0"]["bias"], np.float64)
+    state, _ = jax.jit(sim.round)(sim.init(jax.random.key(0)), jnp.zeros(4, bool),
+                                  jax.random.key(1), train)
+    chosen = (np.asarray(training.sample_clients(
+        jax.random.fold_in(jax.random.fold_in(jax.random.key(1), 0), training._SAMPLING_TAG),
+        4, per_round)) if per_round else np.arange(4))
+    outs = [np_local(w, b, 0 * w, 0 * b, xs[i], np.full(len(ys[i]), i % C), steps=1, lr=0.3,
+                     beta=0.0) for i in chosen]
+    _, unravel = ravel_pytree(init)
+    got = unravel(state.params)["params"]["Dense_0"]
+    np.testing.assert_allclose(got["kernel"], w - np.mean([o[0] for o in outs], 0), atol=2e-5)
+    np.testing.assert_allclose(got["bias"], b - np.mean([o[1] for o in outs], 0), atol=2e-5)
+
+
+def _recording_rule(needs, per_client_state=False):
+  """A mean that also reports the mean of the server inputs it asked for (aux)."""
+  def apply(updates, state, key, weights=None, present=None, **inputs):
+    aux = {k: jnp.mean(v) for k, v in inputs.items() if k in needs}
+    return jnp.mean(updates, axis=0), state, aux
+  return aggregators.Aggregator(name="recording", f=0, init=lambda d, dtype=None: (),
+                                apply=apply, needs=frozenset(needs),
+                                per_client_state=per_client_state)
+
+
+def test_representations_are_each_rows_model_on_the_root_inputs(rng):
+  """A rule asking for `representations` gets, for every row i, the hidden layer of the MLP
+  θ − x_i on the root inputs (NumPy forward pass), and `global_params` θ itself."""
+  train, xs, ys = client_data(rng)
+  model = models.get("mlp", input_shape=(FEATURES, 1, 1), num_classes=C, hidden=(5,))
+  root_x = rng.normal(size=(6, FEATURES, 1, 1)).astype(np.float32)
+  sim = training.Simulator(
+      model=model, aggregator=_recording_rule({"representations", "global_params"}),
+      attack=attacks.get("none", num_classes=C), local=training.LocalTraining(lr=0.3),
+      server_optimizer=optax.sgd(1.0), num_clients=4,
+      root=(root_x, np.zeros(6, np.int32)))
+  state0 = sim.init(jax.random.key(0))
+  state, aux = jax.jit(sim.round)(state0, jnp.ones(4, bool), jax.random.key(1), train)
+  updates = np.asarray(state0.params - state.params)   # the mean update (SGD at lr 1)
+  rows = np.asarray(sim.representations(state0.params, jnp.stack([jnp.asarray(updates)] * 2)))
+  _, unravel = ravel_pytree(model.init(jax.random.key(0)))
+  p = unravel(jnp.asarray(np.asarray(state0.params) - updates))["params"]["Dense_0"]
+  hidden = np.maximum(root_x.reshape(6, -1).astype(np.float64) @ np.asarray(p["kernel"])
+                      + np.asarray(p["bias"]), 0)
+  np.testing.assert_allclose(rows[0], hidden, atol=1e-5)
+  np.testing.assert_allclose(float(aux["global_params"]), np.mean(np.asarray(state0.params)),
+                             rtol=1e-5)
+  # The round's aux: the mean over the clients' own models' features, each client's update
+  # recomputed from its round key (as `round` derives it).
+  k_clients = jax.random.split(jax.random.fold_in(jax.random.key(1), 0), 3)[0]
+  keys = jax.random.split(k_clients, 4)
+  own = [sim.local_update(state0.params, state0.momentum[i], train.x[i], train.y[i],
+                          train.counts[i], keys[i], False)[0] for i in range(4)]
+  np.testing.assert_allclose(np.mean(own, axis=0), updates, atol=1e-6)
+  feats = [np.maximum(root_x.reshape(6, -1).astype(np.float64)
+                      @ np.asarray(unravel(state0.params - u)["params"]["Dense_0"]["kernel"])
+                      + np.asarray(unravel(state0.params - u)["params"]["Dense_0"]["bias"]), 0)
+           for u in own]
+  np.testing.assert_allclose(float(aux["representations"]), np.mean(feats), rtol=1e-4)
+
+
+def test_model_reading_rules_are_refused_where_they_cannot_run():
+  """Representations need a hidden layer and root data; a per-client state needs the same
+  clients in the same rows every round."""
+  logistic = models.get("logistic", input_shape=(FEATURES, 1, 1), num_classes=C)
+  mlp = models.get("mlp", input_shape=(FEATURES, 1, 1), num_classes=C, hidden=(5,))
+  root = (np.zeros((2, FEATURES, 1, 1), np.float32), np.zeros(2, np.int32))
+  common = dict(attack=attacks.get("none", num_classes=C), local=training.LocalTraining(),
+                server_optimizer=optax.sgd(1.0), num_clients=4)
+  with pytest.raises(ValueError, match="no representation layer"):
+    training.Simulator(model=logistic, aggregator=_recording_rule({"representations"}),
+                       root=root, **common)
+  with pytest.raises(ValueError, match="no root data"):
+    training.Simulator(model=mlp, aggregator=_recording_rule({"representations"}), **common)
+  with pytest.raises(ValueError, match="state per client"):
+    training.Simulator(model=mlp, aggregator=_recording_rule((), per_client_state=True),
+                       clients_per_round=3, **common)
