@@ -159,6 +159,13 @@ def sample_clients(key: jax.Array, num_clients: int, per_round: int) -> jax.Arra
   return jnp.sort(jax.random.permutation(key, num_clients)[:per_round]).astype(jnp.int32)
 
 
+class WithTrigger(NamedTuple):
+  """What `Simulator.evaluate` takes for a backdoor whose trigger is learned (A3FL): the global
+  parameters and the attack's state holding the trigger."""
+  params: jax.Array
+  trigger_state: Any
+
+
 class RunState(NamedTuple):
   params: jax.Array            # [d] flattened global model
   server_opt_state: Any
@@ -456,8 +463,19 @@ class Simulator:
 
   def eval_params(self, state: RunState):
     """What `evaluate` takes: the global parameters, or (shared, personal) with a personal
-    head (batched states give batched values)."""
-    return (state.params, state.personal) if self.personal_head else state.params
+    head, or `WithTrigger(params, attack state)` for a backdoor whose trigger is learned (A3FL:
+    measured with the trigger the attackers hold) (batched states give batched values)."""
+    if self.personal_head:
+      return (state.params, state.personal)
+    learned = self._learned_trigger()
+    if learned is not None:
+      return WithTrigger(state.params, state.attack_state[learned])
+    return state.params
+
+  def _learned_trigger(self) -> int | None:
+    """The index of the backdoor behaviour whose trigger reads its state, if any."""
+    return next((k for k, a in enumerate(self.behaviours)
+                 if a.trigger is not None and getattr(a, "stateful_data", False)), None)
 
   def _loss(self, params, x, y, weights):
     return self._data_loss(self.logits(params, x), y, weights) + self._penalty(params)
@@ -487,7 +505,8 @@ class Simulator:
     return jnp.where(keep, x, 0.0), jnp.where(valid, y, 0)
 
   def local_update(self, params, momentum, x, y, count, key, byzantine, fault_key=None,
-                   lr=None, example_dp=True, coordinates=None, clip=None, client=None):
+                   lr=None, example_dp=True, coordinates=None, clip=None, client=None,
+                   attack_states=None):
     """One client's local work (`LocalTraining`: K steps or E epochs, at learning rate `lr`,
     default the constant η); returns (update θ − θ̄ `[d]`, new momentum `[d]`).
 
@@ -502,20 +521,24 @@ class Simulator:
     (a scalar); every step then moves it (`privacy.adaptive_clip_update` on the step's noisy
     count of included examples with ‖g_j‖ ≤ C over B) and the call returns (update, momentum,
     the client's C after its steps). `client`: the client's index among the n (int32), for a
-    data poisoning that depends on it (`Attack.indexed`: DBA's share of the trigger)."""
+    data poisoning that depends on it (`Attack.indexed`: DBA's share of the trigger).
+    `attack_states`: the behaviours' states this round, for a data poisoning that reads its
+    attack's state (`Attack.stateful_data`: A3FL's learned trigger)."""
     cfg = self.local
     lr = cfg.lr if lr is None else lr
     roles = jnp.atleast_1d(byzantine)
     behaviours = self.behaviours
 
     def poisoned(k, xb, yb, idx):
-      for role, attack in zip(roles, behaviours):
+      for b, (role, attack) in enumerate(zip(roles, behaviours)):
         if attack.corrupt_data is not None and fault_key is not None:
           cx, cy = attack.corrupt_data(fault_key, xb, yb, idx)
           xb, yb = jnp.where(role, cx, xb), jnp.where(role, cy, yb)
         if attack.poison_data is not None:
-          px, py = (attack.poison_data(k, xb, yb, client) if getattr(attack, "indexed", False)
-                    else attack.poison_data(k, xb, yb))
+          extra = {"state": attack_states[b]} if getattr(attack, "stateful_data", False) else {}
+          px, py = (attack.poison_data(k, xb, yb, client, **extra)
+                    if getattr(attack, "indexed", False) else attack.poison_data(k, xb, yb,
+                                                                                 **extra))
           xb, yb = jnp.where(role, px, xb), jnp.where(role, py, yb)
       return xb, yb
 
@@ -690,6 +713,17 @@ class Simulator:
     # DP-SGD with adaptive clipping: each client's own per-example clip `[n]`, moved by its steps.
     example_clips = self.dp_sgd_clip and self.adaptive_quantile
     clips_in = ((take(state.clip) if self.sampling else state.clip) if example_clips else None)
+    # An attack that adapts to the global model before the clients train (A3FL's trigger): its
+    # state moves on the pooled data of the clients running it this round.
+    attack_states = list(state.attack_state)
+    for k, attack in enumerate(behaviours):
+      if getattr(attack, "adapt", None) is not None:
+        acting = roles[:, k] if self.population else byzantine
+        pooled = lambda a: a.reshape((-1,) + a.shape[2:])
+        weights_k = (acting[:, None] & valid_mask(train.counts, train.x.shape[1]))
+        attack_states[k] = attack.adapt(
+            jax.random.fold_in(k_attack, len(behaviours) + k), self.logits, state.params,
+            attack_states[k], pooled(train.x), pooled(train.y), pooled(weights_k))
     # Each client's index among the n, for a data poisoning that depends on it (DBA).
     indexed = any(getattr(a, "indexed", False) for a in behaviours)
     clients = jnp.arange(self.num_clients, dtype=jnp.int32) if indexed else None
@@ -699,9 +733,10 @@ class Simulator:
         self.local_update,
         (0 if self.personal_head else None, 0, 0, 0, 0, 0, 0, 0 if needs_fault_keys else None,
          None, None, None if subspace is None or subspace.ndim == 1 else 0,
-         0 if example_clips else None, 0 if indexed else None),
+         0 if example_clips else None, 0 if indexed else None, None),
         (start, momentum_in, train.x, train.y, train.counts, client_keys, client_roles,
-         faults_, lr, True, subspace, clips_in, clients), self.client_block)
+         faults_, lr, True, subspace, clips_in, clients, tuple(attack_states)),
+        self.client_block)
     updates, momentum = out[:2]
     taking = None  # Poisson sampling: the round's sample `[n]`; the others keep their state
     keep = lambda new, old: new
@@ -788,7 +823,6 @@ class Simulator:
 
     server_rule = lambda u: self._aggregate(server_clip(u)[0], state.aggregator_state,
                                             k_aggregator, weights, coords, agg_kwargs)[0]
-    attack_states = list(state.attack_state)
     # Under Poisson sampling the attack sees the round's sample only: the unsampled honest rows
     # count as not honest for its statistics (rows it then writes there are absent: no rule
     # reads them), so an unsampled client leaves the round unchanged.
@@ -1027,6 +1061,9 @@ class Simulator:
     the mean over i ∈ S of client i's model on the global test set. With `fine_tune_steps`,
     `honest_finetuned_holdout_loss/accuracy` measure each client's model after its local
     fine-tuning (`fine_tune`) on its held-out split, averaged like the held-out metrics."""
+    trigger_state = None
+    if isinstance(params, WithTrigger):  # a learned trigger: the attack's state at this point
+      params, trigger_state = params
     if honest.dtype != jnp.bool_:  # behaviour codes (`behaviour_codes`): 0 = honest
       codes, honest = honest, honest == 0
     else:
@@ -1063,8 +1100,10 @@ class Simulator:
       # The inputs the backdoor is measured on: every test input whose true label is not the
       # target, or (an edge-case backdoor) those of its source class.
       measured = test_y != target if source is None else test_y == source
+      triggered = (backdoor.trigger(test_x) if trigger_state is None
+                   else backdoor.trigger(test_x, trigger_state))
       success = lambda p: models_lib.masked_accuracy(
-          self.logits(p, backdoor.trigger(test_x)), jnp.full(test_y.shape, target), measured)
+          self.logits(p, triggered), jnp.full(test_y.shape, target), measured)
       if self.personal_head:  # mean over S of each honest client's own model
         extra["backdoor_accuracy"] = honest_mean(jax.vmap(success)(params))
       else:
