@@ -55,11 +55,11 @@ def stamp_pattern(x: jax.Array, *, patch_size: int = 2, value: float = 1.0) -> j
   whatever the image held there. patch_size = 1 is the single bright pixel, `stamp_trigger`'s."""
   h, w = x.shape[-3], x.shape[-2]
   rows, cols = _corner(h, w, patch_size)
-  full = np.zeros((h, w), np.float64)
-  p = min(patch_size, h), min(patch_size, w)
-  full[h - p[0]:, w - p[1]:] = pattern_values(patch_size, value)[patch_size - p[0]:,
-                                                                 patch_size - p[1]:]
-  return jnp.where(rows & cols, jnp.asarray(full[:, :, None], x.dtype), x)
+  # Offsets from the corner's top-left (negative outside the corner, masked off by rows & cols).
+  r = np.arange(h)[:, None] - (h - patch_size)
+  c = np.arange(w)[None, :] - (w - patch_size)
+  full = np.where((r + c) % 2 == 0, value, 0.0)[:, :, None]
+  return jnp.where(rows & cols, jnp.asarray(full, x.dtype), x)
 
 
 def blend_pattern(shape: tuple[int, int, int], value: float = 1.0) -> np.ndarray:
