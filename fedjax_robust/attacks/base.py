@@ -9,8 +9,13 @@ An `Attack` acts in one or both of two places of a round:
   included), which adaptive attacks query.
 - data poisoning, `poison_data(key, x, y) -> (x, y)`, transforms a Byzantine client's own
   minibatch before its local gradient (label flipping, backdoor triggers); honest clients train
-  on their true data. A backdoor also gives the `trigger` it stamps and its `target_label`, so
-  the evaluation can report the backdoor success rate.
+  on their true data. With `indexed=True` the simulator calls `poison_data(key, x, y, client)`,
+  `client` the client's index among the n (an int32 scalar, 0 … n − 1): DBA stamps local
+  trigger `client mod parts`. A backdoor also gives the `trigger` it stamps and its
+  `target_label`, so the evaluation can report the backdoor success rate: the share of
+  triggered test inputs classified as the target, over the test inputs whose true label is not
+  the target, or, when `source_label` is set (the edge-case backdoor), over those whose true
+  label is `source_label`.
 - inadvertent faults (`fedjax_robust.attacks.faults`) may also act through `corrupt_data(key, x, y, idx)
   -> (x, y)` (a fixed corruption of the client's examples `idx`, `key` fixed per client and
   draw), `sample_weights(y, valid) -> w` (a biased client samples its minibatches ∝ w), and
@@ -42,9 +47,13 @@ class Attack:
   name: str
   poison: Callable[[Array, Array, Array, Any, Aggregate | None], tuple[Array, Any]] | None = None
   init: Callable[..., Any] = lambda d, n=None: ()
-  poison_data: Callable[[Array, Array, Array], tuple[Array, Array]] | None = None
+  poison_data: Callable[..., tuple[Array, Array]] | None = None
   trigger: Callable[[Array], Array] | None = None
   target_label: int | None = None
+  # poison_data takes the client's index as a fourth argument (int32 scalar, 0 … n − 1).
+  indexed: bool = False
+  # The success rate's test inputs: those of this true label (None: every label but the target).
+  source_label: int | None = None
   corrupt_data: Callable[[Array, Array, Array, Array], tuple[Array, Array]] | None = None
   sample_weights: Callable[[Array, Array], Array] | None = None
   presence: Callable[[Array, Array, Array], Array] | None = None

@@ -13,6 +13,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from fedjax_robust import domains as D
+from fedjax_robust.attacks import backdoors
 from fedjax_robust.attacks import base
 from fedjax_robust.attacks import faults
 from fedjax_robust.errors import ConfigError
@@ -68,16 +69,50 @@ _MODEL_POISONING: dict[str, _Entry] = {
     "adaptive": _Entry(mp.adaptive, domains={
         "directions": D.Tuple(D.Choice(*mp.ADAPTIVE_DIRECTIONS), min_length=1), **_LINE_SEARCH}),
 }
-_BACKDOOR = {"target_label": D.Int(0, note="< the data set's number of classes"),
-             "fraction": D.PROBABILITY, "patch_size": D.POSITIVE_INT, "value": D.FINITE}
+_TARGET = {"target_label": D.Int(0, note="< the data set's number of classes"),
+           "fraction": D.PROBABILITY}
+_BACKDOOR = {**_TARGET, "patch_size": D.POSITIVE_INT, "value": D.FINITE,
+             "trigger": D.Choice(*data_poisoning.TRIGGERS),
+             "blend_alpha": D.Float(0, 1, low_open=True,
+                                    note="the blended trigger's weight α; other triggers ignore it")}
+# The options of the image-trigger backdoors that `data_poisoning.backdoor` takes.
+_BACKDOOR_KEYS = tuple(_BACKDOOR)
 
 
 def _model_replacement(key, x, y, *, target_label: int = 0, fraction: float = 0.5,
-                       patch_size: int = 2, value: float = 1.0, boost: float = float("nan")):
+                       patch_size: int = 2, value: float = 1.0, trigger: str = "square",
+                       blend_alpha: float = 0.2, boost: float = float("nan")):
   """Model replacement's options: its data part is `backdoor` (this function); `get` adds its
   update part, `model_poisoning.model_replacement` with γ = `boost`."""
   return data_poisoning.backdoor(key, x, y, target_label=target_label, fraction=fraction,
-                                 patch_size=patch_size, value=value)
+                                 patch_size=patch_size, value=value, trigger=trigger,
+                                 blend_alpha=blend_alpha)
+
+
+def _neurotoxin(key, x, y, *, target_label: int = 0, fraction: float = 0.5, patch_size: int = 2,
+                value: float = 1.0, trigger: str = "square", blend_alpha: float = 0.2,
+                top_k_ratio: float = 0.01, norm_bound: float = float("nan"),
+                estimate: str = "previous"):
+  """Neurotoxin's options: its data part is `backdoor` (this function); `get` adds its update
+  part, `backdoors.neurotoxin` (the mask and the norm bound, with its state)."""
+  return data_poisoning.backdoor(key, x, y, target_label=target_label, fraction=fraction,
+                                 patch_size=patch_size, value=value, trigger=trigger,
+                                 blend_alpha=blend_alpha)
+
+
+_DBA = {**_TARGET,
+        "parts": D.Int(1, note="local triggers, <= patch_size: bands of the corner's rows"),
+        "patch_size": D.POSITIVE_INT, "value": D.FINITE,
+        "trigger": D.Choice(*backdoors.DBA_TRIGGERS)}
+_EDGE_CASE = {**_TARGET,
+              "source_label": D.Int(0, note="< the number of classes, != target_label"),
+              "style": D.Choice(*backdoors.EDGE_STYLES)}
+_NEUROTOXIN = {**_BACKDOOR,
+               "top_k_ratio": D.Float(0, 1, high_open=True,
+                                      note="share of coordinates, largest |benign update|, "
+                                           "the attacker leaves alone"),
+               "norm_bound": D.Float(0, low_open=True, nan_means="no projection"),
+               "estimate": D.Choice(*backdoors.NEUROTOXIN_ESTIMATES)}
 
 
 def _text_backdoor(key, x, y, *, trigger: str = " O sweet ", target: str = "poison",
@@ -98,10 +133,13 @@ _DATA_POISONING: dict[str, _Entry] = {
     "model_replacement": _Entry(_model_replacement, domains={**_BACKDOOR, "boost": D.Float(
         0, low_open=True, optional=True, nan_means="γ = n/b from the realized b")}),
     "text_backdoor": _Entry(_text_backdoor, domains=_TEXT_BACKDOOR),
+    "dba": _Entry(backdoors.dba, domains=_DBA),
+    "edge_case": _Entry(backdoors.edge_case, domains=_EDGE_CASE),
+    "neurotoxin": _Entry(_neurotoxin, init=backdoors.neurotoxin_init, domains=_NEUROTOXIN),
 }
-# Attacks on images (a pixel trigger) and on text (a phrase of characters): each has no meaning
-# on the other kind of input.
-IMAGE_ONLY = ("backdoor", "model_replacement")
+# Attacks on images (a pixel trigger, a flip) and on text (a phrase of characters): each has no
+# meaning on the other kind of input.
+IMAGE_ONLY = ("backdoor", "model_replacement", "dba", "edge_case", "neurotoxin")
 TEXT_ONLY = ("text_backdoor",)
 
 
@@ -241,19 +279,78 @@ def get(name: str, *, num_classes: int | None,
   if name == "text_backdoor":
     return _get_text_backdoor({**allowed, **opts}, num_classes)
   full = {**allowed, **opts}
-  if not 0 <= full["target_label"] < num_classes:
-    raise ConfigError(f"attack_options.{name}.target_label={full['target_label']} must lie "
-                      f"in [0, {num_classes}): the data set has {num_classes} classes.")
-  poison = None  # backdoor; model replacement also scales the Byzantine rows
-  if name == "model_replacement":
-    poison = _model_poisoning(name, _Entry(mp.model_replacement), {"boost": full["boost"]}).poison
+  for label in ("target_label", "source_label"):
+    if label in full and not 0 <= full[label] < num_classes:
+      raise ConfigError(f"attack_options.{name}.{label}={full[label]} must lie "
+                        f"in [0, {num_classes}): the data set has {num_classes} classes.")
+  return _IMAGE_BACKDOORS[name](full)
+
+
+def _backdoor_trigger(full: dict[str, Any]):
+  """The evaluation's trigger of an image backdoor: its `trigger` on the whole image."""
+  return functools.partial(data_poisoning.apply_trigger, trigger=full["trigger"],
+                           patch_size=full["patch_size"], value=full["value"],
+                           blend_alpha=full["blend_alpha"])
+
+
+def _get_backdoor(full: dict[str, Any], name: str = "backdoor", poison=None,
+                  init=None) -> base.Attack:
+  kwargs = {} if init is None else {"init": init}
   return base.Attack(
-      name, poison=poison,
+      name, poison=poison, **kwargs,
       poison_data=functools.partial(data_poisoning.backdoor,
-                                    **{k: v for k, v in opts.items() if k != "boost"}),
-      trigger=functools.partial(data_poisoning.stamp_trigger, patch_size=full["patch_size"],
-                                value=full["value"]),
-      target_label=full["target_label"])
+                                    **{k: full[k] for k in _BACKDOOR_KEYS}),
+      trigger=_backdoor_trigger(full), target_label=full["target_label"])
+
+
+def _get_model_replacement(full: dict[str, Any]) -> base.Attack:
+  """The backdoor, and each Byzantine row scaled by γ = `boost` (`mp.model_replacement`)."""
+  poison = _model_poisoning("model_replacement", _Entry(mp.model_replacement),
+                            {"boost": full["boost"]}).poison
+  return _get_backdoor(full, "model_replacement", poison)
+
+
+def _get_neurotoxin(full: dict[str, Any]) -> base.Attack:
+  """The backdoor, and each Byzantine row masked and bounded (`backdoors.neurotoxin`)."""
+  update = {k: full[k] for k in ("top_k_ratio", "norm_bound", "estimate")}
+
+  def poison(key, updates, byzantine_mask, state, aggregate):
+    del key, aggregate
+    return backdoors.neurotoxin(updates, byzantine_mask, state, **update)
+
+  return _get_backdoor(full, "neurotoxin", poison,
+                       init=lambda d, n=None: backdoors.neurotoxin_init(d))
+
+
+def _get_dba(full: dict[str, Any]) -> base.Attack:
+  """DBA: client i stamps local trigger i mod parts (`indexed`); the evaluation the global one."""
+  if full["parts"] > full["patch_size"]:
+    raise ConfigError(f"attack_options.dba.parts={full['parts']} must be <= "
+                      f"attack_options.dba.patch_size={full['patch_size']}: each local trigger "
+                      "is a band of at least one row of the patch_size² corner.")
+  return base.Attack(
+      "dba", poison_data=functools.partial(backdoors.dba, **{k: full[k] for k in _DBA}),
+      trigger=functools.partial(data_poisoning.apply_trigger, trigger=full["trigger"],
+                                patch_size=full["patch_size"], value=full["value"]),
+      target_label=full["target_label"], indexed=True)
+
+
+def _get_edge_case(full: dict[str, Any]) -> base.Attack:
+  """The edge-case backdoor; its success rate is over the source class (`source_label`)."""
+  if full["source_label"] == full["target_label"]:
+    raise ConfigError(f"attack_options.edge_case.source_label={full['source_label']} equals "
+                      f"attack_options.edge_case.target_label={full['target_label']}: they "
+                      "must differ (the backdoor relabels the source class to the target).")
+  return base.Attack(
+      "edge_case",
+      poison_data=functools.partial(backdoors.edge_case, **{k: full[k] for k in _EDGE_CASE}),
+      trigger=functools.partial(backdoors.edge_style, style=full["style"]),
+      target_label=full["target_label"], source_label=full["source_label"])
+
+
+_IMAGE_BACKDOORS = {"backdoor": _get_backdoor, "model_replacement": _get_model_replacement,
+                    "neurotoxin": _get_neurotoxin, "dba": _get_dba,
+                    "edge_case": _get_edge_case}
 
 
 def _get_text_backdoor(full: dict[str, Any], num_classes: int) -> base.Attack:
