@@ -86,7 +86,8 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
         client_weights=None if client_weights is None else tuple(map(float, client_weights)),
         perplexity=data_lib.is_text(config.data.name))
   behaviours = [(attacks.get(name, num_classes=fed.num_classes,
-                             options=config.attack_options.get(name, {})), p)
+                             options=config.attack_options.get(name, {}),
+                             input_shape=tuple(fed.test_x.shape[1:])), p)
                 for name, p in attacks.parse_population(config.attack)]
   mixed = len(behaviours) > 1
   prior_weights = None

@@ -1394,6 +1394,10 @@ def _validate_personalization(config, specs, options) -> None:
     return
   what = (f"training.personalization={t.personalization!r}" if personal
           else f"training.fine_tune_steps={t.fine_tune_steps}")
+  if personal and "a3fl" in [name for name, _ in attacks.parse_population(config.attack)]:
+    raise ConfigError(f"attack 'a3fl' optimizes its trigger against the global model, and {what} "
+                      "leaves the server without an output layer; allowed: personalization "
+                      "'none' with it.")
   if config.data.holdout_fraction <= 0:
     raise ConfigError(f"{what} is measured on each client's own held-out split; set "
                       "data.holdout_fraction > 0 (e.g. 0.2), got data.holdout_fraction="

@@ -54,6 +54,13 @@ class Attack:
   indexed: bool = False
   # The success rate's test inputs: those of this true label (None: every label but the target).
   source_label: int | None = None
+  # An attack that adapts to the global model before the clients train (A3FL's trigger):
+  # `adapt(key, logits(θ, x), θ [d], state, x [m, ...], y [m], weights [m]) -> state`, on the
+  # pooled examples of the clients running it this round (weight 1; 0 elsewhere).
+  adapt: Callable[..., Any] | None = None
+  # poison_data and trigger read the attack's state: `poison_data(key, x, y, state=state)`,
+  # `trigger(x, state)` (the evaluation measures the trigger the attackers hold).
+  stateful_data: bool = False
   corrupt_data: Callable[[Array, Array, Array, Array], tuple[Array, Array]] | None = None
   sample_weights: Callable[[Array, Array], Array] | None = None
   presence: Callable[[Array, Array, Array], Array] | None = None

@@ -12,12 +12,16 @@ import functools
 import inspect
 from typing import Any, Callable, Mapping
 
+import jax
+import jax.numpy as jnp
+
 from fedjax_robust import domains as D
 from fedjax_robust.attacks import backdoors
 from fedjax_robust.attacks import base
 from fedjax_robust.attacks import faults
 from fedjax_robust.errors import ConfigError
 from fedjax_robust.errors import close_matches
+from fedjax_robust.attacks import a3fl
 from fedjax_robust.attacks import data_poisoning
 from fedjax_robust.attacks import model_poisoning as mp
 
@@ -122,6 +126,28 @@ def _text_backdoor(key, x, y, *, trigger: str = " O sweet ", target: str = "pois
   raise AssertionError("built by get")  # pragma: no cover
 
 
+_A3FL = {**_TARGET, "patch_size": D.POSITIVE_INT,
+         "value": D.FINITE,
+         "outer": D.Int(1, note="trigger iterations per round"),
+         "adversarial_steps": D.NONNEGATIVE_INT,
+         "adversarial_lr": D.NONNEGATIVE,
+         "trigger_lr": D.POSITIVE,
+         "balance": D.NONNEGATIVE,
+         "low": D.FINITE, "high": D.FINITE}
+
+
+def _a3fl(key, x, y, *, target_label: int = 0, fraction: float = 0.5, patch_size: int = 2,
+          value: float = 1.0, outer: int = 5, adversarial_steps: int = 5,
+          adversarial_lr: float = 0.1, trigger_lr: float = 0.05, balance: float = 1.0,
+          low: float = 0.0, high: float = 1.0):
+  """A3FL's options (`attacks.a3fl`): the backdoor's target, fraction and patch; the first
+  trigger value; per round `outer` sign steps of size `trigger_lr` on the trigger against the
+  global model and an adversarial model after `adversarial_steps` unlearning steps at
+  `adversarial_lr`, weighted λ₀ = `balance` times their cosine; pixel values kept in
+  [`low`, `high`] (digits: [0, 1]). `get` builds the attack."""
+  raise AssertionError("built by get")  # pragma: no cover
+
+
 _TEXT_BACKDOOR = {"trigger": D.Str(note="a phrase of the vocabulary's characters"),
                   "target": D.Str(note="its continuation, >= 1 character"),
                   "fraction": D.PROBABILITY}
@@ -136,10 +162,11 @@ _DATA_POISONING: dict[str, _Entry] = {
     "dba": _Entry(backdoors.dba, domains=_DBA),
     "edge_case": _Entry(backdoors.edge_case, domains=_EDGE_CASE),
     "neurotoxin": _Entry(_neurotoxin, init=backdoors.neurotoxin_init, domains=_NEUROTOXIN),
+    "a3fl": _Entry(_a3fl, domains=_A3FL),
 }
 # Attacks on images (a pixel trigger, a flip) and on text (a phrase of characters): each has no
 # meaning on the other kind of input.
-IMAGE_ONLY = ("backdoor", "model_replacement", "dba", "edge_case", "neurotoxin")
+IMAGE_ONLY = ("backdoor", "model_replacement", "dba", "edge_case", "neurotoxin", "a3fl")
 TEXT_ONLY = ("text_backdoor",)
 
 
@@ -248,10 +275,12 @@ def _model_poisoning(name: str, entry: _Entry, opts: dict[str, Any]) -> base.Att
 
 
 def get(name: str, *, num_classes: int | None,
-        options: Mapping[str, Any] | None = None) -> base.Attack:
+        options: Mapping[str, Any] | None = None, input_shape=None) -> base.Attack:
   """Builds the attack `name` with keyword `options` (e.g. ALIE's z, backdoor's target_label);
   `num_classes` None means real-valued targets (regression), which only the attacks that leave
-  the data alone accept. Inadvertent faults (`fedjax_robust.attacks.faults`) are built here too."""
+  the data alone accept. Inadvertent faults (`fedjax_robust.attacks.faults`) are built here too.
+  `input_shape` (an example's shape, `[H, W, C]` for images): what A3FL's learned trigger is
+  shaped by (its state cannot be initialized without it)."""
   if name in faults.names():
     return faults.get(name, num_classes=num_classes, options=options)
   opts = {k: v for k, v in dict(options or {}).items()}
@@ -283,7 +312,44 @@ def get(name: str, *, num_classes: int | None,
     if label in full and not 0 <= full[label] < num_classes:
       raise ConfigError(f"attack_options.{name}.{label}={full[label]} must lie "
                         f"in [0, {num_classes}): the data set has {num_classes} classes.")
+  if name == "a3fl":
+    return _get_a3fl(full, input_shape)
   return _IMAGE_BACKDOORS[name](full)
+
+
+def _get_a3fl(full: dict[str, Any], input_shape) -> base.Attack:
+  """A3FL (`attacks.a3fl`): the trigger δ in the attack's state, adapted each round before
+  local training, stamped on a `fraction` of the Byzantine clients' examples (relabelled to the
+  target) and measured as the attackers hold it."""
+  if not full["low"] < full["high"]:
+    raise ConfigError(f"attack_options.a3fl.low={full['low']} must be below "
+                      f"attack_options.a3fl.high={full['high']} (the pixel range).")
+  adapt_options = {k: full[k] for k in ("target_label", "patch_size", "outer",
+                                        "adversarial_steps", "adversarial_lr", "trigger_lr",
+                                        "balance", "low", "high")}
+
+  def init(d, n=None):
+    del d, n
+    if input_shape is None or len(input_shape) != 3:
+      raise ConfigError(f"attack 'a3fl' learns an image trigger [H, W, C]; it needs the "
+                        f"examples' shape (input_shape), got {input_shape!r}.")
+    return a3fl.init_trigger(tuple(input_shape), value=full["value"])
+
+  def adapt(key, logits, params, state, x, y, weights):
+    del key
+    return a3fl.adapt(state, logits, params, x, y, weights, **adapt_options)
+
+  mask = lambda shape: a3fl.patch_mask(shape, full["patch_size"])
+
+  def poison_data(key, x, y, *, state):
+    poisoned = jax.random.bernoulli(key, full["fraction"], y.shape)
+    stamped = a3fl.stamp_learned(x, state, mask(state.shape))
+    keep = poisoned.reshape(poisoned.shape + (1,) * (x.ndim - poisoned.ndim))
+    return jnp.where(keep, stamped, x), jnp.where(poisoned, full["target_label"], y)
+
+  return base.Attack("a3fl", init=init, adapt=adapt, poison_data=poison_data,
+                     trigger=lambda x, state: a3fl.stamp_learned(x, state, mask(state.shape)),
+                     target_label=full["target_label"], stateful_data=True)
 
 
 def _backdoor_trigger(full: dict[str, Any]):
