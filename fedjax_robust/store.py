@@ -38,6 +38,11 @@ from fedjax_robust import experiment
 # Per-draw theory arrays kept in a point's npz (theory.report.per_draw).
 THEORY_DRAWS = ("g2", "b2", "bound", "valid", "error", "tightness", "bound_plugin",
                 "valid_plugin", "tightness_plugin", "kappa_ratio")
+# Per-evaluation curves `curve_<metric>` ([E + 1, S], accuracies of diverged draws NaN) kept
+# in a point's npz beside `eval_rounds` ([E + 1], 0 first) where the run measures a backdoor:
+# a backdoor's durability after the attack stops is read from them
+# (report/sweeps/backdoors.py); other points keep their final values only.
+CURVE_METRICS = ("backdoor_accuracy", "test_accuracy")
 # The statistics of a metric of results.csv (evaluation.summarize's keys).
 STATISTICS = ("mean", "ci95", "std", "q05", "q25", "q50", "q75", "q95", "worst", "cvar50",
               "cvar90", "count", "undefined", "identical")

@@ -10,7 +10,7 @@ the order they are written:
   provenance (code version, JAX/jaxlib, backend and devices, seed, draws per chunk) and its rows
   of results.csv: the point id of results.csv resolves to it;
 - `workdir/points/<id>.npz`: its per-draw values and provenance (written to a temporary file,
-  then renamed);
+  then renamed); a backdoor run's also its per-evaluation curves (store.CURVE_METRICS);
 - `workdir/results.csv`: its statistics (one row per point × metric × statistic; the file is
   rewritten atomically after every point, rows in the order of the sweep's points, integer
   statistics as integers), so the same sweep gives the same file byte for byte however often it
@@ -234,6 +234,16 @@ def _rows(pid: str, tags: Mapping[str, Any], summary: dict) -> list[dict]:
   return rows
 
 
+def _curves(run_) -> dict[str, np.ndarray]:
+  """A backdoor run's per-evaluation curves for its npz (store.CURVE_METRICS, with the rounds
+  they were taken at); {} for a run without a backdoor metric."""
+  if "backdoor_accuracy" not in run_.metrics:
+    return {}
+  metrics = results.defined_metrics(run_)
+  return {"eval_rounds": np.asarray(run_.rounds),
+          **{f"curve_{k}": np.asarray(metrics[k]) for k in store.CURVE_METRICS if k in metrics}}
+
+
 def _theory_rows(pid: str, tags: Mapping[str, Any], t: dict) -> list[dict]:
   rows = []
   for metric, key in store.THEORY_METRICS.items():
@@ -397,6 +407,7 @@ def run(base, points: Sequence[Point], workdir: str, *,
                        num_byzantine=counts, provenance=json.dumps(record),
                        honest_masks=np.asarray(exp.masks[job.aggregator], bool),
                        **{f"final_{k}": v[-1] for k, v in results.defined_metrics(run_).items()},
+                       **_curves(run_),
                        **{f"theory_{k}": np.asarray(theory[k]) for k in store.THEORY_DRAWS
                           if k in theory})
       store.write_results(path, rows)

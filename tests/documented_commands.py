@@ -68,6 +68,9 @@ _TINY_GRID = {
                                       "grid.rules": "trimmed_mean"},
     "configs/shakespeare.py": {"grid.aggregators": "trimmed_mean", "grid.law": "plays",
                                "grid.finetuning": "lora"},
+    # an attack and a defence that exist on every branch (the planned ones land in parallel)
+    "configs/backdoors.py": {"grid.attack": "model_replacement", "grid.defence": "norm_clipping",
+                             "grid.mu_h": "independent"},
 }
 # The sizes of a text job beyond the draws and rounds (a configuration's `base` keys): a few
 # windows per client and a base pretrained for a few steps, cached in the command's workdir.

@@ -393,3 +393,206 @@ def test_the_privacy_report_pairs_central_with_local_at_the_same_epsilon(tmp_pat
     table = {(t["mechanism"], float(t["target_epsilon"])): t for t in csv.DictReader(fh)}
   assert float(table[("central", 8.0)]["epsilon"]) == pytest.approx(7.99)
   assert table[("none", 0.0)]["epsilon"] == "inf"
+
+
+# ------------------------------------------------------------ configs/backdoors.py (issue 32)
+def _read_csv(path):
+  with open(path) as fh:
+    return list(csv.DictReader(fh))
+
+
+def _same(a, b):
+  """Equal floats, NaN equal to NaN (an undefined interval on both sides)."""
+  a, b = float(a), float(b)
+  return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+def test_the_backdoor_config_is_found_and_refuses_unknown_grid_values():
+  """configs/backdoors.py (not named sweep_<name>) has its report through REPORTS; points() is
+  μ_H × attack × defence with the two laws of the same mean p, and a value outside the planned
+  names is a ConfigError naming the axis, the value and what is allowed."""
+  from configs import backdoors  # pylint: disable=g-import-not-at-top
+  from fedjax_robust import errors  # pylint: disable=g-import-not-at-top
+  from fedjax_robust.report.sweeps import backdoors as backdoors_report  # pylint: disable=g-import-not-at-top
+  assert sweeps.for_config("configs.backdoors") is backdoors_report.report
+  c = backdoors.get_config()
+  pts = backdoors.points(c)
+  assert len(pts) == 2 * len(backdoors.ATTACKS) * len(backdoors.DEFENCES)
+  clustered = next(p.overrides for p in pts if p.tags["mu_H"] == "clustered")
+  assert (clustered["honest_set_options.clusters.pi"] * clustered["honest_set_options.clusters.q1"]
+          == pytest.approx(backdoors.P))
+  assert 2 * c.base.f < c.base.num_clients and c.base.data.root_examples > 0
+  clip = next(p for p in pts if p.tags["defence"] == "norm_clipping").overrides
+  assert clip["aggregator"] == "static_clipping+mean"
+  for axis, bad in (("attack", "trojan"), ("defence", "krum"), ("mu_h", "graph")):
+    c = backdoors.get_config()
+    c.grid[axis] = (bad,)
+    with pytest.raises(errors.ConfigError, match=rf"grid\.{axis}='{bad}' is outside its domain: "
+                       r"one of '"):
+      backdoors.points(c)
+
+
+@pytest.fixture(scope="module")
+def backdoor_sweep(tmp_path_factory):
+  """configs/backdoors.py's points at a tiny size, really trained: model replacement under
+  norm clipping, both laws, 4 draws, 4 rounds evaluated every 2; the attackers stop after round
+  2 (training.attack_rounds where the config has it; else the points' records say so, which is
+  what the report reads). Returns (config, workdir, rows, ids, printed)."""
+  from configs import backdoors  # pylint: disable=g-import-not-at-top
+  from fedjax_robust.report.sweeps import backdoors as backdoors_report  # pylint: disable=g-import-not-at-top
+  c = backdoors.get_config()
+  c.base.num_samples = 4
+  c.base.training.num_rounds = 4
+  c.base.training.eval_every = 2
+  c.base.mesh = ""
+  c.grid.attack = ("model_replacement",)
+  c.grid.defence = ("norm_clipping",)
+  has_window = "attack_rounds" in c.base.training
+  if has_window:
+    c.base.training.attack_rounds = 2
+  workdir = str(tmp_path_factory.mktemp("backdoors"))
+  pts = backdoors.points(c)
+  rows = sweep.run(c.base, pts, workdir, log=lambda _: None)
+  ids = {sweep.point_id(sweep.apply_overrides(c.base, p.overrides)) for p in pts}
+  if not has_window:
+    for pid in ids:
+      record = sweep.load_record(sweep.config_path(workdir, pid))
+      record["config"]["training"]["attack_rounds"] = 2
+      with open(sweep.config_path(workdir, pid), "w") as fh:
+        json.dump(record, fh)
+  printed = []
+  paths = backdoors_report.report(c, rows, workdir, ids, log=printed.append)
+  assert [os.path.basename(p) for p in paths] == ["backdoors.csv", "backdoors_by_b.csv",
+                                                  "backdoors_durability.csv"]
+  return c, workdir, rows, ids, "\n".join(printed)
+
+
+def test_the_backdoor_report_gives_each_points_stored_draws(backdoor_sweep):
+  """The headline table against the stored per-draw values, recomputed here: E[backdoor
+  success] their mean, CVaR90 the mean of the worst ⌈0.1·K⌉ draws (the highest success; and
+  evaluation.cvar), E[main accuracy] and its CI those results.csv holds for test_accuracy."""
+  from fedjax_robust import evaluation  # pylint: disable=g-import-not-at-top
+  _, workdir, rows, ids, printed = backdoor_sweep
+  table = {t["point"]: t for t in _read_csv(os.path.join(workdir, "backdoors.csv"))}
+  assert set(table) == ids
+  for pid, t in table.items():
+    arrays = sweep.load_point(sweep.point_path(workdir, pid))
+    success = arrays["final_backdoor_accuracy"].astype(np.float64)
+    assert not np.isnan(success).any()
+    assert float(t["backdoor_mean"]) == pytest.approx(success.mean(), rel=1e-12)
+    k = math.ceil(0.1 * success.size)
+    worst = np.sort(success)[::-1][:k].mean()
+    assert float(t["backdoor_cvar90"]) == pytest.approx(worst, rel=1e-12)
+    assert float(t["backdoor_cvar90"]) == pytest.approx(evaluation.cvar(success, 0.9))
+    stored = {r["statistic"]: r["value"] for r in rows
+              if r["point"] == pid and r["metric"] == "test_accuracy"}
+    for ours, theirs in (("main_mean", "mean"), ("main_ci_low", "mean_ci_low"),
+                         ("main_ci_high", "mean_ci_high")):
+      assert _same(t[ours], stored[theirs]), (ours, t[ours], stored[theirs])
+    line = next(line for line in printed.splitlines()
+                if line.startswith(f"{t['mu_H']:12s} model_replacement  norm_clipping"))
+    assert f"{100 * worst:.2f}" in line
+
+
+def test_the_backdoor_report_conditions_on_every_realized_b(backdoor_sweep):
+  """E[backdoor success | b]: one row per realized b, no other, with its draws and the mean of
+  the stored values of those draws."""
+  _, workdir, _, _, printed = backdoor_sweep
+  by_b = _read_csv(os.path.join(workdir, "backdoors_by_b.csv"))
+  table = _read_csv(os.path.join(workdir, "backdoors.csv"))
+  for t in table:
+    arrays = sweep.load_point(sweep.point_path(workdir, t["point"]))
+    counts, success = arrays["num_byzantine"], arrays["final_backdoor_accuracy"]
+    mine = [r for r in by_b if r["mu_H"] == t["mu_H"]]
+    assert [int(r["b"]) for r in mine] == sorted(set(counts.tolist()))
+    for r in mine:
+      at = counts == int(r["b"])
+      assert int(r["draws"]) == at.sum()
+      assert float(r["backdoor_mean"]) == pytest.approx(success[at].astype(np.float64).mean())
+      assert int(r["b_gt_f"]) == (int(r["b"]) > int(t["f"]))
+  assert "E[backdoor success | b]" in printed
+
+
+def test_the_backdoor_report_gives_durability_after_the_attack_stops(backdoor_sweep):
+  """Durability rows: every evaluation at t ≥ R = 2 (t − R clean rounds since the last attacked
+  round), the mean over draws of the stored curve there; the curve's last row is the stored
+  final value (the sweep keeps a backdoor point's curves)."""
+  _, workdir, _, ids, printed = backdoor_sweep
+  durability = _read_csv(os.path.join(workdir, "backdoors_durability.csv"))
+  for pid in ids:
+    arrays = sweep.load_point(sweep.point_path(workdir, pid))
+    tags = json.loads(str(arrays["tags"]))
+    np.testing.assert_array_equal(arrays["eval_rounds"], [0, 2, 4])
+    curve = arrays["curve_backdoor_accuracy"].astype(np.float64)
+    np.testing.assert_array_equal(curve[-1], arrays["final_backdoor_accuracy"])
+    np.testing.assert_array_equal(arrays["curve_test_accuracy"][-1],
+                                  arrays["final_test_accuracy"])
+    mine = [r for r in durability if r["mu_H"] == tags["mu_H"]]
+    assert [(int(r["round"]), int(r["rounds_since_attack"])) for r in mine] == [(2, 0), (4, 2)]
+    for r, k in zip(mine, (1, 2)):
+      assert float(r["backdoor_mean"]) == pytest.approx(curve[k].mean(), rel=1e-12)
+      assert float(r["main_mean"]) == pytest.approx(
+          arrays["curve_test_accuracy"][k].astype(np.float64).mean(), rel=1e-12)
+  assert "Durability: backdoor success" in printed
+
+
+def test_the_backdoor_report_says_what_is_exact_saturated_or_undefined(tmp_path):
+  """On hand-made points: copies of one honest set print '(exact)§' without a CI; different
+  honest sets all at 100% print '(every draw)†' without a CI; a b no draw realized has no row;
+  a b whose draws all diverged has its draws and an undefined mean ('n/a'); a point attacked in
+  every round has no durability row, one without stored curves is named."""
+  from configs import backdoors  # pylint: disable=g-import-not-at-top
+  from fedjax_robust.report.sweeps import backdoors as backdoors_report  # pylint: disable=g-import-not-at-top
+  c = backdoors.get_config()
+  workdir = str(tmp_path)
+  os.makedirs(tmp_path / "points")
+  n = 6
+  varied = np.ones((4, n), bool)
+  varied[0, :1] = varied[1, :3] = varied[2, :3] = varied[3, :1] = False   # b = 1, 3, 3, 1
+  same = np.tile(varied[:1], (4, 1))                                       # b = 1 in every draw
+  nan = float("nan")
+  spec = {  # pid: (defence, masks, backdoor values, attack_rounds, curves kept)
+      "saturated": ("mean", varied, [1.0, 1.0, 1.0, 1.0], 2, True),
+      "copies": ("flame", same, [0.25] * 4, 0, True),
+      "diverged": ("trimmed_mean", varied, [0.5, nan, nan, 0.25], 2, False)}
+  rows = []
+  for pid, (defence, masks, values, attack_rounds, curves) in spec.items():
+    tags = {"mu_H": "independent", "attack": "square", "defence": defence}
+    values = np.asarray(values)
+    extra = ({"eval_rounds": np.array([0, 2, 4]),
+              "curve_backdoor_accuracy": np.stack([values * 0, values / 2, values])}
+             if curves else {})
+    sweep.save_point(sweep.point_path(workdir, pid), tags=json.dumps(tags),
+                     num_byzantine=(~masks).sum(1), honest_masks=masks,
+                     final_backdoor_accuracy=values, final_test_accuracy=np.full(4, 0.875),
+                     provenance="{}", **extra)
+    with open(sweep.config_path(workdir, pid), "w") as fh:
+      json.dump({"tags": tags, "provenance": {}, "config": {
+          "f": 1, "training": {"num_rounds": 4, "attack_rounds": attack_rounds},
+          "report": {"interval": "bca", "bootstrap_resamples": 999}}}, fh)
+    rows.append({"point": pid, **tags, "metric": "test_accuracy", "statistic": "mean",
+                 "value": 0.875})
+  printed = []
+  backdoors_report.report(c, rows, workdir, set(spec), log=printed.append)
+  text = "\n".join(printed)
+  lines = {pid: next(line for line in printed if f" {spec[pid][0]:14s} " in line
+                     and line.startswith("independent")) for pid in spec}
+  assert "100.00 (every draw)†" in lines["saturated"] and "[" not in lines["saturated"]
+  assert backdoors_report.EVERY_DRAW_NOTE in text
+  assert "25.00 (exact)§" in lines["copies"] and results.EXACT_NOTE in text
+  assert "87.50 (exact)§" in lines["copies"]       # main accuracy: copies too
+  assert "87.50 (every draw)†" in lines["saturated"]
+  assert "(2 of 4 draws diverged: left out)" in lines["diverged"]
+  by_b = _read_csv(tmp_path / "backdoors_by_b.csv")
+  got = {(r["defence"], int(r["b"])): r for r in by_b}
+  assert set(got) == {("mean", 1), ("mean", 3), ("flame", 1), ("trimmed_mean", 1),
+                      ("trimmed_mean", 3)}                           # b = 0, 2 never realized
+  assert (got[("trimmed_mean", 3)]["draws"], got[("trimmed_mean", 3)]["backdoor_defined"]) == (
+      "2", "0")
+  assert math.isnan(float(got[("trimmed_mean", 3)]["backdoor_mean"]))
+  assert float(got[("trimmed_mean", 1)]["backdoor_mean"]) == pytest.approx(0.375)
+  assert "b=3*: n/a (2)" in text
+  durability = _read_csv(tmp_path / "backdoors_durability.csv")
+  assert [(r["defence"], r["rounds_since_attack"], float(r["backdoor_mean"]))
+          for r in durability] == [("mean", "0", 0.5), ("mean", "2", 1.0)]
+  assert "point diverged" in text and "no per-evaluation curves" in text

@@ -728,3 +728,27 @@ def test_each_point_is_validated_once(tmp_path, monkeypatch):
   grid = points()[:2]
   sweep.run(base(), grid, str(tmp_path), log=lambda _: None)
   assert len(calls) == len(grid)
+
+
+def test_a_backdoor_points_file_keeps_its_per_evaluation_curves(tmp_path):
+  """A point whose run measures a backdoor keeps, beside its final values, the curves of
+  store.CURVE_METRICS over every evaluation (`eval_rounds`; the durability of a backdoor is read
+  from them, report/sweeps/backdoors.py): their last row is the final value, diverged draws'
+  accuracies NaN as in the final values; a point without a backdoor keeps final values only."""
+  c = base()
+  c.num_samples = 2
+  pts = sweep.product(sweep.axis("attack", ["backdoor", "alie"]),
+                      sweep.axis("aggregator", ["mean"]))
+  sweep.run(c, pts, str(tmp_path), log=lambda _: None)
+  for p in pts:
+    pid = sweep.point_id(sweep.apply_overrides(c, p.overrides))
+    arrays = sweep.load_point(sweep.point_path(str(tmp_path), pid))
+    if p.tags["attack"] == "alie":
+      assert not any(k.startswith("curve_") or k == "eval_rounds" for k in arrays)
+      continue
+    np.testing.assert_array_equal(arrays["eval_rounds"], [0, 5, 10])
+    for metric in store.CURVE_METRICS:
+      curve = arrays[f"curve_{metric}"]
+      assert curve.shape == (3, 2)
+      np.testing.assert_array_equal(curve[-1], arrays[f"final_{metric}"])
+    assert np.all(np.isfinite(arrays["curve_backdoor_accuracy"]))  # no draw diverged here
