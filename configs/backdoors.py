@@ -28,13 +28,6 @@ target. The report (`fedjax_robust/report/sweeps/backdoors.py`) prints and write
 of backdoor success (the mean of the worst 10% of draws) at the last round; E[backdoor success |
 b] for every realized b with its draws; and the backdoor success at each evaluation after the
 attack stops (durability).
-
-Which names run where: ATTACKS and DEFENCES hold every planned name with its overrides; on the
-branch that wrote this file only the attack "model_replacement" and the defences "mean",
-"norm_clipping", "flame", "fltrust" and "trimmed_mean" exist (sweep.run refuses the others
-before any work, naming the key), and `training.attack_rounds` is set only where the config
-schema has it (else the attackers act in every round and the report says there is no
-durability to show).
 """
 
 import ml_collections
@@ -98,10 +91,7 @@ def get_config():
   base.theory.enabled = False
   base.training.num_rounds = 100
   base.training.eval_every = 10
-  # TODO(lead): drop the guard once main's config schema has training.attack_rounds (int >= 0,
-  # 0 = every round); without it the attackers act in every round.
-  if "attack_rounds" in base.training:
-    base.training.attack_rounds = ATTACK_ROUNDS
+  base.training.attack_rounds = ATTACK_ROUNDS
   c = ml_collections.ConfigDict()
   c.base = base
   c.grid = ml_collections.ConfigDict({"attack": tuple(ATTACKS), "defence": tuple(DEFENCES),

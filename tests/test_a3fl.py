@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conftest import tiny_config
 from fedjax_robust.attacks import a3fl
 
 H, W, CH, C = 4, 4, 1, 3
@@ -99,3 +100,34 @@ def test_the_trigger_lowers_the_target_loss_and_waits_without_attackers():
   np.testing.assert_array_equal(np.asarray(none), np.asarray(delta))
   some = a3fl.adapt(delta, logits, theta, nan_x, y, ones.at[0].set(0.0), **kw)
   assert np.all(np.isfinite(np.asarray(some)))
+
+
+def test_in_training_the_trigger_moves_each_round_and_is_measured_as_held():
+  """Through the simulator (tiny digits job, every client but one Byzantine): the state's
+  trigger changes only on the patch, and the evaluation's backdoor success is the share of
+  non-target test inputs stamped with the state's trigger that the model sends to the target
+  (recomputed here with NumPy's argmax), not the initial trigger's."""
+  from fedjax_robust import build, config as config_lib, data as data_lib, training
+  c = tiny_config()
+  c.attack = "a3fl"
+  c.aggregator = "mean"
+  c.attack_options.a3fl.outer = 2
+  c.attack_options.a3fl.adversarial_steps = 1
+  job = config_lib.validate(c)
+  fed = config_lib.make_data(job)
+  sim = build.make_simulator(job, "mean", fed)
+  honest = jnp.asarray([True, False, False, False, False, False])
+  state0 = sim.init(jax.random.key(0))
+  state, _ = jax.jit(lambda s: sim.run_rounds(s, honest, jax.random.key(3), fed.train, 3))(state0)
+  delta0, delta = np.asarray(state0.attack_state[0]), np.asarray(state.attack_state[0])
+  mask = np.asarray(a3fl.patch_mask(delta.shape, c.attack_options.a3fl.patch_size)) > 0
+  np.testing.assert_array_equal(delta[~mask], delta0[~mask])
+  assert not np.array_equal(delta[mask], delta0[mask])
+  assert delta.min() >= 0.0 and delta.max() <= 1.0
+  metrics = sim.evaluate(sim.eval_params(state), honest, fed.train, fed.test_x, fed.test_y)
+  target = c.attack_options.a3fl.target_label
+  stamped = np.where(mask, delta, np.asarray(fed.test_x))
+  predicted = np.argmax(np.asarray(sim.logits(state.params, jnp.asarray(stamped))), axis=1)
+  keep = np.asarray(fed.test_y) != target
+  np.testing.assert_allclose(float(metrics["backdoor_accuracy"]),
+                             np.mean(predicted[keep] == target), atol=1e-6)

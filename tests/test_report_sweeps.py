@@ -436,8 +436,7 @@ def test_the_backdoor_config_is_found_and_refuses_unknown_grid_values():
 def backdoor_sweep(tmp_path_factory):
   """configs/backdoors.py's points at a tiny size, really trained: model replacement under
   norm clipping, both laws, 4 draws, 4 rounds evaluated every 2; the attackers stop after round
-  2 (training.attack_rounds where the config has it; else the points' records say so, which is
-  what the report reads). Returns (config, workdir, rows, ids, printed)."""
+  2 (training.attack_rounds = 2). Returns (config, workdir, rows, ids, printed)."""
   from configs import backdoors  # pylint: disable=g-import-not-at-top
   from fedjax_robust.report.sweeps import backdoors as backdoors_report  # pylint: disable=g-import-not-at-top
   c = backdoors.get_config()
@@ -447,19 +446,11 @@ def backdoor_sweep(tmp_path_factory):
   c.base.mesh = ""
   c.grid.attack = ("model_replacement",)
   c.grid.defence = ("norm_clipping",)
-  has_window = "attack_rounds" in c.base.training
-  if has_window:
-    c.base.training.attack_rounds = 2
+  c.base.training.attack_rounds = 2
   workdir = str(tmp_path_factory.mktemp("backdoors"))
   pts = backdoors.points(c)
   rows = sweep.run(c.base, pts, workdir, log=lambda _: None)
   ids = {sweep.point_id(sweep.apply_overrides(c.base, p.overrides)) for p in pts}
-  if not has_window:
-    for pid in ids:
-      record = sweep.load_record(sweep.config_path(workdir, pid))
-      record["config"]["training"]["attack_rounds"] = 2
-      with open(sweep.config_path(workdir, pid), "w") as fh:
-        json.dump(record, fh)
   printed = []
   paths = backdoors_report.report(c, rows, workdir, ids, log=printed.append)
   assert [os.path.basename(p) for p in paths] == ["backdoors.csv", "backdoors_by_b.csv",
