@@ -186,6 +186,75 @@ def bulyan(x, f):
   return meamed(x[chosen], 2 * f)
 
 
+
+def finite_rows(x):
+  """True where a row has no NaN or ±inf entry."""
+  return np.all(np.isfinite(np.asarray(x, np.float64)), axis=1)
+
+
+def foolsgold(x, history=None, kappa=1.0):
+  """FoolsGold (Fung, Yoon, Beschastnikh, RAID 2020) one round, as the authors' code computes
+  it: returns (aggregate, new history, weights α). The finite rows are added to the histories;
+  a non-finite history takes no part; cs_ii = 0 (the code's cs − I), a cosine of 0 for a zero
+  history, cos = 1 − ‖û_i − û_j‖²/2 from the unit histories (1 for identical ones); pardoning
+  loop; α = 1 − max cs clipped to [0, 1], divided by its maximum, 1 → 0.99, the logit with
+  confidence κ clipped to [0, 1]; output Σ α_i x_i / n over the finite rows (0 if every α is 0)."""
+  x = np.asarray(x, np.float64)
+  n, d = x.shape
+  h = np.zeros((n, d)) if history is None else np.array(history, np.float64)
+  finite = finite_rows(x)
+  h[finite] += x[finite]
+  valid = finite_rows(h)
+  norms = np.array([np.linalg.norm(r) if ok else 0.0 for r, ok in zip(h, valid)])
+  cs = np.zeros((n, n))
+  for i in range(n):
+    for j in range(n):
+      if i != j and valid[i] and valid[j] and norms[i] > 0 and norms[j] > 0:
+        # cos = 1 − ‖û_i − û_j‖²/2 for unit vectors: exactly 1 for identical directions.
+        diff = h[i] / norms[i] - h[j] / norms[j]
+        cs[i, j] = min(1.0, max(-1.0, 1.0 - 0.5 * (diff @ diff)))
+  v = cs.max(axis=1)
+  for i in range(n):
+    for j in range(n):
+      if i != j and v[i] < v[j]:
+        cs[i, j] *= v[i] / v[j]
+  alpha = np.clip(1.0 - cs.max(axis=1), 0.0, 1.0)
+  alpha[~valid] = 0.0
+  if alpha.max() > 0:
+    alpha = alpha / alpha.max()
+    alpha[alpha == 1.0] = 0.99
+    with np.errstate(divide="ignore"):
+      alpha = np.clip(kappa * (np.log(alpha / (1.0 - alpha)) + 0.5), 0.0, 1.0)
+  alpha[~finite] = 0.0
+  out = alpha[finite] @ x[finite] / n if finite.any() else np.zeros(d)
+  return out, h, alpha
+
+
+def robust_lr(x, f, threshold=None, weights=None):
+  """Robust learning rate (Ozdayi, Kantarcioglu, Gel, AAAI 2021): the (weighted) mean of the
+  finite rows, each coordinate negated where |Σ_i sign(x_ij)| over the finite rows is below θ
+  (θ = f + 1 unless given); 0 without a finite row."""
+  x = np.asarray(x, np.float64)
+  theta = f + 1 if threshold is None else threshold
+  finite = finite_rows(x)
+  w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
+  votes = np.abs(np.sign(x[finite]).sum(axis=0))
+  total = w[finite].sum()
+  mean = w[finite] @ x[finite] / total if total > 0 else np.zeros(x.shape[1])
+  return np.where(votes >= theta, mean, -mean)
+
+
+def weak_dp(x, threshold, noise, weights=None):
+  """Weak DP (Sun, Kairouz, Suresh, McMahan 2019): the (weighted) mean of the rows clipped to
+  norm `threshold` (a non-finite row clipped to 0, still counted), plus the given noise `[d]`."""
+  x = np.asarray(x, np.float64)
+  finite = finite_rows(x)
+  clipped = np.zeros_like(x)
+  clipped[finite] = clip(x[finite], threshold)
+  w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
+  return w @ clipped / w.sum() + np.asarray(noise, np.float64)
+
+
 # Names as in the aggregator registry; each takes (x, f, options) and returns `[d]` or `[n', d]`.
 RULES: dict[str, Callable] = {
     "mean": lambda x, f, o: mean(x),
@@ -204,6 +273,7 @@ RULES: dict[str, Callable] = {
     "bulyan": lambda x, f, o: bulyan(x, f),
     "caf": lambda x, f, o: caf(x, f),
     "smea": lambda x, f, o: smea(x, f),
+    "robust_lr": lambda x, f, o: robust_lr(x, f, o.get("threshold")),
 }
 PRE_AGGREGATORS: dict[str, Callable] = {
     "nnm": lambda x, f, o: nearest_neighbor_mixing(x, f),

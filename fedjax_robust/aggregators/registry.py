@@ -43,6 +43,7 @@ from fedjax_robust import domains as D
 from fedjax_robust.aggregators import base
 from fedjax_robust.errors import ConfigError
 from fedjax_robust.aggregators.averaging import mean
+from fedjax_robust.aggregators import backdoor_defences
 from fedjax_robust.aggregators.bucketing import bucketing
 from fedjax_robust.aggregators.bucketing import bucketing_mean
 from fedjax_robust.aggregators.bulyan import bulyan
@@ -309,6 +310,28 @@ _RULES: dict[str, _Entry] = {
     "flame": _Entry(clustering.flame_with_share, "rule", _kept_share,
                     domains={"noise_lambda": D.NONNEGATIVE}, kappa=UNRECORDED_KAPPA),
     "fltrust": _Entry(fltrust_with_share, "rule", _kept_share, kappa=UNRECORDED_KAPPA),
+    "foolsgold": _Entry(
+        backdoor_defences.foolsgold_with_share, "rule", _kept_share,
+        domains={"kappa": D.POSITIVE,
+                 "clients": D.Int(1, optional=True, note=(
+                     "the number of client rows n, which sizes the per-client history; None: "
+                     "the first call sizes it (a training loop's scan needs it set)"))},
+        state_init=backdoor_defences.foolsgold_init, per_client_state=True,
+        kappa=_no_kappa("no (f, κ) bound: FoolsGold weighs clients by the similarity of their "
+                        "histories, and f rows that are not alike keep their full weight")),
+    "robust_lr": _Entry(
+        backdoor_defences.robust_lr_with_share, "rule",
+        lambda r: (r.value, {"flipped_share": r.flipped_share}),
+        domains={"threshold": D.Int(1, optional=True, note="the sign vote |Σ sign| below which "
+                                    "a coordinate's rate is flipped; at most n; None: f + 1")},
+        kappa=_no_kappa("no (f, κ) bound: the output is the mean up to per-coordinate signs, "
+                        "and f rows move the mean without bound")),
+    "weak_dp": _Entry(
+        backdoor_defences.weak_dp_with_share, "rule", _clipped_share,
+        domains={"threshold": D.POSITIVE,
+                 "sigma": D.Float(0, note="the noise's standard deviation per coordinate")},
+        kappa=_no_kappa(f"no bound: the mean of statically clipped rows is not (f, κ)-robust "
+                        f"({ARC_PAPER}, Section 3); the noise comes on top")),
     "posterior_filter": _Entry(
         prior_aware.posterior_filter_stage, "rule",
         lambda r: (r.value, {"honest_mass": r.honest_mass}),
