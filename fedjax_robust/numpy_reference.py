@@ -253,6 +253,75 @@ def weak_dp(x, threshold, noise, weights=None):
   clipped[finite] = clip(x[finite], threshold)
   w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
   return w @ clipped / w.sum() + np.asarray(noise, np.float64)
+# ----------------------------------------------------------------------------- model-aware rules
+# FLARE and CRFL take server inputs (representations, the global model), so they are not in RULES.
+def mmd2_unbiased(x, y, gamma):
+  """MMD²_u with the kernel exp(−γ‖u − v‖²), from the kernel matrices computed directly."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  kernel = lambda a, b: np.exp(-gamma * ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+  kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
+  m, n = len(x), len(y)
+  return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+          - 2 * kxy.sum() / (m * n))
+
+
+def flare(x, representations, neighbors=None, temperature=1.0, gamma=None):
+  """FLARE as documented in `aggregators.model_aware.flare`, one client at a time: returns
+  (aggregate, trust, counts, mmd) with mmd +inf for the invalid clients."""
+  x = np.asarray(x, np.float64)
+  reps = np.asarray(representations, np.float64)
+  n, _, h = reps.shape
+  gamma = 1.0 / h if gamma is None else gamma
+  valid = np.all(np.isfinite(x), axis=1) & np.all(np.isfinite(reps), axis=(1, 2))
+  idx = np.flatnonzero(valid)
+  mmd = np.full((n, n), np.inf)
+  for a in idx:
+    mmd[a, a] = 0.0
+    for b in idx[idx > a]:
+      mmd[a, b] = mmd[b, a] = max(0.0, mmd2_unbiased(reps[a], reps[b], gamma))
+  k = len(idx) // 2 - 1 if neighbors is None else neighbors
+  k = min(max(k, 0), max(len(idx) - 1, 0))
+  counts = np.zeros(n, int)
+  for i in idx:
+    for j in sorted((j for j in idx if j != i), key=lambda j: (mmd[i, j], j))[:k]:
+      counts[j] += 1
+  trust = np.zeros(n)
+  if len(idx):
+    average = counts[idx].mean()
+    logits = counts[idx] / (temperature * average) if average > 0 else np.zeros(len(idx))
+    e = np.exp(logits - logits.max())
+    trust[idx] = e / e.sum()
+  value = trust[idx] @ x[idx] if len(idx) else np.zeros(x.shape[1])
+  return value, trust, counts, mmd
+
+
+def crfl(x, global_params, noise, model_norm):
+  """CRFL's step as documented in `aggregators.model_aware.crfl`, with its noise given:
+  θ − (clip_ρ(θ − mean) + noise)."""
+  x = np.asarray(x, np.float64)
+  theta = np.asarray(global_params, np.float64)
+  new = theta - x.mean(0)
+  norm = np.linalg.norm(new)
+  clipped = new * (model_norm / norm) if norm > model_norm else new
+  return theta - (clipped + np.asarray(noise, np.float64))
+
+
+def crfl_certified_radius(p_a, p_b, sigma, sigma_smoothing, model_norms, attacker_weights,
+                          local_steps, client_lr, scale_factor, poison_fraction, lipschitz):
+  """The CRFL code's `cal_prob_bound` formula for one input, with Φ from scipy; 0 where
+  p_A ≤ p_B."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  if p_a <= p_b:
+    return 0.0
+  fraction = -math.log(1 - (math.sqrt(p_a) - math.sqrt(p_b)) ** 2) * sigma ** 2
+  r = len(attacker_weights)
+  denominator = (2 * r * local_steps ** 2 * lipschitz ** 2 * sum(w ** 2 for w in attacker_weights)
+                 * scale_factor ** 2 * client_lr ** 2 * poison_fraction ** 2)
+  contraction = 1.0
+  for rho in model_norms[:-1]:
+    contraction *= 2 * stats.norm.cdf(rho / sigma) - 1
+  contraction *= 2 * stats.norm.cdf(model_norms[-1] / sigma_smoothing) - 1
+  return math.sqrt(fraction / (denominator * contraction))
 
 
 # Names as in the aggregator registry; each takes (x, f, options) and returns `[d]` or `[n', d]`.

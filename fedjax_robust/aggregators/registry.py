@@ -60,6 +60,7 @@ from fedjax_robust.aggregators.geometric_median import rfa_one_step
 from fedjax_robust.aggregators.geometric_median import weiszfeld
 from fedjax_robust.aggregators.krum import krum
 from fedjax_robust.aggregators.krum import multi_krum
+from fedjax_robust.aggregators import model_aware
 from fedjax_robust.aggregators.minimum_diameter import minimum_diameter_averaging
 from fedjax_robust.aggregators.nearest_neighbors import monna
 from fedjax_robust.aggregators.nearest_neighbors import nearest_neighbor_mixing
@@ -332,6 +333,17 @@ _RULES: dict[str, _Entry] = {
                  "sigma": D.Float(0, note="the noise's standard deviation per coordinate")},
         kappa=_no_kappa(f"no bound: the mean of statically clipped rows is not (f, κ)-robust "
                         f"({ARC_PAPER}, Section 3); the noise comes on top")),
+    "flare": _Entry(model_aware.flare_with_share, "rule", _kept_share, domains={
+        "neighbors": D.Int(1, optional=True, note="None: ⌊n/2⌋ − 1, the authors' code; at most "
+                           "n − 1"),
+        "temperature": D.Float(0, low_open=True, note="τ of the trust softmax exp(c/(τ c̄))"),
+        "gamma": D.Float(0, low_open=True, optional=True,
+                         note="the Gaussian kernel's exp(−γ‖u − v‖²); None: 1/h")},
+        kappa=UNRECORDED_KAPPA),
+    "crfl": _Entry(model_aware.crfl, "rule", domains={
+        "model_norm": D.Float(0, low_open=True, note="ρ: the global model's norm after clipping"),
+        "sigma": D.Float(0, low_open=True, note="σ of the Gaussian noise added to the model")},
+        kappa=UNRECORDED_KAPPA),
     "posterior_filter": _Entry(
         prior_aware.posterior_filter_stage, "rule",
         lambda r: (r.value, {"honest_mass": r.honest_mass}),
