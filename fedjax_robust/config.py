@@ -1071,9 +1071,13 @@ def _validate(config) -> Job:
     # ones absent).
     rows = n if _poisson(config) else config.training.clients_per_round or n
     group = config.secure_aggregation.group_size
+    shaped = rows // group if group else rows
+    # Stand-ins for the server inputs the rule reads (the model, the root features).
+    stand_ins = {"global_params": np.zeros((4,), np.float32),
+                 "representations": np.zeros((shaped, 2, 1), np.float32)}
+    inputs = {k: stand_ins[k] for k in agg.needs if k in stand_ins}
     try:  # trace-time checks of n, f (on the group means under secure aggregation)
-      jax.eval_shape(agg, jax.ShapeDtypeStruct((rows // group if group else rows, 4),
-                                               np.float32))
+      jax.eval_shape(lambda u: agg(u, **inputs), jax.ShapeDtypeStruct((shaped, 4), np.float32))
     except ConfigError as e:
       if not group:
         raise

@@ -395,7 +395,7 @@ class Simulator:
     """Stand-ins for the server inputs the rule takes (for tracing it on a shape)."""
     needs = getattr(self.aggregator, "needs", frozenset())
     stand_in = {"server_update": lambda: u[0], "global_params": lambda: u[0],
-                "representations": lambda: jnp.zeros((u.shape[0], 1, 1), u.dtype)}
+                "representations": lambda: jnp.zeros((u.shape[0], 2, 1), u.dtype)}
     return {k: stand_in[k]() for k in needs}
 
   @property

@@ -268,7 +268,8 @@ def crfl(updates: Array, *, key: Array, global_params: Array, model_norm: float 
   _check_positive("crfl", "sigma", sigma)
   dtype = updates.dtype
   theta = global_params.astype(dtype)
-  rho = jnp.asarray(model_norm, dtype)
+  rho = float(model_norm)   # a Python constant: the branches below run under custom_vmap, which
+  # cannot close over a traced value (jnp.asarray under jit would be one)
 
   def clip(v, scale):
     """clip_ρ(v / scale) for v = scale·θ' (scale an exact power of two)."""
