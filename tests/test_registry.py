@@ -38,6 +38,7 @@ NO_BYZFL = {
     "majority_vote": _NOT_IN_BYZFL, "rfa_one_step": _NOT_IN_BYZFL, "bulyan": _NOT_IN_BYZFL,
     "dnc": _NOT_IN_BYZFL, "signguard": _NOT_IN_BYZFL, "clipped_clustering": _NOT_IN_BYZFL,
     "flame": _NOT_IN_BYZFL, "fltrust": _NOT_IN_BYZFL, "phocas": _NOT_IN_BYZFL,
+    "fldetector": _NOT_IN_BYZFL,
     "posterior_filter": "this project's prior-aware rule (issue 15)",
     "cluster_aggregate": "this project's prior-aware rule (issue 15)",
     "adaptive_trim": "this project's prior-aware rule (issue 15)",

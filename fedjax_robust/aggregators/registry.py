@@ -47,6 +47,7 @@ from fedjax_robust.aggregators.bucketing import bucketing
 from fedjax_robust.aggregators.bucketing import bucketing_mean
 from fedjax_robust.aggregators.bulyan import bulyan
 from fedjax_robust.aggregators import clustering
+from fedjax_robust.aggregators import fldetector
 from fedjax_robust.aggregators.fltrust import fltrust_with_share
 from fedjax_robust.aggregators import prior_aware
 from fedjax_robust.aggregators import clipping
@@ -310,6 +311,15 @@ _RULES: dict[str, _Entry] = {
     "flame": _Entry(clustering.flame_with_share, "rule", _kept_share,
                     domains={"noise_lambda": D.NONNEGATIVE}, kappa=UNRECORDED_KAPPA),
     "fltrust": _Entry(fltrust_with_share, "rule", _kept_share, kappa=UNRECORDED_KAPPA),
+    "fldetector": _Entry(
+        fldetector.fldetector_with_share, "rule", _kept_share,
+        domains={"window": D.Int(1, note="rounds of L-BFGS pairs and of scores (paper: 10)"),
+                 "references": D.Int(1, note="uniform reference sets of the gap statistic"),
+                 "base": D.Choice(*fldetector.BASES, note="the rule over the rows kept"),
+                 "warmup": D.Int(0, note="rounds before the first scored one")},
+        state_init=fldetector.fldetector_init, per_client_state=True,
+        kappa=_no_kappa("no (f, κ) bound: FLDetector excludes the clients its detector flags, "
+                        "with no guarantee on the rows it keeps")),
     "posterior_filter": _Entry(
         prior_aware.posterior_filter_stage, "rule",
         lambda r: (r.value, {"honest_mass": r.honest_mass}),
