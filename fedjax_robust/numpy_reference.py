@@ -434,3 +434,125 @@ def train_sequential(layers, flatten, unflatten, client_x, client_y, honest, *, 
       updates = attack_fn(updates, honest)
     theta = theta - server_lr * aggregate_fn(updates)
   return theta
+
+
+# ----------------------------------------------------------------------------- FLDetector
+def lbfgs_hvp(steps, changes, v):
+  """B v for the L-BFGS matrix of the pairs (s_k, y_k) given oldest first (lists of [d]), by the
+  compact form of Byrd, Nocedal and Schnabel (1994) as the FLDetector authors' `lbfgs` writes
+  it: σ = y_mᵀs_m/s_mᵀs_m, L the strictly lower triangle of SᵀY, D its diagonal,
+  B v = σv − [σS Y] [[σSᵀS, L], [Lᵀ, −D]]⁻¹ [σSᵀv; Yᵀv]. 0 without pairs or when the result
+  is not finite (a singular system)."""
+  v = np.asarray(v, np.float64)
+  if not len(steps):
+    return np.zeros_like(v)
+  s = np.stack([np.asarray(a, np.float64) for a in steps], axis=1)
+  y = np.stack([np.asarray(a, np.float64) for a in changes], axis=1)
+  sy = s.T @ y
+  sigma = (y[:, -1] @ s[:, -1]) / (s[:, -1] @ s[:, -1])
+  lower = np.tril(sy, -1)
+  system = np.block([[sigma * (s.T @ s), lower], [lower.T, -np.diag(np.diag(sy))]])
+  with np.errstate(all="ignore"):
+    try:
+      q = np.linalg.solve(system, np.concatenate([sigma * (s.T @ v), y.T @ v]))
+    except np.linalg.LinAlgError:
+      return np.zeros_like(v)
+    out = sigma * v - np.hstack([sigma * s, y]) @ q
+  return out if np.all(np.isfinite(out)) else np.zeros_like(v)
+
+
+def two_means_1d(x):
+  """Optimal 2-means of the values x by trying every cut of the sorted values (the left part
+  the k smallest, k = 1..n−1; the first of equal costs): (W₁, W₂, the lower cluster's
+  largest value)."""
+  xs = np.sort(np.asarray(x, np.float64))
+  w1 = np.sum((xs - xs.mean()) ** 2)
+  costs = [np.sum((xs[:k] - xs[:k].mean()) ** 2) + np.sum((xs[k:] - xs[k:].mean()) ** 2)
+           for k in range(1, len(xs))]
+  k = int(np.argmin(costs)) + 1
+  return w1, costs[k - 1], xs[k - 1]
+
+
+def gap_split(scores, uniforms):
+  """FLDetector's detection (the authors' `detection1`, then `detection`): min-max normalise the
+  scores, Gap(k) = log(mean_b W*_kb) − log W_k over the reference sets `uniforms [B, n]`,
+  s₂ = √(1 + 1/B)·std_b(log W*_2b); two clusters when Gap(1) < Gap(2) − s₂. Returns (detected,
+  the upper cluster of the 2-means)."""
+  scores = np.asarray(scores, np.float64)
+  n = len(scores)
+  spread = scores.max() - scores.min()
+  if n <= 2 or spread == 0:
+    return False, np.zeros(n, bool)
+  x = (scores - scores.min()) / spread
+  w1, w2, cut = two_means_1d(x)
+  refs = [two_means_1d(u) for u in np.asarray(uniforms, np.float64)]
+  r1 = np.array([r[0] for r in refs])
+  r2 = np.array([r[1] for r in refs])
+  with np.errstate(divide="ignore"):
+    gap1 = np.log(r1.mean()) - np.log(w1)
+    gap2 = np.log(r2.mean()) - np.log(w2)
+  s2 = np.sqrt(1 + 1 / len(r2)) * np.std(np.log(r2))
+  detected = bool(gap1 < gap2 - s2)
+  return detected, (x > cut) & detected
+
+
+def fldetector_state(n):
+  """An empty FLDetector state for `fldetector_round` (n clients)."""
+  return {"round": 0, "params": None, "aggregate": None, "pairs": [], "updates": [None] * n,
+          "scores": []}
+
+
+def fldetector_round(state, x, theta, uniforms, *, window=10, base="mean", warmup=0):
+  """One round of FLDetector (Zhang et al., KDD 2022, Algorithm 1) in float64, as
+  `aggregators.fldetector` documents it: returns (aggregate, kept [n], new state).
+
+  Predicted update x̂_i = x_i^{t−1} + B(θ_t − θ_{t−1}) with B from the last `window` pairs;
+  normalised distances over the clients with a finite row now and last round (the others get
+  the round's largest); the round is scored from round max(2, warmup) on; once `window` rounds
+  are scored, the mean score is split by gap statistics and the upper cluster left out; the
+  base rule (mean or coordinate-wise median) over the finite rows kept (0 if none). The pair
+  (θ_t − θ_{t−1}, g_t − g_{t−1}) is stored when all four are finite and both differences are
+  non-zero."""
+  x = np.asarray(x, np.float64)
+  theta = np.asarray(theta, np.float64)
+  n = len(x)
+  finite = np.all(np.isfinite(x), axis=1)
+  theta_ok = bool(np.all(np.isfinite(theta)))
+  prev_theta = state["params"]
+  moved = prev_theta is not None and theta_ok
+  scores = list(state["scores"])
+  if moved and state["pairs"] and state["round"] >= warmup:
+    pairs = state["pairs"][-window:]
+    hv = lbfgs_hvp([p[0] for p in pairs], [p[1] for p in pairs], theta - prev_theta)
+    dist = np.full(n, np.nan)
+    for i in range(n):
+      if finite[i] and state["updates"][i] is not None:
+        dist[i] = np.linalg.norm(state["updates"][i] - x[i] + hv)
+    defined = ~np.isnan(dist)
+    if defined.any():
+      total = dist[defined].sum()
+      share = np.where(defined, dist / total if total > 0 else 1.0 / defined.sum(), np.nan)
+      share[~defined] = np.nanmax(share)
+      scores.append(share)
+  malicious = np.zeros(n, bool)
+  if len(scores) >= window:
+    detected, upper = gap_split(np.mean(scores[-window:], axis=0), uniforms)
+    malicious = upper if detected else malicious
+  kept = finite & ~malicious
+  if not kept.any():
+    value = np.zeros(x.shape[1])
+  elif base == "mean":
+    value = x[kept].mean(axis=0)
+  else:
+    value = np.median(x[kept], axis=0)
+  value_ok = bool(np.all(np.isfinite(value)))
+  pairs = list(state["pairs"])
+  if moved and state["aggregate"] is not None and value_ok:
+    step, change = theta - prev_theta, value - state["aggregate"]
+    if np.all(np.isfinite(step)) and np.all(np.isfinite(change)) and step.any() and change.any():
+      pairs.append((step, change))
+  new_state = {"round": state["round"] + 1, "params": theta if theta_ok else None,
+               "aggregate": value if value_ok else None, "pairs": pairs[-window:],
+               "updates": [x[i].copy() if finite[i] else None for i in range(n)],
+               "scores": scores[-window:]}
+  return value, kept, new_state

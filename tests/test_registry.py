@@ -40,6 +40,7 @@ NO_BYZFL = {
     "flame": _NOT_IN_BYZFL, "fltrust": _NOT_IN_BYZFL, "phocas": _NOT_IN_BYZFL,
     "foolsgold": _NOT_IN_BYZFL, "robust_lr": _NOT_IN_BYZFL, "weak_dp": _NOT_IN_BYZFL,
     "flare": _NOT_IN_BYZFL, "crfl": _NOT_IN_BYZFL,
+    "fldetector": _NOT_IN_BYZFL,
     "posterior_filter": "this project's prior-aware rule (issue 15)",
     "cluster_aggregate": "this project's prior-aware rule (issue 15)",
     "adaptive_trim": "this project's prior-aware rule (issue 15)",

@@ -213,7 +213,8 @@ class Aggregator:
   Attributes:
     name: the canonical spec, e.g. "nearest_neighbor_mixing+trimmed_mean".
     f: the declared number of Byzantine clients the pipeline is configured for.
-    init: `(d, dtype=float32) -> state`.
+    init: `(d, dtype=float32, num_clients=None) -> state`; a stage with a state per client
+      (`per_client_state`) needs `num_clients`, the rows of every round.
     apply: `(updates [n, d], state, key, weights=None, present=None, **server_inputs)
       -> (aggregate [d], state, aux)`; `aux` maps names to scalar diagnostics (e.g.
       "gm_iterations"). `present` (boolean `[n]`, client drop-outs): only the rows marked True
@@ -255,7 +256,7 @@ class Aggregator:
     extra = {k: jnp.asarray(v) for k, v in
              (("present", present), ("server_update", server_update), *server_inputs.items())
              if v is not None}
-    state = self.init(updates.shape[-1], updates.dtype)
+    state = self.init(updates.shape[-1], updates.dtype, num_clients=updates.shape[0])
     out, _, _ = self.apply(updates, state, key, weights, **extra)
     return out
 

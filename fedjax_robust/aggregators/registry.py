@@ -48,6 +48,7 @@ from fedjax_robust.aggregators.bucketing import bucketing
 from fedjax_robust.aggregators.bucketing import bucketing_mean
 from fedjax_robust.aggregators.bulyan import bulyan
 from fedjax_robust.aggregators import clustering
+from fedjax_robust.aggregators import fldetector
 from fedjax_robust.aggregators.fltrust import fltrust_with_share
 from fedjax_robust.aggregators import prior_aware
 from fedjax_robust.aggregators import clipping
@@ -125,8 +126,9 @@ class _Entry:
   # The declared domain of every option (checked by `chain`/`get` before anything is traced).
   domains: Mapping[str, D.Domain] = dataclasses.field(default_factory=dict)
   # A stage with its own state across rounds: `state_init(d, dtype)` gives the first one, the
-  # function is called with `state=` and returns `(out, new_state)` (before `split_aux`).
-  state_init: Callable[[int, Any], Any] | None = None
+  # function is called with `state=` and returns `(out, new_state)` (before `split_aux`). A
+  # state_init with a `num_clients` keyword gets the pipeline's `init(..., num_clients=n)`.
+  state_init: Callable[..., Any] | None = None
   # A state indexed by client (row i of every round is client i: FoolsGold's history, FLDetector's
   # previous updates): refused where the rows are not the same clients every round (client
   # sampling without replacement gathers m rows; secure aggregation's groups).
@@ -344,6 +346,15 @@ _RULES: dict[str, _Entry] = {
         "model_norm": D.Float(0, low_open=True, note="ρ: the global model's norm after clipping"),
         "sigma": D.Float(0, low_open=True, note="σ of the Gaussian noise added to the model")},
         kappa=UNRECORDED_KAPPA),
+    "fldetector": _Entry(
+        fldetector.fldetector_with_share, "rule", _kept_share,
+        domains={"window": D.Int(1, note="rounds of L-BFGS pairs and of scores (paper: 10)"),
+                 "references": D.Int(1, note="uniform reference sets of the gap statistic"),
+                 "base": D.Choice(*fldetector.BASES, note="the rule over the rows kept"),
+                 "warmup": D.Int(0, note="rounds before the first scored one")},
+        state_init=fldetector.fldetector_init, per_client_state=True,
+        kappa=_no_kappa("no (f, κ) bound: FLDetector excludes the clients its detector flags, "
+                        "with no guarantee on the rows it keeps")),
     "posterior_filter": _Entry(
         prior_aware.posterior_filter_stage, "rule",
         lambda r: (r.value, {"honest_mass": r.honest_mass}),
@@ -461,7 +472,7 @@ def split_spec(spec: str) -> list[str]:
 class _Stage:
   name: str
   is_rule: bool
-  init: Callable[[int, Any], Any]
+  init: Callable[..., Any]  # (d, dtype, num_clients=None) -> state
   # (updates, weights, state, key, present=None, **server_inputs)
   #   -> (out, weights, state, aux)
   apply: Callable[..., tuple[jax.Array, Any, Any, Mapping[str, jax.Array]]]
@@ -510,11 +521,12 @@ def _named_stage(name: str, f: int | None, opts: Mapping[str, Any], weighted: bo
   custom_state = entry.state_init is not None
   stateful = "center" in params and not custom_state
 
-  def init(d, dtype):
+  def init(d, dtype, num_clients=None):
     if custom_state:  # the stage's options that shape its state (e.g. a history's length)
       init_params = inspect.signature(entry.state_init).parameters
+      per_client = {"num_clients": num_clients} if "num_clients" in init_params else {}
       return entry.state_init(d, dtype, **{k: v for k, v in {**entry.options, **opts}.items()
-                                           if k in init_params})
+                                           if k in init_params}, **per_client)
     return jnp.zeros((d,), dtype) if stateful else ()
 
   def apply(updates, weights, state, key, present=None, **server_inputs):
@@ -563,7 +575,7 @@ def _function_stage(fn: Callable[[jax.Array], jax.Array], is_last: bool,
     _check_present_arg(name, takes_present, present)
     return (fn(u) if present is None else fn(u, present=present)), w, s, {}
 
-  return _Stage(name, is_last, lambda d, dtype: (), apply)
+  return _Stage(name, is_last, lambda d, dtype, num_clients=None: (), apply)
 
 
 def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
@@ -619,8 +631,8 @@ def chain(*stages: str | Callable[[jax.Array], jax.Array], f: int | None = None,
   needs = frozenset().union(*(stage.needs for stage in built))
   pipeline_name = "+".join(s.name for s in built)
 
-  def init(d, dtype=jnp.float32):
-    return tuple(stage.init(d, dtype) for stage in built)
+  def init(d, dtype=jnp.float32, num_clients=None):
+    return tuple(stage.init(d, dtype, num_clients) for stage in built)
 
   def apply(updates, state, key, weights=None, present=None, **server_inputs):
     unknown = sorted(set(server_inputs) - set(SERVER_INPUTS))
