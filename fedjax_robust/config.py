@@ -1616,10 +1616,6 @@ def aggregator_options(config, law: Any = _COMPUTE) -> dict[str, dict[str, Any]]
         law, config.num_clients, config.server_prior.delta,
         config.server_prior.communities, ca.get("inner", "mean"))
     ca["clusters"], ca["f_clusters"] = tuple(int(i) for i in ids), f_clusters
-  for name in stages:  # a per-client state (FoolsGold's histories) is sized by n
-    stage = options.get(aggregators.canonical_name(name), {})
-    if "clients" in stage and stage["clients"] is None:
-      stage["clients"] = config.num_clients
   cc = options.get("centered_clipping", {})
   if cc.get("tau_units") == "published_momentum":
     t = config.training

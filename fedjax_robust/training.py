@@ -386,6 +386,12 @@ class Simulator:
       raise ValueError(f"aggregator {self.aggregator.name!r} compares with a server update on "
                        "root data; the simulator has no root data set.")
 
+  def _aggregator_init(self, d: int):
+    """The rule's first state; a per-client state (FoolsGold, FLDetector) sized by n."""
+    if getattr(self.aggregator, "per_client_state", False):
+      return self.aggregator.init(d, num_clients=self.num_clients)
+    return self.aggregator.init(d)
+
   @property
   def _server_trains(self) -> bool:
     """Whether the server computes its own update on its root data each round (FLTrust)."""
@@ -441,7 +447,7 @@ class Simulator:
                                   (self.num_clients, self._personal_idx.size))
     return RunState(params, self.server_optimizer.init(params),
                     jnp.zeros((self.num_clients, full.size), full.dtype),
-                    self.aggregator.init(params.size),
+                    self._aggregator_init(params.size),
                     tuple(a.init(params.size, self.num_clients) for a in self.behaviours),
                     jnp.array(0, jnp.int32),
                     jnp.zeros_like(params) if self._server_trains else (), personal,

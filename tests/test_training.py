@@ -400,3 +400,30 @@ def test_model_reading_rules_are_refused_where_they_cannot_run():
   with pytest.raises(ValueError, match="state per client"):
     training.Simulator(model=mlp, aggregator=_recording_rule((), per_client_state=True),
                        clients_per_round=3, **common)
+
+
+@pytest.mark.parametrize("aggregator,attack", [
+    ("foolsgold", "dba"), ("fldetector", "neurotoxin"), ("flare", "edge_case"),
+    ("crfl", "backdoor"), ("robust_lr", "model_replacement"), ("weak_dp", "a3fl")])
+def test_backdoor_defences_and_attacks_train_draw_by_draw_in_a_vmapped_batch(aggregator, attack):
+  """Every backdoor defence (with the server inputs and per-client state it needs) against an
+  attack, jitted and vmapped over draws: a draw's rounds are the same numbers alone and in its
+  batch (up to float rounding), and nothing is non-finite."""
+  c = tiny_config()
+  c.model, c.aggregator, c.attack = "mlp", aggregator, attack
+  c.model_options.mlp.hidden = (8,)
+  c.data.root_examples = 8
+  from fedjax_robust import build, config as config_lib  # pylint: disable=g-import-not-at-top
+  job = config_lib.validate(c)
+  fed = config_lib.make_data(job)
+  sim = build.make_simulator(job, aggregator, fed)
+  masks = jnp.asarray([[True, False, True, True, False, True],
+                       [False, True, True, True, True, True]])
+  keys = training.sample_keys(jax.random.key(2), 2)
+  state0 = training.replicate(sim.init(jax.random.key(0)), 2)
+  run = jax.jit(jax.vmap(lambda s, m, k: sim.run_rounds(s, m, k, fed.train, 4)[0]))
+  batch = run(state0, masks, keys)
+  alone = run(jax.tree.map(lambda a: a[1:], state0), masks[1:], keys[1:])
+  np.testing.assert_allclose(np.asarray(batch.params[1]), np.asarray(alone.params[0]),
+                             rtol=1e-5, atol=1e-6)
+  assert np.all(np.isfinite(np.asarray(batch.params)))

@@ -46,10 +46,13 @@ class FoolsGoldState(NamedTuple):
   history: jax.Array  # [n, d] (or [0, d] before the first call)
 
 
-def foolsgold_init(d: int, dtype=jnp.float32, *, clients: int | None = None) -> FoolsGoldState:
-  """Zero histories for `clients` clients, `[clients, d]`; with `clients=None` an unsized state
-  `[0, d]` that the first call replaces by `[n, d]` (enough for one call, or a Python loop; a
-  `lax.scan` over rounds needs the sized state, since its carry keeps one shape)."""
+def foolsgold_init(d: int, dtype=jnp.float32, *, clients: int | None = None,
+                   num_clients: int | None = None) -> FoolsGoldState:
+  """Zero histories for `clients` clients (else the pipeline's `num_clients`, which the simulator
+  gives), `[clients, d]`; with neither an unsized state `[0, d]` that the first call replaces by
+  `[n, d]` (enough for one call, or a Python loop; a `lax.scan` over rounds needs the sized
+  state, since its carry keeps one shape)."""
+  clients = num_clients if clients is None else clients
   if clients is not None and (not isinstance(clients, int) or isinstance(clients, bool)
                               or clients < 1):
     raise ValueError(f"foolsgold: clients must be an int >= 1 (the number of client rows), got "
