@@ -268,27 +268,29 @@ def crfl(updates: Array, *, key: Array, global_params: Array, model_norm: float 
   _check_positive("crfl", "sigma", sigma)
   dtype = updates.dtype
   theta = global_params.astype(dtype)
-  rho = float(model_norm)   # a Python constant: the branches below run under custom_vmap, which
-  # cannot close over a traced value (jnp.asarray under jit would be one)
+  # ρ is an operand of the branches below, not a closure: they run under custom_vmap, which
+  # cannot close over a traced value (jnp.asarray under jit is one).
+  rho = jnp.asarray(model_norm, dtype)
 
-  def clip(v, scale):
+  def clip(v, scale, rho):
     """clip_ρ(v / scale) for v = scale·θ' (scale an exact power of two)."""
     norm = jnp.linalg.norm(v)
     over = norm > rho * scale
     return jnp.where(over, v * (rho / jnp.where(over, norm, 1.0)), v / scale)
 
-  def fast(x, sq, theta):
-    return clip(theta - base.weighted_average(x, jnp.ones((n,), dtype)), jnp.ones((), dtype))
+  def fast(x, sq, theta, rho):
+    return clip(theta - base.weighted_average(x, jnp.ones((n,), dtype)), jnp.ones((), dtype),
+                rho)
 
-  def exact(x, theta):
+  def exact(x, theta, rho):
     largest = jnp.maximum(jnp.max(jnp.abs(x)), jnp.max(jnp.abs(theta)))
     scale = base.power_of_two_scale(jnp.where(jnp.isfinite(largest), largest, 0.0), dtype)
     scaled_mean = base.weighted_average(x * scale, jnp.ones((n,), dtype))
-    out = clip(theta * scale - scaled_mean, scale)
+    out = clip(theta * scale - scaled_mean, scale, rho)
     ok = jnp.all(base.finite_rows(x)) & jnp.all(jnp.isfinite(theta))
     return jnp.where(ok, out, jnp.nan)
 
-  clipped = base.ordinary_or_exact(updates, fast, exact, theta,
+  clipped = base.ordinary_or_exact(updates, fast, exact, theta, rho,
                                    extra_squared_norm=jnp.sum(theta * theta))
   noise = jax.random.normal(key, (d,), dtype) * jnp.asarray(sigma, dtype)
   return theta - (clipped + noise)
