@@ -5,17 +5,19 @@ Digits, Dirichlet α = 1, n = 20 clients, an MLP with one hidden layer of 32 uni
 penultimate layer), declared f = round(p·n) = 4, each client Byzantine with p = 0.2
 (independent) or through clusters of the same mean p (sweep_core's "clustered": 5 clusters of 4,
 a cluster compromised with π = p/0.8, then each member with q1 = 0.8), 32 draws, the same draws
-in every cell of a μ_H, 100 rounds, evaluated every 10; the server's root data set (FLTrust,
-FLARE) is 64 examples of the test split. The Byzantine clients attack in rounds [0, 60) only
-(`training.attack_rounds`), so the last 40 rounds measure how long a backdoor survives:
+in every cell of a μ_H, 80 rounds, evaluated every 10; the server's root data set (FLTrust,
+FLARE) is 64 examples of the test split. The Byzantine clients attack in rounds [0, 50) only
+(`training.attack_rounds`), so the last 30 rounds measure how long a backdoor survives:
 
   - attack (ATTACKS): "square" (pixel-patch backdoor, the square trigger), "pattern" (the
     pixel-pattern trigger), "blended" (a blended trigger), "dba" (distributed backdoor: each
     attacker stamps a part of the trigger), "edge_case" (tail inputs with the target label),
     "neurotoxin" (backdoor on the coordinates the honest updates change least),
-    "model_replacement" (backdoor scaled by γ = n/b for the realized b);
+    "model_replacement" (backdoor scaled by γ = n/b for the realized b), "a3fl" (the trigger
+    optimized every round against the global model and an unlearning adversary);
   - defence (DEFENCES): "mean" (none), "norm_clipping" (every update clipped to L2 norm
-    NORM_THRESHOLD, then the mean), "weak_dp" (clipping and Gaussian noise), "flame",
+    NORM_THRESHOLD, then the mean), "weak_dp" (the same clipping and N(0, σ²) per coordinate,
+    Sun et al.'s σ = 0.025), "flame",
     "foolsgold", "fldetector", "robust_lr", "crfl", "flare", "fltrust", "trimmed_mean".
 
   python launch/sweep.py --config=configs/backdoors.py --workdir=runs/backdoors
@@ -41,13 +43,17 @@ from fedjax_robust.sweep import as_list
 # The corruption rate p of both laws (the independent law's and the clustered law's marginal).
 P = 0.2
 # The Byzantine clients act in rounds [0, ATTACK_ROUNDS) of training.num_rounds.
-ATTACK_ROUNDS = 60
+ATTACK_ROUNDS = 50
 # norm_clipping's L2 threshold, in the simulator's update units: measured on this job without
 # attack (4 draws, 100 rounds, static_clipping+mean), the share of honest updates clipped is 0 at
 # 1.0, 24% at 0.5, 82% at 0.3 (the norms grow over training); 1.0 leaves honest updates alone
 # and clips an update boosted several times (model replacement's γ = n/b ≈ 5) once training
 # has moved.
 NORM_THRESHOLD = 1.0
+# Weak DP's noise (Sun, Kairouz, Suresh, McMahan 2019: σ = 0.025), with norm_clipping's threshold.
+# Measured (16 draws, 80 rounds, the square trigger, independent law): backdoor success at the
+# last attacked round 0.67 against the mean's 0.87, main accuracy 0.89 against 0.91.
+WEAK_DP_SIGMA = 0.025
 
 # name -> config overrides. "square" names the trigger explicitly, so a later change of the
 # backdoor's default trigger does not change this sweep's numbers.
@@ -59,12 +65,15 @@ ATTACKS = {
     "edge_case": {"attack": "edge_case"},
     "neurotoxin": {"attack": "neurotoxin"},
     "model_replacement": {"attack": "model_replacement"},
+    "a3fl": {"attack": "a3fl"},
 }
 DEFENCES = {
     "mean": {"aggregator": "mean"},
     "norm_clipping": {"aggregator": "static_clipping+mean",
                       "aggregator_options.static_clipping.threshold": NORM_THRESHOLD},
-    "weak_dp": {"aggregator": "weak_dp"},
+    "weak_dp": {"aggregator": "weak_dp",
+                "aggregator_options.weak_dp.threshold": NORM_THRESHOLD,
+                "aggregator_options.weak_dp.sigma": WEAK_DP_SIGMA},
     "flame": {"aggregator": "flame"},
     "foolsgold": {"aggregator": "foolsgold"},
     "fldetector": {"aggregator": "fldetector"},
@@ -89,7 +98,7 @@ def get_config():
   base.data.root_examples = 64
   base.estimators.honest_optimum = False
   base.theory.enabled = False
-  base.training.num_rounds = 100
+  base.training.num_rounds = 80
   base.training.eval_every = 10
   base.training.attack_rounds = ATTACK_ROUNDS
   c = ml_collections.ConfigDict()
