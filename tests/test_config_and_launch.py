@@ -65,6 +65,21 @@ def mutate(_config=None, **changes):
     ({"training__attack_rounds": 10}, r"training.attack_rounds=10 must be below "
                                       r"training.num_rounds=10"),
     ({"training__attack_rounds": -1}, r"training.attack_rounds=-1 is outside its domain"),
+    # Backdoor defences that need what the job lacks: FLARE a representation layer and root
+    # inputs, a per-client state the same clients in the same rows.
+    ({"aggregator": "flare", "data__root_examples": 8},
+     r"aggregator 'flare' compares the clients' models' penultimate-layer representations; "
+     r"model='logistic' has none. Allowed: mlp, cnn"),
+    ({"aggregator": "flare", "model": "mlp"},
+     r"aggregator 'flare' evaluates the clients' models on the server's root inputs; set "
+     r"data.root_examples >= 1"),
+    ({"aggregator": "mean,foolsgold", "training__clients_per_round": 4},
+     r"aggregator 'foolsgold' keeps a state per client .* training.clients_per_round=4"),
+    ({"aggregator": "fldetector", "secure_aggregation__group_size": 2},
+     r"aggregator 'fldetector' keeps a state per client .* secure_aggregation.group_size=2"),
+    ({"attack": "edge_case", "attack_options__edge_case__source_label": 0,
+      "attack_options__edge_case__target_label": 0},
+     r"attack_options.edge_case.source_label=0 equals attack_options.edge_case.target_label=0"),
 ])
 def test_bad_config_values_are_rejected(changes, match):
   with pytest.raises(ValueError, match=match):
