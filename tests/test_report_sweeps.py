@@ -460,16 +460,17 @@ def backdoor_sweep(tmp_path_factory):
 
 def test_the_backdoor_report_gives_each_points_stored_draws(backdoor_sweep):
   """The headline table against the stored per-draw values, recomputed here: E[backdoor
-  success] their mean, CVaR90 the mean of the worst ⌈0.1·K⌉ draws (the highest success; and
-  evaluation.cvar), E[main accuracy] and its CI those results.csv holds for test_accuracy."""
+  success] at the attack's last evaluated round R = 2 (the stored curve's) their mean, CVaR90
+  the mean of the worst ⌈0.1·K⌉ draws (the highest success; and evaluation.cvar), E[main
+  accuracy] at the last round and its CI those results.csv holds for test_accuracy."""
   from fedjax_robust import evaluation  # pylint: disable=g-import-not-at-top
   _, workdir, rows, ids, printed = backdoor_sweep
   table = {t["point"]: t for t in _read_csv(os.path.join(workdir, "backdoors.csv"))}
   assert set(table) == ids
   for pid, t in table.items():
     arrays = sweep.load_point(sweep.point_path(workdir, pid))
-    success = arrays["final_backdoor_accuracy"].astype(np.float64)
-    assert not np.isnan(success).any()
+    success = arrays["curve_backdoor_accuracy"][1].astype(np.float64)   # round 2 = R
+    assert int(t["backdoor_round"]) == 2 and not np.isnan(success).any()
     assert float(t["backdoor_mean"]) == pytest.approx(success.mean(), rel=1e-12)
     k = math.ceil(0.1 * success.size)
     worst = np.sort(success)[::-1][:k].mean()
@@ -493,7 +494,7 @@ def test_the_backdoor_report_conditions_on_every_realized_b(backdoor_sweep):
   table = _read_csv(os.path.join(workdir, "backdoors.csv"))
   for t in table:
     arrays = sweep.load_point(sweep.point_path(workdir, t["point"]))
-    counts, success = arrays["num_byzantine"], arrays["final_backdoor_accuracy"]
+    counts, success = arrays["num_byzantine"], arrays["curve_backdoor_accuracy"][1]
     mine = [r for r in by_b if r["mu_H"] == t["mu_H"]]
     assert [int(r["b"]) for r in mine] == sorted(set(counts.tolist()))
     for r in mine:
@@ -551,7 +552,7 @@ def test_the_backdoor_report_says_what_is_exact_saturated_or_undefined(tmp_path)
     tags = {"mu_H": "independent", "attack": "square", "defence": defence}
     values = np.asarray(values)
     extra = ({"eval_rounds": np.array([0, 2, 4]),
-              "curve_backdoor_accuracy": np.stack([values * 0, values / 2, values])}
+              "curve_backdoor_accuracy": np.stack([values * 0, values, values])}
              if curves else {})
     sweep.save_point(sweep.point_path(workdir, pid), tags=json.dumps(tags),
                      num_byzantine=(~masks).sum(1), honest_masks=masks,
@@ -585,5 +586,30 @@ def test_the_backdoor_report_says_what_is_exact_saturated_or_undefined(tmp_path)
   assert "b=3*: n/a (2)" in text
   durability = _read_csv(tmp_path / "backdoors_durability.csv")
   assert [(r["defence"], r["rounds_since_attack"], float(r["backdoor_mean"]))
-          for r in durability] == [("mean", "0", 0.5), ("mean", "2", 1.0)]
+          for r in durability] == [("mean", "0", 1.0), ("mean", "2", 1.0)]
   assert "point diverged" in text and "no per-evaluation curves" in text
+
+
+def test_the_backdoor_report_pairs_each_defence_with_no_defence_on_the_same_draws():
+  """backdoors_differences.csv: a defence minus the first defence of its μ_H × attack, paired
+  draw by draw (the mean of the differences, NumPy), not where the draws differ, and without a
+  CI where every difference is the same."""
+  from fedjax_robust.report.sweeps import backdoors as backdoors_report  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  masks = rng.uniform(size=(8, 5)) < 0.8
+  base = rng.uniform(size=8)
+  other = rng.uniform(size=8)
+  draws = {("independent", "square"): {
+      "mean": (masks, None, base, base + 0.1),
+      "flame": (masks, None, other, base),
+      "zeroed": (masks, None, base - 0.25, base + 0.1),
+      "elsewhere": (~masks, None, other, base)}}
+  rows = {r["defence"]: r for r in backdoors_report._differences(draws)}
+  assert set(rows) == {"flame", "zeroed"}            # other draws: not compared
+  assert rows["flame"]["backdoor_mean"] == pytest.approx(np.mean(other - base), rel=1e-12)
+  assert rows["flame"]["main_mean"] == pytest.approx(-0.1, rel=1e-9)
+  assert rows["flame"]["baseline"] == "mean" and rows["flame"]["backdoor_pairs"] == 8
+  assert rows["flame"]["backdoor_ci_low"] < rows["flame"]["backdoor_mean"]
+  assert rows["zeroed"]["backdoor_deterministic"] == 1
+  assert np.isnan(rows["zeroed"]["backdoor_ci_low"])
+  assert "deterministic§" in rows["zeroed"]["backdoor_text"]

@@ -1,8 +1,10 @@
 """The report of configs/backdoors.py (backdoor attacks × defences × μ_H on digits, issue 32,
 "Measurement"), from each point's per-draw values (points/<id>.npz), printed and written to CSV:
 
-1. backdoors.csv, per μ_H × attack × defence at the last round T: E[backdoor success] and E[main
-   accuracy] (`test_accuracy`: the global model on the clean global test split) with the 95% CI
+1. backdoors.csv, per μ_H × attack × defence: E[backdoor success] at the attack's last evaluated
+   round (t = R when the attackers act in rounds [0, R) and R is an evaluation round, else the
+   last round T; `backdoor_round` says which) and E[main accuracy] at the last round T
+   (`test_accuracy`: the global model on the clean global test split) with the 95% CI
    of the point's `report.interval` (`evaluation.intervals`, the same as the summaries'), and
    CVaR90 of backdoor success (`evaluation.cvar`: the mean of the worst ⌈0.1·K⌉ of the K defined
    draws, worst = highest success) with its bootstrap CI in the CSV. Identical draws (one honest
@@ -10,6 +12,11 @@
    draws of different honest sets that all gave the same value (a backdoor saturated at 100%,
    or never planted) print it as '(every draw)†' and no CI either: the sample has no spread to
    build one from, and the value is the sample's, not an exact E over μ_H.
+   backdoors_differences.csv: each defence minus the first one of its μ_H × attack ("mean", no
+   defence) in backdoor success and main accuracy, paired on the same draws
+   (`evaluation.paired_difference`: paired t CI; no CI or p-value where every difference is the
+   same, e.g. two defences that both end every draw at 0%); pairs whose draws differ (other
+   honest sets) are not compared.
 2. backdoors_by_b.csv, E[backdoor success | b] (and E[main accuracy | b]) for every realized
    Byzantine count b, with the draws at that b: the plain mean of those draws' values. A b that
    no draw realized has no row (the quantity is undefined there, not 0); a b whose every draw
@@ -60,6 +67,20 @@ def _estimate(values: np.ndarray | None, *, worst: str, method: str, resamples: 
           "count": s["count"], "undefined": s["undefined"]}
 
 
+def _backdoor_values(arrays, attack_rounds: int, rounds: int):
+  """(per-draw backdoor success, the round it is measured at): at t = R = `attack_rounds` (the
+  attack's last evaluated round) when R > 0 and the point kept its curves with an evaluation at
+  R, else at the last round."""
+  if attack_rounds and f"curve_{BACKDOOR}" in arrays:
+    evals = list(np.asarray(arrays["eval_rounds"]).tolist())
+    if attack_rounds in evals:
+      return (np.asarray(arrays[f"curve_{BACKDOOR}"][evals.index(attack_rounds)], np.float64),
+              attack_rounds)
+  if f"final_{BACKDOOR}" not in arrays:
+    return None, rounds
+  return np.asarray(arrays[f"final_{BACKDOOR}"], np.float64), rounds
+
+
 def _mean(values: np.ndarray) -> float:
   """The mean of the defined (non-NaN) values; NaN (undefined) where there is none."""
   defined = values[~np.isnan(values)]
@@ -108,9 +129,8 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   if not points:
     return []
   headline, by_b, durability, without_curves = [], [], [], []
+  draws = {}   # (μ_H, attack) -> {defence: (masks, keys, backdoor, main)} for the differences
   for pid, tags, arrays, config in points:
-    backdoor = (np.asarray(arrays[f"final_{BACKDOOR}"], np.float64)
-                if f"final_{BACKDOOR}" in arrays else None)
     main = (np.asarray(arrays[f"final_{MAIN}"], np.float64)
             if f"final_{MAIN}" in arrays else None)
     counts = np.asarray(arrays["num_byzantine"])
@@ -118,11 +138,15 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                "resamples": config["report"]["bootstrap_resamples"]}
     f, rounds = int(config["f"]), int(config["training"]["num_rounds"])
     attack_rounds = int(config["training"].get("attack_rounds", 0))
+    backdoor, backdoor_round = _backdoor_values(arrays, attack_rounds, rounds)
     b = _estimate(backdoor, worst="max", **options)
     m = _estimate(main, worst="min", **options)
     masks = np.asarray(arrays["honest_masks"])
+    draws.setdefault((tags["mu_H"], tags["attack"]), {})[tags["defence"]] = (
+        masks, np.asarray(arrays["draw_ids"]) if "draw_ids" in arrays else None, backdoor, main)
     headline.append({**tags, "point": pid, "f": f, "attack_rounds": attack_rounds,
-                     "rounds": rounds, "draws": int(counts.size),
+                     "rounds": rounds, "backdoor_round": backdoor_round,
+                     "draws": int(counts.size),
                      "same_honest_set": int(bool(np.all(masks == masks[:1]))),
                      **{f"backdoor_{k}": v for k, v in b.items()},
                      **{f"main_{k}": v for k, v in m.items() if not k.startswith("cvar")}})
@@ -152,6 +176,12 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
                                        else float("nan"))})
   paths = [store.write_table(os.path.join(workdir, "backdoors.csv"), headline)]
   _log_headline(headline, evaluation.INTERVAL_NAMES[c.base.report.interval], log)
+  differences = _differences(draws)
+  if differences:
+    paths.append(store.write_table(os.path.join(workdir, "backdoors_differences.csv"),
+                                   [{k: v for k, v in d.items() if not k.endswith("_text")}
+                                    for d in differences]))
+    _log_differences(differences, log)
   if by_b:
     paths.append(store.write_table(os.path.join(workdir, "backdoors_by_b.csv"), by_b))
     _log_by_b(by_b, log)
@@ -169,14 +199,55 @@ def report(c, rows, workdir, ids, log=print) -> list[str]:
   return paths
 
 
+def _differences(draws) -> list[dict]:
+  """Each defence minus the first of its (μ_H, attack) on the same draws (masks and draw ids
+  equal), in backdoor success and main accuracy."""
+  out = []
+  for (mu, attack), by_defence in draws.items():
+    (first, (masks0, ids0, backdoor0, main0)), *others = by_defence.items()
+    for defence, (masks, ids, backdoor, main) in others:
+      same = masks.shape == masks0.shape and np.array_equal(masks, masks0) and (
+          ids is None or ids0 is None or np.array_equal(ids, ids0))
+      if not same or backdoor is None or backdoor0 is None:
+        continue
+      row = {"mu_H": mu, "attack": attack, "defence": defence, "baseline": first}
+      for name, a, b in (("backdoor", backdoor, backdoor0), ("main", main, main0)):
+        if a is None or b is None:
+          continue
+        d = evaluation.paired_difference(a, b)
+        row.update({f"{name}_mean": d["mean"], f"{name}_ci_low": d["ci_low"],
+                    f"{name}_ci_high": d["ci_high"], f"{name}_deterministic": int(
+                        d["deterministic"]), f"{name}_pairs": d["pairs"],
+                    f"{name}_text": results.difference_text(d, scale=100, digits=2)})
+      out.append(row)
+  return out
+
+
+def _log_differences(differences, log):
+  log("\nEach defence minus no defence on the same draws (percentage points, paired t 95% CI): "
+      "backdoor success at the attack's last evaluated round, main accuracy at the last round.")
+  log(f"{'μ_H':12s} {'attack':18s} {'defence − baseline':28s} {'Δ backdoor success':>26s} "
+      f"{'Δ main accuracy':>26s}")
+  texts = []
+  for d in differences:
+    bd, main = d.get("backdoor_text", "n/a"), d.get("main_text", "n/a")
+    texts += [bd, main]
+    log(f"{d['mu_H']:12s} {d['attack']:18s} {d['defence'] + ' − ' + d['baseline']:28s} "
+        f"{bd:>26s} {main:>26s}")
+  if any(results.DETERMINISTIC_MARK in t for t in texts):
+    log(results.deterministic_note(identical_draws=False))
+
+
 def _log_headline(headline, interval_name, log):
-  rounds = sorted({(h["rounds"], h["attack_rounds"]) for h in headline})
-  when = "; ".join(f"round {t}, attackers in rounds [0, {r})" if r else
-                   f"round {t}, attackers in every round" for t, r in rounds)
+  rounds = sorted({(h["rounds"], h["attack_rounds"], h["backdoor_round"]) for h in headline})
+  when = "; ".join((f"backdoor success at round {b} (attackers in rounds [0, {r})), main "
+                    f"accuracy at round {t}") if r else
+                   f"round {t}, attackers in every round" for t, r, b in rounds)
   log(f"\nBackdoor success and main accuracy (%, mean [95% CI]; CVaR90: the mean of the worst "
-      f"10% of draws) at the last round ({when}). Main accuracy: test_accuracy, the global "
+      f"10% of draws' backdoor success): {when}. Main accuracy: test_accuracy, the global "
       "model on the clean global test split; backdoor success: triggered test inputs of other "
-      f"labels classified as the target. [CI]: {interval_name}.")
+      f"labels classified as the target (an edge case: its source class). [CI]: "
+      f"{interval_name}.")
   log(f"{'μ_H':12s} {'attack':18s} {'defence':14s} {'backdoor success':>26s} "
       f"{'CVaR90':>7s} {'main accuracy':>26s}")
   texts = []
