@@ -813,7 +813,9 @@ class Simulator:
       server_update, server_momentum = self.local_update(
           state.params, state.server_momentum, jnp.asarray(root_x), jnp.asarray(root_y),
           root_y.shape[0], jax.random.fold_in(round_key, self.num_clients), False, lr=lr,
-          example_dp=False)
+          example_dp=False, client=jnp.int32(0), attack_states=tuple(attack_states))
+          # (no behaviour acts on the server's data: the client index and the attacks' states
+          # only give an indexed or stateful data poisoning its arguments, its output unused)
     agg_kwargs = {}
     if present is not None:
       agg_kwargs["present"] = present

@@ -404,7 +404,8 @@ def test_model_reading_rules_are_refused_where_they_cannot_run():
 
 @pytest.mark.parametrize("aggregator,attack", [
     ("foolsgold", "dba"), ("fldetector", "neurotoxin"), ("flare", "edge_case"),
-    ("crfl", "backdoor"), ("robust_lr", "model_replacement"), ("weak_dp", "a3fl")])
+    ("crfl", "backdoor"), ("robust_lr", "model_replacement"), ("weak_dp", "a3fl"),
+    ("fltrust", "dba"), ("fltrust", "a3fl")])
 def test_backdoor_defences_and_attacks_train_draw_by_draw_in_a_vmapped_batch(aggregator, attack):
   """Every backdoor defence (with the server inputs and per-client state it needs) against an
   attack, jitted and vmapped over draws: a draw's rounds are the same numbers alone and in its
