@@ -318,7 +318,7 @@ _RULES: dict[str, _Entry] = {
         domains={"kappa": D.POSITIVE,
                  "clients": D.Int(1, optional=True, note=(
                      "the number of client rows n, which sizes the per-client history; None: "
-                     "the first call sizes it (a training loop's scan needs it set)"))},
+                     "the pipeline's num_clients (the simulator's n), else the first call"))},
         state_init=backdoor_defences.foolsgold_init, per_client_state=True,
         kappa=_no_kappa("no (f, κ) bound: FoolsGold weighs clients by the similarity of their "
                         "histories, and f rows that are not alike keep their full weight")),
