@@ -87,7 +87,7 @@ def make_simulator(config, spec: str, fed: data_lib.FederatedData, *,
         perplexity=data_lib.is_text(config.data.name))
   behaviours = [(attacks.get(name, num_classes=fed.num_classes,
                              options=config.attack_options.get(name, {}),
-                             input_shape=tuple(fed.test_x.shape[1:])), p)
+                             input_shape=tuple(fed.input_shape)), p)
                 for name, p in attacks.parse_population(config.attack)]
   mixed = len(behaviours) > 1
   prior_weights = None

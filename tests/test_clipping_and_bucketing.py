@@ -144,5 +144,6 @@ def test_weights_through_bucketing_and_rules_without_weighted_form(rng):
   np.testing.assert_allclose(rule(x, jax.random.key(0), weights=w),
                              w @ x.astype(np.float64) / w.sum(), atol=1e-5)
   with pytest.raises(ValueError, match=r"'krum' has no weighted form; weighted rules: "
-                                       r"geometric_median, mean, rfa_one_step, trimmed_mean"):
+                                       r"geometric_median, mean, rfa_one_step, robust_lr, "
+                                       r"trimmed_mean, weak_dp"):
     agg.get("krum", f=1, weighted=True)
