@@ -304,8 +304,11 @@ def _interval(lo: float, hi: float, scale: float = 1.0, digits: int = 4) -> str:
 # Printed in place of an interval or a test where the draws are identical (evaluation
 # .identical_values) or a paired difference has no variance; the footnote says why.
 EXACT_MARK = "(exact)§"
-EXACT_NOTE = ("§ identical draws: every draw gave the same value (one honest set repeated under "
-              "deterministic training): an exact value, no CI or p-value.")
+EXACT_NOTE = ("§ identical draws: every draw gave the same value, so there is no spread to build a "
+              "CI or p-value from: the exact value when one honest set is repeated under "
+              "deterministic training; otherwise different draws whose values coincide (an "
+              "accuracy is a ratio of counts, so a few draws of different honest sets can tie): "
+              "the sample's common value, not an exact expectation.")
 DETERMINISTIC_MARK = "deterministic§"
 
 
