@@ -402,10 +402,16 @@ def test_model_reading_rules_are_refused_where_they_cannot_run():
                        clients_per_round=3, **common)
 
 
+_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("aggregator,attack", [
-    ("foolsgold", "dba"), ("fldetector", "neurotoxin"), ("flare", "edge_case"),
-    ("crfl", "backdoor"), ("robust_lr", "model_replacement"), ("weak_dp", "a3fl"),
-    ("fltrust", "dba"), ("fltrust", "a3fl")])
+    # The default set: a per-client state with an indexed attack, the rows' features, the
+    # global model through custom_vmap, a stateful trigger beside the server's own update.
+    ("foolsgold", "dba"), ("flare", "edge_case"), ("crfl", "backdoor"), ("fltrust", "a3fl"),
+    pytest.param("fldetector", "neurotoxin", marks=_SLOW),
+    pytest.param("robust_lr", "model_replacement", marks=_SLOW),
+    pytest.param("weak_dp", "a3fl", marks=_SLOW), pytest.param("fltrust", "dba", marks=_SLOW)])
 def test_backdoor_defences_and_attacks_train_draw_by_draw_in_a_vmapped_batch(aggregator, attack):
   """Every backdoor defence (with the server inputs and per-client state it needs) against an
   attack, jitted and vmapped over draws: a draw's rounds are the same numbers alone and in its
