@@ -11,8 +11,12 @@ stage registered with a `state_init`: its own state, the function returns `(out,
 `weights` (client weights, for stages with a weighted form), `present` (client drop-outs: a
 boolean `[n]`, True for the clients whose row arrived; absent rows may hold any value and have
 no influence, and the rows keep their positions through the pre-aggregators, so every stage
-gets the same mask), `server_update` (a `[d]` update the server computed itself, e.g. FLTrust's
-on its root data). Options are checked against the function's other keyword arguments.
+gets the same mask), and the server's own inputs (`SERVER_INPUTS`): `server_update` (a `[d]`
+update the server computed itself, e.g. FLTrust's on its root data), `representations` (each
+row's model's penultimate features on the root inputs, `[n, m, h]`: FLARE), `global_params` (the
+model the round started from, `[d]`: FLDetector, CRFL). A `state_init` with a `num_clients`
+keyword sizes a per-client state (`init(d, dtype, num_clients=n)`). Options are checked against
+the function's other keyword arguments.
 
 Every pipeline reports its communication per round (aux "secure_averages", "numbers_sent",
 `communication`): only `mean`, `geometric_median` and `rfa_one_step` used alone can run under
