@@ -1156,6 +1156,12 @@ def _validate(config) -> Job:
              prior_info=prior_info, sampler=sampler, comparisons=tuple(comparisons))
 
 
+def _has_hidden_layer(config) -> bool:
+  """Whether the configured model has a layer before its output layer (an mlp with hidden
+  layers, the cnn): what a personal head shares and FLARE reads (`models.REPRESENTATION_MODELS`)."""
+  return bool({"mlp": len(config.model_options.mlp.hidden), "cnn": 1}.get(config.model, 0))
+
+
 def _validate_server_inputs(config, spec: str, agg) -> None:
   """What a rule reading the clients' models or keeping a per-client state needs: root data and
   a representation layer (FLARE), the model the round started from (no personal head, no
@@ -1177,8 +1183,7 @@ def _validate_server_inputs(config, spec: str, agg) -> None:
                         f"compression.aggregate_in={config.compression.aggregate_in!r} (allowed: "
                         "'none' and 'd').")
   if "representations" in agg.needs:
-    hidden = {"mlp": len(config.model_options.mlp.hidden), "cnn": 1}.get(config.model, 0)
-    if not hidden:
+    if not _has_hidden_layer(config):
       raise ConfigError(f"aggregator {spec!r} compares the clients' models' penultimate-layer "
                         f"representations; model={config.model!r}"
                         + (" with model_options.mlp.hidden=()" if config.model == "mlp" else "")
@@ -1412,8 +1417,7 @@ def _validate_personalization(config, specs, options) -> None:
     raise ConfigError(f"{what}: the theory block (theory.enabled=True) measures one global "
                       "model's heterogeneity and κ; allowed: theory.enabled=False with "
                       "personalization.")
-  hidden = {"mlp": len(config.model_options.mlp.hidden), "cnn": 1}.get(config.model, 0)
-  if not hidden:
+  if not _has_hidden_layer(config):
     raise ConfigError(f"{what} keeps the output layer personal; model={config.model!r}"
                       + (" with model_options.mlp.hidden=()" if config.model == "mlp" else "")
                       + " has no other layer to share. Allowed: mlp (with hidden layers) or "

@@ -479,9 +479,10 @@ class Simulator:
     return state.params
 
   def _learned_trigger(self) -> int | None:
-    """The index of the backdoor behaviour whose trigger reads its state, if any."""
-    return next((k for k, a in enumerate(self.behaviours)
-                 if a.trigger is not None and getattr(a, "stateful_data", False)), None)
+    """The index of the measured backdoor (the first behaviour with a trigger, as `evaluate`
+    takes it) when its trigger reads its state, else None."""
+    k = next((k for k, a in enumerate(self.behaviours) if a.trigger is not None), None)
+    return k if k is not None and self.behaviours[k].stateful_data else None
 
   def _loss(self, params, x, y, weights):
     return self._data_loss(self.logits(params, x), y, weights) + self._penalty(params)
@@ -541,10 +542,9 @@ class Simulator:
           cx, cy = attack.corrupt_data(fault_key, xb, yb, idx)
           xb, yb = jnp.where(role, cx, xb), jnp.where(role, cy, yb)
         if attack.poison_data is not None:
-          extra = {"state": attack_states[b]} if getattr(attack, "stateful_data", False) else {}
-          px, py = (attack.poison_data(k, xb, yb, client, **extra)
-                    if getattr(attack, "indexed", False) else attack.poison_data(k, xb, yb,
-                                                                                 **extra))
+          extra = {"state": attack_states[b]} if attack.stateful_data else {}
+          args = (client,) if attack.indexed else ()
+          px, py = attack.poison_data(k, xb, yb, *args, **extra)
           xb, yb = jnp.where(role, px, xb), jnp.where(role, py, yb)
       return xb, yb
 
@@ -723,7 +723,7 @@ class Simulator:
     # state moves on the pooled data of the clients running it this round.
     attack_states = list(state.attack_state)
     for k, attack in enumerate(behaviours):
-      if getattr(attack, "adapt", None) is not None:
+      if attack.adapt is not None:
         acting = roles[:, k] if self.population else byzantine
         pooled = lambda a: a.reshape((-1,) + a.shape[2:])
         weights_k = (acting[:, None] & valid_mask(train.counts, train.x.shape[1]))
@@ -731,7 +731,7 @@ class Simulator:
             jax.random.fold_in(k_attack, len(behaviours) + k), self.logits, state.params,
             attack_states[k], pooled(train.x), pooled(train.y), pooled(weights_k))
     # Each client's index among the n, for a data poisoning that depends on it (DBA).
-    indexed = any(getattr(a, "indexed", False) for a in behaviours)
+    indexed = any(a.indexed for a in behaviours)
     clients = jnp.arange(self.num_clients, dtype=jnp.int32) if indexed else None
     if indexed and self.sampling:
       clients = sampled

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_robust.aggregators import base
 from fedjax_robust.attacks import data_poisoning
 
 
@@ -84,29 +85,37 @@ def adapt(delta: jax.Array, logits: Callable[[jax.Array, jax.Array], jax.Array],
   `logits(θ, x)`: the model on a flat parameter vector θ `[d]`; `params`: θ_t; `x [m, H, W, C]`,
   `y [m]`: examples, `weights [m]`: 1 for the attackers' real examples, 0 elsewhere (padding,
   honest clients' data). No weight: δ unchanged."""
-  mask = patch_mask(delta.shape, patch_size)
-  target = jnp.full(y.shape, target_label, y.dtype)
   weights = weights.astype(jnp.float32)
-  # Pad examples (weight 0) are zeroed so a NaN there cannot enter a gradient (0·NaN).
-  x = jnp.where(weights.reshape(weights.shape + (1,) * (x.ndim - 1)) > 0, x, 0.0)
 
-  def step(delta, _):
-    stamped = stamp_learned(x, delta, mask)
+  def optimize(delta, params, x, y, weights):
+    # Everything traced is an operand (a `uniform_cond` branch cannot close over a tracer).
+    mask = patch_mask(delta.shape, patch_size)
+    target = jnp.full(y.shape, target_label, y.dtype)
+    # Pad examples (weight 0) are zeroed so a NaN there cannot enter a gradient (0·NaN).
+    x = jnp.where(weights.reshape(weights.shape + (1,) * (x.ndim - 1)) > 0, x, 0.0)
 
-    def unlearn(theta, _):   # the adversarial model: triggered inputs back to their labels
-      grad = jax.grad(lambda t: _weighted_ce(logits(t, stamped), y, weights))(theta)
-      return theta - adversarial_lr * grad, None
+    def step(delta, _):
+      stamped = stamp_learned(x, delta, mask)
 
-    adversarial, _ = jax.lax.scan(unlearn, params, None, length=adversarial_steps)
-    lam = balance * _cosine(adversarial, params)
+      def unlearn(theta, _):   # the adversarial model: triggered inputs back to their labels
+        grad = jax.grad(lambda t: _weighted_ce(logits(t, stamped), y, weights))(theta)
+        return theta - adversarial_lr * grad, None
 
-    def objective(d):
-      stamped_d = stamp_learned(x, d, mask)
-      return (_weighted_ce(logits(params, stamped_d), target, weights)
-              + lam * _weighted_ce(logits(adversarial, stamped_d), target, weights))
+      adversarial, _ = jax.lax.scan(unlearn, params, None, length=adversarial_steps)
+      lam = balance * _cosine(adversarial, params)
 
-    grad = jax.grad(objective)(delta)
-    return jnp.clip(delta - trigger_lr * jnp.sign(grad) * mask, low, high), None
+      def objective(d):
+        stamped_d = stamp_learned(x, d, mask)
+        return (_weighted_ce(logits(params, stamped_d), target, weights)
+                + lam * _weighted_ce(logits(adversarial, stamped_d), target, weights))
 
-  new, _ = jax.lax.scan(step, delta, None, length=outer)
-  return jnp.where(jnp.sum(weights) > 0, new, delta)
+      grad = jax.grad(objective)(delta)
+      return jnp.clip(delta - trigger_lr * jnp.sign(grad) * mask, low, high), None
+
+    return jax.lax.scan(step, delta, None, length=outer)[0]
+
+  # No attacker example (a round after training.attack_rounds, a draw without attackers): δ
+  # stays, and the optimization is not run (`uniform_cond`: under vmap only if some draw of the
+  # batch has attackers, and its value taken for those draws only).
+  return base.uniform_cond(jnp.sum(weights) > 0, optimize, lambda delta, *_: delta, delta,
+                           params, x, y, weights)

@@ -12,9 +12,6 @@ import functools
 import inspect
 from typing import Any, Callable, Mapping
 
-import jax
-import jax.numpy as jnp
-
 from fedjax_robust import domains as D
 from fedjax_robust.attacks import backdoors
 from fedjax_robust.attacks import base
@@ -342,10 +339,9 @@ def _get_a3fl(full: dict[str, Any], input_shape) -> base.Attack:
   mask = lambda shape: a3fl.patch_mask(shape, full["patch_size"])
 
   def poison_data(key, x, y, *, state):
-    poisoned = jax.random.bernoulli(key, full["fraction"], y.shape)
-    stamped = a3fl.stamp_learned(x, state, mask(state.shape))
-    keep = poisoned.reshape(poisoned.shape + (1,) * (x.ndim - poisoned.ndim))
-    return jnp.where(keep, stamped, x), jnp.where(poisoned, full["target_label"], y)
+    return data_poisoning.poison_fraction(key, x, y,
+                                          a3fl.stamp_learned(x, state, mask(state.shape)),
+                                          full["target_label"], full["fraction"])
 
   return base.Attack("a3fl", init=init, adapt=adapt, poison_data=poison_data,
                      trigger=lambda x, state: a3fl.stamp_learned(x, state, mask(state.shape)),
